@@ -1,0 +1,194 @@
+"""Authenticated JSON endpoints described once, served and documented from the same table.
+
+A service lists its :class:`Endpoint` rows; :func:`add_endpoints` registers them on its
+application behind :func:`authenticate`, and :func:`openapi_document` renders the OpenAPI 3.1
+document from the very same rows, so the document cannot drift from the routes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from services.core import errors
+from services.core.auth import (
+    Account,
+    AccountRepository,
+    Role,
+    VerifiedCache,
+    parse_basic,
+    parse_bearer,
+)
+from services.core.db import POOL_KEY, acquire
+from services.core.http import security_event
+
+ACCOUNT_KEY = web.RequestKey("account", Account)
+VERIFIED_CACHE_KEY = web.AppKey("verified_cache", VerifiedCache)
+CHALLENGES = ('Basic realm="pbxfront", charset="UTF-8"', 'Bearer realm="pbxfront"')
+
+ApiHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: ApiHandler
+    roles: frozenset[Role]
+    summary: str
+    # OpenAPI fragments: query parameters, request body schema, response schema.
+    query: Mapping[str, str] = field(default_factory=dict)
+    body: Mapping[str, Any] | None = None
+    response: Mapping[str, Any] | None = None
+    public: bool = False
+
+
+async def authenticate(request: web.Request) -> Account:
+    """The caller's account from Basic or Bearer credentials; Unauthenticated otherwise."""
+    header = request.headers.get("Authorization")
+    pool = request.config_dict[POOL_KEY]
+    account: Account | None = None
+    token = parse_bearer(header)
+    credentials = parse_basic(header)
+    if token is None and credentials is None:
+        raise errors.Unauthenticated("authentication required", CHALLENGES)
+    async with acquire(pool) as connection:
+        repository = AccountRepository(connection)
+        if token is not None:
+            account = await repository.by_token(token)
+        elif credentials is not None:
+            account = await repository.verify(
+                credentials.name, credentials.password, request.config_dict.get(VERIFIED_CACHE_KEY)
+            )
+    if account is None:
+        name = credentials.name if credentials is not None else "(token)"
+        security_event(request, "auth-failed", account=name, path=request.path)
+        raise errors.Unauthenticated("wrong credentials", CHALLENGES)
+    return account
+
+
+def require(roles: frozenset[Role], handler: ApiHandler) -> ApiHandler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        account = await authenticate(request)
+        if not account.has_any(roles):
+            security_event(request, "forbidden", account=account.name, path=request.path)
+            wanted = ", ".join(sorted(r.value for r in roles))
+            raise errors.Forbidden(f"this needs one of the roles: {wanted}")
+        request[ACCOUNT_KEY] = account
+        return await handler(request)
+
+    return guarded
+
+
+def add_endpoints(app: web.Application, endpoints: Iterable[Endpoint]) -> None:
+    for endpoint in endpoints:
+        handler = endpoint.handler if endpoint.public else require(endpoint.roles, endpoint.handler)
+        app.router.add_route(endpoint.method, endpoint.path, handler)
+
+
+def current_account(request: web.Request) -> Account:
+    account: Account = request[ACCOUNT_KEY]
+    return account
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object; Invalid with a precise reason otherwise."""
+    if not request.can_read_body:
+        raise errors.Invalid("a JSON object body is required")
+    raw = await request.read()
+    try:
+        value = json.loads(raw)
+    except UnicodeDecodeError:
+        raise errors.Invalid("body is not UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise errors.Invalid(f"body is not JSON: {error.msg} at line {error.lineno}") from None
+    if not isinstance(value, dict):
+        raise errors.Invalid("body must be a JSON object")
+    return value
+
+
+def json_response(value: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(value, ensure_ascii=False, default=str, indent=None) + "\n",
+        content_type="application/json",
+    )
+
+
+def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not re.fullmatch(r"\d{1,9}", raw):
+        raise errors.Invalid(f"{name}: must be a whole number")
+    value = int(raw)
+    if not low <= value <= high:
+        raise errors.Invalid(f"{name}: must be {low}..{high}")
+    return value
+
+
+def _openapi_path(path: str) -> str:
+    # aiohttp's `{name:regex}` -> OpenAPI's `{name}`
+    return re.sub(r"\{(\w+)(:[^}]*)?\}", r"{\1}", path)
+
+
+def openapi_document(title: str, version: str, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in endpoints:
+        path = _openapi_path(endpoint.path)
+        parameters: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"\{(\w+)\}", path)
+        ]
+        parameters += [
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"},
+             "description": text}
+            for name, text in endpoint.query.items()
+        ]
+        operation: dict[str, Any] = {
+            "summary": endpoint.summary,
+            "parameters": parameters,
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {"application/json": {"schema": dict(endpoint.response or {})}},
+                },
+                "400": {"description": "malformed request"},
+                "404": {"description": "not found"},
+                "503": {"description": "database unavailable"},
+            },
+        }
+        if not endpoint.public:
+            operation["security"] = [{"basic": []}, {"bearer": []}]
+            operation["responses"]["401"] = {"description": "no or wrong credentials"}
+            operation["responses"]["403"] = {
+                "description": "needs role: " + ", ".join(sorted(r.value for r in endpoint.roles))
+            }
+        if endpoint.body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": dict(endpoint.body)}},
+            }
+        paths.setdefault(path, {})[endpoint.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "components": {
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            }
+        },
+        "paths": paths,
+    }
+
+
+def pool_of(request: web.Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.config_dict[POOL_KEY]
+    return pool

@@ -1,0 +1,263 @@
+"""Accounts, roles, argon2 password hashes, HTTP Basic and bearer-token authentication.
+
+Password checks run argon2id in a worker thread (it is deliberately slow) and compare secrets in
+constant time. A successful check is remembered for a short while, keyed by a SHA-256 of the
+credentials and the stored hash, so devices that send Basic credentials on every poll do not cost
+an argon2 run each; a password change invalidates the entry because the hash changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import enum
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    DIRECTORY_READER = "directory-reader"
+    EVENT_SENDER = "event-sender"
+    PROVIDER = "provider"
+
+
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+MIN_PASSWORD_LENGTH = 12
+
+_hasher = PasswordHasher()
+
+
+class AccountError(ValueError):
+    """Invalid account data; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    roles: frozenset[Role]
+
+    def has_any(self, roles: frozenset[Role]) -> bool:
+        return bool(self.roles & roles)
+
+
+def parse_roles(values: list[str] | tuple[str, ...]) -> frozenset[Role]:
+    roles: set[Role] = set()
+    for value in values:
+        try:
+            roles.add(Role(value.strip()))
+        except ValueError:
+            known = ", ".join(r.value for r in Role)
+            raise AccountError(f"role: unknown role {value!r} (known: {known})") from None
+    if not roles:
+        raise AccountError("role: at least one role is needed")
+    return frozenset(roles)
+
+
+def check_account_name(name: str) -> str:
+    if not ACCOUNT_NAME.fullmatch(name):
+        raise AccountError(
+            "name: 1-64 characters of letters, digits, _ . @ - (starting alphanumeric)"
+        )
+    return name
+
+
+def check_password_strength(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"password: must be at least {MIN_PASSWORD_LENGTH} characters")
+    return password
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+# A hash that verifies nothing, checked when an account does not exist so that unknown names and
+# wrong passwords take the same time.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class VerifiedCache:
+    """Recently verified (name, password, hash) triples, bounded and short-lived."""
+
+    def __init__(self, size: int = 4096, ttl: float = 300.0) -> None:
+        self._entries: OrderedDict[bytes, float] = OrderedDict()
+        self._size = size
+        self._ttl = ttl
+
+    @staticmethod
+    def key(name: str, password: str, password_hash: str) -> bytes:
+        material = "\0".join((name, password, password_hash)).encode("utf-8", "surrogateescape")
+        return hashlib.sha256(material).digest()
+
+    def hit(self, key: bytes) -> bool:
+        expires = self._entries.get(key)
+        if expires is None:
+            return False
+        if expires < time.monotonic():
+            del self._entries[key]
+            return False
+        return True
+
+    def add(self, key: bytes) -> None:
+        self._entries[key] = time.monotonic() + self._ttl
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
+class AccountRepository:
+    """Accounts and API tokens. Names are unique; every method is one statement or transaction."""
+
+    def __init__(self, connection: asyncpg.Connection | asyncpg.Pool) -> None:
+        self._db = connection
+
+    async def add(self, name: str, roles: frozenset[Role], password: str) -> None:
+        """Create an account; AccountError if the name exists or the input is invalid."""
+        check_account_name(name)
+        check_password_strength(password)
+        password_hash = await asyncio.to_thread(hash_password, password)
+        try:
+            await self._db.execute(
+                "INSERT INTO accounts (name, roles, password_hash) VALUES ($1, $2, $3)",
+                name,
+                sorted(r.value for r in roles),
+                password_hash,
+            )
+        except asyncpg.UniqueViolationError:
+            raise AccountError(f"name: account {name!r} exists already") from None
+
+    async def set_password(self, name: str, password: str) -> bool:
+        check_password_strength(password)
+        password_hash = await asyncio.to_thread(hash_password, password)
+        status: str = await self._db.execute(
+            "UPDATE accounts SET password_hash = $2, updated_at = now() WHERE name = $1",
+            name,
+            password_hash,
+        )
+        if status.endswith(" 0"):
+            return False
+        # Tokens issued under the old password do not survive a password change.
+        await self._db.execute("DELETE FROM api_tokens WHERE account = $1", name)
+        return True
+
+    async def set_roles(self, name: str, roles: frozenset[Role]) -> bool:
+        status: str = await self._db.execute(
+            "UPDATE accounts SET roles = $2, updated_at = now() WHERE name = $1",
+            name,
+            sorted(r.value for r in roles),
+        )
+        return not status.endswith(" 0")
+
+    async def remove(self, name: str) -> bool:
+        status: str = await self._db.execute("DELETE FROM accounts WHERE name = $1", name)
+        return not status.endswith(" 0")
+
+    async def list(self) -> list[Account]:
+        rows = await self._db.fetch("SELECT name, roles FROM accounts ORDER BY name")
+        return [Account(row["name"], frozenset(Role(r) for r in row["roles"])) for row in rows]
+
+    async def verify(
+        self, name: str, password: str, cache: VerifiedCache | None = None
+    ) -> Account | None:
+        """The account if ``password`` is right, else None (same cost for unknown names)."""
+        row = await self._db.fetchrow(
+            "SELECT name, roles, password_hash FROM accounts WHERE name = $1", name
+        )
+        stored = row["password_hash"] if row is not None else _DUMMY_HASH
+        key = VerifiedCache.key(name, password, stored)
+        if row is not None and cache is not None and cache.hit(key):
+            return Account(row["name"], frozenset(Role(r) for r in row["roles"]))
+        valid = await asyncio.to_thread(verify_password, stored, password)
+        if row is None or not valid:
+            return None
+        if cache is not None:
+            cache.add(key)
+        return Account(row["name"], frozenset(Role(r) for r in row["roles"]))
+
+    async def issue_token(self, name: str, lifetime: float) -> str:
+        token = secrets.token_urlsafe(32)
+        expires = datetime.now(UTC) + timedelta(seconds=lifetime)
+        await self._db.execute(
+            "INSERT INTO api_tokens (token_sha256, account, expires_at) VALUES ($1, $2, $3)",
+            hashlib.sha256(token.encode()).digest(),
+            name,
+            expires,
+        )
+        return token
+
+    async def by_token(self, token: str) -> Account | None:
+        """The account a live token belongs to. Lookup is by hash, so timing reveals nothing."""
+        row = await self._db.fetchrow(
+            """SELECT a.name, a.roles FROM api_tokens t JOIN accounts a ON a.name = t.account
+               WHERE t.token_sha256 = $1 AND t.expires_at > now()""",
+            hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest(),
+        )
+        if row is None:
+            return None
+        return Account(row["name"], frozenset(Role(r) for r in row["roles"]))
+
+    async def revoke_token(self, token: str) -> bool:
+        status: str = await self._db.execute(
+            "DELETE FROM api_tokens WHERE token_sha256 = $1",
+            hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest(),
+        )
+        return not status.endswith(" 0")
+
+
+@dataclass(frozen=True)
+class BasicCredentials:
+    name: str
+    password: str
+
+
+def parse_basic(header: str | None) -> BasicCredentials | None:
+    """``Authorization: Basic …`` -> credentials, or None when absent or malformed."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    name, sep, password = decoded.partition(":")
+    if not sep or not name:
+        return None
+    return BasicCredentials(name, password)
+
+
+def parse_bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def secrets_equal(left: str, right: str) -> bool:
+    """Constant-time comparison of two secrets."""
+    return hmac.compare_digest(
+        left.encode("utf-8", "surrogateescape"), right.encode("utf-8", "surrogateescape")
+    )

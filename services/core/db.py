@@ -1,0 +1,286 @@
+"""PostgreSQL: the embedded server, the asyncpg pool, migrations.
+
+With ``database.url`` empty, pbxfront runs PostgreSQL itself from the ``pgserver`` package in
+``<data_dir>/postgres``. pgserver counts the processes using one data directory, so ``pbxfront
+serve`` and any CLI command share the same server, and it stops when the last of them exits.
+With a DSN, any PostgreSQL 14+ is used and nothing is started.
+
+Migrations are ``migrations/NNN_name.sql`` applied in order, each in its own transaction, under a
+cluster-wide advisory lock so two nodes starting at once never race. An applied file whose text
+changed is an error, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import warnings
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from services.core.config import DatabaseSettings, Settings
+
+log = logging.getLogger(__name__)
+
+POOL_KEY = web.AppKey("pool", asyncpg.Pool)
+
+# Any constant works as long as every pbxfront node uses the same one.
+MIGRATION_LOCK_ID = 0x70627866  # "pbxf"
+
+_MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL cannot be reached or did not answer in time; callers answer 503."""
+
+
+class DatabaseConfigError(Exception):
+    """The configured database cannot be used at all (bad DSN, refused login, no server)."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations() -> list[Migration]:
+    found: list[Migration] = []
+    folder = resources.files("services.core").joinpath("migrations")
+    for entry in folder.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise DatabaseConfigError("migrations: two files share one version number")
+    return found
+
+
+_SCHEMA_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+async def migrate(connection: asyncpg.Connection) -> list[Migration]:
+    """Apply pending migrations; return those applied. Safe to run from several nodes at once."""
+    applied_now: list[Migration] = []
+    await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        await connection.execute(_SCHEMA_TABLE)
+        rows = await connection.fetch("SELECT version, name, checksum FROM schema_migrations")
+        done = {row["version"]: row for row in rows}
+        for migration in load_migrations():
+            row = done.get(migration.version)
+            if row is not None:
+                if row["checksum"] != migration.checksum:
+                    raise DatabaseConfigError(
+                        f"migration {migration.version:03d}_{migration.name}.sql was changed "
+                        "after it was applied; add a new migration instead"
+                    )
+                continue
+            async with connection.transaction():
+                await connection.execute(migration.sql)
+                await connection.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            log.info("applied migration %03d_%s", migration.version, migration.name)
+            applied_now.append(migration)
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+    return applied_now
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    version: int
+    name: str
+    applied_at: str | None
+
+
+async def migration_status(connection: asyncpg.Connection) -> list[MigrationStatus]:
+    exists = await connection.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    applied: dict[int, Any] = {}
+    if exists:
+        rows = await connection.fetch("SELECT version, applied_at FROM schema_migrations")
+        applied = {row["version"]: row["applied_at"] for row in rows}
+    return [
+        MigrationStatus(
+            m.version,
+            m.name,
+            applied[m.version].isoformat() if m.version in applied else None,
+        )
+        for m in load_migrations()
+    ]
+
+
+class EmbeddedPostgres:
+    """The pgserver-managed PostgreSQL in ``<data_dir>/postgres``; blocking, call in a thread."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = (data_dir / "postgres").resolve()
+        self._server: Any = None
+
+    def start(self) -> str:
+        # Imported here: only the embedded mode needs it. pgserver keeps its lock file in the
+        # user runtime dir; without XDG_RUNTIME_DIR (services, CI) platformdirs falls back to
+        # /tmp/runtime-<uid> and warns, which is fine for us.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            from pgserver.postgres_server import get_server
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._server = get_server(self.pgdata, cleanup_mode="stop")
+        except Exception as error:
+            raise DatabaseConfigError(
+                f"embedded PostgreSQL in {self.pgdata} did not start: {error} "
+                f"(its log: {self.pgdata / 'log'})"
+            ) from error
+        uri: str = self._server.get_uri()
+        return uri
+
+    def stop(self) -> None:
+        """Release this process's handle; pgserver stops the server with the last one."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+def configured_dsn(settings: DatabaseSettings) -> str:
+    if settings.url_file is not None:
+        try:
+            return settings.url_file.read_text("utf-8").strip()
+        except OSError as error:
+            raise DatabaseConfigError(
+                f"database.url_file: cannot read {settings.url_file}: {error.strerror}"
+            ) from None
+    return settings.url
+
+
+@contextlib.asynccontextmanager
+async def database_dsn(settings: Settings) -> AsyncIterator[str]:
+    """Yield the DSN to use, starting (and afterwards releasing) the embedded server if needed."""
+    dsn = configured_dsn(settings.database)
+    if dsn:
+        yield dsn
+        return
+    embedded = EmbeddedPostgres(settings.data_dir)
+    dsn = await asyncio.to_thread(embedded.start)
+    try:
+        yield dsn
+    finally:
+        await asyncio.to_thread(embedded.stop)
+
+
+def _describe_dsn(dsn: str) -> str:
+    """The DSN without its password, for error messages and logs."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec(
+        "jsonb", encoder=_json_dumps, decoder=_json_loads, schema="pg_catalog"
+    )
+
+
+def _json_dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _json_loads(value: str) -> Any:
+    import json
+
+    return json.loads(value)
+
+
+async def create_pool(dsn: str, settings: DatabaseSettings) -> asyncpg.Pool:
+    """Open a pool; raise :class:`DatabaseConfigError` with one line saying why if it cannot."""
+    try:
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            dsn,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            timeout=settings.connect_timeout,
+            command_timeout=settings.command_timeout,
+            init=_init_connection,
+        )
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        reason = str(error) or type(error).__name__
+        raise DatabaseConfigError(
+            f"database {_describe_dsn(dsn)}: cannot connect: {reason}"
+        ) from None
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def open_database(
+    settings: Settings, *, run_migrations: bool = True
+) -> AsyncIterator[asyncpg.Pool]:
+    """DSN (embedded or configured) + pool + migrations, for ``serve`` and every CLI command."""
+    async with database_dsn(settings) as dsn:
+        pool = await create_pool(dsn, settings.database)
+        try:
+            if run_migrations:
+                async with pool.acquire() as connection:
+                    await migrate(connection)
+            yield pool
+        finally:
+            await pool.close()
+
+
+def pool_ctx(pool: asyncpg.Pool) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx that puts an already open, process-wide pool on an application."""
+
+    async def attach(app: web.Application) -> AsyncIterator[None]:
+        app[POOL_KEY] = pool
+        yield
+
+    return attach
+
+
+# Errors meaning "PostgreSQL is not there right now" as opposed to a bug in a query.
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.InterfaceError,
+)
+
+
+@contextlib.asynccontextmanager
+async def acquire(pool: asyncpg.Pool, wait: float = 2.0) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection; connection-level failures become :class:`DatabaseUnavailable`."""
+    try:
+        async with pool.acquire(timeout=wait) as connection:
+            yield connection
+    except _UNAVAILABLE as error:
+        raise DatabaseUnavailable(str(error) or type(error).__name__) from error

@@ -1,0 +1,374 @@
+"""What every listener shares: error mapping, limits, request ids, access log, metrics, mounting.
+
+One middleware chain per listener application:
+request id -> metrics -> limits/timeout -> error mapping -> the service's handler.
+Domain errors (``core.errors`` and a few core exceptions) are mapped to a status and a short
+text/plain body (JSON on ``/api/``), so handlers never build error responses themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResource, MatchInfoError
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from services.core import errors
+from services.core.config import LimitSettings
+from services.core.db import DatabaseUnavailable
+from services.core.identity import IdentityConflict, IdentityError, printable
+
+if TYPE_CHECKING:
+    from aiohttp.web_urldispatcher import _InfoDict
+
+log = logging.getLogger(__name__)
+security_log = logging.getLogger("pbxfront.security")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+SERVICE_NAME_KEY = web.AppKey("service_name", str)
+LIMITS_KEY = web.AppKey("limits", LimitSettings)
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``%(request_id)s`` to every log record (``-`` outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class Metrics:
+    """Per-process Prometheus collectors, kept on the application (no module globals)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "pbxfront_http_requests",
+            "HTTP requests answered",
+            ["service", "route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "pbxfront_http_request_duration_seconds",
+            "Time from request start to response",
+            ["service", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS_KEY = web.AppKey("metrics", Metrics)
+
+
+def _status_for(error: BaseException) -> int | None:
+    if isinstance(error, errors.Invalid | IdentityError):
+        return 400
+    if isinstance(error, errors.Unauthenticated):
+        return 401
+    if isinstance(error, errors.Forbidden | IdentityConflict):
+        return 403
+    if isinstance(error, errors.NotFound):
+        return 404
+    if isinstance(error, errors.Conflict):
+        return 409
+    if isinstance(error, errors.TooLarge):
+        return 413
+    if isinstance(error, errors.Unprocessable):
+        return 422
+    if isinstance(error, DatabaseUnavailable):
+        return 503
+    return None
+
+
+def wants_json(request: web.Request) -> bool:
+    return request.path.startswith("/api/") or "application/json" in request.headers.get(
+        "Accept", ""
+    )
+
+
+def error_response(
+    request: web.Request, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    if wants_json(request):
+        body = json.dumps({"error": message, "status": status}) + "\n"
+        return web.Response(
+            status=status, text=body, content_type="application/json", headers=headers
+        )
+    return web.Response(
+        status=status, text=message + "\n", content_type="text/plain", headers=headers
+    )
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    offered = request.headers.get("X-Request-Id", "")
+    request_id = offered if _REQUEST_ID.fullmatch(offered) else secrets.token_hex(8)
+    request[REQUEST_ID_KEY] = request_id
+    token = request_id_var.set(request_id)
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers["X-Request-Id"] = request_id
+            raise
+        response.headers["X-Request-Id"] = request_id
+        return response
+    finally:
+        request_id_var.reset(token)
+
+
+def _route_labels(request: web.Request) -> tuple[str, str]:
+    match_info = request.match_info
+    service = "core"
+    for app in reversed(match_info.apps):
+        name = app.get(SERVICE_NAME_KEY)
+        if name:
+            service = name
+            break
+    route = match_info.route
+    resource = getattr(route, "resource", None)
+    canonical = resource.canonical if resource is not None else "unmatched"
+    return service, canonical
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics = request.config_dict.get(METRICS_KEY)
+        if metrics is not None:
+            service, route = _route_labels(request)
+            metrics.requests.labels(service, route, request.method, str(status)).inc()
+            metrics.latency.labels(service, route).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    limits = request.config_dict[LIMITS_KEY]
+    if len(request.query_string) > limits.max_query_bytes:
+        return error_response(
+            request, 414, f"query string longer than {limits.max_query_bytes} bytes"
+        )
+    header_bytes = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+    if header_bytes > limits.max_header_bytes:
+        return error_response(
+            request, 431, f"request headers larger than {limits.max_header_bytes} bytes"
+        )
+    if request.content_length is not None and request.content_length > limits.max_body_bytes:
+        return error_response(request, 413, f"body larger than {limits.max_body_bytes} bytes")
+    try:
+        async with asyncio.timeout(limits.request_timeout):
+            return await handler(request)
+    except TimeoutError:
+        log.warning(
+            "request timed out after %.1f s: %s %s",
+            limits.request_timeout,
+            request.method,
+            printable(request.path),
+        )
+        return error_response(request, 408, "request took too long")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.config_dict[LIMITS_KEY].max_body_bytes
+        return error_response(request, 413, f"body larger than {limit} bytes")
+    except web.HTTPException as exc:
+        if (
+            exc.status >= 400
+            and exc.text
+            and exc.content_type == "text/plain"
+            and wants_json(request)
+        ):
+            return error_response(request, exc.status, exc.reason, headers=_passthrough(exc))
+        raise
+    except (errors.DomainError, IdentityError, IdentityConflict, DatabaseUnavailable) as error:
+        status = _status_for(error) or 400
+        message = str(error) or "request refused"
+        headers: dict[str, str] = {}
+        if isinstance(error, errors.Unauthenticated):
+            for challenge in error.challenges:
+                headers.setdefault("WWW-Authenticate", challenge)
+        if isinstance(error, IdentityConflict):
+            security_event(request, "identity-conflict", proven=error.proven, claimed=error.claimed)
+        if isinstance(error, DatabaseUnavailable):
+            log.error("database unavailable: %s", error)
+            message = "service temporarily unavailable, retry later"
+            headers["Retry-After"] = "5"
+        response = error_response(request, status, message, headers=headers)
+        if isinstance(error, errors.Unauthenticated) and len(error.challenges) > 1:
+            for challenge in error.challenges[1:]:
+                response.headers.add("WWW-Authenticate", challenge)
+        return response
+
+
+def _passthrough(exc: web.HTTPException) -> dict[str, str]:
+    return {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
+
+
+def security_event(request: web.Request, kind: str, **fields: str | None) -> None:
+    """One line per security-relevant refusal, in a fixed format fail2ban can match:
+
+    ``pbxfront security: <kind> from <address> <key>=<value> ...`` (values sanitised).
+    """
+    parts = " ".join(f"{key}={printable(value or '-', 80)}" for key, value in fields.items())
+    security_log.warning("pbxfront security: %s from %s %s", kind, request.remote or "-", parts)
+
+
+def query_arguments(request: web.Request) -> dict[str, str]:
+    """The query string decoded strictly as UTF-8 (first value wins); Invalid otherwise."""
+    try:
+        pairs = parse_qsl(
+            request.query_string, keep_blank_values=True, encoding="utf-8", errors="strict"
+        )
+    except UnicodeDecodeError:
+        raise errors.Invalid("query string is not valid UTF-8") from None
+    result: dict[str, str] = {}
+    for key, value in pairs:
+        result.setdefault(key, value)
+    return result
+
+
+class AccessLogger(AbstractAccessLogger):
+    """``remote method path status bytes seconds request-id``; the query string is left out
+    (it may carry device-sent text) and the path is sanitised."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %s %s %.4f %s",
+            request.remote or "-",
+            request.method,
+            printable(request.path, 300),
+            response.status,
+            response.body_length,
+            time,
+            request.get(REQUEST_ID_KEY, "-"),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    from services.core.db import POOL_KEY, acquire
+
+    pool = request.config_dict.get(POOL_KEY)
+    if pool is None:
+        return web.json_response({"status": "ok", "database": "not used"})
+    try:
+        async with acquire(pool, wait=2.0) as connection:
+            await connection.fetchval("SELECT 1", timeout=2.0)
+    except DatabaseUnavailable as error:
+        log.warning("healthz: database unavailable: %s", error)
+        return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
+    return web.json_response({"status": "ok", "database": "ok"})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    metrics = request.config_dict[METRICS_KEY]
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class ServiceResource(MatchedSubAppResource):
+    """Mounts a service application at the root of a listener, routes and all.
+
+    aiohttp's sub-applications need a path prefix; pbxfront's services share prefixes
+    (``/DRIVE/CF0/update/`` and ``/DRIVE/CF0/update/backup/``). This resource asks the service's
+    own router and claims the request only when a route there matches (or exists with another
+    method, so the listener can answer 405 with Allow).
+    """
+
+    def __init__(self, app: web.Application) -> None:
+        super().__init__(_AlwaysRule(), app)
+
+    async def resolve(self, request: web.Request) -> tuple[Any, set[str]]:
+        match_info = await self._app.router.resolve(request)
+        if isinstance(match_info, MatchInfoError):
+            exception = match_info.http_exception
+            if isinstance(exception, web.HTTPMethodNotAllowed):
+                return None, set(exception.allowed_methods)
+            return None, set()
+        match_info.add_app(self._app)
+        return match_info, set()
+
+
+class _AlwaysRule(AbstractRuleMatching):
+    async def match(self, request: web.Request) -> bool:
+        return True
+
+    def get_info(self) -> _InfoDict:
+        return {}
+
+    @property
+    def canonical(self) -> str:
+        return "service"
+
+
+def mount_service(root: web.Application, service: web.Application) -> None:
+    root._add_subapp(partial(ServiceResource, service), service)
+
+
+def create_listener_app(
+    limits: LimitSettings,
+    services: Mapping[str, web.Application],
+    *,
+    metrics: Metrics,
+    serve_metrics: bool,
+) -> web.Application:
+    """The root application of one listener with the given service applications mounted."""
+    app = web.Application(
+        client_max_size=limits.max_body_bytes,
+        middlewares=[
+            request_id_middleware,
+            metrics_middleware,
+            limits_middleware,
+            error_middleware,
+        ],
+        handler_args={
+            "max_line_size": max(limits.max_query_bytes + 1024, 8190),
+            "max_field_size": max(limits.max_header_bytes, 8190),
+            "keepalive_timeout": limits.keepalive_timeout,
+        },
+    )
+    app[LIMITS_KEY] = limits
+    app[METRICS_KEY] = metrics
+    app.router.add_get("/healthz", healthz)
+    if serve_metrics:
+        app.router.add_get("/metrics", metrics_handler)
+    for name, service in services.items():
+        service[SERVICE_NAME_KEY] = name
+        mount_service(app, service)
+    return app

@@ -1,0 +1,334 @@
+"""Run service applications on listeners: sockets, workers, signals, systemd notification.
+
+One node = one master process plus ``workers`` worker processes. The master binds every listener
+once (port 0 becomes a real port here), starts the embedded PostgreSQL and applies migrations, then
+forks the workers. Each worker binds its own SO_REUSEPORT socket on the same address (the kernel
+spreads connections over them), opens its own pool and serves. SIGTERM/SIGINT: stop accepting,
+finish in-flight requests (``limits.shutdown_timeout``), exit. SIGHUP: reload TLS certificates
+for new connections. A worker that dies unexpectedly is restarted after a short pause.
+
+With ``workers = 1`` everything runs in the master process (what the tests and the demo use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from services.core.config import ListenerSettings, Settings
+from services.core.db import pool_ctx
+from services.core.http import AccessLogger, Metrics, create_listener_app
+from services.core.tls import ContextHolder, GuardedSite, TlsFiles, bind_socket
+
+log = logging.getLogger(__name__)
+
+# name -> factory building that service's application from the settings.
+ServiceFactories = Mapping[str, Callable[[Settings], web.Application]]
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd about our state when run as ``Type=notify`` (no-op otherwise)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+
+
+@dataclass
+class Node:
+    """The listeners one process serves."""
+
+    runners: list[web.AppRunner] = field(default_factory=list)
+    holders: list[ContextHolder] = field(default_factory=list)
+    addresses: dict[str, str] = field(default_factory=dict)
+
+    def reload_tls(self) -> bool:
+        """Reload every listener's certificates; False if any kept its old ones."""
+        results = [holder.reload() for holder in self.holders]
+        return all(results)
+
+    async def stop(self) -> None:
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+        self.runners.clear()
+
+
+def tls_files(listener: ListenerSettings) -> TlsFiles | None:
+    if not listener.tls:
+        return None
+    assert listener.certificate is not None
+    assert listener.key is not None
+    return TlsFiles(
+        listener.certificate,
+        listener.key,
+        listener.client_ca,
+        listener.request_client_certificate,
+    )
+
+
+async def start_node(
+    settings: Settings,
+    pool: asyncpg.Pool | None,
+    listeners: Mapping[str, ListenerSettings],
+    factories: ServiceFactories,
+    sockets: Mapping[str, socket.socket] | None = None,
+) -> Node:
+    """Build and start one application per listener. ``sockets`` are pre-bound ones to use."""
+    node = Node()
+    metrics = Metrics()
+    try:
+        for name, listener in listeners.items():
+            services = {service: factories[service](settings) for service in listener.services}
+            app = create_listener_app(
+                settings.limits,
+                services,
+                metrics=metrics,
+                serve_metrics="admin" in listener.services,
+            )
+            if pool is not None:
+                app.cleanup_ctx.append(pool_ctx(pool))
+            runner = web.AppRunner(
+                app,
+                access_log_class=AccessLogger,
+                access_log=logging.getLogger("pbxfront.access")
+                if settings.logging.access_log
+                else None,
+                shutdown_timeout=settings.limits.shutdown_timeout,
+                handle_signals=False,
+            )
+            await runner.setup()
+            node.runners.append(runner)
+            files = tls_files(listener)
+            holder = ContextHolder(files) if files is not None else None
+            if holder is not None:
+                node.holders.append(holder)
+            sock = (sockets or {}).get(name) or bind_socket(
+                listener.host, listener.port, reuse_port=False
+            )
+            site = GuardedSite(
+                runner,
+                sock,
+                holder,
+                handshake_timeout=listener.handshake_timeout,
+                header_timeout=settings.limits.header_timeout,
+            )
+            await site.start()
+            node.addresses[name] = site.name
+    except BaseException:
+        await node.stop()
+        raise
+    return node
+
+
+def write_ready_file(
+    path: Path, addresses: Mapping[str, str], listeners: Mapping[str, ListenerSettings]
+) -> None:
+    """Where each listener ended up (port 0 resolved), for scripts and tests."""
+    data = {
+        name: {"url": url, "services": list(listeners[name].services)}
+        for name, url in addresses.items()
+    }
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2))
+    os.replace(temporary, path)
+
+
+async def serve_forever(
+    settings: Settings,
+    listeners: Mapping[str, ListenerSettings],
+    factories: ServiceFactories,
+    dsn: str,
+    sockets: Mapping[str, socket.socket] | None,
+    on_ready: Callable[[Node], None],
+) -> None:
+    """One process's life: pool, listeners, wait for a signal, graceful stop."""
+    from services.core.db import create_pool
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    node_holder: list[Node] = []
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def reload_tls() -> None:
+        for node in node_holder:
+            node.reload_tls()
+
+    loop.add_signal_handler(signal.SIGHUP, reload_tls)
+    pool = await create_pool(dsn, settings.database)
+    try:
+        node = await start_node(settings, pool, listeners, factories, sockets)
+        node_holder.append(node)
+        on_ready(node)
+        await stop.wait()
+        log.info("stopping: no new connections, finishing requests in flight")
+        await node.stop()
+    finally:
+        await pool.close()
+
+
+def run_node(
+    settings: Settings,
+    listeners: Mapping[str, ListenerSettings],
+    factories: ServiceFactories,
+    dsn: str,
+    *,
+    workers: int,
+    ready_file: Path | None,
+    announce: Callable[[Mapping[str, str]], None],
+) -> int:
+    """Blocking: serve until SIGTERM/SIGINT. Returns the exit status."""
+    import uvloop
+
+    if workers <= 1:
+
+        def ready(node: Node) -> None:
+            if ready_file is not None:
+                write_ready_file(ready_file, node.addresses, listeners)
+            announce(node.addresses)
+            sd_notify("READY=1")
+
+        uvloop.run(serve_forever(settings, listeners, factories, dsn, None, ready))
+        sd_notify("STOPPING=1")
+        return 0
+    return _run_workers(settings, listeners, factories, dsn, workers, ready_file, announce)
+
+
+def _run_workers(
+    settings: Settings,
+    listeners: Mapping[str, ListenerSettings],
+    factories: ServiceFactories,
+    dsn: str,
+    workers: int,
+    ready_file: Path | None,
+    announce: Callable[[Mapping[str, str]], None],
+) -> int:
+    import uvloop
+
+    # Reserve each address (resolving port 0) with a bound, never-listening socket; workers bind
+    # their own SO_REUSEPORT sockets to the same address.
+    reserved: dict[str, socket.socket] = {}
+    resolved: dict[str, ListenerSettings] = {}
+    for name, listener in listeners.items():
+        sock = bind_socket(listener.host, listener.port, reuse_port=True)
+        reserved[name] = sock
+        _host, port = sock.getsockname()[:2]
+        resolved[name] = dataclasses.replace(listener, port=port)
+
+    ready_read, ready_write = os.pipe()
+
+    def spawn() -> int:
+        pid = os.fork()
+        if pid:
+            return pid
+        # Worker: own sockets, own loop, own pool.
+        code = 0
+        try:
+            os.close(ready_read)
+            for sock in reserved.values():
+                sock.close()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            sockets = {
+                name: bind_socket(item.host, item.port, reuse_port=True)
+                for name, item in resolved.items()
+            }
+
+            def ready(node: Node) -> None:
+                os.write(ready_write, b"r")
+
+            uvloop.run(serve_forever(settings, resolved, factories, dsn, sockets, ready))
+        except BaseException:
+            log.exception("worker %d failed", os.getpid())
+            code = 1
+        finally:
+            os._exit(code)
+
+    children = {spawn() for _ in range(workers)}
+    ready_count = 0
+    deadline = time.monotonic() + 60
+    while ready_count < workers and time.monotonic() < deadline:
+        chunk = os.read(ready_read, workers - ready_count)
+        if not chunk:
+            break
+        ready_count += len(chunk)
+    if ready_count < workers:
+        log.error("only %d of %d workers started", ready_count, workers)
+    addresses = {
+        name: ("https" if item.tls else "http") + f"://{item.host}:{item.port}"
+        for name, item in resolved.items()
+    }
+    if ready_file is not None:
+        write_ready_file(ready_file, addresses, resolved)
+    announce(addresses)
+    sd_notify("READY=1")
+
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+            sd_notify("STOPPING=1")
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)
+    status = 0
+    while children:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
+            continue
+        children.discard(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if stopping:
+            continue
+        log.error("worker %d exited with %d; starting a new one", pid, code)
+        status = 1
+        time.sleep(1.0)
+        children.add(spawn())
+    for sock in reserved.values():
+        sock.close()
+    os.close(ready_read)
+    os.close(ready_write)
+    return 0 if stopping else status
+
+
+def configure_logging(level: str) -> None:
+    from services.core.http import RequestIdFilter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)

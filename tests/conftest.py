@@ -1,0 +1,165 @@
+"""Shared fixtures: one real embedded PostgreSQL per test session, a fresh database per test."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from services.core import db, pki
+
+TEMPLATE_DATABASE = "pbxfront_template"
+
+
+def dsn_for_database(dsn: str, database: str) -> str:
+    """The same server, another database (works for socket and TCP DSNs)."""
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def postgres_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL (pgserver) for the whole session, with a migrated template database."""
+    embedded = db.EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    dsn = embedded.start()
+
+    async def prepare() -> None:
+        admin = await asyncpg.connect(dsn)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DATABASE}")
+            await admin.execute(f"CREATE DATABASE {TEMPLATE_DATABASE}")
+        finally:
+            await admin.close()
+        template = await asyncpg.connect(dsn_for_database(dsn, TEMPLATE_DATABASE))
+        try:
+            await db.migrate(template)
+        finally:
+            await template.close()
+
+    asyncio.run(prepare())
+    yield dsn
+    embedded.stop()
+
+
+@pytest.fixture
+async def database_url(postgres_server_dsn: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(postgres_server_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DATABASE}")
+    finally:
+        await admin.close()
+    yield dsn_for_database(postgres_server_dsn, name)
+    admin = await asyncpg.connect(postgres_server_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.create_pool(database_url, db.DatabaseSettings(pool_min_size=1, pool_max_size=5))
+    yield pool
+    await pool.close()
+
+
+async def until(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, interval: float = 0.02
+) -> None:
+    """Wait for an effect that happens later; fail the test with a clear message on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+# --- certificates ------------------------------------------------------------------------------
+
+DEVICE_A = "IP232-01-02-03"
+DEVICE_B = "IP222-0a-0b-0c"
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionPki:
+    """The session's certificates: a demo CA with server and device certificates, plus a device
+    certificate from a foreign CA and an expired one from the right CA."""
+
+    ca: Path
+    server_certificate: Path
+    server_key: Path
+    devices: dict[str, tuple[Path, Path]]
+    foreign_device: tuple[Path, Path]
+    expired_device: tuple[Path, Path]
+
+
+def expired_certificate(ca: pki.IssuedCertificate, common_name: str) -> pki.IssuedCertificate:
+    """A client certificate from ``ca`` that expired yesterday (pki refuses to make one)."""
+    key = pki.generate_key("rsa", 2048)
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=60))
+        .not_valid_after(now - timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    return pki.IssuedCertificate(certificate, key)
+
+
+@pytest.fixture(scope="session")
+def session_pki(tmp_path_factory: pytest.TempPathFactory) -> SessionPki:
+    directory = tmp_path_factory.mktemp("pki")
+    demo = pki.ensure_demo_pki(
+        directory / "demo",
+        organization="pbxfront test",
+        country="DE",
+        server_names=["127.0.0.1", "localhost", "::1"],
+        device_common_names=[DEVICE_A, DEVICE_B],
+    )
+    foreign_ca = pki.create_root_ca(country="DE", organization="Someone Else", key_bits=2048)
+    foreign = pki.issue_certificate(foreign_ca, common_name=DEVICE_A, server=False)
+    foreign_paths = (directory / "foreign.pem", directory / "foreign.key")
+    pki.write_pem_files(foreign, *foreign_paths)
+    ca = pki.load_issued(demo.ca_certificate, demo.ca_key)
+    expired = expired_certificate(ca, DEVICE_A)
+    expired_paths = (directory / "expired.pem", directory / "expired.key")
+    pki.write_pem_files(expired, *expired_paths)
+    return SessionPki(
+        demo.ca_certificate,
+        demo.server_certificate,
+        demo.server_key,
+        demo.device_certificates,
+        foreign_paths,
+        expired_paths,
+    )
