@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.core import db, pki
+from services.core.config import DatabaseSettings
 
 TEMPLATE_DATABASE = "pbxfront_template"
 
@@ -71,7 +72,7 @@ async def database_url(postgres_server_dsn: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(database_url, db.DatabaseSettings(pool_min_size=1, pool_max_size=5))
+    pool = await db.create_pool(database_url, DatabaseSettings(pool_min_size=1, pool_max_size=5))
     yield pool
     await pool.close()
 
@@ -101,6 +102,8 @@ def repo_root() -> Path:
 
 DEVICE_A = "IP232-01-02-03"
 DEVICE_B = "IP222-0a-0b-0c"
+# In config/inventory.example.toml (DEVICE_A is too; DEVICE_B is not).
+DEVICE_C = "IP222-01-02-04"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,9 +132,7 @@ def expired_certificate(ca: pki.IssuedCertificate, common_name: str) -> pki.Issu
         .not_valid_before(now - timedelta(days=60))
         .not_valid_after(now - timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca.key, hashes.SHA256())
     )
     return pki.IssuedCertificate(certificate, key)
@@ -145,7 +146,7 @@ def session_pki(tmp_path_factory: pytest.TempPathFactory) -> SessionPki:
         organization="pbxfront test",
         country="DE",
         server_names=["127.0.0.1", "localhost", "::1"],
-        device_common_names=[DEVICE_A, DEVICE_B],
+        device_common_names=[DEVICE_A, DEVICE_B, DEVICE_C],
     )
     foreign_ca = pki.create_root_ca(country="DE", organization="Someone Else", key_bits=2048)
     foreign = pki.issue_certificate(foreign_ca, common_name=DEVICE_A, server=False)

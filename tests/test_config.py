@@ -70,7 +70,10 @@ def test_listener_tables_and_env(tmp_path: Path) -> None:
         ("[database]\nnot_a_key = 1\n", "database.not_a_key: unknown key"),
         ("colour = 'blue'\n", "colour: unknown key"),
         ("[listeners.x]\nport = 70000\ntls = false\n", "listeners.x.port: must be 0..65535"),
-        ("[listeners.x]\nservices = ['mail']\ntls = false\n", "listeners.x.services: unknown service"),
+        (
+            "[listeners.x]\nservices = ['mail']\ntls = false\n",
+            "listeners.x.services: unknown service",
+        ),
         ("[listeners.x]\ntls = true\n", "listeners.x: tls = true needs certificate and key"),
         ("[logging]\nlevel = 'LOUD'\n", "logging.level: must be one of"),
         ("[limits]\nrequest_timeout = true\n", "limits.request_timeout: must be a number"),

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from services.core import identity
-from services.core.config import LimitSettings, ListenerSettings, Settings
+from services.core.config import DatabaseSettings, LimitSettings, ListenerSettings, Settings
 from services.core.http import query_arguments
 from services.core.runner import Node, start_node
 from tests.conftest import DEVICE_A, DEVICE_B, SessionPki
@@ -95,8 +95,13 @@ async def node(pool: asyncpg.Pool, session_pki: SessionPki) -> AsyncIterator[Nod
 
 async def curl(*args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "--max-time", "10", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await process.communicate()
     assert process.returncode is not None
@@ -116,9 +121,13 @@ async def test_curl_with_device_certificate_is_proven(node: Node, session_pki: S
     assert f'"hardware_id": "{DEVICE_A}"' in out
 
 
-async def test_without_certificate_is_claimed_or_anonymous(node: Node, session_pki: SessionPki) -> None:
+async def test_without_certificate_is_claimed_or_anonymous(
+    node: Node, session_pki: SessionPki
+) -> None:
     base = node.addresses["devices"]
-    code, out, err = await curl("--cacert", str(session_pki.ca), base + "/whoami?sn=00-90-33-01-02-03")
+    code, out, err = await curl(
+        "--cacert", str(session_pki.ca), base + "/whoami?sn=00-90-33-01-02-03"
+    )
     assert code == 0, err
     assert '"proof": "claimed"' in out
     assert '"mac": "009033010203"' in out
@@ -137,11 +146,13 @@ async def test_certificate_of_a_naming_b_is_refused(
     assert "certificate names IP232-01-02-03" in out
     lines = [r.getMessage() for r in caplog.records if r.name == "pbxfront.security"]
     assert any(
-        "identity-conflict from 127.0.0.1" in line and "claimed=00903300aabb" in line for line in lines
+        "identity-conflict from 127.0.0.1" in line and "claimed=00903300aabb" in line
+        for line in lines
     ), lines
     # The matching claim is fine.
-    code, out, _ = await curl(*device_args(session_pki, DEVICE_B), node.addresses["devices"]
-                              + "/whoami?sn=0090330a0b0c")
+    code, out, _ = await curl(
+        *device_args(session_pki, DEVICE_B), node.addresses["devices"] + "/whoami?sn=0090330a0b0c"
+    )
     assert '"proof": "proven"' in out
 
 
@@ -149,11 +160,14 @@ async def test_certificate_of_a_naming_b_is_refused(
 async def test_bad_client_certificate_fails_handshake_and_server_goes_on(
     node: Node, session_pki: SessionPki, caplog: pytest.LogCaptureFixture, which: str
 ) -> None:
-    certificate, key = session_pki.foreign_device if which == "foreign" else session_pki.expired_device
+    certificate, key = (
+        session_pki.foreign_device if which == "foreign" else session_pki.expired_device
+    )
     url = node.addresses["devices"] + "/whoami"
     with caplog.at_level(logging.WARNING, logger="pbxfront.security"):
-        code, _, err = await curl("--cacert", str(session_pki.ca), "--cert", str(certificate),
-                                  "--key", str(key), url)
+        code, _, err = await curl(
+            "--cacert", str(session_pki.ca), "--cert", str(certificate), "--key", str(key), url
+        )
     assert code != 0, "the handshake should have failed"
     lines = [r.getMessage() for r in caplog.records if r.name == "pbxfront.security"]
     assert any("tls-handshake-failed from 127.0.0.1" in line for line in lines), lines
@@ -169,8 +183,9 @@ async def test_listener_without_certificate_request_serves_claims(
     url = node.addresses["claimed"] + "/whoami?hwid=IP232-01-02-03"
     # A foreign certificate is not even asked for here, so the handshake works.
     certificate, key = session_pki.foreign_device
-    code, out, err = await curl("--cacert", str(session_pki.ca), "--cert", str(certificate),
-                                "--key", str(key), url)
+    code, out, err = await curl(
+        "--cacert", str(session_pki.ca), "--cert", str(certificate), "--key", str(key), url
+    )
     assert code == 0, err
     assert '"proof": "claimed"' in out
 
@@ -184,7 +199,11 @@ async def test_listener_without_certificate_request_serves_claims(
     ],
 )
 async def test_limits(node: Node, args: list[str], status: str) -> None:
-    url = node.addresses["plain"] + "/upload" if "PUT" in args else node.addresses["plain"] + "/whoami"
+    url = (
+        node.addresses["plain"] + "/upload"
+        if "PUT" in args
+        else node.addresses["plain"] + "/whoami"
+    )
     code, out, err = await curl("-o", "/dev/null", "-w", "%{http_code}", *args, url)
     assert code == 0, err
     assert out == status
@@ -192,12 +211,12 @@ async def test_limits(node: Node, args: list[str], status: str) -> None:
 
 async def test_long_query_and_bad_utf8(node: Node) -> None:
     base = node.addresses["plain"]
-    code, out, _ = await curl("-w", "%{http_code}", base + "/whoami?x=" + "a" * 300)
+    _, out, _ = await curl("-w", "%{http_code}", base + "/whoami?x=" + "a" * 300)
     assert out.endswith("414")
-    code, out, _ = await curl("-w", "%{http_code}", base + "/whoami?sn=%ff%fe")
+    _, out, _ = await curl("-w", "%{http_code}", base + "/whoami?sn=%ff%fe")
     assert out.endswith("400")
     assert "not valid UTF-8" in out
-    code, out, _ = await curl("-w", "%{http_code}", base + "/whoami?sn=not-a-mac%0d%0aX")
+    _code, out, _ = await curl("-w", "%{http_code}", base + "/whoami?sn=not-a-mac%0d%0aX")
     assert out.endswith("400")
     assert "\\x0d\\x0a" in out  # control characters are escaped in the answer
 
@@ -224,7 +243,7 @@ async def test_slow_headers_are_cut_off(node: Node) -> None:
 
 
 async def test_slow_request_gets_408(node: Node) -> None:
-    code, out, _ = await curl("-w", "%{http_code}", node.addresses["plain"] + "/slow?seconds=5")
+    _code, out, _ = await curl("-w", "%{http_code}", node.addresses["plain"] + "/slow?seconds=5")
     assert out.endswith("408")
 
 
@@ -255,7 +274,9 @@ async def test_certificate_reload_for_new_connections(
     shutil.copy(session_pki.server_key, key)
     key.chmod(0o600)
     config = {
-        "tls": ListenerSettings(port=0, services=("probe",), tls=True, certificate=certificate, key=key)
+        "tls": ListenerSettings(
+            port=0, services=("probe",), tls=True, certificate=certificate, key=key
+        )
     }
     running = await start_node(SETTINGS, pool, config, FACTORIES)
     try:
@@ -263,7 +284,7 @@ async def test_certificate_reload_for_new_connections(
         client = ssl.create_default_context(cafile=str(session_pki.ca))
 
         async def served_fingerprint() -> str:
-            reader, writer = await asyncio.open_connection(host, int(port), ssl=client)
+            _reader, writer = await asyncio.open_connection(host, int(port), ssl=client)
             der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
             writer.close()
             from cryptography import x509
@@ -299,7 +320,7 @@ async def test_healthz_and_database_outage(session_pki: SessionPki, tmp_path: Pa
 
     embedded = db.EmbeddedPostgres(tmp_path)
     dsn = await asyncio.to_thread(embedded.start)
-    pool = await db.create_pool(dsn, db.DatabaseSettings(connect_timeout=1.0))
+    pool = await db.create_pool(dsn, DatabaseSettings(connect_timeout=1.0))
     config = {"plain": ListenerSettings(port=0, services=("probe",), tls=False)}
     running = await start_node(SETTINGS, pool, config, FACTORIES)
     url = running.addresses["plain"] + "/healthz"

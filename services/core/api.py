@@ -147,8 +147,13 @@ def openapi_document(title: str, version: str, endpoints: Sequence[Endpoint]) ->
             for name in re.findall(r"\{(\w+)\}", path)
         ]
         parameters += [
-            {"name": name, "in": "query", "required": False, "schema": {"type": "string"},
-             "description": text}
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": text,
+            }
             for name, text in endpoint.query.items()
         ]
         operation: dict[str, Any] = {

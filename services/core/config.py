@@ -120,6 +120,22 @@ class AdminSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class UpdateSettings:
+    # The script templates (the seed's /DRIVE/CF0/update/ tree) and the firmware store.
+    scripts_dir: Path = Path("staging_scripts")
+    firmware_dir: Path = Path("firmware")
+    # Minutes between polls a device is told to use; "stale" = not seen for 3 intervals.
+    poll_interval: int = dataclasses.field(default=15, metadata=_check(_range(1, 1440)))
+    # Base URL written into scripts (update URL, firmware, backup, events), e.g.
+    # "https://fe1.hoster.example". Empty: the scheme and Host of each request.
+    public_url: str = ""
+    # Seconds between checks of the scripts folder for changed files.
+    reload_interval: float = dataclasses.field(default=2.0, metadata=_check(_range(0.1, 3600)))
+    # First words (or "word word") of script lines allowed besides protocol.md's grammar.
+    extra_commands: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     # Where pbxfront keeps local state: the embedded PostgreSQL, demo certificates.
     data_dir: Path = Path("var")
@@ -133,6 +149,7 @@ class Settings:
     logging: LoggingSettings = LoggingSettings()
     demo: DemoSettings = DemoSettings()
     admin: AdminSettings = AdminSettings()
+    update: UpdateSettings = UpdateSettings()
 
     def listeners_for(self, only: Iterable[str] | None = None) -> dict[str, ListenerSettings]:
         """The listeners to open. With ``only``, each keeps just those services and a listener
@@ -338,6 +355,10 @@ def validate(settings: Settings) -> None:
     """Cross-field checks a single field's validator cannot make."""
     if settings.database.pool_min_size > settings.database.pool_max_size:
         raise ConfigError("database.pool_min_size: must not exceed database.pool_max_size")
+    if settings.update.public_url and not re.fullmatch(
+        r"https?://[A-Za-z0-9.-]+(:\d{1,5})?", settings.update.public_url
+    ):
+        raise ConfigError("update.public_url: must be like https://fe1.hoster.example[:port]")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", settings.frontend):
         raise ConfigError("frontend: must be a safe id such as sb1")
     for name, listener in settings.listeners.items():

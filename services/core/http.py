@@ -42,6 +42,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 SERVICE_NAME_KEY = web.AppKey("service_name", str)
 LIMITS_KEY = web.AppKey("limits", LimitSettings)
+# Set on a service application whose callers read every answer line as a command (devices):
+# error bodies are then written as `#` comment lines.
+COMMENT_ERRORS_KEY = web.AppKey("comment_errors", bool)
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -110,6 +113,9 @@ def wants_json(request: web.Request) -> bool:
 def error_response(
     request: web.Request, status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
+    if any(COMMENT_ERRORS_KEY in app for app in request.match_info.apps):
+        text = "".join(f"# {line}\r\n" for line in message.splitlines() or [""])
+        return web.Response(status=status, text=text, content_type="text/plain", headers=headers)
     if wants_json(request):
         body = json.dumps({"error": message, "status": status}) + "\n"
         return web.Response(

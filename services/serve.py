@@ -1,0 +1,143 @@
+"""The one place that knows every service: which application runs on which listener.
+
+Also the embedded demo: certificates and the example inventory are created here before the
+listeners start, so ``pbxfront serve --config config/demo.toml`` works on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from services.core.config import ConfigError, ListenerSettings, Settings
+from services.core.runner import ServiceFactories
+
+log = logging.getLogger(__name__)
+
+
+def service_factories() -> ServiceFactories:
+    """Every service this version ships, by name. Imported lazily: a node pays only for its own."""
+
+    def admin(settings: Settings) -> web.Application:
+        from services.admin.app import create_app
+
+        return create_app(settings)
+
+    def update(settings: Settings) -> web.Application:
+        from services.update.app import create_app
+
+        return create_app(settings)
+
+    factories: dict[str, Callable[[Settings], web.Application]] = {
+        "admin": admin,
+        "update": update,
+    }
+    return factories
+
+
+def check_services(listeners: Mapping[str, ListenerSettings], factories: ServiceFactories) -> None:
+    for name, listener in listeners.items():
+        for service in listener.services:
+            if service not in factories:
+                raise ConfigError(
+                    f"listeners.{name}.services: service {service!r} is not available in this "
+                    f"version (available: {', '.join(sorted(factories))})"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoFiles:
+    ca_certificate: Path
+    server_certificate: Path
+    server_key: Path
+    device_certificates: dict[str, tuple[Path, Path]]
+
+
+def demo_device_names(settings: Settings) -> list[str]:
+    from services.core.inventory import read_inventory_file
+
+    if settings.demo.inventory is None:
+        return []
+    inventory = read_inventory_file(settings.demo.inventory)
+    return sorted(device.hardware_id for device in inventory.devices)
+
+
+def prepare_demo_pki(settings: Settings) -> DemoFiles:
+    """Blocking: the demo CA, server certificate and one client certificate per example device."""
+    from services.core.pki import ensure_demo_pki
+
+    listener_hosts = {listener.host for listener in settings.listeners.values()}
+    server_names = sorted(listener_hosts | {"127.0.0.1", "localhost", "::1"})
+    pki = ensure_demo_pki(
+        settings.data_dir / "pki",
+        organization=settings.demo.organization,
+        country=settings.demo.country,
+        server_names=server_names,
+        device_common_names=demo_device_names(settings),
+    )
+    return DemoFiles(
+        pki.ca_certificate, pki.server_certificate, pki.server_key, pki.device_certificates
+    )
+
+
+def with_demo_tls(settings: Settings, demo: DemoFiles) -> Settings:
+    """Fill in the demo certificate where a TLS listener names none."""
+    listeners: dict[str, ListenerSettings] = {}
+    for name, listener in settings.listeners.items():
+        if listener.tls and listener.certificate is None:
+            listener = dataclasses.replace(
+                listener, certificate=demo.server_certificate, key=demo.server_key
+            )
+        if listener.request_client_certificate and not listener.client_ca:
+            listener = dataclasses.replace(listener, client_ca=(demo.ca_certificate,))
+        listeners[name] = listener
+    return dataclasses.replace(settings, listeners=listeners)
+
+
+async def apply_demo_inventory(settings: Settings, pool: asyncpg.Pool) -> None:
+    from services.core.inventory import apply_inventory, read_inventory_file
+
+    if settings.demo.inventory is None:
+        return
+    desired = await asyncio.to_thread(read_inventory_file, settings.demo.inventory)
+    async with pool.acquire() as connection:
+        changes = await apply_inventory(connection, desired)
+    for change in changes:
+        log.info("demo inventory: %s", change)
+
+
+def print_try_it(settings: Settings, addresses: Mapping[str, str], demo: DemoFiles | None) -> None:
+    lines = ["pbxfront is listening:"]
+    for name, url in addresses.items():
+        services = ", ".join(settings.listeners[name].services)
+        lines.append(f"  {name:10} {url}  ({services})")
+    if demo is not None:
+        admin = next(
+            (url for n, url in addresses.items() if "admin" in settings.listeners[n].services), None
+        )
+        lines.append("")
+        lines.append("Try it:")
+        if admin:
+            lines.append(f"  curl --cacert {demo.ca_certificate} {admin}/healthz")
+        devices = next(
+            (
+                url
+                for n, url in addresses.items()
+                if settings.listeners[n].request_client_certificate
+            ),
+            None,
+        )
+        if devices and demo.device_certificates:
+            cn, (cert, key) = sorted(demo.device_certificates.items())[0]
+            lines.append(f"  # as device {cn}, proven by its client certificate:")
+            lines.append(
+                f"  curl --cacert {demo.ca_certificate} --cert {cert} --key {key} {devices}/healthz"
+            )
+    print("\n".join(lines), file=sys.stderr, flush=True)

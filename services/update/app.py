@@ -1,0 +1,70 @@
+"""The update service: per-device staging.txt / update.txt, firmware files, device status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.core.config import Settings
+from services.core.http import COMMENT_ERRORS_KEY
+from services.update import handlers
+from services.update.firmware import FirmwareStore
+from services.update.scripts import ScriptStore
+from services.update.state import (
+    FIRMWARE_KEY,
+    SETTINGS_KEY,
+    SNAPSHOTS_KEY,
+    STORE_KEY,
+    SnapshotCache,
+)
+
+log = logging.getLogger(__name__)
+
+
+async def script_reloader(app: web.Application) -> AsyncIterator[None]:
+    """Load scripts and the firmware index at start, then watch both in the background."""
+    store = app[STORE_KEY]
+    firmware = app[FIRMWARE_KEY]
+    interval = app[SETTINGS_KEY].update.reload_interval
+    await asyncio.to_thread(store.refresh)
+    await asyncio.to_thread(firmware.refresh)
+    for name, problem in store.problems.items():
+        log.error("scripts: %s: %s", name, problem)
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if await asyncio.to_thread(store.refresh):
+                    log.info("scripts reloaded from %s", store.root)
+                if await asyncio.to_thread(firmware.refresh):
+                    log.info("firmware store changed: %s", firmware.firm)
+            except Exception:  # keep watching; the old scripts stay in use
+                log.exception("scripts: reload failed")
+
+    task = asyncio.create_task(watch())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application()
+    app[SETTINGS_KEY] = settings
+    app[STORE_KEY] = ScriptStore(settings.update.scripts_dir)
+    app[FIRMWARE_KEY] = FirmwareStore(settings.update.firmware_dir)
+    app[SNAPSHOTS_KEY] = SnapshotCache()
+    app[COMMENT_ERRORS_KEY] = True
+    app.cleanup_ctx.append(script_reloader)
+    prefix = "/DRIVE/CF0/update"
+    app.router.add_get(f"{prefix}/staging.txt", handlers.staging)
+    app.router.add_get(f"{prefix}/update.txt", handlers.update)
+    # protocol.md §1: a URL ending in "/" makes the device ask for update-<type>.htm.
+    app.router.add_get(prefix + "/{page:(?i:update-[a-z0-9_]{1,32}\\.htm)}", handlers.update)
+    app.router.add_get(prefix + "/firm/{build}/{file}", handlers.firmware)
+    return app

@@ -1,0 +1,162 @@
+"""The firmware store on this node's disk: ``<firmware_dir>/firm/<build>/<file>`` (seed layout).
+
+Files are added with ``pbxfront firmware add`` and recorded with their SHA-256 in the build's
+``SHA256SUMS``. Devices may read only files listed there; names are checked against a strict
+pattern before they become a path, and the resolved path must stay inside the store (no ``..``,
+no absolute paths, no symlinks out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+BUILD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.bin")
+MANIFEST = "SHA256SUMS"
+
+
+class FirmwareError(Exception):
+    """A firmware name or file problem; the message names it."""
+
+
+@dataclass(frozen=True)
+class FirmwareFile:
+    build: str
+    name: str
+    path: Path
+    sha256: str
+    size: int
+
+
+def firmware_file_name(kind: str, device_type: str) -> str:
+    """protocol.md §2: ``ip<model>.bin`` / ``boot<model>.bin``, model lower case (IP232 -> 232)."""
+    model = device_type.lower()
+    if model.startswith("ip") and model[2:3].isdigit():
+        model = model[2:]
+    return f"ip{model}.bin" if kind == "prot" else f"boot{model}.bin"
+
+
+def check_build(build: str) -> str:
+    if not BUILD.fullmatch(build) or ".." in build:
+        raise FirmwareError(f"build {build!r}: letters, digits, . _ - only (e.g. 13r2sr7)")
+    return build
+
+
+def check_file_name(name: str) -> str:
+    if not FILE.fullmatch(name):
+        raise FirmwareError(f"file {name!r}: must look like ip232.bin or boot232.bin")
+    return name
+
+
+class FirmwareStore:
+    """Blocking file access; the update service calls these in a thread."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.firm = root / "firm"
+        # (build, file) pairs listed in the manifests, as of the last refresh().
+        self._listed: frozenset[tuple[str, str]] = frozenset()
+
+    def refresh(self) -> bool:
+        """Re-read the manifests (blocking). True if the set of files changed."""
+        listed = frozenset((item.build, item.name) for item in self.list())
+        changed = listed != self._listed
+        self._listed = listed
+        return changed
+
+    def listed(self, build: str, name: str) -> bool:
+        """In memory, no disk access: was the file in the store at the last refresh()?"""
+        return (build, name) in self._listed
+
+    def _manifest(self, build: str) -> dict[str, str]:
+        path = self.firm / build / MANIFEST
+        try:
+            text = path.read_text("ascii")
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError) as error:
+            raise FirmwareError(f"{path}: unreadable: {error}") from None
+        entries: dict[str, str] = {}
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and re.fullmatch(r"[0-9a-f]{64}", parts[0]):
+                entries[parts[1].lstrip("*")] = parts[0]
+        return entries
+
+    def find(self, build: str, name: str) -> FirmwareFile | None:
+        """The listed file, or None; never a path outside the store."""
+        try:
+            check_build(build)
+            check_file_name(name)
+        except FirmwareError:
+            return None
+        sha256 = self._manifest(build).get(name)
+        if sha256 is None:
+            return None
+        path = self.firm / build / name
+        try:
+            resolved = path.resolve(strict=True)
+            firm = self.firm.resolve(strict=True)
+        except OSError:
+            return None
+        if resolved.parent != firm / build or not resolved.is_file():
+            return None
+        return FirmwareFile(build, name, resolved, sha256, resolved.stat().st_size)
+
+    def exists(self, build: str, name: str) -> bool:
+        return self.find(build, name) is not None
+
+    def add(self, source: Path, build: str, name: str) -> FirmwareFile:
+        """Copy ``source`` into the store atomically and record its SHA-256."""
+        check_build(build)
+        check_file_name(name)
+        if not source.is_file():
+            raise FirmwareError(f"{source}: no such file")
+        directory = self.firm / build
+        directory.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with (
+            source.open("rb") as reader,
+            tempfile.NamedTemporaryFile(dir=directory, prefix=".incoming-", delete=False) as writer,
+        ):
+            try:
+                while chunk := reader.read(1 << 20):
+                    digest.update(chunk)
+                    writer.write(chunk)
+                writer.flush()
+                os.fsync(writer.fileno())
+            except BaseException:
+                os.unlink(writer.name)
+                raise
+        os.chmod(writer.name, 0o644)
+        os.replace(writer.name, directory / name)
+        manifest = self._manifest(build)
+        manifest[name] = digest.hexdigest()
+        text = "".join(f"{sha}  {file}\n" for file, sha in sorted(manifest.items()))
+        with tempfile.NamedTemporaryFile(
+            dir=directory, prefix=".manifest-", delete=False
+        ) as manifest_writer:
+            manifest_writer.write(text.encode("ascii"))
+        os.chmod(manifest_writer.name, 0o644)
+        os.replace(manifest_writer.name, directory / MANIFEST)
+        found = self.find(build, name)
+        assert found is not None
+        return found
+
+    def list(self) -> list[FirmwareFile]:
+        files: list[FirmwareFile] = []
+        if not self.firm.is_dir():
+            return files
+        for build_dir in sorted(self.firm.iterdir()):
+            if not build_dir.is_dir() or not BUILD.fullmatch(build_dir.name):
+                continue
+            for name in sorted(self._manifest(build_dir.name)):
+                found = self.find(build_dir.name, name)
+                if found is not None:
+                    files.append(found)
+        return files

@@ -1,0 +1,307 @@
+"""Script templates: loading, rendering, the run-once hash, the command grammar check.
+
+``staging_scripts/`` mirrors the seed's ``/DRIVE/CF0/update/`` folder. Every file is a Jinja2
+template rendered in a sandbox with undefined names as errors; afterwards the seed's ``#(name)``
+update-variable syntax is expanded from the same variables. Templates are read into memory by
+:meth:`ScriptStore.refresh` (run in a thread by the service, never in the event loop) and compiled
+once; a changed file is picked up by the next refresh without a restart.
+
+Secrets (customer passwords, variables flagged secret) are :class:`Secret` values: writing one
+into a script for a caller that may not see it raises :class:`SecretRequired`, so such a script is
+never sent, not even in part. Templates can test ``proven`` and send a reduced script instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+# Files larger than this are not scripts (protects memory and the devices).
+MAX_SCRIPT_BYTES = 256 * 1024
+SCRIPT_SUFFIXES = (".txt", ".htm")
+_UPDATE_VARIABLE = re.compile(r"#\(([A-Za-z0-9][A-Za-z0-9_.-]*)\)")
+# protocol.md §2: PHPUS trims these characters (PHP's trim()) before hashing.
+_TRIM = " \t\n\r\0\x0b"
+
+
+class ScriptError(Exception):
+    """A script cannot be rendered. ``location`` is ``file:line`` when known."""
+
+    def __init__(self, message: str, location: str | None = None) -> None:
+        super().__init__(f"{location}: {message}" if location else message)
+        self.message = message
+        self.location = location
+
+
+class SecretRequired(Exception):
+    """The script needs a secret the caller may not see (its identity is not proven)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the script needs the secret {name!r}, which goes only to proven devices")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret value; rendering it is allowed only when ``allowed``."""
+
+    name: str
+    value: str = field(repr=False)
+    allowed: bool
+
+    def reveal(self) -> str:
+        if not self.allowed:
+            raise SecretRequired(self.name)
+        return self.value
+
+    def __str__(self) -> str:
+        return self.reveal()
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+def script_hash(body: str) -> str:
+    """PHPUS's run-once hash: MD5 over every line (split on LF) trimmed, empty lines skipped.
+
+    protocol.md §2: matching it means a device moved from PHPUS with identical scripts is not
+    re-run. MD5 here is an idempotence key, not a security control.
+    """
+    digest = hashlib.md5(usedforsecurity=False)
+    for line in body.split("\n"):
+        trimmed = line.strip(_TRIM)
+        if trimmed:
+            digest.update(trimmed.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def rawurlencode(value: object) -> str:
+    """PHP's rawurlencode, which devices expect in ``config add UP1 /url`` (a script filter)."""
+    text = value.reveal() if isinstance(value, Secret) else str(value)
+    return quote(text, safe="-_.~")
+
+
+def to_crlf(lines: Iterable[str]) -> str:
+    return "".join(line.rstrip("\r") + "\r\n" for line in lines)
+
+
+def script_lines(body: str) -> list[str]:
+    """The body's lines without trailing white space; blank lines dropped."""
+    return [line.rstrip(_TRIM) for line in body.split("\n") if line.strip(_TRIM)]
+
+
+# --- the command grammar -----------------------------------------------------------------------
+
+# protocol.md §2: the first words a script line may start with. Anything else is reported by
+# `pbxfront scripts check` (extendable with update.extra_commands).
+KNOWN_COMMANDS: dict[str, frozenset[str] | None] = {
+    "mod": frozenset({"cmd"}),
+    "config": frozenset({"change", "add", "rem", "write", "activate", "reset"}),
+    "vars": frozenset({"create", "del", "read"}),
+    "iresetn": None,
+    "ireset": None,
+    "resetn": None,
+    "reset": None,
+}
+
+
+def unknown_commands(body: str, extra: Iterable[str] = ()) -> list[tuple[int, str]]:
+    """(line number, line) of every line whose command is not in the grammar."""
+    allowed_extra = {e.strip() for e in extra if e.strip()}
+    problems: list[tuple[int, str]] = []
+    for number, line in enumerate(body.split("\n"), start=1):
+        words = line.strip(_TRIM).split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] in allowed_extra or " ".join(words[:2]) in allowed_extra:
+            continue
+        second = KNOWN_COMMANDS.get(words[0], frozenset())
+        if words[0] not in KNOWN_COMMANDS or (
+            second is not None and (len(words) < 2 or words[1] not in second)
+        ):
+            problems.append((number, line.strip()))
+    return problems
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    text: str
+    path: str
+    mtime_ns: int
+    size: int
+
+
+class _MemoryLoader(jinja2.BaseLoader):
+    """Serves templates from the store's current snapshot; never touches the disk."""
+
+    def __init__(self, store: ScriptStore) -> None:
+        self._store = store
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        sources = self._store.sources
+        source = sources.get(template)
+        if source is None:
+            raise jinja2.TemplateNotFound(template)
+        return source.text, source.path, lambda: self._store.sources.get(template) is source
+
+    def list_templates(self) -> list[str]:
+        return sorted(self._store.sources)
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return value.reveal()
+    if value is None:
+        # A None that reaches the output is almost always a mistake in a script.
+        raise ScriptError("a value in the script is empty (None)")
+    return value
+
+
+class ScriptStore:
+    """The script tree in memory with compiled templates; refreshed from disk on demand."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sources: dict[str, _Source] = {}
+        self.problems: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.environment = ImmutableSandboxedEnvironment(
+            loader=_MemoryLoader(self),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+            auto_reload=True,
+            finalize=_finalize,
+            cache_size=2000,
+        )
+        self.environment.filters["rawurlencode"] = rawurlencode
+
+    def refresh(self) -> bool:
+        """Re-read changed files (blocking: run in a thread). True if anything changed."""
+        with self._lock:
+            found: dict[str, _Source] = {}
+            problems: dict[str, str] = {}
+            if not self.root.is_dir():
+                problems[str(self.root)] = "scripts folder does not exist"
+            for directory, _subdirs, files in os.walk(self.root, followlinks=False):
+                for name in files:
+                    if not name.endswith(SCRIPT_SUFFIXES):
+                        continue
+                    path = Path(directory) / name
+                    relative = path.relative_to(self.root).as_posix()
+                    try:
+                        status = path.lstat()
+                        if not path.is_file() or path.is_symlink():
+                            problems[relative] = "not a regular file (symlinks are not followed)"
+                            continue
+                        if status.st_size > MAX_SCRIPT_BYTES:
+                            problems[relative] = f"larger than {MAX_SCRIPT_BYTES} bytes"
+                            continue
+                        previous = self.sources.get(relative)
+                        if (
+                            previous is not None
+                            and previous.mtime_ns == status.st_mtime_ns
+                            and previous.size == status.st_size
+                        ):
+                            found[relative] = previous
+                            continue
+                        text = path.read_text("utf-8")
+                    except UnicodeDecodeError:
+                        problems[relative] = "not UTF-8 text"
+                        continue
+                    except OSError as error:
+                        problems[relative] = f"cannot read: {error.strerror}"
+                        continue
+                    found[relative] = _Source(
+                        text.replace("\r\n", "\n"), str(path), status.st_mtime_ns, status.st_size
+                    )
+            changed = found.keys() != self.sources.keys() or any(
+                found[name] is not self.sources.get(name) for name in found
+            )
+            self.sources = found
+            self.problems = problems
+            return changed
+
+    def has(self, name: str) -> bool:
+        return name in self.sources
+
+    def render(self, name: str, context: Mapping[str, Any], variables: Mapping[str, Any]) -> str:
+        """Render ``name`` with ``context``, then expand ``#(name)`` from ``variables``.
+
+        Raises ScriptError (with ``file:line``) or SecretRequired; never returns a partial script.
+        """
+        try:
+            template = self.environment.get_template(name)
+            text = template.render(context)
+        except SecretRequired:
+            raise
+        except jinja2.TemplateSyntaxError as error:
+            location = f"{_display(error.filename or error.name or name, self.root)}:{error.lineno}"
+            raise ScriptError(error.message or "syntax error", location) from None
+        except jinja2.TemplateNotFound as error:
+            where = _template_location(self.root)
+            raise ScriptError(f"template {error.name!r} not found", where) from None
+        except (jinja2.TemplateError, ScriptError) as error:
+            where = _template_location(self.root)
+            raise ScriptError(error.message or str(error), where) from None
+        except (TypeError, ValueError, AttributeError, ArithmeticError) as error:
+            raise ScriptError(
+                f"{type(error).__name__}: {error}", _template_location(self.root)
+            ) from None
+        return expand_update_variables(text, variables, _display(name, self.root))
+
+
+def _display(path: str, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(root.resolve().parent).as_posix()
+    except ValueError:
+        return path
+
+
+def _template_location(root: Path) -> str | None:
+    """``file:line`` of the innermost template frame of the exception being handled."""
+    root_text = str(root.resolve())
+    location: str | None = None
+    for frame, line in traceback.walk_tb(_current_traceback()):
+        filename = frame.f_code.co_filename
+        if filename.startswith(root_text) or not filename.endswith(".py"):
+            location = f"{_display(filename, root)}:{line}"
+    return location
+
+
+def _current_traceback() -> Any:
+    import sys
+
+    return sys.exc_info()[2]
+
+
+def expand_update_variables(text: str, variables: Mapping[str, Any], source: str) -> str:
+    """The seed's ``#(name)`` syntax: replace with the variable's value; undefined is an error."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in variables:
+            line = text.count("\n", 0, match.start()) + 1
+            raise ScriptError(
+                f"update variable #({name}) is not defined", f"{source} (rendered line {line})"
+            )
+        value = variables[name]
+        return value.reveal() if isinstance(value, Secret) else str(value)
+
+    return _UPDATE_VARIABLE.sub(replace, text)
