@@ -28,12 +28,11 @@ from services.core.config import (
     load_settings,
 )
 from services.core.db import DatabaseConfigError, open_database
+from services.core.errors import UsageError
+from services.core.pki import PkiError
+from services.core.tls import TlsConfigError
 
 log = logging.getLogger(__name__)
-
-
-class CommandError(Exception):
-    """A problem the user can fix; printed as one line, exit status 2."""
 
 
 def _settings(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Settings:
@@ -66,18 +65,18 @@ def _read_secret(prompt: str, *, file: str | None, env: str) -> str:
         try:
             return Path(file).read_text("utf-8").rstrip("\r\n")
         except OSError as error:
-            raise CommandError(f"{file}: {error.strerror}") from None
+            raise UsageError(f"{file}: {error.strerror}") from None
     value = os.environ.get(env)
     if value:
         return value
     if not sys.stdin.isatty():
         line = sys.stdin.readline()
         if not line:
-            raise CommandError(f"no password: give --password-file, set {env}, or type it")
+            raise UsageError(f"no password: give --password-file, set {env}, or type it")
         return line.rstrip("\r\n")
     first = getpass.getpass(prompt)
     if getpass.getpass("again: ") != first:
-        raise CommandError("the two passwords differ")
+        raise UsageError("the two passwords differ")
     return first
 
 
@@ -87,7 +86,7 @@ def _read_secret(prompt: str, *, file: str | None, env: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     from services import serve
     from services.core.db import EmbeddedPostgres, configured_dsn
-    from services.core.runner import configure_logging, run_node
+    from services.core.runner import check_tls, configure_logging, run_node
 
     settings = _settings(args)
     configure_logging(settings.logging.level)
@@ -95,13 +94,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     factories = serve.service_factories()
     listeners = settings.listeners_for(only)
     if not listeners:
-        raise CommandError("nothing to serve: no listener carries the selected services")
+        raise UsageError("nothing to serve: no listener carries the selected services")
     serve.check_services(listeners, factories)
     demo = None
     if settings.demo.enabled:
         demo = serve.prepare_demo_pki(settings)
         settings = serve.with_demo_tls(settings, demo)
         listeners = settings.listeners_for(only)
+    check_tls(listeners)
     workers = args.workers if args.workers is not None else settings.workers
     if workers == 0:
         workers = os.cpu_count() or 1
@@ -231,7 +231,7 @@ def cmd_accounts_add(args: argparse.Namespace) -> int:
     try:
         roles = parse_roles(args.role)
     except AccountError as error:
-        raise CommandError(str(error)) from None
+        raise UsageError(str(error)) from None
     password = _read_secret(
         f"password for {args.name}: ", file=args.password_file, env="PBXFRONT_ACCOUNT_PASSWORD"
     )
@@ -240,7 +240,7 @@ def cmd_accounts_add(args: argparse.Namespace) -> int:
         try:
             await AccountRepository(pool).add(args.name, roles, password)
         except AccountError as error:
-            raise CommandError(str(error)) from None
+            raise UsageError(str(error)) from None
         print(f"account {args.name} added with roles {', '.join(sorted(roles))}")
         return 0
 
@@ -258,9 +258,9 @@ def cmd_accounts_passwd(args: argparse.Namespace) -> int:
         try:
             changed = await AccountRepository(pool).set_password(args.name, password)
         except AccountError as error:
-            raise CommandError(str(error)) from None
+            raise UsageError(str(error)) from None
         if not changed:
-            raise CommandError(f"no account {args.name}")
+            raise UsageError(f"no account {args.name}")
         print(f"password of {args.name} changed; its API tokens were revoked")
         return 0
 
@@ -272,7 +272,7 @@ def cmd_accounts_remove(args: argparse.Namespace) -> int:
 
     async def work(_settings: Settings, pool: asyncpg.Pool) -> int:
         if not await AccountRepository(pool).remove(args.name):
-            raise CommandError(f"no account {args.name}")
+            raise UsageError(f"no account {args.name}")
         print(f"account {args.name} removed")
         return 0
 
@@ -380,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing = account_actions.add_parser("list", parents=[common], help="list accounts and roles")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_accounts_list)
+
+    from services.update import cli as update_cli
+
+    update_cli.register(commands, common, _with_database)
     return parser
 
 
@@ -392,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (ConfigError, DatabaseConfigError, CommandError) as error:
+    except (ConfigError, DatabaseConfigError, UsageError, TlsConfigError, PkiError) as error:
         print(f"pbxfront: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

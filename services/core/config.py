@@ -24,7 +24,7 @@ ENV_PREFIX = "PBXFRONT_"
 # themselves contain single underscores.
 ENV_SEPARATOR = "__"
 # Variables that configure the CLI itself rather than a settings key.
-ENV_RESERVED = frozenset({"PBXFRONT_CONFIG"})
+ENV_RESERVED = frozenset({"PBXFRONT_CONFIG", "PBXFRONT_ACCOUNT_PASSWORD"})
 
 SERVICE_NAMES = ("update", "redirect", "backup", "events", "contacts", "directory", "admin")
 

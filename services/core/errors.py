@@ -43,3 +43,7 @@ class Unprocessable(DomainError):
 
 class TooLarge(DomainError):
     """The body or a collection in it exceeds a configured limit (413)."""
+
+
+class UsageError(Exception):
+    """A command-line problem the user can fix; printed as one line, exit status 2."""

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -32,7 +33,13 @@ from aiohttp import web
 from services.core.config import ListenerSettings, Settings
 from services.core.db import pool_ctx
 from services.core.http import AccessLogger, Metrics, create_listener_app
-from services.core.tls import ContextHolder, GuardedSite, TlsFiles, bind_socket
+from services.core.tls import (
+    ContextHolder,
+    GuardedSite,
+    TlsFiles,
+    bind_socket,
+    build_server_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,15 @@ class Node:
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
+
+
+def check_tls(listeners: Mapping[str, ListenerSettings]) -> None:
+    """Load every listener's certificates once, so a bad file stops ``serve`` with one line
+    before any worker starts (TlsConfigError names the file)."""
+    for listener in listeners.values():
+        files = tls_files(listener)
+        if files is not None:
+            build_server_context(files)
 
 
 def tls_files(listener: ListenerSettings) -> TlsFiles | None:
@@ -266,13 +282,25 @@ def _run_workers(
     children = {spawn() for _ in range(workers)}
     ready_count = 0
     deadline = time.monotonic() + 60
-    while ready_count < workers and time.monotonic() < deadline:
-        chunk = os.read(ready_read, workers - ready_count)
-        if not chunk:
-            break
-        ready_count += len(chunk)
-    if ready_count < workers:
-        log.error("only %d of %d workers started", ready_count, workers)
+    while ready_count < workers:
+        readable, _, _ = select.select([ready_read], [], [], 0.2)
+        if readable:
+            ready_count += len(os.read(ready_read, workers - ready_count))
+            continue
+        pid, _status = os.waitpid(-1, os.WNOHANG)
+        if pid or time.monotonic() > deadline:
+            # A worker that dies before it is ready will not do better on a restart.
+            log.error("a worker failed to start (%d of %d ready); stopping", ready_count, workers)
+            children.discard(pid)
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGTERM)
+            for child in children:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(child, 0)
+            for sock in reserved.values():
+                sock.close()
+            return 1
     addresses = {
         name: ("https" if item.tls else "http") + f"://{item.host}:{item.port}"
         for name, item in resolved.items()

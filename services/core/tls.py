@@ -5,18 +5,20 @@ certificates, a certificate from an unknown CA fails the handshake. A listener t
 requests certificates (devices are then proven or refused at the handshake) or does not (every
 caller is claimed or anonymous); a Frontend typically offers both ports.
 
-Connections are accepted as plain TCP and upgraded with ``loop.start_tls``. That costs nothing
-measurable and gives what ``create_server(ssl=…)`` hides: failed handshakes are logged with the
-peer address and reason, the handshake has a deadline, the context can be swapped for new
-connections while open ones keep theirs, and slow request headers are cut off.
+Connections are accepted by our own loop and handed to the event loop's TLS with
+``connect_accepted_socket``. That gives what ``create_server(ssl=…)`` hides: a failed handshake is
+an exception, logged with the peer address and reason; the handshake has a deadline; the context
+can be swapped for new connections while open ones keep theirs; slow request headers are cut off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,94 +87,36 @@ class ContextHolder:
 
 
 class _GuardedProtocol(asyncio.Protocol):
-    """Sits between the transport and aiohttp's request handler.
+    """Sits between the (TLS) transport and aiohttp's request handler and closes the connection
+    if the first request's headers do not arrive within ``header_timeout``."""
 
-    Before the handshake it holds the raw TCP transport; afterwards it forwards everything to the
-    HTTP protocol, buffering what arrives before that protocol is connected, and closes the
-    connection if the first request's headers do not arrive within ``header_timeout``.
-    """
-
-    def __init__(
-        self,
-        make_protocol: Callable[[], asyncio.Protocol],
-        holder: ContextHolder | None,
-        handshake_timeout: float,
-        header_timeout: float,
-    ) -> None:
-        self._make_protocol = make_protocol
-        self._holder = holder
-        self._handshake_timeout = handshake_timeout
+    def __init__(self, inner: asyncio.Protocol, header_timeout: float) -> None:
+        self._inner = inner
         self._header_timeout = header_timeout
-        self._inner: asyncio.Protocol | None = None
-        self._inner_connected = False
-        self._pending: list[bytes] = []
-        self._pending_eof = False
         self._transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._scanned = 0
         self._tail = b""
-        self._peer = "-"
-        self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._inner = self._make_protocol()
-        if self._holder is None:
-            self._attach(transport)
-            return
-        assert isinstance(transport, asyncio.Transport)
-        transport.pause_reading()
-        self._task = asyncio.get_running_loop().create_task(self._handshake(transport))
-
-    async def _handshake(self, transport: asyncio.Transport) -> None:
-        assert self._holder is not None
-        loop = asyncio.get_running_loop()
-        try:
-            tls_transport = await loop.start_tls(
-                transport,
-                self,
-                self._holder.context,
-                server_side=True,
-                ssl_handshake_timeout=self._handshake_timeout,
-            )
-        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as error:
-            reason = getattr(error, "reason", None) or type(error).__name__
-            security_log.warning(
-                "pbxfront security: tls-handshake-failed from %s reason=%s", self._peer, reason
-            )
-            transport.abort()
-            return
-        if tls_transport is None:  # pragma: no cover - closed during handshake
-            transport.abort()
-            return
-        self._attach(tls_transport)
-
-    def _attach(self, transport: asyncio.BaseTransport) -> None:
-        assert self._inner is not None
         self._transport = transport
         self._timer = asyncio.get_running_loop().call_later(
             self._header_timeout, self._headers_too_slow
         )
         self._inner.connection_made(transport)
-        self._inner_connected = True
-        for chunk in self._pending:
-            self._feed(chunk)
-        self._pending.clear()
-        if self._pending_eof:
-            self._inner.eof_received()
 
     def _headers_too_slow(self) -> None:
         self._timer = None
-        log.info(
-            "closing connection from %s: no complete request headers within %.1f s",
-            self._peer,
-            self._header_timeout,
-        )
         if self._transport is not None:
+            peer = self._transport.get_extra_info("peername")
+            log.info(
+                "closing connection from %s: no complete request headers within %.1f s",
+                _peer(peer),
+                self._header_timeout,
+            )
             self._transport.close()
 
-    def _feed(self, data: bytes) -> None:
+    def data_received(self, data: bytes) -> None:
         if self._timer is not None:
             window = self._tail + data
             if HEADER_END in window or self._scanned > HEADER_SCAN_LIMIT:
@@ -181,39 +125,101 @@ class _GuardedProtocol(asyncio.Protocol):
             else:
                 self._scanned += len(data)
                 self._tail = window[-3:]
-        assert self._inner is not None
         self._inner.data_received(data)
 
-    def data_received(self, data: bytes) -> None:
-        if self._inner_connected:
-            self._feed(data)
-        else:
-            self._pending.append(data)
-
     def eof_received(self) -> bool | None:
-        if self._inner_connected and self._inner is not None:
-            return self._inner.eof_received()
-        self._pending_eof = True
-        return None
+        return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._inner_connected and self._inner is not None:
-            self._inner.connection_lost(exc)
+        self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        if self._inner_connected and self._inner is not None:
-            self._inner.pause_writing()
+        self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._inner_connected and self._inner is not None:
-            self._inner.resume_writing()
+        self._inner.resume_writing()
+
+
+def _peer(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+class _AcceptLoop:
+    """Accepts connections on a listening socket and hands each to the event loop's own TLS
+    (``connect_accepted_socket``), so a failed handshake is an exception we can log."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        make_protocol: Callable[[], asyncio.Protocol],
+        holder: ContextHolder | None,
+        handshake_timeout: float,
+        header_timeout: float,
+    ) -> None:
+        self._sock = sock
+        self._make_protocol = make_protocol
+        self._holder = holder
+        self._handshake_timeout = handshake_timeout
+        self._header_timeout = header_timeout
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._task = asyncio.get_running_loop().create_task(self._accept())
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                connection, peer = await loop.sock_accept(self._sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as error:  # EMFILE and the like: back off, keep serving
+                log.error("accept failed: %s", error)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._start(connection, peer))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _start(self, connection: socket.socket, peer: object) -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> asyncio.Protocol:
+            return _GuardedProtocol(self._make_protocol(), self._header_timeout)
+
+        if self._holder is None:
+            await loop.connect_accepted_socket(factory, connection)
+            return
+        try:
+            await loop.connect_accepted_socket(
+                factory,
+                connection,
+                ssl=self._holder.context,
+                ssl_handshake_timeout=self._handshake_timeout,
+            )
+        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as error:
+            reason = getattr(error, "reason", None) or type(error).__name__
+            security_log.warning(
+                "pbxfront security: tls-handshake-failed from %s reason=%s", _peer(peer), reason
+            )
+            connection.close()
+
+    def close(self) -> None:
+        self._task.cancel()
+        for task in list(self._handshakes):
+            task.cancel()
+        self._sock.close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 class GuardedSite(web.BaseSite):
-    """An aiohttp site on a ready socket, accepting through :class:`_GuardedProtocol`."""
+    """An aiohttp site on a ready socket, accepting through :class:`_AcceptLoop`."""
 
     __slots__ = ("_handshake_timeout", "_header_timeout", "_holder", "_sock")
 
@@ -241,16 +247,15 @@ class GuardedSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
-        loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
-
-        def factory() -> asyncio.Protocol:
-            return _GuardedProtocol(
-                server, self._holder, self._handshake_timeout, self._header_timeout
-            )
-
-        self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
+        self._sock.listen(self._backlog)
+        self._server = typing.cast(
+            asyncio.AbstractServer,
+            _AcceptLoop(
+                self._sock, server, self._holder, self._handshake_timeout, self._header_timeout
+            ),
+        )
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:

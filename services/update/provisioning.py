@@ -382,3 +382,66 @@ def decide_and_render(
         "iresetn",
     ]
     return Reply(200, to_crlf(lines), hash_sent=digest, in_sync=False)
+
+
+def check_scripts(
+    store: ScriptStore,
+    snapshot: Snapshot,
+    urls: Urls,
+    *,
+    poll_minutes: int,
+    firmware_available: Callable[[str, str], bool],
+    extra_commands: Sequence[str] = (),
+) -> list[str]:
+    """Render every script for every inventory device as a proven device; return problems as
+    ``file:line: message`` lines (empty: all good). Used by ``pbxfront scripts check``."""
+    problems = [
+        f"{store.root / name}: {problem}" for name, problem in sorted(store.problems.items())
+    ]
+    for phase in (STAGING, UPDATE):
+        if not store.has(f"{phase}.txt"):
+            problems.append(f"{store.root / (phase + '.txt')}: missing")
+    if problems:
+        return problems
+    from services.core.identity import Proof
+    from services.update.scripts import ScriptError, unknown_commands
+
+    seen: set[str] = set()
+
+    def report(line: str) -> None:
+        if line not in seen:
+            seen.add(line)
+            problems.append(line)
+
+    for device in snapshot.inventory.devices:
+        identity = DeviceIdentity(Proof.PROVEN, device.mac, device.hardware_id, device.device_type)
+        variables = snapshot.resolve(device)
+        try:
+            for target in firmware_targets(device, variables, urls):
+                if not firmware_available(target.build, target.file_name):
+                    report(
+                        f"{store.root.parent / 'firmware'}/firm/{target.build}/"
+                        f"{target.file_name}: missing (fw-{target.kind} for "
+                        f"{device.hardware_id})"
+                    )
+            maintenance_line(variables)
+        except PolicyError as error:
+            report(f"variables of {device.hardware_id}: {error}")
+        for phase in (STAGING, UPDATE):
+            context, update_variables = template_context(
+                snapshot, device, identity, PollArguments(), phase, urls, poll_minutes
+            )
+            try:
+                body = store.render(f"{phase}.txt", context, update_variables)
+            except ScriptError as error:
+                report(
+                    f"{error.location or phase + '.txt'}: {error.message} "
+                    f"(rendering {phase}.txt for {device.hardware_id})"
+                )
+                continue
+            for number, line in unknown_commands(body, extra_commands):
+                report(
+                    f"{phase}.txt for {device.hardware_id} (rendered line {number}): "
+                    f"unknown command: {printable(line, 80)}"
+                )
+    return problems

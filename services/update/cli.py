@@ -1,0 +1,338 @@
+"""``pbxfront scripts|devices|firmware …``: the update service's operator commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from services.core.config import Settings
+from services.core.errors import UsageError
+from services.core.identity import DeviceIdentity, IdentityError, Proof, normalize_mac
+from services.core.inventory import Device, InventoryError, InventoryRepository
+from services.update.firmware import FirmwareError, FirmwareStore, firmware_file_name
+from services.update.provisioning import (
+    STAGING,
+    UPDATE,
+    PolicyError,
+    PollArguments,
+    Snapshot,
+    Urls,
+    check_scripts,
+    decide_and_render,
+)
+from services.update.repository import UpdateRepository
+from services.update.scripts import ScriptError, ScriptStore, SecretRequired
+
+# (args, work) -> exit status; provided by services.cli so every command shares one database path.
+WithDatabase = Callable[
+    [argparse.Namespace, Callable[[Settings, asyncpg.Pool], Awaitable[int]]], int
+]
+
+
+async def _snapshot(pool: asyncpg.Pool) -> Snapshot:
+    from services.update.state import SnapshotCache
+
+    async with pool.acquire() as connection:
+        return await SnapshotCache().get(connection)
+
+
+def _base_url(settings: Settings, given: str | None) -> str:
+    if given:
+        return given.rstrip("/")
+    if settings.update.public_url:
+        return settings.update.public_url.rstrip("/")
+    return "https://frontend.invalid"
+
+
+async def _stores(settings: Settings) -> tuple[ScriptStore, FirmwareStore]:
+    store = ScriptStore(settings.update.scripts_dir)
+    firmware = FirmwareStore(settings.update.firmware_dir)
+    await asyncio.to_thread(store.refresh)
+    await asyncio.to_thread(firmware.refresh)
+    return store, firmware
+
+
+def _mac(value: str) -> str:
+    try:
+        return normalize_mac(value)
+    except IdentityError as error:
+        raise UsageError(str(error)) from None
+
+
+# --- scripts -----------------------------------------------------------------------------------
+
+
+async def scripts_check(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    store, firmware = await _stores(settings)
+    snapshot = await _snapshot(pool)
+    problems = check_scripts(
+        store,
+        snapshot,
+        Urls(_base_url(settings, None)),
+        poll_minutes=settings.update.poll_interval,
+        firmware_available=firmware.listed,
+        extra_commands=settings.update.extra_commands,
+    )
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    devices = len(snapshot.inventory.devices)
+    print(f"ok: {len(store.sources)} script files, {devices} devices, staging.txt and update.txt")
+    return 0
+
+
+async def scripts_render(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    mac = _mac(args.device)
+    store, firmware = await _stores(settings)
+    snapshot = await _snapshot(pool)
+    device = snapshot.by_mac.get(mac)
+    if device is None:
+        raise UsageError(f"no device {mac} in the inventory")
+    if args.explain:
+        print(f"# variables of {device.hardware_id} ({device.mac}), most specific layer wins:")
+        for name, item in sorted(snapshot.resolve(device).items()):
+            value = "(secret)" if item.secret else item.value
+            where = item.layer if item.layer == "global" else f"{item.layer} {item.scope}"
+            print(f"#   {name} = {value}    <- {where}")
+    proof = Proof.CLAIMED if args.claimed else Proof.PROVEN
+    identity = DeviceIdentity(proof, device.mac, device.hardware_id, device.device_type)
+    arguments = PollArguments(check=args.check, prot=args.prot, boot=args.boot)
+    try:
+        reply = decide_and_render(
+            store,
+            snapshot,
+            device,
+            identity,
+            arguments,
+            args.phase,
+            Urls(_base_url(settings, args.base_url)),
+            poll_minutes=settings.update.poll_interval,
+            restage=False,
+            firmware_available=firmware.listed,
+        )
+    except (ScriptError, PolicyError, SecretRequired) as error:
+        raise UsageError(str(error)) from None
+    sys.stdout.write(reply.text.replace("\r\n", "\n"))
+    return 0
+
+
+# --- devices -----------------------------------------------------------------------------------
+
+
+def _age(moment: datetime | None) -> str:
+    if moment is None:
+        return "never"
+    seconds = int((datetime.now(UTC) - moment).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+async def devices_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    stale = 3 * 60 * settings.update.poll_interval if args.stale else None
+    statuses = await UpdateRepository(pool).statuses(
+        customer=args.customer, stale_after_seconds=stale
+    )
+    if args.json:
+        print(json.dumps([s.as_json() for s in statuses], indent=2))
+        return 0
+    header = (
+        "MAC",
+        "HARDWARE ID",
+        "CUSTOMER",
+        "TYPE",
+        "LAST SEEN",
+        "PROOF",
+        "PHASE",
+        "SYNC",
+        "ADDRESS",
+    )
+    rows: list[tuple[str, ...]] = [header]
+    for s in statuses:
+        sync = "yes" if s.in_sync else ("restage" if s.restage_requested else "no")
+        if s.last_error:
+            sync = "error"
+        rows.append(
+            (
+                s.mac,
+                s.hardware_id,
+                s.customer,
+                s.device_type,
+                _age(s.last_seen),
+                s.proof or "-",
+                s.phase or "-",
+                sync,
+                s.source_address or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    if args.unknown:
+        unknown = await UpdateRepository(pool).list_unknown()
+        print(f"\nunknown devices that polled ({len(unknown)}):")
+        for item in unknown:
+            print(
+                f"  {item.mac or '-'}  {item.hardware_id or '-'}  {item.device_type or '-'}  "
+                f"{_age(item.last_seen)}  {item.polls} polls  {item.source_address or '-'}"
+            )
+    return 0
+
+
+async def devices_restage(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    mac = _mac(args.mac)
+    if not await UpdateRepository(pool).request_restage(mac):
+        raise UsageError(f"no device {mac} in the inventory")
+    print(f"{mac}: will be sent through staging.txt at its next poll")
+    return 0
+
+
+async def devices_adopt(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    """Take a device that polled but is not in the inventory into it (the seed's ZCD)."""
+    mac = _mac(args.mac)
+    repository = UpdateRepository(pool)
+    sighting = next((u for u in await repository.list_unknown(100000) if u.mac == mac), None)
+    device_type = args.type or (sighting.device_type if sighting else None)
+    if device_type is None:
+        raise UsageError(f"{mac} has not polled with its type; give --type")
+    device = Device(
+        mac=mac,
+        device_type=device_type,
+        device_class=args.device_class,
+        customer=args.customer,
+        cpe_id=args.cpe_id,
+        name=args.name,
+    )
+    async with pool.acquire() as connection:
+        try:
+            created = await InventoryRepository(connection).upsert_device(device)
+        except InventoryError as error:
+            raise UsageError("; ".join(error.problems)) from None
+    if not created:
+        raise UsageError(f"{mac} is in the inventory already")
+    await repository.forget_unknown(mac)
+    print(f"{mac}: adopted for customer {args.customer} as {device_type} {args.device_class}")
+    print(
+        "note: `pbxfront inventory apply` removes devices its file does not list; "
+        "add it there too (`pbxfront inventory export` shows the current state)"
+    )
+    return 0
+
+
+# --- firmware ----------------------------------------------------------------------------------
+
+
+async def firmware_add(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    store = FirmwareStore(settings.update.firmware_dir)
+    name = args.name or firmware_file_name(args.kind, args.type)
+    try:
+        added = await asyncio.to_thread(store.add, Path(args.file), args.build, name)
+    except FirmwareError as error:
+        raise UsageError(str(error)) from None
+    print(f"{added.path}  sha256 {added.sha256}  {added.size} bytes")
+    print(
+        f'policy: set update variable fw-{args.kind} = "{args.build}" on the device_type '
+        f"layer of {args.type.upper()} (or narrower) to roll it out"
+    )
+    return 0
+
+
+async def firmware_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    store = FirmwareStore(settings.update.firmware_dir)
+    for item in await asyncio.to_thread(store.list):
+        print(f"{item.build}/{item.name}  {item.size} bytes  sha256 {item.sha256}")
+    return 0
+
+
+def register(
+    commands: Any,
+    common: argparse.ArgumentParser,
+    with_database: WithDatabase,
+) -> None:
+    def bind(work: Callable[[argparse.Namespace, Settings, asyncpg.Pool], Awaitable[int]]) -> Any:
+        def handler(args: argparse.Namespace) -> int:
+            async def run(settings: Settings, pool: asyncpg.Pool) -> int:
+                return await work(args, settings, pool)
+
+            return with_database(args, run)
+
+        return handler
+
+    scripts = commands.add_parser("scripts", help="the update scripts (staging_scripts/)")
+    script_actions = scripts.add_subparsers(dest="action", required=True)
+    check = script_actions.add_parser(
+        "check",
+        parents=[common],
+        help="render every script for every device; list problems as file:line: message",
+    )
+    check.set_defaults(handler=bind(scripts_check))
+    render = script_actions.add_parser("render", parents=[common], help="what one device gets")
+    render.add_argument("--device", required=True, metavar="MAC")
+    render.add_argument("--phase", choices=(STAGING, UPDATE), default=UPDATE)
+    render.add_argument("--explain", action="store_true", help="show each variable's layer")
+    render.add_argument(
+        "--claimed", action="store_true", help="as a device without certificate (secrets withheld)"
+    )
+    render.add_argument("--check", metavar="HASH", help="the device's CHECK value")
+    render.add_argument("--prot", metavar="BUILD", help="the device's PROT value")
+    render.add_argument("--boot", metavar="BUILD", help="the device's BOOT value")
+    render.add_argument("--base-url", metavar="URL", help="default: update.public_url")
+    render.set_defaults(handler=bind(scripts_render))
+
+    devices = commands.add_parser("devices", help="device status as seen by the update service")
+    device_actions = devices.add_subparsers(dest="action", required=True)
+    listing = device_actions.add_parser("list", parents=[common], help="status table")
+    listing.add_argument(
+        "--stale", action="store_true", help="only devices not seen for 3 poll intervals (or never)"
+    )
+    listing.add_argument("--customer", metavar="ID")
+    listing.add_argument("--unknown", action="store_true", help="also devices not in the inventory")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=bind(devices_list))
+    restage = device_actions.add_parser(
+        "restage", parents=[common], help="send a device through staging again"
+    )
+    restage.add_argument("mac", metavar="MAC")
+    restage.set_defaults(handler=bind(devices_restage))
+    adopt = device_actions.add_parser(
+        "adopt", parents=[common], help="add a device that polled but is not in the inventory"
+    )
+    adopt.add_argument("mac", metavar="MAC")
+    adopt.add_argument("--customer", required=True)
+    adopt.add_argument(
+        "--class", dest="device_class", choices=("phone", "gateway", "pbx"), default="phone"
+    )
+    adopt.add_argument("--type", help="default: the type it polled with")
+    adopt.add_argument("--cpe-id")
+    adopt.add_argument("--name")
+    adopt.set_defaults(handler=bind(devices_adopt))
+
+    firmware = commands.add_parser("firmware", help="the firmware store (firmware/firm/<build>/)")
+    firmware_actions = firmware.add_subparsers(dest="action", required=True)
+    add = firmware_actions.add_parser("add", parents=[common], help="add a firmware file")
+    add.add_argument("file", metavar="FILE")
+    add.add_argument("--build", required=True, help="the build as devices report it in PROT/BOOT")
+    add.add_argument("--type", required=True, help="device type, e.g. IP232")
+    add.add_argument(
+        "--kind",
+        choices=("prot", "boot"),
+        default="prot",
+        help="firmware (prot, default) or boot code (boot)",
+    )
+    add.add_argument(
+        "--name", help="file name in the store (default ip<model>.bin/boot<model>.bin)"
+    )
+    add.set_defaults(handler=bind(firmware_add))
+    listing = firmware_actions.add_parser("list", parents=[common], help="files in the store")
+    listing.set_defaults(handler=bind(firmware_list))
