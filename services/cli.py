@@ -384,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     from services.update import cli as update_cli
 
     update_cli.register(commands, common, _with_database)
+
+    from services.bench import cli as bench_cli
+
+    bench_cli.register(commands, common, _settings)
     return parser
 
 

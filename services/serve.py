@@ -35,9 +35,15 @@ def service_factories() -> ServiceFactories:
 
         return create_app(settings)
 
+    def noop(settings: Settings) -> web.Application:
+        from services.bench.noop import create_app
+
+        return create_app(settings)
+
     factories: dict[str, Callable[[Settings], web.Application]] = {
         "admin": admin,
         "update": update,
+        "noop": noop,
     }
     return factories
 

@@ -8,9 +8,10 @@ import dataclasses
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -104,10 +105,25 @@ async def frontend(
     await node.stop()
 
 
-async def status_of(pool: asyncpg.Pool, mac: str) -> dict[str, object]:
-    statuses = await UpdateRepository(pool).statuses(mac=mac)
-    assert len(statuses) == 1
-    return dataclasses.asdict(statuses[0])
+async def status_of(
+    pool: asyncpg.Pool, mac: str, ready: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The device's status once ``ready`` says the expected polls were written (status is
+    written in batches after the answer)."""
+    found: dict[str, Any] = {}
+
+    async def written() -> bool:
+        statuses = await UpdateRepository(pool).statuses(mac=mac)
+        assert len(statuses) == 1
+        found.update(dataclasses.asdict(statuses[0]))
+        return ready(found)
+
+    await until(written, timeout=5)
+    return found
+
+
+def polls(count: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda status: status["polls"] == count
 
 
 async def test_convergence_with_the_run_once_guard(frontend: Frontend) -> None:
@@ -126,7 +142,7 @@ async def test_convergence_with_the_run_once_guard(frontend: Frontend) -> None:
     body = lines[1 : lines.index("# end of script")]
     assert device.check == script_hash("\n".join(body))
     assert "config add UP1 /poll 15" in first.commands
-    status = await status_of(frontend.pool, MAC_A)
+    status = await status_of(frontend.pool, MAC_A, polls(1))
     assert status["proof"] == "proven"
     assert status["hash_sent"] == device.check
     assert status["in_sync"] is False
@@ -135,7 +151,7 @@ async def test_convergence_with_the_run_once_guard(frontend: Frontend) -> None:
     assert second.status == 200
     assert second.commands == []
     assert f"nothing to do: CHECK {device.check} is current" in second.text
-    status = await status_of(frontend.pool, MAC_A)
+    status = await status_of(frontend.pool, MAC_A, polls(2))
     assert status["in_sync"] is True
     assert status["polls"] == 2
 
@@ -183,7 +199,7 @@ async def test_firmware_missing_from_store_is_500_and_logged(
     assert result.status == 500
     assert result.commands == []
     assert any("firmware/firm/999999/ip232.bin" in r.getMessage() for r in caplog.records)
-    status = await status_of(frontend.pool, MAC_A)
+    status = await status_of(frontend.pool, MAC_A, polls(1))
     assert "999999" in str(status["last_error"])
 
 
@@ -197,13 +213,13 @@ async def test_staging_then_update(frontend: Frontend) -> None:
     assert not any("UP1 check" in line for line in staged.commands)  # staging has no guard
     assert device.url.endswith("/DRIVE/CF0/update/update.txt?sn=#m&hwid=#h&type=#t&ip=#i")
     assert device.poll_minutes == 1
-    status = await status_of(frontend.pool, MAC_A)
+    status = await status_of(frontend.pool, MAC_A, polls(1))
     assert status["phase"] == "staging"
     assert status["staged_at"] is not None
     update = await device.poll()
     assert any(line.startswith("mod cmd UP1 check ser") for line in update.commands)
     assert device.poll_minutes == 15
-    assert (await status_of(frontend.pool, MAC_A))["phase"] == "update"
+    assert (await status_of(frontend.pool, MAC_A, polls(2)))["phase"] == "update"
 
 
 async def test_restage(frontend: Frontend) -> None:
@@ -214,7 +230,7 @@ async def test_restage(frontend: Frontend) -> None:
     assert "/DRIVE/CF0/update/staging.txt" in device.url
     assert back.commands[-1] == "iresetn"
     await device.poll()  # staging
-    assert (await status_of(frontend.pool, MAC_A))["restage_requested"] is False
+    assert (await status_of(frontend.pool, MAC_A, polls(3)))["restage_requested"] is False
 
 
 async def test_secrets_only_for_proven_devices(frontend: Frontend) -> None:
@@ -238,7 +254,7 @@ async def test_secrets_only_for_proven_devices(frontend: Frontend) -> None:
     assert "pbx-password" in result.text
     assert "change-me" not in result.text
     assert all(line.startswith("#") for line in result.text.splitlines())
-    status = await status_of(frontend.pool, MAC_A)
+    status = await status_of(frontend.pool, MAC_A, lambda status: status["proof"] == "claimed")
     assert status["proof"] == "claimed"
 
     # A reduced script without secrets is fine for a claimed device.
@@ -333,7 +349,7 @@ async def test_concurrent_polls_of_one_device_lose_nothing(frontend: Frontend) -
 
         statuses = await asyncio.gather(*(one() for _ in range(40)))
     assert statuses == [200] * 40
-    status = await status_of(frontend.pool, MAC_A)
+    status = await status_of(frontend.pool, MAC_A, polls(40))
     assert status["polls"] == 40
 
 

@@ -26,7 +26,17 @@ ENV_SEPARATOR = "__"
 # Variables that configure the CLI itself rather than a settings key.
 ENV_RESERVED = frozenset({"PBXFRONT_CONFIG", "PBXFRONT_ACCOUNT_PASSWORD"})
 
-SERVICE_NAMES = ("update", "redirect", "backup", "events", "contacts", "directory", "admin")
+# "noop" is the benchmark baseline (services/bench/noop.py), mounted by `pbxfront bench`.
+SERVICE_NAMES = (
+    "update",
+    "redirect",
+    "backup",
+    "events",
+    "contacts",
+    "directory",
+    "admin",
+    "noop",
+)
 
 
 class ConfigError(Exception):
@@ -133,6 +143,9 @@ class UpdateSettings:
     reload_interval: float = dataclasses.field(default=2.0, metadata=_check(_range(0.1, 3600)))
     # First words (or "word word") of script lines allowed besides protocol.md's grammar.
     extra_commands: tuple[str, ...] = ()
+    # Seconds between batched writes of device status (one statement for all polls since the
+    # last); 0 writes as soon as a poll is answered.
+    status_flush_interval: float = dataclasses.field(default=0.05, metadata=_check(_range(0, 60)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,14 +13,20 @@ from services.core.config import Settings
 from services.core.http import COMMENT_ERRORS_KEY
 from services.update import handlers
 from services.update.firmware import FirmwareStore
+from services.update.provisioning import BodyCache
 from services.update.scripts import ScriptStore
 from services.update.state import (
+    BODIES_KEY,
     FIRMWARE_KEY,
     SETTINGS_KEY,
     SNAPSHOTS_KEY,
     STORE_KEY,
+    WATCH_KEY,
+    ChangeWatch,
     SnapshotCache,
+    change_watch_ctx,
 )
+from services.update.status import STATUS_KEY, StatusWriter, status_writer_ctx
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +65,13 @@ def create_app(settings: Settings) -> web.Application:
     app[STORE_KEY] = ScriptStore(settings.update.scripts_dir)
     app[FIRMWARE_KEY] = FirmwareStore(settings.update.firmware_dir)
     app[SNAPSHOTS_KEY] = SnapshotCache()
+    app[BODIES_KEY] = BodyCache()
+    app[STATUS_KEY] = StatusWriter(settings.update.status_flush_interval)
+    app[WATCH_KEY] = ChangeWatch()
     app[COMMENT_ERRORS_KEY] = True
     app.cleanup_ctx.append(script_reloader)
+    app.cleanup_ctx.append(status_writer_ctx)
+    app.cleanup_ctx.append(change_watch_ctx)
     prefix = "/DRIVE/CF0/update"
     app.router.add_get(f"{prefix}/staging.txt", handlers.staging)
     app.router.add_get(f"{prefix}/update.txt", handlers.update)

@@ -27,7 +27,15 @@ from services.update.provisioning import (
 )
 from services.update.repository import PollRecord, UpdateRepository
 from services.update.scripts import ScriptError, SecretRequired, to_crlf
-from services.update.state import FIRMWARE_KEY, SETTINGS_KEY, SNAPSHOTS_KEY, STORE_KEY
+from services.update.state import (
+    BODIES_KEY,
+    FIRMWARE_KEY,
+    SETTINGS_KEY,
+    SNAPSHOTS_KEY,
+    STORE_KEY,
+    WATCH_KEY,
+)
+from services.update.status import STATUS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +90,19 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
     firmware = request.app[FIRMWARE_KEY]
     urls = Urls(base_url(request))
     async with acquire(request.config_dict[POOL_KEY]) as connection:
-        snapshot = await request.app[SNAPSHOTS_KEY].get(connection)
         repository = UpdateRepository(connection)
+        watch = request.app[WATCH_KEY]
+        watch.start(request.config_dict[POOL_KEY])
+        candidate = identity.mac in watch.restage if identity.mac else bool(watch.restage)
+        if watch.live and watch.version is not None and not candidate:
+            version, restage_pending = watch.version, False
+        else:
+            version, restage_pending = await repository.poll_state(
+                identity.mac, identity.hardware_id
+            )
+            if not restage_pending and identity.mac:
+                watch.restage.discard(identity.mac)
+        snapshot = await request.app[SNAPSHOTS_KEY].get(connection, version)
         device = snapshot.find(identity)
         if device is None:
             key = identity.mac or identity.hardware_id or "-"
@@ -100,7 +119,7 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
                 "unknown device %s (%s) polled %s.txt", printable(key), identity.proof.value, phase
             )
             return comment_reply(404, f"device {key} is not in this provider's inventory")
-        restage = phase == UPDATE and await repository.restage_pending(device.mac)
+        restage = phase == UPDATE and restage_pending
         reply: Reply
         try:
             reply = decide_and_render(
@@ -114,6 +133,7 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
                 poll_minutes=settings.update.poll_interval,
                 restage=restage,
                 firmware_available=firmware.listed,
+                bodies=request.app[BODIES_KEY],
             )
         except SecretRequired as error:
             security_event(
@@ -142,7 +162,7 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
                 ),
                 error=str(error),
             )
-        await repository.record_poll(
+        request.app[STATUS_KEY].record(
             PollRecord(
                 mac=device.mac,
                 source_address=request.remote,
@@ -156,7 +176,8 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
                 hash_sent=reply.hash_sent,
                 in_sync=reply.in_sync,
                 last_error=reply.error,
-            )
+            ),
+            request.config_dict[POOL_KEY],
         )
     return web.Response(
         status=reply.status, text=reply.text, content_type="text/plain", charset="utf-8"

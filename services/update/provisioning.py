@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -167,6 +168,28 @@ class Urls:
         return f"{self.base}/DRIVE/CF0/update/firm/{build}/{file_name}"
 
 
+class BodyCache:
+    """Rendered script bodies keyed by everything they depend on (inventory version, scripts
+    generation, device, phase, proof, base URL, poll interval): a new inventory or script
+    version makes new keys, so nothing stale is ever served. Least recently used entries go
+    first."""
+
+    def __init__(self, size: int = 20000) -> None:
+        self._entries: OrderedDict[tuple[Any, ...], list[str]] = OrderedDict()
+        self._size = size
+
+    def get(self, key: tuple[Any, ...]) -> list[str] | None:
+        lines = self._entries.get(key)
+        if lines is not None:
+            self._entries.move_to_end(key)
+        return lines
+
+    def put(self, key: tuple[Any, ...], lines: list[str]) -> None:
+        self._entries[key] = lines
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
 @dataclass(frozen=True)
 class FirmwareTarget:
     kind: str  # prot | boot
@@ -234,13 +257,13 @@ def template_context(
     snapshot: Snapshot,
     device: Device,
     identity: DeviceIdentity,
-    arguments: PollArguments,
     phase: str,
     urls: Urls,
     poll_minutes: int,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(Jinja context, #(name) variables). Secrets are wrapped so they reach only callers that
-    may see them."""
+    may see them. Nothing from the poll's own arguments goes in: a script depends only on the
+    inventory, the identity's proof and the URLs, which is what lets :class:`BodyCache` work."""
     customer = snapshot.customers[device.customer]
     frontend = snapshot.frontends[customer.frontend]
     secrets_allowed = identity.proven or customer.allow_claimed_secrets
@@ -270,7 +293,6 @@ def template_context(
         "proven": identity.proven,
         "secrets_allowed": secrets_allowed,
         "phase": phase,
-        "poll": dataclasses.asdict(arguments),
         "poll_minutes": poll_minutes,
         "urls": urls,
     }
@@ -293,6 +315,7 @@ def decide_and_render(
     poll_minutes: int,
     restage: bool,
     firmware_available: Callable[[str, str], bool],
+    bodies: BodyCache | None = None,
 ) -> Reply:
     """The whole reply for one poll. Raises ScriptError, SecretRequired or PolicyError; never
     returns half a script."""
@@ -346,11 +369,23 @@ def decide_and_render(
         ]
         return Reply(200, to_crlf(lines))
 
-    context, update_variables = template_context(
-        snapshot, device, identity, arguments, phase, urls, poll_minutes
+    key = (
+        snapshot.version,
+        store.generation,
+        device.mac,
+        phase,
+        identity.proven,
+        urls.base,
+        poll_minutes,
     )
-    body = store.render(f"{phase}.txt", context, update_variables)
-    body_lines = script_lines(body)
+    body_lines = bodies.get(key) if bodies is not None else None
+    if body_lines is None:
+        context, update_variables = template_context(
+            snapshot, device, identity, phase, urls, poll_minutes
+        )
+        body_lines = script_lines(store.render(f"{phase}.txt", context, update_variables))
+        if bodies is not None:
+            bodies.put(key, body_lines)
 
     if phase == STAGING:
         lines = [
@@ -429,7 +464,7 @@ def check_scripts(
             report(f"variables of {device.hardware_id}: {error}")
         for phase in (STAGING, UPDATE):
             context, update_variables = template_context(
-                snapshot, device, identity, PollArguments(), phase, urls, poll_minutes
+                snapshot, device, identity, phase, urls, poll_minutes
             )
             try:
                 body = store.render(f"{phase}.txt", context, update_variables)

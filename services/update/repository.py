@@ -1,13 +1,14 @@
 """SQL of the update service: device status, unknown devices, restaging.
 
-Every poll writes exactly one upsert; two polls of one device at once serialise on its row
-(``ON CONFLICT … DO UPDATE``), so none is lost and no status is half-written.
+Poll status is written in batches (``record_polls``, one upsert statement for many devices);
+polls of one device are counted, never lost, and rows serialise on ``ON CONFLICT … DO UPDATE``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,7 @@ class PollRecord:
     hash_sent: str | None
     in_sync: bool
     last_error: str | None = None
+    seen: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass(frozen=True)
@@ -78,24 +80,28 @@ class UpdateRepository:
     def __init__(self, connection: asyncpg.Connection | asyncpg.Pool) -> None:
         self._db = connection
 
-    async def record_poll(self, record: PollRecord) -> bool:
-        """Upsert the device's status; returns whether a restage was pending before this poll.
-
-        A staging poll clears a pending restage and stamps ``staged_at``.
-        """
-        row = await self._db.fetchrow(
+    async def record_polls(self, records: Sequence[PollRecord], counts: Sequence[int]) -> None:
+        """Upsert many devices' status in one statement. ``counts[i]`` polls are folded into
+        ``records[i]`` (the latest poll of that device). A staging poll clears a pending
+        restage and stamps ``staged_at``. Devices deleted meanwhile are skipped."""
+        await self._db.execute(
             """
-            WITH previous AS (
-                SELECT restage_requested FROM device_status WHERE mac = $1 FOR UPDATE
-            )
             INSERT INTO device_status AS s (
-                mac, source_address, proof, phase, version, prot, boot, device_check, cfg,
-                hash_sent, in_sync, last_error, staged_at
-            ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                      CASE WHEN $4 = 'staging' THEN now() END)
+                mac, polls, source_address, proof, phase, version, prot, boot, device_check,
+                cfg, hash_sent, in_sync, last_error, staged_at, last_seen
+            )
+            SELECT r.mac, r.polls, r.source_address, r.proof, r.phase, r.version, r.prot,
+                   r.boot, r.device_check, r.cfg, r.hash_sent, r.in_sync, r.last_error,
+                   CASE WHEN r.phase = 'staging' THEN r.seen END, r.seen
+            FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                        $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                        $11::text[], $12::boolean[], $13::text[], $14::timestamptz[])
+                 AS r(mac, polls, source_address, proof, phase, version, prot, boot,
+                      device_check, cfg, hash_sent, in_sync, last_error, seen)
+            JOIN devices d ON d.mac = r.mac
             ON CONFLICT (mac) DO UPDATE SET
-                last_seen = now(),
-                polls = s.polls + 1,
+                last_seen = EXCLUDED.last_seen,
+                polls = s.polls + EXCLUDED.polls,
                 source_address = EXCLUDED.source_address,
                 proof = EXCLUDED.proof,
                 phase = EXCLUDED.phase,
@@ -109,41 +115,56 @@ class UpdateRepository:
                 last_error = EXCLUDED.last_error,
                 restage_requested = CASE WHEN EXCLUDED.phase = 'staging' THEN false
                                          ELSE s.restage_requested END,
-                staged_at = CASE WHEN EXCLUDED.phase = 'staging' THEN now() ELSE s.staged_at END
-            RETURNING (SELECT restage_requested FROM previous) AS was_pending
+                staged_at = CASE WHEN EXCLUDED.phase = 'staging' THEN EXCLUDED.last_seen
+                                 ELSE s.staged_at END
             """,
-            record.mac,
-            record.source_address,
-            record.proof,
-            record.phase,
-            record.version,
-            record.prot,
-            record.boot,
-            record.device_check,
-            record.cfg,
-            record.hash_sent,
-            record.in_sync,
-            record.last_error,
+            [r.mac for r in records],
+            list(counts),
+            [r.source_address for r in records],
+            [r.proof for r in records],
+            [r.phase for r in records],
+            [r.version for r in records],
+            [r.prot for r in records],
+            [r.boot for r in records],
+            [r.device_check for r in records],
+            [r.cfg for r in records],
+            [r.hash_sent for r in records],
+            [r.in_sync for r in records],
+            [r.last_error for r in records],
+            [r.seen for r in records],
         )
-        return bool(row and row["was_pending"])
 
-    async def restage_pending(self, mac: str) -> bool:
-        value = await self._db.fetchval(
-            "SELECT restage_requested FROM device_status WHERE mac = $1", mac
+    async def poll_state(self, mac: str | None, hardware_id: str | None) -> tuple[int, bool]:
+        """(inventory version, restage pending for the device) in one round trip."""
+        row = await self._db.fetchrow(
+            """
+            SELECT (SELECT version FROM inventory_state) AS version,
+                   COALESCE((SELECT s.restage_requested
+                             FROM device_status s JOIN devices d ON d.mac = s.mac
+                             WHERE d.mac = $1 OR d.hardware_id = $2
+                             LIMIT 1), false) AS restage
+            """,
+            mac,
+            hardware_id,
         )
-        return bool(value)
+        assert row is not None
+        return int(row["version"]), bool(row["restage"])
 
     async def request_restage(self, mac: str) -> bool:
         """Mark a known device for staging again; False if the device is not in the inventory."""
-        status: str = await self._db.execute(
+        marked = await self._db.fetchval(
             """
-            INSERT INTO device_status (mac, proof, phase, restage_requested, polls)
-            SELECT mac, 'anonymous', 'update', true, 0 FROM devices WHERE mac = $1
-            ON CONFLICT (mac) DO UPDATE SET restage_requested = true
+            WITH marked AS (
+                INSERT INTO device_status (mac, proof, phase, restage_requested, polls)
+                SELECT mac, 'anonymous', 'update', true, 0 FROM devices WHERE mac = $1
+                ON CONFLICT (mac) DO UPDATE SET restage_requested = true
+                RETURNING mac
+            )
+            SELECT pg_notify('pbxfront_restage', mac) IS NOT NULL FROM marked
             """,
             mac,
         )
-        return not status.endswith(" 0")
+        return bool(marked)
 
     async def record_unknown(
         self,

@@ -180,6 +180,8 @@ class ScriptStore:
         self.root = root
         self.sources: dict[str, _Source] = {}
         self.problems: dict[str, str] = {}
+        # Bumped whenever the files change; part of every cache key built on rendered scripts.
+        self.generation = 0
         self._lock = threading.Lock()
         self.environment = ImmutableSandboxedEnvironment(
             loader=_MemoryLoader(self),
@@ -236,6 +238,8 @@ class ScriptStore:
             )
             self.sources = found
             self.problems = problems
+            if changed:
+                self.generation += 1
             return changed
 
     def has(self, name: str) -> bool:

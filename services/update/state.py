@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import asyncpg
 from aiohttp import web
@@ -10,23 +12,22 @@ from aiohttp import web
 from services.core.config import Settings
 from services.core.inventory import inventory_version, load_inventory
 from services.update.firmware import FirmwareStore
-from services.update.provisioning import Snapshot
+from services.update.provisioning import BodyCache, Snapshot
 from services.update.scripts import ScriptStore
 
 
 class SnapshotCache:
-    """The inventory in memory, reloaded when its version changed.
-
-    Each poll reads the version (one indexed single-row read); a committed inventory change is
-    therefore seen by the very next poll, never served stale.
-    """
+    """The inventory in memory, reloaded when its version changed (see :class:`ChangeWatch` for
+    how a poll learns the current version)."""
 
     def __init__(self) -> None:
         self._snapshot: Snapshot | None = None
         self._lock = asyncio.Lock()
 
-    async def get(self, connection: asyncpg.Connection) -> Snapshot:
-        version = await inventory_version(connection)
+    async def get(self, connection: asyncpg.Connection, version: int | None = None) -> Snapshot:
+        """The snapshot for ``version`` (read from the database when not given)."""
+        if version is None:
+            version = await inventory_version(connection)
         snapshot = self._snapshot
         if snapshot is not None and snapshot.version == version:
             return snapshot
@@ -42,7 +43,110 @@ class SnapshotCache:
             return snapshot
 
 
+class ChangeWatch:
+    """The current inventory version and the devices with a restage pending, kept up to date by
+    LISTEN (``pbxfront_inventory`` carries the new version, ``pbxfront_restage`` a MAC) on one
+    connection per process, so an in-sync poll needs no query at all.
+
+    PostgreSQL sends a NOTIFY when the change commits; this process applies it as soon as it
+    reads it, before any request that arrives later. While the listening connection is down
+    (not yet started, lost, PostgreSQL restarted) ``live`` is False and every poll reads the
+    version from the database instead, so a committed change is never missed.
+    """
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.restage: set[str] = set()
+        self.live = False
+        self._connection: asyncpg.Connection | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self, pool: asyncpg.Pool) -> None:
+        """Begin listening in the background (idempotent)."""
+        if self._task is None and not self._closed:
+            self._pool = pool
+            self._task = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        assert self._pool is not None
+        delay = 0.5
+        while not self._closed:
+            try:
+                connection = await self._pool.acquire(timeout=5.0)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            try:
+                await connection.add_listener("pbxfront_inventory", self._on_inventory)
+                await connection.add_listener("pbxfront_restage", self._on_restage)
+                # Listening first, then reading: nothing committed in between is missed.
+                self.version = await inventory_version(connection)
+                rows = await connection.fetch(
+                    "SELECT mac FROM device_status WHERE restage_requested"
+                )
+                self.restage = {row["mac"] for row in rows}
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await self._release(connection)
+                await asyncio.sleep(delay)
+                continue
+            if self._closed:
+                await self._release(connection)
+                return
+            connection.add_termination_listener(self._on_lost)
+            self._connection = connection
+            self.live = True
+            return
+
+    def _on_inventory(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload.isdigit():
+            self.version = max(self.version or 0, int(payload))
+        else:  # unknown payload: fall back to reading the version until reconnected
+            self.live = False
+
+    def _on_restage(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        self.restage.add(payload)
+
+    def _on_lost(self, _connection: object) -> None:
+        self.live = False
+        self._connection = None
+        if self._pool is not None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _release(self, connection: asyncpg.Connection) -> None:
+        with contextlib.suppress(ValueError, KeyError):
+            connection.remove_termination_listener(self._on_lost)
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await connection.remove_listener("pbxfront_inventory", self._on_inventory)
+            await connection.remove_listener("pbxfront_restage", self._on_restage)
+        assert self._pool is not None
+        await self._pool.release(connection)
+
+    async def close(self) -> None:
+        """Stop listening and give the connection back (the pool's close waits for it).
+
+        The start-up task is awaited, not cancelled: cancelling it while the pool hands it a
+        connection could lose that connection, and the pool's close would wait for it forever.
+        """
+        self._closed = True
+        self.live = False
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=15)
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await self._release(connection)
+
+
 SETTINGS_KEY = web.AppKey("update_settings", Settings)
 STORE_KEY = web.AppKey("update_scripts", ScriptStore)
 FIRMWARE_KEY = web.AppKey("update_firmware", FirmwareStore)
 SNAPSHOTS_KEY = web.AppKey("update_snapshots", SnapshotCache)
+BODIES_KEY = web.AppKey("update_bodies", BodyCache)
+WATCH_KEY = web.AppKey("update_watch", ChangeWatch)
+
+
+async def change_watch_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[WATCH_KEY].close()

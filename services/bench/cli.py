@@ -1,0 +1,74 @@
+"""``pbxfront bench <scenario>``: measure a Frontend on this machine against baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from services.core.config import Settings
+
+DEFAULT_DEVICES = {"polls": 1000, "storm": 10000}
+
+
+def register(
+    commands: Any,
+    common: argparse.ArgumentParser,
+    settings_of: Callable[[argparse.Namespace], Settings],
+) -> None:
+    bench = commands.add_parser(
+        "bench",
+        parents=[common],
+        help="load a local Frontend with simulated devices, next to nginx and a no-op baseline",
+    )
+    bench.add_argument("scenario", choices=("polls", "storm"))
+    bench.add_argument("--devices", type=int, help="simulated devices (polls 1000, storm 10000)")
+    bench.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    bench.add_argument("--workers", type=int, default=0, help="server processes (0 = per core)")
+    bench.add_argument(
+        "--processes", type=int, default=0, help="load generator processes (0 = per core)"
+    )
+    bench.add_argument("--concurrency", type=int, default=32, help="clients per generator process")
+    bench.add_argument("--rate", type=float, default=1000.0, help="polls/s of the fixed-rate run")
+    bench.add_argument("--no-nginx", action="store_true", help="skip the nginx baseline")
+    bench.add_argument("--json", metavar="FILE", help="also write the results here")
+
+    def handler(args: argparse.Namespace) -> int:
+        from services.bench.scenarios import BenchOptions, run_scenario
+
+        settings = settings_of(args)
+        options = BenchOptions(
+            work_dir=(settings.data_dir / "bench").resolve(),
+            scripts_dir=settings.update.scripts_dir.resolve(),
+            devices=args.devices or DEFAULT_DEVICES[args.scenario],
+            duration=args.duration,
+            workers=args.workers,
+            processes=args.processes,
+            concurrency=args.concurrency,
+            rate=args.rate,
+            nginx=not args.no_nginx,
+        )
+
+        def log(message: str) -> None:
+            print(message, file=sys.stderr, flush=True)
+
+        report = run_scenario(args.scenario, options, log)
+        print(f"\npbxfront bench {args.scenario} on {report['machine']}\n")
+        print(report["table"])
+        results = options.work_dir / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        paths = [results / f"{args.scenario}-{stamp}.json"]
+        if args.json:
+            paths.append(Path(args.json))
+        for path in paths:
+            path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nresults: {', '.join(str(p) for p in paths)}")
+        unmet = [row["name"] for row in report["rows"] if row["met"] is False]
+        return 1 if unmet else 0
+
+    bench.set_defaults(handler=handler)

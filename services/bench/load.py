@@ -1,0 +1,243 @@
+"""The load generator: simulated devices polling over real TLS with their own client certificates.
+
+Spread over several processes (each on uvloop) so one Python process is not the limit. Every
+request is timed from its start (or, at a fixed rate, from its scheduled start, so a slow server
+cannot hide queueing) to the last byte of the answer. A fresh TLS connection per request is what
+devices do; ``keepalive`` reuses one connection per simulated client instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import multiprocessing
+import ssl
+import time
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    tls: bool = True
+    ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request a simulated device makes: path (with query) and its certificate."""
+
+    path: str
+    certificate: Path | None = None
+    method: str = "GET"
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    target: Target
+    calls: Sequence[Call]
+    # The private key shared by the simulated devices' certificates (see scenarios.py).
+    key: Path | None = None
+    duration: float = 10.0
+    processes: int = 2
+    concurrency: int = 32  # per process
+    keepalive: bool = False
+    rate: float | None = None  # total requests per second; None = as fast as possible
+    once: bool = False  # send every call exactly once, then stop (the storm)
+    timeout: float = 30.0
+
+
+@dataclass
+class LoadResult:
+    requests: int = 0
+    errors: int = 0
+    elapsed: float = 0.0
+    latencies: array[float] = field(default_factory=lambda: array("d"))
+    statuses: dict[int, int] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.elapsed if self.elapsed else 0.0
+
+    def percentile(self, fraction: float) -> float:
+        """Milliseconds; nearest-rank percentile over all successful requests."""
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
+        return ordered[index] * 1000.0
+
+    def merge(self, other: LoadResult) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.elapsed = max(self.elapsed, other.elapsed)
+        self.latencies.extend(other.latencies)
+        for status, count in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
+        self.error_samples.extend(other.error_samples[: max(0, 5 - len(self.error_samples))])
+
+
+class _Client:
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self._contexts: dict[Path | None, ssl.SSLContext] = {}
+        self.host_header = f"{spec.target.host}:{spec.target.port}".encode()
+
+    def context(self, certificate: Path | None) -> ssl.SSLContext | None:
+        if not self.spec.target.tls:
+            return None
+        context = self._contexts.get(certificate)
+        if context is None:
+            context = ssl.create_default_context(
+                cafile=str(self.spec.target.ca) if self.spec.target.ca else None
+            )
+            if certificate is not None and self.spec.key is not None:
+                context.load_cert_chain(str(certificate), str(self.spec.key))
+            if len(self._contexts) > 4096:
+                self._contexts.clear()
+            self._contexts[certificate] = context
+        return context
+
+    def request_bytes(self, call: Call, keepalive: bool) -> bytes:
+        connection = b"keep-alive" if keepalive else b"close"
+        head = (
+            f"{call.method} {call.path} HTTP/1.1\r\n".encode()
+            + b"Host: "
+            + self.host_header
+            + b"\r\nConnection: "
+            + connection
+            + b"\r\nUser-Agent: pbxfront-bench\r\n"
+        )
+        if call.body or call.method in ("PUT", "POST"):
+            head += f"Content-Length: {len(call.body)}\r\n".encode()
+        return head + b"\r\n" + call.body
+
+    async def open(self, call: Call) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        target = self.spec.target
+        return await asyncio.open_connection(
+            target.host,
+            target.port,
+            ssl=self.context(call.certificate),
+            server_hostname=target.host if target.tls else None,
+        )
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    chunked = False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        lowered = name.strip().lower()
+        if lowered == b"content-length":
+            length = int(value.strip())
+        elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    elif length:
+        await reader.readexactly(length)
+    return status
+
+
+async def _run_process(spec: LoadSpec, index: int) -> LoadResult:
+    client = _Client(spec)
+    result = LoadResult()
+    # This process's share of the calls: every call belongs to exactly one process.
+    share = list(spec.calls[index :: spec.processes])
+    if not share:
+        return result
+    cycle = iter(share) if spec.once else itertools.cycle(share)
+    rate = spec.rate / spec.processes if spec.rate else None
+    slots = itertools.count()
+    started = time.perf_counter()
+    deadline = started + spec.duration
+
+    def record_error(message: str) -> None:
+        result.errors += 1
+        if len(result.error_samples) < 5:
+            result.error_samples.append(message)
+
+    async def worker(number: int) -> None:
+        # Over a kept-alive connection a client stays one device: its certificate proves it.
+        own = share[number % len(share)] if spec.keepalive else None
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        try:
+            while True:
+                if not spec.once and time.perf_counter() >= deadline:
+                    return
+                call = own or next(cycle, None)
+                if call is None:
+                    return
+                begin = time.perf_counter()
+                if rate is not None:
+                    scheduled = started + next(slots) / rate
+                    if scheduled >= deadline:
+                        return
+                    if scheduled > begin:
+                        await asyncio.sleep(scheduled - begin)
+                    begin = scheduled
+                try:
+                    async with asyncio.timeout(spec.timeout):
+                        if connection is None:
+                            connection = await client.open(call)
+                        reader, writer = connection
+                        writer.write(client.request_bytes(call, spec.keepalive))
+                        status = await _read_response(reader)
+                        if not spec.keepalive:
+                            writer.close()
+                            connection = None
+                except (
+                    OSError,
+                    asyncio.IncompleteReadError,
+                    TimeoutError,
+                    ValueError,
+                    ssl.SSLError,
+                ) as error:
+                    record_error(f"{type(error).__name__}: {error}")
+                    if connection is not None:
+                        connection[1].close()
+                        connection = None
+                    continue
+                result.requests += 1
+                result.statuses[status] = result.statuses.get(status, 0) + 1
+                if 200 <= status < 400:
+                    result.latencies.append(time.perf_counter() - begin)
+                else:
+                    record_error(f"HTTP {status} for {call.path}")
+        finally:
+            if connection is not None:
+                connection[1].close()
+
+    await asyncio.gather(*(worker(number) for number in range(spec.concurrency)))
+    result.elapsed = time.perf_counter() - started
+    return result
+
+
+def _process_main(spec: LoadSpec, index: int) -> LoadResult:
+    import uvloop
+
+    return uvloop.run(_run_process(spec, index))
+
+
+def run_load(spec: LoadSpec) -> LoadResult:
+    """Blocking: run the load in ``spec.processes`` processes and merge their results."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(spec.processes) as pool:
+        parts = pool.starmap(_process_main, [(spec, i) for i in range(spec.processes)])
+    total = LoadResult()
+    for part in parts:
+        total.merge(part)
+    return total

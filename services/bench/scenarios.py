@@ -1,0 +1,774 @@
+"""``pbxfront bench`` scenarios: set up a real Frontend and nginx on loopback, load, compare.
+
+Everything runs in one work directory (``<data_dir>/bench``): its own embedded PostgreSQL, a
+synthetic inventory, a bench CA with RSA 4096 (the seed's size) and RSA 2048 server
+certificates, and one client certificate per simulated device (CN = its hardware id). The
+devices share one RSA 2048 key so that 10,000 certificates are made in seconds, not hours; the
+server's work per handshake (verifying the chain and the client's signature) is the same as with
+distinct keys. Certificates are cached between runs.
+
+Baselines are measured in the same run: nginx (from the distribution) serving the same bytes as
+static files with the same certificates and client-certificate settings and as many worker
+processes as pbxfront, and pbxfront's own no-op endpoint (same middleware, no storage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from services.bench.load import Call, LoadResult, LoadSpec, Target, run_load
+from services.core import pki
+from services.core.identity import DeviceIdentity, Proof
+from services.core.inventory import Customer, Device, Frontend, Inventory, Variable
+
+PUBLIC_URL = "https://frontend.bench.invalid"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    work_dir: Path
+    scripts_dir: Path
+    devices: int = 1000
+    duration: float = 10.0
+    workers: int = 0  # 0 = one per core
+    processes: int = 0  # load generator processes; 0 = one per core
+    concurrency: int = 32
+    rate: float = 1000.0
+    nginx: bool = True
+    json_path: Path | None = None
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    @property
+    def process_count(self) -> int:
+        return self.processes or os.cpu_count() or 1
+
+
+@dataclass
+class Row:
+    name: str
+    result: LoadResult
+    server_cpu: float  # cores busy on the server side during the run
+    baseline: str | None = None
+    ratio: float | None = None
+    goal: str = ""
+    met: bool | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "requests": self.result.requests,
+            "errors": self.result.errors,
+            "seconds": round(self.result.elapsed, 3),
+            "requests_per_second": round(self.result.rate, 1),
+            "p50_ms": round(self.result.percentile(0.50), 2),
+            "p95_ms": round(self.result.percentile(0.95), 2),
+            "p99_ms": round(self.result.percentile(0.99), 2),
+            "statuses": {str(k): v for k, v in sorted(self.result.statuses.items())},
+            "error_samples": self.result.error_samples,
+            "server_cpu_cores": round(self.server_cpu, 2),
+            "baseline": self.baseline,
+            "ratio": None if self.ratio is None else round(self.ratio, 3),
+            "goal": self.goal,
+            "met": self.met,
+        }
+
+
+# --- certificates and inventory ----------------------------------------------------------------
+
+
+def device_mac(index: int) -> str:
+    return f"0090{(index + 1):08x}"
+
+
+def device_hardware_id(index: int) -> str:
+    mac = device_mac(index)
+    return f"IP232-{mac[6:8]}-{mac[8:10]}-{mac[10:12]}"
+
+
+@dataclass(frozen=True)
+class BenchPki:
+    ca: Path
+    server: dict[int, tuple[Path, Path]]  # key bits -> (certificate, key)
+    device_key: Path
+    device_certificates: list[Path]
+
+
+def ensure_bench_pki(directory: Path, devices: int) -> BenchPki:
+    """Blocking; reuses what an earlier run made."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_paths = (directory / "ca.pem", directory / "ca.key")
+    if all(p.exists() for p in ca_paths):
+        ca = pki.load_issued(*ca_paths)
+    else:
+        ca = pki.create_root_ca(country="DE", organization="pbxfront bench", key_bits=2048)
+        pki.write_pem_files(ca, *ca_paths)
+    server: dict[int, tuple[Path, Path]] = {}
+    for bits in (4096, 2048):
+        paths = (directory / f"server-{bits}.pem", directory / f"server-{bits}.key")
+        if not all(p.exists() for p in paths):
+            issued = pki.issue_certificate(
+                ca,
+                common_name="127.0.0.1",
+                ip_addresses=["127.0.0.1"],
+                dns_names=["localhost"],
+                key_bits=bits,
+                client=False,
+            )
+            pki.write_pem_files(issued, *paths)
+        server[bits] = paths
+    device_key_path = directory / "device.key"
+    if device_key_path.exists():
+        device_key = pki.load_key(device_key_path)
+    else:
+        device_key = pki.generate_key("rsa", 2048)
+        first = pki.issue_certificate(ca, common_name="key-holder", key=device_key, server=False)
+        pki.write_pem_files(first, directory / "key-holder.pem", device_key_path)
+    certificates: list[Path] = []
+    device_dir = directory / "devices"
+    device_dir.mkdir(exist_ok=True)
+    for index in range(devices):
+        name = device_hardware_id(index)
+        path = device_dir / f"{name}.pem"
+        if not path.exists():
+            issued = pki.issue_certificate(ca, common_name=name, key=device_key, server=False)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_bytes(issued.certificate_pem())
+            os.replace(temporary, path)
+        certificates.append(path)
+    return BenchPki(ca_paths[0], server, device_key_path, certificates)
+
+
+def bench_inventory(devices: int) -> Inventory:
+    """``devices`` IP232 phones spread over customers of 100 devices each, on Frontend sb1."""
+    customers = max(1, (devices + 99) // 100)
+    return Inventory(
+        frontends=(Frontend("sb1", "192.0.2.10", "10.0.0.10", 1),),
+        customers=tuple(
+            Customer(
+                id=f"Bench{c:05d}",
+                frontend="sb1",
+                name=f"Bench customer {c}",
+                system_name=f"bench{c}.example",
+                country_code="49",
+                area_code="7031",
+                registration_password="bench-registration",  # noqa: S106 - synthetic data
+            )
+            for c in range(customers)
+        ),
+        devices=tuple(
+            Device(
+                mac=device_mac(i),
+                device_type="IP232",
+                device_class="phone",
+                customer=f"Bench{i // 100:05d}",
+                cpe_id=f"Bench{i // 100:05d}-{i % 100:03d}",
+            )
+            for i in range(devices)
+        ),
+        variables=(
+            Variable("global", "", "h-domain", "hoster.tld"),
+            Variable("global", "", "h-kerberos1ip", "10.0.0.2"),
+            Variable("global", "", "h-kerberos2ip", "10.0.0.3"),
+            Variable("global", "", "h-poll", "15"),
+            Variable("frontend", "sb1", "h-ntp", "192.0.2.10"),
+            Variable("frontend", "sb1", "h-sbcextip", "192.0.2.10"),
+            Variable("frontend", "sb1", "h-sbcindex", "1"),
+            Variable("device_class", "phone", "h-rasport", "1819"),
+        ),
+    )
+
+
+# --- the environment ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
+    )
+
+
+def ensure_nginx(log: Any) -> str | None:
+    """nginx from the distribution; installed with apt-get when missing and we are root."""
+    found = find_nginx()
+    if found is not None:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        log("nginx is not installed; installing it with apt-get (Debian package nginx) ...")
+        environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=environment)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "nginx"],
+            check=False,
+            env=environment,
+        )
+        return find_nginx()
+    log("nginx is not installed: `apt-get install nginx` (as root) to measure the baseline")
+    return None
+
+
+@dataclass
+class Environment:
+    options: BenchOptions
+    certificates: BenchPki
+    dsn: str
+    serve: subprocess.Popen[bytes]
+    pbxfront: dict[int, Target]  # server key bits -> listener
+    nginx: subprocess.Popen[bytes] | None = None
+    nginx_targets: dict[int, Target] = field(default_factory=dict)
+    hashes: dict[str, str] = field(default_factory=dict)  # MAC -> update.txt hash
+
+    def server_processes(self, which: str) -> list[psutil.Process]:
+        process = self.serve if which == "pbxfront" else self.nginx
+        if process is None:
+            return []
+        root = psutil.Process(process.pid)
+        return [root, *root.children(recursive=True)]
+
+
+def _cpu_seconds(processes: Sequence[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def _write_serve_config(options: BenchOptions, certificates: BenchPki, dsn: str) -> Path:
+    def listener(bits: int) -> str:
+        certificate, key = certificates.server[bits]
+        return (
+            f'[listeners.rsa{bits}]\nhost = "127.0.0.1"\nport = 0\n'
+            f'services = ["update", "noop"]\ntls = true\n'
+            f'certificate = "{certificate}"\nkey = "{key}"\n'
+            f'request_client_certificate = true\nclient_ca = ["{certificates.ca}"]\n\n'
+        )
+
+    config = options.work_dir / "serve.toml"
+    config.write_text(
+        f'data_dir = "{options.work_dir}"\nworkers = {options.worker_count}\n\n'
+        f'[database]\nurl = "{dsn}"\npool_max_size = 20\n\n'
+        f'[logging]\nlevel = "WARNING"\naccess_log = false\n\n'
+        f'[update]\nscripts_dir = "{options.scripts_dir}"\n'
+        f'firmware_dir = "{options.work_dir / "firmware"}"\npublic_url = "{PUBLIC_URL}"\n\n'
+        + listener(4096)
+        + listener(2048)
+    )
+    return config
+
+
+def _nginx_config(options: BenchOptions, certificates: BenchPki, ports: dict[int, int]) -> Path:
+    directory = options.work_dir / "nginx"
+    directory.mkdir(exist_ok=True)
+    servers = ""
+    for bits, port in ports.items():
+        certificate, key = certificates.server[bits]
+        servers += f"""
+    server {{
+        listen 127.0.0.1:{port} ssl reuseport;
+        ssl_certificate {certificate};
+        ssl_certificate_key {key};
+        ssl_client_certificate {certificates.ca};
+        ssl_verify_client optional;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root {directory / "static"};
+        location / {{ }}
+    }}
+"""
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    config = directory / "nginx.conf"
+    config.write_text(
+        f"{user}worker_processes {options.worker_count};\npid {directory / 'nginx.pid'};\n"
+        f"error_log {directory / 'error.log'} warn;\ndaemon off;\n"
+        "events { worker_connections 8192; }\n"
+        "http {\n    access_log off;\n    default_type text/plain;\n"
+        "    keepalive_requests 1000000;\n    keepalive_timeout 15;\n"
+        f"    client_body_temp_path {directory / 'tmp'};\n"
+        f"    proxy_temp_path {directory / 'tmp'};\n    fastcgi_temp_path {directory / 'tmp'};\n"
+        f"    uwsgi_temp_path {directory / 'tmp'};\n    scgi_temp_path {directory / 'tmp'};\n"
+        + servers
+        + "}\n"
+    )
+    (directory / "tmp").mkdir(exist_ok=True)
+    return config
+
+
+async def _prepare_database(dsn: str, devices: int) -> None:
+    from services.core.config import DatabaseSettings
+    from services.core.db import create_pool, migrate
+    from services.core.inventory import apply_inventory
+
+    pool = await create_pool(dsn, DatabaseSettings(command_timeout=300))
+    try:
+        async with pool.acquire() as connection:
+            await migrate(connection)
+            await apply_inventory(connection, bench_inventory(devices))
+    finally:
+        await pool.close()
+
+
+async def _update_hashes(dsn: str, scripts_dir: Path) -> dict[str, str]:
+    """Each device's update.txt hash, computed by the same pipeline the server runs."""
+    from services.core.config import DatabaseSettings
+    from services.core.db import create_pool
+    from services.update.provisioning import UPDATE, PollArguments, Urls, decide_and_render
+    from services.update.scripts import ScriptStore
+    from services.update.state import SnapshotCache
+
+    store = ScriptStore(scripts_dir)
+    await asyncio.to_thread(store.refresh)
+    pool = await create_pool(dsn, DatabaseSettings())
+    try:
+        async with pool.acquire() as connection:
+            snapshot = await SnapshotCache().get(connection)
+    finally:
+        await pool.close()
+    hashes: dict[str, str] = {}
+    for device in snapshot.inventory.devices:
+        identity = DeviceIdentity(Proof.PROVEN, device.mac, device.hardware_id, device.device_type)
+        reply = decide_and_render(
+            store,
+            snapshot,
+            device,
+            identity,
+            PollArguments(),
+            UPDATE,
+            Urls(PUBLIC_URL),
+            poll_minutes=15,
+            restage=False,
+            firmware_available=lambda build, name: False,
+        )
+        assert reply.hash_sent is not None
+        hashes[device.mac] = reply.hash_sent
+    return hashes
+
+
+@contextlib.contextmanager
+def environment(options: BenchOptions, log: Any) -> Iterator[Environment]:
+    from services.core.db import EmbeddedPostgres
+
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    certificates = ensure_bench_pki(options.work_dir / "pki", options.devices)
+    log(f"certificates ready for {options.devices} devices ({time.monotonic() - started:.1f} s)")
+    embedded = EmbeddedPostgres(options.work_dir)
+    dsn = embedded.start()
+    serve: subprocess.Popen[bytes] | None = None
+    nginx: subprocess.Popen[bytes] | None = None
+    try:
+        asyncio.run(_prepare_database(dsn, options.devices))
+        hashes = asyncio.run(_update_hashes(dsn, options.scripts_dir))
+        config = _write_serve_config(options, certificates, dsn)
+        ready = options.work_dir / "serve-ready.json"
+        ready.unlink(missing_ok=True)
+        serve = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--ready-file",
+                str(ready),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(options.work_dir / "serve.log", "wb"),  # noqa: SIM115
+        )
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            if serve.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"pbxfront serve did not start; see {options.work_dir}/serve.log"
+                )
+            time.sleep(0.1)
+        urls = json.loads(ready.read_text())
+        targets = {}
+        for bits in (4096, 2048):
+            host, port = urls[f"rsa{bits}"]["url"].removeprefix("https://").rsplit(":", 1)
+            targets[bits] = Target(host, int(port), True, certificates.ca)
+        env = Environment(options, certificates, dsn, serve, targets, hashes=hashes)
+        if options.nginx:
+            binary = ensure_nginx(log)
+            if binary is not None:
+                ports = {4096: free_port(), 2048: free_port()}
+                nginx_config = _nginx_config(options, certificates, ports)
+                nginx = subprocess.Popen(
+                    [binary, "-c", str(nginx_config), "-p", str(nginx_config.parent)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                env.nginx = nginx
+                env.nginx_targets = {
+                    bits: Target("127.0.0.1", port, True, certificates.ca)
+                    for bits, port in ports.items()
+                }
+                _wait_for_port(ports[2048])
+        yield env
+    finally:
+        if nginx is not None:
+            nginx.send_signal(signal.SIGQUIT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                nginx.wait(10)
+            if nginx.poll() is None:
+                nginx.kill()
+        if serve is not None:
+            serve.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                serve.wait(30)
+            if serve.poll() is None:
+                serve.kill()
+        embedded.stop()
+
+
+def _wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nginx did not listen on 127.0.0.1:{port}")
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+def measure(env: Environment, name: str, which: str, spec: LoadSpec, log: Any) -> Row:
+    processes = env.server_processes(which)
+    before = _cpu_seconds(processes)
+    started = time.monotonic()
+    result = run_load(spec)
+    wall = time.monotonic() - started
+    cpu = (_cpu_seconds(env.server_processes(which)) - before) / wall if wall else 0.0
+    row = Row(name, result, cpu)
+    log(
+        f"  {name}: {result.rate:,.0f}/s, p99 {result.percentile(0.99):.1f} ms, "
+        f"{result.errors} errors"
+    )
+    return row
+
+
+def _poll_calls(
+    env: Environment,
+    count: int,
+    *,
+    check: bool,
+    script: str = "update.txt",
+) -> list[Call]:
+    calls: list[Call] = []
+    for index in range(count):
+        mac = device_mac(index)
+        query = f"sn={mac}&hwid={device_hardware_id(index)}&type=IP232&PROT=130000&BOOT=140"
+        if check:
+            query += f"&CHECK={env.hashes[mac]}"
+        calls.append(
+            Call(f"/DRIVE/CF0/update/{script}?{query}", env.certificates.device_certificates[index])
+        )
+    return calls
+
+
+def _publish_static(env: Environment, script: str, body: bytes) -> None:
+    path = env.options.work_dir / "nginx" / "static" / "DRIVE" / "CF0" / "update" / script
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+
+
+def _fetch(env: Environment, call: Call) -> bytes:
+    """One poll, to publish exactly what pbxfront answers as nginx's static file."""
+    import ssl
+
+    target = env.pbxfront[2048]
+    context = ssl.create_default_context(cafile=str(target.ca))
+    assert call.certificate is not None
+    context.load_cert_chain(str(call.certificate), str(env.certificates.device_key))
+    with (
+        socket.create_connection((target.host, target.port)) as raw,
+        context.wrap_socket(raw, server_hostname=target.host) as sock,
+    ):
+        sock.sendall(f"GET {call.path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"pbxfront answered {head.splitlines()[0]!r} to {call.path}")
+    return body
+
+
+def _compare(row: Row, baseline: Row | None, goal: float | None) -> Row:
+    if baseline is None or not baseline.result.rate:
+        return row
+    row.baseline = baseline.name
+    row.ratio = row.result.rate / baseline.result.rate
+    if goal is not None:
+        row.goal = f">= {goal:.1f}x"
+        row.met = row.ratio >= goal and row.result.errors == 0
+    return row
+
+
+def scenario_polls(options: BenchOptions, log: Any) -> list[Row]:
+    rows: list[Row] = []
+    with environment(options, log) as env:
+        devices = options.devices
+        insync = _poll_calls(env, devices, check=True)
+        render = _poll_calls(env, devices, check=False)
+        noop = [Call("/noop", c.certificate) for c in insync]
+        _publish_static(env, "update.txt", _fetch(env, insync[0]))
+
+        def spec(
+            target: Target, calls: list[Call], *, keepalive: bool = False, rate: float | None = None
+        ) -> LoadSpec:
+            return LoadSpec(
+                target,
+                calls,
+                key=env.certificates.device_key,
+                duration=options.duration,
+                processes=options.process_count,
+                concurrency=options.concurrency,
+                keepalive=keepalive,
+                rate=rate,
+            )
+
+        log("polls, new TLS connection per poll (as devices do):")
+        nginx4096 = nginx2048 = nginx_keepalive = None
+        if env.nginx_targets:
+            nginx4096 = measure(
+                env, "nginx static, RSA 4096", "nginx", spec(env.nginx_targets[4096], insync), log
+            )
+            rows.append(nginx4096)
+        noop_row = measure(
+            env, "pbxfront no-op, RSA 4096", "pbxfront", spec(env.pbxfront[4096], noop), log
+        )
+        rows.append(_compare(noop_row, nginx4096, None))
+        rows.append(
+            _compare(
+                measure(
+                    env,
+                    "pbxfront poll in sync, RSA 4096",
+                    "pbxfront",
+                    spec(env.pbxfront[4096], insync),
+                    log,
+                ),
+                nginx4096,
+                0.9,
+            )
+        )
+        rows.append(
+            _compare(
+                measure(
+                    env,
+                    "pbxfront poll full render, RSA 4096",
+                    "pbxfront",
+                    spec(env.pbxfront[4096], render),
+                    log,
+                ),
+                nginx4096,
+                None,
+            )
+        )
+        if env.nginx_targets:
+            nginx2048 = measure(
+                env, "nginx static, RSA 2048", "nginx", spec(env.nginx_targets[2048], insync), log
+            )
+            rows.append(nginx2048)
+        rows.append(
+            _compare(
+                measure(
+                    env,
+                    "pbxfront poll in sync, RSA 2048",
+                    "pbxfront",
+                    spec(env.pbxfront[2048], insync),
+                    log,
+                ),
+                nginx2048,
+                0.6,
+            )
+        )
+        log("polls over kept-alive connections:")
+        if env.nginx_targets:
+            nginx_keepalive = measure(
+                env,
+                "nginx static, keep-alive",
+                "nginx",
+                spec(env.nginx_targets[2048], insync, keepalive=True),
+                log,
+            )
+            rows.append(nginx_keepalive)
+        noop_keepalive = measure(
+            env,
+            "pbxfront no-op, keep-alive",
+            "pbxfront",
+            spec(env.pbxfront[2048], noop, keepalive=True),
+            log,
+        )
+        rows.append(_compare(noop_keepalive, nginx_keepalive, None))
+        rows.append(
+            _compare(
+                measure(
+                    env,
+                    "pbxfront poll in sync, keep-alive",
+                    "pbxfront",
+                    spec(env.pbxfront[2048], insync, keepalive=True),
+                    log,
+                ),
+                nginx_keepalive,
+                0.5,
+            )
+        )
+        log(f"polls at a fixed {options.rate:,.0f}/s, new TLS per poll, RSA 2048:")
+        fixed = measure(
+            env,
+            f"pbxfront poll in sync at {options.rate:,.0f}/s",
+            "pbxfront",
+            spec(env.pbxfront[2048], insync, rate=options.rate),
+            log,
+        )
+        fixed.goal = "p99 <= 25 ms"
+        fixed.met = (
+            fixed.result.percentile(0.99) <= 25.0
+            and fixed.result.errors == 0
+            and fixed.result.rate >= 0.95 * options.rate
+        )
+        rows.append(fixed)
+    return rows
+
+
+def scenario_storm(options: BenchOptions, log: Any) -> list[Row]:
+    """Every device fetches staging.txt once, as after a power cut; goal: all within 60 s."""
+    rows: list[Row] = []
+    with environment(options, log) as env:
+        calls = _poll_calls(env, options.devices, check=False, script="staging.txt")
+        _publish_static(env, "staging.txt", _fetch(env, calls[0]))
+
+        def spec(target: Target) -> LoadSpec:
+            return LoadSpec(
+                target,
+                calls,
+                key=env.certificates.device_key,
+                duration=3600,
+                processes=options.process_count,
+                concurrency=options.concurrency,
+                once=True,
+            )
+
+        log(f"storm: {options.devices} devices fetch staging.txt once, RSA 4096 server key:")
+        baseline = None
+        if env.nginx_targets:
+            baseline = measure(
+                env, "nginx static staging.txt", "nginx", spec(env.nginx_targets[4096]), log
+            )
+            rows.append(baseline)
+        storm = measure(
+            env,
+            f"pbxfront storm, {options.devices} devices",
+            "pbxfront",
+            spec(env.pbxfront[4096]),
+            log,
+        )
+        _compare(storm, baseline, None)
+        storm.goal = "all within 60 s, 0 errors"
+        storm.met = (
+            storm.result.errors == 0
+            and storm.result.requests == options.devices
+            and storm.result.elapsed <= 60.0
+        )
+        rows.append(storm)
+    return rows
+
+
+SCENARIOS = {"polls": scenario_polls, "storm": scenario_storm}
+
+
+def render_table(rows: Sequence[Row]) -> str:
+    header = (
+        "scenario",
+        "req/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors",
+        "srv cpu",
+        "vs baseline",
+        "goal",
+        "",
+    )
+    lines: list[tuple[str, ...]] = [header]
+    for row in rows:
+        result = row.result
+        verdict = "" if row.met is None else ("met" if row.met else "NOT MET")
+        ratio = f"{row.ratio:.2f}x {row.baseline}" if row.ratio is not None else ""
+        lines.append(
+            (
+                row.name,
+                f"{result.rate:,.0f}",
+                f"{result.percentile(0.5):.1f}",
+                f"{result.percentile(0.95):.1f}",
+                f"{result.percentile(0.99):.1f}",
+                str(result.errors),
+                f"{row.server_cpu:.2f}",
+                ratio,
+                row.goal,
+                verdict,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines
+    )
+
+
+def machine_description() -> str:
+    import platform
+
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = psutil.virtual_memory().total / 2**30
+    return (
+        f"{os.cpu_count()} cores ({model or platform.machine()}), {memory:.0f} GiB, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def run_scenario(name: str, options: BenchOptions, log: Any) -> dict[str, Any]:
+    rows = SCENARIOS[name](options, log)
+    return {
+        "scenario": name,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        "options": {
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()
+        },
+        "rows": [row.as_json() for row in rows],
+        "table": render_table(rows),
+    }
