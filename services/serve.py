@@ -27,8 +27,9 @@ def service_factories() -> ServiceFactories:
 
     def admin(settings: Settings) -> web.Application:
         from services.admin.app import create_app
+        from services.update.admin_api import ENDPOINTS as update_endpoints
 
-        return create_app(settings)
+        return create_app(settings, [*update_endpoints])
 
     def update(settings: Settings) -> web.Application:
         from services.update.app import create_app

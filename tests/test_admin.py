@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from services.admin.handlers import ENDPOINTS
+from services.update.admin_api import ENDPOINTS as UPDATE_ENDPOINTS
 from services.core.auth import AccountRepository, Role
 from services.core.config import ListenerSettings, Settings
 from services.core.inventory import apply_inventory, read_inventory_file
@@ -242,7 +243,7 @@ async def test_openapi_matches_routes(api: Api) -> None:
     documented = {
         (method.upper(), path) for path, item in document["paths"].items() for method in item
     }
-    served = {(e.method, e.path) for e in ENDPOINTS}
+    served = {(e.method, e.path) for e in [*ENDPOINTS, *UPDATE_ENDPOINTS]}
     assert documented == served
     # Every documented route is really routed: an unauthenticated call gets 401, not 404/405.
     for method, path in sorted(documented - {("GET", "/api/v1/openapi.json")}):
@@ -275,3 +276,28 @@ async def test_unknown_path_and_method(api: Api) -> None:
     async with api.session.post(api.url("/api/v1/frontends"), headers=ADMIN) as response:
         assert response.status == 405
         assert "GET" in response.headers["Allow"]
+
+
+async def test_device_status_endpoints(api: Api) -> None:
+    async with api.session.get(
+        api.url("/api/v1/devices/00-90-33-01-02-03/status"), headers=ADMIN
+    ) as response:
+        assert response.status == 200
+        status = await response.json()
+    assert status["hardware_id"] == "IP232-01-02-03"
+    assert status["last_seen"] is None
+    assert status["polls"] == 0
+    async with api.session.post(
+        api.url("/api/v1/devices/009033010203/restage"), headers=ADMIN
+    ) as response:
+        assert response.status == 202
+    async with api.session.get(api.url("/api/v1/status?stale=1"), headers=ADMIN) as response:
+        devices = (await response.json())["devices"]
+    assert len(devices) == 4  # never seen counts as stale
+    assert [d["restage_requested"] for d in devices if d["mac"] == "009033010203"] == [True]
+    async with api.session.get(
+        api.url("/api/v1/devices/0090330000ff/status"), headers=ADMIN
+    ) as response:
+        assert response.status == 404
+    async with api.session.get(api.url("/api/v1/unknown-devices"), headers=ADMIN) as response:
+        assert (await response.json())["devices"] == []

@@ -36,6 +36,7 @@ from services.core.inventory import (
 )
 
 SETTINGS_KEY = web.AppKey("admin_settings", Settings)
+ENDPOINTS_KEY = web.AppKey("admin_endpoints", list[Endpoint])
 
 READERS = frozenset({Role.ADMIN, Role.OPERATOR})
 WRITERS = frozenset({Role.ADMIN, Role.OPERATOR})
@@ -338,7 +339,8 @@ async def delete_variable(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return json_response(openapi_document("pbxfront admin API", "1", ENDPOINTS))
+    endpoints: list[Endpoint] = request.app[ENDPOINTS_KEY]
+    return json_response(openapi_document("pbxfront admin API", "1", endpoints))
 
 
 OBJECT = {"type": "object"}
