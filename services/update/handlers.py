@@ -89,24 +89,29 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
     store = request.app[STORE_KEY]
     firmware = request.app[FIRMWARE_KEY]
     urls = Urls(base_url(request))
-    async with acquire(request.config_dict[POOL_KEY]) as connection:
-        repository = UpdateRepository(connection)
-        watch = request.app[WATCH_KEY]
-        watch.start(request.config_dict[POOL_KEY])
-        candidate = identity.mac in watch.restage if identity.mac else bool(watch.restage)
-        if watch.live and watch.version is not None and not candidate:
-            version, restage_pending = watch.version, False
-        else:
-            version, restage_pending = await repository.poll_state(
+    pool = request.config_dict[POOL_KEY]
+    watch = request.app[WATCH_KEY]
+    watch.start(pool)
+    snapshots = request.app[SNAPSHOTS_KEY]
+    candidate = identity.mac in watch.restage if identity.mac else bool(watch.restage)
+    cached = snapshots.current(watch.version) if watch.live and not candidate else None
+    if cached is not None:
+        # The common case: no query and no pooled connection at all (releasing one to the
+        # pool costs a round trip of its own).
+        snapshot, restage_pending = cached, False
+    else:
+        async with acquire(pool) as connection:
+            version, restage_pending = await UpdateRepository(connection).poll_state(
                 identity.mac, identity.hardware_id
             )
             if not restage_pending and identity.mac:
                 watch.restage.discard(identity.mac)
-        snapshot = await request.app[SNAPSHOTS_KEY].get(connection, version)
-        device = snapshot.find(identity)
-        if device is None:
-            key = identity.mac or identity.hardware_id or "-"
-            await repository.record_unknown(
+            snapshot = await snapshots.get(connection, version)
+    device = snapshot.find(identity)
+    if device is None:
+        key = identity.mac or identity.hardware_id or "-"
+        async with acquire(pool) as connection:
+            await UpdateRepository(connection).record_unknown(
                 key,
                 identity.mac,
                 identity.hardware_id,
@@ -115,70 +120,70 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
                 identity.proof.value,
                 arguments.version,
             )
-            log.info(
-                "unknown device %s (%s) polled %s.txt", printable(key), identity.proof.value, phase
-            )
-            return comment_reply(404, f"device {key} is not in this provider's inventory")
-        restage = phase == UPDATE and restage_pending
-        reply: Reply
-        try:
-            reply = decide_and_render(
-                store,
-                snapshot,
-                device,
-                identity,
-                arguments,
-                phase,
-                urls,
-                poll_minutes=settings.update.poll_interval,
-                restage=restage,
-                firmware_available=firmware.listed,
-                bodies=request.app[BODIES_KEY],
-            )
-        except SecretRequired as error:
-            security_event(
-                request,
-                "secret-refused",
-                device=device.mac,
-                proof=identity.proof.value,
-                secret=error.name,
-            )
-            reply = Reply(
-                403,
-                to_crlf([comment(str(error)), comment("connect with the device certificate")]),
-                error=str(error),
-            )
-        except (ScriptError, PolicyError) as error:
-            log.error("%s.txt for %s cannot be rendered: %s", phase, device.mac, error)
-            reply = Reply(
-                500,
-                to_crlf(
-                    [
-                        comment(
-                            f"pbxfront: {phase}.txt cannot be rendered for "
-                            "this device; the operator's log says why"
-                        )
-                    ]
-                ),
-                error=str(error),
-            )
-        request.app[STATUS_KEY].record(
-            PollRecord(
-                mac=device.mac,
-                source_address=request.remote,
-                proof=identity.proof.value,
-                phase=phase,
-                version=arguments.version,
-                prot=arguments.prot,
-                boot=arguments.boot,
-                device_check=arguments.check,
-                cfg=arguments.cfg,
-                hash_sent=reply.hash_sent,
-                in_sync=reply.in_sync,
-                last_error=reply.error,
-            ),
-            request.config_dict[POOL_KEY],
+        log.info(
+            "unknown device %s (%s) polled %s.txt", printable(key), identity.proof.value, phase
         )
+        return comment_reply(404, f"device {key} is not in this provider's inventory")
+    restage = phase == UPDATE and restage_pending
+    reply: Reply
+    try:
+        reply = decide_and_render(
+            store,
+            snapshot,
+            device,
+            identity,
+            arguments,
+            phase,
+            urls,
+            poll_minutes=settings.update.poll_interval,
+            restage=restage,
+            firmware_available=firmware.listed,
+            bodies=request.app[BODIES_KEY],
+        )
+    except SecretRequired as error:
+        security_event(
+            request,
+            "secret-refused",
+            device=device.mac,
+            proof=identity.proof.value,
+            secret=error.name,
+        )
+        reply = Reply(
+            403,
+            to_crlf([comment(str(error)), comment("connect with the device certificate")]),
+            error=str(error),
+        )
+    except (ScriptError, PolicyError) as error:
+        log.error("%s.txt for %s cannot be rendered: %s", phase, device.mac, error)
+        reply = Reply(
+            500,
+            to_crlf(
+                [
+                    comment(
+                        f"pbxfront: {phase}.txt cannot be rendered for "
+                        "this device; the operator's log says why"
+                    )
+                ]
+            ),
+            error=str(error),
+        )
+    request.app[STATUS_KEY].record(
+        PollRecord(
+            mac=device.mac,
+            source_address=request.remote,
+            proof=identity.proof.value,
+            phase=phase,
+            version=arguments.version,
+            prot=arguments.prot,
+            boot=arguments.boot,
+            device_check=arguments.check,
+            cfg=arguments.cfg,
+            hash_sent=reply.hash_sent,
+            in_sync=reply.in_sync,
+            last_error=reply.error,
+        ),
+        pool,
+    )
     return web.Response(
         status=reply.status, text=reply.text, content_type="text/plain", charset="utf-8"
     )

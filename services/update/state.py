@@ -24,6 +24,13 @@ class SnapshotCache:
         self._snapshot: Snapshot | None = None
         self._lock = asyncio.Lock()
 
+    def current(self, version: int | None) -> Snapshot | None:
+        """The cached snapshot if it is of ``version``; no database access."""
+        snapshot = self._snapshot
+        if version is not None and snapshot is not None and snapshot.version == version:
+            return snapshot
+        return None
+
     async def get(self, connection: asyncpg.Connection, version: int | None = None) -> Snapshot:
         """The snapshot for ``version`` (read from the database when not given)."""
         if version is None:
