@@ -385,6 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     update_cli.register(commands, common, _with_database)
 
+    from services.redirect import cli as redirect_cli
+
+    redirect_cli.register(commands, common, _with_database)
+
+    from services.backup import cli as backup_cli
+
+    backup_cli.register(commands, common, _with_database)
+
     from services.bench import cli as bench_cli
 
     bench_cli.register(commands, common, _settings)

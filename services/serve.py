@@ -27,9 +27,27 @@ def service_factories() -> ServiceFactories:
 
     def admin(settings: Settings) -> web.Application:
         from services.admin.app import create_app
+        from services.backup.app import create_archive_app
+        from services.core.http import mount_service
+        from services.redirect.app import create_api_app
         from services.update.admin_api import ENDPOINTS as update_endpoints
 
-        return create_app(settings, [*update_endpoints])
+        app = create_app(settings, [*update_endpoints])
+        # Parts of other services that belong on the private admin listener: the redirect
+        # provider API (/api/v1/redirect/) and the backup archive (/api/v1/backups/, /dav/).
+        mount_service(app, create_api_app(settings))
+        mount_service(app, create_archive_app(settings))
+        return app
+
+    def backup(settings: Settings) -> web.Application:
+        from services.backup.app import create_app
+
+        return create_app(settings)
+
+    def redirect(settings: Settings) -> web.Application:
+        from services.redirect.app import create_device_app
+
+        return create_device_app(settings)
 
     def update(settings: Settings) -> web.Application:
         from services.update.app import create_app
@@ -44,6 +62,8 @@ def service_factories() -> ServiceFactories:
     factories: dict[str, Callable[[Settings], web.Application]] = {
         "admin": admin,
         "update": update,
+        "backup": backup,
+        "redirect": redirect,
         "noop": noop,
     }
     return factories

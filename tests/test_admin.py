@@ -13,12 +13,12 @@ import asyncpg
 import pytest
 
 from services.admin.handlers import ENDPOINTS
-from services.update.admin_api import ENDPOINTS as UPDATE_ENDPOINTS
 from services.core.auth import AccountRepository, Role
 from services.core.config import ListenerSettings, Settings
 from services.core.inventory import apply_inventory, read_inventory_file
 from services.core.runner import Node, start_node
 from services.serve import service_factories
+from services.update.admin_api import ENDPOINTS as UPDATE_ENDPOINTS
 from tests.conftest import SessionPki
 
 ADMIN_PASSWORD = "correct horse battery"

@@ -37,6 +37,8 @@ def zero_ports(data_dir: Path) -> list[str]:
         "listeners.devices_claimed.port=0",
         "--set",
         "listeners.admin.port=0",
+        "--set",
+        "listeners.redirect.port=0",
     ]
 
 

@@ -1,5 +1,12 @@
 """Accounts, roles, argon2 password hashes, HTTP Basic and bearer-token authentication.
 
+HTTP Digest (``core.digest``) cannot use an argon2 hash: for accounts with the ``event-sender``
+role (the devices' "HTTP client" account of the seed) the Digest HA1 values
+``H(name:realm:password)`` for realm ``core.digest.REALM`` are stored too (``account_digests``),
+computed whenever the password is set and dropped when the role or the account goes. An account
+that gets the role later needs its password set again before it can use Digest. An HA1 is
+password-equivalent for that realm, so only these device accounts have one.
+
 Password checks run argon2id in a worker thread (it is deliberately slow) and compare secrets in
 constant time. A successful check is remembered for a short while, keyed by a SHA-256 of the
 credentials and the stored hash, so devices that send Basic credentials on every poll do not cost
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import enum
 import hashlib
 import hmac
@@ -18,12 +26,15 @@ import re
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from services.core.digest import ALGORITHMS, REALM, compute_ha1
 
 
 class Role(enum.StrEnum):
@@ -78,6 +89,12 @@ def check_password_strength(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AccountError(f"password: must be at least {MIN_PASSWORD_LENGTH} characters")
     return password
+
+
+def digest_ha1s(name: str, password: str) -> tuple[list[str], list[str]]:
+    """(algorithms, HA1 values) for realm ``digest.REALM``: what Digest needs of a password."""
+    algorithms = list(ALGORITHMS)
+    return algorithms, [compute_ha1(a, name, REALM, password) for a in algorithms]
 
 
 def hash_password(password: str) -> str:
@@ -137,35 +154,88 @@ class AccountRepository:
         check_password_strength(password)
         password_hash = await asyncio.to_thread(hash_password, password)
         try:
-            await self._db.execute(
-                "INSERT INTO accounts (name, roles, password_hash) VALUES ($1, $2, $3)",
-                name,
-                sorted(r.value for r in roles),
-                password_hash,
-            )
+            async with self._transaction() as connection:
+                await connection.execute(
+                    "INSERT INTO accounts (name, roles, password_hash) VALUES ($1, $2, $3)",
+                    name,
+                    sorted(r.value for r in roles),
+                    password_hash,
+                )
+                if Role.EVENT_SENDER in roles:
+                    await self._store_digests(connection, name, password)
         except asyncpg.UniqueViolationError:
             raise AccountError(f"name: account {name!r} exists already") from None
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        if isinstance(self._db, asyncpg.Pool):
+            async with self._db.acquire() as connection, connection.transaction():
+                yield connection
+        else:
+            async with self._db.transaction():
+                yield self._db
+
+    @staticmethod
+    async def _store_digests(connection: asyncpg.Connection, name: str, password: str) -> None:
+        algorithms, values = digest_ha1s(name, password)
+        await connection.execute("DELETE FROM account_digests WHERE account = $1", name)
+        await connection.execute(
+            """INSERT INTO account_digests (account, realm, algorithm, ha1)
+               SELECT $1, $2, t.algorithm, t.ha1 FROM unnest($3::text[], $4::text[])
+                   AS t(algorithm, ha1)""",
+            name,
+            REALM,
+            algorithms,
+            values,
+        )
+
+    async def digest_ha1(self, name: str, realm: str, algorithm: str) -> str | None:
+        """The stored Digest HA1 of an event-sender account, or None (unknown name, another
+        role, password not set since the role was granted)."""
+        ha1: str | None = await self._db.fetchval(
+            """SELECT d.ha1 FROM account_digests d JOIN accounts a ON a.name = d.account
+               WHERE d.account = $1 AND d.realm = $2 AND d.algorithm = $3
+                 AND 'event-sender' = ANY (a.roles)""",
+            name,
+            realm,
+            algorithm,
+        )
+        return ha1
+
+    async def get(self, name: str) -> Account | None:
+        row = await self._db.fetchrow("SELECT name, roles FROM accounts WHERE name = $1", name)
+        if row is None:
+            return None
+        return Account(row["name"], frozenset(Role(r) for r in row["roles"]))
 
     async def set_password(self, name: str, password: str) -> bool:
         check_password_strength(password)
         password_hash = await asyncio.to_thread(hash_password, password)
-        status: str = await self._db.execute(
-            "UPDATE accounts SET password_hash = $2, updated_at = now() WHERE name = $1",
-            name,
-            password_hash,
-        )
-        if status.endswith(" 0"):
-            return False
-        # Tokens issued under the old password do not survive a password change.
-        await self._db.execute("DELETE FROM api_tokens WHERE account = $1", name)
+        async with self._transaction() as connection:
+            roles = await connection.fetchval(
+                """UPDATE accounts SET password_hash = $2, updated_at = now() WHERE name = $1
+                   RETURNING roles""",
+                name,
+                password_hash,
+            )
+            if roles is None:
+                return False
+            if Role.EVENT_SENDER.value in roles:
+                await self._store_digests(connection, name, password)
+            # Tokens issued under the old password do not survive a password change.
+            await connection.execute("DELETE FROM api_tokens WHERE account = $1", name)
         return True
 
     async def set_roles(self, name: str, roles: frozenset[Role]) -> bool:
-        status: str = await self._db.execute(
-            "UPDATE accounts SET roles = $2, updated_at = now() WHERE name = $1",
-            name,
-            sorted(r.value for r in roles),
-        )
+        async with self._transaction() as connection:
+            status: str = await connection.execute(
+                "UPDATE accounts SET roles = $2, updated_at = now() WHERE name = $1",
+                name,
+                sorted(r.value for r in roles),
+            )
+            if Role.EVENT_SENDER not in roles:
+                # Digest HA1s exist only for event senders (see the module docstring).
+                await connection.execute("DELETE FROM account_digests WHERE account = $1", name)
         return not status.endswith(" 0")
 
     async def remove(self, name: str) -> bool:

@@ -148,6 +148,112 @@ class UpdateSettings:
     status_flush_interval: float = dataclasses.field(default=0.05, metadata=_check(_range(0, 60)))
 
 
+_REDIRECT_URL_FIELDS = {"public_address": "192.0.2.1", "frontend": "sb1", "index": 1}
+
+
+def _redirect_url_template(value: Any) -> str | None:
+    if not re.fullmatch(r"https?://[^\s#?]+", value):
+        return "must be an http(s) URL without spaces, query or fragment"
+    try:
+        value.format(**_REDIRECT_URL_FIELDS)
+    except (KeyError, IndexError, ValueError):
+        return "placeholders: only {public_address}, {frontend} and {index}"
+    return None
+
+
+def _redirect_url_arguments(value: Any) -> str | None:
+    # protocol.md §1: the device expands #m #h #t #i; nothing here may break the command line.
+    return None if re.fullmatch(r"[A-Za-z0-9=&#%_.~-]*", value) else "must be like sn=#m&hwid=#h"
+
+
+def _redirect_paths(value: Any) -> str | None:
+    for path in value:
+        if not re.fullmatch(r"/[A-Za-z0-9._/-]{1,200}", path) or "//" in path or ".." in path:
+            return f"{path!r}: must be a plain absolute path such as /redirect/init"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class RedirectSettings:
+    # Where a registered device is sent: its Frontend's staging URL, from the inventory's
+    # Frontend. Placeholders: {public_address}, {frontend}, {index}. A mapping with its own URL
+    # uses that instead.
+    frontend_url: str = dataclasses.field(
+        default="https://{public_address}/DRIVE/CF0/update/staging.txt",
+        metadata=_check(_redirect_url_template),
+    )
+    # Appended (after "?") to a target URL without a query; the device expands #m #h #t #i.
+    url_arguments: str = dataclasses.field(
+        default="sn=#m&hwid=#h&type=#t&ip=#i", metadata=_check(_redirect_url_arguments)
+    )
+    # Paths answering like /redirect.php and /init.
+    extra_paths: tuple[str, ...] = dataclasses.field(default=(), metadata=_check(_redirect_paths))
+    # Lookups of unregistered devices per source address (IPv6: per /64): a burst, refilled at
+    # this rate per second. An address out of tokens gets 429 for every lookup.
+    unknown_burst: int = dataclasses.field(default=30, metadata=_check(_range(1, 1_000_000)))
+    unknown_per_second: float = dataclasses.field(
+        default=0.5, metadata=_check(_range(0.001, 100_000))
+    )
+    # Provider API: seconds a signature's timestamp may differ from the server's clock.
+    signature_max_skew: int = dataclasses.field(default=300, metadata=_check(_range(5, 3600)))
+    # Provider API: rows one bulk import may carry (more: 413).
+    import_max_rows: int = dataclasses.field(default=50_000, metadata=_check(_range(1, 1_000_000)))
+    # Seconds a transfer token stays valid.
+    transfer_token_lifetime: float = dataclasses.field(
+        default=7 * 86400.0, metadata=_check(_range(60, 365 * 86400))
+    )
+
+
+def _regex_list(value: Any) -> str | None:
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            return f"{pattern!r} is not a regular expression: {error}"
+    return None
+
+
+def _digest_algorithms(value: Any) -> str | None:
+    if not value:
+        return "must name at least one of SHA-256, MD5"
+    unknown = [v for v in value if v not in ("SHA-256", "MD5")]
+    return f"unknown algorithm {unknown[0]!r} (known: SHA-256, MD5)" if unknown else None
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupSettings:
+    # Largest config a device may PUT (bytes; limits.max_body_bytes applies too); larger gets 413.
+    max_body_bytes: int = dataclasses.field(
+        default=4 * 1024 * 1024, metadata=_check(_range(1, 2**31))
+    )
+    # Regular expressions of lines to ignore when comparing versions, besides protocol.md §5's.
+    ignore_patterns: tuple[str, ...] = dataclasses.field(default=(), metadata=_check(_regex_list))
+    # Retention defaults (a customer's update variables backup-keep-last/-days/-months win):
+    # the last N changed versions, plus one a day for D days, plus one a month for M months.
+    keep_last: int = dataclasses.field(default=10, metadata=_check(_range(1, 100000)))
+    keep_days: int = dataclasses.field(default=14, metadata=_check(_range(0, 3650)))
+    keep_months: int = dataclasses.field(default=12, metadata=_check(_range(0, 1200)))
+    # Hours without any PUT before a device's backup counts as stale (alert); variable
+    # backup-stale-hours wins per customer.
+    stale_after_hours: float = dataclasses.field(default=48.0, metadata=_check(_range(1, 87600)))
+    # Seconds between retention/staleness runs (one node of the cluster runs each); 0 = never
+    # (then only `pbxfront backups prune`).
+    prune_interval: float = dataclasses.field(default=3600.0, metadata=_check(_range(0, 86400 * 7)))
+    # Options whose value is a secret, redacted in diffs and `show` unless asked otherwise.
+    secret_options: tuple[str, ...] = ("/pwd", "/password", "/pw", "/key")
+    # `vars create <name> <flags> <value>`: values whose flags contain all letters of one of
+    # these are redacted.
+    secret_var_flags: tuple[str, ...] = ("pb",)
+    # HTTP Digest (RFC 7616) algorithms offered to devices, preferred first.
+    digest_algorithms: tuple[str, ...] = dataclasses.field(
+        default=("SHA-256", "MD5"), metadata=_check(_digest_algorithms)
+    )
+    # Seconds a Digest nonce stays valid; an older one is answered with stale=true.
+    digest_nonce_lifetime: float = dataclasses.field(
+        default=300.0, metadata=_check(_range(1, 86400))
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     # Where pbxfront keeps local state: the embedded PostgreSQL, demo certificates.
@@ -163,6 +269,8 @@ class Settings:
     demo: DemoSettings = DemoSettings()
     admin: AdminSettings = AdminSettings()
     update: UpdateSettings = UpdateSettings()
+    backup: BackupSettings = BackupSettings()
+    redirect: RedirectSettings = RedirectSettings()
 
     def listeners_for(self, only: Iterable[str] | None = None) -> dict[str, ListenerSettings]:
         """The listeners to open. With ``only``, each keeps just those services and a listener

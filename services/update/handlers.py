@@ -15,6 +15,7 @@ from aiohttp import web
 from services.core.db import POOL_KEY, acquire
 from services.core.http import query_arguments, security_event
 from services.core.identity import DeviceIdentity, identify, printable
+from services.core.scriptlines import comment, to_crlf
 from services.update.provisioning import (
     STAGING,
     UPDATE,
@@ -22,11 +23,10 @@ from services.update.provisioning import (
     PollArguments,
     Reply,
     Urls,
-    comment,
     decide_and_render,
 )
 from services.update.repository import PollRecord, UpdateRepository
-from services.update.scripts import ScriptError, SecretRequired, to_crlf
+from services.update.scripts import ScriptError, SecretRequired
 from services.update.state import (
     BODIES_KEY,
     FIRMWARE_KEY,

@@ -35,6 +35,7 @@ from services.core.inventory import (
     ResolvedVariable,
     Variable,
 )
+from services.core.scriptlines import comment, to_crlf
 from services.update.firmware import firmware_file_name
 from services.update.scripts import (
     ScriptStore,
@@ -42,7 +43,6 @@ from services.update.scripts import (
     rawurlencode,
     script_hash,
     script_lines,
-    to_crlf,
 )
 
 STAGING = "staging"
@@ -297,10 +297,6 @@ def template_context(
         "urls": urls,
     }
     return context, variables
-
-
-def comment(text: str) -> str:
-    return "# " + printable(text, 300)
 
 
 def decide_and_render(

@@ -22,10 +22,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from services.core import scriptlines
 
 # Files larger than this are not scripts (protects memory and the devices).
 MAX_SCRIPT_BYTES = 256 * 1024
@@ -87,13 +88,9 @@ def script_hash(body: str) -> str:
 
 
 def rawurlencode(value: object) -> str:
-    """PHP's rawurlencode, which devices expect in ``config add UP1 /url`` (a script filter)."""
+    """The ``rawurlencode`` script filter; a Secret is revealed only where it may be."""
     text = value.reveal() if isinstance(value, Secret) else str(value)
-    return quote(text, safe="-_.~")
-
-
-def to_crlf(lines: Iterable[str]) -> str:
-    return "".join(line.rstrip("\r") + "\r\n" for line in lines)
+    return scriptlines.rawurlencode(text)
 
 
 def script_lines(body: str) -> list[str]:

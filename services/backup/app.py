@@ -1,0 +1,233 @@
+"""The backup service: the write-only intake for devices, the archive for operators, and the
+periodic maintenance (retention, stale-backup alerts) that one node of the cluster runs at a time.
+
+Two applications:
+
+- :func:`create_app` — the device side, ``PUT /DRIVE/CF0/update/backup/<name>`` (mounted on the
+  device listeners, before ``update``);
+- :func:`create_archive_app` — the operator side, ``/api/v1/backups/…`` and the read-only WebDAV
+  view ``/dav/backups/…`` (mounted into the admin listener's application by ``serve.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from services.backup import dav
+from services.backup.diff import Redaction
+from services.backup.handlers import (
+    BACKUP_PREFIX,
+    BASIC_CACHE_KEY,
+    DIGEST_KEY,
+    ENDPOINTS,
+    NORMALIZER_KEY,
+    ON_REQUEST_KEY,
+    PRUNE_KEY,
+    REDACTION_KEY,
+    SETTINGS_KEY,
+    DigestState,
+    backup_resource,
+)
+from services.backup.normalize import Normalizer
+from services.backup.repository import BackupRepository, Version
+from services.backup.retention import Policy, policy_for, versions_to_delete
+from services.core.api import VERIFIED_CACHE_KEY, add_endpoints
+from services.core.auth import VerifiedCache
+from services.core.config import Settings
+from services.core.db import DatabaseUnavailable, acquire
+from services.core.digest import PostgresNonceCounter
+from services.core.http import SERVICE_NAME_KEY
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrunedDevice:
+    mac: str
+    customer: str
+    versions: list[Version]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "mac": self.mac,
+            "customer": self.customer,
+            "versions": [
+                {"id": v.id, "received_at": v.received_at.isoformat()} for v in self.versions
+            ],
+        }
+
+
+@dataclass
+class MaintenanceReport:
+    """What one run did (or, dry, would do). ``ran`` False: another node holds the lock."""
+
+    ran: bool
+    dry_run: bool
+    pruned: list[PrunedDevice] = field(default_factory=list)
+    contents_removed: int = 0
+    stale_alerts: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ran": self.ran,
+            "dry_run": self.dry_run,
+            "pruned": [p.as_json() for p in self.pruned],
+            "versions_deleted": sum(len(p.versions) for p in self.pruned),
+            "contents_removed": self.contents_removed,
+            "stale_alerts": self.stale_alerts,
+        }
+
+
+async def run_maintenance(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    now: datetime,
+    *,
+    dry_run: bool = False,
+    customer: str | None = None,
+) -> MaintenanceReport:
+    """Retention for every device (or one customer's), stale-backup alerts, expired Digest
+    nonces. Runs on one node at a time: when another holds the lock, nothing is done
+    (``ran`` False). A dry run changes nothing and needs no lock. ``now`` is the clock."""
+    defaults = Policy.defaults(settings.backup)
+    report = MaintenanceReport(ran=True, dry_run=dry_run)
+    async with acquire(pool) as connection:
+        repository = BackupRepository(connection)
+        if not dry_run and not await repository.try_maintenance_lock():
+            log.info("backup maintenance: another node is running it")
+            return MaintenanceReport(ran=False, dry_run=dry_run)
+        try:
+            global_layer, customer_layers = await repository.policy_variables()
+
+            def policy(customer_id: str) -> Policy:
+                variables = {**global_layer, **customer_layers.get(customer_id, {})}
+                return policy_for(defaults, variables)
+
+            for mac, owner in await repository.devices_with_versions(1, customer):
+                owner_policy = policy(owner)
+                deleted = await repository.prune_device(
+                    mac, partial(versions_to_delete, policy=owner_policy, now=now), dry_run=dry_run
+                )
+                if deleted:
+                    report.pruned.append(PrunedDevice(mac, owner, deleted))
+                    if not dry_run:
+                        log.info(
+                            "backup retention: deleted %d version(s) of %s (customer %s): %s",
+                            len(deleted),
+                            mac,
+                            owner,
+                            ", ".join(str(v.id) for v in deleted),
+                        )
+            if not dry_run:
+                report.contents_removed = await repository.collect_garbage()
+            for owner in await repository.backup_customers():
+                if customer is not None and owner != customer:
+                    continue
+                hours = policy(owner).stale_after_hours
+                for device in await repository.stale_devices(owner, now - timedelta(hours=hours)):
+                    report.stale_alerts.append(device.mac)
+                    if dry_run:
+                        continue
+                    last = device.last_put_at.astimezone(UTC).isoformat(timespec="seconds")
+                    message = (
+                        f"backup of {device.hardware_id} ({owner}) is stale: no PUT since "
+                        f"{last} (policy: {hours:g} h)"
+                    )
+                    if await repository.raise_stale(device, now, message) is not None:
+                        log.warning("%s", message)
+            if not dry_run:
+                await PostgresNonceCounter(pool).forget_expired(now)
+        finally:
+            if not dry_run:
+                await repository.release_maintenance_lock()
+    return report
+
+
+async def run_maintenance_json(
+    pool: asyncpg.Pool, settings: Settings, now: datetime, dry_run: bool, customer: str | None
+) -> dict[str, Any]:
+    report = await run_maintenance(pool, settings, now, dry_run=dry_run, customer=customer)
+    return report.as_json()
+
+
+class MaintenanceJob:
+    """Runs :func:`run_maintenance` every ``backup.prune_interval`` seconds.
+
+    The pool lives on the listener's application, which a service application cannot reach at
+    start-up, so the first request hands it over (:meth:`ensure_started`). Every node and worker
+    runs the loop; the advisory lock lets one of them work at a time.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def ensure_started(self, pool: asyncpg.Pool) -> None:
+        if self._task is None and not self._closed and self._settings.backup.prune_interval > 0:
+            self._task = asyncio.create_task(self._loop(pool))
+
+    async def _loop(self, pool: asyncpg.Pool) -> None:
+        interval = self._settings.backup.prune_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await run_maintenance(pool, self._settings, datetime.now(UTC))
+            except DatabaseUnavailable as error:
+                log.warning("backup maintenance: database unavailable: %s", error)
+            except Exception:  # keep the loop; the next run retries
+                log.exception("backup maintenance failed")
+
+    async def context(self, _app: web.Application) -> AsyncIterator[None]:
+        yield
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def _shared_state(app: web.Application, settings: Settings) -> None:
+    app[SETTINGS_KEY] = settings
+    app[NORMALIZER_KEY] = Normalizer.build(settings.backup.ignore_patterns)
+    app[REDACTION_KEY] = Redaction.build(
+        settings.backup.secret_options, settings.backup.secret_var_flags
+    )
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The device side: the write-only backup folder."""
+    app = web.Application()
+    _shared_state(app, settings)
+    app[DIGEST_KEY] = DigestState(settings)
+    app[BASIC_CACHE_KEY] = VerifiedCache()
+    job = MaintenanceJob(settings)
+    app[ON_REQUEST_KEY] = job.ensure_started
+    app.cleanup_ctx.append(job.context)
+    # Every method on every path below the folder lands here: PUT stores, the rest is refused
+    # with one answer (nothing about what exists leaks).
+    app.router.add_route("*", BACKUP_PREFIX + "/{name:.+}", backup_resource)
+    app.router.add_route("*", BACKUP_PREFIX + "{tail:/?}", backup_resource)
+    return app
+
+
+def create_archive_app(settings: Settings) -> web.Application:
+    """The operator side: ``/api/v1/backups/…`` and ``/dav/backups/…`` (admin listener)."""
+    app = web.Application()
+    _shared_state(app, settings)
+    app[SERVICE_NAME_KEY] = "backup"
+    app[PRUNE_KEY] = run_maintenance_json
+    app[VERIFIED_CACHE_KEY] = VerifiedCache()
+    add_endpoints(app, ENDPOINTS)
+    dav.add_routes(app)
+    return app

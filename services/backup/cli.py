@@ -1,0 +1,294 @@
+"""``pbxfront backups list|versions|show|diff|prune|alerts``: the archive from the command line.
+
+A device is named by its MAC (any notation) or hardware id. Secrets are redacted in ``show`` and
+``diff`` unless ``--show-secrets`` is given; that is written to the security log (the CLI user
+has database access, i.e. the admin role).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from services.backup.app import run_maintenance
+from services.backup.diff import Redaction, redact_content
+from services.backup.handlers import parse_device, render_diff, versions_to_compare
+from services.backup.normalize import Normalizer
+from services.backup.repository import BackupDevice, BackupRepository
+from services.core import errors
+from services.core.config import Settings
+from services.core.errors import UsageError
+
+security_log = logging.getLogger("pbxfront.security")
+
+WithDatabase = Callable[
+    [argparse.Namespace, Callable[[Settings, asyncpg.Pool], Awaitable[int]]], int
+]
+
+
+def _age(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "never"
+    seconds = int((now - moment).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+async def _device(repository: BackupRepository, value: str) -> BackupDevice:
+    try:
+        mac, hardware_id = parse_device(value)
+    except errors.Invalid as error:
+        raise UsageError(str(error)) from None
+    device = await repository.device(mac, hardware_id)
+    if device is None:
+        raise UsageError(f"no backups of {value}")
+    return device
+
+
+def _version_argument(value: str | None) -> int | None:
+    if value is None or value == "latest":
+        return None
+    if not value.isdigit():
+        raise UsageError(f"{value}: a version id (see `pbxfront backups versions`) or latest")
+    return int(value)
+
+
+def _secrets_shown(device: BackupDevice, versions: str) -> None:
+    security_log.warning(
+        "pbxfront security: secrets-shown from cli user=%s device=%s versions=%s",
+        getpass.getuser(),
+        device.mac,
+        versions,
+    )
+
+
+async def backups_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    now = datetime.now(UTC)
+    async with pool.acquire() as connection:
+        devices = await BackupRepository(connection).devices(customer=args.customer, limit=100000)
+    if args.json:
+        print(json.dumps([d.as_json(now) for d in devices], indent=2))
+        return 0
+    rows: list[tuple[str, ...]] = [
+        ("MAC", "HARDWARE ID", "CUSTOMER", "VERSIONS", "LAST BACKUP", "LAST CHANGE", "STALE")
+    ]
+    for d in devices:
+        rows.append(
+            (
+                d.mac,
+                d.hardware_id,
+                d.customer,
+                str(d.versions),
+                _age(d.last_put_at, now),
+                _age(d.last_changed_at, now),
+                "yes" if d.stale_alerted_at else "-",
+            )
+        )
+    _table(rows)
+    return 0
+
+
+async def backups_versions(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        repository = BackupRepository(connection)
+        device = await _device(repository, args.device)
+        versions = await repository.versions(device.mac, limit=args.limit, before=args.before)
+    if args.json:
+        print(json.dumps([v.as_json() for v in versions], indent=2))
+        return 0
+    rows: list[tuple[str, ...]] = [("ID", "RECEIVED (UTC)", "LAST SEEN", "SIZE", "CHANGE", "KIND")]
+    for v in versions:
+        change = "first" if v.lines_added is None else f"+{v.lines_added} -{v.lines_removed}"
+        rows.append(
+            (
+                str(v.id),
+                v.received_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                v.last_seen_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                str(v.size),
+                change,
+                v.encoding,
+            )
+        )
+    _table(rows)
+    if len(versions) == args.limit:
+        print(f"(more: --before {versions[-1].id})", file=sys.stderr)
+    return 0
+
+
+async def backups_show(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        repository = BackupRepository(connection)
+        device = await _device(repository, args.device)
+        wanted = _version_argument(args.version) or device.latest_version
+        version = await repository.version(device.mac, wanted) if wanted is not None else None
+        if version is None:
+            raise UsageError(f"no version {args.version} of {device.hardware_id}")
+        content = await repository.content(version.content_sha256)
+    if args.show_secrets:
+        _secrets_shown(device, str(version.id))
+    else:
+        backup = settings.backup
+        content = redact_content(
+            content, Redaction.build(backup.secret_options, backup.secret_var_flags)
+        )
+    sys.stdout.flush()
+    sys.stdout.buffer.write(content)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+async def backups_diff(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    backup = settings.backup
+    async with pool.acquire() as connection:
+        repository = BackupRepository(connection)
+        device = await _device(repository, args.device)
+        try:
+            pair = await versions_to_compare(
+                repository,
+                device,
+                _version_argument(args.old),
+                _version_argument(args.new),
+            )
+        except errors.NotFound as error:
+            raise UsageError(str(error)) from None
+    if args.show_secrets:
+        _secrets_shown(device, f"{pair.old[0].id},{pair.new[0].id}")
+    text = render_diff(
+        device,
+        pair,
+        normalizer=None if args.all_lines else Normalizer.build(backup.ignore_patterns),
+        redaction=None
+        if args.show_secrets
+        else Redaction.build(backup.secret_options, backup.secret_var_flags),
+    )
+    if not text:
+        print(
+            f"versions {pair.old[0].id} and {pair.new[0].id} do not differ"
+            + ("" if args.all_lines else " (volatile lines ignored; --all-lines shows them)"),
+            file=sys.stderr,
+        )
+    sys.stdout.write(text)
+    return 0
+
+
+async def backups_prune(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    report = await run_maintenance(
+        pool, settings, datetime.now(UTC), dry_run=args.dry_run, customer=args.customer
+    )
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+        return 0
+    if not report.ran:
+        print("another node is running the backup maintenance right now; try again later")
+        return 1
+    verb = "would delete" if args.dry_run else "deleted"
+    for pruned in report.pruned:
+        ids = ", ".join(str(v.id) for v in pruned.versions)
+        print(
+            f"{verb} {len(pruned.versions)} version(s) of {pruned.mac} ({pruned.customer}): {ids}"
+        )
+    total = sum(len(p.versions) for p in report.pruned)
+    stale = "would alert" if args.dry_run else "alerted"
+    for mac in report.stale_alerts:
+        print(f"{stale}: backup of {mac} is stale")
+    print(
+        f"{verb} {total} version(s) in total"
+        + (" (dry run: nothing changed)" if args.dry_run else "")
+    )
+    return 0
+
+
+async def backups_alerts(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        alerts = await BackupRepository(connection).alerts(limit=args.limit)
+    if args.json:
+        print(json.dumps([a.as_json() for a in alerts], indent=2))
+        return 0
+    for alert in alerts:
+        stamp = alert.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{alert.id}  {stamp}  {alert.kind:7}  {alert.message}")
+    return 0
+
+
+Work = Callable[[argparse.Namespace, Settings, asyncpg.Pool], Awaitable[int]]
+
+
+def register(commands: Any, common: argparse.ArgumentParser, with_database: WithDatabase) -> None:
+    def bind(work: Work) -> Callable[[argparse.Namespace], int]:
+        def handler(args: argparse.Namespace) -> int:
+            async def run(settings: Settings, pool: asyncpg.Pool) -> int:
+                return await work(args, settings, pool)
+
+            return with_database(args, run)
+
+        return handler
+
+    backups = commands.add_parser("backups", help="the config backup archive")
+    actions = backups.add_subparsers(dest="action", required=True)
+
+    listing = actions.add_parser(
+        "list", parents=[common], help="devices with their last backup and its age"
+    )
+    listing.add_argument("--customer", metavar="ID")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=bind(backups_list))
+
+    versions = actions.add_parser(
+        "versions", parents=[common], help="a device's versions, newest first"
+    )
+    versions.add_argument("device", metavar="DEVICE", help="MAC or hardware id")
+    versions.add_argument("--limit", type=int, default=50, metavar="N")
+    versions.add_argument("--before", type=int, metavar="ID", help="only versions older than ID")
+    versions.add_argument("--json", action="store_true")
+    versions.set_defaults(handler=bind(backups_versions))
+
+    show = actions.add_parser("show", parents=[common], help="one version as stored")
+    show.add_argument("device", metavar="DEVICE", help="MAC or hardware id")
+    show.add_argument("version", metavar="VERSION", nargs="?", help="version id (default latest)")
+    show.add_argument(
+        "--show-secrets", action="store_true", help="do not redact passwords (logged)"
+    )
+    show.set_defaults(handler=bind(backups_show))
+
+    diff = actions.add_parser(
+        "diff", parents=[common], help="unified diff of two versions (default latest vs previous)"
+    )
+    diff.add_argument("device", metavar="DEVICE", help="MAC or hardware id")
+    diff.add_argument("old", metavar="FROM", nargs="?", help="older version id")
+    diff.add_argument("new", metavar="TO", nargs="?", help="newer version id (default latest)")
+    diff.add_argument(
+        "--show-secrets", action="store_true", help="do not redact passwords (logged)"
+    )
+    diff.add_argument(
+        "--all-lines", action="store_true", help="include the volatile lines (protocol.md §5)"
+    )
+    diff.set_defaults(handler=bind(backups_diff))
+
+    prune = actions.add_parser(
+        "prune", parents=[common], help="apply retention and raise stale alerts now"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only show what would be deleted")
+    prune.add_argument("--customer", metavar="ID")
+    prune.add_argument("--json", action="store_true")
+    prune.set_defaults(handler=bind(backups_prune))
+
+    alerts = actions.add_parser("alerts", parents=[common], help="changed and stale alerts")
+    alerts.add_argument("--limit", type=int, default=50, metavar="N")
+    alerts.add_argument("--json", action="store_true")
+    alerts.set_defaults(handler=bind(backups_alerts))

@@ -1,0 +1,680 @@
+"""HTTP side of the backup service: the write-only intake devices PUT to, and the archive API.
+
+Intake (device listener): ``PUT /DRIVE/CF0/update/backup/<name>``. Who may write, in order:
+
+1. a device proven by its client certificate (``core.identity``); the URL arguments (``sn``,
+   ``hwid``) and a name that is a MAC or hardware id (``IP232-01-02-03.txt``) must name that
+   same device, else 403;
+2. an account with the ``event-sender`` role (HTTP Basic or Digest, RFC 7616): the device is the
+   one the URL arguments or the name name (the seed's shared "HTTP client" account);
+3. nobody (anonymous), only for devices of customers with ``allow_anonymous_backup``.
+
+A device must be in the inventory. Every other method on the folder is refused with one fixed
+answer, so nobody learns whether anything exists there. A 2xx is sent only after the commit.
+
+Archive (admin listener, :data:`ENDPOINTS`): devices, versions, one version, diffs. Secrets are
+redacted unless an admin asks for them (``show_secrets=1``), which is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from services.backup.diff import (
+    DiffStat,
+    Redaction,
+    Side,
+    diffstat,
+    redact_content,
+    unified_diff,
+)
+from services.backup.normalize import BINARY, Normalizer, prepare
+from services.backup.repository import (
+    BackupDevice,
+    BackupRepository,
+    InventoryDevice,
+    StoreResult,
+    Upload,
+    Version,
+)
+from services.core import errors
+from services.core.api import (
+    Endpoint,
+    current_account,
+    int_query,
+    json_response,
+    openapi_document,
+    pool_of,
+)
+from services.core.auth import AccountRepository, Role, VerifiedCache, parse_basic
+from services.core.config import Settings
+from services.core.db import acquire
+from services.core.digest import (
+    DigestAuthenticator,
+    NonceSigner,
+    PostgresNonceCounter,
+    load_secret,
+    parse_digest,
+)
+from services.core.http import query_arguments, security_event
+from services.core.identity import (
+    DeviceIdentity,
+    IdentityConflict,
+    IdentityError,
+    Proof,
+    identify,
+    normalize_hardware_id,
+    normalize_mac,
+    parse_hardware_id,
+    printable,
+)
+
+log = logging.getLogger(__name__)
+
+BACKUP_PREFIX = "/DRIVE/CF0/update/backup"
+# Bodies larger than this are hashed and compressed in a worker thread.
+_THREAD_THRESHOLD = 64 * 1024
+# A stored file name: what a device's scfg URL ends in. Never used as a path.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+WRITE_ONLY_TEXT = "the backup folder is write-only: devices PUT their configuration here\n"
+
+
+class DigestState:
+    """The Digest authenticator, created on first use (its key lives in PostgreSQL)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._authenticator: DigestAuthenticator | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self, pool: asyncpg.Pool) -> DigestAuthenticator:
+        if self._authenticator is None:
+            async with self._lock:
+                if self._authenticator is None:
+                    async with acquire(pool) as connection:
+                        secret = await load_secret(connection)
+                    backup = self._settings.backup
+                    self._authenticator = DigestAuthenticator(
+                        NonceSigner(secret, backup.digest_nonce_lifetime),
+                        backup.digest_algorithms,
+                    )
+        return self._authenticator
+
+
+SETTINGS_KEY = web.AppKey("backup_settings", Settings)
+NORMALIZER_KEY = web.AppKey("backup_normalizer", Normalizer)
+REDACTION_KEY = web.AppKey("backup_redaction", Redaction)
+DIGEST_KEY = web.AppKey("backup_digest", DigestState)
+BASIC_CACHE_KEY = web.AppKey("backup_basic_cache", VerifiedCache)
+# Called with the pool on every request: starts the periodic maintenance once (app.py).
+ON_REQUEST_KEY: web.AppKey[Callable[[asyncpg.Pool], None]] = web.AppKey("backup_on_request")
+
+BASIC_CHALLENGE = 'Basic realm="pbxfront", charset="UTF-8"'
+
+
+# --- intake ------------------------------------------------------------------------------------
+
+
+async def write_only(request: web.Request) -> web.Response:
+    """Every method but PUT, on every backup path: one fixed answer that reveals nothing."""
+    return web.Response(
+        status=405, text=WRITE_ONLY_TEXT, content_type="text/plain", headers={"Allow": "PUT"}
+    )
+
+
+async def backup_resource(request: web.Request) -> web.Response:
+    if request.method != "PUT":
+        return await write_only(request)
+    return await put_backup(request)
+
+
+def name_claim(name: str) -> tuple[str | None, str | None]:
+    """(MAC, hardware id) when the file name (up to its first dot) is one of them."""
+    stem = name.split(".", 1)[0]
+    with contextlib.suppress(IdentityError):
+        return normalize_mac(stem), None
+    with contextlib.suppress(IdentityError):
+        return None, normalize_hardware_id(stem)
+    return None, None
+
+
+def with_name_claim(identity: DeviceIdentity, name: str) -> DeviceIdentity:
+    """Fold the device a file name names into the identity; a contradiction is refused
+    (IdentityConflict for a proven device, Invalid for a claimed one)."""
+    mac, hardware_id = name_claim(name)
+    if mac is None and hardware_id is None:
+        return identity
+    named = mac or str(hardware_id)
+    agrees = True
+    if mac is not None:
+        if identity.mac is not None:
+            agrees = identity.mac == mac
+        elif identity.hardware_id is not None:
+            agrees = parse_hardware_id(identity.hardware_id).matches_mac(mac)
+    if hardware_id is not None:
+        if identity.hardware_id is not None:
+            agrees = agrees and identity.hardware_id == hardware_id
+        elif identity.mac is not None:
+            agrees = agrees and parse_hardware_id(hardware_id).matches_mac(identity.mac)
+    if not agrees:
+        if identity.proven:
+            raise IdentityConflict(identity.describe(), named)
+        raise errors.Invalid(f"the file name names {named}, the URL arguments another device")
+    proof = identity.proof if identity.proof is not Proof.ANONYMOUS else Proof.CLAIMED
+    return replace(
+        identity,
+        proof=proof,
+        mac=identity.mac or mac,
+        hardware_id=identity.hardware_id or hardware_id,
+    )
+
+
+@dataclass(frozen=True)
+class Uploader:
+    device: InventoryDevice
+    proof: str  # certificate | credentials | anonymous
+    account: str | None = None
+
+
+def _challenges(authenticator: DigestAuthenticator, *, stale: bool = False) -> tuple[str, ...]:
+    return (*authenticator.challenges(stale=stale), BASIC_CHALLENGE)
+
+
+async def _sender_account(request: web.Request, header: str) -> str:
+    """The event-sender account whose Basic or Digest credentials ``header`` carries;
+    Unauthenticated (with fresh challenges) otherwise."""
+    pool = pool_of(request)
+    authenticator = await request.app[DIGEST_KEY].get(pool)
+    digest = parse_digest(header)
+    basic = parse_basic(header) if digest is None else None
+    if digest is not None:
+        async with acquire(pool) as connection:
+            accounts = AccountRepository(connection)
+            result = await authenticator.verify(
+                digest,
+                method=request.method,
+                uri=request.raw_path,
+                lookup=accounts.digest_ha1,
+                counter=PostgresNonceCounter(pool),
+            )
+        if result.username is not None:
+            return result.username
+        reason = result.failure.value if result.failure else "refused"
+        if not result.stale:
+            security_event(
+                request, "auth-failed", account=result.claimed, path=request.path, reason=reason
+            )
+        raise errors.Unauthenticated(
+            f"Digest: {reason}", _challenges(authenticator, stale=result.stale)
+        )
+    if basic is not None:
+        async with acquire(pool) as connection:
+            account = await AccountRepository(connection).verify(
+                basic.name, basic.password, request.app[BASIC_CACHE_KEY]
+            )
+        if account is not None and Role.EVENT_SENDER in account.roles:
+            return account.name
+        security_event(request, "auth-failed", account=basic.name, path=request.path)
+        raise errors.Unauthenticated("wrong credentials", _challenges(authenticator))
+    raise errors.Unauthenticated("unsupported credentials", _challenges(authenticator))
+
+
+async def _inventory_device(
+    request: web.Request, identity: DeviceIdentity
+) -> InventoryDevice | None:
+    async with acquire(pool_of(request)) as connection:
+        return await BackupRepository(connection).inventory_device(
+            identity.mac, identity.hardware_id
+        )
+
+
+def _not_in_inventory(identity: DeviceIdentity) -> errors.Forbidden:
+    return errors.Forbidden(
+        f"device {identity.describe()} is not in this provider's inventory; "
+        "backups are kept for inventory devices only"
+    )
+
+
+async def identify_uploader(request: web.Request, identity: DeviceIdentity) -> Uploader:
+    if identity.proven:
+        device = await _inventory_device(request, identity)
+        if device is None:
+            raise _not_in_inventory(identity)
+        return Uploader(device, "certificate")
+    header = request.headers.get("Authorization")
+    if header:
+        account = await _sender_account(request, header)
+        if identity.mac is None and identity.hardware_id is None:
+            raise errors.Invalid(
+                "name the device: ?sn=#m&hwid=#h in the URL or a file name like #h.txt"
+            )
+        device = await _inventory_device(request, identity)
+        if device is None:
+            raise _not_in_inventory(identity)
+        return Uploader(device, "credentials", account)
+    if identity.mac is not None or identity.hardware_id is not None:
+        device = await _inventory_device(request, identity)
+        if device is not None and device.allow_anonymous_backup:
+            return Uploader(device, "anonymous")
+    # The same answer whether or not the device exists.
+    authenticator = await request.app[DIGEST_KEY].get(pool_of(request))
+    raise errors.Unauthenticated(
+        "a device certificate or the devices' HTTP client credentials are required",
+        _challenges(authenticator),
+    )
+
+
+class UploadAborted(Exception):
+    """The client went away before the whole body arrived."""
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body (chunked or not), at most ``limit`` bytes (TooLarge beyond)."""
+    too_large = errors.TooLarge(f"body larger than {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except (HttpProcessingError, ConnectionError, asyncio.IncompleteReadError, EOFError) as error:
+        raise UploadAborted(str(error) or type(error).__name__) from error
+    return b"".join(chunks)
+
+
+async def put_backup(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    request.app[ON_REQUEST_KEY](pool_of(request))
+    name = request.match_info.get("name", "")
+    if not _NAME.fullmatch(name):
+        raise errors.Invalid(
+            "backup name: 1-128 letters, digits and . _ - @ + (e.g. IP232-01-02-03.txt)"
+        )
+    peercert = request.transport.get_extra_info("peercert") if request.transport else None
+    identity = with_name_claim(identify(peercert, query_arguments(request)), name)
+    uploader = await identify_uploader(request, identity)
+    limit = min(settings.backup.max_body_bytes, settings.limits.max_body_bytes)
+    try:
+        content = await read_body(request, limit)
+    except UploadAborted as error:
+        log.info(
+            "backup upload of %s aborted after a partial body: %s; nothing stored",
+            uploader.device.hardware_id,
+            printable(str(error)),
+        )
+        raise errors.Invalid("upload aborted") from None
+    if not content:
+        raise errors.Invalid("empty body: PUT the device's configuration")
+    normalizer = request.app[NORMALIZER_KEY]
+    if len(content) > _THREAD_THRESHOLD:
+        prepared = await asyncio.to_thread(prepare, content, normalizer)
+    else:
+        prepared = prepare(content, normalizer)
+
+    async def compare(previous: bytes, new: bytes) -> DiffStat:
+        if len(previous) + len(new) > _THREAD_THRESHOLD:
+            return await asyncio.to_thread(diffstat, previous, new, normalizer)
+        return diffstat(previous, new, normalizer)
+
+    upload = Upload(
+        device=uploader.device,
+        content=content,
+        prepared=prepared,
+        upload_name=name,
+        proof=uploader.proof,
+        account=uploader.account,
+        source_address=request.remote,
+    )
+    async with acquire(pool_of(request)) as connection:
+        result = await BackupRepository(connection).store_if_changed(
+            upload, datetime.now(UTC), compare
+        )
+    return _stored_reply(uploader, prepared.encoding, result)
+
+
+def _stored_reply(uploader: Uploader, encoding: str, result: StoreResult) -> web.Response:
+    device = uploader.device
+    if not result.changed:
+        log.info(
+            "backup of %s (%s): unchanged, same as version %d",
+            device.hardware_id,
+            uploader.proof,
+            result.version_id,
+        )
+        return web.Response(
+            status=200,
+            text=f"unchanged: same as version {result.version_id}\n",
+            content_type="text/plain",
+        )
+    flag = " (binary: contains NUL bytes)" if encoding == BINARY else ""
+    if result.diffstat is not None:
+        log.warning(
+            "backup of %s (%s, customer %s) changed: version %d, %s lines%s",
+            device.hardware_id,
+            uploader.proof,
+            device.customer,
+            result.version_id,
+            result.diffstat,
+            flag,
+        )
+    else:
+        log.info(
+            "backup of %s (%s): first version %d%s",
+            device.hardware_id,
+            uploader.proof,
+            result.version_id,
+            flag,
+        )
+    return web.Response(
+        status=201, text=f"stored as version {result.version_id}\n", content_type="text/plain"
+    )
+
+
+# --- the archive (admin listener) --------------------------------------------------------------
+
+READERS = frozenset({Role.ADMIN, Role.OPERATOR})
+ADMINS = frozenset({Role.ADMIN})
+
+
+def parse_device(value: str) -> tuple[str | None, str | None]:
+    """A MAC (any notation) or a hardware id -> (mac, hardware id); Invalid otherwise."""
+    with contextlib.suppress(IdentityError):
+        return normalize_mac(value), None
+    with contextlib.suppress(IdentityError):
+        return None, normalize_hardware_id(value)
+    raise errors.Invalid(f"device: not a MAC or hardware id: '{printable(value)}'")
+
+
+async def _device(repository: BackupRepository, value: str) -> BackupDevice:
+    mac, hardware_id = parse_device(value)
+    device = await repository.device(mac, hardware_id)
+    if device is None:
+        raise errors.NotFound(f"no backups of {printable(value)}")
+    return device
+
+
+def _version_id(raw: str, name: str) -> int | None:
+    """A version id, or None for ``latest``."""
+    if raw in ("", "latest"):
+        return None
+    if not re.fullmatch(r"\d{1,18}", raw):
+        raise errors.Invalid(f"{name}: a version id or 'latest'")
+    return int(raw)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "")
+    if raw.lower() in ("", "0", "false", "no"):
+        return False
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    raise errors.Invalid(f"{name}: must be 1 or 0")
+
+
+def _secrets_allowed(request: web.Request, device: BackupDevice, versions: str) -> bool:
+    """Whether to show secrets: asked for, by an admin (then logged), else Forbidden."""
+    if not _flag(request, "show_secrets"):
+        return False
+    account = current_account(request)
+    if Role.ADMIN not in account.roles:
+        security_event(request, "forbidden", account=account.name, path=request.path)
+        raise errors.Forbidden("show_secrets needs the admin role")
+    security_event(
+        request, "secrets-shown", account=account.name, device=device.mac, versions=versions
+    )
+    return True
+
+
+async def list_devices(request: web.Request) -> web.Response:
+    customer = request.query.get("customer") or None
+    limit = int_query(request, "limit", 1000, 1, 10000)
+    offset = int_query(request, "offset", 0, 0, 10**9)
+    async with acquire(pool_of(request)) as connection:
+        devices = await BackupRepository(connection).devices(
+            customer=customer, limit=limit, offset=offset
+        )
+    now = datetime.now(UTC)
+    return json_response(
+        {"devices": [d.as_json(now) for d in devices], "limit": limit, "offset": offset}
+    )
+
+
+async def get_device(request: web.Request) -> web.Response:
+    async with acquire(pool_of(request)) as connection:
+        device = await _device(BackupRepository(connection), request.match_info["device"])
+    return json_response(device.as_json(datetime.now(UTC)))
+
+
+async def list_versions(request: web.Request) -> web.Response:
+    limit = int_query(request, "limit", 50, 1, 1000)
+    before_raw = request.query.get("before", "")
+    before = _version_id(before_raw, "before") if before_raw else None
+    async with acquire(pool_of(request)) as connection:
+        repository = BackupRepository(connection)
+        device = await _device(repository, request.match_info["device"])
+        versions = await repository.versions(device.mac, limit=limit, before=before)
+    next_before = versions[-1].id if len(versions) == limit else None
+    return json_response(
+        {
+            "device": device.mac,
+            "hardware_id": device.hardware_id,
+            "versions": [v.as_json() for v in versions],
+            "next_before": next_before,
+        }
+    )
+
+
+async def _load_version(
+    repository: BackupRepository, device: BackupDevice, version_id: int | None
+) -> tuple[Version, bytes]:
+    wanted = version_id if version_id is not None else device.latest_version
+    version = await repository.version(device.mac, wanted) if wanted is not None else None
+    if version is None:
+        raise errors.NotFound(f"no version {wanted} of {device.hardware_id}")
+    return version, await repository.content(version.content_sha256)
+
+
+async def get_version(request: web.Request) -> web.Response:
+    redaction = request.app[REDACTION_KEY]
+    async with acquire(pool_of(request)) as connection:
+        repository = BackupRepository(connection)
+        device = await _device(repository, request.match_info["device"])
+        version_id = _version_id(request.match_info["version"], "version")
+        version, content = await _load_version(repository, device, version_id)
+    if not _secrets_allowed(request, device, str(version.id)):
+        content = redact_content(content, redaction)
+    return web.Response(
+        body=content,
+        content_type="application/octet-stream" if version.encoding == BINARY else "text/plain",
+        headers={"X-Backup-Version": str(version.id), "X-Backup-Encoding": version.encoding},
+    )
+
+
+@dataclass(frozen=True)
+class DiffRequest:
+    old: tuple[Version, bytes]
+    new: tuple[Version, bytes]
+
+
+async def versions_to_compare(
+    repository: BackupRepository,
+    device: BackupDevice,
+    old_id: int | None,
+    new_id: int | None,
+) -> DiffRequest:
+    """Default: the latest version against the one before it (or the one before ``new``)."""
+    new = await _load_version(repository, device, new_id)
+    if old_id is None:
+        previous = await repository.versions(device.mac, limit=1, before=new[0].id)
+        if not previous:
+            raise errors.NotFound(f"{device.hardware_id} has no version before {new[0].id}")
+        old_id = previous[0].id
+    old = await _load_version(repository, device, old_id)
+    return DiffRequest(old, new)
+
+
+def render_diff(
+    device: BackupDevice,
+    pair: DiffRequest,
+    *,
+    normalizer: Normalizer | None,
+    redaction: Redaction | None,
+) -> str:
+    def side(item: tuple[Version, bytes]) -> Side:
+        version, content = item
+        stamp = version.received_at.astimezone(UTC).isoformat(timespec="seconds")
+        return Side(content, f"{device.hardware_id} version {version.id} ({stamp})")
+
+    return unified_diff(side(pair.old), side(pair.new), normalizer=normalizer, redaction=redaction)
+
+
+async def get_diff(request: web.Request) -> web.Response:
+    all_lines = _flag(request, "all_lines")
+    async with acquire(pool_of(request)) as connection:
+        repository = BackupRepository(connection)
+        device = await _device(repository, request.match_info["device"])
+        old_id = _version_id(request.query.get("from", ""), "from")
+        new_id = _version_id(request.query.get("to", ""), "to")
+        pair = await versions_to_compare(repository, device, old_id, new_id)
+    show = _secrets_allowed(request, device, f"{pair.old[0].id},{pair.new[0].id}")
+    text = await asyncio.to_thread(
+        render_diff,
+        device,
+        pair,
+        normalizer=None if all_lines else request.app[NORMALIZER_KEY],
+        redaction=None if show else request.app[REDACTION_KEY],
+    )
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        headers={"X-Backup-From": str(pair.old[0].id), "X-Backup-To": str(pair.new[0].id)},
+    )
+
+
+async def list_alerts(request: web.Request) -> web.Response:
+    limit = int_query(request, "limit", 100, 1, 10000)
+    after_raw = request.query.get("after", "")
+    after = _version_id(after_raw, "after") if after_raw else None
+    async with acquire(pool_of(request)) as connection:
+        alerts = await BackupRepository(connection).alerts(limit=limit, after=after)
+    return json_response({"alerts": [a.as_json() for a in alerts]})
+
+
+# Set by app.py: (pool, settings, now, dry_run, customer) -> report (JSON-able).
+PruneRun = Callable[[asyncpg.Pool, Settings, datetime, bool, str | None], Awaitable[dict[str, Any]]]
+PRUNE_KEY: web.AppKey[PruneRun] = web.AppKey("backup_prune")
+
+
+async def prune(request: web.Request) -> web.Response:
+    dry_run = _flag(request, "dry_run")
+    customer = request.query.get("customer") or None
+    report = await request.app[PRUNE_KEY](
+        pool_of(request), request.app[SETTINGS_KEY], datetime.now(UTC), dry_run, customer
+    )
+    return json_response(report)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document("pbxfront backup archive API", "1", ENDPOINTS))
+
+
+OBJECT = {"type": "object"}
+TEXT_NOTE = " (text/plain)"
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint(
+        "GET",
+        "/api/v1/backups/openapi.json",
+        openapi,
+        READERS,
+        "This document",
+        public=True,
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/backups/devices",
+        list_devices,
+        READERS,
+        "Devices with backups: last PUT, its age, last change, number of versions",
+        query={
+            "customer": "only this customer's devices",
+            "limit": "page size (1..10000)",
+            "offset": "rows to skip",
+        },
+        response=OBJECT,
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/backups/devices/{device}",
+        get_device,
+        READERS,
+        "One device's backup state (device: MAC or hardware id)",
+        response=OBJECT,
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/backups/devices/{device}/versions",
+        list_versions,
+        READERS,
+        "A device's versions, newest first",
+        query={
+            "limit": "page size (1..1000)",
+            "before": "only versions older than this id (next_before of the previous page)",
+        },
+        response=OBJECT,
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/backups/devices/{device}/versions/{version}",
+        get_version,
+        READERS,
+        "One version as stored, secrets redacted unless show_secrets=1 (admin)" + TEXT_NOTE,
+        query={"show_secrets": "1: unredacted (admin role; logged)"},
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/backups/devices/{device}/diff",
+        get_diff,
+        READERS,
+        "Unified diff of two versions (default: latest against the one before)" + TEXT_NOTE,
+        query={
+            "from": "older version id",
+            "to": "newer version id or latest",
+            "show_secrets": "1: unredacted (admin role; logged)",
+            "all_lines": "1: include the volatile lines (protocol.md §5)",
+        },
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/backups/alerts",
+        list_alerts,
+        READERS,
+        "Changed and stale backup alerts, newest first",
+        query={"after": "only alerts with a larger id", "limit": "at most this many"},
+        response=OBJECT,
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/backups/prune",
+        prune,
+        ADMINS,
+        "Apply retention now (once per cluster) and raise stale alerts",
+        query={"dry_run": "1: only report what would be deleted", "customer": "only this one"},
+        response=OBJECT,
+    ),
+]
