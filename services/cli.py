@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from services.core.commands import Handler, Work
 from services.core.config import (
     ConfigError,
     Settings,
@@ -28,7 +29,7 @@ from services.core.config import (
     load_settings,
 )
 from services.core.db import DatabaseConfigError, open_database
-from services.core.errors import UsageError
+from services.core.errors import DomainError, UsageError
 from services.core.pki import PkiError
 from services.core.tls import TlsConfigError
 
@@ -58,6 +59,21 @@ def _with_database(
             return await work(settings, pool)
 
     return asyncio.run(run())
+
+
+def _bind(work: Work) -> Handler:
+    """A service's ``work(args, settings, pool)`` as an argparse handler (see core.commands)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        async def run(settings: Settings, pool: asyncpg.Pool) -> int:
+            try:
+                return await work(args, settings, pool)
+            except DomainError as error:
+                raise UsageError(str(error)) from None
+
+        return _with_database(args, run)
+
+    return handler
 
 
 def _read_secret(prompt: str, *, file: str | None, env: str) -> str:
@@ -383,15 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     from services.update import cli as update_cli
 
-    update_cli.register(commands, common, _with_database)
+    update_cli.register(commands, common, _bind)
 
     from services.redirect import cli as redirect_cli
 
-    redirect_cli.register(commands, common, _with_database)
+    redirect_cli.register(commands, common, _bind)
 
     from services.backup import cli as backup_cli
 
-    backup_cli.register(commands, common, _with_database)
+    backup_cli.register(commands, common, _bind)
 
     from services.bench import cli as bench_cli
 

@@ -34,6 +34,7 @@ from services.backup.normalize import Normalizer, prepare
 from services.backup.repository import BackupRepository, InventoryDevice, Upload
 from services.core import db
 from services.core.auth import AccountRepository, Role
+from services.core.commands import Handler, Work
 from services.core.config import (
     BackupSettings,
     DatabaseSettings,
@@ -1031,21 +1032,22 @@ async def test_cli(
     await site.put(CONFIG_1)
     await site.put(CONFIG_1.replace("192.0.2.10", "192.0.2.11").replace("s3cret-admin", "other"))
 
-    def with_database(
-        args: argparse.Namespace, work: Callable[[Settings, asyncpg.Pool], Awaitable[int]]
-    ) -> int:
-        async def run() -> int:
-            pool = await db.create_pool(database_url, DatabaseSettings(pool_max_size=2))
-            try:
-                return await work(Settings(), pool)
-            finally:
-                await pool.close()
+    def bind(work: Work) -> Handler:
+        def handler(args: argparse.Namespace) -> int:
+            async def run() -> int:
+                pool = await db.create_pool(database_url, DatabaseSettings(pool_max_size=2))
+                try:
+                    return await work(args, Settings(), pool)
+                finally:
+                    await pool.close()
 
-        return asyncio.run(run())
+            return asyncio.run(run())
+
+        return handler
 
     common = argparse.ArgumentParser(add_help=False)
     parser = argparse.ArgumentParser(prog="pbxfront")
-    register(parser.add_subparsers(dest="command", required=True), common, with_database)
+    register(parser.add_subparsers(dest="command", required=True), common, bind)
 
     async def run(*argv: str) -> tuple[int, str]:
         args = parser.parse_args(argv)

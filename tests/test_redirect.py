@@ -883,7 +883,7 @@ def run_cli(database_url: str, *argv: str) -> int:
     common.add_argument("--set", action="append")
     parser = argparse.ArgumentParser(prog="pbxfront")
     commands = parser.add_subparsers(dest="command", required=True)
-    redirect_cli.register(commands, common, pbxfront_cli._with_database)
+    redirect_cli.register(commands, common, pbxfront_cli._bind)
     args = parser.parse_args([*argv, "--set", f"database.url={json.dumps(database_url)}"])
     try:
         status: int = args.handler(args)

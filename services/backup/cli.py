@@ -12,7 +12,6 @@ import getpass
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,14 +23,11 @@ from services.backup.handlers import parse_device, render_diff, versions_to_comp
 from services.backup.normalize import Normalizer
 from services.backup.repository import BackupDevice, BackupRepository
 from services.core import errors
+from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
 
 security_log = logging.getLogger("pbxfront.security")
-
-WithDatabase = Callable[
-    [argparse.Namespace, Callable[[Settings, asyncpg.Pool], Awaitable[int]]], int
-]
 
 
 def _age(moment: datetime | None, now: datetime) -> str:
@@ -226,18 +222,7 @@ async def backups_alerts(args: argparse.Namespace, settings: Settings, pool: asy
     return 0
 
 
-Work = Callable[[argparse.Namespace, Settings, asyncpg.Pool], Awaitable[int]]
-
-
-def register(commands: Any, common: argparse.ArgumentParser, with_database: WithDatabase) -> None:
-    def bind(work: Work) -> Callable[[argparse.Namespace], int]:
-        def handler(args: argparse.Namespace) -> int:
-            async def run(settings: Settings, pool: asyncpg.Pool) -> int:
-                return await work(args, settings, pool)
-
-            return with_database(args, run)
-
-        return handler
+def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
 
     backups = commands.add_parser("backups", help="the config backup archive")
     actions = backups.add_subparsers(dest="action", required=True)

@@ -13,14 +13,13 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from services.core import errors
+from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.redirect.handover import (
@@ -36,11 +35,6 @@ from services.redirect.handover import (
 )
 from services.redirect.repository import MappingRecord, RedirectRepository
 from services.redirect.signing import check_scopes
-
-# (args, work) -> exit status; provided by services.cli so every command shares one database path.
-WithDatabase = Callable[
-    [argparse.Namespace, Callable[[Settings, asyncpg.Pool], Awaitable[int]]], int
-]
 
 ACTOR = "cli"
 
@@ -311,22 +305,7 @@ async def keys_revoke(args: argparse.Namespace, settings: Settings, pool: asyncp
 # --- the parser ----------------------------------------------------------------------------------
 
 
-def register(
-    commands: Any,
-    common: argparse.ArgumentParser,
-    with_database: WithDatabase,
-) -> None:
-    def bind(work: Callable[[argparse.Namespace, Settings, asyncpg.Pool], Awaitable[int]]) -> Any:
-        def handler(args: argparse.Namespace) -> int:
-            async def run(settings: Settings, pool: asyncpg.Pool) -> int:
-                try:
-                    return await work(args, settings, pool)
-                except errors.DomainError as error:
-                    raise UsageError(str(error)) from None
-
-            return with_database(args, run)
-
-        return handler
+def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
 
     def target_options(parser: argparse.ArgumentParser) -> None:
         target = parser.add_mutually_exclusive_group(required=True)

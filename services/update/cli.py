@@ -6,13 +6,13 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.core.identity import DeviceIdentity, IdentityError, Proof, normalize_mac
@@ -30,11 +30,6 @@ from services.update.provisioning import (
 )
 from services.update.repository import UpdateRepository
 from services.update.scripts import ScriptError, ScriptStore, SecretRequired
-
-# (args, work) -> exit status; provided by services.cli so every command shares one database path.
-WithDatabase = Callable[
-    [argparse.Namespace, Callable[[Settings, asyncpg.Pool], Awaitable[int]]], int
-]
 
 
 async def _snapshot(pool: asyncpg.Pool) -> Snapshot:
@@ -255,19 +250,7 @@ async def firmware_list(args: argparse.Namespace, settings: Settings, pool: asyn
     return 0
 
 
-def register(
-    commands: Any,
-    common: argparse.ArgumentParser,
-    with_database: WithDatabase,
-) -> None:
-    def bind(work: Callable[[argparse.Namespace, Settings, asyncpg.Pool], Awaitable[int]]) -> Any:
-        def handler(args: argparse.Namespace) -> int:
-            async def run(settings: Settings, pool: asyncpg.Pool) -> int:
-                return await work(args, settings, pool)
-
-            return with_database(args, run)
-
-        return handler
+def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
 
     scripts = commands.add_parser("scripts", help="the update scripts (staging_scripts/)")
     script_actions = scripts.add_subparsers(dest="action", required=True)
