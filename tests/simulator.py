@@ -23,6 +23,11 @@ class PollResult:
     text: str
     commands: list[str]
 
+    @property
+    def changes(self) -> list[str]:
+        """The commands besides the backup line that goes out on every poll."""
+        return [c for c in self.commands if not c.startswith("mod cmd UP0 scfg ")]
+
 
 @dataclass
 class SimulatedDevice:
@@ -39,6 +44,9 @@ class SimulatedDevice:
     poll_minutes: int = 15
     executed: list[str] = field(default_factory=list)
     firmware_fetched: list[tuple[str, int]] = field(default_factory=list)
+    # The configuration this device uploads on `mod cmd UP0 scfg <url>` (protocol.md §5).
+    config: str = "config change NTP0 /server 192.0.2.10\r\nvars create UPDATE/CHECK pb x\r\n"
+    uploads: list[tuple[str, int]] = field(default_factory=list)
     resets: int = 0
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -48,7 +56,9 @@ class SimulatedDevice:
         return context
 
     def expanded_url(self) -> str:
-        url = self.url
+        return self._expand(self.url)
+
+    def _expand(self, url: str) -> str:
         for placeholder, value in (
             ("#m", self.mac),
             ("#h", self.hardware_id),
@@ -104,6 +114,10 @@ class SimulatedDevice:
                         self.prot = build
                     else:
                         self.boot = build
+            elif words[:4] == ["mod", "cmd", "UP0", "scfg"]:
+                url = self._expand(words[4])
+                async with session.put(url, data=self.config.encode()) as response:
+                    self.uploads.append((url, response.status))
             elif words[:4] == ["config", "add", "UP1", "/url"]:
                 self.url = unquote(words[4])
             elif words[:4] == ["config", "add", "UP1", "/poll"]:

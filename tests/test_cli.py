@@ -139,7 +139,9 @@ def test_demo_device_walkthrough(demo: Served) -> None:
         url + "?CHECK=" + check.split()[-1],
     )
     assert status == 200
-    assert all(line.startswith("#") for line in body.split("\r\n") if line)
+    commands = [line for line in body.split("\r\n") if line and not line.startswith("#")]
+    assert len(commands) == 1
+    assert commands[0].startswith("mod cmd UP0 scfg ")  # sent on every poll, PHPUS-style
 
 
 def test_inventory_apply_twice_says_no_changes(demo: Served) -> None:

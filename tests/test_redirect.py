@@ -1084,7 +1084,7 @@ async def test_factory_new_device_walks_to_in_sync(
         assert updated.status == 200, updated.text
         assert device.check
         in_sync = await device.poll()
-        assert in_sync.commands == []
+        assert in_sync.changes == []
 
         async def recorded_in_sync() -> bool:
             # The update service may write device status a moment after answering.

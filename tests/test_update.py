@@ -137,9 +137,10 @@ async def test_convergence_with_the_run_once_guard(frontend: Frontend) -> None:
         "iresetn",
     ]
     lines = first.text.split("\r\n")
-    # The hash covers the script body (its comments included): after pbxfront's header line,
-    # up to pbxfront's end marker.
-    body = lines[1 : lines.index("# end of script")]
+    # The hash covers the script body (its comments included): after the backup line that goes
+    # out on every poll, up to pbxfront's end marker.
+    scfg = next(i for i, line in enumerate(lines) if line.startswith("mod cmd UP0 scfg"))
+    body = lines[scfg + 1 : lines.index("# end of script")]
     assert device.check == script_hash("\n".join(body))
     assert "config add UP1 /poll 15" in first.commands
     status = await status_of(frontend.pool, MAC_A, polls(1))
@@ -149,7 +150,7 @@ async def test_convergence_with_the_run_once_guard(frontend: Frontend) -> None:
 
     second = await device.poll()
     assert second.status == 200
-    assert second.commands == []
+    assert second.changes == []
     assert f"nothing to do: CHECK {device.check} is current" in second.text
     status = await status_of(frontend.pool, MAC_A, polls(2))
     assert status["in_sync"] is True
@@ -162,7 +163,7 @@ async def test_convergence_with_the_run_once_guard(frontend: Frontend) -> None:
     assert "config add UP1 /poll 7" in third.commands
     assert device.check != old_check
     fourth = await device.poll()
-    assert fourth.commands == []
+    assert fourth.changes == []
     assert device.poll_minutes == 7
 
 
@@ -184,10 +185,10 @@ async def test_firmware_policy_brings_prot_lines_once(frontend: Frontend, tmp_pa
     assert device.firmware_fetched[-1][1] == 200
     assert device.firmware_fetched[-1][0].endswith("/DRIVE/CF0/update/firm/131500/ip232.bin")
     after = await device.poll()
-    assert not any(line.startswith("mod cmd UP0 prot") for line in after.commands)
+    assert not any(line.startswith("mod cmd UP0 prot") for line in after.changes)
     assert device.check  # the script itself followed the firmware
     last = await device.poll()
-    assert last.commands == []
+    assert last.changes == []
 
 
 async def test_firmware_missing_from_store_is_500_and_logged(
@@ -464,4 +465,48 @@ async def test_curl_walkthrough(frontend: Frontend) -> None:
         *base, f"{url}?CHECK={digest}", stdout=asyncio.subprocess.PIPE
     )
     out, _ = await process.communicate()
-    assert all(line.startswith("#") for line in out.decode().split("\r\n") if line)
+    lines = [line for line in out.decode().split("\r\n") if line]
+    # Nothing to do: comments, and the backup line that goes out on every poll.
+    assert [line for line in lines if not line.startswith("#")] == [
+        next(line for line in lines if line.startswith("mod cmd UP0 scfg "))
+    ]
+
+
+async def test_device_backs_up_through_the_scfg_line(
+    pool: asyncpg.Pool, session_pki: SessionPki, repo_root: Path
+) -> None:
+    """update + backup on one listener, as a Frontend runs them: the device PUTs its config at
+    every poll and a version is kept only when it changed."""
+    async with pool.acquire() as connection:
+        await apply_inventory(
+            connection, read_inventory_file(repo_root / "config" / "inventory.example.toml")
+        )
+    listener = ListenerSettings(
+        port=0,
+        services=("backup", "update"),
+        tls=True,
+        certificate=session_pki.server_certificate,
+        key=session_pki.server_key,
+        request_client_certificate=True,
+        client_ca=(session_pki.ca,),
+    )
+    node = await start_node(Settings(), pool, {"devices": listener}, service_factories())
+    try:
+        device = SimulatedDevice(
+            mac=MAC_A,
+            hardware_id=DEVICE_A,
+            device_type="IP232",
+            url=node.addresses["devices"] + "/DRIVE/CF0/update/update.txt?sn=#m&hwid=#h",
+            ca=session_pki.ca,
+            certificate=session_pki.devices[DEVICE_A],
+        )
+        await device.poll()
+        await device.poll()
+        device.config += "config change PHONE /tone 2\r\n"
+        await device.poll()
+        assert len(device.uploads) == 3
+        assert all(200 <= status < 300 for _, status in device.uploads), device.uploads
+        versions = await pool.fetchval("SELECT count(*) FROM backup_versions WHERE mac = $1", MAC_A)
+        assert versions == 2
+    finally:
+        await node.stop()

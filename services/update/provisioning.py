@@ -337,6 +337,12 @@ def decide_and_render(
     variables = snapshot.resolve(device)
     times = maintenance_line(variables)
     preamble: list[str] = []
+    backup = variables.get("backup")
+    if phase == UPDATE and (backup is None or backup.value != "off"):
+        # PHPUS order (protocol.md §5): the backup line goes out on every poll, outside the
+        # run-once hash and before the maintenance window; the backup service keeps a version
+        # only when the configuration changed. Update variable backup = "off" stops it.
+        preamble += [comment("configuration backup"), f"mod cmd UP0 scfg {urls.backup}"]
     if times is not None:
         preamble += [comment("maintenance window"), times]
 
