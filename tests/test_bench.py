@@ -72,6 +72,7 @@ def test_polls_scenario_runs_with_baselines(tmp_path: Path) -> None:
         "pbxfront no-op, keep-alive",
         "pbxfront poll in sync, keep-alive",
         "pbxfront poll in sync at 20/s, keep-alive",
+        "nginx static at 20/s, keep-alive",
         "pbxfront poll in sync at 20/s, new TLS, RSA 2048",
     }
     assert set(rows) == expected

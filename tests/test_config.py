@@ -66,7 +66,7 @@ def test_listener_tables_and_env(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("[database]\npool_max_size = 'many'\n", "database.pool_max_size: must be an integer"),
-        ("[database]\npool_max_size = 0\n", "database.pool_max_size: must be 1..1000"),
+        ("[database]\npool_max_size = 1\n", "database.pool_max_size: must be 2..1000"),
         ("[database]\nnot_a_key = 1\n", "database.not_a_key: unknown key"),
         ("colour = 'blue'\n", "colour: unknown key"),
         ("[listeners.x]\nport = 70000\ntls = false\n", "listeners.x.port: must be 0..65535"),

@@ -645,6 +645,17 @@ def scenario_polls(options: BenchOptions, log: Any) -> list[Row]:
         # At a fixed rate, latency is timed from each poll's scheduled start. Both ways: over
         # kept-alive connections, and with a new TLS handshake per poll (which a 2-core machine
         # cannot do 1,000 times a second even with nginx; the row shows what it reaches).
+        if env.nginx_targets:
+            log(f"nginx at a fixed {options.rate:,.0f}/s, keep-alive (the generator's own tail):")
+            rows.append(
+                measure(
+                    env,
+                    f"nginx static at {options.rate:,.0f}/s, keep-alive",
+                    "nginx",
+                    spec(env.nginx_targets[2048], insync, keepalive=True, rate=options.rate),
+                    log,
+                )
+            )
         for keepalive, label in ((True, "keep-alive"), (False, "new TLS, RSA 2048")):
             log(f"polls at a fixed {options.rate:,.0f}/s, {label}:")
             fixed = measure(

@@ -68,7 +68,8 @@ class DatabaseSettings:
     # A file holding the DSN (keeps a password out of the TOML and out of argv).
     url_file: Path | None = None
     pool_min_size: int = dataclasses.field(default=1, metadata=_check(_range(0, 100)))
-    pool_max_size: int = dataclasses.field(default=10, metadata=_check(_range(1, 1000)))
+    # At least 2: the update service keeps one connection listening for inventory changes.
+    pool_max_size: int = dataclasses.field(default=10, metadata=_check(_range(2, 1000)))
     # Seconds; bounds how long a request waits for PostgreSQL before answering 503.
     connect_timeout: float = dataclasses.field(default=2.0, metadata=_check(_range(0.1, 60)))
     command_timeout: float = dataclasses.field(default=5.0, metadata=_check(_range(0.1, 600)))

@@ -150,6 +150,11 @@ class UpdateRepository:
         assert row is not None
         return int(row["version"]), bool(row["restage"])
 
+    async def pending_restages(self) -> set[str]:
+        """MACs of the devices an operator asked to restage that have not staged since."""
+        rows = await self._db.fetch("SELECT mac FROM device_status WHERE restage_requested")
+        return {row["mac"] for row in rows}
+
     async def request_restage(self, mac: str) -> bool:
         """Mark a known device for staging again; False if the device is not in the inventory."""
         marked = await self._db.fetchval(

@@ -13,6 +13,7 @@ from services.core.config import Settings
 from services.core.inventory import inventory_version, load_inventory
 from services.update.firmware import FirmwareStore
 from services.update.provisioning import BodyCache, Snapshot
+from services.update.repository import UpdateRepository
 from services.update.scripts import ScriptStore
 
 
@@ -91,10 +92,7 @@ class ChangeWatch:
                 await connection.add_listener("pbxfront_restage", self._on_restage)
                 # Listening first, then reading: nothing committed in between is missed.
                 self.version = await inventory_version(connection)
-                rows = await connection.fetch(
-                    "SELECT mac FROM device_status WHERE restage_requested"
-                )
-                self.restage = {row["mac"] for row in rows}
+                self.restage = await UpdateRepository(connection).pending_restages()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await self._release(connection)
                 await asyncio.sleep(delay)
