@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import enum
 import hashlib
 import hmac
@@ -26,7 +25,6 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -34,6 +32,7 @@ import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from services.core.db import transaction
 from services.core.digest import ALGORITHMS, REALM, compute_ha1
 
 
@@ -154,7 +153,7 @@ class AccountRepository:
         check_password_strength(password)
         password_hash = await asyncio.to_thread(hash_password, password)
         try:
-            async with self._transaction() as connection:
+            async with transaction(self._db) as connection:
                 await connection.execute(
                     "INSERT INTO accounts (name, roles, password_hash) VALUES ($1, $2, $3)",
                     name,
@@ -165,15 +164,6 @@ class AccountRepository:
                     await self._store_digests(connection, name, password)
         except asyncpg.UniqueViolationError:
             raise AccountError(f"name: account {name!r} exists already") from None
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        if isinstance(self._db, asyncpg.Pool):
-            async with self._db.acquire() as connection, connection.transaction():
-                yield connection
-        else:
-            async with self._db.transaction():
-                yield self._db
 
     @staticmethod
     async def _store_digests(connection: asyncpg.Connection, name: str, password: str) -> None:
@@ -211,7 +201,7 @@ class AccountRepository:
     async def set_password(self, name: str, password: str) -> bool:
         check_password_strength(password)
         password_hash = await asyncio.to_thread(hash_password, password)
-        async with self._transaction() as connection:
+        async with transaction(self._db) as connection:
             roles = await connection.fetchval(
                 """UPDATE accounts SET password_hash = $2, updated_at = now() WHERE name = $1
                    RETURNING roles""",
@@ -227,7 +217,7 @@ class AccountRepository:
         return True
 
     async def set_roles(self, name: str, roles: frozenset[Role]) -> bool:
-        async with self._transaction() as connection:
+        async with transaction(self._db) as connection:
             status: str = await connection.execute(
                 "UPDATE accounts SET roles = $2, updated_at = now() WHERE name = $1",
                 name,

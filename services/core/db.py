@@ -284,3 +284,15 @@ async def acquire(pool: asyncpg.Pool, wait: float = 2.0) -> AsyncIterator[asyncp
             yield connection
     except _UNAVAILABLE as error:
         raise DatabaseUnavailable(str(error) or type(error).__name__) from error
+
+
+@contextlib.asynccontextmanager
+async def transaction(db: asyncpg.Connection | asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on ``db``: a pool lends a connection for it, a connection is used as is
+    (a nested call becomes a savepoint)."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as connection, connection.transaction():
+            yield connection
+    else:
+        async with db.transaction():
+            yield db

@@ -16,9 +16,8 @@ Contracts:
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from services.core import errors
+from services.core.db import transaction
 from services.core.inventory import InventoryRepository
 from services.redirect.handover import (
     DeviceKey,
@@ -247,15 +247,6 @@ class RedirectRepository:
     def __init__(self, connection: asyncpg.Connection | asyncpg.Pool) -> None:
         self._db = connection
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        if isinstance(self._db, asyncpg.Pool):
-            async with self._db.acquire() as connection, connection.transaction():
-                yield connection
-        else:
-            async with self._db.transaction():
-                yield self._db
-
     # --- providers ------------------------------------------------------------------------------
 
     async def upsert_provider(self, provider_id: str, name: str, facts: Mapping[str, str]) -> bool:
@@ -301,7 +292,7 @@ class RedirectRepository:
     ) -> tuple[str, str]:
         """A new key for ``provider``: (key id, secret). The secret is not shown again."""
         key_id, secret = new_key_id(), new_secret()
-        async with self._transaction() as connection:
+        async with transaction(self._db) as connection:
             await self._require_provider(connection, provider)
             await connection.execute(
                 """INSERT INTO redirect_api_keys (id, provider, secret, scopes, description)
@@ -338,7 +329,7 @@ class RedirectRepository:
 
     async def use_nonce(self, key_id: str, nonce: str, expires_at: datetime) -> bool:
         """Remember a nonce until ``expires_at``; False if the key used it before (a replay)."""
-        async with self._transaction() as connection:
+        async with transaction(self._db) as connection:
             inserted = await connection.fetchval(
                 """INSERT INTO redirect_nonces (key_id, nonce, expires_at) VALUES ($1, $2, $3)
                    ON CONFLICT DO NOTHING RETURNING true""",
@@ -484,7 +475,7 @@ class RedirectRepository:
         token is given; Unprocessable for a Frontend the inventory lacks; Invalid for an unknown
         provider. A used token is spent; a transfer voids the device's other tokens.
         """
-        async with self._transaction() as connection:
+        async with transaction(self._db) as connection:
             await self._require_provider(connection, provider)
             await self._check_frontend(connection, wanted.frontend)
             row = await connection.fetchrow(
@@ -567,7 +558,7 @@ class RedirectRepository:
     ) -> MappingRecord | None:
         """Point an existing mapping elsewhere (facts kept); None if there is none (of
         ``provider``'s)."""
-        async with self._transaction() as connection:
+        async with transaction(self._db) as connection:
             await self._check_frontend(connection, frontend)
             row = await connection.fetchrow(
                 """UPDATE redirect_mappings SET frontend = $3, url = $4, updated_at = now()
@@ -596,7 +587,7 @@ class RedirectRepository:
 
     async def deregister(self, mac: str, provider: str | None, actor: str) -> bool:
         """Remove a mapping (its transfer tokens go with it); False if there is none."""
-        async with self._transaction() as connection:
+        async with transaction(self._db) as connection:
             row = await connection.fetchrow(
                 """DELETE FROM redirect_mappings
                    WHERE mac = $1 AND ($2::text IS NULL OR provider = $2)
@@ -625,7 +616,7 @@ class RedirectRepository:
         """A single-use token with which ``to_provider`` (any provider if None) may take the
         device over; None if there is no mapping (of ``provider``'s). Shown once."""
         token = new_transfer_token()
-        async with self._transaction() as connection:
+        async with transaction(self._db) as connection:
             if to_provider is not None:
                 await self._require_provider(connection, to_provider)
             expires_at = await connection.fetchval(
@@ -669,7 +660,7 @@ class RedirectRepository:
         ``owned_by_other_provider`` and not written.
         """
         macs = [row.mapping.mac for row in rows if row.mapping is not None]
-        async with self._transaction() as connection:
+        async with transaction(self._db) as connection:
             await self._require_provider(connection, provider)
             frontends = {f.id for f in await InventoryRepository(connection).list_frontends()}
             stored = await connection.fetch(
