@@ -102,3 +102,14 @@ def test_percentiles_are_nearest_rank() -> None:
     assert result.percentile(0.5) == pytest.approx(50.0)
     assert result.percentile(0.99) == pytest.approx(99.0)
     assert result.percentile(1.0) == pytest.approx(100.0)
+
+
+def test_backups_scenario_runs_against_the_no_op_put(tmp_path: Path) -> None:
+    report = bench(tmp_path, "backups", "--devices", "10", "--duration", "0.5")
+    rows = {row["name"]: row for row in report["rows"]}
+    assert set(rows) == {"pbxfront no-op PUT, keep-alive", "pbxfront backup PUT, keep-alive"}
+    backup = rows["pbxfront backup PUT, keep-alive"]
+    assert backup["requests"] > 0
+    assert backup["errors"] == 0, backup["error_samples"]
+    assert set(backup["statuses"]) <= {"200", "201"}
+    assert backup["baseline"] == "pbxfront no-op PUT, keep-alive"

@@ -12,7 +12,7 @@ from typing import Any
 
 from services.core.config import Settings
 
-DEFAULT_DEVICES = {"polls": 1000, "storm": 10000}
+DEFAULT_DEVICES = {"polls": 1000, "storm": 10000, "backups": 1000}
 
 
 def register(
@@ -25,7 +25,7 @@ def register(
         parents=[common],
         help="load a local Frontend with simulated devices, next to nginx and a no-op baseline",
     )
-    bench.add_argument("scenario", choices=("polls", "storm"))
+    bench.add_argument("scenario", choices=("polls", "storm", "backups"))
     bench.add_argument("--devices", type=int, help="simulated devices (polls 1000, storm 10000)")
     bench.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     bench.add_argument("--workers", type=int, default=0, help="server processes (0 = per core)")

@@ -170,15 +170,21 @@ async def _run_process(spec: LoadSpec, index: int) -> LoadResult:
         if len(result.error_samples) < 5:
             result.error_samples.append(message)
 
+    # Over a kept-alive connection a client stays one device (its certificate proves it) and
+    # cycles through that device's calls.
+    devices: dict[Path | None, list[Call]] = {}
+    for call in share:
+        devices.setdefault(call.certificate, []).append(call)
+    device_calls = list(devices.values())
+
     async def worker(number: int) -> None:
-        # Over a kept-alive connection a client stays one device: its certificate proves it.
-        own = share[number % len(share)] if spec.keepalive else None
+        own = itertools.cycle(device_calls[number % len(device_calls)]) if spec.keepalive else None
         connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         try:
             while True:
                 if not spec.once and time.perf_counter() >= deadline:
                     return
-                call = own or next(cycle, None)
+                call = next(own) if own is not None else next(cycle, None)
                 if call is None:
                     return
                 begin = time.perf_counter()
