@@ -65,7 +65,6 @@ class PollArguments:
     boot: str | None = None
     check: str | None = None
     cfg: str | None = None
-    scfg: str | None = None
 
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> PollArguments:
@@ -81,7 +80,6 @@ class PollArguments:
             boot=value("BOOT"),
             check=value("CHECK"),
             cfg=value("CFG"),
-            scfg=value("SCFG"),
         )
 
 
