@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -99,6 +101,21 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+def peer_program(name: str, package: str) -> str:
+    """Path of a distribution program a test uses as a real peer (rsyslogd, slapd, ldapsearch).
+
+    Missing locally, the test skips and says which package to install; in CI (``CI`` set, as
+    ``.ci/run`` does) a missing peer is a failure, never a silent skip.
+    """
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if found is not None:
+        return found
+    message = f"{name} not installed (apt-get install {package})"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; .ci/run installs it, so CI must have it")
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

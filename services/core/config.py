@@ -256,6 +256,26 @@ class BackupSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class EventsSettings:
+    """The events service (services/events/): alarm and log intake, store, syslog forwarding."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ContactsSettings:
+    """The contacts drop (services/contacts/): contacts.csv uploads, versions, LDIF feed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectorySettings:
+    """The directory service (services/directory/): each customer's contacts over LDAP(S)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CaSettings:
+    """The provider CA (`pbxfront ca`) and certificate roll-out to devices."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     # Where pbxfront keeps local state: the embedded PostgreSQL, demo certificates.
     data_dir: Path = Path("var")
@@ -272,6 +292,10 @@ class Settings:
     update: UpdateSettings = UpdateSettings()
     backup: BackupSettings = BackupSettings()
     redirect: RedirectSettings = RedirectSettings()
+    events: EventsSettings = EventsSettings()
+    contacts: ContactsSettings = ContactsSettings()
+    directory: DirectorySettings = DirectorySettings()
+    ca: CaSettings = CaSettings()
 
     def listeners_for(self, only: Iterable[str] | None = None) -> dict[str, ListenerSettings]:
         """The listeners to open. With ``only``, each keeps just those services and a listener
