@@ -40,6 +40,7 @@ from services.core.errors import UsageError
 from services.core.http import mount_service
 from services.core.identity import DeviceIdentity, Proof
 from services.core.inventory import apply_inventory, read_inventory_file
+from services.core.ratelimit import AddressLimiter
 from services.core.runner import Node, ServiceFactories, start_node
 from services.core.tls import bind_socket
 from services.redirect import cli as redirect_cli
@@ -48,7 +49,6 @@ from services.redirect.app import create_app as redirect_app
 from services.redirect.handover import (
     DeviceKey,
     DeviceTarget,
-    UnknownLookupLimiter,
     check_facts,
     check_mapping,
     choose_mapping,
@@ -415,7 +415,7 @@ async def test_unknown_lookups_are_rate_limited_per_address(
 
 def test_limiter_refills_and_counts_ipv6_per_64() -> None:
     now = [0.0]
-    limiter = UnknownLookupLimiter(2, 0.5, clock=lambda: now[0])
+    limiter = AddressLimiter(2, 0.5, clock=lambda: now[0])
     for _ in range(2):
         assert limiter.allows("2001:db8::1")
         limiter.spend("2001:db8::1")

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from services.core.config import Settings
 from services.core.http import COMMENT_ERRORS_KEY, mount_service
+from services.core.ratelimit import AddressLimiter
 from services.redirect.handlers import (
     LIMITER_KEY,
     PURGE_INTERVAL,
@@ -28,13 +29,12 @@ from services.redirect.handlers import (
     add_api_routes,
     add_device_routes,
 )
-from services.redirect.handover import UnknownLookupLimiter
 
 
 def create_device_app(settings: Settings) -> web.Application:
     app = web.Application()
     app[SETTINGS_KEY] = settings
-    app[LIMITER_KEY] = UnknownLookupLimiter(
+    app[LIMITER_KEY] = AddressLimiter(
         settings.redirect.unknown_burst, settings.redirect.unknown_per_second
     )
     # Devices read every answer line as a command: errors become `#` lines.

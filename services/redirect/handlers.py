@@ -34,10 +34,10 @@ from services.core.config import Settings
 from services.core.db import acquire
 from services.core.http import query_arguments, security_event
 from services.core.identity import identify, printable
+from services.core.ratelimit import AddressLimiter
 from services.redirect.handover import (
     DEVICE_PATHS,
     DeviceTarget,
-    UnknownLookupLimiter,
     cannot_identify_reply,
     check_frontend_id,
     check_mac,
@@ -98,7 +98,7 @@ class Caller:
 
 
 SETTINGS_KEY = web.AppKey("redirect_settings", Settings)
-LIMITER_KEY = web.AppKey("redirect_limiter", UnknownLookupLimiter)
+LIMITER_KEY = web.AppKey("redirect_limiter", AddressLimiter)
 PURGE_KEY = web.AppKey("redirect_purge", Periodic)
 CALLER_KEY = web.RequestKey("redirect_caller", Caller)
 

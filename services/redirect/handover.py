@@ -5,8 +5,8 @@ The pipeline of one device request (protocol.md §4), top to bottom:
 1. :func:`device_key` - the device's MAC or hardware id: from a verified client certificate, else
    the ``sn``/``mac``/``hwid`` arguments, else (leniently, [NC]) anything in ``ver`` that looks
    like a MAC or a hardware id;
-2. :class:`UnknownLookupLimiter` - an address that asked for too many unregistered devices is
-   refused before anything is looked up;
+2. an address that asked for too many unregistered devices is refused before anything is looked
+   up (:class:`~services.core.ratelimit.AddressLimiter`);
 3. :func:`choose_mapping` - the registered mapping, if exactly one fits;
 4. :func:`target_url` and :func:`handover_script` - the script that moves the device to its
    Frontend's staging URL.
@@ -24,9 +24,7 @@ import io
 import ipaddress
 import json
 import re
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -399,62 +397,6 @@ def choose_mapping(candidates: Sequence[DeviceTarget], key: DeviceKey) -> Device
     if len(fitting) > 1:
         fitting = [c for c in fitting if c.mac.startswith(INNOVAPHONE_OUI)]
     return fitting[0] if len(fitting) == 1 else None
-
-
-def limiter_key(address: str | None) -> str:
-    """IPv6 callers are counted per /64 (one host can have all of it)."""
-    if not address:
-        return "-"
-    try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if parsed.version == 6:
-        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
-    return str(parsed)
-
-
-class UnknownLookupLimiter:
-    """A token bucket per source address for lookups of unregistered devices (one process).
-
-    Only misses spend a token, so a site full of registered devices is never slowed down; but an
-    address without tokens is refused every lookup, so a scanner cannot tell known from unknown by
-    whether it was refused. Bounded: the least recently seen addresses are forgotten first.
-    """
-
-    def __init__(
-        self,
-        burst: int,
-        per_second: float,
-        *,
-        max_addresses: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._burst = float(burst)
-        self._rate = per_second
-        self._max = max_addresses
-        self._clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def _tokens(self, key: str) -> float:
-        now = self._clock()
-        tokens, stamp = self._buckets.get(key, (self._burst, now))
-        return min(self._burst, tokens + (now - stamp) * self._rate)
-
-    def allows(self, address: str | None) -> bool:
-        return self._tokens(limiter_key(address)) >= 1.0
-
-    def retry_after(self, address: str | None) -> int:
-        missing = 1.0 - self._tokens(limiter_key(address))
-        return max(1, int(missing / self._rate + 0.999))
-
-    def spend(self, address: str | None) -> None:
-        key = limiter_key(address)
-        tokens = self._tokens(key)
-        self._buckets[key] = (max(0.0, tokens - 1.0), self._clock())
-        self._buckets.move_to_end(key)
-        while len(self._buckets) > self._max:
-            self._buckets.popitem(last=False)
 
 
 # --- writing mappings ---------------------------------------------------------------------------
