@@ -39,7 +39,7 @@ from services.backup.diff import (
     redact_content,
     unified_diff,
 )
-from services.backup.normalize import BINARY, Normalizer, prepare
+from services.backup.normalize import BINARY, Normalizer, compress, prepare
 from services.backup.repository import (
     BackupDevice,
     BackupRepository,
@@ -297,6 +297,23 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+@dataclass(frozen=True)
+class ContentCpu:
+    """The repository's CPU work, in a worker thread once the bytes are big enough to matter."""
+
+    normalizer: Normalizer
+
+    async def diffstat(self, previous: bytes, new: bytes) -> DiffStat:
+        if len(previous) + len(new) > _THREAD_THRESHOLD:
+            return await asyncio.to_thread(diffstat, previous, new, self.normalizer)
+        return diffstat(previous, new, self.normalizer)
+
+    async def compress(self, content: bytes) -> bytes:
+        if len(content) > _THREAD_THRESHOLD // 4:
+            return await asyncio.to_thread(compress, content)
+        return compress(content)
+
+
 async def put_backup(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
     request.app[ON_REQUEST_KEY](pool_of(request))
@@ -326,11 +343,6 @@ async def put_backup(request: web.Request) -> web.Response:
     else:
         prepared = prepare(content, normalizer)
 
-    async def compare(previous: bytes, new: bytes) -> DiffStat:
-        if len(previous) + len(new) > _THREAD_THRESHOLD:
-            return await asyncio.to_thread(diffstat, previous, new, normalizer)
-        return diffstat(previous, new, normalizer)
-
     upload = Upload(
         device=uploader.device,
         content=content,
@@ -342,7 +354,7 @@ async def put_backup(request: web.Request) -> web.Response:
     )
     async with acquire(pool_of(request)) as connection:
         result = await BackupRepository(connection).store_if_changed(
-            upload, datetime.now(UTC), compare
+            upload, datetime.now(UTC), ContentCpu(normalizer)
         )
     return _stored_reply(uploader, prepared.encoding, result)
 

@@ -60,21 +60,43 @@ def classify(content: bytes) -> str:
     return UTF8
 
 
+def _combine(sources: Sequence[str]) -> re.Pattern[str] | None:
+    # Group numbers shift inside an alternation and inline flags must lead the whole pattern:
+    # patterns using either are searched one by one.
+    if any(re.search(r"\\[1-9]|\(\?P=|\(\?[aiLmsux]+\)", source) for source in sources):
+        return None
+    try:
+        return re.compile("|".join(f"(?:{source})" for source in sources))
+    except re.error:
+        return None
+
+
 @dataclass(frozen=True)
 class Normalizer:
     """Drops the volatile lines: protocol.md §5's plus the configured ``backup.ignore_patterns``."""
 
     patterns: tuple[re.Pattern[str], ...]
+    # All patterns as one alternation: one search per line instead of one per pattern and line
+    # (a line is volatile when any pattern matches, which is when the alternation matches).
+    # None when the patterns cannot be joined (a backreference or a flag group in one of them).
+    combined: re.Pattern[str] | None = None
 
     @classmethod
     def build(cls, extra: Sequence[str] = ()) -> Normalizer:
-        return cls(tuple(re.compile(p) for p in (*VOLATILE_PATTERNS, *extra)))
+        sources = (*VOLATILE_PATTERNS, *extra)
+        return cls(tuple(re.compile(p) for p in sources), _combine(sources))
 
     def is_volatile(self, line: str) -> bool:
+        if self.combined is not None:
+            return self.combined.search(line) is not None
         return any(pattern.search(line) for pattern in self.patterns)
 
     def lines(self, content: bytes) -> list[str]:
-        return [line for line in split_lines(decode(content)) if not self.is_volatile(line)]
+        search = self.combined.search if self.combined is not None else None
+        lines = split_lines(decode(content))
+        if search is None:
+            return [line for line in lines if not self.is_volatile(line)]
+        return [line for line in lines if search(line) is None]
 
     def normalized(self, content: bytes) -> bytes:
         return encode_text("\n".join(self.lines(content)))
@@ -82,21 +104,25 @@ class Normalizer:
 
 @dataclass(frozen=True)
 class PreparedContent:
-    """An upload ready to store: hashes, kind and the compressed bytes."""
+    """An upload ready to compare with the stored one: hashes and kind. Compressing waits until
+    the config turned out to be new (most uploads are unchanged)."""
 
     sha256: bytes
     normalized_sha256: bytes
     encoding: str
     size: int
-    compressed: bytes
 
 
 def prepare(content: bytes, normalizer: Normalizer) -> PreparedContent:
-    """CPU work of one upload (run in a thread for big bodies)."""
+    """CPU work of every upload (run in a thread for big bodies)."""
     return PreparedContent(
         sha256=hashlib.sha256(content).digest(),
         normalized_sha256=hashlib.sha256(normalizer.normalized(content)).digest(),
         encoding=classify(content),
         size=len(content),
-        compressed=zlib.compress(content, 6),
     )
+
+
+def compress(content: bytes) -> bytes:
+    """How contents are stored (``backup_contents.compressed``)."""
+    return zlib.compress(content, 6)

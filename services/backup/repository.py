@@ -8,10 +8,10 @@ PUTs of one device are compared and stored one after the other and never produce
 from __future__ import annotations
 
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -158,8 +158,34 @@ _DEVICE_QUERY = """
     FROM backup_devices d LEFT JOIN backup_versions v ON v.id = d.latest_version
 """
 
-# (previous content, new content) -> diffstat; awaited so the caller can run it in a thread.
-Compare = Callable[[bytes, bytes], Awaitable[DiffStat]]
+
+class ContentWork(Protocol):
+    """The CPU work a new config needs; awaited so the caller can run it in a thread."""
+
+    async def diffstat(self, previous: bytes, new: bytes) -> DiffStat: ...
+
+    async def compress(self, content: bytes) -> bytes: ...
+
+
+# The common case in one statement: the upload equals the device's latest version, so only the
+# counters move. Locks the device row like the full path (concurrent uploads of one device stay
+# in order); no row when the device is new or its config changed.
+_SEEN_UNCHANGED = """
+WITH latest AS (
+    SELECT d.latest_version AS id FROM backup_devices d
+    JOIN backup_versions v ON v.id = d.latest_version
+    WHERE d.mac = $1 AND v.normalized_sha256 = $2
+    FOR UPDATE OF d
+), seen AS (
+    UPDATE backup_versions v SET last_seen_at = $3, unchanged_puts = v.unchanged_puts + 1
+    FROM latest WHERE v.id = latest.id
+    RETURNING v.id
+)
+UPDATE backup_devices d SET hardware_id = $4, customer = $5, device_type = $6, last_put_at = $3,
+    last_unchanged_at = $3, puts = d.puts + 1, stale_alerted_at = NULL
+FROM seen WHERE d.mac = $1
+RETURNING seen.id
+"""
 
 
 def _count(status: str) -> int:
@@ -191,7 +217,7 @@ class BackupRepository:
         return InventoryDevice(**dict(row)) if row is not None else None
 
     async def store_if_changed(
-        self, upload: Upload, now: datetime, compare: Compare
+        self, upload: Upload, now: datetime, work: ContentWork
     ) -> StoreResult:
         """Store ``upload`` as a new version unless it equals the device's latest version after
         normalisation; then only record that the latest was seen unchanged at ``now``.
@@ -203,6 +229,17 @@ class BackupRepository:
         """
         device = upload.device
         prepared = upload.prepared
+        seen: int | None = await self._db.fetchval(
+            _SEEN_UNCHANGED,
+            device.mac,
+            prepared.normalized_sha256,
+            now,
+            device.hardware_id,
+            device.customer,
+            device.device_type,
+        )
+        if seen is not None:
+            return StoreResult(changed=False, version_id=seen)
         async with self._db.transaction():
             await self._db.execute(
                 """
@@ -241,7 +278,8 @@ class BackupRepository:
             stat: DiffStat | None = None
             if latest is not None:
                 previous = await self.content(latest["content_sha256"])
-                stat = await compare(previous, upload.content)
+                stat = await work.diffstat(previous, upload.content)
+            compressed = await work.compress(upload.content)
             # DO UPDATE (not NOTHING) locks an existing content row until commit, so a concurrent
             # garbage collection cannot delete it under this version.
             await self._db.execute(
@@ -249,7 +287,7 @@ class BackupRepository:
                    ON CONFLICT (sha256) DO UPDATE SET sha256 = EXCLUDED.sha256""",
                 prepared.sha256,
                 prepared.size,
-                prepared.compressed,
+                compressed,
             )
             version_id: int = await self._db.fetchval(
                 """
