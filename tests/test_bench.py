@@ -113,3 +113,25 @@ def test_backups_scenario_runs_against_the_no_op_put(tmp_path: Path) -> None:
     assert backup["errors"] == 0, backup["error_samples"]
     assert set(backup["statuses"]) <= {"200", "201"}
     assert backup["baseline"] == "pbxfront no-op PUT, keep-alive"
+
+
+def test_redirect_scenario_looks_up_registered_devices(tmp_path: Path) -> None:
+    report = bench(tmp_path, "redirect", "--mappings", "500", "--duration", "0.5", "--rate", "20")
+    rows = {row["name"]: row for row in report["rows"]}
+    lookup = rows["pbxfront redirect at 20/s, 500 mappings"]
+    assert lookup["requests"] > 0
+    assert lookup["errors"] == 0, lookup["error_samples"]
+    # Every lookup named a registered device: a handover script, never "unknown".
+    assert set(lookup["statuses"]) == {"200"}
+    assert lookup["goal"] == "p99 <= 5 ms"
+    assert rows["pbxfront redirect, flat out"]["baseline"] == "pbxfront no-op, flat out"
+
+
+def test_archive_scenario_lists_and_diffs_through_the_admin_api(tmp_path: Path) -> None:
+    report = bench(tmp_path, "archive", "--devices", "3", "--versions", "40", "--duration", "0.5")
+    rows = {row["name"]: row for row in report["rows"]}
+    for name in ("archive: list 100 versions", "archive: diff two versions"):
+        assert rows[name]["requests"] > 0, name
+        assert rows[name]["errors"] == 0, rows[name]["error_samples"]
+        assert set(rows[name]["statuses"]) == {"200"}, name
+    assert rows["archive: diff two versions"]["goal"] == "p99 <= 300 ms"

@@ -12,7 +12,9 @@ from typing import Any
 
 from services.core.config import Settings
 
-DEFAULT_DEVICES = {"polls": 1000, "storm": 10000, "backups": 1000}
+DEFAULT_DEVICES = {"polls": 1000, "storm": 10000, "backups": 1000, "redirect": 100, "archive": 100}
+# Requests per second of each scenario's fixed-rate runs.
+DEFAULT_RATE = {"polls": 1000.0, "storm": 0.0, "backups": 0.0, "redirect": 2000.0, "archive": 20.0}
 
 
 def register(
@@ -25,7 +27,7 @@ def register(
         parents=[common],
         help="load a local Frontend with simulated devices, next to nginx and a no-op baseline",
     )
-    bench.add_argument("scenario", choices=("polls", "storm", "backups"))
+    bench.add_argument("scenario", choices=tuple(DEFAULT_DEVICES))
     bench.add_argument("--devices", type=int, help="simulated devices (polls 1000, storm 10000)")
     bench.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     bench.add_argument("--workers", type=int, default=0, help="server processes (0 = per core)")
@@ -33,7 +35,17 @@ def register(
         "--processes", type=int, default=0, help="load generator processes (0 = per core)"
     )
     bench.add_argument("--concurrency", type=int, default=32, help="clients per generator process")
-    bench.add_argument("--rate", type=float, default=1000.0, help="polls/s of the fixed-rate run")
+    bench.add_argument(
+        "--rate",
+        type=float,
+        help="requests/s of the fixed-rate runs (polls 1000, redirect 2000, archive 20)",
+    )
+    bench.add_argument(
+        "--mappings", type=int, default=1_000_000, help="redirect: registered devices"
+    )
+    bench.add_argument(
+        "--versions", type=int, default=10_000, help="archive: versions per device (of --devices)"
+    )
     bench.add_argument("--no-nginx", action="store_true", help="skip the nginx baseline")
     bench.add_argument("--json", metavar="FILE", help="also write the results here")
 
@@ -49,7 +61,9 @@ def register(
             workers=args.workers,
             processes=args.processes,
             concurrency=args.concurrency,
-            rate=args.rate,
+            rate=args.rate or DEFAULT_RATE[args.scenario] or 1000.0,
+            mappings=args.mappings,
+            versions=args.versions,
             nginx=not args.no_nginx,
         )
 

@@ -35,6 +35,8 @@ class Call:
     certificate: Path | None = None
     method: str = "GET"
     body: bytes = b""
+    # Extra request header lines (e.g. Authorization), each "Name: value".
+    headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,8 @@ class _Client:
             + connection
             + b"\r\nUser-Agent: pbxfront-bench\r\n"
         )
+        for header in call.headers:
+            head += header.encode() + b"\r\n"
         if call.body or call.method in ("PUT", "POST"):
             head += f"Content-Length: {len(call.body)}\r\n".encode()
         return head + b"\r\n" + call.body

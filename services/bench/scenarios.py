@@ -15,22 +15,26 @@ processes as pbxfront, and pbxfront's own no-op endpoint (same middleware, no st
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
 import os
+import random
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psutil
 
 from services.bench.load import Call, LoadResult, LoadSpec, Target, run_load
@@ -53,6 +57,8 @@ class BenchOptions:
     rate: float = 1000.0
     nginx: bool = True
     json_path: Path | None = None
+    mappings: int = 1_000_000  # redirect: registered devices
+    versions: int = 10_000  # archive: versions per device (of ``devices`` devices)
 
     @property
     def worker_count(self) -> int:
@@ -243,6 +249,14 @@ class Environment:
     nginx: subprocess.Popen[bytes] | None = None
     nginx_targets: dict[int, Target] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)  # MAC -> update.txt hash
+    urls: dict[str, str] = field(default_factory=dict)  # listener name -> its URL
+
+    def target(self, listener: str) -> Target:
+        """A listener of the scenario's own (``environment(listeners=...)``)."""
+        url = self.urls[listener]
+        tls = url.startswith("https://")
+        host, port = url.split("://", 1)[1].rsplit(":", 1)
+        return Target(host, int(port), tls, self.certificates.ca if tls else None)
 
     def server_processes(self, which: str) -> list[psutil.Process]:
         process = self.serve if which == "pbxfront" else self.nginx
@@ -261,7 +275,9 @@ def _cpu_seconds(processes: Sequence[psutil.Process]) -> float:
     return total
 
 
-def _write_serve_config(options: BenchOptions, certificates: BenchPki, dsn: str) -> Path:
+def _write_serve_config(
+    options: BenchOptions, certificates: BenchPki, dsn: str, extra: str = ""
+) -> Path:
     def listener(bits: int) -> str:
         certificate, key = certificates.server[bits]
         return (
@@ -280,6 +296,7 @@ def _write_serve_config(options: BenchOptions, certificates: BenchPki, dsn: str)
         f'firmware_dir = "{options.work_dir / "firmware"}"\npublic_url = "{PUBLIC_URL}"\n\n'
         + listener(4096)
         + listener(2048)
+        + extra
     )
     return config
 
@@ -320,16 +337,22 @@ def _nginx_config(options: BenchOptions, certificates: BenchPki, ports: dict[int
     return config
 
 
-async def _prepare_database(dsn: str, devices: int) -> None:
+# A scenario's own data, loaded after the inventory and before the server starts.
+Prepare = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+async def _prepare_database(dsn: str, devices: int, prepare: Prepare | None) -> None:
     from services.core.config import DatabaseSettings
     from services.core.db import create_pool, migrate
     from services.core.inventory import apply_inventory
 
-    pool = await create_pool(dsn, DatabaseSettings(command_timeout=300))
+    pool = await create_pool(dsn, DatabaseSettings(command_timeout=1800))
     try:
         async with pool.acquire() as connection:
             await migrate(connection)
             await apply_inventory(connection, bench_inventory(devices))
+            if prepare is not None:
+                await prepare(connection)
     finally:
         await pool.close()
 
@@ -371,7 +394,15 @@ async def _update_hashes(dsn: str, scripts_dir: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def environment(options: BenchOptions, log: Any) -> Iterator[Environment]:
+def environment(
+    options: BenchOptions,
+    log: Any,
+    *,
+    listeners: str = "",
+    prepare: Prepare | None = None,
+) -> Iterator[Environment]:
+    """The bench's Frontend: ``listeners`` (TOML) are opened besides the two device listeners,
+    ``prepare`` loads scenario data; their addresses end up in ``Environment.urls``."""
     from services.core.db import EmbeddedPostgres
 
     options.work_dir.mkdir(parents=True, exist_ok=True)
@@ -383,9 +414,11 @@ def environment(options: BenchOptions, log: Any) -> Iterator[Environment]:
     serve: subprocess.Popen[bytes] | None = None
     nginx: subprocess.Popen[bytes] | None = None
     try:
-        asyncio.run(_prepare_database(dsn, options.devices))
+        started = time.monotonic()
+        asyncio.run(_prepare_database(dsn, options.devices, prepare))
+        log(f"database ready ({time.monotonic() - started:.1f} s)")
         hashes = asyncio.run(_update_hashes(dsn, options.scripts_dir))
-        config = _write_serve_config(options, certificates, dsn)
+        config = _write_serve_config(options, certificates, dsn, listeners)
         ready = options.work_dir / "serve-ready.json"
         ready.unlink(missing_ok=True)
         serve = subprocess.Popen(
@@ -414,7 +447,15 @@ def environment(options: BenchOptions, log: Any) -> Iterator[Environment]:
         for bits in (4096, 2048):
             host, port = urls[f"rsa{bits}"]["url"].removeprefix("https://").rsplit(":", 1)
             targets[bits] = Target(host, int(port), True, certificates.ca)
-        env = Environment(options, certificates, dsn, serve, targets, hashes=hashes)
+        env = Environment(
+            options,
+            certificates,
+            dsn,
+            serve,
+            targets,
+            hashes=hashes,
+            urls={name: entry["url"] for name, entry in urls.items()},
+        )
         if options.nginx:
             binary = ensure_nginx(log)
             if binary is not None:
@@ -767,7 +808,188 @@ def scenario_backups(options: BenchOptions, log: Any) -> list[Row]:
     return rows
 
 
-SCENARIOS = {"polls": scenario_polls, "storm": scenario_storm, "backups": scenario_backups}
+def _fixed_rate(row: Row, rate: float, p99_ms: float) -> Row:
+    row.goal = f"p99 <= {p99_ms:g} ms"
+    row.met = (
+        row.result.percentile(0.99) <= p99_ms
+        and row.result.errors == 0
+        and row.result.rate >= 0.95 * rate
+    )
+    return row
+
+
+def scenario_redirect(options: BenchOptions, log: Any) -> list[Row]:
+    """Factory-new devices ask the redirect service (plain HTTP, a new connection each) for
+    their Frontend, at a fixed rate, among ``options.mappings`` registered devices."""
+    from services.bench import seed
+
+    mappings = options.mappings
+    listener = (
+        '[listeners.redirect]\nhost = "127.0.0.1"\nport = 0\n'
+        'services = ["redirect", "noop"]\ntls = false\n\n'
+    )
+
+    async def prepare(connection: asyncpg.Connection) -> None:
+        await seed.redirect_mappings(connection, mappings)
+
+    rows: list[Row] = []
+    log(f"redirect: loading {mappings:,} mappings ...")
+    with environment(options, log, listeners=listener, prepare=prepare) as env:
+        target = env.target("redirect")
+        chooser = random.Random(1)  # noqa: S311 - which devices ask, not a secret
+        lookups = [
+            Call(f"/redirect.php?sn={seed.redirect_mac(chooser.randrange(mappings))}")
+            for _ in range(20_000)
+        ]
+        noop = [Call("/noop")]
+
+        def spec(calls: list[Call], rate: float | None) -> LoadSpec:
+            return LoadSpec(
+                target,
+                calls,
+                duration=options.duration,
+                processes=options.process_count,
+                concurrency=options.concurrency,
+                rate=rate,
+            )
+
+        rate = options.rate
+        log(f"redirect lookups, new connection each, at a fixed {rate:,.0f}/s and flat out:")
+        baseline = measure(
+            env, f"pbxfront no-op at {rate:,.0f}/s", "pbxfront", spec(noop, rate), log
+        )
+        rows.append(baseline)
+        rows.append(
+            _fixed_rate(
+                measure(
+                    env,
+                    f"pbxfront redirect at {rate:,.0f}/s, {mappings:,} mappings",
+                    "pbxfront",
+                    spec(lookups, rate),
+                    log,
+                ),
+                rate,
+                5.0,
+            )
+        )
+        flat_noop = measure(env, "pbxfront no-op, flat out", "pbxfront", spec(noop, None), log)
+        rows.append(flat_noop)
+        rows.append(
+            _compare(
+                measure(env, "pbxfront redirect, flat out", "pbxfront", spec(lookups, None), log),
+                flat_noop,
+                None,
+            )
+        )
+    return rows
+
+
+def scenario_archive(options: BenchOptions, log: Any) -> list[Row]:
+    """Operators list and diff one device's versions through the admin API while the archive
+    holds ``options.devices`` x ``options.versions`` versions."""
+    from services.bench import seed
+    from services.core.auth import AccountRepository, Role
+
+    devices = [
+        (device_mac(i), device_hardware_id(i), f"Bench{i // 100:05d}")
+        for i in range(options.devices)
+    ]
+    password = secrets.token_urlsafe(18)
+    certificate, key = _server_files(options)
+    listener = (
+        '[listeners.admin]\nhost = "127.0.0.1"\nport = 0\nservices = ["admin", "noop"]\n'
+        f'tls = true\ncertificate = "{certificate}"\nkey = "{key}"\n\n'
+    )
+
+    async def prepare(connection: asyncpg.Connection) -> None:
+        accounts = AccountRepository(connection)
+        await accounts.remove("bench")  # an earlier run's, with another password
+        await accounts.add("bench", frozenset({Role.OPERATOR}), password)
+        await seed.backup_archive(connection, devices, options.versions)
+
+    total = options.devices * options.versions
+    log(
+        f"archive: loading {total:,} versions ({options.versions:,} on each of "
+        f"{options.devices:,} devices) ..."
+    )
+    rows: list[Row] = []
+    with environment(options, log, listeners=listener, prepare=prepare) as env:
+        target = env.target("admin")
+        credentials = base64.b64encode(f"bench:{password}".encode()).decode()
+        auth = (f"Authorization: Basic {credentials}",)
+        mac, hardware_id, _ = devices[len(devices) // 2]
+        first, last = asyncio.run(_version_range(env.dsn, mac))
+        chooser = random.Random(2)  # noqa: S311 - which versions an operator looks at
+        base = f"/api/v1/backups/devices/{hardware_id}"
+        lists = [Call(f"{base}/versions?limit=100", headers=auth)] + [
+            Call(f"{base}/versions?limit=100&before={chooser.randint(first, last)}", headers=auth)
+            for _ in range(999)
+        ]
+        diffs = []
+        for _ in range(1000):
+            older = chooser.randint(first, last - 1)
+            newer = chooser.randint(older + 1, last)
+            diffs.append(Call(f"{base}/diff?from={older}&to={newer}", headers=auth))
+
+        def spec(calls: list[Call]) -> LoadSpec:
+            return LoadSpec(
+                target,
+                calls,
+                duration=options.duration,
+                processes=1,
+                concurrency=4,
+                keepalive=True,
+                rate=options.rate,
+            )
+
+        # Each server process checks the password once (argon2, on purpose slow) and then
+        # remembers it; that first check is not what is measured here.
+        run_load(dataclasses.replace(spec(lists[:1]), duration=2.0, concurrency=8, rate=20.0))
+        log(f"archive: {options.rate:,.0f} requests/s over kept-alive connections:")
+        baseline = measure(
+            env, f"pbxfront no-op at {options.rate:,.0f}/s", "pbxfront", spec([Call("/noop")]), log
+        )
+        rows.append(baseline)
+        rows.append(
+            _fixed_rate(
+                measure(env, "archive: list 100 versions", "pbxfront", spec(lists), log),
+                options.rate,
+                200.0,
+            )
+        )
+        rows.append(
+            _fixed_rate(
+                measure(env, "archive: diff two versions", "pbxfront", spec(diffs), log),
+                options.rate,
+                300.0,
+            )
+        )
+    return rows
+
+
+def _server_files(options: BenchOptions) -> tuple[Path, Path]:
+    """The bench's RSA 2048 server certificate (made by ``ensure_bench_pki``)."""
+    directory = options.work_dir / "pki"
+    return directory / "server-2048.pem", directory / "server-2048.key"
+
+
+async def _version_range(dsn: str, mac: str) -> tuple[int, int]:
+    from services.bench import seed
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        return await seed.version_range(connection, mac)
+    finally:
+        await connection.close()
+
+
+SCENARIOS = {
+    "polls": scenario_polls,
+    "storm": scenario_storm,
+    "backups": scenario_backups,
+    "redirect": scenario_redirect,
+    "archive": scenario_archive,
+}
 
 
 def render_table(rows: Sequence[Row]) -> str:
