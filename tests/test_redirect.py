@@ -57,7 +57,7 @@ from services.redirect.handover import (
     handover_script,
     parse_import,
 )
-from services.redirect.repository import RedirectRepository
+from services.redirect.repository import Handover, RedirectRepository
 from services.redirect.signing import (
     SCOPES,
     authorization,
@@ -259,6 +259,20 @@ async def register(
 # --- the device side ---------------------------------------------------------------------------
 
 
+async def logged_handovers(repository: RedirectRepository, mac: str, count: int) -> list[Handover]:
+    """The hand-over log of ``mac`` once it holds ``count`` lines (it is written in batches a
+    moment after the answer)."""
+    found: list[Handover] = []
+
+    async def logged() -> bool:
+        found[:] = await repository.handovers(mac)
+        return len(found) >= count
+
+    await until(logged, timeout=10)
+    assert len(found) == count
+    return found
+
+
 async def test_handover_script_exact_lines(redirect: Redirect) -> None:
     await redirect.repository.upsert_provider("local", "this installation", {"r-site": "hq"})
     await register(redirect, MAC_A, facts={"type": "IP232"})
@@ -279,8 +293,7 @@ async def test_handover_script_exact_lines(redirect: Redirect) -> None:
     for path in ("/init?sn=009033010203", "/provisioning/init?SN=009033010203"):
         again = await redirect.device(redirect.http + path)
         assert again.text == response.text, path
-    handovers = await redirect.repository.handovers(MAC_A)
-    assert len(handovers) == 3
+    handovers = await logged_handovers(redirect.repository, MAC_A, 3)
     assert {(h.proof, h.source_address, h.target) for h in handovers} == {
         ("claimed", "127.0.0.1", STAGING_SB1)
     }
@@ -312,7 +325,7 @@ async def test_proven_by_certificate_without_arguments(redirect: Redirect) -> No
     response = await redirect.device(f"{redirect.https}/init", certificate=DEVICE_A)
     assert response.status == 200, response.text
     assert f"config add UP1 /url {STAGING_SB1_ENCODED}" in response.text.split("\r\n")
-    (handover,) = await redirect.repository.handovers(MAC_A)
+    (handover,) = await logged_handovers(redirect.repository, MAC_A, 1)
     assert handover.proof == "proven"
     # Without a certificate and without arguments nothing tells who asks.
     anonymous = await redirect.device(f"{redirect.https}/init")
@@ -1092,7 +1105,7 @@ async def test_factory_new_device_walks_to_in_sync(
             return len(statuses) == 1 and statuses[0].in_sync and statuses[0].proof == "proven"
 
         await until(recorded_in_sync, timeout=10)
-        (handover,) = await RedirectRepository(pool).handovers(MAC_A)
+        (handover,) = await logged_handovers(RedirectRepository(pool), MAC_A, 1)
         assert handover.proof == ("proven" if first_url.startswith("https") else "claimed")
     finally:
         await node.stop()

@@ -15,12 +15,17 @@ listener entirely (see ``services/serve.py``).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import asyncpg
 from aiohttp import web
 
+from services.core.batch import BackgroundBatches
 from services.core.config import Settings
 from services.core.http import COMMENT_ERRORS_KEY, mount_service
 from services.core.ratelimit import AddressLimiter
 from services.redirect.handlers import (
+    HANDOVERS_KEY,
     LIMITER_KEY,
     PURGE_INTERVAL,
     PURGE_KEY,
@@ -29,6 +34,7 @@ from services.redirect.handlers import (
     add_api_routes,
     add_device_routes,
 )
+from services.redirect.repository import Handover, RedirectRepository
 
 
 def create_device_app(settings: Settings) -> web.Application:
@@ -39,8 +45,19 @@ def create_device_app(settings: Settings) -> web.Application:
     )
     # Devices read every answer line as a command: errors become `#` lines.
     app[COMMENT_ERRORS_KEY] = True
+    app[HANDOVERS_KEY] = BackgroundBatches("redirect hand-over log", _write_handovers)
+    app.cleanup_ctx.append(_handover_log_ctx)
     add_device_routes(app, settings)
     return app
+
+
+async def _write_handovers(connection: asyncpg.Connection, handovers: list[Handover]) -> None:
+    await RedirectRepository(connection).record_handovers(handovers)
+
+
+async def _handover_log_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[HANDOVERS_KEY].close()
 
 
 def create_api_app(settings: Settings) -> web.Application:

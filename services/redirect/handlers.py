@@ -30,6 +30,7 @@ from services.core.api import (
     openapi_document,
     pool_of,
 )
+from services.core.batch import BackgroundBatches
 from services.core.config import Settings
 from services.core.db import acquire
 from services.core.http import query_arguments, security_event
@@ -53,7 +54,7 @@ from services.redirect.handover import (
     rate_limited_reply,
     target_url,
 )
-from services.redirect.repository import MappingRecord, RedirectRepository
+from services.redirect.repository import Handover, MappingRecord, RedirectRepository
 from services.redirect.signing import (
     SCOPES,
     check_timestamp,
@@ -100,6 +101,7 @@ class Caller:
 SETTINGS_KEY = web.AppKey("redirect_settings", Settings)
 LIMITER_KEY = web.AppKey("redirect_limiter", AddressLimiter)
 PURGE_KEY = web.AppKey("redirect_purge", Periodic)
+HANDOVERS_KEY: web.AppKey[BackgroundBatches[Handover]] = web.AppKey("redirect_handovers")
 CALLER_KEY = web.RequestKey("redirect_caller", Caller)
 
 
@@ -151,9 +153,11 @@ async def device_request(request: web.Request) -> web.Response:
                     address or "-",
                 )
             return _text(404, not_registered_reply(key.label))
-        await repository.record_handover(
-            found.mac, found.provider, address, key.proof.value, target
-        )
+    # The answer does not wait for the log line: lookups stay reads (core/batch.py).
+    request.app[HANDOVERS_KEY].add(
+        Handover(found.mac, found.provider, datetime.now(UTC), address, key.proof.value, target),
+        pool_of(request),
+    )
     log.info(
         "redirect: hand-over of %s (%s, provider %s) to %s",
         found.mac,

@@ -367,17 +367,12 @@ class RedirectRepository:
             )
         return [_target(row) for row in rows]
 
-    async def record_handover(
-        self, mac: str, provider: str, source_address: str | None, proof: str, target: str
-    ) -> None:
-        await self._db.execute(
-            """INSERT INTO redirect_handovers (mac, provider, source_address, proof, target)
-               VALUES ($1, $2, $3, $4, $5)""",
-            mac,
-            provider,
-            source_address,
-            proof,
-            target,
+    async def record_handovers(self, handovers: Sequence[Handover]) -> None:
+        """Log hand-overs (written in batches by the device app, see core/batch.py)."""
+        await self._db.executemany(
+            """INSERT INTO redirect_handovers (mac, provider, at, source_address, proof, target)
+               VALUES ($1, $2, $3, $4, $5, $6)""",
+            [(h.mac, h.provider, h.at, h.source_address, h.proof, h.target) for h in handovers],
         )
 
     async def handovers(self, mac: str, limit: int = 20) -> list[Handover]:

@@ -1,0 +1,97 @@
+"""Records that may wait a few milliseconds: queued in memory, written in batches by one task.
+
+For what a request produces but need not wait for (a hand-over log line, a poll's status): the
+request answers at once and one transaction per interval writes everything queued meanwhile.
+What a client asked to be stored does not belong here: its 2xx waits for its own commit.
+
+If PostgreSQL is unreachable the records stay queued (up to ``max_pending``, then the newest are
+dropped with an error in the log) and are written when it is back. On shutdown the rest is
+written. A crash loses at most one interval's records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+import asyncpg
+
+from services.core.db import DatabaseUnavailable, acquire
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Write = Callable[[asyncpg.Connection, list[T]], Awaitable[None]]
+
+
+class BackgroundBatches(Generic[T]):
+    def __init__(
+        self, what: str, write: Write[T], *, interval: float = 0.05, max_pending: int = 100_000
+    ) -> None:
+        self._what = what
+        self._write = write
+        self._interval = interval
+        self._max_pending = max_pending
+        self._pending: list[T] = []
+        self._wake = asyncio.Event()
+        self._pool: asyncpg.Pool | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._dropped = 0
+
+    def add(self, item: T, pool: asyncpg.Pool) -> None:
+        """Queue one record; the first call starts the writer task."""
+        if self._task is None and not self._stopping:
+            self._pool = pool
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        if len(self._pending) >= self._max_pending:
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 10_000 == 0:
+                log.error(
+                    "%s: backlog full (%d queued, database unreachable?); %d dropped so far",
+                    self._what,
+                    len(self._pending),
+                    self._dropped,
+                )
+            return
+        self._pending.append(item)
+        if self._interval <= 0:
+            self._wake.set()
+
+    async def flush(self) -> int:
+        """Write what is queued now; the number written (0 when it stays queued)."""
+        if not self._pending or self._pool is None:
+            return 0
+        batch, self._pending = self._pending, []
+        try:
+            async with acquire(self._pool) as connection, connection.transaction():
+                await self._write(connection, batch)
+        except (DatabaseUnavailable, OSError, asyncpg.PostgresError) as error:
+            log.warning("%s: %d record(s) not written yet: %s", self._what, len(batch), error)
+            self._pending[:0] = batch[: max(0, self._max_pending - len(self._pending))]
+            return 0
+        return len(batch)
+
+    async def _run(self) -> None:
+        # Never cancelled (a cancelled pool.acquire can lose a connection and the pool's close
+        # then waits forever): close() sets _stopping and wakes the loop instead.
+        while not self._stopping:
+            if self._interval > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._interval)
+            else:
+                await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+
+    async def close(self) -> None:
+        """Write what is left and stop the writer task."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=15)
+        await self.flush()
