@@ -37,10 +37,18 @@ def service_factories() -> ServiceFactories:
         # provider API (/api/v1/redirect/) and the backup archive (/api/v1/backups/, /dav/).
         mount_service(app, create_api_app(settings))
         mount_service(app, create_archive_app(settings))
+        from services.contacts.app import create_admin_app as create_contacts_admin_app
+
+        mount_service(app, create_contacts_admin_app(settings))
         return app
 
     def backup(settings: Settings) -> web.Application:
         from services.backup.app import create_app
+
+        return create_app(settings)
+
+    def contacts(settings: Settings) -> web.Application:
+        from services.contacts.app import create_app
 
         return create_app(settings)
 
@@ -64,6 +72,7 @@ def service_factories() -> ServiceFactories:
         "update": update,
         "backup": backup,
         "redirect": redirect,
+        "contacts": contacts,
         "noop": noop,
     }
     return factories

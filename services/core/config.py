@@ -264,6 +264,26 @@ class EventsSettings:
 class ContactsSettings:
     """The contacts drop (services/contacts/): contacts.csv uploads, versions, LDIF feed."""
 
+    # Largest contacts.csv one PUT may carry (bytes; replaces limits.max_body_bytes); 413.
+    max_body_bytes: int = dataclasses.field(
+        default=20 * 1024 * 1024, metadata=_check(_range(1, 2**31))
+    )
+    # Most contacts (records after the header) one file may hold; more: 413.
+    max_rows: int = dataclasses.field(default=100_000, metadata=_check(_range(1, 10_000_000)))
+    # Share of invalid records (0..1) above which nothing changes and the answer is 422.
+    max_rejected_share: float = dataclasses.field(default=0.2, metadata=_check(_range(0, 1)))
+    # Versions kept besides the current one (rollback targets).
+    keep_versions: int = dataclasses.field(default=10, metadata=_check(_range(0, 10000)))
+    # Numbers without a prefix of at most this many digits are short internal numbers (kept as
+    # digits); 0 = refused. The update variable contacts-short-digits wins per customer.
+    short_number_max_digits: int = dataclasses.field(default=0, metadata=_check(_range(0, 15)))
+    # Wrong passwords per source address (IPv6: per /64): a burst, refilled at this rate per
+    # second; an address out of tokens gets 429 for every request.
+    auth_failure_burst: int = dataclasses.field(default=10, metadata=_check(_range(1, 1_000_000)))
+    auth_failure_per_second: float = dataclasses.field(
+        default=0.05, metadata=_check(_range(0.0001, 100_000))
+    )
+
 
 @dataclasses.dataclass(frozen=True)
 class DirectorySettings:

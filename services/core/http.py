@@ -177,6 +177,22 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
             metrics.latency.labels(service, route).observe(time.perf_counter() - started)
 
 
+# A service whose uploads may be larger (or must be smaller) than limits.max_body_bytes sets its
+# own limit on its application; the innermost application that sets one wins.
+BODY_LIMIT_KEY = web.AppKey("body_limit", int)
+
+
+def body_limit(request: web.Request) -> int:
+    """The body limit for this request: its service's own, else ``limits.max_body_bytes``.
+    Services that stream a body (chunked has no Content-Length) enforce it while reading."""
+    for app in reversed(request.match_info.apps):
+        own = app.get(BODY_LIMIT_KEY)
+        if own is not None:
+            return own
+    limits: LimitSettings = request.config_dict[LIMITS_KEY]
+    return limits.max_body_bytes
+
+
 @web.middleware
 async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     limits = request.config_dict[LIMITS_KEY]
@@ -189,8 +205,9 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(
             request, 431, f"request headers larger than {limits.max_header_bytes} bytes"
         )
-    if request.content_length is not None and request.content_length > limits.max_body_bytes:
-        return error_response(request, 413, f"body larger than {limits.max_body_bytes} bytes")
+    max_body = body_limit(request)
+    if request.content_length is not None and request.content_length > max_body:
+        return error_response(request, 413, f"body larger than {max_body} bytes")
     try:
         async with asyncio.timeout(limits.request_timeout):
             return await handler(request)

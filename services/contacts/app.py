@@ -1,0 +1,53 @@
+"""The contacts service: two applications.
+
+- :func:`create_app` — the customers' drop, ``PUT``/``GET
+  /DRIVE/CF0/directory/<customer-id>/contacts.csv`` (mounted on the device listeners);
+- :func:`create_admin_app` — ``/api/v1/contacts/…`` (mounted into the admin listener's
+  application by ``serve.py``).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.contacts.handlers import (
+    DIRECTORY_PREFIX,
+    ENDPOINTS,
+    FILE_NAME,
+    LIMITER_KEY,
+    SETTINGS_KEY,
+    VERIFIED_KEY,
+    contacts_resource,
+    folder,
+)
+from services.core.api import VERIFIED_CACHE_KEY, add_endpoints
+from services.core.auth import VerifiedCache
+from services.core.config import Settings
+from services.core.http import BODY_LIMIT_KEY, SERVICE_NAME_KEY
+from services.core.ratelimit import AddressLimiter
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The device side: the write-only directory folder."""
+    app = web.Application()
+    app[SETTINGS_KEY] = settings
+    # Outlook exports of big customers exceed the listener's default limit.
+    app[BODY_LIMIT_KEY] = settings.contacts.max_body_bytes
+    app[LIMITER_KEY] = AddressLimiter(
+        settings.contacts.auth_failure_burst, settings.contacts.auth_failure_per_second
+    )
+    app[VERIFIED_KEY] = VerifiedCache()
+    app.router.add_route("*", DIRECTORY_PREFIX + "/{customer}/" + FILE_NAME, contacts_resource)
+    # Everything else below the folder (listings, other names, odd ids): one answer.
+    app.router.add_route("*", DIRECTORY_PREFIX + "{tail:(/.*)?}", folder)
+    return app
+
+
+def create_admin_app(settings: Settings) -> web.Application:
+    """The operator side: ``/api/v1/contacts/…`` (admin listener)."""
+    app = web.Application()
+    app[SETTINGS_KEY] = settings
+    app[SERVICE_NAME_KEY] = "contacts"
+    app[VERIFIED_CACHE_KEY] = VerifiedCache()
+    add_endpoints(app, ENDPOINTS)
+    return app
