@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -39,7 +40,7 @@ from services.backup.diff import (
     redact_content,
     unified_diff,
 )
-from services.backup.normalize import BINARY, Normalizer, compress, prepare
+from services.backup.normalize import BINARY, Normalizer, classify, compress, prepare
 from services.backup.repository import (
     BackupDevice,
     BackupRepository,
@@ -337,6 +338,19 @@ async def put_backup(request: web.Request) -> web.Response:
         raise errors.Invalid("upload aborted") from None
     if not content:
         raise errors.Invalid("empty body: PUT the device's configuration")
+    # Most uploads repeat the latest version byte for byte: recognised by its hash alone, before
+    # any normalising.
+    now = datetime.now(UTC)
+    if len(content) > _THREAD_THRESHOLD:
+        content_sha256 = await asyncio.to_thread(lambda: hashlib.sha256(content).digest())
+    else:
+        content_sha256 = hashlib.sha256(content).digest()
+    async with acquire(pool_of(request)) as connection:
+        seen = await BackupRepository(connection).seen_unchanged(
+            uploader.device, now, content_sha256=content_sha256
+        )
+    if seen is not None:
+        return _stored_reply(uploader, classify(content), StoreResult(False, seen))
     normalizer = request.app[NORMALIZER_KEY]
     if len(content) > _THREAD_THRESHOLD:
         prepared = await asyncio.to_thread(prepare, content, normalizer)
@@ -354,7 +368,7 @@ async def put_backup(request: web.Request) -> web.Response:
     )
     async with acquire(pool_of(request)) as connection:
         result = await BackupRepository(connection).store_if_changed(
-            upload, datetime.now(UTC), ContentCpu(normalizer)
+            upload, now, ContentCpu(normalizer)
         )
     return _stored_reply(uploader, prepared.encoding, result)
 

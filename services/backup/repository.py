@@ -167,14 +167,15 @@ class ContentWork(Protocol):
     async def compress(self, content: bytes) -> bytes: ...
 
 
-# The common case in one statement: the upload equals the device's latest version, so only the
-# counters move. Locks the device row like the full path (concurrent uploads of one device stay
-# in order); no row when the device is new or its config changed.
+# The common case in one statement: the upload equals the device's latest version (byte for
+# byte: $7, or after normalisation: $2), so only the counters move. Locks the device row like the
+# full path (concurrent uploads of one device stay in order); no row when the device is new or
+# its config changed.
 _SEEN_UNCHANGED = """
 WITH latest AS (
     SELECT d.latest_version AS id FROM backup_devices d
     JOIN backup_versions v ON v.id = d.latest_version
-    WHERE d.mac = $1 AND v.normalized_sha256 = $2
+    WHERE d.mac = $1 AND (v.content_sha256 = $7 OR v.normalized_sha256 = $2)
     FOR UPDATE OF d
 ), seen AS (
     UPDATE backup_versions v SET last_seen_at = $3, unchanged_puts = v.unchanged_puts + 1
@@ -216,6 +217,29 @@ class BackupRepository:
         )
         return InventoryDevice(**dict(row)) if row is not None else None
 
+    async def seen_unchanged(
+        self,
+        device: InventoryDevice,
+        now: datetime,
+        *,
+        content_sha256: bytes | None = None,
+        normalized_sha256: bytes | None = None,
+    ) -> int | None:
+        """Record an upload that equals the device's latest version, byte for byte
+        (``content_sha256``) or after normalisation; that version's id, or None (nothing
+        written) when the upload differs or the device has none yet."""
+        seen: int | None = await self._db.fetchval(
+            _SEEN_UNCHANGED,
+            device.mac,
+            normalized_sha256,
+            now,
+            device.hardware_id,
+            device.customer,
+            device.device_type,
+            content_sha256,
+        )
+        return seen
+
     async def store_if_changed(
         self, upload: Upload, now: datetime, work: ContentWork
     ) -> StoreResult:
@@ -229,15 +253,7 @@ class BackupRepository:
         """
         device = upload.device
         prepared = upload.prepared
-        seen: int | None = await self._db.fetchval(
-            _SEEN_UNCHANGED,
-            device.mac,
-            prepared.normalized_sha256,
-            now,
-            device.hardware_id,
-            device.customer,
-            device.device_type,
-        )
+        seen = await self.seen_unchanged(device, now, normalized_sha256=prepared.normalized_sha256)
         if seen is not None:
             return StoreResult(changed=False, version_id=seen)
         async with self._db.transaction():
