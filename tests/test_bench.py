@@ -135,3 +135,14 @@ def test_archive_scenario_lists_and_diffs_through_the_admin_api(tmp_path: Path) 
         assert rows[name]["errors"] == 0, rows[name]["error_samples"]
         assert set(rows[name]["statuses"]) == {"200"}, name
     assert rows["archive: diff two versions"]["goal"] == "p99 <= 300 ms"
+
+
+def test_contacts_scenario_uploads_outlook_exports(tmp_path: Path) -> None:
+    report = bench(tmp_path, "contacts", "--contacts", "200")
+    rows = {row["name"]: row for row in report["rows"]}
+    upload = rows["contacts upload, 200 contacts"]
+    # Three uploads, each a new version (201), each within the goal at this size.
+    assert upload["requests"] == 3
+    assert upload["statuses"] == {"201": 3}, upload["error_samples"]
+    assert upload["met"] is True
+    assert rows["pbxfront no-op PUT of the file"]["statuses"] == {"204": 3}

@@ -12,9 +12,23 @@ from typing import Any
 
 from services.core.config import Settings
 
-DEFAULT_DEVICES = {"polls": 1000, "storm": 10000, "backups": 1000, "redirect": 100, "archive": 100}
+DEFAULT_DEVICES = {
+    "polls": 1000,
+    "storm": 10000,
+    "backups": 1000,
+    "redirect": 100,
+    "archive": 100,
+    "contacts": 100,
+}
 # Requests per second of each scenario's fixed-rate runs.
-DEFAULT_RATE = {"polls": 1000.0, "storm": 0.0, "backups": 0.0, "redirect": 2000.0, "archive": 20.0}
+DEFAULT_RATE = {
+    "polls": 1000.0,
+    "storm": 0.0,
+    "backups": 0.0,
+    "redirect": 2000.0,
+    "archive": 20.0,
+    "contacts": 0.0,
+}
 
 
 def register(
@@ -44,6 +58,9 @@ def register(
         "--mappings", type=int, default=1_000_000, help="redirect: registered devices"
     )
     bench.add_argument(
+        "--contacts", type=int, default=50_000, help="contacts: rows of the uploaded export"
+    )
+    bench.add_argument(
         "--versions", type=int, default=10_000, help="archive: versions per device (of --devices)"
     )
     bench.add_argument("--no-nginx", action="store_true", help="skip the nginx baseline")
@@ -64,6 +81,7 @@ def register(
             rate=args.rate or DEFAULT_RATE[args.scenario] or 1000.0,
             mappings=args.mappings,
             versions=args.versions,
+            contacts=args.contacts,
             nginx=not args.no_nginx,
         )
 
