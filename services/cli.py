@@ -409,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     backup_cli.register(commands, common, _bind)
 
+    from services.ca import cli as ca_cli
+
+    ca_cli.register(commands, common, _bind)
+
     from services.contacts import cli as contacts_cli
 
     contacts_cli.register(commands, common, _bind)

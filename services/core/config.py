@@ -24,7 +24,14 @@ ENV_PREFIX = "PBXFRONT_"
 # themselves contain single underscores.
 ENV_SEPARATOR = "__"
 # Variables that configure the CLI itself rather than a settings key.
-ENV_RESERVED = frozenset({"PBXFRONT_CONFIG", "PBXFRONT_ACCOUNT_PASSWORD"})
+ENV_RESERVED = frozenset(
+    {
+        "PBXFRONT_CONFIG",
+        "PBXFRONT_ACCOUNT_PASSWORD",
+        "PBXFRONT_CA_PASSPHRASE",
+        "PBXFRONT_P12_PASSPHRASE",
+    }
+)
 
 # "noop" is the benchmark baseline (services/bench/noop.py), mounted by `pbxfront bench`.
 SERVICE_NAMES = (
@@ -293,6 +300,38 @@ class DirectorySettings:
 @dataclasses.dataclass(frozen=True)
 class CaSettings:
     """The provider CA (`pbxfront ca`) and certificate roll-out to devices."""
+
+    # The RootCA's certificate and key (PEM); empty: <data_dir>/ca/root.pem and root.key.
+    certificate: Path | None = None
+    key: Path | None = None
+    # A file holding the key's passphrase (else env PBXFRONT_CA_PASSPHRASE; neither: unencrypted).
+    passphrase_file: Path | None = None
+    # Days a device / Frontend / wildcard certificate is valid (825: what Apple accepts).
+    device_valid_days: int = dataclasses.field(default=825, metadata=_check(_range(1, 7300)))
+    server_valid_days: int = dataclasses.field(default=825, metadata=_check(_range(1, 7300)))
+    # Roll provider certificates out to devices (protocol.md §9); update variable cert-rollout
+    # (on/off, any layer) wins per customer or device.
+    rollout: bool = False
+    # Renew a device certificate this many days before it expires (PHPUS `renew`).
+    renew_days: int = dataclasses.field(default=30, metadata=_check(_range(0, 3650)))
+    # RSA key size the device is told to generate (`/key <n>-bit`).
+    request_key_bits: int = dataclasses.field(
+        default=2048,
+        metadata=_check(lambda v: None if v in (2048, 4096) else "must be 2048 or 4096"),
+    )
+    # Hours after which a device with a current certificate is asked again what it has.
+    recheck_hours: float = dataclasses.field(default=24.0, metadata=_check(_range(0.01, 8760)))
+    # Polls a step may wait for the device's upload before the roll-out stops with an error.
+    max_attempts: int = dataclasses.field(default=10, metadata=_check(_range(1, 1000)))
+    # Days the CRL served on the device listener is valid (re-signed on demand before then).
+    crl_valid_days: int = dataclasses.field(default=7, metadata=_check(_range(1, 365)))
+
+    def paths(self, data_dir: Path) -> tuple[Path, Path]:
+        """(certificate, key) with the defaults under ``data_dir`` filled in."""
+        return (
+            self.certificate or data_dir / "ca" / "root.pem",
+            self.key or data_dir / "ca" / "root.key",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 # RFC 5280 upper bounds (ub-common-name, ub-organization-name).
 _MAX_COMMON_NAME = 64
@@ -222,8 +223,49 @@ def issue_certificate(
     ``now``, its key does not match it, or a parameter is invalid (a bad IP address,
     a DNS name that is not ASCII, a country that is not two letters, ...).
     """
+    if key is None:
+        # Validate everything cheap before spending time on a key.
+        _check_usable_ca(ca, _aware(now))
+        _subject_alternative_names(dns_names, ip_addresses)
+        key = generate_key(key_type, key_bits, curve)
+    elif not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise PkiError(f"key: {type(key).__name__} is not supported; use an RSA or EC key")
+    certificate = sign_public_key(
+        ca,
+        key.public_key(),
+        common_name=common_name,
+        organization=organization,
+        country=country,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+        valid_days=valid_days,
+        server=server,
+        client=client,
+        now=now,
+    )
+    return IssuedCertificate(certificate=certificate, key=key)
+
+
+def sign_public_key(
+    ca: IssuedCertificate,
+    public_key: PublicKey,
+    *,
+    common_name: str,
+    organization: str | None = None,
+    country: str | None = None,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+    valid_days: int = 825,
+    server: bool = True,
+    client: bool = True,
+    now: datetime | None = None,
+) -> x509.Certificate:
+    """Sign a leaf certificate for ``public_key`` (a key the caller does not hold, e.g. from a
+    device's signing request). Same extensions, checks and errors as :func:`issue_certificate`;
+    RSA keys must have at least 2048 bits, EC keys use P-256 or P-384."""
     current = _aware(now)
     _check_usable_ca(ca, current)
+    _check_public_key(public_key)
     _validate_text("common_name", common_name, _MAX_COMMON_NAME)
     attributes: list[x509.NameAttribute[str]] = []
     if country is not None:
@@ -241,10 +283,6 @@ def issue_certificate(
         usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     if not usages:
         raise PkiError("server/client: at least one of them must be True")
-    if key is None:
-        key = generate_key(key_type, key_bits, curve)
-    elif not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise PkiError(f"key: {type(key).__name__} is not supported; use an RSA or EC key")
 
     not_before = max(current - _BACKDATE, ca.certificate.not_valid_before_utc)
     not_after = min(current + timedelta(days=valid_days), ca.certificate.not_valid_after_utc)
@@ -252,7 +290,7 @@ def issue_certificate(
         x509.CertificateBuilder()
         .subject_name(x509.Name(attributes))
         .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
@@ -262,7 +300,7 @@ def issue_certificate(
                 digital_signature=True,
                 content_commitment=False,
                 # Only RSA keys can encrypt a TLS key exchange (RSA key transport).
-                key_encipherment=isinstance(key, rsa.RSAPrivateKey),
+                key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
                 data_encipherment=False,
                 key_agreement=False,
                 key_cert_sign=False,
@@ -273,15 +311,14 @@ def issue_certificate(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(_authority_key_identifier(ca.certificate), critical=False)
     )
     if alternative_names:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(alternative_names), critical=False
         )
-    certificate = builder.sign(private_key=ca.key, algorithm=hashes.SHA256())
-    return IssuedCertificate(certificate=certificate, key=key)
+    return builder.sign(private_key=ca.key, algorithm=hashes.SHA256())
 
 
 def certificate_fingerprint(certificate: x509.Certificate) -> str:
@@ -292,6 +329,225 @@ def certificate_fingerprint(certificate: x509.Certificate) -> str:
 def certificate_to_hex_der(certificate: x509.Certificate) -> str:
     """Lowercase hex of the DER certificate, the form device scripts use (protocol.md §9)."""
     return certificate.public_bytes(serialization.Encoding.DER).hex()
+
+
+# --------------------------------------------- device names, signing requests, CRL, PKCS#12
+
+
+@dataclass(frozen=True)
+class CertificateNames:
+    """The subject common name and subjectAltNames a certificate is issued for."""
+
+    common_name: str
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+
+    def same_as(self, other: CertificateNames) -> bool:
+        """Equal as sets (order and letter case of DNS names do not matter)."""
+        return (
+            self.common_name == other.common_name
+            and {name.lower() for name in self.dns_names}
+            == {name.lower() for name in other.dns_names}
+            and {str(ipaddress.ip_address(a)) for a in self.ip_addresses}
+            == {str(ipaddress.ip_address(a)) for a in other.ip_addresses}
+        )
+
+    def describe(self) -> str:
+        parts = [f"CN={self.common_name}"]
+        parts += [f"DNS:{name}" for name in self.dns_names]
+        parts += [f"IP:{address}" for address in self.ip_addresses]
+        return ", ".join(parts)
+
+
+def device_certificate_names(
+    common_name: str,
+    *,
+    external: str,
+    internal: str | None = None,
+    extra_dns: str | None = None,
+) -> CertificateNames:
+    """The seed's device certificate ("Device Certificates"): CN = the device's NetBIOS name
+    (its hardware id), DNS name 1 and IP address 1 = the external address, DNS name 2 and IP
+    address 2 = the internal address, optionally DNS name 3 = a real DNS name.
+
+    The seed writes addresses into the DNS names too; an address that is a host name becomes a
+    DNS name only. For a device that has only an internal address the caller passes the address
+    of the NAT router it is reached through (for a customer PBX: its Frontend) as ``external``.
+    Raises PkiError for an invalid name or address.
+    """
+    _validate_text("common_name", common_name, _MAX_COMMON_NAME)
+    dns_names: list[str] = []
+    ip_addresses: list[str] = []
+    for role, value in (("external", external), ("internal", internal)):
+        if value is None or not value.strip():
+            if role == "external":
+                raise PkiError("external: a device certificate needs an external address")
+            continue
+        value = value.strip()
+        dns_names.append(value)
+        try:
+            ip_addresses.append(str(ipaddress.ip_address(value)))
+        except ValueError:
+            _validate_dns_name(value)
+    if extra_dns:
+        dns_names.append(_validate_dns_name(extra_dns.strip()))
+    names = CertificateNames(
+        common_name, tuple(dict.fromkeys(dns_names)), tuple(dict.fromkeys(ip_addresses))
+    )
+    _subject_alternative_names(names.dns_names, names.ip_addresses)
+    return names
+
+
+def certificate_names(item: x509.Certificate | x509.CertificateSigningRequest) -> CertificateNames:
+    """The common name and subjectAltNames a certificate or signing request carries."""
+    attributes = item.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    common_name = ""
+    if attributes:
+        value = attributes[0].value
+        common_name = value if isinstance(value, str) else value.decode("utf-8", "replace")
+    try:
+        extension = item.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        names: list[x509.GeneralName] = []
+    else:
+        names = list(extension.value)
+    dns_names = tuple(name.value for name in names if isinstance(name, x509.DNSName))
+    ip_addresses = tuple(str(name.value) for name in names if isinstance(name, x509.IPAddress))
+    return CertificateNames(common_name, dns_names, ip_addresses)
+
+
+# A DER signing request with an RSA 16384 key is about 4.2 KB; anything far beyond is not one.
+MAX_REQUEST_BYTES = 16 * 1024
+
+
+def load_signing_request(der: bytes) -> x509.CertificateSigningRequest:
+    """Parse and check a PKCS#10 signing request in DER form, as devices upload it (protocol.md
+    §9). Raises PkiError when it is empty, too large, not DER PKCS#10, its self-signature does
+    not verify, or its key is not RSA >= 2048 bits or EC P-256/P-384."""
+    if not der:
+        raise PkiError("signing request: empty")
+    if len(der) > MAX_REQUEST_BYTES:
+        raise PkiError(f"signing request: {len(der)} bytes, at most {MAX_REQUEST_BYTES}")
+    try:
+        request = x509.load_der_x509_csr(der)
+    except ValueError:
+        raise PkiError("signing request: not a DER PKCS#10 request") from None
+    try:
+        valid = request.is_signature_valid
+        public_key = request.public_key()
+    except (ValueError, UnsupportedAlgorithm) as error:
+        raise PkiError(f"signing request: unusable ({error})") from None
+    if not valid:
+        raise PkiError("signing request: its signature does not verify")
+    if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise PkiError(f"signing request: {type(public_key).__name__} keys are not supported")
+    _check_public_key(public_key)
+    return request
+
+
+def hex_to_bytes(text: str, what: str) -> bytes:
+    """Hex digits (either case, optional surrounding space) to bytes; PkiError naming ``what``
+    when the text is empty, of odd length or not hex."""
+    candidate = text.strip()
+    if not candidate:
+        raise PkiError(f"{what}: empty")
+    if len(candidate) % 2 or not re.fullmatch(r"[0-9A-Fa-f]+", candidate):
+        raise PkiError(f"{what}: not hex digits")
+    return bytes.fromhex(candidate)
+
+
+@dataclass(frozen=True)
+class RevokedEntry:
+    serial: int
+    revoked_at: datetime
+    reason: str | None = None
+
+
+_REASONS = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "key_compromise": x509.ReasonFlags.key_compromise,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
+    "affiliation_changed": x509.ReasonFlags.affiliation_changed,
+}
+REVOCATION_REASONS = tuple(_REASONS)
+
+
+def build_crl(
+    ca: IssuedCertificate,
+    revoked: Sequence[RevokedEntry],
+    *,
+    number: int,
+    valid_days: int = 7,
+    now: datetime | None = None,
+) -> bytes:
+    """A DER certificate revocation list signed by ``ca`` (v2, CRL number, authority key id),
+    valid from ``now`` for ``valid_days``. Raises PkiError for an unusable CA or an unknown
+    reason (see REVOCATION_REASONS)."""
+    current = _aware(now)
+    _check_usable_ca(ca, current)
+    _validate_valid_days(valid_days)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(current - _BACKDATE)
+        .next_update(current + timedelta(days=valid_days))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(_authority_key_identifier(ca.certificate), critical=False)
+    )
+    for entry in revoked:
+        item = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(entry.serial)
+            .revocation_date(entry.revoked_at)
+        )
+        if entry.reason and entry.reason != "unspecified":
+            flag = _REASONS.get(entry.reason)
+            if flag is None:
+                raise PkiError(f"reason {entry.reason!r}: one of {', '.join(_REASONS)}")
+            item = item.add_extension(x509.CRLReason(flag), critical=False)
+        builder = builder.add_revoked_certificate(item.build())
+    crl = builder.sign(private_key=ca.key, algorithm=hashes.SHA256())
+    return crl.public_bytes(serialization.Encoding.DER)
+
+
+def pkcs12_bundle(
+    issued: IssuedCertificate,
+    passphrase: bytes,
+    *,
+    name: str,
+    chain: Sequence[x509.Certificate] = (),
+) -> bytes:
+    """The key, certificate and chain as a PKCS#12 file (what browsers and Windows import),
+    encrypted with ``passphrase`` (AES-256, PBKDF2). Raises PkiError for an empty passphrase."""
+    if not passphrase:
+        raise PkiError("PKCS#12 passphrase: must not be empty")
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    return pkcs12.serialize_key_and_certificates(
+        name.encode("utf-8"),
+        issued.key,
+        issued.certificate,
+        list(chain) or None,
+        serialization.BestAvailableEncryption(passphrase),
+    )
+
+
+def certificate_der(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
+def load_der_certificate(der: bytes) -> x509.Certificate:
+    """Raises PkiError when ``der`` is not one DER certificate."""
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise PkiError("not a DER certificate") from None
+
+
+def check_ca_usable(ca: IssuedCertificate, now: datetime | None = None) -> None:
+    """PkiError when ``ca`` cannot issue now: not a CA, expired, not yet valid, wrong key."""
+    _check_usable_ca(ca, _aware(now))
 
 
 # ------------------------------------------------------------------------- files
@@ -403,6 +659,34 @@ def load_issued(
     if not _key_matches(certificate, key):
         raise PkiError(f"{key_path}: key does not belong to the certificate in {certificate_path}")
     return IssuedCertificate(certificate=certificate, key=key)
+
+
+def load_certificate_authority(
+    certificate_path: Path, key_path: Path, passphrase: bytes | None = None
+) -> IssuedCertificate:
+    """Load the provider RootCA (see load_issued: the key file must be mode 0600). Raises
+    PkiError naming the file when it is not a CA certificate or the key does not belong to it.
+    Expiry is checked when it issues (an expired CA still serves its last CRL)."""
+    issued = load_issued(certificate_path, key_path, passphrase)
+    if not _is_ca(issued.certificate):
+        raise PkiError(
+            f"{certificate_path}: not a CA certificate (basicConstraints CA:TRUE, keyCertSign)"
+        )
+    return issued
+
+
+def read_passphrase(path: Path | None, environment_value: str | None) -> bytes | None:
+    """A key passphrase from a file (first line, without its line end) or, without a file, an
+    environment variable's value; None when neither is given. PkiError naming the file when it
+    cannot be read or is empty."""
+    if path is not None:
+        text = _read_file(path).decode("utf-8", "replace").splitlines()
+        if not text or not text[0]:
+            raise PkiError(f"{path}: the passphrase file is empty")
+        return text[0].encode("utf-8")
+    if environment_value:
+        return environment_value.encode("utf-8")
+    return None
 
 
 # --------------------------------------------------------------------- demo PKI
@@ -684,6 +968,20 @@ def _check_usable_ca(ca: IssuedCertificate, now: datetime) -> None:
         )
     if not _key_matches(certificate, ca.key):
         raise PkiError(f"{_describe(certificate)}: the CA key does not belong to the certificate")
+
+
+def _check_public_key(public_key: object) -> None:
+    if isinstance(public_key, rsa.RSAPublicKey):
+        if public_key.key_size < _MIN_RSA_BITS:
+            raise PkiError(
+                f"RSA key of {public_key.key_size} bits: at least {_MIN_RSA_BITS} are needed"
+            )
+        return
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        if public_key.curve.name not in ("secp256r1", "secp384r1"):
+            raise PkiError(f"EC curve {public_key.curve.name}: only P-256 and P-384")
+        return
+    raise PkiError(f"{type(public_key).__name__} keys are not supported; use RSA or EC")
 
 
 def _authority_key_identifier(ca_certificate: x509.Certificate) -> x509.AuthorityKeyIdentifier:

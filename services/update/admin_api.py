@@ -13,7 +13,7 @@ from services.core.api import Endpoint, int_query, json_response, pool_of
 from services.core.auth import Role
 from services.core.db import acquire
 from services.core.identity import IdentityError, normalize_mac
-from services.update.repository import UpdateRepository
+from services.update.repository import RolloutRepository, UpdateRepository
 
 READERS = frozenset({Role.ADMIN, Role.OPERATOR})
 WRITERS = frozenset({Role.ADMIN, Role.OPERATOR})
@@ -80,6 +80,32 @@ async def unknown_devices(request: web.Request) -> web.Response:
     )
 
 
+async def list_certificates(request: web.Request) -> web.Response:
+    customer = request.query.get("customer") or None
+    async with acquire(pool_of(request)) as connection:
+        statuses = await RolloutRepository(connection).statuses(customer=customer)
+    return json_response({"devices": [s.as_json() for s in statuses]})
+
+
+async def device_certificate(request: web.Request) -> web.Response:
+    mac = _mac(request)
+    async with acquire(pool_of(request)) as connection:
+        statuses = await RolloutRepository(connection).statuses(mac=mac)
+    if not statuses:
+        raise errors.NotFound(f"no device {mac}")
+    return json_response(statuses[0].as_json())
+
+
+async def reset_certificate(request: web.Request) -> web.Response:
+    mac = _mac(request)
+    async with acquire(pool_of(request)) as connection:
+        repository = RolloutRepository(connection)
+        if not await repository.statuses(mac=mac):
+            raise errors.NotFound(f"no device {mac}")
+        reset = await repository.reset(mac)
+    return json_response({"device": mac, "reset": reset}, status=202)
+
+
 ENDPOINTS = [
     Endpoint(
         "GET",
@@ -119,6 +145,31 @@ ENDPOINTS = [
         READERS,
         "Devices that polled but are not in the inventory",
         query={"limit": "page size"},
+        response=OBJECT,
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/certificates/rollouts",
+        list_certificates,
+        READERS,
+        "Certificate roll-out per device: state, the device's certificate issuer and expiry",
+        query={"customer": "only this customer's devices"},
+        response=OBJECT,
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/devices/{mac}/certificate",
+        device_certificate,
+        READERS,
+        "One device's certificate roll-out (rollout: null when it never started)",
+        response=OBJECT,
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/devices/{mac}/certificate/reset",
+        reset_certificate,
+        WRITERS,
+        "Forget a device's roll-out (e.g. after an error); its next poll starts over",
         response=OBJECT,
     ),
 ]

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from services.core.config import Settings
 from services.core.http import COMMENT_ERRORS_KEY
-from services.update import handlers
+from services.core.ratelimit import AddressLimiter
+from services.update import certificates, handlers
 from services.update.firmware import FirmwareStore
 from services.update.provisioning import BodyCache
 from services.update.scripts import ScriptStore
@@ -72,10 +73,19 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(script_reloader)
     app.cleanup_ctx.append(status_writer_ctx)
     app.cleanup_ctx.append(change_watch_ctx)
+    # The provider RootCA for the certificate roll-out and the CRL (refuses to start when the
+    # [ca] files exist but cannot be used).
+    app[certificates.LIMITER_KEY] = AddressLimiter(
+        certificates.FAILURE_BURST, certificates.FAILURE_RATE
+    )
+    app.cleanup_ctx.append(certificates.authority_ctx)
     prefix = "/DRIVE/CF0/update"
     app.router.add_get(f"{prefix}/staging.txt", handlers.staging)
     app.router.add_get(f"{prefix}/update.txt", handlers.update)
     # protocol.md §1: a URL ending in "/" makes the device ask for update-<type>.htm.
     app.router.add_get(prefix + "/{page:(?i:update-[a-z0-9_]{1,32}\\.htm)}", handlers.update)
     app.router.add_get(prefix + "/firm/{build}/{file}", handlers.firmware)
+    app.router.add_get(f"{prefix}/ca.crl", certificates.crl)
+    # protocol.md §9: devices PUT command output (certificate list, signing request) here.
+    app.router.add_route("*", prefix + "/x509/{name:[A-Za-z0-9._-]{1,64}}", certificates.upload)
     return app

@@ -28,7 +28,7 @@ from services.update.provisioning import (
     check_scripts,
     decide_and_render,
 )
-from services.update.repository import UpdateRepository
+from services.update.repository import RolloutRepository, UpdateRepository
 from services.update.scripts import ScriptError, ScriptStore, SecretRequired
 
 
@@ -225,6 +225,50 @@ async def devices_adopt(args: argparse.Namespace, settings: Settings, pool: asyn
     return 0
 
 
+async def devices_certificates(
+    args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool
+) -> int:
+    """The certificate roll-out per device (protocol.md §9): state, issuer, expiry, error."""
+    statuses = await RolloutRepository(pool).statuses(customer=args.customer)
+    if args.json:
+        print(json.dumps([s.as_json() for s in statuses], indent=2))
+        return 0
+    header = ("MAC", "HARDWARE ID", "CUSTOMER", "ROLL-OUT", "ISSUER", "EXPIRES", "UPDATED", "NOTE")
+    rows: list[tuple[str, ...]] = [header]
+    for s in statuses:
+        r = s.rollout
+        rows.append(
+            (
+                s.mac,
+                s.hardware_id,
+                s.customer,
+                r.state if r else "-",
+                (r.device_issuer or "-") if r else "-",
+                f"{r.device_not_after:%Y-%m-%d}" if r and r.device_not_after else "-",
+                _age(r.updated_at) if r else "-",
+                (r.error or "") if r else "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return 0
+
+
+async def devices_certificate_reset(
+    args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool
+) -> int:
+    mac = _mac(args.mac)
+    repository = RolloutRepository(pool)
+    if not await repository.statuses(mac=mac):
+        raise UsageError(f"no device {mac} in the inventory")
+    if await repository.reset(mac):
+        print(f"{mac}: certificate roll-out reset; its next update poll starts over")
+    else:
+        print(f"{mac}: no certificate roll-out to reset")
+    return 0
+
+
 # --- firmware ----------------------------------------------------------------------------------
 
 
@@ -300,6 +344,22 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
     adopt.add_argument("--cpe-id")
     adopt.add_argument("--name")
     adopt.set_defaults(handler=bind(devices_adopt))
+
+    certificates = device_actions.add_parser(
+        "certificates",
+        parents=[common],
+        help="certificate roll-out per device: state, issuer, expiry (see [ca] rollout)",
+    )
+    certificates.add_argument("--customer", metavar="ID")
+    certificates.add_argument("--json", action="store_true")
+    certificates.set_defaults(handler=bind(devices_certificates))
+    certificate_reset = device_actions.add_parser(
+        "certificate-reset",
+        parents=[common],
+        help="forget a device's roll-out (after an error or a refused request)",
+    )
+    certificate_reset.add_argument("mac", metavar="MAC")
+    certificate_reset.set_defaults(handler=bind(devices_certificate_reset))
 
     firmware = commands.add_parser("firmware", help="the firmware store (firmware/firm/<build>/)")
     firmware_actions = firmware.add_subparsers(dest="action", required=True)

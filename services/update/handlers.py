@@ -16,6 +16,7 @@ from services.core.db import POOL_KEY, acquire
 from services.core.http import query_arguments, security_event
 from services.core.identity import DeviceIdentity, identify, printable
 from services.core.scriptlines import comment, to_crlf
+from services.update import certificates
 from services.update.provisioning import (
     STAGING,
     UPDATE,
@@ -125,6 +126,11 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
         )
         return comment_reply(404, f"device {key} is not in this provider's inventory")
     restage = phase == UPDATE and restage_pending
+    rollout_lines: list[str] = []
+    if phase == UPDATE and not restage:
+        rollout_lines = await certificates.poll_lines(
+            request, pool, snapshot, device, identity, urls.base
+        )
     reply: Reply
     try:
         reply = decide_and_render(
@@ -139,6 +145,7 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
             restage=restage,
             firmware_available=firmware.listed,
             bodies=request.app[BODIES_KEY],
+            extra_preamble=rollout_lines,
         )
     except SecretRequired as error:
         security_event(

@@ -310,9 +310,11 @@ def decide_and_render(
     restage: bool,
     firmware_available: Callable[[str, str], bool],
     bodies: BodyCache | None = None,
+    extra_preamble: Sequence[str] = (),
 ) -> Reply:
     """The whole reply for one poll. Raises ScriptError, SecretRequired or PolicyError; never
-    returns half a script."""
+    returns half a script. ``extra_preamble`` (the certificate roll-out's step) goes out with
+    the backup line, outside the run-once hash."""
     header = [
         comment(
             f"pbxfront {phase}.txt for {device.hardware_id} ({device.mac}), "
@@ -343,6 +345,8 @@ def decide_and_render(
         preamble += [comment("configuration backup"), f"mod cmd UP0 scfg {urls.backup}"]
     if times is not None:
         preamble += [comment("maintenance window"), times]
+    if phase == UPDATE:
+        preamble += extra_preamble
 
     firmware_lines: list[str] = []
     for target in firmware_targets(device, variables, urls):

@@ -1,0 +1,473 @@
+"""``pbxfront ca …``: the provider's RootCA and the certificates issued from it.
+
+The seed's chapter "Certificates": one RootCA (``C=<country>, O=<hoster>, CN=<hoster> Device
+Certification Authority``, RSA 4096, 20 years) from which every device certificate is derived,
+so browsers and phones trust everything after importing one root. The CA key and certificate
+live in files (``[ca]`` settings); what was issued and revoked lives in PostgreSQL, so every
+node serves the same CRL (``GET /DRIVE/CF0/update/ca.crl`` on the device listener).
+
+Passphrases never come from argv: ``ca.passphrase_file`` or ``PBXFRONT_CA_PASSPHRASE`` for the
+CA key, ``--p12-passphrase-file`` or ``PBXFRONT_P12_PASSPHRASE`` for PKCS#12 bundles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import re
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from services.ca.repository import CaRepository, serial_hex
+from services.core import pki
+from services.core.commands import Bind
+from services.core.config import Settings
+from services.core.errors import UsageError
+from services.core.identity import IdentityError, normalize_mac
+from services.core.inventory import LAYERS, load_inventory
+
+CA_PASSPHRASE_ENV = "PBXFRONT_CA_PASSPHRASE"  # noqa: S105 - a variable name
+P12_PASSPHRASE_ENV = "PBXFRONT_P12_PASSPHRASE"  # noqa: S105 - a variable name
+# Output file names: never a path.
+_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def ca_passphrase(settings: Settings) -> bytes | None:
+    return pki.read_passphrase(settings.ca.passphrase_file, os.environ.get(CA_PASSPHRASE_ENV))
+
+
+async def load_ca(settings: Settings) -> pki.IssuedCertificate:
+    certificate_path, key_path = settings.ca.paths(settings.data_dir)
+    if not certificate_path.exists():
+        raise UsageError(
+            f"{certificate_path}: no RootCA yet; run `pbxfront ca init --country DE "
+            "--organization <hoster>` (or set ca.certificate / ca.key)"
+        )
+    return await asyncio.to_thread(
+        pki.load_certificate_authority, certificate_path, key_path, ca_passphrase(settings)
+    )
+
+
+async def usable_ca(settings: Settings, pool: asyncpg.Pool) -> pki.IssuedCertificate:
+    """The CA, refusing an expired, not yet valid or retired (revoked) one."""
+    ca = await load_ca(settings)
+    pki.check_ca_usable(ca)
+    record = await CaRepository(pool).get(serial_hex(ca.certificate.serial_number))
+    if record is not None and record.revoked_at is not None:
+        raise UsageError(
+            f"the RootCA {ca.certificate.subject.rfc4514_string()} was revoked on "
+            f"{record.revoked_at:%Y-%m-%d}; create a new one with `pbxfront ca init`"
+        )
+    return ca
+
+
+def fingerprint(ca: pki.IssuedCertificate) -> str:
+    return pki.certificate_fingerprint(ca.certificate)
+
+
+def _subject_value(certificate: x509.Certificate, oid: x509.ObjectIdentifier) -> str | None:
+    attributes = certificate.subject.get_attributes_for_oid(oid)
+    if not attributes:
+        return None
+    value = attributes[0].value
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+# --- init --------------------------------------------------------------------------------------
+
+
+async def ca_init(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    certificate_path, key_path = settings.ca.paths(settings.data_dir)
+    for path in (certificate_path, key_path):
+        if path.exists():
+            raise UsageError(
+                f"{path}: exists already; a new RootCA invalidates every certificate issued "
+                "from the old one, so move the old files away first if that is what you want"
+            )
+    passphrase = ca_passphrase(settings)
+    ca = await asyncio.to_thread(
+        pki.create_root_ca,
+        country=args.country,
+        organization=args.organization,
+        common_name=args.common_name,
+        key_type=args.key_type,
+        key_bits=args.key_bits,
+        curve=args.curve,
+        valid_days=args.valid_days,
+    )
+    await asyncio.to_thread(pki.write_pem_files, ca, certificate_path, key_path, passphrase)
+    await CaRepository(pool).record(ca.certificate, ca_fingerprint=fingerprint(ca), kind="root")
+    certificate = ca.certificate
+    print(f"RootCA {certificate.subject.rfc4514_string()}")
+    print(f"  serial {serial_hex(certificate.serial_number)}")
+    print(f"  valid until {certificate.not_valid_after_utc:%Y-%m-%d}")
+    print(f"  certificate {certificate_path}")
+    print(f"  key         {key_path} (mode 0600{', encrypted' if passphrase else ''})")
+    print(
+        "next: add the certificate to listeners.<devices>.client_ca (next to the innovaphone "
+        "device CA bundle); `pbxfront ca export-trust` gives browsers and devices the root"
+    )
+    return 0
+
+
+# --- issue -------------------------------------------------------------------------------------
+
+
+def _resolve(inventory: Any, mac: str) -> tuple[Any, Any, Any, dict[str, str]]:
+    device = next((d for d in inventory.devices if d.mac == mac), None)
+    if device is None:
+        raise UsageError(f"no device {mac} in the inventory")
+    customer = next(c for c in inventory.customers if c.id == device.customer)
+    frontend = next(f for f in inventory.frontends if f.id == customer.frontend)
+    scopes = {
+        "global": "",
+        "frontend": frontend.id,
+        "customer": customer.id,
+        "device_class": device.device_class,
+        "device_type": device.device_type,
+        "device": device.mac,
+    }
+    values: dict[str, str] = {}
+    for layer in LAYERS:
+        for variable in inventory.variables:
+            if variable.layer == layer and variable.scope == scopes[layer]:
+                values[variable.name] = variable.value
+    return device, customer, frontend, values
+
+
+async def _device_request(
+    args: argparse.Namespace, pool: asyncpg.Pool
+) -> tuple[pki.CertificateNames, str | None]:
+    """(names, device MAC) for `ca issue device`, from the inventory or the arguments."""
+    if args.device:
+        try:
+            mac = normalize_mac(args.device)
+        except IdentityError as error:
+            raise UsageError(str(error)) from None
+        async with pool.acquire() as connection:
+            inventory = await load_inventory(connection)
+        device, _customer, frontend, values = _resolve(inventory, mac)
+        # The seed: a device with an internal address only gets the address of the NAT router
+        # it is reached through as its external one; for pbxfront's devices that is the Frontend.
+        external = args.external or values.get("cert-external") or frontend.public_address
+        internal = args.internal or values.get("cert-internal") or None
+        extra_dns = args.dns or values.get("cert-dns") or None
+        names = pki.device_certificate_names(
+            args.common_name or device.hardware_id,
+            external=external,
+            internal=internal,
+            extra_dns=extra_dns,
+        )
+        return names, mac
+    if not args.common_name or not args.external:
+        raise UsageError(
+            "ca issue device: give --device MAC (inventory), "
+            "or --common-name NAME --external ADDRESS"
+        )
+    names = pki.device_certificate_names(
+        args.common_name, external=args.external, internal=args.internal, extra_dns=args.dns
+    )
+    return names, None
+
+
+async def _frontend_request(args: argparse.Namespace, pool: asyncpg.Pool) -> pki.CertificateNames:
+    dns_names = [args.fqdn, *(args.dns or [])]
+    ip_addresses = list(args.ip or [])
+    if args.frontend:
+        # The seed: every IPVA and Linux AP of a Frontend cluster uses the one certificate for
+        # the Frontend's FQDN, so it may carry the addresses of several Frontends.
+        async with pool.acquire() as connection:
+            inventory = await load_inventory(connection)
+        for frontend_id in args.frontend:
+            frontend = next((f for f in inventory.frontends if f.id == frontend_id), None)
+            if frontend is None:
+                raise UsageError(f"no Frontend {frontend_id} in the inventory")
+            for address in (frontend.public_address, frontend.internal_address):
+                try:
+                    ip_addresses.append(str(ipaddress.ip_address(address)))
+                except ValueError:
+                    dns_names.append(address)
+    return pki.CertificateNames(
+        args.fqdn, tuple(dict.fromkeys(dns_names)), tuple(dict.fromkeys(ip_addresses))
+    )
+
+
+def _p12_passphrase(args: argparse.Namespace) -> bytes:
+    file = Path(args.p12_passphrase_file) if args.p12_passphrase_file else None
+    passphrase = pki.read_passphrase(file, os.environ.get(P12_PASSPHRASE_ENV))
+    if passphrase is None:
+        raise UsageError(f"--p12 needs --p12-passphrase-file FILE or {P12_PASSPHRASE_ENV}")
+    return passphrase
+
+
+def _write_outputs(
+    out: Path,
+    stem: str,
+    issued: pki.IssuedCertificate,
+    ca: pki.IssuedCertificate,
+    p12_passphrase: bytes | None,
+) -> list[Path]:
+    certificate_path, key_path = out / f"{stem}.pem", out / f"{stem}.key"
+    pki.write_pem_files(issued, certificate_path, key_path)
+    # For servers that want the chain in one file (the root is the trust anchor, so optional).
+    chain_path = out / f"{stem}-chain.pem"
+    _write_public(chain_path, issued.certificate_pem() + _pem(ca.certificate))
+    der_path = out / f"{stem}.der"
+    _write_public(der_path, pki.certificate_der(issued.certificate))
+    written = [certificate_path, key_path, chain_path, der_path]
+    if p12_passphrase is not None:
+        p12_path = out / f"{stem}.p12"
+        data = pki.pkcs12_bundle(issued, p12_passphrase, name=stem, chain=[ca.certificate])
+        descriptor = os.open(p12_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        written.append(p12_path)
+    return written
+
+
+async def ca_issue(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    p12_passphrase = _p12_passphrase(args) if args.p12 else None
+    device_mac: str | None = None
+    if args.kind == "device":
+        names, device_mac = await _device_request(args, pool)
+        valid_days = args.valid_days or settings.ca.device_valid_days
+    elif args.kind == "frontend":
+        names = await _frontend_request(args, pool)
+        valid_days = args.valid_days or settings.ca.server_valid_days
+    else:
+        domain = args.domain.removeprefix("*.")
+        names = pki.CertificateNames(f"*.{domain}", (f"*.{domain}", domain))
+        valid_days = args.valid_days or settings.ca.server_valid_days
+    ca = await usable_ca(settings, pool)
+    issued = await asyncio.to_thread(
+        pki.issue_certificate,
+        ca,
+        common_name=names.common_name,
+        organization=_subject_value(ca.certificate, x509.NameOID.ORGANIZATION_NAME),
+        country=_subject_value(ca.certificate, x509.NameOID.COUNTRY_NAME),
+        dns_names=names.dns_names,
+        ip_addresses=names.ip_addresses,
+        key_type=args.key_type,
+        key_bits=args.key_bits,
+        curve=args.curve,
+        valid_days=valid_days,
+        server=True,
+        # Devices also present their certificate as TLS clients (update polls, backups).
+        client=args.kind == "device",
+    )
+    stem = args.name or names.common_name.replace("*", "wildcard")
+    if not _STEM.fullmatch(stem):
+        raise UsageError(f"--name {stem!r}: letters, digits, '.', '_' and '-' only")
+    out = Path(args.out)
+    written = await asyncio.to_thread(_write_outputs, out, stem, issued, ca, p12_passphrase)
+    await CaRepository(pool).record(
+        issued.certificate, ca_fingerprint=fingerprint(ca), kind=args.kind, device_mac=device_mac
+    )
+    certificate = issued.certificate
+    print(f"issued {args.kind} certificate {names.describe()}")
+    print(f"  serial {serial_hex(certificate.serial_number)}")
+    print(f"  valid until {certificate.not_valid_after_utc:%Y-%m-%d}")
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+# --- list, revoke, export-trust ----------------------------------------------------------------
+
+
+async def ca_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    current = None
+    if not args.all_cas:
+        ca = await load_ca(settings)
+        current = fingerprint(ca)
+    records = await CaRepository(pool).issued(
+        ca_fingerprint=current, include_revoked=not args.valid
+    )
+    if args.json:
+        print(json.dumps([record.as_json() for record in records], indent=2))
+        return 0
+    now = datetime.now(UTC)
+    rows: list[tuple[str, ...]] = [("SERIAL", "KIND", "NAME", "VALID UNTIL", "STATE", "SANS")]
+    for record in records:
+        if record.revoked_at is not None:
+            state = f"revoked {record.revoked_at:%Y-%m-%d}"
+        elif record.not_after < now:
+            state = "expired"
+        else:
+            state = "valid"
+        sans = ",".join([*record.dns_names, *record.ip_addresses]) or "-"
+        rows.append(
+            (
+                record.serial,
+                record.kind,
+                record.common_name,
+                f"{record.not_after:%Y-%m-%d}",
+                state,
+                sans,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return 0
+
+
+async def ca_revoke(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    serial = args.serial.lower().replace(":", "").lstrip("0") or "0"
+    if not all(c in "0123456789abcdef" for c in serial) or len(serial) > 40:
+        raise UsageError(f"serial {args.serial!r}: hex digits as `pbxfront ca list` shows them")
+    record, newly = await CaRepository(pool).revoke(serial, args.reason)
+    if record is None:
+        raise UsageError(f"no certificate with serial {serial} was issued here")
+    if not newly:
+        print(f"{serial} ({record.common_name}) was revoked already on {record.revoked_at}")
+        return 0
+    what = "RootCA retired: nothing more is issued from it" if record.kind == "root" else "revoked"
+    print(f"{serial} ({record.kind} {record.common_name}): {what} ({args.reason})")
+    print("the CRL on every node includes it within a minute (GET /DRIVE/CF0/update/ca.crl)")
+    return 0
+
+
+async def ca_export_trust(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    certificate_path, _key = settings.ca.paths(settings.data_dir)
+    if not certificate_path.exists():
+        raise UsageError(f"{certificate_path}: no RootCA yet; run `pbxfront ca init` first")
+    certificate = await asyncio.to_thread(pki.load_certificate, certificate_path)
+    forms = {
+        # Browsers ("certificate.crt" in the seed's "Browser Installation of the Root
+        # Certificate"), curl --cacert, listeners.*.client_ca.
+        "pem": _pem(certificate),
+        "der": pki.certificate_der(certificate),
+        # Device scripts and my.innovaphone's "Trust" field carry certificates as hex DER
+        # (protocol.md §9, the same form as X509/REQUESTRESPONSE).
+        "hex": (pki.certificate_to_hex_der(certificate) + "\n").encode(),
+    }
+    if args.out:
+        out = Path(args.out)
+        names = {"pem": "root.pem", "der": "root.crt", "hex": "root.hex"}
+        for form, data in forms.items():
+            path = out / names[form]
+            await asyncio.to_thread(_write_public, path, data)
+            print(f"{form}: {path}")
+        print(f"sha256 fingerprint {pki.certificate_fingerprint(certificate)}")
+        return 0
+    sys.stdout.buffer.write(forms[args.format])
+    sys.stdout.flush()
+    return 0
+
+
+def _pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, path)
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def _key_options(parser: argparse.ArgumentParser, default_bits: int) -> None:
+    parser.add_argument("--key-type", choices=("rsa", "ecdsa"), default="rsa")
+    parser.add_argument(
+        "--key-bits", type=int, default=default_bits, help=f"RSA bits (default {default_bits})"
+    )
+    parser.add_argument("--curve", choices=("P-256", "P-384"), default="P-256", help="for ecdsa")
+
+
+def _issue_options(parser: argparse.ArgumentParser) -> None:
+    _key_options(parser, 4096)
+    parser.add_argument("--out", default=".", metavar="DIR", help="where the files go")
+    parser.add_argument("--name", help="file name stem (default: the common name)")
+    parser.add_argument("--valid-days", type=int, help="default: ca.device/server_valid_days")
+    parser.add_argument("--p12", action="store_true", help="also write <name>.p12 (PKCS#12)")
+    parser.add_argument("--p12-passphrase-file", metavar="FILE", help=f"else ${P12_PASSPHRASE_ENV}")
+
+
+def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
+    ca = commands.add_parser("ca", help="the provider RootCA and its certificates")
+    actions = ca.add_subparsers(dest="action", required=True)
+
+    init = actions.add_parser(
+        "init", parents=[common], help="create the RootCA (RSA 4096, 20 years, as the seed says)"
+    )
+    init.add_argument("--country", required=True, help="two-letter code, e.g. DE")
+    init.add_argument("--organization", required=True, help="the hoster's name")
+    init.add_argument(
+        "--common-name", help='default: "<organization> Device Certification Authority"'
+    )
+    _key_options(init, 4096)
+    init.add_argument("--valid-days", type=int, default=20 * 365, help="default 7300 (20 years)")
+    init.set_defaults(handler=bind(ca_init))
+
+    issue = actions.add_parser("issue", help="issue a certificate from the RootCA")
+    kinds = issue.add_subparsers(dest="kind", required=True)
+    device = kinds.add_parser(
+        "device",
+        parents=[common],
+        help="CN = NetBIOS name; DNS/IP 1 = external, DNS/IP 2 = internal address",
+    )
+    device.add_argument("--device", metavar="MAC", help="an inventory device")
+    device.add_argument("--common-name", help="default: the device's hardware id")
+    device.add_argument(
+        "--external", help="default: update variable cert-external, else its Frontend's address"
+    )
+    device.add_argument("--internal", help="default: update variable cert-internal")
+    device.add_argument("--dns", help="DNS name 3 (default: update variable cert-dns)")
+    _issue_options(device)
+    device.set_defaults(handler=bind(ca_issue))
+    frontend = kinds.add_parser(
+        "frontend", parents=[common], help="a Frontend's FQDN (one certificate per cluster)"
+    )
+    frontend.add_argument("--fqdn", required=True)
+    frontend.add_argument("--dns", action="append", help="more DNS names (repeatable)")
+    frontend.add_argument("--ip", action="append", help="IP addresses (repeatable)")
+    frontend.add_argument(
+        "--frontend",
+        action="append",
+        metavar="ID",
+        help="add this inventory Frontend's public/internal address (repeatable: a cluster)",
+    )
+    _issue_options(frontend)
+    frontend.set_defaults(handler=bind(ca_issue))
+    wildcard = kinds.add_parser(
+        "wildcard", parents=[common], help="*.<domain> for every device of a Frontend cluster"
+    )
+    wildcard.add_argument("--domain", required=True, help="e.g. hoster.tld")
+    _issue_options(wildcard)
+    wildcard.set_defaults(handler=bind(ca_issue))
+
+    listing = actions.add_parser("list", parents=[common], help="certificates issued here")
+    listing.add_argument("--valid", action="store_true", help="hide revoked ones")
+    listing.add_argument(
+        "--all-cas", action="store_true", help="also those of earlier RootCAs (needs no CA file)"
+    )
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=bind(ca_list))
+
+    revoke = actions.add_parser(
+        "revoke", parents=[common], help="revoke a certificate (the RootCA's serial retires it)"
+    )
+    revoke.add_argument("serial", metavar="SERIAL")
+    revoke.add_argument("--reason", choices=pki.REVOCATION_REASONS, default="unspecified")
+    revoke.set_defaults(handler=bind(ca_revoke))
+
+    export = actions.add_parser(
+        "export-trust", parents=[common], help="the RootCA as PEM (browsers), DER, hex (devices)"
+    )
+    export.add_argument("--format", choices=("pem", "der", "hex"), default="pem")
+    export.add_argument("--out", metavar="DIR", help="write root.pem, root.crt, root.hex there")
+    export.set_defaults(handler=bind(ca_export_trust))

@@ -1,0 +1,481 @@
+"""The update service's side of the provider CA: the RootCA it signs device requests with, the
+roll-out step added to update polls, the device's uploads (``PUT /DRIVE/CF0/update/x509/…``)
+and the CRL (``GET /DRIVE/CF0/update/ca.crl``).
+
+The RootCA comes from the ``[ca]`` files; a key file readable by others, a wrong passphrase or a
+certificate that is no CA stops the service from starting (the message names the file). Without
+a RootCA file the CRL answers 404 and no roll-out runs (``ca.rollout = true`` without one also
+refuses to start).
+
+The upload path is write-only and only for devices proven by their client certificate whose
+certificate names the device the path and arguments name; failures are rate-limited per
+address. Nothing a device sends is signed unless its common name and SANs are exactly the ones
+the inventory gives (see rollout.certificate_plan).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import asyncpg
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from services.core import errors
+from services.core.api import pool_of
+from services.core.config import Settings
+from services.core.db import acquire, transaction
+from services.core.http import query_arguments, security_event
+from services.core.identity import (
+    DeviceIdentity,
+    IdentityError,
+    identify,
+    normalize_hardware_id,
+    normalize_mac,
+    parse_hardware_id,
+    printable,
+)
+from services.core.inventory import Device
+from services.core.pki import (
+    CertificateNames,
+    IssuedCertificate,
+    PkiError,
+    build_crl,
+    certificate_fingerprint,
+    certificate_names,
+    certificate_to_hex_der,
+    hex_to_bytes,
+    load_certificate_authority,
+    load_signing_request,
+    read_passphrase,
+    sign_public_key,
+)
+from services.core.ratelimit import AddressLimiter
+from services.core.scriptlines import comment, to_crlf
+from services.update import rollout
+from services.update.provisioning import Snapshot
+from services.update.repository import RolloutRepository
+from services.update.state import SETTINGS_KEY, SNAPSHOTS_KEY
+
+log = logging.getLogger(__name__)
+
+CA_PASSPHRASE_ENV = "PBXFRONT_CA_PASSPHRASE"  # noqa: S105 - the variable's name
+# A CRL is re-signed at most this often per node; revocations show within this many seconds.
+CRL_CACHE_SECONDS = 60.0
+# Failed uploads per address: a burst, then one more every few seconds.
+FAILURE_BURST = 20
+FAILURE_RATE = 0.2
+
+
+@dataclass
+class Authority:
+    """The loaded RootCA (None: no CA file) and this node's CRL cache."""
+
+    issued: IssuedCertificate | None = None
+    crl: bytes | None = None
+    crl_built: float = 0.0
+    warned: bool = False
+    # (inventory version, whether any layer sets cert-rollout) for the poll's fast path.
+    _mentioned: tuple[int, bool] = (-1, False)
+
+    def mentioned(self, snapshot: Snapshot) -> bool:
+        """Whether any layer of the inventory sets the cert-rollout variable."""
+        version, found = self._mentioned
+        if version != snapshot.version:
+            found = any(v.name == rollout.ROLLOUT_VARIABLE for v in snapshot.inventory.variables)
+            self._mentioned = (snapshot.version, found)
+        return found
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        assert self.issued is not None
+        return self.issued.certificate
+
+    @property
+    def fingerprint(self) -> str:
+        return certificate_fingerprint(self.certificate)
+
+    @property
+    def serial(self) -> str:
+        return format(self.certificate.serial_number, "x")
+
+    def subject(self, oid: x509.ObjectIdentifier) -> str | None:
+        attributes = self.certificate.subject.get_attributes_for_oid(oid)
+        if not attributes:
+            return None
+        value = attributes[0].value
+        return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+AUTHORITY_KEY = web.AppKey("update_authority", Authority)
+LIMITER_KEY = web.AppKey("update_upload_limiter", AddressLimiter)
+
+
+def load_authority(settings: Settings) -> Authority:
+    """Blocking: the RootCA from the [ca] files, or none. Raises PkiError when the files exist
+    but cannot be used, or when the roll-out is on and there is no CA."""
+    certificate_path, key_path = settings.ca.paths(settings.data_dir)
+    if not certificate_path.exists():
+        if settings.ca.rollout:
+            raise PkiError(
+                f"{certificate_path}: ca.rollout = true needs the RootCA; run "
+                "`pbxfront ca init` or set ca.certificate and ca.key"
+            )
+        return Authority()
+    passphrase = read_passphrase(settings.ca.passphrase_file, os.environ.get(CA_PASSPHRASE_ENV))
+    issued = load_certificate_authority(certificate_path, key_path, passphrase)
+    log.info("provider RootCA %s loaded", issued.certificate.subject.rfc4514_string())
+    return Authority(issued)
+
+
+async def authority_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[AUTHORITY_KEY] = await asyncio.to_thread(load_authority, app[SETTINGS_KEY])
+    yield
+
+
+# --- the poll ----------------------------------------------------------------------------------
+
+
+async def poll_lines(
+    request: web.Request,
+    pool: asyncpg.Pool,
+    snapshot: Snapshot,
+    device: Device,
+    identity: DeviceIdentity,
+    base: str,
+) -> list[str]:
+    """The roll-out's lines for this update poll (empty when it does not take part)."""
+    settings = request.app[SETTINGS_KEY]
+    authority = request.app[AUTHORITY_KEY]
+    if not identity.proven or not (settings.ca.rollout or authority.mentioned(snapshot)):
+        # The common case costs nothing: no roll-out anywhere, or a claimed device.
+        return []
+    variables = snapshot.resolve(device)
+    if not rollout.rollout_enabled(variables, settings.ca):
+        return []
+    if authority.issued is None:
+        if not authority.warned:
+            authority.warned = True
+            log.warning(
+                "certificate roll-out is on for %s but there is no RootCA "
+                "(pbxfront ca init); skipped",
+                device.hardware_id,
+            )
+        return []
+    customer = snapshot.customers[device.customer]
+    frontend = snapshot.frontends[customer.frontend]
+    plan: CertificateNames | None = None
+    problem: str | None = None
+    try:
+        plan = rollout.certificate_plan(device, frontend, variables, identity.ip)
+    except PkiError as error:
+        problem = f"the inventory's certificate names are unusable: {error}"
+    now = datetime.now(UTC)
+    async with acquire(pool) as connection, transaction(connection):
+        repository = RolloutRepository(connection)
+        if await repository.ca_retired(authority.serial):
+            return [comment("certificate roll-out: the RootCA was retired; nothing is issued")]
+        current = await repository.lock(device.mac)
+        step = rollout.poll_step(
+            current,
+            mac=device.mac,
+            base=base,
+            plan=plan,
+            plan_problem=problem,
+            organization=authority.subject(NameOID.ORGANIZATION_NAME),
+            country=authority.subject(NameOID.COUNTRY_NAME),
+            settings=settings.ca,
+            now=now,
+        )
+        if step.state != current:
+            await repository.save(step.state)
+    if current is None or step.state.state != current.state:
+        log.info(
+            "certificate roll-out of %s: %s -> %s",
+            device.hardware_id,
+            current.state if current else "-",
+            step.state.state,
+        )
+    return list(step.lines)
+
+
+# --- uploads -----------------------------------------------------------------------------------
+
+
+def _reply(status: int, *messages: str) -> web.Response:
+    return web.Response(
+        status=status,
+        text=to_crlf(comment(m) for m in messages),
+        content_type="text/plain",
+        charset="utf-8",
+    )
+
+
+def _named(identity: DeviceIdentity, name: str) -> bool:
+    """Whether the path's name (``#m`` or ``#h`` as the device expanded it) is this device."""
+    with contextlib.suppress(IdentityError):
+        mac = normalize_mac(name)
+        if identity.mac is not None:
+            return mac == identity.mac
+        return identity.hardware_id is not None and parse_hardware_id(
+            identity.hardware_id
+        ).matches_mac(mac)
+    with contextlib.suppress(IdentityError):
+        hardware_id = normalize_hardware_id(name)
+        if identity.hardware_id is not None:
+            return hardware_id == identity.hardware_id
+        return identity.mac is not None and parse_hardware_id(hardware_id).matches_mac(identity.mac)
+    return False
+
+
+async def _read_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > rollout.MAX_UPLOAD_BYTES:
+        raise errors.TooLarge(f"body larger than {rollout.MAX_UPLOAD_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > rollout.MAX_UPLOAD_BYTES:
+                raise errors.TooLarge(f"body larger than {rollout.MAX_UPLOAD_BYTES} bytes")
+            chunks.append(chunk)
+    except (HttpProcessingError, ConnectionError, asyncio.IncompleteReadError, EOFError):
+        raise errors.Invalid("upload aborted") from None
+    return b"".join(chunks)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: int
+    message: str
+    security: str | None = None  # a security event kind to log after the commit
+
+
+async def upload(request: web.Request) -> web.Response:
+    """``PUT /DRIVE/CF0/update/x509/<#m>?mode=query|vardump…``: a command's output from a
+    device taking part in the roll-out (protocol.md §9). Anything but PUT: 405."""
+    if request.method != "PUT":
+        return web.Response(
+            status=405,
+            text="# write-only: devices PUT command output here\r\n",
+            content_type="text/plain",
+            headers={"Allow": "PUT"},
+        )
+    limiter = request.app[LIMITER_KEY]
+    address = request.remote
+    if not limiter.allows(address):
+        return web.Response(
+            status=429,
+            text="# too many failed uploads from this address\r\n",
+            content_type="text/plain",
+            headers={"Retry-After": str(limiter.retry_after(address))},
+        )
+    try:
+        return await _upload(request)
+    except (errors.DomainError, IdentityError, PkiError):
+        limiter.spend(address)
+        raise
+
+
+async def _upload(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    query = query_arguments(request)
+    peercert = request.transport.get_extra_info("peercert") if request.transport else None
+    identity = identify(peercert, query)
+    name = request.match_info["name"]
+    if not identity.proven:
+        security_event(request, "forbidden", path=request.path, reason="no device certificate")
+        raise errors.Forbidden("only a device proven by its certificate may upload here")
+    if not _named(identity, name):
+        security_event(
+            request,
+            "identity-conflict",
+            device=identity.describe(),
+            claimed=printable(name, 40),
+            path=request.path,
+        )
+        raise errors.Forbidden(f"the certificate names {identity.describe()}, not this path")
+    mode = query.get("mode")
+    variable = query.get("var")
+    if mode == "query":
+        if query.get("id") != rollout.QUERY_ID:
+            raise errors.Invalid(f"mode=query: expects id={rollout.QUERY_ID}")
+    elif mode == "vardump":
+        if variable not in (rollout.REQUEST_VARIABLE, rollout.ERROR_VARIABLE):
+            raise errors.Invalid(
+                f"var: {rollout.REQUEST_VARIABLE} or {rollout.ERROR_VARIABLE} only"
+            )
+    else:
+        raise errors.Invalid("mode: query or vardump")
+    body = await _read_body(request)
+    authority = request.app[AUTHORITY_KEY]
+    if authority.issued is None:
+        raise errors.NotFound("no provider RootCA on this Frontend")
+    pool = pool_of(request)
+    async with acquire(pool) as connection:
+        snapshot = await request.app[SNAPSHOTS_KEY].get(connection)
+    device = snapshot.find(identity)
+    if device is None:
+        raise errors.Forbidden(f"device {identity.describe()} is not in the inventory")
+
+    now = datetime.now(UTC)
+    async with acquire(pool) as connection, transaction(connection):
+        repository = RolloutRepository(connection)
+        state = await repository.lock(device.mac)
+        if state is None:
+            raise errors.Conflict("no certificate roll-out is in progress for this device")
+        if mode == "query":
+            try:
+                report = rollout.parse_query_report(body)
+            except rollout.RolloutInputError as error:
+                raise errors.Invalid(f"certificate list: {error}") from None
+            updated = rollout.after_query(
+                state,
+                report,
+                ca_common_name=authority.subject(NameOID.COMMON_NAME) or "",
+                renew_days=settings.ca.renew_days,
+                now=now,
+            )
+            outcome = _Outcome(200, f"certificates of {device.hardware_id}: {updated.state}")
+        elif variable == rollout.ERROR_VARIABLE:
+            value = rollout.parse_vardump(body, rollout.ERROR_VARIABLE)
+            if value:
+                error_text = rollout.bounded_error(f"device: {value}")
+                updated = replace(state, state="error", error=error_text, updated_at=now)
+                outcome = _Outcome(200, "request error recorded; the roll-out stops")
+            else:
+                updated = state
+                outcome = _Outcome(200, "no request error")
+        else:
+            updated, outcome = await _signing_request(
+                repository, authority, settings, state, device, body, now
+            )
+        if updated != state:
+            await repository.save(updated)
+    if outcome.security is not None:
+        security_event(request, outcome.security, device=device.hardware_id, reason=outcome.message)
+    if updated.state != state.state:
+        log.info(
+            "certificate roll-out of %s: %s -> %s%s",
+            device.hardware_id,
+            state.state,
+            updated.state,
+            f" ({updated.error})" if updated.error else "",
+        )
+    if outcome.status >= 400:
+        raise errors.Forbidden(outcome.message)
+    return _reply(outcome.status, outcome.message)
+
+
+async def _signing_request(
+    repository: RolloutRepository,
+    authority: Authority,
+    settings: Settings,
+    state: rollout.RolloutState,
+    device: Device,
+    body: bytes,
+    now: datetime,
+) -> tuple[rollout.RolloutState, _Outcome]:
+    if state.state != "fetching" or state.plan is None:
+        raise errors.Conflict(f"no signing request expected now (roll-out state {state.state})")
+    value = rollout.parse_vardump(body, rollout.REQUEST_VARIABLE)
+    if not value:
+        return state, _Outcome(200, "no signing request on the device yet")
+    try:
+        der = hex_to_bytes(value, rollout.REQUEST_VARIABLE)
+        signing_request = load_signing_request(der)
+    except PkiError as error:
+        raise errors.Invalid(str(error)) from None
+    public_key = signing_request.public_key()
+    # load_signing_request accepts RSA and EC keys only.
+    assert isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+    requested = certificate_names(signing_request)
+    plan = state.plan
+    if not requested.same_as(plan):
+        message = (
+            f"signing request refused: it names {requested.describe()}, "
+            f"the inventory {plan.describe()}"
+        )
+        updated = replace(
+            state, state="refused", error=rollout.bounded_error(message), updated_at=now
+        )
+        return updated, _Outcome(403, rollout.bounded_error(message), security="csr-refused")
+    assert authority.issued is not None
+    try:
+        certificate = await asyncio.to_thread(
+            sign_public_key,
+            authority.issued,
+            public_key,
+            common_name=plan.common_name,
+            organization=authority.subject(NameOID.ORGANIZATION_NAME),
+            country=authority.subject(NameOID.COUNTRY_NAME),
+            dns_names=plan.dns_names,
+            ip_addresses=plan.ip_addresses,
+            valid_days=settings.ca.device_valid_days,
+            server=True,
+            client=True,
+        )
+    except PkiError as error:
+        # The CA itself cannot issue (expired, ...): stop until an operator acts.
+        message = rollout.bounded_error(f"cannot sign: {error}")
+        log.error("certificate roll-out of %s: %s", device.hardware_id, message)
+        return replace(state, state="error", error=message, updated_at=now), _Outcome(200, message)
+    await repository.record_issued(
+        certificate, ca_fingerprint=authority.fingerprint, mac=device.mac
+    )
+    chain = (certificate_to_hex_der(certificate), certificate_to_hex_der(authority.certificate))
+    serial = format(certificate.serial_number, "x")
+    updated = replace(
+        state,
+        state="signed",
+        chain_hex=chain,
+        serial=serial,
+        attempts=0,
+        error=None,
+        updated_at=now,
+    )
+    return updated, _Outcome(200, f"signed: serial {serial}, installed at the next poll")
+
+
+# --- CRL ---------------------------------------------------------------------------------------
+
+
+async def crl(request: web.Request) -> web.Response:
+    """The RootCA's CRL (DER), the same on every node (revocations live in PostgreSQL)."""
+    authority = request.app[AUTHORITY_KEY]
+    if authority.issued is None:
+        return _reply(404, "no provider RootCA on this Frontend")
+    now = time.monotonic()
+    if authority.crl is None or now - authority.crl_built > CRL_CACHE_SECONDS:
+        async with acquire(pool_of(request)) as connection:
+            revoked = await RolloutRepository(connection).revoked(authority.fingerprint)
+        issued = authority.issued
+        # Seconds since 1970 as the CRL number: increases with every new CRL on any node.
+        number = int(datetime.now(UTC).timestamp())
+        try:
+            authority.crl = await asyncio.to_thread(
+                build_crl,
+                issued,
+                revoked,
+                number=number,
+                valid_days=request.app[SETTINGS_KEY].ca.crl_valid_days,
+            )
+        except PkiError as error:
+            log.error("CRL cannot be signed: %s", error)
+            return _reply(503, "the CRL cannot be signed; the operator's log says why")
+        authority.crl_built = now
+    return web.Response(
+        body=authority.crl,
+        content_type="application/pkix-crl",
+        headers={"Cache-Control": f"max-age={int(CRL_CACHE_SECONDS)}"},
+    )
