@@ -413,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ca_cli.register(commands, common, _bind)
 
+    from services.directory import cli as directory_cli
+
+    directory_cli.register(commands, common, _bind)
+
     from services.contacts import cli as contacts_cli
 
     contacts_cli.register(commands, common, _bind)

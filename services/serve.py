@@ -17,7 +17,7 @@ import asyncpg
 from aiohttp import web
 
 from services.core.config import ConfigError, ListenerSettings, Settings
-from services.core.runner import ServiceFactories
+from services.core.runner import ServiceFactories, StreamService
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,13 @@ def service_factories() -> ServiceFactories:
 
         return create_app(settings)
 
-    factories: dict[str, Callable[[Settings], web.Application]] = {
+    def directory(settings: Settings) -> StreamService:
+        from services.directory.app import create_service
+
+        return create_service(settings)
+
+    factories: dict[str, Callable[[Settings], web.Application | StreamService]] = {
+        "directory": directory,
         "admin": admin,
         "update": update,
         "backup": backup,

@@ -39,6 +39,10 @@ def zero_ports(data_dir: Path) -> list[str]:
         "listeners.admin.port=0",
         "--set",
         "listeners.redirect.port=0",
+        "--set",
+        "listeners.directory.port=0",
+        "--set",
+        "listeners.directory_tls.port=0",
     ]
 
 

@@ -33,6 +33,10 @@ ENV_RESERVED = frozenset(
     }
 )
 
+# Services that speak their own protocol on a listener of their own (not HTTP), with the URL
+# schemes of their plain and TLS listeners.
+STREAM_SCHEMES = {"directory": ("ldap", "ldaps")}
+
 # "noop" is the benchmark baseline (services/bench/noop.py), mounted by `pbxfront bench`.
 SERVICE_NAMES = (
     "update",
@@ -295,6 +299,37 @@ class ContactsSettings:
 @dataclasses.dataclass(frozen=True)
 class DirectorySettings:
     """The directory service (services/directory/): each customer's contacts over LDAP(S)."""
+
+    # Largest LDAP message a client may send (bytes); larger: notice of disconnection, close.
+    max_message_bytes: int = dataclasses.field(default=65536, metadata=_check(_range(512, 2**24)))
+    # Deepest nesting of and/or/not a search filter may have (phones send 2).
+    max_filter_depth: int = dataclasses.field(default=16, metadata=_check(_range(1, 100)))
+    # Most entries one search returns (the client's smaller size limit wins), then
+    # sizeLimitExceeded with the entries up to the limit.
+    size_limit: int = dataclasses.field(default=500, metadata=_check(_range(1, 1_000_000)))
+    # Seconds one search may run (the client's smaller time limit wins): timeLimitExceeded.
+    time_limit: float = dataclasses.field(default=10.0, metadata=_check(_range(0.1, 3600)))
+    # Seconds a connection may stay silent between messages (PBXs keep theirs open).
+    idle_timeout: float = dataclasses.field(default=600.0, metadata=_check(_range(1, 86400)))
+    # Seconds for the rest of a message once its first byte arrived, and for a client to take
+    # our answer.
+    read_timeout: float = dataclasses.field(default=10.0, metadata=_check(_range(0.1, 600)))
+    # Open connections per listener and process; more are closed at once.
+    max_connections: int = dataclasses.field(default=1000, metadata=_check(_range(1, 1_000_000)))
+    # Failed binds per source address (IPv6: per /64): a burst, refilled at this rate per second.
+    bind_failure_burst: int = dataclasses.field(default=10, metadata=_check(_range(1, 1_000_000)))
+    bind_failure_per_second: float = dataclasses.field(
+        default=0.2, metadata=_check(_range(0.001, 100_000))
+    )
+    # How telephoneNumber/mobile are returned unless the customer's update variable
+    # directory-number-format says otherwise: e164 (+497031730090), international
+    # (00497031730090), national (07031730090) or digits (497031730090).
+    number_format: str = dataclasses.field(
+        default="e164", metadata=_check(_choice("e164", "international", "national", "digits"))
+    )
+    # Build every customer's directory in the background at start and right after each change
+    # (else: when first searched).
+    preload: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -583,6 +618,12 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"{where}: tls = true needs certificate and key")
         if listener.request_client_certificate and not listener.tls:
             raise ConfigError(f"{where}.request_client_certificate: needs tls = true")
+        streams = [service for service in listener.services if service in STREAM_SCHEMES]
+        if streams and len(listener.services) > 1:
+            raise ConfigError(
+                f"{where}.services: {streams[0]!r} speaks its own protocol and cannot share a "
+                "listener with other services"
+            )
         if (
             listener.request_client_certificate
             and not listener.client_ca

@@ -26,11 +26,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import asyncpg
 from aiohttp import web
 
-from services.core.config import ListenerSettings, Settings
+from services.core.config import STREAM_SCHEMES, ConfigError, ListenerSettings, Settings
 from services.core.db import pool_ctx
 from services.core.http import AccessLogger, Metrics, create_listener_app
 from services.core.tls import (
@@ -43,8 +44,28 @@ from services.core.tls import (
 
 log = logging.getLogger(__name__)
 
-# name -> factory building that service's application from the settings.
-ServiceFactories = Mapping[str, Callable[[Settings], web.Application]]
+
+@runtime_checkable
+class StreamService(Protocol):
+    """A service that speaks its own protocol on its listeners instead of HTTP (the LDAP
+    directory). One instance per process serves every listener naming it: ``start`` is called
+    once per listener with that listener's socket (bound, not yet listening), its TLS context
+    holder (None for plain TCP; reloaded on SIGHUP like the HTTP listeners') and its settings
+    (handshake_timeout), ``close`` once when the node stops."""
+
+    async def start(
+        self,
+        sock: socket.socket,
+        tls: ContextHolder | None,
+        pool: asyncpg.Pool | None,
+        listener: ListenerSettings,
+    ) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+# name -> factory building that service's application (or stream service) from the settings.
+ServiceFactories = Mapping[str, Callable[[Settings], web.Application | StreamService]]
 
 
 def sd_notify(message: str) -> None:
@@ -66,6 +87,8 @@ class Node:
     runners: list[web.AppRunner] = field(default_factory=list)
     holders: list[ContextHolder] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)
+    # Stream services by service name, shared by the listeners that name them.
+    streams: dict[str, StreamService] = field(default_factory=dict)
 
     def reload_tls(self) -> bool:
         """Reload every listener's certificates; False if any kept its old ones."""
@@ -73,6 +96,9 @@ class Node:
         return all(results)
 
     async def stop(self) -> None:
+        for stream in reversed(list(self.streams.values())):
+            await stream.close()
+        self.streams.clear()
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
@@ -112,7 +138,17 @@ async def start_node(
     metrics = Metrics()
     try:
         for name, listener in listeners.items():
-            services = {service: factories[service](settings) for service in listener.services}
+            if _stream_service(listener) is not None:
+                await _start_stream(node, settings, pool, name, listener, factories, sockets)
+                continue
+            services: dict[str, web.Application] = {}
+            for service in listener.services:
+                built = factories[service](settings)
+                if not isinstance(built, web.Application):
+                    raise ConfigError(
+                        f"listeners.{name}.services: {service!r} is not an HTTP service"
+                    )
+                services[service] = built
             app = create_listener_app(
                 settings.limits,
                 services,
@@ -152,6 +188,55 @@ async def start_node(
         await node.stop()
         raise
     return node
+
+
+def _stream_service(listener: ListenerSettings) -> str | None:
+    return next((service for service in listener.services if service in STREAM_SCHEMES), None)
+
+
+def listener_url(listener: ListenerSettings, host: str, port: int) -> str:
+    """``https://127.0.0.1:8443``, or a stream service's own scheme (``ldaps://…``)."""
+    stream = _stream_service(listener)
+    if stream is None:
+        return ("https" if listener.tls else "http") + f"://{host}:{port}"
+    plain, secure = STREAM_SCHEMES[stream]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{secure if listener.tls else plain}://{host}:{port}"
+
+
+async def _start_stream(
+    node: Node,
+    settings: Settings,
+    pool: asyncpg.Pool | None,
+    name: str,
+    listener: ListenerSettings,
+    factories: ServiceFactories,
+    sockets: Mapping[str, socket.socket] | None,
+) -> None:
+    """Hand a listener's socket to its stream service (config validation keeps it alone there)."""
+    service_name = _stream_service(listener)
+    assert service_name is not None
+    if len(listener.services) != 1:
+        raise ConfigError(
+            f"listeners.{name}.services: {service_name!r} cannot share a listener "
+            "with other services"
+        )
+    service = node.streams.get(service_name)
+    if service is None:
+        built = factories[service_name](settings)
+        if not isinstance(built, StreamService) or isinstance(built, web.Application):
+            raise ConfigError(f"listeners.{name}.services: {service_name!r} is not a stream")
+        service = built
+        node.streams[service_name] = service
+    files = tls_files(listener)
+    holder = ContextHolder(files) if files is not None else None
+    if holder is not None:
+        node.holders.append(holder)
+    sock = (sockets or {}).get(name) or bind_socket(listener.host, listener.port, reuse_port=False)
+    host, port = sock.getsockname()[:2]
+    await service.start(sock, holder, pool, listener)
+    node.addresses[name] = listener_url(listener, host, port)
 
 
 def write_ready_file(
@@ -301,10 +386,7 @@ def _run_workers(
             for sock in reserved.values():
                 sock.close()
             return 1
-    addresses = {
-        name: ("https" if item.tls else "http") + f"://{item.host}:{item.port}"
-        for name, item in resolved.items()
-    }
+    addresses = {name: listener_url(item, item.host, item.port) for name, item in resolved.items()}
     if ready_file is not None:
         write_ready_file(ready_file, addresses, resolved)
     announce(addresses)

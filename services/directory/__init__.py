@@ -1,0 +1,1 @@
+"""The directory service: each customer's contacts over LDAP(S) (issue #10)."""

@@ -1,0 +1,624 @@
+"""The LDAP server: listeners, connections, and the four operations a phone directory needs.
+
+One :class:`DirectoryServer` per process serves every listener naming "directory" (the runner's
+:class:`~services.core.runner.StreamService`); all of them share one in-memory cache. A
+connection reads one message at a time and answers it before reading the next, so an abandon
+always arrives after the operation it names has been answered and has nothing left to stop.
+
+Who sees what: a customer binds as itself (``dc=<id>``, ``cn=<id>,dc=<id>`` or just ``<id>``)
+with its registration password and sees only ``dc=<id>``; an account with the directory-reader
+role binds as ``uid=<account>,ou=accounts`` and sees every customer. Another customer's subtree
+is answered exactly like one that does not exist (noSuchObject), so a bind learns nothing about
+other customers, not even whether they exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import AsyncGenerator, Iterable
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.core.auth import AccountRepository, Role, VerifiedCache, secrets_equal
+from services.core.config import DirectorySettings, ListenerSettings
+from services.core.db import DatabaseUnavailable
+from services.core.identity import printable
+from services.core.ratelimit import AddressLimiter
+from services.core.tls import ContextHolder
+from services.directory import dn as dn_syntax
+from services.directory import protocol as ldap
+from services.directory.cache import DirectoryCache
+from services.directory.filters import Filter, canonical, matches
+from services.directory.index import CustomerDirectory, Entry, base_dn
+from services.directory.protocol import Op, ResultCode, Scope
+
+log = logging.getLogger(__name__)
+security_log = logging.getLogger("pbxfront.security")
+
+ACCOUNTS_DN = "ou=accounts"
+# Compared against when a customer does not exist or has no password, so that an unknown
+# customer and a wrong password cost the same.
+_NO_PASSWORD = secrets.token_urlsafe(24)
+
+RESPONSE_FOR: dict[int, Op] = {
+    Op.BIND_REQUEST: Op.BIND_RESPONSE,
+    Op.SEARCH_REQUEST: Op.SEARCH_RESULT_DONE,
+    Op.EXTENDED_REQUEST: Op.EXTENDED_RESPONSE,
+    **ldap.REFUSED_OPERATIONS,
+}
+# Entries encoded before they are written out together.
+_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a connection is bound as."""
+
+    dn: str
+    # The customer it may see; None for a directory reader (every customer).
+    customer: str | None
+
+
+def bind_target(name: str) -> tuple[str, str] | None:
+    """("customer", id) or ("account", name) for the bind DN forms we accept, else None."""
+    if "=" not in name:
+        return ("customer", name.strip()) if name.strip() else None
+    try:
+        rdns = dn_syntax.parse(name)
+    except dn_syntax.DnError:
+        return None
+    if len(rdns) == 1 and rdns[0][0] == "dc":
+        return "customer", rdns[0][1]
+    if len(rdns) == 2 and rdns[1][0] == "dc" and rdns[0][0] == "cn":
+        if rdns[0][1].lower() == rdns[1][1].lower():
+            return "customer", rdns[1][1]
+        return None
+    accounts = len(rdns) == 2 and rdns[1][0] == "ou" and rdns[1][1].lower() == "accounts"
+    if accounts and rdns[0][0] in ("uid", "cn"):
+        return "account", rdns[0][1]
+    return None
+
+
+def select(
+    entry: Entry, requested: tuple[str, ...], types_only: bool
+) -> list[tuple[str, list[str]]]:
+    """The attributes a search asked for (RFC 4511 §4.5.1.8): none named or ``*`` = all user
+    attributes, ``1.1`` alone = none, otherwise the named ones."""
+    names = {canonical(name) for name in requested}
+    every = not requested or "*" in names or "+" in names
+    return [
+        (shown, [] if types_only else values)
+        for shown, name, values in entry.attributes
+        if every or name in names
+    ]
+
+
+class DirectoryServer:
+    """The directory service on any number of listeners in this process."""
+
+    def __init__(self, settings: DirectorySettings) -> None:
+        self.settings = settings
+        self.limiter = AddressLimiter(settings.bind_failure_burst, settings.bind_failure_per_second)
+        self.verified = VerifiedCache()
+        self._pool: asyncpg.Pool | None = None
+        self._cache: DirectoryCache | None = None
+        self._listeners: list[_Listener] = []
+
+    @property
+    def cache(self) -> DirectoryCache:
+        assert self._cache is not None, "the directory has not been started"
+        return self._cache
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "the directory has not been started"
+        return self._pool
+
+    async def start(
+        self,
+        sock: socket.socket,
+        tls: ContextHolder | None,
+        pool: asyncpg.Pool | None,
+        listener: ListenerSettings,
+    ) -> None:
+        if pool is None:
+            raise RuntimeError("the directory service needs PostgreSQL")
+        if self._cache is None:
+            self._pool = pool
+            self._cache = DirectoryCache(
+                pool, self.settings.number_format, preload=self.settings.preload
+            )
+            self._cache.start()
+        accepting = _Listener(self, sock, tls, listener.handshake_timeout)
+        accepting.start()
+        self._listeners.append(accepting)
+
+    async def close(self) -> None:
+        for listener in self._listeners:
+            listener.stop_accepting()
+        for listener in self._listeners:
+            await listener.close()
+        self._listeners.clear()
+        if self._cache is not None:
+            await self._cache.close()
+
+    async def authenticate(self, name: str, password: str) -> Identity | None:
+        target = bind_target(name)
+        if target is None:
+            secrets_equal(password, _NO_PASSWORD)
+            return None
+        kind, value = target
+        if kind == "customer":
+            record = await self.cache.customer(value)
+            expected = record.registration_password if record is not None else None
+            right = secrets_equal(password, expected or _NO_PASSWORD)
+            if record is None or not expected or not right:
+                return None
+            return Identity(base_dn(record.id), record.id)
+        account = await AccountRepository(self.pool).verify(value, password, self.verified)
+        if account is None or not account.has_any(frozenset({Role.DIRECTORY_READER})):
+            return None
+        return Identity(f"uid={dn_syntax.escape(account.name)},{ACCOUNTS_DN}", None)
+
+    async def visible(self, identity: Identity | None) -> list[str]:
+        """The customer ids whose subtree ``identity`` may see, in order."""
+        if identity is None:
+            return []
+        if identity.customer is not None:
+            return [identity.customer]
+        return sorted(record.id for record in (await self.cache.customers()).values())
+
+
+class _Listener:
+    """Accepts connections on one socket; TLS through the runner's context holder so a SIGHUP
+    reload applies to new connections."""
+
+    def __init__(
+        self,
+        server: DirectoryServer,
+        sock: socket.socket,
+        tls: ContextHolder | None,
+        handshake_timeout: float,
+    ) -> None:
+        self._server = server
+        self._sock = sock
+        self._tls = tls
+        self._handshake_timeout = handshake_timeout
+        self._connections: dict[asyncio.Task[None], _Connection | None] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sock.listen(1024)
+        self._task = asyncio.get_running_loop().create_task(self._accept())
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self._server.settings.max_connections
+        while True:
+            try:
+                connection, peer = await loop.sock_accept(self._sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as error:  # EMFILE and the like: back off, keep serving
+                log.error("directory: accept failed: %s", error)
+                await asyncio.sleep(0.1)
+                continue
+            address = peer[0] if isinstance(peer, tuple) else str(peer)
+            if len(self._connections) >= limit:
+                log.warning(
+                    "directory: refusing a connection from %s: %d connections open", address, limit
+                )
+                connection.close()
+                continue
+            task = loop.create_task(self._serve(connection, address))
+            self._connections[task] = None
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._connections.pop(task, None)
+
+    async def _serve(self, raw: socket.socket, address: str) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=2**16)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            if self._tls is None:
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, raw)
+            else:
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol,
+                    raw,
+                    ssl=self._tls.context,
+                    ssl_handshake_timeout=self._handshake_timeout,
+                )
+        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as error:
+            reason = getattr(error, "reason", None) or type(error).__name__
+            security_log.warning(
+                "pbxfront security: tls-handshake-failed from %s reason=%s", address, reason
+            )
+            raw.close()
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        connection = _Connection(self._server, reader, writer, address, tls=self._tls is not None)
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections[task] = connection
+        try:
+            await connection.run()
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            # A bug must not pass silently, nor take more than this one connection with it.
+            log.exception("directory: connection from %s failed", address)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError, ssl.SSLError):
+                async with asyncio.timeout(2.0):
+                    await writer.wait_closed()
+
+    def stop_accepting(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._sock.close()
+
+    async def close(self) -> None:
+        """Close every connection and let its task finish (never cancelled mid-query)."""
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for connection in list(self._connections.values()):
+            if connection is not None:
+                connection.hang_up()
+        tasks = list(self._connections)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=10.0)
+            for task in pending:  # a handshake that never ends
+                task.cancel()
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Connection:
+    """One client: reads a message, answers it, reads the next."""
+
+    def __init__(
+        self,
+        server: DirectoryServer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        address: str,
+        *,
+        tls: bool,
+    ) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.reader = reader
+        self.writer = writer
+        self.address = address
+        self.tls = tls
+        self.identity: Identity | None = None
+
+    def hang_up(self) -> None:
+        self.writer.close()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                data = await self._read()
+            except asyncio.IncompleteReadError:
+                return
+            except TimeoutError:
+                log.info("directory: closing an idle or slow connection from %s", self.address)
+                return
+            except _TooLarge:
+                await self._disconnect(
+                    ResultCode.ADMIN_LIMIT_EXCEEDED,
+                    f"message larger than {self.settings.max_message_bytes} bytes",
+                )
+                return
+            except ldap.ProtocolError as error:
+                await self._disconnect(ResultCode.PROTOCOL_ERROR, str(error))
+                return
+            if data is None:
+                return
+            try:
+                message = ldap.decode_message(data, self.settings.max_filter_depth)
+            except ldap.ProtocolError as error:
+                await self._disconnect(ResultCode.PROTOCOL_ERROR, str(error))
+                return
+            if not await self._handle(message):
+                return
+
+    async def _read(self) -> bytes | None:
+        """One whole message: the first byte may take idle_timeout, the rest read_timeout."""
+        first = await asyncio.wait_for(self.reader.read(1), self.settings.idle_timeout)
+        if not first:
+            return None
+        async with asyncio.timeout(self.settings.read_timeout):
+            data = bytearray(first)
+            while (total := ldap.header_length(bytes(data))) is None:
+                data += await self.reader.readexactly(1)
+            if total > self.settings.max_message_bytes:
+                raise _TooLarge
+            data += await self.reader.readexactly(total - len(data))
+        return bytes(data)
+
+    async def _send(self, data: bytes) -> None:
+        self.writer.write(data)
+        async with asyncio.timeout(self.settings.read_timeout):
+            await self.writer.drain()
+
+    async def _disconnect(self, code: ResultCode, text: str) -> None:
+        log.info(
+            "directory: disconnecting %s: %s (%s)", self.address, printable(text, 120), code.name
+        )
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            await self._send(ldap.notice_of_disconnection(code, text))
+
+    async def _handle(self, message: ldap.Message) -> bool:
+        """Answer one message; False ends the session."""
+        mid = message.message_id
+        request = message.request
+        if message.error is not None or request is None:
+            response = RESPONSE_FOR.get(message.op)
+            if response is None:
+                # A malformed unbind or abandon has no response to carry the error.
+                return message.op != Op.UNBIND_REQUEST
+            error = message.error or ldap.OperationError(ResultCode.PROTOCOL_ERROR, "malformed")
+            await self._send(ldap.result(mid, response, error.code, str(error)))
+            return True
+        if isinstance(request, ldap.UnbindRequest):
+            return False
+        if isinstance(request, ldap.AbandonRequest):
+            return True  # answered already: see the module docstring
+        critical = [control.oid for control in message.controls if control.critical]
+        if critical:
+            await self._send(
+                ldap.result(
+                    mid,
+                    RESPONSE_FOR.get(message.op, Op.EXTENDED_RESPONSE),
+                    ResultCode.UNAVAILABLE_CRITICAL_EXTENSION,
+                    f"control {printable(critical[0], 80)} is not supported",
+                )
+            )
+            return True
+        try:
+            if isinstance(request, ldap.BindRequest):
+                await self._bind(mid, request)
+            elif isinstance(request, ldap.SearchRequest):
+                await self._search(mid, request)
+            elif isinstance(request, ldap.ExtendedRequest):
+                await self._extended(mid, request)
+            else:
+                await self._send(
+                    ldap.result(
+                        mid,
+                        request.response,
+                        ResultCode.UNWILLING_TO_PERFORM,
+                        "this directory is read-only",
+                    )
+                )
+        except (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("directory: database unavailable: %s", error)
+            response = RESPONSE_FOR.get(message.op, Op.EXTENDED_RESPONSE)
+            await self._send(
+                ldap.result(mid, response, ResultCode.UNAVAILABLE, "directory unavailable")
+            )
+        return True
+
+    # --- bind ------------------------------------------------------------------------------
+
+    async def _bind(self, mid: int, request: ldap.BindRequest) -> None:
+        self.identity = None
+
+        async def answer(code: ResultCode, text: str = "") -> None:
+            await self._send(ldap.result(mid, Op.BIND_RESPONSE, code, text))
+
+        if request.version != 3:
+            await answer(ResultCode.PROTOCOL_ERROR, "only LDAPv3 is supported")
+            return
+        if request.password is None:
+            await answer(
+                ResultCode.AUTH_METHOD_NOT_SUPPORTED,
+                "SASL is not supported: use a simple bind with the customer id",
+            )
+            return
+        if not request.name and not request.password:
+            await answer(
+                ResultCode.INAPPROPRIATE_AUTHENTICATION,
+                "anonymous bind refused: bind as the customer id with its registration password",
+            )
+            return
+        if not request.password:
+            # RFC 4513 §5.1.2: a name without a password is an "unauthenticated" bind.
+            await answer(ResultCode.UNWILLING_TO_PERFORM, "a bind needs a password")
+            return
+        limiter = self.server.limiter
+        if not limiter.allows(self.address):
+            security_log.warning(
+                "pbxfront security: ldap-bind-refused from %s reason=rate-limited", self.address
+            )
+            await answer(
+                ResultCode.UNWILLING_TO_PERFORM,
+                f"too many failed binds from this address; retry in "
+                f"{limiter.retry_after(self.address)} s",
+            )
+            return
+        identity = await self.server.authenticate(request.name, request.password)
+        if identity is None:
+            limiter.spend(self.address)
+            security_log.warning(
+                "pbxfront security: ldap-bind-failed from %s name=%s",
+                self.address,
+                printable(request.name, 80),
+            )
+            await answer(ResultCode.INVALID_CREDENTIALS, "invalid credentials")
+            return
+        self.identity = identity
+        await answer(ResultCode.SUCCESS)
+
+    # --- extended --------------------------------------------------------------------------
+
+    async def _extended(self, mid: int, request: ldap.ExtendedRequest) -> None:
+        if request.name == ldap.WHO_AM_I:
+            value = f"dn:{self.identity.dn}" if self.identity is not None else ""
+            await self._send(
+                ldap.extended_response(mid, ResultCode.SUCCESS, value=value.encode("utf-8"))
+            )
+            return
+        if request.name == ldap.START_TLS:
+            text = "TLS is already active" if self.tls else "StartTLS is not offered: use LDAPS"
+            code = ResultCode.OPERATIONS_ERROR if self.tls else ResultCode.PROTOCOL_ERROR
+            await self._send(ldap.extended_response(mid, code, text, name=ldap.START_TLS))
+            return
+        await self._send(
+            ldap.extended_response(
+                mid,
+                ResultCode.PROTOCOL_ERROR,
+                f"unknown extended operation {printable(request.name, 80)}",
+            )
+        )
+
+    # --- search ----------------------------------------------------------------------------
+
+    async def _done(self, mid: int, code: ResultCode, text: str = "", matched: str = "") -> None:
+        await self._send(ldap.result(mid, Op.SEARCH_RESULT_DONE, code, text, matched))
+
+    async def _search(self, mid: int, request: ldap.SearchRequest) -> None:
+        try:
+            rdns = dn_syntax.parse(request.base)
+        except dn_syntax.DnError as error:
+            await self._done(mid, ResultCode.INVALID_DN_SYNTAX, str(error))
+            return
+        if not rdns and request.scope == Scope.BASE:
+            entry = await self._root_dse()
+            found = [entry] if matches(request.filter, entry.match) else []
+            await self._answer(mid, request, _aiter(found))
+            return
+        if self.identity is None:
+            await self._done(
+                mid,
+                ResultCode.INSUFFICIENT_ACCESS_RIGHTS,
+                "bind as the customer id with its registration password first",
+            )
+            return
+        if not rdns:
+            customers = await self.server.visible(self.identity)
+            await self._answer(mid, request, self._everywhere(customers, request))
+            return
+        kind, customer_id = rdns[-1]
+        visible = self.identity.customer is None or (
+            self.identity.customer.lower() == customer_id.lower()
+        )
+        directory = await self.server.cache.directory(customer_id) if visible else None
+        if kind != "dc" or len(rdns) > 2 or directory is None:
+            await self._done(mid, ResultCode.NO_SUCH_OBJECT, "no such entry")
+            return
+        if len(rdns) == 1:
+            if request.scope == Scope.BASE:
+                base = directory.base
+                found = [base] if matches(request.filter, base.match) else []
+                await self._answer(mid, request, _aiter(found))
+                return
+            found_here = directory.search(request.filter, include_base=request.scope == Scope.SUB)
+            await self._answer(mid, request, _aiter(found_here))
+            return
+        name, value = rdns[0]
+        position = directory.by_uid.get(value) if name == "uid" else None
+        if position is None:
+            await self._done(
+                mid, ResultCode.NO_SUCH_OBJECT, "no such entry", matched=directory.base.dn
+            )
+            return
+        entry = directory.entries[position]
+        single = (
+            [entry] if request.scope != Scope.ONE and matches(request.filter, entry.match) else []
+        )
+        await self._answer(mid, request, _aiter(single))
+
+    async def _everywhere(
+        self, customers: list[str], request: ldap.SearchRequest
+    ) -> AsyncGenerator[Entry, None]:
+        """Base "" with scope one (the customers' entries) or sub (everything visible)."""
+        for customer_id in customers:
+            directory = await self.server.cache.directory(customer_id)
+            if directory is None:
+                continue
+            if request.scope == Scope.ONE:
+                if matches(request.filter, directory.base.match):
+                    yield directory.base
+                continue
+            for entry in directory.search(request.filter, include_base=True):
+                yield entry
+
+    async def _root_dse(self) -> Entry:
+        contexts = [base_dn(customer) for customer in await self.server.visible(self.identity)]
+        shown = [
+            ("objectClass", ["top"]),
+            ("namingContexts", contexts),
+            ("supportedLDAPVersion", ["3"]),
+            ("supportedExtension", [ldap.WHO_AM_I]),
+            ("vendorName", ["pbxfront"]),
+        ]
+        attributes = [(name, name.lower(), values) for name, values in shown if values]
+        match = {name.lower(): tuple(v.casefold() for v in values) for name, values in shown}
+        return Entry(match, dn="", fixed=attributes)
+
+    async def _answer(
+        self, mid: int, request: ldap.SearchRequest, entries: AsyncGenerator[Entry, None]
+    ) -> None:
+        """Send matching entries up to the size and time limits, then the result."""
+        limits = [self.settings.size_limit] + ([request.size_limit] if request.size_limit else [])
+        size_limit = min(limits)
+        seconds = min(
+            [self.settings.time_limit] + ([request.time_limit] if request.time_limit else [])
+        )
+        deadline = time.monotonic() + seconds
+        code = ResultCode.SUCCESS
+        text = ""
+        sent = 0
+        batch: list[bytes] = []
+        # Closed at once when a limit stops the search early, not whenever it is collected.
+        async with contextlib.aclosing(entries):
+            async for entry in entries:
+                if sent >= size_limit:
+                    code, text = ResultCode.SIZE_LIMIT_EXCEEDED, f"more than {size_limit} entries"
+                    break
+                batch.append(
+                    ldap.search_entry(
+                        mid, entry.dn, select(entry, request.attributes, request.types_only)
+                    )
+                )
+                sent += 1
+                if len(batch) >= _BATCH:
+                    await self._send(b"".join(batch))
+                    batch.clear()
+                if time.monotonic() > deadline:
+                    code, text = ResultCode.TIME_LIMIT_EXCEEDED, f"search took over {seconds:g} s"
+                    break
+        batch.append(ldap.result(mid, Op.SEARCH_RESULT_DONE, code, text))
+        await self._send(b"".join(batch))
+
+
+async def _aiter(entries: Iterable[Entry]) -> AsyncGenerator[Entry, None]:
+    for entry in entries:
+        yield entry
+
+
+def search_directory(directory: CustomerDirectory, node: Filter, limit: int) -> list[Entry]:
+    """Entries a phone would get for ``node`` at the customer's base (scope sub), for the CLI."""
+    found: list[Entry] = []
+    for entry in directory.search(node, include_base=True):
+        if len(found) >= limit:
+            break
+        found.append(entry)
+    return found
