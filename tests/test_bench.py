@@ -146,3 +146,27 @@ def test_contacts_scenario_uploads_outlook_exports(tmp_path: Path) -> None:
     assert upload["statuses"] == {"201": 3}, upload["error_samples"]
     assert upload["met"] is True
     assert rows["pbxfront no-op PUT of the file"]["statuses"] == {"204": 3}
+
+
+def test_directory_scenario_searches_over_ldap(tmp_path: Path) -> None:
+    report = bench(
+        tmp_path,
+        "directory",
+        "--customers",
+        "2",
+        "--contacts",
+        "40",
+        "--duration",
+        "1",
+        "--rate",
+        "30",
+    )
+    rows = {row["name"]: row for row in report["rows"]}
+    fixed = rows["directory search at 30/s"]
+    assert fixed["errors"] == 0, fixed["error_samples"]
+    # Lookups of known numbers and names find entries; one search in ten asks for a number
+    # nobody has and finds none.
+    assert set(fixed["statuses"]) == {"200", "204"}
+    assert fixed["statuses"]["200"] > fixed["statuses"]["204"]
+    assert fixed["goal"] == "p99 <= 20 ms"
+    assert rows["directory search, flat out"]["requests"] > 0

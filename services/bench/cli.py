@@ -19,6 +19,7 @@ DEFAULT_DEVICES = {
     "redirect": 100,
     "archive": 100,
     "contacts": 100,
+    "directory": 100,
 }
 # Requests per second of each scenario's fixed-rate runs.
 DEFAULT_RATE = {
@@ -28,6 +29,7 @@ DEFAULT_RATE = {
     "redirect": 2000.0,
     "archive": 20.0,
     "contacts": 0.0,
+    "directory": 500.0,
 }
 
 
@@ -58,7 +60,12 @@ def register(
         "--mappings", type=int, default=1_000_000, help="redirect: registered devices"
     )
     bench.add_argument(
-        "--contacts", type=int, default=50_000, help="contacts: rows of the uploaded export"
+        "--contacts",
+        type=int,
+        help="contacts: rows of the uploaded export (50000); directory: per customer (5000)",
+    )
+    bench.add_argument(
+        "--customers", type=int, default=100, help="directory: customers with contacts"
     )
     bench.add_argument(
         "--versions", type=int, default=10_000, help="archive: versions per device (of --devices)"
@@ -81,7 +88,8 @@ def register(
             rate=args.rate or DEFAULT_RATE[args.scenario] or 1000.0,
             mappings=args.mappings,
             versions=args.versions,
-            contacts=args.contacts,
+            contacts=args.contacts or (5_000 if args.scenario == "directory" else 50_000),
+            directory_customers=args.customers,
             nginx=not args.no_nginx,
         )
 

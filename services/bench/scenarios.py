@@ -37,6 +37,7 @@ from typing import Any
 import asyncpg
 import psutil
 
+from services.bench.ldap import LdapLoad, run_ldap_load
 from services.bench.load import Call, LoadResult, LoadSpec, Target, run_load
 from services.core import pki
 from services.core.identity import DeviceIdentity, Proof
@@ -59,7 +60,8 @@ class BenchOptions:
     json_path: Path | None = None
     mappings: int = 1_000_000  # redirect: registered devices
     versions: int = 10_000  # archive: versions per device (of ``devices`` devices)
-    contacts: int = 50_000  # contacts: rows of the uploaded export
+    contacts: int = 50_000  # contacts: rows of the uploaded export; directory: per customer
+    directory_customers: int = 100  # directory: customers with ``contacts`` contacts each
 
     @property
     def worker_count(self) -> int:
@@ -502,11 +504,11 @@ def _wait_for_port(port: int) -> None:
 # --- measuring ---------------------------------------------------------------------------------
 
 
-def measure(env: Environment, name: str, which: str, spec: LoadSpec, log: Any) -> Row:
+def measure(env: Environment, name: str, which: str, spec: LoadSpec | LdapLoad, log: Any) -> Row:
     processes = env.server_processes(which)
     before = _cpu_seconds(processes)
     started = time.monotonic()
-    result = run_load(spec)
+    result = run_ldap_load(spec) if isinstance(spec, LdapLoad) else run_load(spec)
     wall = time.monotonic() - started
     cpu = (_cpu_seconds(env.server_processes(which)) - before) / wall if wall else 0.0
     row = Row(name, result, cpu)
@@ -1083,6 +1085,84 @@ def scenario_contacts(options: BenchOptions, log: Any) -> list[Row]:
     return rows
 
 
+def scenario_directory(options: BenchOptions, log: Any) -> list[Row]:
+    """PBXs and phones search the directory while it holds ``options.directory_customers`` x
+    ``options.contacts`` contacts: reverse lookups in the national form (as a PBX presents a
+    caller), name searches with the phone template's filter, and lookups of unknown numbers;
+    goal p99 <= 20 ms at a fixed rate."""
+    from services.bench import ldap, seed
+
+    customers = options.directory_customers
+    contacts = options.contacts
+    password = secrets.token_urlsafe(12)
+    listener = (
+        '[listeners.directory]\nhost = "127.0.0.1"\nport = 0\nservices = ["directory"]\n'
+        "tls = false\n\n"
+    )
+
+    async def prepare(connection: asyncpg.Connection) -> None:
+        await seed.directory_contacts(connection, customers, contacts, password)
+
+    log(f"directory: loading {customers:,} customers x {contacts:,} contacts ...")
+    chooser = random.Random(3)  # noqa: S311 - which numbers and names are asked for
+    searches: list[ldap.Search] = []
+    attributes = ("sn", "givenName", "company", "telephoneNumber", "mobile")
+    for _ in range(20_000):
+        c = chooser.randrange(customers)
+        customer = seed.directory_customer(c)
+        base = f"dc={customer}"
+        kind = chooser.random()
+        if kind < 0.6:
+            national = "0" + seed.directory_number(c, chooser.randrange(contacts))[3:]
+            search_filter = ldap.any_of(
+                ldap.equality("telephoneNumber", national), ldap.equality("mobile", national)
+            )
+        elif kind < 0.9:
+            name = seed.SURNAMES[chooser.randrange(len(seed.SURNAMES))][:3]
+            search_filter = ldap.any_of(*(ldap.prefix(a, name) for a in ("sn", "givenName", "o")))
+        else:
+            search_filter = ldap.equality("telephoneNumber", f"0899{chooser.randrange(10**6)}")
+        searches.append(
+            ldap.Search(customer, password, ldap.search_request(base, search_filter, attributes))
+        )
+    rows: list[Row] = []
+    with environment(options, log, listeners=listener, prepare=prepare) as env:
+        target = env.target("directory")
+        # Every worker builds every directory after start (directory.preload): wait until a
+        # search of the last customer is fast, so the build is not what is measured.
+        warm = dataclasses.replace(
+            ldap.LdapLoad(target.host, target.port, searches[:200], duration=2.0),
+            concurrency=4,
+        )
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            probe = run_ldap_load(warm)
+            if probe.errors == 0 and probe.requests and probe.percentile(0.99) < 50:
+                break
+        load = ldap.LdapLoad(
+            target.host,
+            target.port,
+            searches,
+            duration=options.duration,
+            processes=options.process_count,
+            concurrency=options.concurrency,
+            rate=options.rate,
+        )
+        log(f"directory searches at a fixed {options.rate:,.0f}/s and flat out:")
+        fixed = measure(env, f"directory search at {options.rate:,.0f}/s", "pbxfront", load, log)
+        rows.append(_fixed_rate(fixed, options.rate, 20.0))
+        rows.append(
+            measure(
+                env,
+                "directory search, flat out",
+                "pbxfront",
+                dataclasses.replace(load, rate=None),
+                log,
+            )
+        )
+    return rows
+
+
 def _server_files(options: BenchOptions) -> tuple[Path, Path]:
     """The bench's RSA 2048 server certificate (made by ``ensure_bench_pki``)."""
     directory = options.work_dir / "pki"
@@ -1106,6 +1186,7 @@ SCENARIOS = {
     "redirect": scenario_redirect,
     "archive": scenario_archive,
     "contacts": scenario_contacts,
+    "directory": scenario_directory,
 }
 
 

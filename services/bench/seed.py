@@ -107,3 +107,161 @@ async def version_range(connection: asyncpg.Connection, mac: str) -> tuple[int, 
     )
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+SURNAMES = [
+    "Müller",
+    "Schmidt",
+    "Schneider",
+    "Fischer",
+    "Weber",
+    "Meyer",
+    "Wagner",
+    "Becker",
+    "Schulz",
+    "Hoffmann",
+    "Schäfer",
+    "Koch",
+    "Bauer",
+    "Richter",
+    "Klein",
+    "Wolf",
+    "Schröder",
+    "Neumann",
+    "Schwarz",
+    "Zimmermann",
+    "Braun",
+    "Krüger",
+    "Hofmann",
+    "Hartmann",
+    "Lange",
+    "Schmitt",
+    "Werner",
+    "Schmitz",
+    "Krause",
+    "Meier",
+    "Lehmann",
+    "Schmid",
+    "Schulze",
+    "Maier",
+    "Köhler",
+    "Herrmann",
+    "König",
+    "Walter",
+    "Mayer",
+    "Huber",
+    "Kaiser",
+    "Fuchs",
+    "Peters",
+    "Lang",
+    "Scholz",
+    "Möller",
+    "Weiß",
+    "Jung",
+    "Hahn",
+    "Schubert",
+]
+GIVEN_NAMES = [
+    "Jürgen",
+    "Anna",
+    "Lukas",
+    "Marie",
+    "Jörg",
+    "Sophie",
+    "Paul",
+    "Lea",
+    "Jan",
+    "Mia",
+    "Tim",
+    "Emma",
+    "Özlem",
+    "Ben",
+    "Lina",
+]
+
+
+def directory_customer(index: int) -> str:
+    return f"Dir{index:05d}"
+
+
+def directory_number(customer: int, contact: int) -> str:
+    """The business number of one contact: 7031 (customer) (contact), E.164."""
+    return f"+497031{customer:03d}{contact:05d}"
+
+
+async def directory_contacts(
+    connection: asyncpg.Connection, customers: int, contacts: int, password: str
+) -> None:
+    """``customers`` inventory customers (Dir00000, ...) with ``contacts`` current contacts each,
+    a business and a mobile number apiece (instead of an earlier run's)."""
+    from services.core.inventory import Customer, InventoryRepository
+
+    inventory = InventoryRepository(connection)
+    for c in range(customers):
+        await inventory.upsert_customer(
+            Customer(
+                id=directory_customer(c),
+                frontend="sb1",
+                name=f"Directory customer {c}",
+                system_name=f"dir{c}.example",
+                country_code="49",
+                area_code="7031",
+                registration_password=password,
+            )
+        )
+    names = [directory_customer(c) for c in range(customers)]
+    async with connection.transaction():
+        await connection.execute(
+            "DELETE FROM contact_current WHERE customer = ANY($1::text[])", names
+        )
+        await connection.execute(
+            "DELETE FROM contact_versions WHERE customer = ANY($1::text[])", names
+        )
+        await connection.executemany(
+            """INSERT INTO contact_versions (customer, version, uploaded_by, source_sha256,
+                   source_encoding, accepted, rejected)
+               VALUES ($1, 1, 'bench', $2, 'utf-8', $3, 0)""",
+            [(name, hashlib.sha256(name.encode()).digest(), contacts) for name in names],
+        )
+        for c, name in enumerate(names):
+            rows = []
+            for n in range(contacts):
+                surname = f"{SURNAMES[n % len(SURNAMES)]}-{n:05d}"
+                given = GIVEN_NAMES[n % len(GIVEN_NAMES)]
+                business = directory_number(c, n)
+                mobile = f"+49171{c:03d}{n:05d}"
+                rows.append(
+                    (
+                        name,
+                        1,
+                        n + 2,
+                        surname,
+                        given,
+                        f"Firma {n % 300}",
+                        business,
+                        business,
+                        mobile,
+                        mobile,
+                    )
+                )
+            await connection.copy_records_to_table(
+                "contact_entries",
+                records=rows,
+                columns=[
+                    "customer",
+                    "version",
+                    "line",
+                    "surname",
+                    "given_name",
+                    "company",
+                    "business_phone",
+                    "business_e164",
+                    "mobile_phone",
+                    "mobile_e164",
+                ],
+            )
+        await connection.executemany(
+            "INSERT INTO contact_current (customer, version) VALUES ($1, 1)",
+            [(name,) for name in names],
+        )
+    await connection.execute("ANALYZE contact_entries")
