@@ -409,17 +409,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     backup_cli.register(commands, common, _bind)
 
+    from services.events import cli as events_cli
+
+    events_cli.register(commands, common, _bind)
+
     from services.ca import cli as ca_cli
 
     ca_cli.register(commands, common, _bind)
 
-    from services.directory import cli as directory_cli
-
-    directory_cli.register(commands, common, _bind)
-
     from services.contacts import cli as contacts_cli
 
     contacts_cli.register(commands, common, _bind)
+
+    from services.directory import cli as directory_cli
+
+    directory_cli.register(commands, common, _bind)
 
     from services.bench import cli as bench_cli
 

@@ -40,6 +40,9 @@ def service_factories() -> ServiceFactories:
         from services.contacts.app import create_admin_app as create_contacts_admin_app
 
         mount_service(app, create_contacts_admin_app(settings))
+        from services.events.app import create_admin_app as create_events_admin_app
+
+        mount_service(app, create_events_admin_app(settings))
         return app
 
     def backup(settings: Settings) -> web.Application:
@@ -49,6 +52,11 @@ def service_factories() -> ServiceFactories:
 
     def contacts(settings: Settings) -> web.Application:
         from services.contacts.app import create_app
+
+        return create_app(settings)
+
+    def events(settings: Settings) -> web.Application:
+        from services.events.app import create_app
 
         return create_app(settings)
 
@@ -77,6 +85,7 @@ def service_factories() -> ServiceFactories:
         "admin": admin,
         "update": update,
         "backup": backup,
+        "events": events,
         "redirect": redirect,
         "contacts": contacts,
         "noop": noop,

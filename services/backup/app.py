@@ -27,15 +27,13 @@ from services.backup import dav
 from services.backup.diff import Redaction
 from services.backup.handlers import (
     BACKUP_PREFIX,
-    BASIC_CACHE_KEY,
-    DIGEST_KEY,
+    DEVICE_AUTH_KEY,
     ENDPOINTS,
     NORMALIZER_KEY,
     ON_REQUEST_KEY,
     PRUNE_KEY,
     REDACTION_KEY,
     SETTINGS_KEY,
-    DigestState,
     backup_resource,
 )
 from services.backup.normalize import Normalizer
@@ -45,6 +43,7 @@ from services.core.api import VERIFIED_CACHE_KEY, add_endpoints
 from services.core.auth import VerifiedCache
 from services.core.config import Settings
 from services.core.db import DatabaseUnavailable, acquire
+from services.core.deviceauth import DeviceAuth
 from services.core.digest import PostgresNonceCounter
 from services.core.http import SERVICE_NAME_KEY
 
@@ -209,8 +208,9 @@ def create_app(settings: Settings) -> web.Application:
     """The device side: the write-only backup folder."""
     app = web.Application()
     _shared_state(app, settings)
-    app[DIGEST_KEY] = DigestState(settings)
-    app[BASIC_CACHE_KEY] = VerifiedCache()
+    app[DEVICE_AUTH_KEY] = DeviceAuth(
+        settings.backup.digest_algorithms, settings.backup.digest_nonce_lifetime
+    )
     job = MaintenanceJob(settings)
     app[ON_REQUEST_KEY] = job.ensure_started
     app.cleanup_ctx.append(job.context)

@@ -58,16 +58,10 @@ from services.core.api import (
     openapi_document,
     pool_of,
 )
-from services.core.auth import AccountRepository, Role, VerifiedCache, parse_basic
+from services.core.auth import Role
 from services.core.config import Settings
 from services.core.db import acquire
-from services.core.digest import (
-    DigestAuthenticator,
-    NonceSigner,
-    PostgresNonceCounter,
-    load_secret,
-    parse_digest,
-)
+from services.core.deviceauth import DeviceAuth
 from services.core.http import query_arguments, security_event
 from services.core.identity import (
     DeviceIdentity,
@@ -91,37 +85,13 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 WRITE_ONLY_TEXT = "the backup folder is write-only: devices PUT their configuration here\n"
 
 
-class DigestState:
-    """The Digest authenticator, created on first use (its key lives in PostgreSQL)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._authenticator: DigestAuthenticator | None = None
-        self._lock = asyncio.Lock()
-
-    async def get(self, pool: asyncpg.Pool) -> DigestAuthenticator:
-        if self._authenticator is None:
-            async with self._lock:
-                if self._authenticator is None:
-                    async with acquire(pool) as connection:
-                        secret = await load_secret(connection)
-                    backup = self._settings.backup
-                    self._authenticator = DigestAuthenticator(
-                        NonceSigner(secret, backup.digest_nonce_lifetime),
-                        backup.digest_algorithms,
-                    )
-        return self._authenticator
-
-
 SETTINGS_KEY = web.AppKey("backup_settings", Settings)
 NORMALIZER_KEY = web.AppKey("backup_normalizer", Normalizer)
 REDACTION_KEY = web.AppKey("backup_redaction", Redaction)
-DIGEST_KEY = web.AppKey("backup_digest", DigestState)
-BASIC_CACHE_KEY = web.AppKey("backup_basic_cache", VerifiedCache)
+# Event-sender credentials (Basic, Digest): core.deviceauth, shared with the events service.
+DEVICE_AUTH_KEY = web.AppKey("backup_device_auth", DeviceAuth)
 # Called with the pool on every request: starts the periodic maintenance once (app.py).
 ON_REQUEST_KEY: web.AppKey[Callable[[asyncpg.Pool], None]] = web.AppKey("backup_on_request")
-
-BASIC_CHALLENGE = 'Basic realm="pbxfront", charset="UTF-8"'
 
 
 # --- intake ------------------------------------------------------------------------------------
@@ -188,49 +158,6 @@ class Uploader:
     account: str | None = None
 
 
-def _challenges(authenticator: DigestAuthenticator, *, stale: bool = False) -> tuple[str, ...]:
-    return (*authenticator.challenges(stale=stale), BASIC_CHALLENGE)
-
-
-async def _sender_account(request: web.Request, header: str) -> str:
-    """The event-sender account whose Basic or Digest credentials ``header`` carries;
-    Unauthenticated (with fresh challenges) otherwise."""
-    pool = pool_of(request)
-    authenticator = await request.app[DIGEST_KEY].get(pool)
-    digest = parse_digest(header)
-    basic = parse_basic(header) if digest is None else None
-    if digest is not None:
-        async with acquire(pool) as connection:
-            accounts = AccountRepository(connection)
-            result = await authenticator.verify(
-                digest,
-                method=request.method,
-                uri=request.raw_path,
-                lookup=accounts.digest_ha1,
-                counter=PostgresNonceCounter(pool),
-            )
-        if result.username is not None:
-            return result.username
-        reason = result.failure.value if result.failure else "refused"
-        if not result.stale:
-            security_event(
-                request, "auth-failed", account=result.claimed, path=request.path, reason=reason
-            )
-        raise errors.Unauthenticated(
-            f"Digest: {reason}", _challenges(authenticator, stale=result.stale)
-        )
-    if basic is not None:
-        async with acquire(pool) as connection:
-            account = await AccountRepository(connection).verify(
-                basic.name, basic.password, request.app[BASIC_CACHE_KEY]
-            )
-        if account is not None and Role.EVENT_SENDER in account.roles:
-            return account.name
-        security_event(request, "auth-failed", account=basic.name, path=request.path)
-        raise errors.Unauthenticated("wrong credentials", _challenges(authenticator))
-    raise errors.Unauthenticated("unsupported credentials", _challenges(authenticator))
-
-
 async def _inventory_device(
     request: web.Request, identity: DeviceIdentity
 ) -> InventoryDevice | None:
@@ -255,7 +182,9 @@ async def identify_uploader(request: web.Request, identity: DeviceIdentity) -> U
         return Uploader(device, "certificate")
     header = request.headers.get("Authorization")
     if header:
-        account = await _sender_account(request, header)
+        account = await request.app[DEVICE_AUTH_KEY].sender_account(
+            request, pool_of(request), header
+        )
         if identity.mac is None and identity.hardware_id is None:
             raise errors.Invalid(
                 "name the device: ?sn=#m&hwid=#h in the URL or a file name like #h.txt"
@@ -269,10 +198,9 @@ async def identify_uploader(request: web.Request, identity: DeviceIdentity) -> U
         if device is not None and device.allow_anonymous_backup:
             return Uploader(device, "anonymous")
     # The same answer whether or not the device exists.
-    authenticator = await request.app[DIGEST_KEY].get(pool_of(request))
-    raise errors.Unauthenticated(
+    raise await request.app[DEVICE_AUTH_KEY].unauthenticated(
+        pool_of(request),
         "a device certificate or the devices' HTTP client credentials are required",
-        _challenges(authenticator),
     )
 
 

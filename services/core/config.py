@@ -33,10 +33,6 @@ ENV_RESERVED = frozenset(
     }
 )
 
-# Services that speak their own protocol on a listener of their own (not HTTP), with the URL
-# schemes of their plain and TLS listeners.
-STREAM_SCHEMES = {"directory": ("ldap", "ldaps")}
-
 # "noop" is the benchmark baseline (services/bench/noop.py), mounted by `pbxfront bench`.
 SERVICE_NAMES = (
     "update",
@@ -48,6 +44,9 @@ SERVICE_NAMES = (
     "admin",
     "noop",
 )
+# Services that speak their own protocol on a listener of their own (not HTTP), with the URL
+# schemes of their plain and TLS listeners.
+STREAM_SCHEMES = {"directory": ("ldap", "ldaps")}
 
 
 class ConfigError(Exception):
@@ -266,9 +265,83 @@ class BackupSettings:
     )
 
 
+def _event_destinations(value: Any) -> str | None:
+    # The URL grammar lives with the forwarder (services/events/syslog.py parses it again and
+    # reports details); here only what a config file can get wrong at a glance.
+    for url in value:
+        if not re.fullmatch(
+            r"(udp|tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}(\?\S*)?", url
+        ):
+            return f"{url!r}: must be like udp://host:514, tcp://host:514 or tls://host:6514"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class EventsSettings:
     """The events service (services/events/): alarm and log intake, store, syslog forwarding."""
+
+    # Paths devices POST (or GET, the HTTP log format) events to, on the device listeners.
+    paths: tuple[str, ...] = dataclasses.field(
+        default=("/events",), metadata=_check(_redirect_paths)
+    )
+    # Largest event body (bytes; limits.max_body_bytes applies too); larger gets 413.
+    max_body_bytes: int = dataclasses.field(default=65536, metadata=_check(_range(1, 2**31)))
+    digest_algorithms: tuple[str, ...] = dataclasses.field(
+        default=("SHA-256", "MD5"), metadata=_check(_digest_algorithms)
+    )
+    digest_nonce_lifetime: float = dataclasses.field(
+        default=300.0, metadata=_check(_range(1, 86400))
+    )
+    # Failed authentications per source address: a burst, refilled at this rate per second.
+    failure_burst: int = dataclasses.field(default=20, metadata=_check(_range(1, 1_000_000)))
+    failure_per_second: float = dataclasses.field(
+        default=0.2, metadata=_check(_range(0.001, 100_000))
+    )
+    # Group commit: seconds the writer waits for more events before one transaction, and the
+    # most events per transaction.
+    commit_window: float = dataclasses.field(default=0.001, metadata=_check(_range(0, 1)))
+    commit_batch: int = dataclasses.field(default=500, metadata=_check(_range(1, 100_000)))
+    # Device timestamps further ahead of / behind the receive time are kept but flagged.
+    time_future_limit: float = dataclasses.field(
+        default=3600.0, metadata=_check(_range(0, 10 * 365 * 86400))
+    )
+    time_past_limit: float = dataclasses.field(
+        default=30 * 86400.0, metadata=_check(_range(0, 10 * 365 * 86400))
+    )
+    # Retention (one node runs it): days to keep, events kept per device; 0 = unlimited.
+    retention_days: float = dataclasses.field(default=90.0, metadata=_check(_range(0, 36500)))
+    retention_per_device: int = dataclasses.field(
+        default=10000, metadata=_check(_range(0, 100_000_000))
+    )
+    retention_interval: float = dataclasses.field(
+        default=3600.0, metadata=_check(_range(0, 7 * 86400))
+    )
+    # Syslog destinations: udp://host:port, tcp://host:port (RFC 6587 octet counting),
+    # tls://host:port (RFC 5425); options as a query: ?ca=FILE&format=rfc3164&name=NAME.
+    destinations: tuple[str, ...] = dataclasses.field(
+        default=(), metadata=_check(_event_destinations)
+    )
+    # Syslog facility of forwarded events.
+    facility: str = dataclasses.field(
+        default="local0",
+        metadata=_check(_choice(*(f"local{i}" for i in range(8)), "user", "daemon")),
+    )
+    # Forward a repeat of an active alarm again (then it is also kept as its own row).
+    forward_repeats: bool = False
+    # A destination seen for the first time starts at the oldest stored event or after the
+    # newest.
+    new_destination_start: str = dataclasses.field(
+        default="beginning", metadata=_check(_choice("beginning", "end"))
+    )
+    # Seconds a TCP/TLS connection must survive after a batch before the batch counts as
+    # delivered (syslog has no acknowledgement; a connection lost sooner re-sends it).
+    confirm_delay: float = dataclasses.field(default=2.0, metadata=_check(_range(0, 600)))
+    # Reconnect backoff ceiling (seconds), events per send, largest syslog message (bytes).
+    reconnect_max_delay: float = dataclasses.field(
+        default=30.0, metadata=_check(_range(0.05, 3600))
+    )
+    forward_batch: int = dataclasses.field(default=500, metadata=_check(_range(1, 100_000)))
+    max_message_bytes: int = dataclasses.field(default=8192, metadata=_check(_range(480, 65000)))
 
 
 @dataclasses.dataclass(frozen=True)

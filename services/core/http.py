@@ -76,6 +76,14 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=self.registry,
         )
+        self._shared: dict[str, Any] = {}
+
+    def shared(self, key: str, build: Callable[[CollectorRegistry], Any]) -> Any:
+        """The one object ``build`` made for ``key`` on this registry: a service mounted on
+        several listeners of a node registers its collectors once and shares them."""
+        if key not in self._shared:
+            self._shared[key] = build(self.registry)
+        return self._shared[key]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

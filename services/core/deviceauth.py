@@ -1,0 +1,130 @@
+"""Device-side credentials: the seed's shared "HTTP client" account (role ``event-sender``) sent
+with HTTP Basic or Digest (RFC 7616), as the backup and events services accept them.
+
+protocol.md §5/§6: which of the two a device sends is [NC], so both are offered on every 401
+(Digest first, in the configured algorithm order, then Basic). Digest nonces are signed with the
+cluster's key and their counts tracked in PostgreSQL (``core.digest``), so a nonce issued by one
+node is accepted, and a replay refused, by every node.
+
+Optionally failures are rate-limited per source address (``core.ratelimit``): an address that
+guessed too often gets 429 for every credentialed request until its bucket refills, right or
+wrong, so it cannot tell a hit from a miss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import asyncpg
+from aiohttp import web
+
+from services.core import errors
+from services.core.auth import AccountRepository, Role, VerifiedCache, parse_basic
+from services.core.db import acquire
+from services.core.digest import (
+    DigestAuthenticator,
+    NonceSigner,
+    PostgresNonceCounter,
+    load_secret,
+    parse_digest,
+)
+from services.core.http import security_event
+from services.core.ratelimit import AddressLimiter
+
+BASIC_CHALLENGE = 'Basic realm="pbxfront", charset="UTF-8"'
+
+
+class DeviceAuth:
+    """Verifies event-sender credentials; one per service application.
+
+    The Digest authenticator is created on first use because its key lives in PostgreSQL and the
+    pool reaches a service only with its first request.
+    """
+
+    def __init__(
+        self,
+        algorithms: Sequence[str],
+        nonce_lifetime: float,
+        *,
+        limiter: AddressLimiter | None = None,
+    ) -> None:
+        self._algorithms = tuple(algorithms)
+        self._nonce_lifetime = nonce_lifetime
+        self._authenticator: DigestAuthenticator | None = None
+        self._lock = asyncio.Lock()
+        self.basic_cache = VerifiedCache()
+        self.limiter = limiter
+
+    async def authenticator(self, pool: asyncpg.Pool) -> DigestAuthenticator:
+        if self._authenticator is None:
+            async with self._lock:
+                if self._authenticator is None:
+                    async with acquire(pool) as connection:
+                        secret = await load_secret(connection)
+                    self._authenticator = DigestAuthenticator(
+                        NonceSigner(secret, self._nonce_lifetime), self._algorithms
+                    )
+        return self._authenticator
+
+    async def challenges(self, pool: asyncpg.Pool, *, stale: bool = False) -> tuple[str, ...]:
+        authenticator = await self.authenticator(pool)
+        return (*authenticator.challenges(stale=stale), BASIC_CHALLENGE)
+
+    async def unauthenticated(self, pool: asyncpg.Pool, message: str) -> errors.Unauthenticated:
+        """A 401 offering every challenge (raise it)."""
+        return errors.Unauthenticated(message, await self.challenges(pool))
+
+    def _check_rate(self, request: web.Request) -> None:
+        if self.limiter is not None and not self.limiter.allows(request.remote):
+            retry = self.limiter.retry_after(request.remote)
+            security_event(request, "rate-limited", path=request.path)
+            raise web.HTTPTooManyRequests(
+                text="too many failed authentication attempts, retry later\n",
+                headers={"Retry-After": str(retry)},
+            )
+
+    def _failed(self, request: web.Request) -> None:
+        if self.limiter is not None:
+            self.limiter.spend(request.remote)
+
+    async def sender_account(self, request: web.Request, pool: asyncpg.Pool, header: str) -> str:
+        """The event-sender account whose Basic or Digest credentials ``header`` carries;
+        Unauthenticated (with fresh challenges) otherwise."""
+        self._check_rate(request)
+        authenticator = await self.authenticator(pool)
+        digest = parse_digest(header)
+        basic = parse_basic(header) if digest is None else None
+        if digest is not None:
+            async with acquire(pool) as connection:
+                result = await authenticator.verify(
+                    digest,
+                    method=request.method,
+                    uri=request.raw_path,
+                    lookup=AccountRepository(connection).digest_ha1,
+                    counter=PostgresNonceCounter(pool),
+                )
+            if result.username is not None:
+                return result.username
+            reason = result.failure.value if result.failure else "refused"
+            if not result.stale:
+                # A stale nonce with the right response is the normal renewal, not a failure.
+                self._failed(request)
+                security_event(
+                    request, "auth-failed", account=result.claimed, path=request.path, reason=reason
+                )
+            raise errors.Unauthenticated(
+                f"Digest: {reason}", await self.challenges(pool, stale=result.stale)
+            )
+        if basic is not None:
+            async with acquire(pool) as connection:
+                account = await AccountRepository(connection).verify(
+                    basic.name, basic.password, self.basic_cache
+                )
+            if account is not None and Role.EVENT_SENDER in account.roles:
+                return account.name
+            self._failed(request)
+            security_event(request, "auth-failed", account=basic.name, path=request.path)
+            raise errors.Unauthenticated("wrong credentials", await self.challenges(pool))
+        self._failed(request)
+        raise errors.Unauthenticated("unsupported credentials", await self.challenges(pool))

@@ -1,0 +1,116 @@
+"""The events service: intake on the device listeners, forwarding to syslog, retention, and the
+admin API.
+
+- :func:`create_app` — the device side (``POST /events`` and ``events.paths``), plus one
+  forwarder per configured syslog destination and the retention job;
+- :func:`create_admin_app` — ``/api/v1/events/…`` (mounted into the admin listener by
+  ``serve.py``).
+
+The forwarders start with the application, not with the first request: after a restart the
+backlog must flow even if no device sends anything. They use their own connections (a session
+advisory lock per destination needs a dedicated one), from the same DSN as the pool: the
+configured one, or the embedded PostgreSQL's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from functools import partial
+
+from aiohttp import web
+
+from services.core.api import VERIFIED_CACHE_KEY, add_endpoints
+from services.core.auth import VerifiedCache
+from services.core.config import Settings
+from services.core.db import database_dsn
+from services.core.deviceauth import DeviceAuth
+from services.core.http import SERVICE_NAME_KEY
+from services.core.ratelimit import AddressLimiter
+from services.events.forward import Forwarder, ForwardStatus
+from services.events.handlers import (
+    ENDPOINTS,
+    SETTINGS_KEY,
+    STATE_KEY,
+    EventsState,
+    receive_event,
+)
+from services.events.retention import RetentionJob
+from services.events.syslog import Destination, destinations
+from services.events.writer import GroupWriter
+
+log = logging.getLogger(__name__)
+
+
+async def _writer_ctx(state: EventsState, _app: web.Application) -> AsyncIterator[None]:
+    yield
+    await state.writer.close()
+    if state.collector is not None:
+        await state.collector.close()
+
+
+async def _forwarders_ctx(
+    settings: Settings,
+    targets: list[Destination],
+    statuses: list[ForwardStatus],
+    _app: web.Application,
+) -> AsyncIterator[None]:
+    if not targets:
+        yield
+        return
+    async with database_dsn(settings) as dsn:
+        forwarders = [
+            Forwarder(target, settings.events, dsn, status)
+            for target, status in zip(targets, statuses, strict=True)
+        ]
+        for forwarder in forwarders:
+            forwarder.start()
+        try:
+            yield
+        finally:
+            for forwarder in forwarders:
+                await forwarder.close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The device side: event intake, syslog forwarding, retention."""
+    events = settings.events
+    # Checked here so `serve` stops at start-up with a message naming the URL.
+    targets = destinations(events.destinations)
+    app = web.Application()
+    app[SETTINGS_KEY] = settings
+    statuses = [ForwardStatus(target.name) for target in targets]
+    retention = RetentionJob(settings)
+    state = EventsState(
+        settings=settings,
+        auth=DeviceAuth(
+            events.digest_algorithms,
+            events.digest_nonce_lifetime,
+            limiter=AddressLimiter(events.failure_burst, events.failure_per_second),
+        ),
+        writer=GroupWriter(
+            window=events.commit_window,
+            batch=events.commit_batch,
+            forward_repeats=events.forward_repeats,
+        ),
+        forwarders=statuses,
+        retention=retention,
+    )
+    app[STATE_KEY] = state
+    app.cleanup_ctx.append(partial(_writer_ctx, state))
+    app.cleanup_ctx.append(partial(_forwarders_ctx, settings, targets, statuses))
+    app.cleanup_ctx.append(retention.context)
+    for path in events.paths:
+        app.router.add_route("POST", path, receive_event)
+        app.router.add_route("GET", path, receive_event)
+    return app
+
+
+def create_admin_app(settings: Settings) -> web.Application:
+    """``/api/v1/events/…`` on the admin listener."""
+    app = web.Application()
+    app[SETTINGS_KEY] = settings
+    app[SERVICE_NAME_KEY] = "events"
+    app[VERIFIED_CACHE_KEY] = VerifiedCache()
+    add_endpoints(app, ENDPOINTS)
+    return app

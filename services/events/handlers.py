@@ -1,0 +1,576 @@
+"""HTTP side of the events service: the intake devices send to, and the admin API.
+
+Intake (device listener, ``events.paths``, default ``/events``): ``POST`` with any body (form or
+query style, XML, JSON, the innovaphone HTTP log line), or ``GET`` with the HTTP log format in the
+query (protocol.md §6). Who may send, in order:
+
+1. a device proven by its client certificate that is in the inventory;
+2. an account with the ``event-sender`` role (HTTP Basic or Digest, RFC 7616);
+
+anyone else gets 401 offering both challenges. The device an event is about is the proven one, or
+the one the URL (``sn``, ``hwid``) or the body (``from``, ``hwid``, ``mac``) names. The answer is
+2xx only after the event is committed (group commit, ``writer.py``): 201 for a new row, 200 for a
+repeat of an active alarm (counted on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from services.core import errors
+from services.core.api import Endpoint, int_query, json_response, openapi_document, pool_of
+from services.core.auth import Role
+from services.core.config import Settings
+from services.core.db import DatabaseUnavailable, acquire
+from services.core.deviceauth import DeviceAuth
+from services.core.http import METRICS_KEY, Metrics, query_arguments
+from services.core.identity import (
+    DeviceIdentity,
+    IdentityError,
+    identify,
+    normalize_hardware_id,
+    normalize_mac,
+    printable,
+)
+from services.events.forward import ForwardStatus
+from services.events.parse import ALARM_SEVERITIES, SYSLOG_LEVELS, parse_event
+from services.events.repository import Cursor, DeviceRef, EventRepository, NewEvent
+from services.events.retention import RetentionJob, run_retention
+from services.events.writer import GroupWriter
+
+# --- per-application state ---------------------------------------------------------------------
+
+
+DeviceKey = tuple[str | None, str | None]
+
+
+class DeviceCache:
+    """Inventory lookups for certificate-proven devices, so the intake path costs no inventory
+    query per request: answers are kept ``ttl`` seconds (a removed device is refused within
+    ``ttl``), and the misses of concurrent requests are looked up together, one query per
+    event-loop turn."""
+
+    def __init__(self, ttl: float = 30.0, size: int = 50000) -> None:
+        self._ttl = ttl
+        self._size = size
+        self._entries: OrderedDict[DeviceKey, tuple[float, DeviceRef | None]] = OrderedDict()
+        self._waiting: dict[DeviceKey, asyncio.Future[DeviceRef | None]] = {}
+        self._rounds: set[asyncio.Task[None]] = set()
+
+    async def lookup(
+        self, pool: asyncpg.Pool, mac: str | None, hardware_id: str | None
+    ) -> DeviceRef | None:
+        key = (mac, hardware_id)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        future = self._waiting.get(key)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            if not self._waiting:
+                # The first miss of a round starts its lookup; later ones of the turn join it.
+                self._rounds.add(loop.create_task(self._resolve(pool)))
+            future = loop.create_future()
+            self._waiting[key] = future
+        return await asyncio.shield(future)
+
+    async def _resolve(self, pool: asyncpg.Pool) -> None:
+        try:
+            await self._lookup_round(pool)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._rounds.discard(task)
+
+    async def _lookup_round(self, pool: asyncpg.Pool) -> None:
+        await asyncio.sleep(0)  # let the requests of this turn add their keys
+        waiting, self._waiting = self._waiting, {}
+        try:
+            async with acquire(pool) as connection:
+                found = await EventRepository(connection).known_devices(list(waiting))
+        except Exception as error:  # every waiting request gets the failure (503 for the DB)
+            for future in waiting.values():
+                if not future.done():
+                    future.set_exception(error)
+            return
+        expires = time.monotonic() + self._ttl
+        for key, future in waiting.items():
+            device = found.get(key)
+            self._entries[key] = (expires, device)
+            self._entries.move_to_end(key)
+            if not future.done():
+                future.set_result(device)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
+class EventsCollector(Collector):
+    """The events metrics of this process: intake counters of every events application, and
+    per destination the backlog and oldest undelivered age as PostgreSQL has them (cursor vs.
+    newest event, refreshed every few seconds), so every node reports them, not only the one
+    that forwards."""
+
+    REFRESH_SECONDS = 2.0
+
+    def __init__(self) -> None:
+        self.writers: list[GroupWriter] = []
+        self.destinations: list[Cursor] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def watch(self, pool: asyncpg.Pool) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._refresh(pool))
+
+    async def _refresh(self, pool: asyncpg.Pool) -> None:
+        while True:
+            with contextlib.suppress(DatabaseUnavailable, asyncpg.PostgresError):
+                async with acquire(pool) as connection:
+                    self.destinations = await EventRepository(connection).cursors()
+            await asyncio.sleep(self.REFRESH_SECONDS)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def collect(self) -> Iterable[Metric]:
+        received = CounterMetricFamily(
+            "pbxfront_events_received", "Events received and committed", labels=["outcome"]
+        )
+        received.add_metric(["stored"], sum(w.stored for w in self.writers))
+        received.add_metric(["deduplicated"], sum(w.repeats for w in self.writers))
+        yield received
+        yield CounterMetricFamily(
+            "pbxfront_events_commits",
+            "Group-commit transactions",
+            sum(w.batches for w in self.writers),
+        )
+        backlog = GaugeMetricFamily(
+            "pbxfront_events_backlog",
+            "Events not yet delivered to a syslog destination",
+            labels=["destination"],
+        )
+        age = GaugeMetricFamily(
+            "pbxfront_events_oldest_undelivered_seconds",
+            "Age of the oldest event not yet delivered to a destination",
+            labels=["destination"],
+        )
+        delivered = GaugeMetricFamily(
+            "pbxfront_events_delivered",
+            "Events delivered to a destination (cluster-wide)",
+            labels=["destination"],
+        )
+        now = datetime.now(UTC)
+        for cursor in self.destinations:
+            backlog.add_metric([cursor.name], cursor.backlog)
+            oldest = cursor.oldest_undelivered_at
+            age.add_metric([cursor.name], (now - oldest).total_seconds() if oldest else 0.0)
+            delivered.add_metric([cursor.name], cursor.delivered_total)
+        yield backlog
+        yield age
+        yield delivered
+
+
+@dataclass
+class EventsState:
+    settings: Settings
+    auth: DeviceAuth
+    writer: GroupWriter
+    devices: DeviceCache = field(default_factory=DeviceCache)
+    forwarders: list[ForwardStatus] = field(default_factory=list)
+    retention: RetentionJob | None = None
+    collector: EventsCollector | None = None
+    _registered: bool = False
+
+    def on_request(self, request: web.Request) -> asyncpg.Pool:
+        pool = pool_of(request)
+        self.writer.start(pool)
+        if self.retention is not None:
+            self.retention.ensure_started(pool)
+        if not self._registered:
+            self._registered = True
+            metrics: Metrics | None = request.config_dict.get(METRICS_KEY)
+            if metrics is not None:
+                collector: EventsCollector = metrics.shared("events", _register_collector)
+                collector.writers.append(self.writer)
+                collector.watch(pool)
+                self.collector = collector
+        return pool
+
+
+def _register_collector(registry: CollectorRegistry) -> EventsCollector:
+    collector = EventsCollector()
+    registry.register(collector)
+    return collector
+
+
+STATE_KEY = web.AppKey("events_state", EventsState)
+SETTINGS_KEY = web.AppKey("events_settings", Settings)
+
+
+# --- intake ------------------------------------------------------------------------------------
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body (chunked or not), at most ``limit`` bytes (TooLarge beyond)."""
+    too_large = errors.TooLarge(f"body larger than {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except (HttpProcessingError, ConnectionError, asyncio.IncompleteReadError, EOFError):
+        raise errors.Invalid("body incomplete: nothing stored") from None
+    return b"".join(chunks)
+
+
+@dataclass(frozen=True)
+class Sender:
+    proof: str
+    account: str | None
+    device: DeviceRef | None
+
+
+async def identify_sender(
+    request: web.Request, state: EventsState, pool: asyncpg.Pool, identity: DeviceIdentity
+) -> Sender:
+    if identity.proven:
+        device = await state.devices.lookup(pool, identity.mac, identity.hardware_id)
+        if device is not None:
+            return Sender("certificate", None, device)
+    header = request.headers.get("Authorization")
+    if header:
+        account = await state.auth.sender_account(request, pool, header)
+        return Sender("credentials", account, None)
+    raise await state.auth.unauthenticated(
+        pool, "a device certificate or the devices' HTTP client credentials are required"
+    )
+
+
+def _named_device(
+    identity: DeviceIdentity, body_mac: str | None, body_hwid: str | None, problems: list[str]
+) -> tuple[str | None, str | None]:
+    """(MAC, hardware id) of the device the event is about, from the URL, else the body."""
+    mac, hardware_id = identity.mac, identity.hardware_id
+    parsed_mac = parsed_hwid = None
+    if body_mac is not None:
+        try:
+            parsed_mac = normalize_mac(body_mac)
+        except IdentityError:
+            problems.append(f"device MAC not readable: {printable(body_mac, 40)}")
+    if body_hwid is not None:
+        try:
+            parsed_hwid = normalize_hardware_id(body_hwid)
+        except IdentityError:
+            problems.append(f"device hardware id not readable: {printable(body_hwid, 40)}")
+    if mac is None and hardware_id is None:
+        return parsed_mac, parsed_hwid
+    if (parsed_mac and parsed_mac != mac) or (parsed_hwid and parsed_hwid != hardware_id):
+        problems.append(f"the body names {parsed_hwid or parsed_mac}, the URL another device")
+    return mac, hardware_id
+
+
+async def receive_event(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    pool = state.on_request(request)
+    settings = state.settings
+    peercert = request.transport.get_extra_info("peercert") if request.transport else None
+    query = query_arguments(request)
+    identity = identify(peercert, query)
+    sender = await identify_sender(request, state, pool, identity)
+    limit = min(settings.events.max_body_bytes, settings.limits.max_body_bytes)
+    body = await read_body(request, limit)
+    if not body.strip() and not any(k not in ("sn", "mac", "hwid", "type", "ip") for k in query):
+        raise errors.Invalid("nothing to store: POST the event as the body")
+    received_at = datetime.now(UTC)
+    content_type = request.headers.get("Content-Type", "")[:200]
+    parsed = parse_event(
+        body,
+        content_type,
+        query,
+        received_at,
+        future_limit=settings.events.time_future_limit,
+        past_limit=settings.events.time_past_limit,
+    )
+    if sender.device is not None:
+        mac: str | None = sender.device.mac
+        hardware_id: str | None = sender.device.hardware_id
+        _named_device(identity, parsed.device_mac, parsed.device_hardware_id, parsed.problems)
+    else:
+        mac, hardware_id = _named_device(
+            identity, parsed.device_mac, parsed.device_hardware_id, parsed.problems
+        )
+    event = NewEvent(
+        received_at=received_at,
+        parsed=parsed,
+        device_mac=mac,
+        device_hardware_id=hardware_id,
+        device_ip=identity.ip or parsed.device_ip,
+        proof=sender.proof,
+        account=sender.account,
+        source_address=request.remote,
+        content_type=printable(content_type, 200),
+        raw=body if body else request.query_string.encode("utf-8", errors="replace"),
+    )
+    stored = await state.writer.submit(event)
+    if stored.repeat:
+        return web.Response(
+            status=200,
+            text=f"repeat of active alarm {stored.id} (repeats: {stored.repeats})\n",
+            content_type="text/plain",
+        )
+    return web.Response(
+        status=201, text=f"stored as event {stored.id}\n", content_type="text/plain"
+    )
+
+
+# --- admin API ---------------------------------------------------------------------------------
+
+READERS = frozenset({Role.ADMIN, Role.OPERATOR})
+ADMINS = frozenset({Role.ADMIN})
+
+
+def parse_severity(value: str) -> int:
+    """``Major`` -> 3: events at least this severe (syslog numbers, lower is worse)."""
+    lowered = value.strip().lower()
+    if lowered in ALARM_SEVERITIES:
+        return ALARM_SEVERITIES[lowered][1]
+    if lowered in SYSLOG_LEVELS:
+        return SYSLOG_LEVELS.index(lowered)
+    if lowered.isdigit() and int(lowered) <= 7:
+        return int(lowered)
+    raise errors.Invalid(
+        "severity: Critical, Major, Minor, Indeterminate, a syslog level name or 0..7"
+    )
+
+
+def parse_since(value: str, now: datetime) -> datetime:
+    """``30m``, ``2h``, ``7d`` ago, or an ISO 8601 time (UTC unless it says otherwise)."""
+    match = re.fullmatch(r"(\d{1,6})([smhd])", value.strip())
+    if match:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return now - timedelta(seconds=int(match.group(1)) * unit)
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise errors.Invalid("since: like 30m, 2h, 7d or 2026-01-31T12:00:00Z") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_device(value: str) -> tuple[str | None, str | None]:
+    with contextlib.suppress(IdentityError):
+        return normalize_mac(value), None
+    with contextlib.suppress(IdentityError):
+        return None, normalize_hardware_id(value)
+    raise errors.Invalid(f"device: not a MAC or hardware id: '{printable(value)}'")
+
+
+@dataclass(frozen=True)
+class Filters:
+    device: tuple[str | None, str | None] | None = None
+    customer: str | None = None
+    max_severity: int | None = None
+    since: datetime | None = None
+    active: bool = False
+
+    @classmethod
+    def from_values(
+        cls,
+        *,
+        device: str | None,
+        customer: str | None,
+        severity: str | None,
+        since: str | None,
+        active: bool,
+        now: datetime,
+    ) -> Filters:
+        return cls(
+            device=parse_device(device) if device else None,
+            customer=customer or None,
+            max_severity=parse_severity(severity) if severity else None,
+            since=parse_since(since, now) if since else None,
+            active=active,
+        )
+
+
+def event_json(row: asyncpg.Record) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in dict(row).items():
+        if isinstance(value, datetime):
+            result[key] = value.astimezone(UTC).isoformat()
+        else:
+            result[key] = value
+    return result
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "").lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise errors.Invalid(f"{name}: must be 1 or 0")
+
+
+def _filters(request: web.Request) -> Filters:
+    return Filters.from_values(
+        device=request.query.get("device"),
+        customer=request.query.get("customer"),
+        severity=request.query.get("severity"),
+        since=request.query.get("since"),
+        active=_flag(request, "active"),
+        now=datetime.now(UTC),
+    )
+
+
+async def list_events(request: web.Request) -> web.Response:
+    filters = _filters(request)
+    limit = int_query(request, "limit", 100, 1, 10000)
+    after_raw = request.query.get("after", "")
+    before_raw = request.query.get("before", "")
+    after = int_query(request, "after", 0, 0, 2**62) if after_raw else None
+    before = int_query(request, "before", 0, 0, 2**62) if before_raw else None
+    wait = float(int_query(request, "wait", 0, 0, 60))
+    deadline = time.monotonic() + wait
+    pool = pool_of(request)
+    while True:
+        async with acquire(pool) as connection:
+            rows = await EventRepository(connection).query(
+                device=filters.device,
+                customer=filters.customer,
+                max_severity=filters.max_severity,
+                since=filters.since,
+                active=filters.active,
+                after=after,
+                before=before,
+                limit=limit,
+                include_repeats=_flag(request, "repeats"),
+            )
+        # Long poll (tail -f over HTTP): with after= and wait=, wait for the next events.
+        if rows or after is None or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.25)
+    return json_response({"events": [event_json(row) for row in rows], "limit": limit})
+
+
+async def get_raw(request: web.Request) -> web.Response:
+    raw_id = request.match_info["id"]
+    if not raw_id.isdigit() or len(raw_id) > 18:
+        raise errors.Invalid("id: an event id")
+    async with acquire(pool_of(request)) as connection:
+        raw = await EventRepository(connection).raw(int(raw_id))
+    if raw is None:
+        raise errors.NotFound(f"no event {raw_id}")
+    return web.Response(body=raw, content_type="application/octet-stream")
+
+
+async def list_destinations(request: web.Request) -> web.Response:
+    async with acquire(pool_of(request)) as connection:
+        cursors = await EventRepository(connection).cursors()
+    now = datetime.now(UTC)
+    return json_response(
+        {
+            "destinations": [
+                {
+                    "name": c.name,
+                    "url": c.url,
+                    "delivered_id": c.delivered_id,
+                    "delivered_total": c.delivered_total,
+                    "backlog": c.backlog,
+                    "oldest_undelivered_seconds": (
+                        (now - c.oldest_undelivered_at).total_seconds()
+                        if c.oldest_undelivered_at
+                        else 0.0
+                    ),
+                    "holder": c.holder,
+                    "last_error": c.last_error,
+                    "updated_at": c.updated_at.isoformat(),
+                }
+                for c in cursors
+            ]
+        }
+    )
+
+
+async def prune(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    deleted = await run_retention(
+        pool_of(request), settings, datetime.now(UTC), dry_run=_flag(request, "dry_run")
+    )
+    return json_response({"ran": deleted is not None, "deleted": deleted or 0})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document("pbxfront events API", "1", ENDPOINTS))
+
+
+OBJECT = {"type": "object"}
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("GET", "/api/v1/events/openapi.json", openapi, READERS, "This document", public=True),
+    Endpoint(
+        "GET",
+        "/api/v1/events",
+        list_events,
+        READERS,
+        "Stored events, newest first (with after=: oldest first from there)",
+        query={
+            "device": "MAC or hardware id",
+            "customer": "customer id",
+            "severity": "at least this severe: Critical, Major, Minor, Indeterminate, syslog",
+            "since": "last seen since: 30m, 2h, 7d or an ISO 8601 time",
+            "active": "1: only active alarms",
+            "after": "only events with a larger id (ascending order; for tailing)",
+            "before": "only events with a smaller id (next page)",
+            "wait": "with after=: wait up to this many seconds for new events (long poll)",
+            "repeats": "1: include repeats kept with events.forward_repeats",
+            "limit": "page size (1..10000)",
+        },
+        response=OBJECT,
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/events/{id}/raw",
+        get_raw,
+        READERS,
+        "The request body (or query) exactly as the device sent it",
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/events/destinations",
+        list_destinations,
+        READERS,
+        "Syslog destinations: delivery cursor, backlog, oldest undelivered age, last error",
+        response=OBJECT,
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/events/prune",
+        prune,
+        ADMINS,
+        "Apply retention now (once per cluster)",
+        query={"dry_run": "1: only count what would be deleted"},
+        response=OBJECT,
+    ),
+]

@@ -1,0 +1,465 @@
+"""All SQL of the events service: the append-only event log, alarm deduplication, delivery
+cursors, retention and queries.
+
+Contract of :meth:`EventRepository.append`: one transaction per batch, holding the append lock
+(an advisory transaction lock) from the first id it takes to its commit, so ids become visible in
+id order cluster-wide and a reader of "id > cursor" can never skip a row that commits later.
+It sends ``NOTIFY pbxfront_events`` with the newest id in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from services.events.parse import ALARM_CLEAR, ALARM_SET, ParsedEvent
+
+# Advisory lock ids ("pbxe"): the append lock, retention, and a class for per-destination
+# forwarding locks (second key: CRC-32 of the destination name).
+APPEND_LOCK_ID = 0x70627865
+RETENTION_LOCK_ID = 0x70627866
+FORWARD_LOCK_CLASS = 0x70627867
+NOTIFY_CHANNEL = "pbxfront_events"
+
+_COLUMNS = (
+    "received_at, kind, event_time, time_flag, code, severity, syslog_severity, source, text, "
+    "details, device_mac, device_hardware_id, device_ip, remote_hardware_id, remote_ip, "
+    "customer, proof, account, source_address, content_type, raw, fields, problems, alarm_key, "
+    "active, last_seen_at, repeat_of"
+)
+OUTGOING_COLUMNS = (
+    "id, received_at, kind, event_time, time_flag, code, severity, syslog_severity, source, "
+    "text, details, device_mac, device_hardware_id, remote_hardware_id, customer, repeats, "
+    "repeat_of"
+)
+# The customer from the inventory, by MAC, else by hardware id (both indexed).
+_CUSTOMER = """COALESCE(
+    (SELECT d.customer FROM devices d WHERE d.mac = {mac}),
+    (SELECT d.customer FROM devices d WHERE d.hardware_id = {hwid}))"""
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """One received event, ready to store."""
+
+    received_at: datetime
+    parsed: ParsedEvent
+    device_mac: str | None
+    device_hardware_id: str | None
+    device_ip: str | None
+    proof: str  # certificate | credentials
+    account: str | None
+    source_address: str | None
+    content_type: str
+    raw: bytes
+
+    @property
+    def alarm_key(self) -> str | None:
+        if self.parsed.kind not in (ALARM_SET, ALARM_CLEAR):
+            return None
+        device = self.device_mac or self.device_hardware_id or f"addr:{self.source_address}"
+        parts = (device, self.parsed.remote_hardware_id, self.parsed.code, self.parsed.source)
+        return "|".join(part or "" for part in parts)
+
+    def values(self) -> tuple[Any, ...]:
+        """Column values in ``_COLUMNS`` order (customer, active, repeat_of filled in SQL)."""
+        p = self.parsed
+        return (
+            self.received_at,
+            p.kind,
+            p.event_time,
+            p.time_flag,
+            p.code,
+            p.severity,
+            p.syslog_severity,
+            p.source,
+            p.text,
+            p.details,
+            self.device_mac,
+            self.device_hardware_id,
+            self.device_ip,
+            p.remote_hardware_id,
+            p.remote_ip,
+            self.proof,
+            self.account,
+            self.source_address,
+            self.content_type,
+            self.raw,
+            json.dumps(p.fields, ensure_ascii=False),
+            json.dumps(p.problems, ensure_ascii=False),
+            self.alarm_key,
+        )
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What became of one event: a new row, or a repeat counted on an active alarm."""
+
+    id: int
+    repeat: bool
+    repeats: int = 0
+    # The alarm a clear closed, if any.
+    cleared: int | None = None
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    mac: str
+    hardware_id: str
+    customer: str
+
+
+@dataclass(frozen=True)
+class Cursor:
+    name: str
+    url: str
+    delivered_id: int
+    delivered_total: int
+    updated_at: datetime
+    holder: str | None
+    last_error: str | None
+    last_error_at: datetime | None
+    newest_id: int
+    oldest_undelivered_at: datetime | None
+
+    @property
+    def backlog(self) -> int:
+        return max(0, self.newest_id - self.delivered_id)
+
+
+# Only the constant fragments above are interpolated into SQL here and below.
+_PLAIN_INSERT = f"""
+INSERT INTO events ({_COLUMNS})
+SELECT u.received_at, u.kind, u.event_time, u.time_flag, u.code, u.severity, u.syslog_severity,
+       u.source, u.text, u.details,
+       COALESCE(u.device_mac,
+                (SELECT d.mac FROM devices d WHERE d.hardware_id = u.device_hardware_id)),
+       COALESCE(u.device_hardware_id,
+                (SELECT d.hardware_id FROM devices d WHERE d.mac = u.device_mac)),
+       u.device_ip,
+       u.remote_hardware_id, u.remote_ip,
+       {_CUSTOMER.format(mac="u.device_mac", hwid="u.device_hardware_id")},
+       u.proof, u.account, u.source_address, u.content_type, u.raw, u.fields::jsonb,
+       ARRAY(SELECT jsonb_array_elements_text(u.problems::jsonb)), u.alarm_key, false,
+       u.received_at, NULL
+FROM unnest($1::timestamptz[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+            $6::text[], $7::smallint[], $8::text[], $9::text[], $10::text[], $11::text[],
+            $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[],
+            $18::text[], $19::text[], $20::bytea[], $21::text[], $22::text[], $23::text[])
+     WITH ORDINALITY AS u(received_at, kind, event_time, time_flag, code, severity,
+                          syslog_severity, source, text, details, device_mac,
+                          device_hardware_id, device_ip, remote_hardware_id, remote_ip, proof,
+                          account, source_address, content_type, raw, fields, problems,
+                          alarm_key, position)
+ORDER BY u.position
+RETURNING id
+"""  # noqa: S608
+
+_SINGLE_VALUES = f"""
+SELECT $1::timestamptz, $2::text, $3::timestamptz, $4::text, $5::text, $6::text, $7::smallint,
+       $8::text, $9::text, $10::text,
+       COALESCE($11::text, (SELECT d.mac FROM devices d WHERE d.hardware_id = $12::text)),
+       COALESCE($12::text, (SELECT d.hardware_id FROM devices d WHERE d.mac = $11::text)),
+       $13::text, $14::text, $15::text,
+       {_CUSTOMER.format(mac="$11::text", hwid="$12::text")},
+       $16::text, $17::text, $18::text, $19::text, $20::bytea, $21::text::jsonb,
+       ARRAY(SELECT jsonb_array_elements_text($22::text::jsonb)), $23::text"""  # noqa: S608
+
+_ALARM_REPEAT = """
+UPDATE events SET repeats = repeats + 1, last_seen_at = $2
+WHERE alarm_key = $1 AND active
+RETURNING id, repeats
+"""
+
+_ALARM_INSERT = f"""
+INSERT INTO events ({_COLUMNS})
+{_SINGLE_VALUES}, $24::boolean, $1::timestamptz, $25::bigint
+RETURNING id
+"""
+
+_ALARM_CLOSE = """
+UPDATE events SET active = false, cleared_at = $2, cleared_by = $3
+WHERE alarm_key = $1 AND active
+RETURNING id
+"""
+
+
+class EventRepository:
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._db = connection
+
+    # --- intake --------------------------------------------------------------------------------
+
+    async def append(self, batch: Sequence[NewEvent], *, forward_repeats: bool) -> list[Stored]:
+        """Store ``batch`` in one transaction (see the module docstring); results in order."""
+        results: list[Stored] = []
+        async with self._db.transaction():
+            await self._db.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK_ID)
+            run: list[NewEvent] = []
+            for event in batch:
+                if event.parsed.kind in (ALARM_SET, ALARM_CLEAR):
+                    results.extend(await self._insert_plain(run))
+                    run = []
+                    results.append(await self._alarm(event, forward_repeats))
+                else:
+                    run.append(event)
+            results.extend(await self._insert_plain(run))
+            newest = max((r.id for r in results if not r.repeat or forward_repeats), default=0)
+            if newest:
+                await self._db.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(newest))
+        return results
+
+    async def _insert_plain(self, run: list[NewEvent]) -> list[Stored]:
+        if not run:
+            return []
+        columns = list(zip(*(event.values() for event in run), strict=True))
+        rows = await self._db.fetch(_PLAIN_INSERT, *(list(column) for column in columns))
+        return [Stored(row["id"], repeat=False) for row in rows]
+
+    async def _alarm(self, event: NewEvent, forward_repeats: bool) -> Stored:
+        key = event.alarm_key
+        if event.parsed.kind == ALARM_SET:
+            hit = await self._db.fetchrow(_ALARM_REPEAT, key, event.received_at)
+            if hit is None:
+                new_id = await self._db.fetchval(_ALARM_INSERT, *event.values(), True, None)
+                return Stored(new_id, repeat=False)
+            if forward_repeats:
+                # Kept as its own (inactive) row so the forwarder sends it again.
+                await self._db.fetchval(_ALARM_INSERT, *event.values(), False, hit["id"])
+            return Stored(hit["id"], repeat=True, repeats=hit["repeats"])
+        new_id = await self._db.fetchval(_ALARM_INSERT, *event.values(), False, None)
+        closed = await self._db.fetchval(_ALARM_CLOSE, key, event.received_at, new_id)
+        return Stored(new_id, repeat=False, cleared=closed)
+
+    async def known_devices(
+        self, keys: Sequence[tuple[str | None, str | None]]
+    ) -> dict[tuple[str | None, str | None], DeviceRef]:
+        """The inventory devices with these (MAC, hardware id) keys (by MAC when given, else by
+        hardware id; both given must agree), in one query. Unknown keys are absent."""
+        macs = [mac for mac, _ in keys if mac is not None]
+        hardware_ids = [hwid for mac, hwid in keys if mac is None and hwid is not None]
+        rows = await self._db.fetch(
+            """SELECT mac, hardware_id, customer FROM devices
+               WHERE mac = ANY($1::text[]) OR hardware_id = ANY($2::text[])""",
+            macs,
+            hardware_ids,
+        )
+        by_mac = {
+            row["mac"]: DeviceRef(row["mac"], row["hardware_id"], row["customer"]) for row in rows
+        }
+        by_hwid = {device.hardware_id: device for device in by_mac.values()}
+        result: dict[tuple[str | None, str | None], DeviceRef] = {}
+        for mac, hardware_id in keys:
+            device = by_mac.get(mac) if mac is not None else by_hwid.get(hardware_id or "")
+            if device is not None and (hardware_id is None or device.hardware_id == hardware_id):
+                result[(mac, hardware_id)] = device
+        return result
+
+    # --- queries -------------------------------------------------------------------------------
+
+    async def query(
+        self,
+        *,
+        device: tuple[str | None, str | None] | None = None,
+        customer: str | None = None,
+        max_severity: int | None = None,
+        since: datetime | None = None,
+        active: bool = False,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+        include_repeats: bool = False,
+    ) -> list[asyncpg.Record]:
+        """Newest first (or, with ``after``, oldest first from there), filtered."""
+        mac, hardware_id = device if device is not None else (None, None)
+        order = "ASC" if after is not None else "DESC"
+        rows: list[asyncpg.Record] = await self._db.fetch(
+            f"""SELECT id, received_at, kind, event_time, time_flag, code, severity,
+                       syslog_severity, source, text, details, device_mac, device_hardware_id,
+                       device_ip, remote_hardware_id, remote_ip, customer, proof, account,
+                       source_address, content_type, problems, active, repeats, last_seen_at,
+                       cleared_at, cleared_by, repeat_of, fields
+                FROM events
+                WHERE ($1::text IS NULL OR device_mac = $1)
+                  AND ($2::text IS NULL OR device_hardware_id = $2)
+                  AND ($3::text IS NULL OR customer = $3)
+                  AND ($4::int IS NULL OR syslog_severity <= $4)
+                  AND ($5::timestamptz IS NULL OR last_seen_at >= $5)
+                  AND (NOT $6 OR active)
+                  AND ($7::bigint IS NULL OR id > $7)
+                  AND ($8::bigint IS NULL OR id < $8)
+                  AND ($9 OR repeat_of IS NULL)
+                ORDER BY id {order} LIMIT $10""",  # noqa: S608
+            mac,
+            hardware_id,
+            customer,
+            max_severity,
+            since,
+            active,
+            after,
+            before,
+            include_repeats,
+            limit,
+        )
+        return rows
+
+    async def raw(self, event_id: int) -> bytes | None:
+        raw: bytes | None = await self._db.fetchval(
+            "SELECT raw FROM events WHERE id = $1", event_id
+        )
+        return raw
+
+    async def newest_id(self) -> int:
+        newest: int = await self._db.fetchval("SELECT COALESCE(max(id), 0) FROM events")
+        return newest
+
+    # --- forwarding ----------------------------------------------------------------------------
+
+    @staticmethod
+    def forward_lock_key(name: str) -> int:
+        return zlib.crc32(name.encode("utf-8")) - 2**31
+
+    async def try_forward_lock(self, name: str) -> bool:
+        """Session-level: held as long as this connection lives (another node takes over when
+        this one's connection dies)."""
+        taken: bool = await self._db.fetchval(
+            "SELECT pg_try_advisory_lock($1, $2)", FORWARD_LOCK_CLASS, self.forward_lock_key(name)
+        )
+        return taken
+
+    async def ensure_cursor(self, name: str, url: str, *, from_end: bool, holder: str) -> int:
+        """The destination's delivered id; a new destination starts at 0 or at the newest."""
+        await self._db.execute(
+            """INSERT INTO event_destinations (name, url, delivered_id, holder)
+               VALUES ($1, $2, CASE WHEN $3 THEN (SELECT COALESCE(max(id), 0) FROM events)
+                                    ELSE 0 END, $4)
+               ON CONFLICT (name) DO UPDATE SET url = EXCLUDED.url, holder = EXCLUDED.holder""",
+            name,
+            url,
+            from_end,
+            holder,
+        )
+        delivered: int = await self._db.fetchval(
+            "SELECT delivered_id FROM event_destinations WHERE name = $1", name
+        )
+        return delivered
+
+    async def pending(self, after: int, limit: int, include_repeats: bool) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self._db.fetch(
+            f"""SELECT {OUTGOING_COLUMNS} FROM events
+                WHERE id > $1 AND ($3 OR repeat_of IS NULL) ORDER BY id LIMIT $2""",  # noqa: S608
+            after,
+            limit,
+            include_repeats,
+        )
+        return rows
+
+    async def advance(self, name: str, delivered_id: int, count: int) -> None:
+        await self._db.execute(
+            """UPDATE event_destinations
+               SET delivered_id = $2, delivered_total = delivered_total + $3, updated_at = now(),
+                   last_error = NULL
+               WHERE name = $1 AND delivered_id < $2""",
+            name,
+            delivered_id,
+            count,
+        )
+
+    async def record_error(self, name: str, message: str) -> None:
+        await self._db.execute(
+            """UPDATE event_destinations SET last_error = $2, last_error_at = now()
+               WHERE name = $1""",
+            name,
+            message[:500],
+        )
+
+    async def oldest_after(self, after: int) -> datetime | None:
+        moment: datetime | None = await self._db.fetchval(
+            "SELECT received_at FROM events WHERE id > $1 ORDER BY id LIMIT 1", after
+        )
+        return moment
+
+    async def cursors(self) -> list[Cursor]:
+        rows = await self._db.fetch(
+            """SELECT c.*, n.newest,
+                      (SELECT received_at FROM events e WHERE e.id > c.delivered_id
+                       ORDER BY e.id LIMIT 1) AS oldest
+               FROM event_destinations c,
+                    (SELECT COALESCE(max(id), 0) AS newest FROM events) n
+               ORDER BY c.name"""
+        )
+        return [
+            Cursor(
+                row["name"],
+                row["url"],
+                row["delivered_id"],
+                row["delivered_total"],
+                row["updated_at"],
+                row["holder"],
+                row["last_error"],
+                row["last_error_at"],
+                row["newest"],
+                row["oldest"],
+            )
+            for row in rows
+        ]
+
+    # --- retention -----------------------------------------------------------------------------
+
+    async def prune(
+        self,
+        now: datetime,
+        *,
+        days: float,
+        per_device: int,
+        destinations: Sequence[str],
+        dry_run: bool = False,
+    ) -> int | None:
+        """Delete what retention allows; None when another node is running it. Never deletes an
+        active alarm nor an event some configured destination has not been given yet."""
+        async with self._db.transaction():
+            if not await self._db.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1)", RETENTION_LOCK_ID
+            ):
+                return None
+            protected: int | None = await self._db.fetchval(
+                """SELECT min(delivered_id) FROM event_destinations WHERE name = ANY($1)""",
+                list(destinations),
+            )
+            if destinations and protected is None:
+                protected = 0  # a destination without a cursor yet has been given nothing
+            cutoff = now - timedelta(days=days) if days > 0 else None
+            doomed = """
+                SELECT id FROM events
+                WHERE NOT active
+                  AND ($3::bigint IS NULL OR id <= $3)
+                  AND (($1::timestamptz IS NOT NULL AND last_seen_at < $1)
+                       OR ($2 > 0 AND id IN (
+                           SELECT id FROM (
+                               SELECT id, row_number() OVER (
+                                   PARTITION BY COALESCE(device_mac, device_hardware_id,
+                                                         source_address)
+                                   ORDER BY id DESC) AS position
+                               FROM events) ranked
+                           WHERE position > $2)))"""
+            if dry_run:
+                count: int = await self._db.fetchval(
+                    f"SELECT count(*) FROM ({doomed}) d",  # noqa: S608
+                    cutoff,
+                    per_device,
+                    protected,
+                )
+                return count
+            status: str = await self._db.execute(
+                f"DELETE FROM events WHERE id IN ({doomed})",  # noqa: S608
+                cutoff,
+                per_device,
+                protected,
+            )
+            return int(status.rsplit(" ", 1)[-1])

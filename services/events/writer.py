@@ -1,0 +1,121 @@
+"""Group commit: requests hand their event to one writer task per process, which stores what
+arrived within a few milliseconds in one transaction and then answers every waiting request.
+
+A device gets its 2xx only after the commit that holds its event (the future resolves after
+``COMMIT`` returned). If the transaction fails because PostgreSQL is unreachable, every event of
+the batch fails with :class:`DatabaseUnavailable` (503: the device keeps its queue and retries).
+If it fails for one event's content (a bug, a constraint), the batch is retried one event per
+transaction so only that event is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+from services.core import errors
+from services.core.db import DatabaseUnavailable, acquire
+from services.events.repository import EventRepository, NewEvent, Stored
+
+log = logging.getLogger(__name__)
+
+Pending = tuple[NewEvent, "asyncio.Future[Stored]"]
+
+
+class GroupWriter:
+    def __init__(self, *, window: float, batch: int, forward_repeats: bool) -> None:
+        self._window = window
+        self._batch = batch
+        self._forward_repeats = forward_repeats
+        self._queue: list[Pending] = []
+        self._wake = asyncio.Event()
+        self._pool: asyncpg.Pool | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        # Per-process counters for /metrics.
+        self.stored = 0
+        self.repeats = 0
+        self.batches = 0
+
+    def start(self, pool: asyncpg.Pool) -> None:
+        if self._task is None and not self._closed:
+            self._pool = pool
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def submit(self, event: NewEvent) -> Stored:
+        if self._closed or self._task is None:
+            raise DatabaseUnavailable("the event writer is not running")
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        self._queue.append((event, future))
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            if self._window > 0 and not self._closed:
+                # Let concurrent requests join this transaction.
+                await asyncio.sleep(self._window)
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue[: self._batch], self._queue[self._batch :]
+                await self._commit(batch)
+            if self._closed:
+                return
+
+    async def _commit(self, batch: list[Pending]) -> None:
+        assert self._pool is not None
+        events = [event for event, _ in batch]
+        try:
+            async with acquire(self._pool) as connection:
+                results = await EventRepository(connection).append(
+                    events, forward_repeats=self._forward_repeats
+                )
+        except DatabaseUnavailable as error:
+            log.warning(
+                "events: %d event(s) not stored, database unavailable: %s", len(batch), error
+            )
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(DatabaseUnavailable(str(error)))
+            return
+        except asyncpg.PostgresError as error:
+            if len(batch) == 1:
+                log.error("events: event refused by the database: %s", error)
+                if not batch[0][1].done():
+                    batch[0][1].set_exception(
+                        errors.Unprocessable("the event could not be stored; see the server log")
+                    )
+                return
+            log.warning("events: batch failed (%s); storing its events one by one", error)
+            for item in batch:
+                await self._commit([item])
+            return
+        except Exception:  # a bug must not kill the writer: fail this batch, keep running
+            log.exception("events: storing a batch failed")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(DatabaseUnavailable("storing failed"))
+            return
+        self.batches += 1
+        for (_, future), result in zip(batch, results, strict=True):
+            if result.repeat:
+                self.repeats += 1
+            else:
+                self.stored += 1
+            if not future.done():
+                future.set_result(result)
+
+    async def close(self) -> None:
+        """Store what is queued, then stop (requests in flight still get their answer)."""
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for _, future in self._queue:
+            if not future.done():
+                future.set_exception(DatabaseUnavailable("shutting down"))
