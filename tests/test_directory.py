@@ -9,6 +9,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import logging
 import os
 import warnings
 from collections.abc import AsyncIterator, Sequence
@@ -525,17 +526,21 @@ async def test_password_changes_apply_at_once(site: Site) -> None:
     assert new.code == 0
 
 
-async def test_lost_listen_connection_drops_caches(site: Site) -> None:
+async def test_lost_listen_connection_drops_caches(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
     search = (f"dc={KUENKEL}", "(sn=Neumann)", "sn")
     assert (await ldapsearch(site.plain, KUENKEL, KUENKEL_PASSWORD, *search)).dns == []
     # The LISTEN connection is opened in the background: there must be one to lose.
     await until(lambda: site.server.cache.live, timeout=10)
+    caplog.set_level(logging.WARNING, logger="services.directory.cache")
     async with site.pool.acquire() as connection:
         await connection.execute(
             """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                 WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"""
         )
-    await until(lambda: not site.server.cache.live)
+    # Noticed (it may be listening again by the time anyone looks at ``live``).
+    await until(lambda: any("lost the LISTEN connection" in r.getMessage() for r in caplog.records))
     # Whether listening again already or not: a committed change is seen.
     await put_contacts(site.pool, KUENKEL, [("Neumann", "Nora", "", "+497031111222", None)])
     found = await ldapsearch(site.plain, KUENKEL, KUENKEL_PASSWORD, *search)
@@ -1045,3 +1050,43 @@ async def test_root_dse_and_searches_before_bind(site: Site) -> None:
         assert connection.entries == []
     finally:
         await in_thread(connection.unbind)
+
+
+@pytest.mark.parametrize(
+    ("operation", "reason"),
+    [
+        # A bind whose name is an INTEGER.
+        (protocol.element(0x60, protocol.integer(3) + protocol.integer(7) + b"\x80\x00"), "name"),
+        # A bind without authentication.
+        (protocol.element(0x60, protocol.integer(3) + protocol.octets("x")), "bind request"),
+        # A bind with an authentication choice that does not exist.
+        (
+            protocol.element(0x60, protocol.integer(3) + protocol.octets("x") + b"\x85\x00"),
+            "authentication",
+        ),
+        # A search with seven fields.
+        (protocol.element(0x63, protocol.octets("dc=x") * 7), "eight fields"),
+        # A substring filter whose part is neither initial, any nor final.
+        (
+            search_request(
+                2,
+                "dc=x",
+                protocol.element(
+                    0xA4, protocol.octets("cn") + protocol.element(0x30, protocol.octets("a", 0x85))
+                ),
+            )[5:],
+            "substring part",
+        ),
+        # A filter choice that does not exist.
+        (search_request(2, "dc=x", protocol.element(0xAB, b""))[5:], "filter choice"),
+        # Not UTF-8.
+        (search_request(2, "dc=x", protocol.element(0x87, b"\xff"))[5:], "not UTF-8"),
+    ],
+)
+def test_malformed_binds_and_searches_are_protocol_errors(operation: bytes, reason: str) -> None:
+    decoded = protocol.decode_message(protocol.message(9, operation), 16)
+    assert decoded.message_id == 9
+    assert decoded.request is None
+    assert decoded.error is not None
+    assert decoded.error.code == protocol.ResultCode.PROTOCOL_ERROR
+    assert reason in str(decoded.error)

@@ -2,9 +2,9 @@
 
 Each simulated client keeps one connection, binds once as its customer (simple bind) and then
 sends searches one after the other, as a PBX does for reverse lookups. Requests are BER-encoded
-here (RFC 4511, the few shapes phones send), answers are only framed and their result codes
-read: the generator must cost far less than the server it measures. Spread over processes like
-the HTTP generator (``load.py``), with the same result type.
+with the directory's own writer (the few shapes phones send), answers are only framed and their
+result codes read: the generator must cost far less than the server it measures. Spread over
+processes like the HTTP generator (``load.py``), with the same result type.
 """
 
 from __future__ import annotations
@@ -17,64 +17,42 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.bench.load import LoadResult
+from services.directory.protocol import element, integer, message, octets
 
-# --- BER (X.690), only what the requests need ---------------------------------------------------
-
-
-def _length(size: int) -> bytes:
-    if size < 0x80:
-        return bytes([size])
-    raw = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
-
-
-def tlv(tag: int, value: bytes) -> bytes:
-    return bytes([tag]) + _length(len(value)) + value
-
-
-def integer(value: int, tag: int = 0x02) -> bytes:
-    return tlv(tag, value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big", signed=True))
-
-
-def octets(value: str, tag: int = 0x04) -> bytes:
-    return tlv(tag, value.encode())
+# --- requests (BER as the directory service writes it: services/directory/protocol.py) --------
 
 
 def equality(attribute: str, value: str) -> bytes:
-    return tlv(0xA3, octets(attribute) + octets(value))
+    return element(0xA3, octets(attribute) + octets(value))
 
 
 def prefix(attribute: str, initial: str) -> bytes:
     """``(attribute=initial*)``."""
-    return tlv(0xA4, octets(attribute) + tlv(0x30, octets(initial, 0x80)))
+    return element(0xA4, octets(attribute) + element(0x30, octets(initial, 0x80)))
 
 
 def any_of(*filters: bytes) -> bytes:
-    return tlv(0xA1, b"".join(filters))
-
-
-def message(message_id: int, operation: bytes) -> bytes:
-    return tlv(0x30, integer(message_id) + operation)
+    return element(0xA1, b"".join(filters))
 
 
 def bind_request(name: str, password: str) -> bytes:
-    return tlv(0x60, integer(3) + octets(name) + octets(password, 0x80))
+    return element(0x60, integer(3) + octets(name) + octets(password, 0x80))
 
 
 def search_request(
     base: str, search_filter: bytes, attributes: Sequence[str], size_limit: int = 20
 ) -> bytes:
     """A subtree search as phones send it (no alias dereferencing, 10 s time limit)."""
-    return tlv(
+    return element(
         0x63,
         octets(base)
         + integer(2, 0x0A)
         + integer(0, 0x0A)
         + integer(size_limit)
         + integer(10)
-        + tlv(0x01, b"\x00")
+        + element(0x01, b"\x00")
         + search_filter
-        + tlv(0x30, b"".join(octets(a) for a in attributes)),
+        + element(0x30, b"".join(octets(a) for a in attributes)),
     )
 
 

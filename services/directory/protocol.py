@@ -1,11 +1,12 @@
 """LDAPv3 messages (RFC 4511) in BER: framing, request decoding, response encoding.
 
-Requests come from the network, so they are decoded by pyasn1 against the RFC's ASN.1 (below),
-after a hand-written walk over the message's TLV structure has checked that every length is
-definite and fits, and that nothing is nested deeper than the filter limit allows (pyasn1
-recurses per level; a hostile filter must not reach it). The envelope (message id, operation tag,
-controls) is read by that walk too, so an operation we do not implement still gets an answer of
-the right type with the right message id.
+Requests come from the network. A hand-written walk over the message's TLV structure first
+checks that every length is definite and fits and that nothing is nested deeper than the filter
+limit allows; the envelope (message id, operation tag, controls) is read by that walk too, so an
+operation we do not implement still gets an answer of the right type with the right message id.
+Binds and searches, nearly all the traffic, are then read straight from their elements (pyasn1
+took most of a search's time); the rare rest (abandon, extended, controls) is decoded by pyasn1
+against the RFC's ASN.1.
 
 Responses are ours and few in shape (LDAPResult, SearchResultEntry, ExtendedResponse), so they
 are encoded by the small DER writer here: a search answer is thousands of entries at most, and
@@ -123,129 +124,6 @@ def _app(number: int, constructed: bool = True) -> Any:
 def _ctx(number: int, constructed: bool = False) -> Any:
     form = tag.tagFormatConstructed if constructed else tag.tagFormatSimple
     return tag.Tag(tag.tagClassContext, form, number)
-
-
-class _Sasl(univ.Sequence):  # type: ignore[misc]
-    tagSet = univ.Sequence.tagSet.tagImplicitly(_ctx(3, True))
-    componentType = namedtype.NamedTypes(
-        namedtype.NamedType("mechanism", univ.OctetString()),
-        namedtype.OptionalNamedType("credentials", univ.OctetString()),
-    )
-
-
-class _Authentication(univ.Choice):  # type: ignore[misc]
-    componentType = namedtype.NamedTypes(
-        namedtype.NamedType("simple", univ.OctetString().subtype(implicitTag=_ctx(0))),
-        namedtype.NamedType("sasl", _Sasl()),
-    )
-
-
-class BindRequestSchema(univ.Sequence):  # type: ignore[misc]
-    tagSet = univ.Sequence.tagSet.tagImplicitly(_app(0))
-    componentType = namedtype.NamedTypes(
-        namedtype.NamedType("version", univ.Integer()),
-        namedtype.NamedType("name", univ.OctetString()),
-        namedtype.NamedType("authentication", _Authentication()),
-    )
-
-
-class _AttributeValueAssertion(univ.Sequence):  # type: ignore[misc]
-    componentType = namedtype.NamedTypes(
-        namedtype.NamedType("attributeDesc", univ.OctetString()),
-        namedtype.NamedType("assertionValue", univ.OctetString()),
-    )
-
-
-def _assertion(number: int) -> Any:
-    return _AttributeValueAssertion().subtype(implicitTag=_ctx(number, True))
-
-
-class _Substring(univ.Choice):  # type: ignore[misc]
-    componentType = namedtype.NamedTypes(
-        namedtype.NamedType("initial", univ.OctetString().subtype(implicitTag=_ctx(0))),
-        namedtype.NamedType("any", univ.OctetString().subtype(implicitTag=_ctx(1))),
-        namedtype.NamedType("final", univ.OctetString().subtype(implicitTag=_ctx(2))),
-    )
-
-
-class _SubstringFilter(univ.Sequence):  # type: ignore[misc]
-    tagSet = univ.Sequence.tagSet.tagImplicitly(_ctx(4, True))
-    componentType = namedtype.NamedTypes(
-        namedtype.NamedType("type", univ.OctetString()),
-        namedtype.NamedType("substrings", univ.SequenceOf(componentType=_Substring())),
-    )
-
-
-class _MatchingRuleAssertion(univ.Sequence):  # type: ignore[misc]
-    tagSet = univ.Sequence.tagSet.tagImplicitly(_ctx(9, True))
-    componentType = namedtype.NamedTypes(
-        namedtype.OptionalNamedType(
-            "matchingRule", univ.OctetString().subtype(implicitTag=_ctx(1))
-        ),
-        namedtype.OptionalNamedType("type", univ.OctetString().subtype(implicitTag=_ctx(2))),
-        namedtype.NamedType("matchValue", univ.OctetString().subtype(implicitTag=_ctx(3))),
-        namedtype.DefaultedNamedType(
-            "dnAttributes", univ.Boolean(False).subtype(implicitTag=_ctx(4))
-        ),
-    )
-
-
-class _And(univ.SetOf):  # type: ignore[misc]
-    tagSet = univ.SetOf.tagSet.tagImplicitly(_ctx(0, True))
-
-
-class _Or(univ.SetOf):  # type: ignore[misc]
-    tagSet = univ.SetOf.tagSet.tagImplicitly(_ctx(1, True))
-
-
-class _Not(univ.SequenceOf):  # type: ignore[misc]
-    # "not [2] Filter": a tagged CHOICE is explicitly tagged (X.680 §31.2.7), so its encoding is
-    # the [2] wrapper around one whole Filter; read here as a tagged SEQUENCE OF (exactly one
-    # Filter, checked in convert_filter) because pyasn1 does not decode an explicitly tagged
-    # untagged CHOICE.
-    tagSet = univ.SequenceOf.tagSet.tagImplicitly(_ctx(2, True))
-
-
-class FilterSchema(univ.Choice):  # type: ignore[misc]
-    componentType = namedtype.NamedTypes(
-        namedtype.NamedType("and", _And()),
-        namedtype.NamedType("or", _Or()),
-        namedtype.NamedType("not", _Not()),
-        namedtype.NamedType("equalityMatch", _assertion(3)),
-        namedtype.NamedType("substrings", _SubstringFilter()),
-        namedtype.NamedType("greaterOrEqual", _assertion(5)),
-        namedtype.NamedType("lessOrEqual", _assertion(6)),
-        namedtype.NamedType("present", univ.OctetString().subtype(implicitTag=_ctx(7))),
-        namedtype.NamedType("approxMatch", _assertion(8)),
-        namedtype.NamedType("extensibleMatch", _MatchingRuleAssertion()),
-    )
-
-
-def _make_filter_recursive() -> None:
-    """Filter contains itself (and, or, not). pyasn1 copies a class's componentType into each
-    instance when it is created, so the loop is closed on the instances FilterSchema's
-    alternatives share (every FilterSchema refers to the same NamedTypes)."""
-    alternatives = FilterSchema.componentType
-    for name in ("and", "or", "not"):
-        alternative = alternatives.getTypeByPosition(alternatives.getPositionByName(name))
-        alternative.__dict__["componentType"] = FilterSchema()
-
-
-_make_filter_recursive()
-
-
-class SearchRequestSchema(univ.Sequence):  # type: ignore[misc]
-    tagSet = univ.Sequence.tagSet.tagImplicitly(_app(3))
-    componentType = namedtype.NamedTypes(
-        namedtype.NamedType("baseObject", univ.OctetString()),
-        namedtype.NamedType("scope", univ.Enumerated()),
-        namedtype.NamedType("derefAliases", univ.Enumerated()),
-        namedtype.NamedType("sizeLimit", univ.Integer()),
-        namedtype.NamedType("timeLimit", univ.Integer()),
-        namedtype.NamedType("typesOnly", univ.Boolean()),
-        namedtype.NamedType("filter", FilterSchema()),
-        namedtype.NamedType("attributes", univ.SequenceOf(componentType=univ.OctetString())),
-    )
 
 
 class AbandonRequestSchema(univ.Integer):  # type: ignore[misc]
@@ -494,33 +372,174 @@ def _text(value: Any) -> str:
         raise OperationError(ResultCode.PROTOCOL_ERROR, "a string is not UTF-8") from None
 
 
+# --- bind and search: read straight from the TLV walk ---------------------------------------
+#
+# Nearly every message a directory sees is a search (and one bind per connection); pyasn1 spends
+# most of a search's time decoding it. These two are read directly from their elements, which
+# check_structure has already found well-formed and within the depth limit; what they check here
+# is that each element is the one RFC 4511 puts there.
+
+
+def _malformed(what: str) -> OperationError:
+    return OperationError(ResultCode.PROTOCOL_ERROR, f"malformed request: {what}")
+
+
+def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+    children = []
+    offset = start
+    while offset < end:
+        child = _tlv(data, offset, end)
+        children.append(child)
+        offset = child[2]
+    return children
+
+
+def _string(data: bytes, element: tuple[int, int, int], tag_byte: int, what: str) -> str:
+    identifier, start, end = element
+    if identifier != tag_byte:
+        raise _malformed(f"{what} is not an OCTET STRING")
+    try:
+        return data[start:end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise OperationError(ResultCode.PROTOCOL_ERROR, "a string is not UTF-8") from None
+
+
+def _integer(data: bytes, element: tuple[int, int, int], tag_byte: int, what: str) -> int:
+    identifier, start, end = element
+    if identifier != tag_byte or not 1 <= end - start <= 5:
+        raise _malformed(f"{what} is not an INTEGER")
+    return int.from_bytes(data[start:end], "big", signed=True)
+
+
+def _bind(data: bytes, start: int, end: int) -> BindRequest:
+    fields = _children(data, start, end)
+    if len(fields) != 3:
+        raise _malformed("a bind request has version, name and authentication")
+    version = _integer(data, fields[0], 0x02, "version")
+    name = _string(data, fields[1], 0x04, "name")
+    identifier, auth_start, auth_end = fields[2]
+    if identifier == 0x80:
+        return BindRequest(version, name, _string(data, fields[2], 0x80, "password"))
+    if identifier == 0xA3:
+        sasl = _children(data, auth_start, auth_end)
+        if not 1 <= len(sasl) <= 2 or sasl[0][0] != 0x04:
+            raise _malformed("SASL credentials")
+        mechanism = data[sasl[0][1] : sasl[0][2]].decode("utf-8", "replace")
+        return BindRequest(version, name, None, mechanism)
+    raise _malformed("unknown authentication choice")
+
+
+def _search(data: bytes, start: int, end: int, max_depth: int) -> SearchRequest:
+    fields = _children(data, start, end)
+    if len(fields) != 8:
+        raise _malformed("a search request has eight fields")
+    base = _string(data, fields[0], 0x04, "baseObject")
+    scope = _integer(data, fields[1], 0x0A, "scope")
+    if scope not in (0, 1, 2):
+        raise OperationError(ResultCode.PROTOCOL_ERROR, f"unknown scope {scope}")
+    _integer(data, fields[2], 0x0A, "derefAliases")
+    size_limit = _integer(data, fields[3], 0x02, "sizeLimit")
+    time_limit = _integer(data, fields[4], 0x02, "timeLimit")
+    if not (0 <= size_limit <= MAX_INT and 0 <= time_limit <= MAX_INT):
+        raise OperationError(ResultCode.PROTOCOL_ERROR, "negative size or time limit")
+    identifier, flag_start, flag_end = fields[5]
+    if identifier != 0x01 or flag_end - flag_start != 1:
+        raise _malformed("typesOnly is not a BOOLEAN")
+    search_filter = _filter(data, fields[6], max_depth, 0)
+    if fields[7][0] != 0x30:
+        raise _malformed("attributes is not a SEQUENCE")
+    attributes = tuple(
+        _string(data, item, 0x04, "attribute")
+        for item in _children(data, fields[7][1], fields[7][2])
+    )
+    return SearchRequest(
+        base=base,
+        scope=Scope(scope),
+        size_limit=size_limit,
+        time_limit=time_limit,
+        types_only=data[flag_start] != 0,
+        filter=search_filter,
+        attributes=attributes,
+    )
+
+
+def _filter(data: bytes, element: tuple[int, int, int], max_depth: int, depth: int) -> Filter:
+    identifier, start, end = element
+    if identifier in (0xA0, 0xA1, 0xA2):
+        kind = ("and", "or", "not")[identifier & 0x0F]
+        if depth >= max_depth:
+            raise OperationError(
+                ResultCode.UNWILLING_TO_PERFORM, f"filter nested deeper than {max_depth} levels"
+            )
+        children = tuple(
+            _filter(data, child, max_depth, depth + 1) for child in _children(data, start, end)
+        )
+        if kind == "not":
+            if len(children) != 1:
+                raise OperationError(ResultCode.PROTOCOL_ERROR, "not takes exactly one filter")
+            return Not(children[0])
+        if not children:
+            raise OperationError(ResultCode.PROTOCOL_ERROR, f"empty {kind} filter")
+        return And(children) if kind == "and" else Or(children)
+    if identifier in (0xA3, 0xA5, 0xA6, 0xA8):
+        parts = _children(data, start, end)
+        if len(parts) != 2:
+            raise _malformed("an attribute value assertion has two parts")
+        attribute = _string(data, parts[0], 0x04, "attributeDesc")
+        assertion = _string(data, parts[1], 0x04, "assertionValue")
+        if identifier == 0xA5:
+            return GreaterOrEqual(attribute, assertion)
+        if identifier == 0xA6:
+            return LessOrEqual(attribute, assertion)
+        # Approximate matching is left to the server (RFC 4517 §4.2.1): we treat it as equality.
+        return Equality(attribute, assertion)
+    if identifier == 0x87:
+        return Present(_string(data, element, 0x87, "present"))
+    if identifier == 0xA4:
+        parts = _children(data, start, end)
+        if len(parts) != 2 or parts[1][0] != 0x30:
+            raise _malformed("a substring filter has a type and a SEQUENCE of parts")
+        attribute = _string(data, parts[0], 0x04, "type")
+        pieces = _children(data, parts[1][1], parts[1][2])
+        if not pieces:
+            raise OperationError(ResultCode.PROTOCOL_ERROR, "a substring filter without parts")
+        initial: str | None = None
+        final: str | None = None
+        middle: list[str] = []
+        for position, piece in enumerate(pieces):
+            if piece[0] not in (0x80, 0x81, 0x82):
+                raise _malformed("a substring part is initial, any or final")
+            text = _string(data, piece, piece[0], "substring")
+            if piece[0] == 0x80:
+                if position != 0:
+                    raise OperationError(ResultCode.PROTOCOL_ERROR, "initial must come first")
+                initial = text
+            elif piece[0] == 0x82:
+                if position != len(pieces) - 1:
+                    raise OperationError(ResultCode.PROTOCOL_ERROR, "final must come last")
+                final = text
+            else:
+                middle.append(text)
+        return Substrings(attribute, initial, tuple(middle), final)
+    if identifier == 0xA9:
+        rule = {part[0]: part for part in _children(data, start, end)}
+        if 0x83 not in rule or not set(rule) <= {0x81, 0x82, 0x83, 0x84}:
+            raise _malformed("extensibleMatch")
+        if 0x81 in rule or 0x82 not in rule:
+            # No matching rules beyond each attribute's own equality: Undefined (RFC 4511
+            # §4.5.1.7.7), which matches nothing.
+            return Undefined()
+        return Equality(
+            _string(data, rule[0x82], 0x82, "type"), _string(data, rule[0x83], 0x83, "value")
+        )
+    raise _malformed(f"unknown filter choice 0x{identifier:02x}")
+
+
 def _request(op: int, raw: bytes, header: int, max_filter_depth: int) -> Request:
     if op == Op.BIND_REQUEST:
-        decoded = _decode(raw, BindRequestSchema())
-        auth = decoded["authentication"]
-        name = _text(decoded["name"])
-        if auth.getName() == "simple":
-            return BindRequest(int(decoded["version"]), name, _text(auth["simple"]))
-        mechanism = bytes(auth["sasl"]["mechanism"]).decode("utf-8", "replace")
-        return BindRequest(int(decoded["version"]), name, None, mechanism)
+        return _bind(raw, header, len(raw))
     if op == Op.SEARCH_REQUEST:
-        decoded = _decode(raw, SearchRequestSchema())
-        scope = int(decoded["scope"])
-        if scope not in (0, 1, 2):
-            raise OperationError(ResultCode.PROTOCOL_ERROR, f"unknown scope {scope}")
-        size_limit = int(decoded["sizeLimit"])
-        time_limit = int(decoded["timeLimit"])
-        if not (0 <= size_limit <= MAX_INT and 0 <= time_limit <= MAX_INT):
-            raise OperationError(ResultCode.PROTOCOL_ERROR, "negative size or time limit")
-        return SearchRequest(
-            base=_text(decoded["baseObject"]),
-            scope=Scope(scope),
-            size_limit=size_limit,
-            time_limit=time_limit,
-            types_only=bool(decoded["typesOnly"]),
-            filter=convert_filter(decoded["filter"], max_filter_depth),
-            attributes=tuple(_text(item) for item in decoded["attributes"]),
-        )
+        return _search(raw, header, len(raw), max_filter_depth)
     if op == Op.UNBIND_REQUEST:
         return UnbindRequest()
     if op == Op.ABANDON_REQUEST:
@@ -535,65 +554,6 @@ def _request(op: int, raw: bytes, header: int, max_filter_depth: int) -> Request
     if op in REFUSED_OPERATIONS:
         return RefusedRequest(REFUSED_OPERATIONS[op])
     raise ProtocolError(f"unknown operation tag 0x{op:02x}")
-
-
-def convert_filter(node: Any, max_depth: int, depth: int = 0) -> Filter:
-    """pyasn1's Filter into the plain :mod:`filters` types; and/or/not count towards the depth."""
-    kind = node.getName()
-    value = node.getComponent()
-    if kind in ("and", "or", "not"):
-        if depth >= max_depth:
-            raise OperationError(
-                ResultCode.UNWILLING_TO_PERFORM, f"filter nested deeper than {max_depth} levels"
-            )
-        if kind == "not":
-            if len(value) != 1:
-                raise OperationError(ResultCode.PROTOCOL_ERROR, "not takes exactly one filter")
-            return Not(convert_filter(value[0], max_depth, depth + 1))
-        children = tuple(convert_filter(child, max_depth, depth + 1) for child in value)
-        if not children:
-            raise OperationError(ResultCode.PROTOCOL_ERROR, f"empty {kind} filter")
-        return And(children) if kind == "and" else Or(children)
-    if kind in ("equalityMatch", "approxMatch", "greaterOrEqual", "lessOrEqual"):
-        attribute = _text(value["attributeDesc"])
-        assertion = _text(value["assertionValue"])
-        if kind == "greaterOrEqual":
-            return GreaterOrEqual(attribute, assertion)
-        if kind == "lessOrEqual":
-            return LessOrEqual(attribute, assertion)
-        # Approximate matching is left to the server (RFC 4517 §4.2.1): we treat it as equality.
-        return Equality(attribute, assertion)
-    if kind == "present":
-        return Present(_text(value))
-    if kind == "substrings":
-        initial: str | None = None
-        final: str | None = None
-        middle: list[str] = []
-        parts = list(value["substrings"])
-        if not parts:
-            raise OperationError(ResultCode.PROTOCOL_ERROR, "a substring filter without parts")
-        for position, part in enumerate(parts):
-            name = part.getName()
-            text = _text(part.getComponent())
-            if name == "initial":
-                if position != 0:
-                    raise OperationError(ResultCode.PROTOCOL_ERROR, "initial must come first")
-                initial = text
-            elif name == "final":
-                if position != len(parts) - 1:
-                    raise OperationError(ResultCode.PROTOCOL_ERROR, "final must come last")
-                final = text
-            else:
-                middle.append(text)
-        return Substrings(_text(value["type"]), initial, tuple(middle), final)
-    if kind == "extensibleMatch":
-        attribute_value = value["type"]
-        if value["matchingRule"].isValue or not attribute_value.isValue:
-            # No matching rules beyond each attribute's own equality: Undefined (RFC 4511
-            # §4.5.1.7.7), which matches nothing.
-            return Undefined()
-        return Equality(_text(attribute_value), _text(value["matchValue"]))
-    raise OperationError(ResultCode.PROTOCOL_ERROR, f"unknown filter {kind}")  # pragma: no cover
 
 
 # --- response encoding (DER subset of BER) -----------------------------------------------------
