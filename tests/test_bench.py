@@ -170,3 +170,16 @@ def test_directory_scenario_searches_over_ldap(tmp_path: Path) -> None:
     assert fixed["statuses"]["200"] > fixed["statuses"]["204"]
     assert fixed["goal"] == "p99 <= 20 ms"
     assert rows["directory search, flat out"]["requests"] > 0
+
+
+def test_events_scenario_stores_and_forwards_every_event(tmp_path: Path) -> None:
+    report = bench(tmp_path, "events", "--devices", "6", "--duration", "0.5")
+    rows = {row["name"]: row for row in report["rows"]}
+    intake = rows["events intake, keep-alive"]
+    assert intake["errors"] == 0, intake["error_samples"]
+    assert set(intake["statuses"]) == {"201"}
+    assert intake["baseline"] == "pbxfront no-op POST, keep-alive"
+    (forwarding,) = (row for name, row in rows.items() if name.startswith("syslog forwarding"))
+    # Every acknowledged event reached the syslog receiver.
+    assert forwarding["requests"] == intake["requests"]
+    assert forwarding["errors"] == 0

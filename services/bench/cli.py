@@ -20,6 +20,7 @@ DEFAULT_DEVICES = {
     "archive": 100,
     "contacts": 100,
     "directory": 100,
+    "events": 1000,
 }
 # Requests per second of each scenario's fixed-rate runs.
 DEFAULT_RATE = {
@@ -30,6 +31,7 @@ DEFAULT_RATE = {
     "archive": 20.0,
     "contacts": 0.0,
     "directory": 500.0,
+    "events": 0.0,
 }
 
 

@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -1171,6 +1172,126 @@ def scenario_directory(options: BenchOptions, log: Any) -> list[Row]:
     return rows
 
 
+class SyslogSink:
+    """A syslog receiver over TCP (RFC 6587 octet counting) in a thread of the bench: counts the
+    messages and notes when the first and the last arrived."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.messages = 0
+        self.first: float | None = None
+        self.last: float | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self._listener.accept()
+                threading.Thread(target=self._read, args=(connection,), daemon=True).start()
+
+    def _read(self, connection: socket.socket) -> None:
+        buffer = b""
+        with connection, contextlib.suppress(OSError):
+            while chunk := connection.recv(1 << 16):
+                buffer += chunk
+                while True:
+                    size, space, rest = buffer.partition(b" ")
+                    if not space or not size.isdigit() or len(rest) < int(size):
+                        break
+                    buffer = rest[int(size) :]
+                    now = time.monotonic()
+                    self.first = self.first or now
+                    self.last = now
+                    self.messages += 1
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def scenario_events(options: BenchOptions, log: Any) -> list[Row]:
+    """Devices post events (proven by their certificates, over kept-alive connections) while
+    pbxfront forwards them to a syslog receiver over TCP; goals: durable intake >= 0.7x the
+    no-op POST, and forwarding keeps up with intake."""
+
+    sink = SyslogSink()
+    certificate, key = _server_files(options)
+    listener = (
+        '[listeners.events]\nhost = "127.0.0.1"\nport = 0\nservices = ["events", "noop"]\n'
+        f'tls = true\ncertificate = "{certificate}"\nkey = "{key}"\n'
+        "request_client_certificate = true\n"
+        f'client_ca = ["{options.work_dir / "pki" / "ca.pem"}"]\n\n'
+        f'[events]\ndestinations = ["tcp://127.0.0.1:{sink.port}?name=bench"]\n'
+        "confirm_delay = 0.5\n\n"
+    )
+
+    async def prepare(connection: asyncpg.Connection) -> None:
+        await connection.execute("TRUNCATE events, event_destinations")
+
+    rows: list[Row] = []
+    try:
+        with environment(options, log, listeners=listener, prepare=prepare) as env:
+            target = env.target("events")
+            calls: list[Call] = []
+            noop: list[Call] = []
+            for index in range(options.devices):
+                cert = env.certificates.device_certificates[index]
+                for number in range(5):
+                    body = (
+                        f"type=event&code={100 + number}&severity=Minor&source=SIP"
+                        f"&text=registration {number} of {device_hardware_id(index)}"
+                    ).encode()
+                    calls.append(Call("/events", cert, "POST", body))
+                    noop.append(Call("/noop", cert, "POST", body))
+
+            def spec(calls_: list[Call]) -> LoadSpec:
+                return LoadSpec(
+                    target,
+                    calls_,
+                    key=env.certificates.device_key,
+                    duration=options.duration,
+                    processes=options.process_count,
+                    concurrency=options.concurrency,
+                    keepalive=True,
+                )
+
+            log("events: devices POST events over kept-alive connections:")
+            baseline = measure(env, "pbxfront no-op POST, keep-alive", "pbxfront", spec(noop), log)
+            rows.append(baseline)
+            intake = measure(env, "events intake, keep-alive", "pbxfront", spec(calls), log)
+            rows.append(_compare(intake, baseline, 0.7))
+            stored = asyncio.run(_events_stored(env.dsn))
+            # Forwarding ran alongside; give the backlog as long again as the intake took.
+            deadline = time.monotonic() + max(30.0, intake.result.elapsed)
+            while sink.messages < stored and time.monotonic() < deadline:
+                time.sleep(0.2)
+            forwarded = LoadResult(requests=sink.messages, errors=max(0, stored - sink.messages))
+            if sink.first is not None and sink.last is not None:
+                forwarded.elapsed = max(sink.last - sink.first, 1e-3)
+            row = Row(f"syslog forwarding of {stored:,} events", forwarded, 0.0)
+            row.goal = "keeps up with intake"
+            row.met = sink.messages >= stored and forwarded.rate >= 0.95 * intake.result.rate
+            log(
+                f"  forwarded {sink.messages:,} of {stored:,} stored events "
+                f"({forwarded.rate:,.0f}/s)"
+            )
+            rows.append(row)
+    finally:
+        sink.close()
+    return rows
+
+
+async def _events_stored(dsn: str) -> int:
+    from services.bench import seed
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        return await seed.events_stored(connection)
+    finally:
+        await connection.close()
+
+
 def _server_files(options: BenchOptions) -> tuple[Path, Path]:
     """The bench's RSA 2048 server certificate (made by ``ensure_bench_pki``)."""
     directory = options.work_dir / "pki"
@@ -1195,6 +1316,7 @@ SCENARIOS = {
     "archive": scenario_archive,
     "contacts": scenario_contacts,
     "directory": scenario_directory,
+    "events": scenario_events,
 }
 
 

@@ -265,3 +265,9 @@ async def directory_contacts(
             [(name,) for name in names],
         )
     await connection.execute("ANALYZE contact_entries")
+
+
+async def events_stored(connection: asyncpg.Connection) -> int:
+    """Events the bench's Frontend has committed (the events scenario's durable count)."""
+    count: int = await connection.fetchval("SELECT count(*) FROM events")
+    return count
