@@ -59,10 +59,22 @@ def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
 
 @requires_nginx
 def test_polls_scenario_runs_with_baselines(tmp_path: Path) -> None:
-    report = bench(tmp_path, "polls", "--devices", "8", "--duration", "0.5", "--rate", "20")
+    report = bench(
+        tmp_path,
+        "polls",
+        "--devices",
+        "8",
+        "--duration",
+        "0.5",
+        "--rate",
+        "20",
+        "--tls-resumption",
+    )
     rows = {row["name"]: row for row in report["rows"]}
     expected = {
         "nginx static, RSA 4096",
+        "nginx static, RSA 4096, resumed TLS",
+        "pbxfront poll in sync, RSA 4096, resumed TLS",
         "pbxfront no-op, RSA 4096",
         "pbxfront poll in sync, RSA 4096",
         "pbxfront poll full render, RSA 4096",
@@ -83,6 +95,14 @@ def test_polls_scenario_runs_with_baselines(tmp_path: Path) -> None:
     assert rows["pbxfront poll in sync, RSA 4096"]["baseline"] == "nginx static, RSA 4096"
     assert rows["pbxfront poll in sync, RSA 4096"]["ratio"] > 0
     assert rows["pbxfront poll in sync, keep-alive"]["goal"] == ">= 0.5x"
+    # Resumption really happened, at both servers (each device's first connection is a full
+    # handshake; the later ones resume).
+    for name in (
+        "nginx static, RSA 4096, resumed TLS",
+        "pbxfront poll in sync, RSA 4096, resumed TLS",
+    ):
+        assert 0 < rows[name]["resumed_tls_sessions"] < rows[name]["requests"], name
+    assert rows["pbxfront poll in sync, RSA 4096"]["resumed_tls_sessions"] == 0
 
 
 @requires_nginx

@@ -30,7 +30,6 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from services.backup.diff import (
     DiffStat,
@@ -62,7 +61,7 @@ from services.core.auth import Role
 from services.core.config import Settings
 from services.core.db import acquire
 from services.core.deviceauth import DeviceAuth
-from services.core.http import query_arguments, security_event
+from services.core.http import UploadAborted, query_arguments, read_body, security_event
 from services.core.identity import (
     DeviceIdentity,
     IdentityConflict,
@@ -202,28 +201,6 @@ async def identify_uploader(request: web.Request, identity: DeviceIdentity) -> U
         pool_of(request),
         "a device certificate or the devices' HTTP client credentials are required",
     )
-
-
-class UploadAborted(Exception):
-    """The client went away before the whole body arrived."""
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body (chunked or not), at most ``limit`` bytes (TooLarge beyond)."""
-    too_large = errors.TooLarge(f"body larger than {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-    except (HttpProcessingError, ConnectionError, asyncio.IncompleteReadError, EOFError) as error:
-        raise UploadAborted(str(error) or type(error).__name__) from error
-    return b"".join(chunks)
 
 
 @dataclass(frozen=True)

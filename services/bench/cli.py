@@ -73,6 +73,11 @@ def register(
         "--versions", type=int, default=10_000, help="archive: versions per device (of --devices)"
     )
     bench.add_argument("--no-nginx", action="store_true", help="skip the nginx baseline")
+    bench.add_argument(
+        "--tls-resumption",
+        action="store_true",
+        help="polls: also measure new connections that resume the device's TLS session",
+    )
     bench.add_argument("--json", metavar="FILE", help="also write the results here")
 
     def handler(args: argparse.Namespace) -> int:
@@ -92,6 +97,7 @@ def register(
             versions=args.versions,
             contacts=args.contacts or (5_000 if args.scenario == "directory" else 50_000),
             directory_customers=args.customers,
+            resume=args.tls_resumption,
             nginx=not args.no_nginx,
         )
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing
+import socket
 import ssl
+import threading
 import time
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,9 @@ class LoadSpec:
     rate: float | None = None  # total requests per second; None = as fast as possible
     once: bool = False  # send every call exactly once, then stop (the storm)
     timeout: float = 30.0
+    # A new connection per request, but resuming each device's previous TLS session (tickets /
+    # session ids) instead of a full handshake; implies keepalive = False.
+    resume: bool = False
 
 
 @dataclass
@@ -62,6 +68,8 @@ class LoadResult:
     latencies: array[float] = field(default_factory=lambda: array("d"))
     statuses: dict[int, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
+    # Connections whose TLS session was resumed (spec.resume).
+    resumed: int = 0
 
     @property
     def rate(self) -> float:
@@ -78,6 +86,7 @@ class LoadResult:
     def merge(self, other: LoadResult) -> None:
         self.requests += other.requests
         self.errors += other.errors
+        self.resumed += other.resumed
         self.elapsed = max(self.elapsed, other.elapsed)
         self.latencies.extend(other.latencies)
         for status, count in other.statuses.items():
@@ -236,7 +245,108 @@ async def _run_process(spec: LoadSpec, index: int) -> LoadResult:
     return result
 
 
+def _read_response_sync(stream: BinaryIO) -> int:
+    """``_read_response`` for a blocking socket's file."""
+    status_line = stream.readline()
+    status = int(status_line.split()[1])
+    length = 0
+    chunked = False
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        lowered = name.strip().lower()
+        if lowered == b"content-length":
+            length = int(value.strip())
+        elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while size := int(stream.readline().strip().split(b";")[0], 16):
+            stream.read(size + 2)
+        stream.readline()
+    elif length:
+        stream.read(length)
+    return status
+
+
+def _run_resuming(spec: LoadSpec, index: int) -> LoadResult:
+    """Threads with blocking sockets: asyncio cannot hand a saved TLS session to a new
+    connection, the ``ssl`` module's sockets can. The handshakes' crypto runs without the GIL."""
+    client = _Client(spec)
+    result = LoadResult()
+    share = list(spec.calls[index :: spec.processes])
+    if not share:
+        return result
+    devices: dict[Path | None, list[Call]] = {}
+    for call in share:
+        devices.setdefault(call.certificate, []).append(call)
+    device_calls = list(devices.values())
+    rate = spec.rate / spec.processes if spec.rate else None
+    slots = itertools.count()
+    lock = threading.Lock()
+    started = time.perf_counter()
+    deadline = started + spec.duration
+    target = spec.target
+
+    def worker(number: int) -> None:
+        sessions: dict[Path | None, ssl.SSLSession] = {}
+        calls = itertools.cycle(device_calls[number % len(device_calls)])
+        while True:
+            call = next(calls)
+            begin = time.perf_counter()
+            if begin >= deadline:
+                return
+            if rate is not None:
+                scheduled = started + next(slots) / rate
+                if scheduled >= deadline:
+                    return
+                if scheduled > begin:
+                    time.sleep(scheduled - begin)
+                begin = scheduled
+            context = client.context(call.certificate)
+            try:
+                with socket.create_connection((target.host, target.port), spec.timeout) as raw:
+                    assert context is not None
+                    with context.wrap_socket(
+                        raw,
+                        server_hostname=target.host,
+                        session=sessions.get(call.certificate),
+                    ) as sock:
+                        sock.sendall(client.request_bytes(call, False))
+                        with sock.makefile("rb") as stream:
+                            status = _read_response_sync(stream)
+                        resumed = sock.session_reused
+                        if sock.session is not None:
+                            sessions[call.certificate] = sock.session
+            except (OSError, ValueError, ssl.SSLError) as error:
+                with lock:
+                    result.errors += 1
+                    if len(result.error_samples) < 5:
+                        result.error_samples.append(f"{type(error).__name__}: {error}")
+                continue
+            elapsed = time.perf_counter() - begin
+            with lock:
+                result.requests += 1
+                result.resumed += bool(resumed)
+                result.statuses[status] = result.statuses.get(status, 0) + 1
+                if 200 <= status < 400:
+                    result.latencies.append(elapsed)
+                else:
+                    result.errors += 1
+                    if len(result.error_samples) < 5:
+                        result.error_samples.append(f"HTTP {status} for {call.path}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(spec.concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.elapsed = time.perf_counter() - started
+    return result
+
+
 def _process_main(spec: LoadSpec, index: int) -> LoadResult:
+    if spec.resume:
+        return _run_resuming(spec, index)
+
     import uvloop
 
     return uvloop.run(_run_process(spec, index))

@@ -62,6 +62,7 @@ class BenchOptions:
     mappings: int = 1_000_000  # redirect: registered devices
     versions: int = 10_000  # archive: versions per device (of ``devices`` devices)
     contacts: int = 50_000  # contacts: rows of the uploaded export; directory: per customer
+    resume: bool = False  # polls: also measure polls that resume their TLS session
     directory_customers: int = 100  # directory: customers with ``contacts`` contacts each
 
     @property
@@ -94,6 +95,7 @@ class Row:
             "p95_ms": round(self.result.percentile(0.95), 2),
             "p99_ms": round(self.result.percentile(0.99), 2),
             "statuses": {str(k): v for k, v in sorted(self.result.statuses.items())},
+            "resumed_tls_sessions": self.result.resumed,
             "error_samples": self.result.error_samples,
             "server_cpu_cores": round(self.server_cpu, 2),
             "baseline": self.baseline,
@@ -588,7 +590,12 @@ def scenario_polls(options: BenchOptions, log: Any) -> list[Row]:
         _publish_static(env, "update.txt", _fetch(env, insync[0]))
 
         def spec(
-            target: Target, calls: list[Call], *, keepalive: bool = False, rate: float | None = None
+            target: Target,
+            calls: list[Call],
+            *,
+            keepalive: bool = False,
+            rate: float | None = None,
+            resume: bool = False,
         ) -> LoadSpec:
             return LoadSpec(
                 target,
@@ -599,6 +606,7 @@ def scenario_polls(options: BenchOptions, log: Any) -> list[Row]:
                 concurrency=options.concurrency,
                 keepalive=keepalive,
                 rate=rate,
+                resume=resume,
             )
 
         log("polls, new TLS connection per poll (as devices do):")
@@ -656,6 +664,31 @@ def scenario_polls(options: BenchOptions, log: Any) -> list[Row]:
                 0.6,
             )
         )
+        if options.resume:
+            log("polls, new connection per poll resuming the device's TLS session:")
+            nginx_resumed = None
+            if env.nginx_targets:
+                nginx_resumed = measure(
+                    env,
+                    "nginx static, RSA 4096, resumed TLS",
+                    "nginx",
+                    spec(env.nginx_targets[4096], insync, resume=True),
+                    log,
+                )
+                rows.append(nginx_resumed)
+            rows.append(
+                _compare(
+                    measure(
+                        env,
+                        "pbxfront poll in sync, RSA 4096, resumed TLS",
+                        "pbxfront",
+                        spec(env.pbxfront[4096], insync, resume=True),
+                        log,
+                    ),
+                    nginx_resumed,
+                    None,
+                )
+            )
         log("polls over kept-alive connections:")
         if env.nginx_targets:
             nginx_keepalive = measure(

@@ -24,7 +24,6 @@ import secrets
 from dataclasses import dataclass
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from services.contacts.domain import (
     CheckedUpload,
@@ -55,7 +54,7 @@ from services.core.auth import (
 )
 from services.core.config import ContactsSettings, Settings
 from services.core.db import acquire
-from services.core.http import query_arguments, security_event
+from services.core.http import UploadAborted, query_arguments, read_body, security_event
 from services.core.identity import printable
 from services.core.ratelimit import AddressLimiter
 
@@ -191,28 +190,6 @@ async def identify_uploader(request: web.Request, customer_id: str) -> Uploader:
     return Uploader(customer, account.name)
 
 
-class UploadAborted(Exception):
-    """The client went away before the whole body arrived."""
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, streamed: at most ``limit`` bytes are ever held (TooLarge beyond)."""
-    too_large = errors.TooLarge(f"contacts.csv larger than {limit} bytes; nothing was changed")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-    except (HttpProcessingError, ConnectionError, asyncio.IncompleteReadError, EOFError) as error:
-        raise UploadAborted(str(error) or type(error).__name__) from error
-    return b"".join(chunks)
-
-
 def _flag(request: web.Request, *names: str) -> bool:
     arguments = query_arguments(request)
     for name in names:
@@ -256,7 +233,7 @@ async def put_contacts(request: web.Request) -> web.Response:
     uploader = await identify_uploader(request, customer_id)
     limit = settings.max_body_bytes
     try:
-        content = await read_body(request, limit)
+        content = await read_body(request, limit, "contacts.csv")
     except UploadAborted as error:
         log.info(
             "contacts upload of %s aborted after a partial body: %s; nothing changed",

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResource, MatchInfoError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -183,6 +184,29 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
             service, route = _route_labels(request)
             metrics.requests.labels(service, route, request.method, str(status)).inc()
             metrics.latency.labels(service, route).observe(time.perf_counter() - started)
+
+
+class UploadAborted(Exception):
+    """The client went away before the whole body arrived."""
+
+
+async def read_body(request: web.Request, limit: int, what: str = "body") -> bytes:
+    """The whole body (chunked or not), streamed: at most ``limit`` bytes are ever held
+    (TooLarge beyond, naming ``what``); UploadAborted when the client stops sending."""
+    too_large = errors.TooLarge(f"{what} larger than {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except (HttpProcessingError, ConnectionError, asyncio.IncompleteReadError, EOFError) as error:
+        raise UploadAborted(str(error) or type(error).__name__) from error
+    return b"".join(chunks)
 
 
 # A service whose uploads may be larger (or must be smaller) than limits.max_body_bytes sets its

@@ -27,7 +27,6 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -38,7 +37,7 @@ from services.core.auth import Role
 from services.core.config import Settings
 from services.core.db import DatabaseUnavailable, acquire
 from services.core.deviceauth import DeviceAuth
-from services.core.http import METRICS_KEY, Metrics, query_arguments
+from services.core.http import METRICS_KEY, Metrics, UploadAborted, query_arguments, read_body
 from services.core.identity import (
     DeviceIdentity,
     IdentityError,
@@ -228,24 +227,6 @@ SETTINGS_KEY = web.AppKey("events_settings", Settings)
 # --- intake ------------------------------------------------------------------------------------
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body (chunked or not), at most ``limit`` bytes (TooLarge beyond)."""
-    too_large = errors.TooLarge(f"body larger than {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-    except (HttpProcessingError, ConnectionError, asyncio.IncompleteReadError, EOFError):
-        raise errors.Invalid("body incomplete: nothing stored") from None
-    return b"".join(chunks)
-
-
 @dataclass(frozen=True)
 class Sender:
     proof: str
@@ -301,7 +282,10 @@ async def receive_event(request: web.Request) -> web.Response:
     identity = identify(peercert, query)
     sender = await identify_sender(request, state, pool, identity)
     limit = min(settings.events.max_body_bytes, settings.limits.max_body_bytes)
-    body = await read_body(request, limit)
+    try:
+        body = await read_body(request, limit)
+    except UploadAborted:
+        raise errors.Invalid("body incomplete: nothing stored") from None
     if not body.strip() and not any(k not in ("sn", "mac", "hwid", "type", "ip") for k in query):
         raise errors.Invalid("nothing to store: POST the event as the body")
     received_at = datetime.now(UTC)
