@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import multiprocessing
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.bench.load import LoadResult
+from services.bench.load import LoadResult, run_spread
 from services.directory.protocol import element, integer, message, octets
 
 # --- requests (BER as the directory service writes it: services/directory/protocol.py) --------
@@ -202,10 +201,4 @@ def _process_main(load: LdapLoad, index: int) -> LoadResult:
 
 def run_ldap_load(load: LdapLoad) -> LoadResult:
     """Blocking: run the searches in ``load.processes`` processes and merge their results."""
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(load.processes) as pool:
-        parts = pool.starmap(_process_main, [(load, i) for i in range(load.processes)])
-    total = LoadResult()
-    for part in parts:
-        total.merge(part)
-    return total
+    return run_spread(_process_main, load, load.processes)

@@ -16,10 +16,13 @@ import ssl
 import threading
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
+
+# What a generator process is handed (LoadSpec, or the LDAP generator's own).
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -352,12 +355,17 @@ def _process_main(spec: LoadSpec, index: int) -> LoadResult:
     return uvloop.run(_run_process(spec, index))
 
 
-def run_load(spec: LoadSpec) -> LoadResult:
-    """Blocking: run the load in ``spec.processes`` processes and merge their results."""
+def run_spread(main: Callable[[S, int], LoadResult], spec: S, processes: int) -> LoadResult:
+    """Blocking: ``main(spec, index)`` in ``processes`` fresh processes, results merged."""
     context = multiprocessing.get_context("spawn")
-    with context.Pool(spec.processes) as pool:
-        parts = pool.starmap(_process_main, [(spec, i) for i in range(spec.processes)])
+    with context.Pool(processes) as pool:
+        parts = pool.starmap(main, [(spec, i) for i in range(processes)])
     total = LoadResult()
     for part in parts:
         total.merge(part)
     return total
+
+
+def run_load(spec: LoadSpec) -> LoadResult:
+    """Blocking: run the load in ``spec.processes`` processes and merge their results."""
+    return run_spread(_process_main, spec, spec.processes)

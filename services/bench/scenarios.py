@@ -796,6 +796,20 @@ def scenario_storm(options: BenchOptions, log: Any) -> list[Row]:
     return rows
 
 
+def _devices_keepalive(env: Environment, target: Target, calls: list[Call]) -> LoadSpec:
+    """Simulated devices with their certificates, each over one kept-alive connection."""
+    options = env.options
+    return LoadSpec(
+        target,
+        calls,
+        key=env.certificates.device_key,
+        duration=options.duration,
+        processes=options.process_count,
+        concurrency=options.concurrency,
+        keepalive=True,
+    )
+
+
 def bench_config(index: int, size: int = 50_000, variant: int = 0) -> bytes:
     """A device configuration of about ``size`` bytes in the innovaphone text form."""
     lines = [f"config change CMD0 /name {device_hardware_id(index)}"]
@@ -827,15 +841,7 @@ def scenario_backups(options: BenchOptions, log: Any) -> list[Row]:
                 noop.append(Call("/noop", certificate, "PUT", body))
 
         def spec(calls_: list[Call]) -> LoadSpec:
-            return LoadSpec(
-                env.pbxfront[2048],
-                calls_,
-                key=env.certificates.device_key,
-                duration=options.duration,
-                processes=options.process_count,
-                concurrency=options.concurrency,
-                keepalive=True,
-            )
+            return _devices_keepalive(env, env.pbxfront[2048], calls_)
 
         log("backups: 50 KB PUTs over kept-alive connections, 90 % unchanged:")
         baseline = measure(env, "pbxfront no-op PUT, keep-alive", "pbxfront", spec(noop), log)
@@ -1279,15 +1285,7 @@ def scenario_events(options: BenchOptions, log: Any) -> list[Row]:
                     noop.append(Call("/noop", cert, "POST", body))
 
             def spec(calls_: list[Call]) -> LoadSpec:
-                return LoadSpec(
-                    target,
-                    calls_,
-                    key=env.certificates.device_key,
-                    duration=options.duration,
-                    processes=options.process_count,
-                    concurrency=options.concurrency,
-                    keepalive=True,
-                )
+                return _devices_keepalive(env, target, calls_)
 
             log("events: devices POST events over kept-alive connections:")
             baseline = measure(env, "pbxfront no-op POST, keep-alive", "pbxfront", spec(noop), log)
