@@ -809,6 +809,45 @@ async def test_forwarding_over_tcp_survives_a_receiver_restart(
         assert 'pbxfront_events_backlog{destination="tcp://127.0.0.1' in await response.text()
 
 
+async def raise_backup_alert(pool: asyncpg.Pool, kind: str, message: str) -> int:
+    """A row of backup_alerts, announced as the backup service announces it."""
+    async with pool.acquire() as connection, connection.transaction():
+        alert_id: int = await connection.fetchval(
+            """INSERT INTO backup_alerts (kind, mac, hardware_id, customer, created_at, message)
+               VALUES ($1, $2, 'IP232-01-02-03', 'Kuenkel00001', now(), $3) RETURNING id""",
+            kind,
+            MAC_A,
+            message,
+        )
+        await connection.execute("SELECT pg_notify('pbxfront_backup_alert', $1)", str(alert_id))
+    return alert_id
+
+
+async def test_backup_alerts_become_events_and_are_forwarded_once(
+    pool: asyncpg.Pool, start_site: SiteFactory, rsyslog: Rsyslog
+) -> None:
+    # Raised before any forwarder runs: imported when forwarding starts.
+    await raise_backup_alert(pool, "changed", "config changed")
+    site = await start_site(destinations=(f"tcp://127.0.0.1:{rsyslog.tcp_port}",))
+    await until(lambda: len(rsyslog.ids()) == 1, timeout=20)
+    # Raised while forwarding runs: imported on its NOTIFY.
+    await raise_backup_alert(pool, "stale", "no backup for 49 hours")
+    await until(lambda: len(rsyslog.ids()) == 2, timeout=20)
+    await post_numbered(site, range(1))
+    await until(lambda: len(rsyslog.ids()) == 3, timeout=20)
+    lines = rsyslog.lines()
+    assert 'code="backup-changed"' in lines[0]
+    assert "config changed" in lines[0]
+    assert 'code="backup-stale"' in lines[1]
+    assert lines[1].startswith("<132>")  # local0.warning
+    rows = await site.rows()
+    assert [r["proof"] for r in rows] == ["internal", "internal", "credentials"]
+    assert {r["customer"] for r in rows} == {"Kuenkel00001"}
+    # Every alert is imported once, whoever asks again.
+    async with pool.acquire() as connection:
+        assert await EventRepository(connection).import_backup_alerts(datetime.now(UTC)) == 0
+
+
 async def test_forwarding_over_tls_with_certificate_verification(
     start_site: SiteFactory, session_pki: SessionPki, tmp_path: Path
 ) -> None:

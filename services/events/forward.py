@@ -24,7 +24,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 import asyncpg
@@ -35,6 +35,9 @@ from services.events.repository import NOTIFY_CHANNEL, EventRepository
 from services.events.syslog import Destination, as_outgoing, format_event, octet_counted
 
 log = logging.getLogger(__name__)
+
+# services/backup announces each new row of backup_alerts here (migration 005).
+BACKUP_ALERT_CHANNEL = "pbxfront_backup_alert"
 
 _SEND_TIMEOUT = 10.0
 _NETWORK_ERRORS = (OSError, ssl.SSLError, TimeoutError, ConnectionError)
@@ -171,6 +174,8 @@ class Forwarder:
         self._task: asyncio.Task[None] | None = None
         self._holder = f"{socket.gethostname()}:{os.getpid()}"
         self._last_error: str | None = None
+        # Config-backup alerts to turn into events before the next read (all at the start).
+        self._alerts_waiting = True
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -184,6 +189,10 @@ class Forwarder:
                 await self._task
 
     def _on_notify(self, *_args: object) -> None:
+        self._wake.set()
+
+    def _on_backup_alert(self, *_args: object) -> None:
+        self._alerts_waiting = True
         self._wake.set()
 
     async def _run(self) -> None:
@@ -220,6 +229,8 @@ class Forwarder:
             await asyncio.sleep(1.0)
         self.status.holding = True
         await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        await connection.add_listener(BACKUP_ALERT_CHANNEL, self._on_backup_alert)
+        self._alerts_waiting = True
         delivered = await repository.ensure_cursor(
             self._name,
             self.destination.url,
@@ -275,6 +286,11 @@ class Forwarder:
                         self._last_error = None
                     backoff = 0.1
                 self._wake.clear()
+                if self._alerts_waiting:
+                    # The backup service tells of changed and stale configs through PostgreSQL;
+                    # whichever forwarder runs first imports them, the others find nothing.
+                    self._alerts_waiting = False
+                    await repository.import_backup_alerts(datetime.now(UTC))
                 rows = await repository.pending(
                     position, settings.forward_batch, settings.forward_repeats
                 )

@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from services.events.parse import ALARM_CLEAR, ALARM_SET, ParsedEvent
+from services.events.parse import ALARM_CLEAR, ALARM_SET, EVENT, ParsedEvent
 
 # Advisory lock ids ("pbxe"): the append lock, retention, and a class for per-destination
 # forwarding locks (second key: CRC-32 of the destination name).
@@ -42,6 +42,37 @@ OUTGOING_COLUMNS = (
 _CUSTOMER = """COALESCE(
     (SELECT d.customer FROM devices d WHERE d.mac = {mac}),
     (SELECT d.customer FROM devices d WHERE d.hardware_id = {hwid}))"""
+
+
+def backup_alert_event(alert: Any, received_at: datetime) -> NewEvent:
+    """The event for one ``backup_alerts`` row: ``backup-changed`` (notice) or ``backup-stale``
+    (warning), source ``backup``, the alert's own fields kept."""
+    fields = {key: str(value) for key, value in dict(alert).items() if value is not None}
+    stale = alert["kind"] == "stale"
+    parsed = ParsedEvent(
+        kind=EVENT,
+        syslog_severity=4 if stale else 5,
+        fields=fields,
+        event_time=alert["created_at"],
+        code=f"backup-{alert['kind']}",
+        severity="warning" if stale else "notice",
+        source="backup",
+        text=alert["message"],
+        device_hardware_id=alert["hardware_id"],
+        device_mac=alert["mac"],
+    )
+    return NewEvent(
+        received_at=received_at,
+        parsed=parsed,
+        device_mac=alert["mac"],
+        device_hardware_id=alert["hardware_id"],
+        device_ip=None,
+        proof="internal",
+        account=None,
+        source_address=None,
+        content_type="application/json",
+        raw=json.dumps(fields, sort_keys=True).encode(),
+    )
 
 
 @dataclass(frozen=True)
@@ -195,6 +226,31 @@ class EventRepository:
         self._db = connection
 
     # --- intake --------------------------------------------------------------------------------
+
+    async def import_backup_alerts(self, received_at: datetime, limit: int = 1000) -> int:
+        """Turn config-backup alerts not imported yet into events (in alert order); how many.
+        The import cursor's row lock lets one node at a time do it, each alert exactly once."""
+        async with self._db.transaction():
+            last = await self._db.fetchval(
+                "SELECT last_id FROM event_imports WHERE source = 'backup_alerts' FOR UPDATE"
+            )
+            rows = await self._db.fetch(
+                """SELECT id, kind, mac, hardware_id, customer, created_at, version_id,
+                          previous_version_id, lines_added, lines_removed, last_put_at, message
+                   FROM backup_alerts WHERE id > $1 ORDER BY id LIMIT $2""",
+                last,
+                limit,
+            )
+            if not rows:
+                return 0
+            await self.append(
+                [backup_alert_event(row, received_at) for row in rows], forward_repeats=False
+            )
+            await self._db.execute(
+                "UPDATE event_imports SET last_id = $1 WHERE source = 'backup_alerts'",
+                rows[-1]["id"],
+            )
+        return len(rows)
 
     async def append(self, batch: Sequence[NewEvent], *, forward_repeats: bool) -> list[Stored]:
         """Store ``batch`` in one transaction (see the module docstring); results in order."""
