@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 
 import asyncpg
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
@@ -35,7 +34,7 @@ from services.core import errors
 from services.core.api import pool_of
 from services.core.config import Settings
 from services.core.db import acquire, transaction
-from services.core.http import query_arguments, security_event
+from services.core.http import UploadAborted, query_arguments, read_body, security_event
 from services.core.identity import (
     DeviceIdentity,
     IdentityError,
@@ -239,19 +238,10 @@ def _named(identity: DeviceIdentity, name: str) -> bool:
 
 
 async def _read_body(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > rollout.MAX_UPLOAD_BYTES:
-        raise errors.TooLarge(f"body larger than {rollout.MAX_UPLOAD_BYTES} bytes")
-    chunks: list[bytes] = []
-    size = 0
     try:
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > rollout.MAX_UPLOAD_BYTES:
-                raise errors.TooLarge(f"body larger than {rollout.MAX_UPLOAD_BYTES} bytes")
-            chunks.append(chunk)
-    except (HttpProcessingError, ConnectionError, asyncio.IncompleteReadError, EOFError):
+        return await read_body(request, rollout.MAX_UPLOAD_BYTES)
+    except UploadAborted:
         raise errors.Invalid("upload aborted") from None
-    return b"".join(chunks)
 
 
 @dataclass(frozen=True)
