@@ -1,12 +1,16 @@
-"""core/batch.py: records written in batches, kept while the write fails, flushed on close."""
+"""core/batch.py (records written in batches, kept while the write fails, flushed on close) and
+core/periodic.py (work repeated every so often)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import asyncpg
+from aiohttp import web
 
 from services.core.batch import BackgroundBatches
+from services.core.periodic import PeriodicJob
 from tests.conftest import until
 
 
@@ -57,3 +61,35 @@ async def test_close_writes_the_rest_and_a_full_backlog_drops_the_newest(
         batches.add(n, pool)
     await batches.close()
     assert await stored(pool) == [0, 1, 2]
+
+
+async def test_periodic_job_survives_failures_and_stops_without_cancelling(
+    pool: asyncpg.Pool,
+) -> None:
+    runs: list[int] = []
+
+    async def job(job_pool: asyncpg.Pool) -> None:
+        runs.append(await job_pool.fetchval("SELECT 1"))
+        if len(runs) == 1:
+            raise RuntimeError("the first run fails; the loop goes on")
+
+    periodic = PeriodicJob("test job", 0.02, job)
+    context = periodic.context(web.Application())
+    await anext(context)
+    periodic.ensure_started(pool)
+    periodic.ensure_started(pool)  # once only
+    await until(lambda: len(runs) >= 3, timeout=5)
+    with contextlib.suppress(StopAsyncIteration):
+        await anext(context)
+    stopped_at = len(runs)
+    await asyncio.sleep(0.1)
+    assert len(runs) == stopped_at
+
+
+def test_periodic_job_with_interval_zero_never_starts() -> None:
+    async def job(_pool: asyncpg.Pool) -> None:
+        raise AssertionError("must not run")
+
+    periodic = PeriodicJob("off", 0, job)
+    periodic.ensure_started(None)  # never reaches the pool
+    assert periodic._task is None

@@ -11,10 +11,7 @@ Two applications:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -42,10 +39,11 @@ from services.backup.retention import Policy, policy_for, versions_to_delete
 from services.core.api import VERIFIED_CACHE_KEY, add_endpoints
 from services.core.auth import VerifiedCache
 from services.core.config import Settings
-from services.core.db import DatabaseUnavailable, acquire
+from services.core.db import acquire
 from services.core.deviceauth import DeviceAuth
 from services.core.digest import PostgresNonceCounter
 from services.core.http import SERVICE_NAME_KEY
+from services.core.periodic import PeriodicJob
 
 log = logging.getLogger(__name__)
 
@@ -159,43 +157,6 @@ async def run_maintenance_json(
     return report.as_json()
 
 
-class MaintenanceJob:
-    """Runs :func:`run_maintenance` every ``backup.prune_interval`` seconds.
-
-    The pool lives on the listener's application, which a service application cannot reach at
-    start-up, so the first request hands it over (:meth:`ensure_started`). Every node and worker
-    runs the loop; the advisory lock lets one of them work at a time.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    def ensure_started(self, pool: asyncpg.Pool) -> None:
-        if self._task is None and not self._closed and self._settings.backup.prune_interval > 0:
-            self._task = asyncio.create_task(self._loop(pool))
-
-    async def _loop(self, pool: asyncpg.Pool) -> None:
-        interval = self._settings.backup.prune_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await run_maintenance(pool, self._settings, datetime.now(UTC))
-            except DatabaseUnavailable as error:
-                log.warning("backup maintenance: database unavailable: %s", error)
-            except Exception:  # keep the loop; the next run retries
-                log.exception("backup maintenance failed")
-
-    async def context(self, _app: web.Application) -> AsyncIterator[None]:
-        yield
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
 def _shared_state(app: web.Application, settings: Settings) -> None:
     app[SETTINGS_KEY] = settings
     app[NORMALIZER_KEY] = Normalizer.build(settings.backup.ignore_patterns)
@@ -211,7 +172,12 @@ def create_app(settings: Settings) -> web.Application:
     app[DEVICE_AUTH_KEY] = DeviceAuth(
         settings.backup.digest_algorithms, settings.backup.digest_nonce_lifetime
     )
-    job = MaintenanceJob(settings)
+    # Every backup.prune_interval seconds, one node of the cluster at a time (advisory lock).
+    job = PeriodicJob(
+        "backup maintenance",
+        settings.backup.prune_interval,
+        lambda pool: run_maintenance(pool, settings, datetime.now(UTC)),
+    )
     app[ON_REQUEST_KEY] = job.ensure_started
     app.cleanup_ctx.append(job.context)
     # Every method on every path below the folder lands here: PUT stores, the rest is refused

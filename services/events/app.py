@@ -35,7 +35,7 @@ from services.events.handlers import (
     EventsState,
     receive_event,
 )
-from services.events.retention import RetentionJob
+from services.events.retention import retention_job
 from services.events.syslog import Destination, destinations
 from services.events.writer import GroupWriter
 
@@ -80,7 +80,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application()
     app[SETTINGS_KEY] = settings
     statuses = [ForwardStatus(target.name) for target in targets]
-    retention = RetentionJob(settings)
+    retention = retention_job(settings)
     state = EventsState(
         settings=settings,
         auth=DeviceAuth(

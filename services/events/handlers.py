@@ -46,10 +46,11 @@ from services.core.identity import (
     normalize_mac,
     printable,
 )
+from services.core.periodic import PeriodicJob
 from services.events.forward import ForwardStatus
 from services.events.parse import ALARM_SEVERITIES, SYSLOG_LEVELS, parse_event
 from services.events.repository import Cursor, DeviceRef, EventRepository, NewEvent
-from services.events.retention import RetentionJob, run_retention
+from services.events.retention import run_retention
 from services.events.writer import GroupWriter
 
 # --- per-application state ---------------------------------------------------------------------
@@ -194,7 +195,7 @@ class EventsState:
     writer: GroupWriter
     devices: DeviceCache = field(default_factory=DeviceCache)
     forwarders: list[ForwardStatus] = field(default_factory=list)
-    retention: RetentionJob | None = None
+    retention: PeriodicJob | None = None
     collector: EventsCollector | None = None
     _registered: bool = False
 

@@ -8,17 +8,14 @@ destination's backlog into a gap.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
-from aiohttp import web
 
 from services.core.config import Settings
-from services.core.db import DatabaseUnavailable, acquire
+from services.core.db import acquire
+from services.core.periodic import PeriodicJob
 from services.events.repository import EventRepository
 from services.events.syslog import destinations
 
@@ -43,33 +40,10 @@ async def run_retention(
     return deleted
 
 
-class RetentionJob:
-    """Runs retention every ``events.retention_interval`` seconds; the pool arrives with the
-    first request (a service application cannot reach the listener's pool at start-up)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    def ensure_started(self, pool: asyncpg.Pool) -> None:
-        if self._task is None and not self._closed and self._settings.events.retention_interval:
-            self._task = asyncio.get_running_loop().create_task(self._loop(pool))
-
-    async def _loop(self, pool: asyncpg.Pool) -> None:
-        while True:
-            await asyncio.sleep(self._settings.events.retention_interval)
-            try:
-                await run_retention(pool, self._settings, datetime.now(UTC))
-            except DatabaseUnavailable as error:
-                log.warning("events retention: database unavailable: %s", error)
-            except Exception:  # keep the loop; the next run retries
-                log.exception("events retention failed")
-
-    async def context(self, _app: web.Application) -> AsyncIterator[None]:
-        yield
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+def retention_job(settings: Settings) -> PeriodicJob:
+    """Retention every ``events.retention_interval`` seconds (one node at a time)."""
+    return PeriodicJob(
+        "events retention",
+        settings.events.retention_interval,
+        lambda pool: run_retention(pool, settings, datetime.now(UTC)),
+    )
