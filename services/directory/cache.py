@@ -19,13 +19,13 @@ notification is used for the search that asked for it but not kept (generation c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 
 import asyncpg
 
 from services.core.db import DatabaseUnavailable, acquire
+from services.core.listen import PoolListener
 from services.directory.index import CustomerDirectory, CustomerRecord
 from services.directory.repository import DirectoryRepository
 
@@ -47,15 +47,17 @@ class DirectoryCache:
         self._pending_all = False
         self._wake = asyncio.Event()
         self._warm_task: asyncio.Task[None] | None = None
-        self.live = False
         # lower-cased customer id -> record; None until loaded (or after an inventory change).
         self._customers: dict[str, CustomerRecord] | None = None
         self._customers_generation = 0
         self._directories: dict[str, CustomerDirectory] = {}
         self._generations: defaultdict[str, int] = defaultdict(int)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._connection: asyncpg.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._listen = PoolListener(
+            {CONTACTS_CHANNEL: self._on_contacts, INVENTORY_CHANNEL: self._on_inventory},
+            on_listening=self._listening,
+            on_lost=self._lost,
+        )
         self._closed = False
 
     # --- reads -----------------------------------------------------------------------------
@@ -170,65 +172,31 @@ class DirectoryCache:
                 log.warning("directory: background load failed: %s", error)
                 self._pending.clear()
 
-    # --- the listening connection (as services/update/state.py ChangeWatch) ------------------
+    # --- the listening connection (core/listen.py) ---------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return self._listen.live
 
     def start(self) -> None:
-        if self._task is None and not self._closed:
-            self._task = asyncio.get_running_loop().create_task(self._connect())
-
-    async def _connect(self) -> None:
-        delay = 0.5
-        while not self._closed:
-            try:
-                connection = await self._pool.acquire(timeout=5.0)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            try:
-                await connection.add_listener(CONTACTS_CHANNEL, self._on_contacts)
-                await connection.add_listener(INVENTORY_CHANNEL, self._on_inventory)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await self._release(connection)
-                await asyncio.sleep(delay)
-                continue
-            if self._closed:
-                await self._release(connection)
-                return
-            connection.add_termination_listener(self._on_lost)
-            self._connection = connection
-            # Listening first, then forgetting: whatever committed before is read afresh.
-            self.drop_all()
-            self.live = True
-            self._warm(None)
-            return
-
-    def _on_lost(self, _connection: object) -> None:
-        log.warning("directory: lost the LISTEN connection; serving from PostgreSQL until back")
-        self.live = False
-        self._connection = None
-        self.drop_all()
         if not self._closed:
-            self._task = asyncio.get_running_loop().create_task(self._connect())
+            self._listen.start(self._pool)
 
-    async def _release(self, connection: asyncpg.Connection) -> None:
-        with contextlib.suppress(ValueError, KeyError):
-            connection.remove_termination_listener(self._on_lost)
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await connection.remove_listener(CONTACTS_CHANNEL, self._on_contacts)
-            await connection.remove_listener(INVENTORY_CHANNEL, self._on_inventory)
-        await self._pool.release(connection)
+    async def _listening(self, _connection: asyncpg.Connection) -> None:
+        # Listening first, then forgetting: whatever committed before is read afresh.
+        self.drop_all()
+        self._warm(None)
+
+    def _lost(self) -> None:
+        log.warning("directory: lost the LISTEN connection; serving from PostgreSQL until back")
+        self.drop_all()
 
     async def close(self) -> None:
         """Stop listening. The start-up task is awaited, never cancelled: cancelling it inside
         ``pool.acquire`` could lose the connection and make the pool's close wait forever."""
         self._closed = True
-        self.live = False
         self._wake.set()
-        tasks = [task for task in (self._task, self._warm_task) if task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=15)
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            await self._release(connection)
+        await self._listen.close()
+        if self._warm_task is not None:
+            await asyncio.wait([self._warm_task], timeout=15)
         self.drop_all()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -11,6 +10,7 @@ from aiohttp import web
 
 from services.core.config import Settings
 from services.core.inventory import inventory_version, load_inventory
+from services.core.listen import PoolListener
 from services.update.firmware import FirmwareStore
 from services.update.provisioning import BodyCache, Snapshot
 from services.update.repository import UpdateRepository
@@ -65,83 +65,39 @@ class ChangeWatch:
     def __init__(self) -> None:
         self.version: int | None = None
         self.restage: set[str] = set()
-        self.live = False
-        self._connection: asyncpg.Connection | None = None
-        self._pool: asyncpg.Pool | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
+        # An inventory NOTIFY whose payload was not a version: read the version until the
+        # connection is set up again.
+        self._unsure = False
+        self._listen = PoolListener(
+            {"pbxfront_inventory": self._on_inventory, "pbxfront_restage": self._on_restage},
+            on_listening=self._read_state,
+        )
+
+    @property
+    def live(self) -> bool:
+        return self._listen.live and not self._unsure
 
     def start(self, pool: asyncpg.Pool) -> None:
         """Begin listening in the background (idempotent)."""
-        if self._task is None and not self._closed:
-            self._pool = pool
-            self._task = asyncio.get_running_loop().create_task(self._connect())
+        self._listen.start(pool)
 
-    async def _connect(self) -> None:
-        assert self._pool is not None
-        delay = 0.5
-        while not self._closed:
-            try:
-                connection = await self._pool.acquire(timeout=5.0)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            try:
-                await connection.add_listener("pbxfront_inventory", self._on_inventory)
-                await connection.add_listener("pbxfront_restage", self._on_restage)
-                # Listening first, then reading: nothing committed in between is missed.
-                self.version = await inventory_version(connection)
-                self.restage = await UpdateRepository(connection).pending_restages()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await self._release(connection)
-                await asyncio.sleep(delay)
-                continue
-            if self._closed:
-                await self._release(connection)
-                return
-            connection.add_termination_listener(self._on_lost)
-            self._connection = connection
-            self.live = True
-            return
+    async def _read_state(self, connection: asyncpg.Connection) -> None:
+        self.version = await inventory_version(connection)
+        self.restage = await UpdateRepository(connection).pending_restages()
+        self._unsure = False
 
     def _on_inventory(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
         if payload.isdigit():
             self.version = max(self.version or 0, int(payload))
-        else:  # unknown payload: fall back to reading the version until reconnected
-            self.live = False
+        else:
+            self._unsure = True
 
     def _on_restage(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
         self.restage.add(payload)
 
-    def _on_lost(self, _connection: object) -> None:
-        self.live = False
-        self._connection = None
-        if self._pool is not None and not self._closed:
-            self._task = asyncio.get_running_loop().create_task(self._connect())
-
-    async def _release(self, connection: asyncpg.Connection) -> None:
-        with contextlib.suppress(ValueError, KeyError):
-            connection.remove_termination_listener(self._on_lost)
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await connection.remove_listener("pbxfront_inventory", self._on_inventory)
-            await connection.remove_listener("pbxfront_restage", self._on_restage)
-        assert self._pool is not None
-        await self._pool.release(connection)
-
     async def close(self) -> None:
-        """Stop listening and give the connection back (the pool's close waits for it).
-
-        The start-up task is awaited, not cancelled: cancelling it while the pool hands it a
-        connection could lose that connection, and the pool's close would wait for it forever.
-        """
-        self._closed = True
-        self.live = False
-        if self._task is not None:
-            await asyncio.wait([self._task], timeout=15)
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            await self._release(connection)
+        """Stop listening and give the connection back."""
+        await self._listen.close()
 
 
 SETTINGS_KEY = web.AppKey("update_settings", Settings)
