@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import os
 import shutil
+import socket
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -21,7 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.core import db, pki
-from services.core.config import DatabaseSettings
+from services.core.commands import Bind, Handler, Work
+from services.core.config import DatabaseSettings, Settings
 
 TEMPLATE_DATABASE = "pbxfront_template"
 
@@ -101,6 +106,83 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+async def curl_with_headers(*args: str) -> tuple[int, bytes, str]:
+    """Run the real curl: (status, body, response headers)."""
+    handle, headers_path = tempfile.mkstemp(prefix="pbxfront-curl-")
+    os.close(handle)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            "curl",
+            "-sS",
+            "--max-time",
+            "30",
+            "-o",
+            "-",
+            "-D",
+            headers_path,
+            "-w",
+            "\n%{http_code}",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await process.communicate()
+        headers = await asyncio.to_thread(Path(headers_path).read_text, errors="replace")
+    finally:
+        await asyncio.to_thread(os.unlink, headers_path)
+    body, _, code = out.rpartition(b"\n")
+    assert code, err.decode()
+    return int(code), body, headers
+
+
+async def curl(*args: str) -> tuple[int, bytes]:
+    """Run the real curl: (status, body)."""
+    status, body, _ = await curl_with_headers(*args)
+    return status, body
+
+
+def service_cli(
+    register: Callable[[Any, argparse.ArgumentParser, Bind], None],
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> Callable[..., Awaitable[tuple[int, str]]]:
+    """A service's commands as ``pbxfront`` would run them against the test database:
+    ``await run("backups", "list")`` gives (exit code, standard output)."""
+
+    def bind(work: Work) -> Handler:
+        def handler(args: argparse.Namespace) -> int:
+            async def run() -> int:
+                pool = await db.create_pool(database_url, DatabaseSettings(pool_max_size=2))
+                try:
+                    return await work(args, Settings(), pool)
+                finally:
+                    await pool.close()
+
+            return asyncio.run(run())
+
+        return handler
+
+    common = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(prog="pbxfront")
+    register(parser.add_subparsers(dest="command", required=True), common, bind)
+
+    async def run(*argv: str) -> tuple[int, str]:
+        args = parser.parse_args(argv)
+        code: int = await asyncio.to_thread(args.handler, args)
+        return code, capsys.readouterr().out
+
+    return run
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A loopback port the OS considers free now, for peers (rsyslogd, slapd) that cannot be
+    told to take port 0 and report it."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def peer_program(name: str, package: str) -> str:

@@ -5,7 +5,6 @@ WebDAV view (webdav4) and the CLI."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import dataclasses
@@ -35,7 +34,6 @@ from services.backup.normalize import Normalizer, prepare
 from services.backup.repository import BackupRepository, InventoryDevice, Upload
 from services.core import db
 from services.core.auth import AccountRepository, Role
-from services.core.commands import Handler, Work
 from services.core.config import (
     BackupSettings,
     DatabaseSettings,
@@ -47,7 +45,7 @@ from services.core.digest import NonceSigner, compute_response, load_secret
 from services.core.http import mount_service
 from services.core.inventory import InventoryRepository, apply_inventory, read_inventory_file
 from services.core.runner import Node, start_node
-from tests.conftest import DEVICE_A, DEVICE_B, DEVICE_C, SessionPki, until
+from tests.conftest import DEVICE_A, DEVICE_B, DEVICE_C, SessionPki, curl, service_cli, until
 
 MAC_A = "009033010203"
 MAC_C = "009033010204"
@@ -102,26 +100,6 @@ def admin_factory(settings: Settings) -> web.Application:
 
 
 FACTORIES = {"backup": backup_factory, "update": update_factory, "admin": admin_factory}
-
-
-async def curl(*args: str) -> tuple[int, bytes]:
-    process = await asyncio.create_subprocess_exec(
-        "curl",
-        "-sS",
-        "--max-time",
-        "30",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    body, _, code = out.rpartition(b"\n")
-    assert code, err.decode()
-    return int(code), body
 
 
 @dataclass
@@ -1065,27 +1043,7 @@ async def test_cli(
     await site.put(CONFIG_1)
     await site.put(CONFIG_1.replace("192.0.2.10", "192.0.2.11").replace("s3cret-admin", "other"))
 
-    def bind(work: Work) -> Handler:
-        def handler(args: argparse.Namespace) -> int:
-            async def run() -> int:
-                pool = await db.create_pool(database_url, DatabaseSettings(pool_max_size=2))
-                try:
-                    return await work(args, Settings(), pool)
-                finally:
-                    await pool.close()
-
-            return asyncio.run(run())
-
-        return handler
-
-    common = argparse.ArgumentParser(add_help=False)
-    parser = argparse.ArgumentParser(prog="pbxfront")
-    register(parser.add_subparsers(dest="command", required=True), common, bind)
-
-    async def run(*argv: str) -> tuple[int, str]:
-        args = parser.parse_args(argv)
-        code: int = await asyncio.to_thread(args.handler, args)
-        return code, capsys.readouterr().out
+    run = service_cli(register, database_url, capsys)
 
     code, out = await run("backups", "list")
     assert code == 0

@@ -5,7 +5,6 @@ with ldapsearch. Parsing and number rules are also tested on plain values."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import codecs
@@ -14,7 +13,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,12 +29,10 @@ from services.contacts.cli import register
 from services.contacts.domain import Difference, Entry, check_upload, difference, render_ldif
 from services.contacts.numbers import Normalizer, NumberError, NumberPlan
 from services.contacts.parse import read_table
-from services.core import db, errors
+from services.core import errors
 from services.core.auth import AccountRepository, Role
-from services.core.commands import Handler, Work
 from services.core.config import (
     ContactsSettings,
-    DatabaseSettings,
     LimitSettings,
     ListenerSettings,
     Settings,
@@ -44,7 +40,7 @@ from services.core.config import (
 from services.core.http import mount_service
 from services.core.inventory import apply_inventory, read_inventory_file
 from services.core.runner import Node, start_node
-from tests.conftest import SessionPki, peer_program, until
+from tests.conftest import SessionPki, curl, free_port, peer_program, service_cli, until
 
 DATA = Path(__file__).resolve().parent / "data" / "contacts"
 GERMAN = DATA / "outlook-de-cp1252.csv"
@@ -76,26 +72,6 @@ def admin_factory(settings: Settings) -> web.Application:
 
 
 FACTORIES = {"contacts": create_app, "admin": admin_factory}
-
-
-async def curl(*args: str) -> tuple[int, bytes]:
-    process = await asyncio.create_subprocess_exec(
-        "curl",
-        "-sS",
-        "--max-time",
-        "30",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    body, _, code = out.rpartition(b"\n")
-    assert code, err.decode()
-    return int(code), body
 
 
 @dataclass
@@ -572,27 +548,7 @@ async def test_cli(
     assert (await site.upload(SEED_CSV))[0] == 201
     assert (await site.upload(GERMAN))[0] == 201
 
-    def bind(work: Work) -> Handler:
-        def handler(args: argparse.Namespace) -> int:
-            async def run() -> int:
-                pool = await db.create_pool(database_url, DatabaseSettings(pool_max_size=2))
-                try:
-                    return await work(args, Settings(), pool)
-                finally:
-                    await pool.close()
-
-            return asyncio.run(run())
-
-        return handler
-
-    common = argparse.ArgumentParser(add_help=False)
-    parser = argparse.ArgumentParser(prog="pbxfront")
-    register(parser.add_subparsers(dest="command", required=True), common, bind)
-
-    async def run(*argv: str) -> tuple[int, str]:
-        args = parser.parse_args(argv)
-        code: int = await asyncio.to_thread(args.handler, args)
-        return code, capsys.readouterr().out
+    run = service_cli(register, database_url, capsys)
 
     code, out = await run("contacts", "history", CUSTOMER)
     assert code == 0
@@ -621,13 +577,6 @@ async def test_cli(
 
 
 # --- the LDIF in a real OpenLDAP ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 async def run_program(*argv: str) -> tuple[int, str]:

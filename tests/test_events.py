@@ -5,7 +5,6 @@ and the syslog formatter on hostile input."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
@@ -16,7 +15,6 @@ import re
 import signal
 import socket
 import ssl
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,7 +28,6 @@ from aiohttp import web
 
 from services.core import db
 from services.core.auth import AccountRepository, Role
-from services.core.commands import Handler, Work
 from services.core.config import (
     ConfigError,
     DatabaseSettings,
@@ -53,7 +50,17 @@ from services.events.syslog import (
     octet_counted,
     parse_destination,
 )
-from tests.conftest import DEVICE_A, DEVICE_B, DEVICE_C, SessionPki, peer_program, until
+from tests.conftest import (
+    DEVICE_A,
+    DEVICE_B,
+    DEVICE_C,
+    SessionPki,
+    curl_with_headers,
+    free_port,
+    peer_program,
+    service_cli,
+    until,
+)
 
 MAC_A = "009033010203"
 ADMIN_PASSWORD = "admin password 123"
@@ -251,13 +258,6 @@ def test_destination_urls() -> None:
 # --- a real rsyslogd ---------------------------------------------------------------------------
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class Rsyslog:
     directory: Path
@@ -374,30 +374,9 @@ FACTORIES = {"events": events_factory, "admin": admin_factory}
 
 
 async def curl(*args: str) -> tuple[int, str, str]:
-    """(status, body without its final newline, response headers)."""
-    handle, headers_path = tempfile.mkstemp(prefix="events-curl-")
-    os.close(handle)
-    process = await asyncio.create_subprocess_exec(
-        "curl",
-        "-sS",
-        "--max-time",
-        "30",
-        "-o",
-        "-",
-        "-D",
-        headers_path,
-        "-w",
-        "\n%{http_code}",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    headers = await asyncio.to_thread(Path(headers_path).read_text, errors="replace")
-    await asyncio.to_thread(os.unlink, headers_path)
-    body, _, code = out.decode(errors="replace").rpartition("\n")
-    assert code, err.decode()
-    return int(code), body.removesuffix("\n"), headers
+    """(status, body as text without its final newline, response headers)."""
+    status, body, headers = await curl_with_headers(*args)
+    return status, body.decode(errors="replace").removesuffix("\n"), headers
 
 
 @dataclass
@@ -990,27 +969,7 @@ async def test_admin_api_and_cli(
     async with session.get(site.admin + "/api/v1/events/1/raw", headers=operator) as response:
         assert await response.read() == ALARM.encode()
 
-    def bind(work: Work) -> Handler:
-        def handler(args: argparse.Namespace) -> int:
-            async def run() -> int:
-                pool = await db.create_pool(database_url, DatabaseSettings(pool_max_size=2))
-                try:
-                    return await work(args, Settings(), pool)
-                finally:
-                    await pool.close()
-
-            return asyncio.run(run())
-
-        return handler
-
-    common = argparse.ArgumentParser(add_help=False)
-    parser = argparse.ArgumentParser(prog="pbxfront")
-    register(parser.add_subparsers(dest="command", required=True), common, bind)
-
-    async def run(*argv: str) -> tuple[int, str]:
-        args = parser.parse_args(argv)
-        code: int = await asyncio.to_thread(args.handler, args)
-        return code, capsys.readouterr().out
+    run = service_cli(register, database_url, capsys)
 
     code, out = await run("events", "list", "--device", DEVICE_A)
     assert code == 0
