@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import shutil
 import socket
@@ -27,6 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from services.core import db, pki
 from services.core.commands import Bind, Handler, Work
 from services.core.config import DatabaseSettings, Settings
+from services.core.errors import UsageError
 
 TEMPLATE_DATABASE = "pbxfront_template"
 
@@ -174,6 +176,27 @@ def service_cli(
         return code, capsys.readouterr().out
 
     return run
+
+
+def run_wired_cli(
+    register: Callable[[Any, argparse.ArgumentParser, Bind], None], database_url: str, *argv: str
+) -> int:
+    """A service's commands wired as ``services/cli.py`` wires them (settings from ``--set``,
+    the database, errors as one line), in-process on the test database; the exit code."""
+    from services import cli as pbxfront_cli
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", action="append")
+    common.add_argument("--set", action="append")
+    parser = argparse.ArgumentParser(prog="pbxfront")
+    register(parser.add_subparsers(dest="command", required=True), common, pbxfront_cli._bind)
+    args = parser.parse_args([*argv, "--set", f"database.url={json.dumps(database_url)}"])
+    try:
+        status: int = args.handler(args)
+    except UsageError as error:
+        print(f"pbxfront: {error}")
+        return 2
+    return status
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

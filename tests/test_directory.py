@@ -4,11 +4,9 @@ contacts in a real PostgreSQL (inserted with SQL as the contacts service commits
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import dataclasses
-import json
 import logging
 import os
 import warnings
@@ -20,7 +18,6 @@ import pytest
 from aiohttp import web
 from pyasn1.codec.ber import decoder  # type: ignore[import-untyped]
 
-from services import cli as pbxfront_cli
 from services.core.auth import AccountRepository, Role
 from services.core.config import (
     ConfigError,
@@ -29,7 +26,6 @@ from services.core.config import (
     Settings,
     load_settings,
 )
-from services.core.errors import UsageError
 from services.core.inventory import apply_inventory, parse_inventory
 from services.core.runner import Node, ServiceFactories, start_node
 from services.directory import cli as directory_cli
@@ -51,7 +47,7 @@ from services.directory.filters import (
 from services.directory.index import Contact, CustomerDirectory, CustomerRecord, ascii_fold
 from services.directory.numbers import NumberingPlan, display, normalize_query, variants
 from services.directory.server import DirectoryServer, bind_target
-from tests.conftest import SessionPki, peer_program, until
+from tests.conftest import SessionPki, peer_program, run_wired_cli, until
 
 # ldap3 2.9 imports names pyasn1 0.6 deprecated (tagMap, typeMap); the suite turns warnings into
 # errors, and this one is ldap3's to fix.
@@ -996,20 +992,7 @@ def test_filter_strings_parse_as_clients_send_them() -> None:
 
 
 def run_cli(database_url: str, *argv: str) -> int:
-    """``pbxfront directory …`` in-process, on the test database (as services/cli.py wires it)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", action="append")
-    common.add_argument("--set", action="append")
-    parser = argparse.ArgumentParser(prog="pbxfront")
-    commands = parser.add_subparsers(dest="command", required=True)
-    directory_cli.register(commands, common, pbxfront_cli._bind)
-    args = parser.parse_args([*argv, "--set", f"database.url={json.dumps(database_url)}"])
-    try:
-        status: int = args.handler(args)
-    except UsageError as error:
-        print(f"pbxfront: {error}")
-        return 2
-    return status
+    return run_wired_cli(directory_cli.register, database_url, *argv)
 
 
 async def test_cli_search(

@@ -4,7 +4,6 @@ the CLI, curl, and the walk from factory-new to in sync on the update service.""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -27,7 +26,6 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from services import cli as pbxfront_cli
 from services.admin.app import create_app as admin_app
 from services.core import errors
 from services.core.config import (
@@ -36,7 +34,6 @@ from services.core.config import (
     Settings,
     UpdateSettings,
 )
-from services.core.errors import UsageError
 from services.core.http import mount_service
 from services.core.identity import DeviceIdentity, Proof
 from services.core.inventory import apply_inventory, read_inventory_file
@@ -67,7 +64,7 @@ from services.redirect.signing import (
 )
 from services.update.app import create_app as update_app
 from services.update.repository import UpdateRepository
-from tests.conftest import DEVICE_A, SessionPki, until
+from tests.conftest import DEVICE_A, SessionPki, run_wired_cli, until
 from tests.simulator import SimulatedDevice
 
 MAC_A = "009033010203"  # DEVICE_A, IP232-01-02-03
@@ -890,20 +887,7 @@ def test_import_formats() -> None:
 
 
 def run_cli(database_url: str, *argv: str) -> int:
-    """``pbxfront redirect …`` in-process, on the test database (as services/cli.py wires it)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", action="append")
-    common.add_argument("--set", action="append")
-    parser = argparse.ArgumentParser(prog="pbxfront")
-    commands = parser.add_subparsers(dest="command", required=True)
-    redirect_cli.register(commands, common, pbxfront_cli._bind)
-    args = parser.parse_args([*argv, "--set", f"database.url={json.dumps(database_url)}"])
-    try:
-        status: int = args.handler(args)
-    except UsageError as error:
-        print(f"pbxfront: {error}")
-        return 2
-    return status
+    return run_wired_cli(redirect_cli.register, database_url, *argv)
 
 
 async def test_cli(
