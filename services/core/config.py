@@ -152,11 +152,31 @@ class UpdateSettings:
     public_url: str = ""
     # Seconds between checks of the scripts folder for changed files.
     reload_interval: float = dataclasses.field(default=2.0, metadata=_check(_range(0.1, 3600)))
+    # Paths of innovaphone's PHP update server (PHPUS) that devices moved from it still poll:
+    # `GET <path>` moves the device to update.txt, `PUT`/`POST <path>?mode=backup` is a backup.
+    # An entry starting with "*" matches every path ending in the rest ("*/update.php").
+    phpus_paths: tuple[str, ...] = dataclasses.field(
+        default=("/update.php", "/DRIVE/CF0/update/update.php"),
+        metadata=_check(lambda v: _phpus_paths(v)),
+    )
     # First words (or "word word") of script lines allowed besides protocol.md's grammar.
     extra_commands: tuple[str, ...] = ()
     # Seconds between batched writes of device status (one statement for all polls since the
     # last); 0 writes as soon as a poll is answered.
     status_flush_interval: float = dataclasses.field(default=0.05, metadata=_check(_range(0, 60)))
+
+
+_PHPUS_PATH = re.compile(r"(\*|)(/[A-Za-z0-9._~-]+)*/[A-Za-z0-9_~-][A-Za-z0-9._~-]*\.php")
+
+
+def _phpus_paths(value: Any) -> str | None:
+    for path in value:
+        if not isinstance(path, str) or not _PHPUS_PATH.fullmatch(path) or "/../" in path:
+            return (
+                f"{path!r}: must be a path ending in a .php file name, e.g. "
+                '"/update.php", or "*/update.php" for any path ending so'
+            )
+    return None
 
 
 _REDIRECT_URL_FIELDS = {"public_address": "192.0.2.1", "frontend": "sb1", "index": 1}

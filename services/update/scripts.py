@@ -31,7 +31,10 @@ from services.core import scriptlines
 # Files larger than this are not scripts (protects memory and the devices).
 MAX_SCRIPT_BYTES = 256 * 1024
 SCRIPT_SUFFIXES = (".txt", ".htm")
-_UPDATE_VARIABLE = re.compile(r"#\(([A-Za-z0-9][A-Za-z0-9_.-]*)\)")
+_UPDATE_VARIABLE = re.compile(r"#\(([A-Za-z0-9][A-Za-z0-9_.-]*)\)|#\(\(")
+# `#((` writes a literal `#(`: how a plain script keeps a `#(name)` that is not ours to expand
+# (`pbxfront scripts import-phpus` escapes every `#(` of a PHPUS script that way).
+LITERAL_UPDATE_VARIABLE_OPEN = "#(("
 # protocol.md §2: PHPUS trims these characters (PHP's trim()) before hashing.
 _TRIM = " \t\n\r\0\x0b"
 
@@ -293,10 +296,13 @@ def _current_traceback() -> Any:
 
 
 def expand_update_variables(text: str, variables: Mapping[str, Any], source: str) -> str:
-    """The seed's ``#(name)`` syntax: replace with the variable's value; undefined is an error."""
+    """The seed's ``#(name)`` syntax: replace with the variable's value; undefined is an error.
+    ``#((`` is a literal ``#(`` (one pass, left to right, so ``#((x)`` gives ``#(x)``)."""
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
+        if name is None:  # the `#((` escape
+            return "#("
         if name not in variables:
             line = text.count("\n", 0, match.start()) + 1
             raise ScriptError(
