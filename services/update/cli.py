@@ -316,6 +316,9 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
     render.add_argument("--boot", metavar="BUILD", help="the device's BOOT value")
     render.add_argument("--base-url", metavar="URL", help="default: update.public_url")
     render.set_defaults(handler=bind(scripts_render))
+    from services.update import phpus
+
+    phpus.register(script_actions, common)
 
     devices = commands.add_parser("devices", help="device status as seen by the update service")
     device_actions = devices.add_subparsers(dest="action", required=True)
