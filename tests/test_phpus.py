@@ -345,7 +345,7 @@ def test_hash_is_phpus_hash_for_the_same_device(
 
 
 def test_staging_has_the_non_final_phases(imported: tuple[Path, Path, phpus.Plan]) -> None:
-    source, target, _ = imported
+    _source, target, _ = imported
     store = ScriptStore(target)
     store.refresh()
     body = _render(store, "staging.txt", "IP232", MAC_A)
@@ -499,9 +499,11 @@ ARGUMENTS = f"sn={MAC_A}&hwid={DEVICE_A}&type=IP232&ip=10.0.0.5"
 
 
 async def _get(site: Site, path: str, *, certificate: bool = True) -> tuple[int, str]:
-    async with site.session(certificate) as session:
-        async with session.get(site.url(path, certificate)) as response:
-            return response.status, await response.text()
+    async with (
+        site.session(certificate) as session,
+        session.get(site.url(path, certificate)) as response,
+    ):
+        return response.status, await response.text()
 
 
 def _commands(text: str) -> list[str]:
@@ -621,13 +623,15 @@ async def test_garbage_arguments_get_a_comment_never_5xx(
 async def test_other_modes_are_400(
     site: Site, method: str, query: str, status: int, text: str
 ) -> None:
-    async with site.session() as session:
-        async with session.request(
+    async with (
+        site.session() as session,
+        session.request(
             method, site.url(f"/update.php?{ARGUMENTS}&{query}"), data=b"x"
-        ) as response:
-            body = await response.text()
-            assert response.status == status, body
-            assert text in body
+        ) as response,
+    ):
+        body = await response.text()
+        assert response.status == status, body
+        assert text in body
 
 
 async def test_unknown_device_gets_the_update_404(site: Site) -> None:
@@ -661,10 +665,12 @@ async def test_mode_backup_put_and_post_are_stored(site: Site, method: str) -> N
 
 
 async def test_mode_backup_without_proof_is_refused(site: Site) -> None:
-    async with site.session(certificate=False) as session:
-        async with session.put(
+    async with (
+        site.session(certificate=False) as session,
+        session.put(
             site.url(f"/update.php?mode=backup&hwid={DEVICE_A}&sn={MAC_A}", proven=False),
             data=b"config change X /y 1\r\n",
-        ) as response:
-            assert response.status == 401, await response.text()
+        ) as response,
+    ):
+        assert response.status == 401, await response.text()
     assert await BackupRepository(site.pool).versions(MAC_A) == []
