@@ -674,3 +674,57 @@ async def test_mode_backup_without_proof_is_refused(site: Site) -> None:
     ):
         assert response.status == 401, await response.text()
     assert await BackupRepository(site.pool).versions(MAC_A) == []
+
+
+def test_phpus_paths_setting_and_routes() -> None:
+    from services.core.config import ConfigError, load_settings
+    from services.core.phpus import route_paths
+
+    settings = load_settings([], overrides={"update": {"phpus_paths": ["*/update.php"]}})
+    assert route_paths(settings.update.phpus_paths) == [
+        r"/{phpus_prefix:.*}/{name:update\.php}",
+        r"/{name:update\.php}",
+    ]
+    assert route_paths(["/DRIVE/CF0/update/update.php"]) == [
+        r"/DRIVE/CF0/update/{name:update\.php}"
+    ]
+    for bad in ("/DRIVE/CF0/update/update.txt", "update.php", "/a/../update.php", "/{x}.php"):
+        with pytest.raises(ConfigError, match=r"update\.phpus_paths: .*must be a path ending"):
+            load_settings([], overrides={"update": {"phpus_paths": [bad]}})
+
+
+async def test_suffix_path_reaches_the_route(
+    pool: asyncpg.Pool, session_pki: SessionPki, repo_root: Path, tmp_path: Path
+) -> None:
+    async with pool.acquire() as connection:
+        await apply_inventory(
+            connection, read_inventory_file(repo_root / "config" / "inventory.example.toml")
+        )
+    settings = Settings(
+        update=UpdateSettings(
+            scripts_dir=repo_root / "staging_scripts",
+            firmware_dir=tmp_path / "firmware",
+            phpus_paths=("*/update.php",),
+        )
+    )
+    listener = ListenerSettings(
+        port=0,
+        services=("backup", "update"),
+        tls=True,
+        certificate=session_pki.server_certificate,
+        key=session_pki.server_key,
+    )
+    node = await start_node(settings, pool, {"devices": listener}, service_factories())
+    try:
+        context = ssl.create_default_context(cafile=str(session_pki.ca))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+            base = node.addresses["devices"]
+            async with session.get(f"{base}/old/phpus/update.php?{ARGUMENTS}") as response:
+                assert response.status == 200
+                assert "config add UP1 /url " in await response.text()
+            async with session.get(f"{base}/update.php?{ARGUMENTS}") as response:
+                assert response.status == 200
+            async with session.get(f"{base}/old/phpus/update.phpx?{ARGUMENTS}") as response:
+                assert response.status == 404
+    finally:
+        await node.stop()

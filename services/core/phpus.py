@@ -30,7 +30,7 @@ _REFUSED_MODES = {
 def route_paths(paths: Iterable[str]) -> list[str]:
     """aiohttp route paths for the configured ``update.phpus_paths``. The file name becomes the
     route variable ``name`` (the backup service stores it as the upload's name); an entry
-    ``*/x/update.php`` matches any path ending in ``/x/update.php``."""
+    ``*/x/update.php`` matches any path ending in ``/x/update.php`` and that path itself."""
     routes: list[str] = []
     for path in paths:
         prefix, _, file_name = path.rpartition("/")
@@ -38,6 +38,7 @@ def route_paths(paths: Iterable[str]) -> list[str]:
         name = "{name:" + re.escape(file_name) + "}"
         if prefix.startswith("*"):
             routes.append("/{phpus_prefix:.*}" + prefix[1:] + "/" + name)
+            routes.append(prefix[1:] + "/" + name)  # and the path itself, at the root
         else:
             routes.append(prefix + "/" + name)
     return routes
