@@ -418,7 +418,6 @@ def read_scripts(
         return []
     phase_names = {p.lower() for p in config.phases if p != config.forcestaging_phase}
     environment_names = {e.lower() for e in config.environments}
-    class_names = {c.lower() for c in config.classes}
     all_phase = len(config.phases) > 1
     all_class = len(config.classes) > 1
     all_environment = len(config.environments) > 1
@@ -470,8 +469,6 @@ def read_scripts(
             continue
         text = decode(data, path, encoding, findings)
         _lint(path, text, findings)
-        if device_class not in class_names and device_class != "all":
-            device_class = device_class.lower()
         scripts.append(Script(phase, device_class, environment, path, escape(text)))
     if not scripts:
         findings.warning(folder, "no PHPUS scripts to import")
