@@ -187,7 +187,9 @@ async def start_site(
     async def start(**backup: Any) -> Site:
         settings = Settings(
             update=UpdateSettings(
-                scripts_dir=repo_root / "staging_scripts", firmware_dir=tmp_path / "firmware"
+                grace_seconds=0,
+                scripts_dir=repo_root / "staging_scripts",
+                firmware_dir=tmp_path / "firmware",
             ),
             backup=BackupSettings(**{"prune_interval": 0.0, **backup}),
         )

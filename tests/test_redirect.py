@@ -1036,7 +1036,10 @@ async def test_factory_new_device_walks_to_in_sync(
     port = devices_socket.getsockname()[1]
     settings = Settings(
         update=UpdateSettings(
-            scripts_dir=scripts, firmware_dir=tmp_path / "firmware", reload_interval=0.1
+            grace_seconds=0,
+            scripts_dir=scripts,
+            firmware_dir=tmp_path / "firmware",
+            reload_interval=0.1,
         ),
         redirect=RedirectSettings(
             frontend_url=f"https://127.0.0.1:{port}/DRIVE/CF0/update/staging.txt"

@@ -85,7 +85,9 @@ async def frontend(
             connection, read_inventory_file(repo_root / "config" / "inventory.example.toml")
         )
     settings = Settings(
-        update=UpdateSettings(scripts_dir=scripts, firmware_dir=firmware, reload_interval=0.1)
+        update=UpdateSettings(
+            grace_seconds=0, scripts_dir=scripts, firmware_dir=firmware, reload_interval=0.1
+        )
     )
     claimed = ListenerSettings(
         port=0,
@@ -212,13 +214,21 @@ async def test_staging_then_update(frontend: Frontend) -> None:
     assert "config add H323 /ras-port 1819" in staged.commands
     assert "kerberos1i.hoster.tld" in staged.text
     assert not any("UP1 check" in line for line in staged.commands)  # staging has no guard
-    assert device.url.endswith("/DRIVE/CF0/update/update.txt?sn=#m&hwid=#h&type=#t&ip=#i")
+    # protocol.md §10: staging turns fast polling on and says so in the update URL.
+    assert device.url.endswith(
+        "/DRIVE/CF0/update/update.txt?sn=#m&hwid=#h&type=#t&ip=#i&polling=5"
+    )
+    assert "mod cmd UP1 provision 5" in staged.commands
     assert device.poll_minutes == 1
     status = await status_of(frontend.pool, MAC_A, polls(1))
     assert status["phase"] == "staging"
     assert status["staged_at"] is not None
     update = await device.poll()
     assert any(line.startswith("mod cmd UP1 check ser") for line in update.commands)
+    # ... and the first update reply turns it off again, whatever the templates contain.
+    assert "mod cmd UP1 provision 0" in update.commands
+    assert "config rem UP1 /provision" in update.commands
+    assert device.url.endswith("/DRIVE/CF0/update/update.txt?sn=#m&hwid=#h&type=#t&ip=#i")
     assert device.poll_minutes == 15
     assert (await status_of(frontend.pool, MAC_A, polls(2)))["phase"] == "update"
 
@@ -255,8 +265,11 @@ async def test_secrets_only_for_proven_devices(frontend: Frontend) -> None:
     assert "pbx-password" in result.text
     assert "change-me" not in result.text
     assert all(line.startswith("#") for line in result.text.splitlines())
-    status = await status_of(frontend.pool, MAC_A, lambda status: status["proof"] == "claimed")
-    assert status["proof"] == "claimed"
+    # The device has proven itself: URL arguments alone no longer change its status (issue
+    # #21): the claimed poll is kept apart.
+    status = await status_of(frontend.pool, MAC_A, lambda status: status["claimed_seen"])
+    assert status["proof"] == "proven"
+    assert status["claimed_address"] == "127.0.0.1"
 
     # A reduced script without secrets is fine for a claimed device.
     (frontend.scripts / "set-Kuenkel00001.txt").write_text(

@@ -14,14 +14,16 @@ from services.core.http import COMMENT_ERRORS_KEY
 from services.core.ratelimit import AddressLimiter
 from services.update import certificates, handlers
 from services.update.firmware import FirmwareStore
-from services.update.provisioning import BodyCache
+from services.update.provisioning import BodyCache, Lifecycle
 from services.update.scripts import ScriptStore
 from services.update.state import (
     BODIES_KEY,
     FIRMWARE_KEY,
+    LIFECYCLE_KEY,
     SETTINGS_KEY,
     SNAPSHOTS_KEY,
     STORE_KEY,
+    UNKNOWN_LIMITER_KEY,
     WATCH_KEY,
     ChangeWatch,
     SnapshotCache,
@@ -63,12 +65,16 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application()
     app[SETTINGS_KEY] = settings
-    app[STORE_KEY] = ScriptStore(settings.update.scripts_dir)
+    app[STORE_KEY] = ScriptStore(settings.update.scripts_dir, settings.update.grace_seconds)
     app[FIRMWARE_KEY] = FirmwareStore(settings.update.firmware_dir)
     app[SNAPSHOTS_KEY] = SnapshotCache()
     app[BODIES_KEY] = BodyCache()
     app[STATUS_KEY] = StatusWriter(settings.update.status_flush_interval)
     app[WATCH_KEY] = ChangeWatch()
+    app[LIFECYCLE_KEY] = Lifecycle.from_settings(settings.update)
+    app[UNKNOWN_LIMITER_KEY] = AddressLimiter(
+        settings.update.unknown_burst, settings.update.unknown_per_second
+    )
     app[COMMENT_ERRORS_KEY] = True
     app.cleanup_ctx.append(script_reloader)
     app.cleanup_ctx.append(status_writer_ctx)

@@ -17,16 +17,24 @@ from services.core.config import Settings
 from services.core.errors import UsageError
 from services.core.identity import DeviceIdentity, IdentityError, Proof, normalize_mac
 from services.core.inventory import Device, InventoryError, InventoryRepository
-from services.update.firmware import FirmwareError, FirmwareStore, firmware_file_name
+from services.update.firmware import (
+    FirmwareError,
+    FirmwareStore,
+    device_model,
+    firmware_file_name,
+    model_names,
+)
 from services.update.provisioning import (
     STAGING,
     UPDATE,
+    Lifecycle,
     PolicyError,
     PollArguments,
     Snapshot,
     Urls,
     check_scripts,
-    decide_and_render,
+    look_up,
+    reply_for,
 )
 from services.update.repository import RolloutRepository, UpdateRepository
 from services.update.scripts import ScriptError, ScriptStore, SecretRequired
@@ -75,6 +83,7 @@ async def scripts_check(args: argparse.Namespace, settings: Settings, pool: asyn
         poll_minutes=settings.update.poll_interval,
         firmware_available=firmware.listed,
         extra_commands=settings.update.extra_commands,
+        lifecycle=Lifecycle.from_settings(settings.update),
     )
     for problem in problems:
         print(problem)
@@ -103,18 +112,16 @@ async def scripts_render(args: argparse.Namespace, settings: Settings, pool: asy
     identity = DeviceIdentity(proof, device.mac, device.hardware_id, device.device_type)
     arguments = PollArguments(check=args.check, prot=args.prot, boot=args.boot)
     try:
-        reply = decide_and_render(
-            store,
+        context = look_up(
             snapshot,
             device,
             identity,
             arguments,
             args.phase,
             Urls(_base_url(settings, args.base_url)),
-            poll_minutes=settings.update.poll_interval,
-            restage=False,
-            firmware_available=firmware.listed,
+            Lifecycle.from_settings(settings.update),
         )
+        reply = reply_for(store, context, firmware.listed)
     except (ScriptError, PolicyError, SecretRequired) as error:
         raise UsageError(str(error)) from None
     sys.stdout.write(reply.text.replace("\r\n", "\n"))
@@ -274,7 +281,18 @@ async def devices_certificate_reset(
 
 async def firmware_add(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     store = FirmwareStore(settings.update.firmware_dir)
-    name = args.name or firmware_file_name(args.kind, args.type)
+    model = device_model(args.type)
+    none = settings.update.firmware_none if args.kind == "prot" else settings.update.boot_none
+    if model in none and not args.name:
+        raise UsageError(
+            f"{args.type}: this model gets no {'firmware' if args.kind == 'prot' else 'boot code'}"
+            f" (update.{'firmware_none' if args.kind == 'prot' else 'boot_none'}); give --name "
+            "to store the file anyway"
+        )
+    overrides = model_names(
+        settings.update.firmware_names if args.kind == "prot" else settings.update.boot_names
+    )
+    name = args.name or firmware_file_name(args.kind, args.type, overrides)
     try:
         added = await asyncio.to_thread(store.add, Path(args.file), args.build, name)
     except FirmwareError as error:

@@ -7,14 +7,17 @@ Devices read every reply line as a command, so even errors are answered as ``#``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 
+import asyncpg
 from aiohttp import web
 
 from services.core.db import POOL_KEY, acquire
 from services.core.http import query_arguments, security_event
 from services.core.identity import DeviceIdentity, identify, printable
+from services.core.inventory import Device
 from services.core.scriptlines import comment, to_crlf
 from services.update import certificates
 from services.update.provisioning import (
@@ -22,18 +25,25 @@ from services.update.provisioning import (
     UPDATE,
     PolicyError,
     PollArguments,
+    PollContext,
     Reply,
+    Snapshot,
     Urls,
-    decide_and_render,
+    look_up,
+    names_build,
+    render_unknown,
+    reply_for,
 )
 from services.update.repository import PollRecord, UpdateRepository
 from services.update.scripts import ScriptError, SecretRequired
 from services.update.state import (
     BODIES_KEY,
     FIRMWARE_KEY,
+    LIFECYCLE_KEY,
     SETTINGS_KEY,
     SNAPSHOTS_KEY,
     STORE_KEY,
+    UNKNOWN_LIMITER_KEY,
     WATCH_KEY,
 )
 from services.update.status import STATUS_KEY
@@ -78,7 +88,7 @@ async def update(request: web.Request) -> web.Response:
 
 
 async def _poll(request: web.Request, phase: str) -> web.Response:
-    settings = request.app[SETTINGS_KEY]
+    """identify -> look up -> decide and render -> record (provisioning.py has the steps)."""
     identity = device_identity(request)
     arguments = PollArguments.parse(query_arguments(request))
     if identity.mac is None and identity.hardware_id is None:
@@ -87,93 +97,31 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
             "pbxfront cannot tell which device this is:",
             "use a client certificate or add ?sn=#m&hwid=#h&type=#t&ip=#i to the update URL",
         )
-    store = request.app[STORE_KEY]
-    firmware = request.app[FIRMWARE_KEY]
-    urls = Urls(base_url(request))
     pool = request.config_dict[POOL_KEY]
-    watch = request.app[WATCH_KEY]
-    watch.start(pool)
-    snapshots = request.app[SNAPSHOTS_KEY]
-    candidate = identity.mac in watch.restage if identity.mac else bool(watch.restage)
-    cached = snapshots.current(watch.version) if watch.live and not candidate else None
-    if cached is not None:
-        # The common case: no query and no pooled connection at all (releasing one to the
-        # pool costs a round trip of its own).
-        snapshot, restage_pending = cached, False
-    else:
-        async with acquire(pool) as connection:
-            version, restage_pending = await UpdateRepository(connection).poll_state(
-                identity.mac, identity.hardware_id
-            )
-            if not restage_pending and identity.mac:
-                watch.restage.discard(identity.mac)
-            snapshot = await snapshots.get(connection, version)
+    snapshot, restage = await _inventory(request, pool, identity)
     device = snapshot.find(identity)
     if device is None:
-        key = identity.mac or identity.hardware_id or "-"
-        async with acquire(pool) as connection:
-            await UpdateRepository(connection).record_unknown(
-                key,
-                identity.mac,
-                identity.hardware_id,
-                identity.device_type,
-                request.remote,
-                identity.proof.value,
-                arguments.version,
-            )
-        log.info(
-            "unknown device %s (%s) polled %s.txt", printable(key), identity.proof.value, phase
-        )
-        return comment_reply(404, f"device {key} is not in this provider's inventory")
-    restage = phase == UPDATE and restage_pending
-    rollout_lines: list[str] = []
-    if phase == UPDATE and not restage:
-        rollout_lines = await certificates.poll_lines(
-            request, pool, snapshot, device, identity, urls.base
-        )
-    reply: Reply
-    try:
-        reply = decide_and_render(
-            store,
-            snapshot,
-            device,
-            identity,
-            arguments,
-            phase,
-            urls,
-            poll_minutes=settings.update.poll_interval,
-            restage=restage,
-            firmware_available=firmware.listed,
-            bodies=request.app[BODIES_KEY],
-            extra_preamble=rollout_lines,
-        )
-    except SecretRequired as error:
-        security_event(
-            request,
-            "secret-refused",
-            device=device.mac,
-            proof=identity.proof.value,
-            secret=error.name,
-        )
-        reply = Reply(
-            403,
-            to_crlf([comment(str(error)), comment("connect with the device certificate")]),
-            error=str(error),
-        )
-    except (ScriptError, PolicyError) as error:
-        log.error("%s.txt for %s cannot be rendered: %s", phase, device.mac, error)
-        reply = Reply(
-            500,
-            to_crlf(
-                [
-                    comment(
-                        f"pbxfront: {phase}.txt cannot be rendered for "
-                        "this device; the operator's log says why"
-                    )
-                ]
+        return await _unknown(request, pool, snapshot, identity, arguments, phase)
+    context = look_up(
+        snapshot,
+        device,
+        identity,
+        arguments,
+        phase,
+        Urls(base_url(request)),
+        request.app[LIFECYCLE_KEY],
+        restage=restage,
+        firmware_attempts=await _firmware_attempts(pool, snapshot, device, arguments),
+    )
+    if phase == UPDATE and not context.restage:
+        context = dataclasses.replace(
+            context,
+            rollout=await certificates.poll_lines(
+                request, pool, snapshot, device, identity, context.urls.base
             ),
-            error=str(error),
         )
+    reply = _reply(request, context)
+    customer = snapshot.customers[device.customer]
     request.app[STATUS_KEY].record(
         PollRecord(
             mac=device.mac,
@@ -188,12 +136,130 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
             hash_sent=reply.hash_sent,
             in_sync=reply.in_sync,
             last_error=reply.error,
+            trusted=customer.allow_claimed_secrets,
+            firmware_suspect=reply.firmware_suspect,
+            firmware_stuck=reply.firmware_stuck,
         ),
         pool,
     )
     return web.Response(
         status=reply.status, text=reply.text, content_type="text/plain", charset="utf-8"
     )
+
+
+async def _inventory(
+    request: web.Request, pool: asyncpg.Pool, identity: DeviceIdentity
+) -> tuple[Snapshot, bool]:
+    """The inventory snapshot and whether a restage is pending for the device. In the common
+    case (LISTEN is live, no restage pending) no query and no pooled connection at all."""
+    watch = request.app[WATCH_KEY]
+    watch.start(pool)
+    snapshots = request.app[SNAPSHOTS_KEY]
+    candidate = identity.mac in watch.restage if identity.mac else bool(watch.restage)
+    cached = snapshots.current(watch.version) if watch.live and not candidate else None
+    if cached is not None:
+        return cached, False
+    async with acquire(pool) as connection:
+        version, restage_pending = await UpdateRepository(connection).poll_state(
+            identity.mac, identity.hardware_id
+        )
+        if not restage_pending and identity.mac:
+            watch.restage.discard(identity.mac)
+        return await snapshots.get(connection, version), restage_pending
+
+
+async def _firmware_attempts(
+    pool: asyncpg.Pool, snapshot: Snapshot, device: Device, arguments: PollArguments
+) -> int:
+    """Only a device whose ``ver`` names a wanted build it does not report costs a query."""
+    variables = snapshot.resolve(device)
+    for kind, current in (("prot", arguments.prot), ("boot", arguments.boot)):
+        wanted = variables.get(f"fw-{kind}")
+        build = wanted.value if wanted is not None else ""
+        if build and build != current and names_build(arguments.version, build):
+            async with acquire(pool) as connection:
+                return await UpdateRepository(connection).firmware_attempts(device.mac, build)
+    return 0
+
+
+def _reply(request: web.Request, context: PollContext) -> Reply:
+    firmware = request.app[FIRMWARE_KEY]
+    device, identity, phase = context.device, context.identity, context.phase
+    try:
+        return reply_for(request.app[STORE_KEY], context, firmware.listed, request.app[BODIES_KEY])
+    except SecretRequired as error:
+        security_event(
+            request,
+            "secret-refused",
+            device=device.mac,
+            proof=identity.proof.value,
+            secret=error.name,
+        )
+        return Reply(
+            403,
+            to_crlf([comment(str(error)), comment("connect with the device certificate")]),
+            error=str(error),
+        )
+    except (ScriptError, PolicyError) as error:
+        log.error("%s.txt for %s cannot be rendered: %s", phase, device.mac, error)
+        return Reply(
+            500,
+            to_crlf(
+                [
+                    comment(
+                        f"pbxfront: {phase}.txt cannot be rendered for "
+                        "this device; the operator's log says why"
+                    )
+                ]
+            ),
+            error=str(error),
+        )
+
+
+async def _unknown(
+    request: web.Request,
+    pool: asyncpg.Pool,
+    snapshot: Snapshot,
+    identity: DeviceIdentity,
+    arguments: PollArguments,
+    phase: str,
+) -> web.Response:
+    """A device not in the inventory: rate-limited per address (no enumerating the inventory by
+    ``sn=``), recorded for ``devices adopt`` (bounded), answered without customer data."""
+    settings = request.app[SETTINGS_KEY].update
+    limiter = request.app[UNKNOWN_LIMITER_KEY]
+    if not limiter.allows(request.remote):
+        security_event(request, "unknown-device-rate-limited", proof=identity.proof.value)
+        response = comment_reply(429, "too many polls for devices not in the inventory")
+        response.headers["Retry-After"] = str(limiter.retry_after(request.remote))
+        return response
+    limiter.spend(request.remote)
+    key = identity.mac or identity.hardware_id or "-"
+    async with acquire(pool) as connection:
+        await UpdateRepository(connection).record_unknown(
+            key,
+            identity.mac,
+            identity.hardware_id,
+            identity.device_type,
+            request.remote,
+            identity.proof.value,
+            arguments.version,
+            max_rows=settings.unknown_max_rows,
+        )
+    log.info("unknown device %s (%s) polled %s.txt", printable(key), identity.proof.value, phase)
+    store = request.app[STORE_KEY]
+    if settings.unknown_devices == "script" and store.has("unknown.txt"):
+        try:
+            reply = render_unknown(
+                store, snapshot, identity, Urls(base_url(request)), arguments.check
+            )
+        except (ScriptError, SecretRequired) as error:
+            log.error("unknown.txt cannot be rendered: %s", error)
+        else:
+            return web.Response(
+                status=reply.status, text=reply.text, content_type="text/plain", charset="utf-8"
+            )
+    return comment_reply(404, f"device {key} is not in this provider's inventory")
 
 
 async def firmware(request: web.Request) -> web.StreamResponse:

@@ -11,8 +11,9 @@ from aiohttp import web
 from services.core.config import Settings
 from services.core.inventory import inventory_version, load_inventory
 from services.core.listen import PoolListener
+from services.core.ratelimit import AddressLimiter
 from services.update.firmware import FirmwareStore
-from services.update.provisioning import BodyCache, Snapshot
+from services.update.provisioning import BodyCache, Lifecycle, Snapshot
 from services.update.repository import UpdateRepository
 from services.update.scripts import ScriptStore
 
@@ -106,6 +107,9 @@ FIRMWARE_KEY = web.AppKey("update_firmware", FirmwareStore)
 SNAPSHOTS_KEY = web.AppKey("update_snapshots", SnapshotCache)
 BODIES_KEY = web.AppKey("update_bodies", BodyCache)
 WATCH_KEY = web.AppKey("update_watch", ChangeWatch)
+LIFECYCLE_KEY = web.AppKey("update_lifecycle", Lifecycle)
+# Polls naming devices not in the inventory, per source address.
+UNKNOWN_LIMITER_KEY = web.AppKey("update_unknown_limiter", AddressLimiter)
 
 
 async def change_watch_ctx(app: web.Application) -> AsyncIterator[None]:
