@@ -121,7 +121,14 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
             ),
         )
     reply = _reply(request, context)
+    if reply.error and reply.status == 200:
+        log.error("%s.txt for %s: %s", phase, device.mac, reply.error)
     customer = snapshot.customers[device.customer]
+    trusted = identity.proven or customer.allow_claimed_secrets
+    if phase == STAGING and restage and reply.status == 200:
+        async with acquire(pool) as connection:
+            await UpdateRepository(connection).clear_restage(device.mac, trusted=trusted)
+        request.app[WATCH_KEY].restage.discard(device.mac)
     request.app[STATUS_KEY].record(
         PollRecord(
             mac=device.mac,
@@ -136,7 +143,7 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
             hash_sent=reply.hash_sent,
             in_sync=reply.in_sync,
             last_error=reply.error,
-            trusted=customer.allow_claimed_secrets,
+            trusted=trusted,
             firmware_suspect=reply.firmware_suspect,
             firmware_stuck=reply.firmware_stuck,
         ),

@@ -70,6 +70,8 @@ STAGING_POLL_MINUTES = 1
 # The URL argument that tells the first update.txt poll that staging left fast polling on
 # (PHPUS's own name, so a device moved from PHPUS is recognised the same way).
 POLLING_ARGUMENT = "polling"
+# Set by pbxfront's own staging only: the first update runs its script whatever CHECK says.
+STAGED_ARGUMENT = "staged"
 _FAST_POLL = re.compile(r"^config (add|change) UP1\b.*/poll 1\b", re.MULTILINE)
 
 
@@ -89,6 +91,7 @@ class PollArguments:
     polling: int | None = None
     polling_invalid: str | None = None
     phpus_phase: str | None = None
+    staged: bool = False
 
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> PollArguments:
@@ -115,13 +118,19 @@ class PollArguments:
             polling=polling,
             polling_invalid=invalid,
             phpus_phase=value("phase"),
+            staged=query.get(STAGED_ARGUMENT) == "1",
         )
 
     @property
     def fast_polling_left_on(self) -> bool:
         """Staging (ours or PHPUS's) left this device in fast polling, or its URL carries state
         arguments that must go: the next update reply brings it back to normal, once."""
-        return bool(self.polling) or self.polling_invalid is not None or bool(self.phpus_phase)
+        return (
+            bool(self.polling)
+            or self.polling_invalid is not None
+            or bool(self.phpus_phase)
+            or self.staged
+        )
 
 
 @dataclass(frozen=True)
@@ -217,8 +226,10 @@ class Urls:
         return self.script("update.txt")
 
     def update_after_staging(self, provision_minutes: int) -> str:
-        """update.txt with ``polling=<n>``: its first poll turns fast polling off again."""
-        return f"{self.update}&{POLLING_ARGUMENT}={provision_minutes}"
+        """update.txt with ``polling=<n>&staged=1``: its first poll turns fast polling off again
+        and runs the script even if the device's CHECK is current (staging may have changed
+        what the script sets, e.g. after a restage)."""
+        return f"{self.update}&{POLLING_ARGUMENT}={provision_minutes}&{STAGED_ARGUMENT}=1"
 
     @property
     def staging(self) -> str:
@@ -466,6 +477,8 @@ class Decision:
     notes: tuple[str, ...] = ()
     firmware_suspect: str | None = None
     firmware_stuck: str | None = None
+    # Recorded as the device's last error (e.g. a firmware file missing from the store).
+    problem: str | None = None
 
 
 def names_build(version: str | None, build: str) -> bool:
@@ -492,6 +505,7 @@ def decide(context: PollContext, firmware_available: Callable[[str, str], bool])
     if arguments.polling_invalid is not None:
         notes.append(f"ignored polling={arguments.polling_invalid!r}: not a number of minutes")
     firmware: list[tuple[FirmwareTarget, str | None]] = []
+    problem: str | None = None
     suspect: str | None = None
     stuck: str | None = None
     for target in firmware_targets(context.device, variables, context.urls, context.lifecycle):
@@ -499,13 +513,18 @@ def decide(context: PollContext, firmware_available: Callable[[str, str], bool])
         if current == target.build:
             continue
         if not firmware_available(target.build, target.file_name):
-            raise PolicyError(
+            # A missing file must not block the device's script (issue #14): say so, go on.
+            missing = (
                 f"fw-{target.kind} wants firmware/firm/{target.build}/{target.file_name}, "
                 "which is not in the firmware store"
             )
+            notes.append(f"{missing}; the script goes on without it")
+            problem = missing
+            continue
         if names_build(arguments.version, target.build):
             # The device says it runs the build but reports another PROT/BOOT: flashing again
             # cannot help for ever (protocol.md §10, field reports of empty PROT).
+            suspect = target.build
             if context.firmware_attempts >= context.lifecycle.firmware_attempts:
                 stuck = target.build
                 notes.append(
@@ -513,7 +532,6 @@ def decide(context: PollContext, firmware_available: Callable[[str, str], bool])
                     f"firmware withheld after {context.firmware_attempts} attempts"
                 )
                 continue
-            suspect = target.build
         firmware.append((target, current))
     return Decision(
         False,
@@ -525,6 +543,7 @@ def decide(context: PollContext, firmware_available: Callable[[str, str], bool])
         tuple(notes),
         firmware_suspect=suspect,
         firmware_stuck=stuck,
+        problem=problem,
     )
 
 
@@ -631,6 +650,7 @@ def render(
             to_crlf(text_lines),
             firmware_suspect=decision.firmware_suspect,
             firmware_stuck=decision.firmware_stuck,
+            error=decision.problem,
             **fields,
         )
 
@@ -646,18 +666,22 @@ def render(
         return reply(lines)
     digest = script_hash("\n".join(body))
     leave = _fast_polling_off(decision.interval, urls) if decision.leave_fast_polling else []
-    if context.arguments.check is not None and context.arguments.check.lower() == digest:
+    current = context.arguments.check is not None and context.arguments.check.lower() == digest
+    if current and not context.arguments.staged:
         lines.append(comment(f"nothing to do: CHECK {digest} is current"))
         if leave:
             lines += [*leave, "config write", "config activate"]
         return reply(lines, hash_sent=digest, in_sync=True)
+    # A device skips what follows a check line naming its current serial (protocol.md §2), so
+    # the run after staging of a current script goes without it, or its reset would be lost.
+    check = [] if current else [f"mod cmd UP1 check ser {digest}"]
     lines += [
         *body,
         comment("end of script"),
         *leave,
         "config write",
         "config activate",
-        f"mod cmd UP1 check ser {digest}",
+        *check,
         "iresetn",
     ]
     return reply(lines, hash_sent=digest, in_sync=False)

@@ -129,6 +129,19 @@ class UpdateRepository:
                 [r.firmware_stuck for r in chosen],
             )
 
+    async def clear_restage(self, mac: str, *, trusted: bool) -> None:
+        """A staging poll answered: the restage is done now, not when the batched status write
+        comes, so the device's next poll (seconds later in fast polling) is not sent back. An
+        untrusted claimed poll of a device that has proven itself clears nothing."""
+        await self._db.execute(
+            """
+            UPDATE device_status SET restage_requested = false, staged_at = now()
+            WHERE mac = $1 AND restage_requested AND ($2 OR last_proven IS NULL)
+            """,
+            mac,
+            trusted,
+        )
+
     async def firmware_attempts(self, mac: str, build: str) -> int:
         """Firmware replies already sent to the device for ``build`` while its ``ver`` named it
         (0 when the last poll was about another build or none)."""
