@@ -142,7 +142,7 @@ class DeviceModel:
 
     async def run(self, session: aiohttp.ClientSession, outcome: Outcome) -> None:
         assert outcome.text == "" or outcome.text.endswith("\r\n"), "replies use CRLF"
-        lines = [line for line in outcome.text.split("\r\n") if line and not line[0] == "#"]
+        lines = [line for line in outcome.text.split("\r\n") if line and line[0] != "#"]
         reset_requested = False
         for line in lines:
             words = line.split()

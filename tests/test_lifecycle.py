@@ -144,7 +144,8 @@ async def test_factory_new_to_in_sync_then_firmware_script_change_restage(
     device = frontend.factory_new()
     polls = await walk_to_sync(frontend, device, POLLS_TO_CONVERGE + 1)
     assert polls == POLLS_TO_CONVERGE
-    assert device.poll_minutes == INTERVAL and device.provision == 0
+    assert device.poll_minutes == INTERVAL
+    assert device.provision == 0
     assert device.url == frontend.update_url
     assert device.check
     staged_resets = device.resets
@@ -182,7 +183,8 @@ async def test_factory_new_to_in_sync_then_firmware_script_change_restage(
         prot = next(i for i, c in enumerate(commands) if c.startswith("mod cmd UP0 prot "))
         script = commands.index("config change NTP0 /server 10.0.0.9")
         assert prot < commands.index("iresetn") < script < len(commands) - 1
-        assert commands[-2].startswith("mod cmd UP1 check ser ") and commands[-1] == "iresetn"
+        assert commands[-2].startswith("mod cmd UP1 check ser ")
+        assert commands[-1] == "iresetn"
         return True
 
     await until(both_in_one_reply, timeout=10)
@@ -195,7 +197,8 @@ async def test_factory_new_to_in_sync_then_firmware_script_change_restage(
     assert await UpdateRepository(frontend.pool).request_restage(MAC_A)
     moved = await device.poll()
     assert "/DRIVE/CF0/update/staging.txt" in device.url
-    assert device.provision == 5 and device.poll_minutes == 1
+    assert device.provision == 5
+    assert device.poll_minutes == 1
     assert "mod cmd UP1 provision 5" in moved.commands
     polls = await walk_to_sync(frontend, device, 4)
     assert polls == 3  # staging, first update (script run again, fast polling off), in sync
@@ -216,7 +219,8 @@ async def test_phpus_leftover_arguments_are_normalised_once(frontend: Frontend) 
     outcome = await device.poll()
     assert "mod cmd UP1 provision 0" in outcome.commands
     assert f"config add UP1 /poll {INTERVAL}" in outcome.commands
-    assert not outcome.reset and device.check == check  # its script is not run again
+    assert not outcome.reset  # its script is not run again
+    assert device.check == check
     assert device.converged(INTERVAL, frontend.update_url)
     again = await device.poll()
     assert "mod cmd UP1 provision 0" not in again.commands

@@ -666,15 +666,17 @@ def render(
         return reply(lines)
     digest = script_hash("\n".join(body))
     leave = _fast_polling_off(decision.interval, urls) if decision.leave_fast_polling else []
-    current = context.arguments.check is not None and context.arguments.check.lower() == digest
-    if current and not context.arguments.staged:
+    check_current = (
+        context.arguments.check is not None and context.arguments.check.lower() == digest
+    )
+    if check_current and not context.arguments.staged:
         lines.append(comment(f"nothing to do: CHECK {digest} is current"))
         if leave:
             lines += [*leave, "config write", "config activate"]
         return reply(lines, hash_sent=digest, in_sync=True)
     # A device skips what follows a check line naming its current serial (protocol.md §2), so
     # the run after staging of a current script goes without it, or its reset would be lost.
-    check = [] if current else [f"mod cmd UP1 check ser {digest}"]
+    check = [] if check_current else [f"mod cmd UP1 check ser {digest}"]
     lines += [
         *body,
         comment("end of script"),
