@@ -49,6 +49,7 @@ from services.core.inventory import (
 from services.core.scriptlines import comment, to_crlf
 from services.update.firmware import device_model, firmware_file_name, model_names
 from services.update.scripts import (
+    LONE_CR,
     ScriptError,
     ScriptStore,
     Secret,
@@ -771,7 +772,7 @@ def check_scripts(
         return problems
     seen: set[str] = set()
     for name, source in sorted(store.sources.items()):
-        if "\r" in source.text:
+        if LONE_CR in source.text:
             problems.append(
                 f"{store.root / name}: lone CR line ends: each CR-separated run is one line "
                 "(as PHPUS reads it); convert the file to LF or CRLF line ends"

@@ -40,6 +40,9 @@ RAW_MARKER = "{#- pbxfront: raw -#}"
 # Stands for a literal "#(" of a raw file between rendering and #(name) expansion; a NUL never
 # reaches a script otherwise (files with control characters are refused).
 _LITERAL_HASH_PAREN = "\x00("
+# Stands for a lone CR through rendering: Jinja2 would make it a line end, PHPUS keeps it
+# inside its line (and hashes it so).
+LONE_CR = "\x00r"
 # What Jinja2 or the #(name) expansion would read as syntax in a plain file.
 _TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#|#\([A-Za-z0-9]")
 # protocol.md §2: PHPUS trims these characters (PHP's trim()) before hashing.
@@ -320,6 +323,7 @@ class ScriptStore:
         if control:
             line = text.count("\n", 0, control.start()) + 1
             return None, f"line {line}: control character {control.group()!r}"
+        text = text.replace("\r", LONE_CR)
         raw = False
         first, newline, rest = text.partition("\n")
         if first.strip() == RAW_MARKER:
@@ -410,4 +414,5 @@ def expand_update_variables(text: str, variables: Mapping[str, Any], source: str
         value = variables[name]
         return value.reveal() if isinstance(value, Secret) else str(value)
 
-    return _UPDATE_VARIABLE.sub(replace, text).replace(_LITERAL_HASH_PAREN, "#(")
+    expanded = _UPDATE_VARIABLE.sub(replace, text)
+    return expanded.replace(_LITERAL_HASH_PAREN, "#(").replace(LONE_CR, "\r")
