@@ -4,6 +4,7 @@ PostgreSQL; convergence, firmware, staging, secrets, hostile input, concurrency.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -73,9 +74,13 @@ class Frontend:
             await InventoryRepository(connection).set_variable(layer, scope, name, value, secret)
 
 
-@pytest.fixture
-async def frontend(
-    pool: asyncpg.Pool, session_pki: SessionPki, repo_root: Path, tmp_path: Path
+@contextlib.asynccontextmanager
+async def running_frontend(
+    pool: asyncpg.Pool,
+    session_pki: SessionPki,
+    repo_root: Path,
+    tmp_path: Path,
+    **update: Any,
 ) -> AsyncIterator[Frontend]:
     scripts = tmp_path / "staging_scripts"
     shutil.copytree(repo_root / "staging_scripts", scripts)
@@ -86,7 +91,11 @@ async def frontend(
         )
     settings = Settings(
         update=UpdateSettings(
-            grace_seconds=0, scripts_dir=scripts, firmware_dir=firmware, reload_interval=0.1
+            grace_seconds=0,
+            scripts_dir=scripts,
+            firmware_dir=firmware,
+            reload_interval=0.1,
+            **update,
         )
     )
     claimed = ListenerSettings(
@@ -103,8 +112,18 @@ async def frontend(
         "claimed": claimed,
     }
     node = await start_node(settings, pool, listeners, service_factories())
-    yield Frontend(node, pool, scripts, firmware, session_pki)
-    await node.stop()
+    try:
+        yield Frontend(node, pool, scripts, firmware, session_pki)
+    finally:
+        await node.stop()
+
+
+@pytest.fixture
+async def frontend(
+    pool: asyncpg.Pool, session_pki: SessionPki, repo_root: Path, tmp_path: Path
+) -> AsyncIterator[Frontend]:
+    async with running_frontend(pool, session_pki, repo_root, tmp_path) as running:
+        yield running
 
 
 async def status_of(
@@ -527,3 +546,73 @@ async def test_device_backs_up_through_the_scfg_line(
         assert versions == 2
     finally:
         await node.stop()
+
+
+# --- unknown devices and claimed polls (issues #14 item 8, #21 item 3) ------------------------
+
+
+async def test_unknown_devices_script_reveals_no_customer_and_is_recorded(
+    pool: asyncpg.Pool, session_pki: SessionPki, repo_root: Path, tmp_path: Path
+) -> None:
+    async with running_frontend(
+        pool, session_pki, repo_root, tmp_path, unknown_devices="script"
+    ) as frontend:
+        (frontend.scripts / "unknown.txt").write_text(
+            "# not registered yet: ask the operator to adopt {{ device.hardware_id }}\n"
+            "config change NTP0 /server #(h-domain)\n"
+        )
+        stranger = frontend.device(certificate=False, mac="009033aabbcc", name="IP232-aa-bb-cc")
+
+        async def served() -> bool:
+            return "config change NTP0 /server hoster.tld" in (await stranger.poll()).commands
+
+        await until(served, timeout=5)
+        result = await stranger.poll()  # its CHECK is current now
+        assert result.status == 200
+        assert result.commands == []
+        assert "Kuenkel" not in result.text
+        unknown = await UpdateRepository(pool).list_unknown()
+        assert [u.mac for u in unknown] == ["009033aabbcc"]
+
+
+async def test_unknown_lookups_are_rate_limited_and_bounded(
+    pool: asyncpg.Pool, session_pki: SessionPki, repo_root: Path, tmp_path: Path
+) -> None:
+    async with running_frontend(
+        pool,
+        session_pki,
+        repo_root,
+        tmp_path,
+        unknown_burst=15,
+        unknown_per_second=0.001,
+        unknown_max_rows=10,
+    ) as frontend:
+        statuses = []
+        for index in range(20):
+            stranger = frontend.device(
+                certificate=False, mac=f"0090330c{index:04x}", name=f"IP232-0c-00-{index:02x}"
+            )
+            statuses.append((await stranger.poll()).status)
+        assert statuses == [404] * 15 + [429] * 5
+        assert len(await UpdateRepository(pool).list_unknown()) == 10
+        # The known device from the same address is still served (only misses spend tokens,
+        # but a limited address is refused everything on the unknown path only).
+        known = await frontend.device().poll()
+        assert known.status == 200
+
+
+async def test_a_claimed_staging_poll_cannot_clear_a_restage(frontend: Frontend) -> None:
+    device = frontend.device()
+    await device.poll()
+    await status_of(frontend.pool, MAC_A, polls(1))
+    assert await UpdateRepository(frontend.pool).request_restage(MAC_A)
+    stranger = frontend.device(certificate=False, script="staging.txt")
+    result = await stranger.poll()
+    assert result.status == 200
+    assert "Kuenkel00001" not in result.text.splitlines()[0]  # the header names no customer
+    status = await status_of(frontend.pool, MAC_A, lambda s: s["claimed_seen"] is not None)
+    assert status["restage_requested"] is True
+    assert status["proof"] == "proven"
+    back = await device.poll()
+    assert "/DRIVE/CF0/update/staging.txt" in device.url
+    assert back.status == 200

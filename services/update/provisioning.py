@@ -733,7 +733,7 @@ def render_unknown(
     lines = [comment("pbxfront unknown.txt: this device is not in the provider's inventory")]
     if check is not None and check.lower() == digest:
         lines.append(comment(f"nothing to do: CHECK {digest} is current"))
-        return Reply(404, to_crlf(lines), hash_sent=digest, in_sync=True)
+        return Reply(200, to_crlf(lines), hash_sent=digest, in_sync=True)
     lines += [
         *body,
         "config write",
@@ -741,7 +741,7 @@ def render_unknown(
         f"mod cmd UP1 check ser {digest}",
         "iresetn",
     ]
-    return Reply(404, to_crlf(lines), hash_sent=digest)
+    return Reply(200, to_crlf(lines), hash_sent=digest)
 
 
 def check_scripts(
