@@ -31,9 +31,10 @@ from services.core.tls import bind_socket
 from services.redirect.handover import check_mapping
 from services.redirect.repository import RedirectRepository
 from services.serve import service_factories
+from services.update.cli import register
 from services.update.firmware import FirmwareStore
 from services.update.repository import UpdateRepository
-from tests.conftest import DEVICE_A, SessionPki, until
+from tests.conftest import DEVICE_A, SessionPki, service_cli, until
 from tests.devicemodel import DeviceModel
 
 MAC_A = "009033010203"
@@ -260,7 +261,7 @@ async def test_a_maintenance_window_never_blocks_staging(
 
 
 async def test_ver_naming_the_build_with_an_odd_prot_stops_after_attempts(
-    frontend: Frontend,
+    frontend: Frontend, database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await frontend.register(MAC_A)
     device = frontend.factory_new()
@@ -280,6 +281,31 @@ async def test_ver_naming_the_build_with_an_odd_prot_stops_after_attempts(
     statuses = await UpdateRepository(frontend.pool).statuses(mac=MAC_A)
     assert statuses[0].firmware_stuck == "135312"
     assert device.converged(INTERVAL, frontend.update_url)
+    run = service_cli(register, database_url, capsys)
+    code, listing = await run("devices", "list")
+    assert code == 0
+    assert "stuck:135312" in listing
+
+
+async def test_staging_goes_on_during_a_firmware_roll_out(frontend: Frontend) -> None:
+    source = frontend.firmware.parent / "ip232.bin"
+    source.write_bytes(b"\x7fFIRMWARE" * 100)
+    await asyncio.to_thread(FirmwareStore(frontend.firmware).add, source, "135312", "ip232.bin")
+    await frontend.set_variable("device_type", "IP232", "fw-prot", "135312")
+    await asyncio.sleep(0.5)
+    await frontend.register(MAC_A)
+    device = frontend.factory_new()
+    await device.poll()  # redirect
+    staged = await device.poll()
+    commands = staged.commands
+    # Firmware, reset, then the staging script and the move to update.txt, in one reply.
+    assert commands[0].startswith("mod cmd UP0 prot ")
+    assert "config change NTP0 /server 192.0.2.10" in commands
+    assert "mod cmd UP1 provision 5" in commands
+    assert staged.reset
+    assert device.prot == "135312"
+    assert await walk_to_sync(frontend, device, 3) == 2
+    device.assert_no_reset_loop()
 
 
 async def test_many_devices_converge_without_corrupting_each_other(

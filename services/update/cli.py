@@ -158,6 +158,7 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
         "PROOF",
         "PHASE",
         "SYNC",
+        "FIRMWARE",
         "ADDRESS",
     )
     rows: list[tuple[str, ...]] = [header]
@@ -165,6 +166,9 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
         sync = "yes" if s.in_sync else ("restage" if s.restage_requested else "no")
         if s.last_error:
             sync = "error"
+        # A device whose ver names the wanted build while PROT/BOOT does not: firmware lines
+        # withheld after update.firmware_attempts (issue #14).
+        firmware = f"stuck:{s.firmware_stuck}" if s.firmware_stuck else (s.prot or "-")
         rows.append(
             (
                 s.mac,
@@ -175,6 +179,7 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
                 s.proof or "-",
                 s.phase or "-",
                 sync,
+                firmware,
                 s.source_address or "-",
             )
         )
