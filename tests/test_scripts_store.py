@@ -192,3 +192,29 @@ def test_models_without_firmware_or_boot_code_get_none() -> None:
     assert "mod cmd UP0" not in reply_for(store, context, lambda b, n: True).text.replace(
         "mod cmd UP0 scfg", ""
     )
+
+
+def test_staging_installs_the_trust_list_when_its_variables_are_set() -> None:
+    from dataclasses import replace
+
+    from services.core.inventory import Variable
+    from services.update.provisioning import STAGING
+
+    inventory = replace(
+        INVENTORY,
+        variables=(
+            *INVENTORY.variables,
+            Variable("global", "", "trust-root", "3082010a0282010100c0ffee"),
+            Variable("global", "", "trust-command", "mod cmd X509 add-trusted"),
+        ),
+    )
+    snapshot = Snapshot.build(2, inventory)
+    store = ScriptStore(ROOT / "staging_scripts")
+    store.refresh()
+    identity = DeviceIdentity(Proof.PROVEN, DEVICE.mac, DEVICE.hardware_id, DEVICE.device_type)
+    context = look_up(snapshot, DEVICE, identity, PollArguments(), STAGING, URLS, Lifecycle())
+    text = reply_for(store, context, lambda b, n: False).text
+    assert "mod cmd X509 add-trusted 3082010a0282010100c0ffee\r\n" in text
+    # Without the variables (the example inventory) the line is not there.
+    plain = look_up(SNAPSHOT, DEVICE, identity, PollArguments(), STAGING, URLS, Lifecycle())
+    assert "add-trusted" not in reply_for(store, plain, lambda b, n: False).text
