@@ -21,6 +21,8 @@ import pytest
 from services.core.config import ListenerSettings, Settings, UpdateSettings
 from services.core.inventory import InventoryRepository, apply_inventory, read_inventory_file
 from services.core.runner import Node, start_node
+from services.core.unknown import UPDATE as UPDATE_SERVICE
+from services.core.unknown import UnknownDeviceRepository
 from services.serve import service_factories
 from services.update.firmware import FirmwareStore
 from services.update.repository import UpdateRepository
@@ -326,7 +328,7 @@ async def test_unknown_device_is_404_and_recorded(frontend: Frontend) -> None:
     result = await stranger.poll()
     assert result.status == 404
     assert result.text.startswith("# ")
-    unknown = await UpdateRepository(frontend.pool).list_unknown()
+    unknown = await UnknownDeviceRepository(frontend.pool).sightings(UPDATE_SERVICE)
     assert [(u.mac, u.hardware_id, u.proof) for u in unknown] == [
         ("0090330a0b0c", DEVICE_B, "proven")
     ]
@@ -571,7 +573,7 @@ async def test_unknown_devices_script_reveals_no_customer_and_is_recorded(
         assert result.status == 200
         assert result.commands == []
         assert "Kuenkel" not in result.text
-        unknown = await UpdateRepository(pool).list_unknown()
+        unknown = await UnknownDeviceRepository(pool).sightings(UPDATE_SERVICE)
         assert [u.mac for u in unknown] == ["009033aabbcc"]
 
 
@@ -594,7 +596,7 @@ async def test_unknown_lookups_are_rate_limited_and_bounded(
             )
             statuses.append((await stranger.poll()).status)
         assert statuses == [404] * 15 + [429] * 5
-        assert len(await UpdateRepository(pool).list_unknown()) == 10
+        assert len(await UnknownDeviceRepository(pool).sightings(UPDATE_SERVICE)) == 10
         # The known device from the same address is still served (only misses spend tokens,
         # but a limited address is refused everything on the unknown path only).
         known = await frontend.device().poll()

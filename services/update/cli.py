@@ -17,6 +17,8 @@ from services.core.config import Settings
 from services.core.errors import UsageError
 from services.core.identity import DeviceIdentity, IdentityError, Proof, normalize_mac
 from services.core.inventory import Device, InventoryError, InventoryRepository
+from services.core.unknown import UPDATE as UPDATE_SERVICE
+from services.core.unknown import UnknownDeviceRepository
 from services.update.firmware import (
     FirmwareError,
     FirmwareStore,
@@ -187,7 +189,7 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
     if args.unknown:
-        unknown = await UpdateRepository(pool).list_unknown()
+        unknown = await UnknownDeviceRepository(pool).sightings(UPDATE_SERVICE)
         print(f"\nunknown devices that polled ({len(unknown)}):")
         for item in unknown:
             print(
@@ -208,8 +210,8 @@ async def devices_restage(args: argparse.Namespace, settings: Settings, pool: as
 async def devices_adopt(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     """Take a device that polled but is not in the inventory into it (the seed's ZCD)."""
     mac = _mac(args.mac)
-    repository = UpdateRepository(pool)
-    sighting = next((u for u in await repository.list_unknown(100000) if u.mac == mac), None)
+    unknown = UnknownDeviceRepository(pool)
+    sighting = await unknown.find(UPDATE_SERVICE, mac)
     device_type = args.type or (sighting.device_type if sighting else None)
     if device_type is None:
         raise UsageError(f"{mac} has not polled with its type; give --type")
@@ -228,7 +230,7 @@ async def devices_adopt(args: argparse.Namespace, settings: Settings, pool: asyn
             raise UsageError("; ".join(error.problems)) from None
     if not created:
         raise UsageError(f"{mac} is in the inventory already")
-    await repository.forget_unknown(mac)
+    await unknown.forget(UPDATE_SERVICE, [mac])
     print(f"{mac}: adopted for customer {args.customer} as {device_type} {args.device_class}")
     print(
         "note: `pbxfront inventory apply` removes devices its file does not list; "

@@ -19,6 +19,8 @@ from services.core.http import query_arguments, security_event
 from services.core.identity import DeviceIdentity, identify, printable
 from services.core.inventory import Device
 from services.core.scriptlines import comment, to_crlf
+from services.core.unknown import UPDATE as UPDATE_SERVICE
+from services.core.unknown import UnknownDeviceRepository
 from services.update import certificates
 from services.update.provisioning import (
     STAGING,
@@ -243,14 +245,15 @@ async def _unknown(
     limiter.spend(request.remote)
     key = identity.mac or identity.hardware_id or "-"
     async with acquire(pool) as connection:
-        await UpdateRepository(connection).record_unknown(
+        await UnknownDeviceRepository(connection).record(
+            UPDATE_SERVICE,
             key,
-            identity.mac,
-            identity.hardware_id,
-            identity.device_type,
-            request.remote,
-            identity.proof.value,
-            arguments.version,
+            mac=identity.mac,
+            hardware_id=identity.hardware_id,
+            device_type=identity.device_type,
+            source_address=request.remote,
+            proof=identity.proof.value,
+            version=arguments.version,
             max_rows=settings.unknown_max_rows,
         )
     log.info("unknown device %s (%s) polled %s.txt", printable(key), identity.proof.value, phase)

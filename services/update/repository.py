@@ -76,20 +76,6 @@ class DeviceStatus:
         return data
 
 
-@dataclass(frozen=True)
-class UnknownDevice:
-    key: str
-    mac: str | None
-    hardware_id: str | None
-    device_type: str | None
-    first_seen: datetime
-    last_seen: datetime
-    polls: int
-    source_address: str | None
-    proof: str
-    version: str | None
-
-
 class UpdateRepository:
     def __init__(self, connection: asyncpg.Connection | asyncpg.Pool) -> None:
         self._db = connection
@@ -188,66 +174,6 @@ class UpdateRepository:
             mac,
         )
         return bool(marked)
-
-    async def record_unknown(
-        self,
-        key: str,
-        mac: str | None,
-        hardware_id: str | None,
-        device_type: str | None,
-        source_address: str | None,
-        proof: str,
-        version: str | None,
-        *,
-        max_rows: int | None = None,
-    ) -> None:
-        """Upsert the unknown device; with ``max_rows``, a new row past it replaces the rows
-        unseen longest, so strangers cannot grow the table without bound."""
-        if max_rows is not None:
-            await self._db.execute(
-                """
-                DELETE FROM unknown_devices WHERE key IN (
-                    SELECT key FROM unknown_devices
-                    WHERE NOT EXISTS (SELECT 1 FROM unknown_devices WHERE key = $1)
-                    ORDER BY last_seen
-                    LIMIT GREATEST(0, (SELECT count(*) FROM unknown_devices) - $2 + 1))
-                """,
-                key,
-                max_rows,
-            )
-        await self._db.execute(
-            """
-            INSERT INTO unknown_devices AS u
-                (key, mac, hardware_id, device_type, source_address, proof, version)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
-            ON CONFLICT (key) DO UPDATE SET
-                last_seen = now(), polls = u.polls + 1,
-                mac = COALESCE(EXCLUDED.mac, u.mac),
-                hardware_id = COALESCE(EXCLUDED.hardware_id, u.hardware_id),
-                device_type = COALESCE(EXCLUDED.device_type, u.device_type),
-                source_address = EXCLUDED.source_address, proof = EXCLUDED.proof,
-                version = EXCLUDED.version
-            """,
-            key,
-            mac,
-            hardware_id,
-            device_type,
-            source_address,
-            proof,
-            version,
-        )
-
-    async def list_unknown(self, limit: int = 1000) -> list[UnknownDevice]:
-        rows = await self._db.fetch(
-            """SELECT key, mac, hardware_id, device_type, first_seen, last_seen, polls,
-                      source_address, proof, version
-               FROM unknown_devices ORDER BY last_seen DESC LIMIT $1""",
-            limit,
-        )
-        return [UnknownDevice(**dict(row)) for row in rows]
-
-    async def forget_unknown(self, mac: str) -> None:
-        await self._db.execute("DELETE FROM unknown_devices WHERE mac = $1 OR key = $1", mac)
 
     async def statuses(
         self,
