@@ -17,7 +17,6 @@ from aiohttp import web
 from services.core.db import POOL_KEY, acquire
 from services.core.http import query_arguments, security_event
 from services.core.identity import DeviceIdentity, identify, printable
-from services.core.inventory import Device
 from services.core.scriptlines import comment, to_crlf
 from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
@@ -113,7 +112,9 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
         Urls(base_url(request)),
         request.app[LIFECYCLE_KEY],
         restage=restage,
-        firmware_attempts=await _firmware_attempts(pool, snapshot, device, arguments),
+    )
+    context = dataclasses.replace(
+        context, firmware_attempts=await _firmware_attempts(pool, context)
     )
     if phase == UPDATE and not context.restage:
         context = dataclasses.replace(
@@ -177,13 +178,11 @@ async def _inventory(
         return await snapshots.get(connection, version), restage_pending
 
 
-async def _firmware_attempts(
-    pool: asyncpg.Pool, snapshot: Snapshot, device: Device, arguments: PollArguments
-) -> int:
+async def _firmware_attempts(pool: asyncpg.Pool, context: PollContext) -> int:
     """Only a device whose ``ver`` names a wanted build it does not report costs a query."""
-    variables = snapshot.resolve(device)
+    arguments, device = context.arguments, context.device
     for kind, current in (("prot", arguments.prot), ("boot", arguments.boot)):
-        wanted = variables.get(f"fw-{kind}")
+        wanted = context.variables.get(f"fw-{kind}")
         build = wanted.value if wanted is not None else ""
         if build and build != current and names_build(arguments.version, build):
             async with acquire(pool) as connection:
