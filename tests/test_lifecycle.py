@@ -81,8 +81,14 @@ class Frontend:
         await RedirectRepository(self.pool).register("local", check_mapping(mac, "sb1"), "test")
 
     async def set_variable(self, layer: str, scope: str, name: str, value: str) -> None:
-        async with self.pool.acquire() as connection:
-            await InventoryRepository(connection).set_variable(layer, scope, name, value, False)
+        await self.set_variables((layer, scope, name, value))
+
+    async def set_variables(self, *variables: tuple[str, str, str, str]) -> None:
+        """In one transaction: devices see all of them from the same poll on."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            repository = InventoryRepository(connection)
+            for layer, scope, name, value in variables:
+                await repository.set_variable(layer, scope, name, value, False)
 
 
 @pytest.fixture
@@ -92,6 +98,20 @@ async def frontend(
     scripts = tmp_path / "staging_scripts"
     shutil.copytree(repo_root / "staging_scripts", scripts)
     firmware = tmp_path / "firmware"
+    # Two builds in the store from the start (the node lists it when it starts), and a customer
+    # script whose change an update variable switches on: a test changes what devices get in
+    # one inventory transaction, with no waiting for the folders to be re-read.
+
+    def prepare() -> None:
+        for build in ("135312", "135400"):
+            source = tmp_path / f"ip232-{build}.bin"
+            source.write_bytes(b"\x7fFIRMWARE" + build.encode() * 100)
+            FirmwareStore(firmware).add(source, build, "ip232.bin")
+        (scripts / "set-Kuenkel00001.txt").write_text(
+            '{% if "ntp-override" in vars %}config change NTP0 /server #(ntp-override)\n{% endif %}'
+        )
+
+    await asyncio.to_thread(prepare)
     async with pool.acquire() as connection:
         await apply_inventory(
             connection, read_inventory_file(repo_root / "config" / "inventory.example.toml")
@@ -153,11 +173,7 @@ async def test_factory_new_to_in_sync_then_firmware_script_change_restage(
 
     # Firmware roll-out: the script is current, so the reply has the firmware lines only; the
     # device loads it and resets once; then it reports the build and nothing more is sent.
-    source = frontend.firmware.parent / "ip232.bin"
-    source.write_bytes(b"\x7fFIRMWARE" * 100)
-    await asyncio.to_thread(FirmwareStore(frontend.firmware).add, source, "135312", "ip232.bin")
     await frontend.set_variable("device_type", "IP232", "fw-prot", "135312")
-    await asyncio.sleep(0.5)
 
     async def firmware_offered() -> bool:
         outcome = await device.poll()
@@ -170,11 +186,10 @@ async def test_factory_new_to_in_sync_then_firmware_script_change_restage(
 
     # A script change and a new firmware in one reply (PHPUS's order): firmware lines, iresetn,
     # then the script with its check; one reset covers both.
-    source.write_bytes(b"\x7fFIRMWARE2" * 100)
-    await asyncio.to_thread(FirmwareStore(frontend.firmware).add, source, "135400", "ip232.bin")
-    (frontend.scripts / "set-Kuenkel00001.txt").write_text("config change NTP0 /server 10.0.0.9\n")
-    await frontend.set_variable("device_type", "IP232", "fw-prot", "135400")
-    await asyncio.sleep(0.5)  # the scripts folder and the firmware store are re-read every 0.1 s
+    await frontend.set_variables(
+        ("device_type", "IP232", "fw-prot", "135400"),
+        ("customer", "Kuenkel00001", "ntp-override", "10.0.0.9"),
+    )
 
     async def both_in_one_reply() -> bool:
         outcome = await device.poll()
@@ -244,8 +259,7 @@ async def test_a_maintenance_window_never_blocks_staging(
     assert first.stopped_at is None
     assert device.converged(INTERVAL, frontend.update_url)
     # From the normal phase on the hours apply: outside them a script change waits.
-    (frontend.scripts / "set-Kuenkel00001.txt").write_text("config change NTP0 /server 10.0.0.9\n")
-    await asyncio.sleep(0.3)
+    await frontend.set_variable("customer", "Kuenkel00001", "ntp-override", "10.0.0.9")
     normal = await device.poll()
     assert "mod cmd UP1 times /allow 12,22,23 /initial 6" in normal.commands
     if hour is None:
@@ -266,17 +280,21 @@ async def test_ver_naming_the_build_with_an_odd_prot_stops_after_attempts(
     await frontend.register(MAC_A)
     device = frontend.factory_new()
     await walk_to_sync(frontend, device, POLLS_TO_CONVERGE + 1)
-    source = frontend.firmware.parent / "ip232.bin"
-    source.write_bytes(b"\x7fFIRMWARE" * 100)
-    await asyncio.to_thread(FirmwareStore(frontend.firmware).add, source, "135312", "ip232.bin")
     # The device runs 135312 (its ver says so) but reports an empty PROT.
     device.prot, device.reported_prot = "135312", ""
     await frontend.set_variable("device_type", "IP232", "fw-prot", "135312")
     offered = 0
+    repository = UpdateRepository(frontend.pool)
     for _ in range(8):
         outcome = await device.poll()
         offered += any(c.startswith("mod cmd UP0 prot ") for c in outcome.commands)
-        await asyncio.sleep(0.1)  # the batched status write
+        polls = device.polls - 1  # the redirect's poll is not the update service's
+
+        async def recorded(expected: int = polls) -> bool:
+            statuses = await repository.statuses(mac=MAC_A)
+            return statuses[0].polls == expected
+
+        await until(recorded)  # the next poll's decision reads the attempts written
     assert offered == 3  # update.firmware_attempts
     statuses = await UpdateRepository(frontend.pool).statuses(mac=MAC_A)
     assert statuses[0].firmware_stuck == "135312"
@@ -288,11 +306,7 @@ async def test_ver_naming_the_build_with_an_odd_prot_stops_after_attempts(
 
 
 async def test_staging_goes_on_during_a_firmware_roll_out(frontend: Frontend) -> None:
-    source = frontend.firmware.parent / "ip232.bin"
-    source.write_bytes(b"\x7fFIRMWARE" * 100)
-    await asyncio.to_thread(FirmwareStore(frontend.firmware).add, source, "135312", "ip232.bin")
     await frontend.set_variable("device_type", "IP232", "fw-prot", "135312")
-    await asyncio.sleep(0.5)
     await frontend.register(MAC_A)
     device = frontend.factory_new()
     await device.poll()  # redirect
