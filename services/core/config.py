@@ -157,6 +157,11 @@ class UpdateSettings:
     # Seconds between batched writes of device status (one statement for all polls since the
     # last); 0 writes as soon as a poll is answered.
     status_flush_interval: float = dataclasses.field(default=0.05, metadata=_check(_range(0, 60)))
+    # Where devices' scripts come from: "files" (scripts_dir on this node, re-read on change) or
+    # "database" (the version published with `pbxfront scripts publish`, the same on every node).
+    scripts_source: str = dataclasses.field(
+        default="files", metadata=_check(_choice("files", "database"))
+    )
     # protocol.md §10 (PHPUS "grace"): a changed script file reaches devices only once it is
     # this many seconds old, so a half-saved file is never sent; until then the previous
     # version of the whole tree is served.

@@ -20,6 +20,7 @@ from services.update.state import (
     BODIES_KEY,
     FIRMWARE_KEY,
     LIFECYCLE_KEY,
+    PUBLISHED_KEY,
     SETTINGS_KEY,
     SNAPSHOTS_KEY,
     STORE_KEY,
@@ -30,6 +31,7 @@ from services.update.state import (
     change_watch_ctx,
 )
 from services.update.status import STATUS_KEY, StatusWriter, status_writer_ctx
+from services.update.versions import PublishedScripts
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,10 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE_KEY]
     firmware = app[FIRMWARE_KEY]
     interval = app[SETTINGS_KEY].update.reload_interval
-    await asyncio.to_thread(store.refresh)
+    # With published versions (update.scripts_source = "database") the folder is not served.
+    folder = app[SETTINGS_KEY].update.scripts_source == "files"
+    if folder:
+        await asyncio.to_thread(store.refresh)
     await asyncio.to_thread(firmware.refresh)
     for name, problem in store.problems.items():
         log.error("scripts: %s: %s", name, problem)
@@ -48,7 +53,7 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(interval)
             try:
-                if await asyncio.to_thread(store.refresh):
+                if folder and await asyncio.to_thread(store.refresh):
                     log.info("scripts reloaded from %s", store.root)
                 if await asyncio.to_thread(firmware.refresh):
                     log.info("firmware store changed: %s", firmware.firm)
@@ -72,6 +77,7 @@ def create_app(settings: Settings) -> web.Application:
     app[STATUS_KEY] = StatusWriter(settings.update.status_flush_interval)
     app[WATCH_KEY] = ChangeWatch()
     app[LIFECYCLE_KEY] = Lifecycle.from_settings(settings.update)
+    app[PUBLISHED_KEY] = PublishedScripts(settings.update.scripts_dir)
     app[UNKNOWN_LIMITER_KEY] = AddressLimiter(
         settings.update.unknown_burst, settings.update.unknown_per_second
     )

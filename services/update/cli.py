@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from services.core import errors
 from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
@@ -39,7 +41,8 @@ from services.update.provisioning import (
     reply_for,
 )
 from services.update.repository import RolloutRepository, UpdateRepository
-from services.update.scripts import ScriptError, ScriptStore, SecretRequired
+from services.update.scripts import ScriptError, ScriptStore, SecretRequired, read_tree_files
+from services.update.versions import ScriptVersionRepository
 
 
 async def _snapshot(pool: asyncpg.Pool) -> Snapshot:
@@ -95,6 +98,79 @@ async def scripts_check(args: argparse.Namespace, settings: Settings, pool: asyn
     devices = len(snapshot.inventory.devices)
     print(f"ok: {len(store.sources)} script files, {devices} devices, staging.txt and update.txt")
     return 0
+
+
+async def scripts_publish(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    """Check the scripts folder as `scripts check` does and store it as the version every node
+    serves (update.scripts_source = "database"); refused while the check finds a problem."""
+    store, firmware = await _stores(settings)
+    snapshot = await _snapshot(pool)
+    problems = check_scripts(
+        store,
+        snapshot,
+        Urls(_base_url(settings, None)),
+        poll_minutes=settings.update.poll_interval,
+        firmware_available=firmware.listed,
+        extra_commands=settings.update.extra_commands,
+        lifecycle=Lifecycle.from_settings(settings.update),
+    )
+    files, unreadable = await asyncio.to_thread(read_tree_files, settings.update.scripts_dir)
+    problems += [f"{settings.update.scripts_dir / name}: {why}" for name, why in unreadable.items()]
+    if problems:
+        for problem in problems:
+            print(problem)
+        raise UsageError(f"not published: {len(problems)} problem(s) (pbxfront scripts check)")
+    async with pool.acquire() as connection:
+        version, created = await ScriptVersionRepository(connection).publish(
+            files, by=_operator(), comment=args.comment or ""
+        )
+    if not created:
+        print(f"no changes: version {version.id} holds these {version.files} files already")
+        return 0
+    print(f"published version {version.id}: {version.files} files, {version.bytes} bytes")
+    if settings.update.scripts_source != "database":
+        print(
+            'note: this node serves its scripts folder (update.scripts_source = "files"); '
+            'set it to "database" on every Frontend to serve published versions'
+        )
+    return 0
+
+
+async def scripts_versions(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    versions = await ScriptVersionRepository(pool).versions(args.limit)
+    if args.json:
+        print(json.dumps([v.as_json() for v in versions], indent=2))
+        return 0
+    for v in versions:
+        mark = "*" if v.current else " "
+        comment = f"  {v.comment}" if v.comment else ""
+        print(
+            f"{mark} {v.id:>4}  {v.published_at:%Y-%m-%d %H:%M:%S}  {v.published_by}  "
+            f"{v.files} files  {v.tree_sha256[:12]}{comment}"
+        )
+    if not versions:
+        print("no published versions (pbxfront scripts publish)")
+    return 0
+
+
+async def scripts_rollback(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        try:
+            version = await ScriptVersionRepository(connection).activate(
+                args.version, by=_operator()
+            )
+        except errors.NotFound as error:
+            raise UsageError(str(error)) from None
+    print(f"version {version.id} is current again; every node serves it from its next poll")
+    return 0
+
+
+def _operator() -> str:
+    """Who runs the command: the OS user (the CLI runs on the Frontend)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
 
 
 async def scripts_render(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
@@ -329,6 +405,24 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
         help="render every script for every device; list problems as file:line: message",
     )
     check.set_defaults(handler=bind(scripts_check))
+    publish = script_actions.add_parser(
+        "publish",
+        parents=[common],
+        help="check the scripts folder and make it the version every node serves",
+    )
+    publish.add_argument("--comment", help="why (shown by scripts versions)")
+    publish.set_defaults(handler=bind(scripts_publish))
+    versions = script_actions.add_parser(
+        "versions", parents=[common], help="published versions; * marks the current one"
+    )
+    versions.add_argument("--limit", type=int, default=50, help="how many, newest first")
+    versions.add_argument("--json", action="store_true", help="as JSON")
+    versions.set_defaults(handler=bind(scripts_versions))
+    rollback = script_actions.add_parser(
+        "rollback", parents=[common], help="make a published version current again"
+    )
+    rollback.add_argument("version", type=int, metavar="VERSION", help="from scripts versions")
+    rollback.set_defaults(handler=bind(scripts_rollback))
     render = script_actions.add_parser("render", parents=[common], help="what one device gets")
     render.add_argument("--device", required=True, metavar="MAC")
     render.add_argument("--phase", choices=(STAGING, UPDATE), default=UPDATE)

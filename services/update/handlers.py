@@ -36,11 +36,12 @@ from services.update.provisioning import (
     reply_for,
 )
 from services.update.repository import PollRecord, UpdateRepository
-from services.update.scripts import ScriptError, SecretRequired
+from services.update.scripts import ScriptError, ScriptStore, SecretRequired
 from services.update.state import (
     BODIES_KEY,
     FIRMWARE_KEY,
     LIFECYCLE_KEY,
+    PUBLISHED_KEY,
     SETTINGS_KEY,
     SNAPSHOTS_KEY,
     STORE_KEY,
@@ -48,6 +49,7 @@ from services.update.state import (
     WATCH_KEY,
 )
 from services.update.status import STATUS_KEY
+from services.update.versions import ScriptVersionRepository
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +102,15 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
         )
     pool = request.config_dict[POOL_KEY]
     snapshot, restage = await _inventory(request, pool, identity)
+    store = await scripts_for(request, pool)
+    if store is None:
+        return comment_reply(
+            503,
+            "pbxfront has no published script version yet (pbxfront scripts publish)",
+        )
     device = snapshot.find(identity)
     if device is None:
-        return await _unknown(request, pool, snapshot, identity, arguments, phase)
+        return await _unknown(request, pool, snapshot, store, identity, arguments, phase)
     context = look_up(
         snapshot,
         device,
@@ -123,7 +131,7 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
                 request, pool, snapshot, device, identity, context.urls.base
             ),
         )
-    reply = _reply(request, context)
+    reply = _reply(request, store, context)
     if reply.error and reply.status == 200:
         log.error("%s.txt for %s: %s", phase, device.mac, reply.error)
     customer = snapshot.customers[device.customer]
@@ -190,11 +198,32 @@ async def _firmware_attempts(pool: asyncpg.Pool, context: PollContext) -> int:
     return 0
 
 
-def _reply(request: web.Request, context: PollContext) -> Reply:
+async def scripts_for(request: web.Request, pool: asyncpg.Pool) -> ScriptStore | None:
+    """The scripts devices get: this node's folder, or the published version every node serves
+    (update.scripts_source = "database"; None while none is published). A new version is
+    loaded once, by the first poll after the change reached this node."""
+    if request.app[SETTINGS_KEY].update.scripts_source == "files":
+        return request.app[STORE_KEY]
+    watch, published = request.app[WATCH_KEY], request.app[PUBLISHED_KEY]
+    watch.start(pool)
+    version = watch.script_version if watch.live else None
+    if version is not None:
+        store = published.cached(version)
+        if store is not None:
+            return store
+    async with acquire(pool) as connection:
+        if version is None:
+            version = await ScriptVersionRepository(connection).current_id()
+            if version is None:
+                return None
+        return await published.get(connection, version)
+
+
+def _reply(request: web.Request, store: ScriptStore, context: PollContext) -> Reply:
     firmware = request.app[FIRMWARE_KEY]
     device, identity, phase = context.device, context.identity, context.phase
     try:
-        return reply_for(request.app[STORE_KEY], context, firmware.listed, request.app[BODIES_KEY])
+        return reply_for(store, context, firmware.listed, request.app[BODIES_KEY])
     except SecretRequired as error:
         security_event(
             request,
@@ -228,6 +257,7 @@ async def _unknown(
     request: web.Request,
     pool: asyncpg.Pool,
     snapshot: Snapshot,
+    store: ScriptStore,
     identity: DeviceIdentity,
     arguments: PollArguments,
     phase: str,
@@ -256,7 +286,6 @@ async def _unknown(
             max_rows=settings.unknown_max_rows,
         )
     log.info("unknown device %s (%s) polled %s.txt", printable(key), identity.proof.value, phase)
-    store = request.app[STORE_KEY]
     if settings.unknown_devices == "script" and store.has("unknown.txt"):
         try:
             reply = render_unknown(

@@ -575,6 +575,7 @@ def body_lines(
     SecretRequired; never returns part of a script."""
     key = (
         context.snapshot.version,
+        store.version,
         store.generation,
         context.device.mac,
         context.phase,

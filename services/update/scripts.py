@@ -221,6 +221,8 @@ class ScriptStore:
         # Problems of the tree on disk while it is held back (the served tree has none of them).
         self.held_problems: dict[str, str] = {}
         self._loaded = False
+        # The published version served (install()), None while serving the folder.
+        self.version: int | None = None
 
     def refresh(self, now: float | None = None) -> bool:
         """Re-read changed files (blocking: run in a thread). True if the served tree changed.
@@ -298,7 +300,9 @@ class ScriptStore:
                 except OSError as error:
                     problems[relative] = f"cannot read: {error.strerror}"
                     continue
-                source, problem = self._source(data, str(path), relative, status)
+                source, problem = self._source(
+                    data, str(path), relative, status.st_mtime_ns, status.st_size
+                )
                 if problem is not None:
                     problems[relative] = problem
                 else:
@@ -307,7 +311,7 @@ class ScriptStore:
         return found, problems
 
     def _source(
-        self, data: bytes, path: str, relative: str, status: os.stat_result
+        self, data: bytes, path: str, relative: str, mtime_ns: int, size: int
     ) -> tuple[_Source | None, str | None]:
         try:
             text = data.decode("utf-8")
@@ -339,7 +343,33 @@ class ScriptStore:
                         f"{RAW_MARKER} its first line"
                     )
                 return None, f"line {error.lineno}: {error.message or 'syntax error'}{hint}"
-        return _Source(text, path, status.st_mtime_ns, status.st_size, raw), None
+        return _Source(text, path, mtime_ns, size, raw), None
+
+    def install(self, files: Mapping[str, bytes], version: int) -> dict[str, str]:
+        """Serve exactly ``files`` (a published version, name -> content) from now on; the
+        problems found (name -> why), with nothing installed when there is any."""
+        with self._lock:
+            found: dict[str, _Source] = {}
+            problems: dict[str, str] = {}
+            for name, data in sorted(files.items()):
+                if len(data) > MAX_SCRIPT_BYTES:
+                    problems[name] = f"larger than {MAX_SCRIPT_BYTES} bytes"
+                    continue
+                source, problem = self._source(
+                    data, f"{self.root / name}@v{version}", name, version, len(data)
+                )
+                if problem is not None:
+                    problems[name] = problem
+                else:
+                    assert source is not None
+                    found[name] = source
+            if problems:
+                return problems
+            self._loaded = True
+            self.sources, self.problems, self.pending, self.held_problems = found, {}, {}, {}
+            self.version = version
+            self.generation += 1
+            return {}
 
     def raw_text(self, name: str) -> str:
         """A raw file's text with every ``#(`` kept literal through the #(name) expansion."""
@@ -416,3 +446,41 @@ def expand_update_variables(text: str, variables: Mapping[str, Any], source: str
 
     expanded = _UPDATE_VARIABLE.sub(replace, text)
     return expanded.replace(_LITERAL_HASH_PAREN, "#(").replace(LONE_CR, "\r")
+
+
+def read_tree_files(root: Path) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Every script file below ``root`` as bytes (blocking), for publishing; problems that make
+    a file unpublishable (not a regular file, too large, unreadable) by name."""
+    files: dict[str, bytes] = {}
+    problems: dict[str, str] = {}
+    if not root.is_dir():
+        return files, {str(root): "scripts folder does not exist"}
+    for directory, _subdirs, names in os.walk(root, followlinks=False):
+        for name in names:
+            if not name.endswith(SCRIPT_SUFFIXES):
+                continue
+            path = Path(directory) / name
+            relative = path.relative_to(root).as_posix()
+            if path.is_symlink() or not path.is_file():
+                problems[relative] = "not a regular file (symlinks are not followed)"
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                problems[relative] = f"cannot read: {error.strerror}"
+                continue
+            if len(data) > MAX_SCRIPT_BYTES:
+                problems[relative] = f"larger than {MAX_SCRIPT_BYTES} bytes"
+                continue
+            files[relative] = data
+    return files, problems
+
+
+def tree_sha256(files: Mapping[str, bytes]) -> str:
+    """One digest for a whole tree: names and contents, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        content = files[name]
+        digest.update(f"{name}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest()

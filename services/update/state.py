@@ -16,6 +16,7 @@ from services.update.firmware import FirmwareStore
 from services.update.provisioning import BodyCache, Lifecycle, Snapshot
 from services.update.repository import UpdateRepository
 from services.update.scripts import ScriptStore
+from services.update.versions import PublishedScripts, ScriptVersionRepository
 
 
 class SnapshotCache:
@@ -69,8 +70,14 @@ class ChangeWatch:
         # An inventory NOTIFY whose payload was not a version: read the version until the
         # connection is set up again.
         self._unsure = False
+        # The published script version every node serves (update.scripts_source = "database").
+        self.script_version: int | None = None
         self._listen = PoolListener(
-            {"pbxfront_inventory": self._on_inventory, "pbxfront_restage": self._on_restage},
+            {
+                "pbxfront_inventory": self._on_inventory,
+                "pbxfront_restage": self._on_restage,
+                "pbxfront_scripts": self._on_scripts,
+            },
             on_listening=self._read_state,
         )
 
@@ -85,6 +92,7 @@ class ChangeWatch:
     async def _read_state(self, connection: asyncpg.Connection) -> None:
         self.version = await inventory_version(connection)
         self.restage = await UpdateRepository(connection).pending_restages()
+        self.script_version = await ScriptVersionRepository(connection).current_id()
         self._unsure = False
 
     def _on_inventory(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
@@ -95,6 +103,12 @@ class ChangeWatch:
 
     def _on_restage(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
         self.restage.add(payload)
+
+    def _on_scripts(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload.isdigit():
+            self.script_version = int(payload) or None
+        else:
+            self._unsure = True
 
     async def close(self) -> None:
         """Stop listening and give the connection back."""
@@ -108,6 +122,7 @@ SNAPSHOTS_KEY = web.AppKey("update_snapshots", SnapshotCache)
 BODIES_KEY = web.AppKey("update_bodies", BodyCache)
 WATCH_KEY = web.AppKey("update_watch", ChangeWatch)
 LIFECYCLE_KEY = web.AppKey("update_lifecycle", Lifecycle)
+PUBLISHED_KEY = web.AppKey("update_published", PublishedScripts)
 # Polls naming devices not in the inventory, per source address.
 UNKNOWN_LIMITER_KEY = web.AppKey("update_unknown_limiter", AddressLimiter)
 
