@@ -162,6 +162,11 @@ class UpdateSettings:
     scripts_source: str = dataclasses.field(
         default="files", metadata=_check(_choice("files", "database"))
     )
+    # Seconds between checks of an open canary roll-out (`pbxfront rollouts`); 0: only by
+    # `pbxfront rollouts advance`.
+    rollout_check_interval: float = dataclasses.field(
+        default=10.0, metadata=_check(_range(0, 3600))
+    )
     # protocol.md §10 (PHPUS "grace"): a changed script file reaches devices only once it is
     # this many seconds old, so a half-saved file is never sent; until then the previous
     # version of the whole tree is served.

@@ -11,8 +11,9 @@ from aiohttp import web
 
 from services.core.config import Settings
 from services.core.http import COMMENT_ERRORS_KEY
+from services.core.periodic import PeriodicJob
 from services.core.ratelimit import AddressLimiter
-from services.update import certificates, handlers
+from services.update import canary, certificates, handlers
 from services.update.firmware import FirmwareStore
 from services.update.provisioning import BodyCache, Lifecycle
 from services.update.scripts import ScriptStore
@@ -21,6 +22,7 @@ from services.update.state import (
     FIRMWARE_KEY,
     LIFECYCLE_KEY,
     PUBLISHED_KEY,
+    ROLLOUT_JOB_KEY,
     SETTINGS_KEY,
     SNAPSHOTS_KEY,
     STORE_KEY,
@@ -78,6 +80,11 @@ def create_app(settings: Settings) -> web.Application:
     app[WATCH_KEY] = ChangeWatch()
     app[LIFECYCLE_KEY] = Lifecycle.from_settings(settings.update)
     app[PUBLISHED_KEY] = PublishedScripts(settings.update.scripts_dir)
+    rollout_job = PeriodicJob(
+        "script roll-outs", settings.update.rollout_check_interval, canary.advance_with_pool
+    )
+    app[ROLLOUT_JOB_KEY] = rollout_job
+    app.cleanup_ctx.append(rollout_job.context)
     app[UNKNOWN_LIMITER_KEY] = AddressLimiter(
         settings.update.unknown_burst, settings.update.unknown_per_second
     )

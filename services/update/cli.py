@@ -21,6 +21,7 @@ from services.core.identity import DeviceIdentity, IdentityError, Proof, normali
 from services.core.inventory import Device, InventoryError, InventoryRepository
 from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
+from services.update.canary import CanaryRepository, Rollout, advance, parse_waves
 from services.update.firmware import (
     FirmwareError,
     FirmwareStore,
@@ -122,12 +123,14 @@ async def scripts_publish(args: argparse.Namespace, settings: Settings, pool: as
         raise UsageError(f"not published: {len(problems)} problem(s) (pbxfront scripts check)")
     async with pool.acquire() as connection:
         version, created = await ScriptVersionRepository(connection).publish(
-            files, by=_operator(), comment=args.comment or ""
+            files, by=_operator(), comment=args.comment or "", activate=not args.staged
         )
     if not created:
         print(f"no changes: version {version.id} holds these {version.files} files already")
         return 0
     print(f"published version {version.id}: {version.files} files, {version.bytes} bytes")
+    if args.staged:
+        print(f"not current yet: roll it out with pbxfront rollouts start {version.id}")
     if settings.update.scripts_source != "database":
         print(
             'note: this node serves its scripts folder (update.scripts_source = "files"); '
@@ -162,6 +165,113 @@ async def scripts_rollback(args: argparse.Namespace, settings: Settings, pool: a
         except errors.NotFound as error:
             raise UsageError(str(error)) from None
     print(f"version {version.id} is current again; every node serves it from its next poll")
+    return 0
+
+
+# --- canary roll-outs --------------------------------------------------------------------------
+
+
+async def rollouts_start(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    try:
+        waves = parse_waves(args.wave or ["10%", "50%", "100%"])
+        async with pool.acquire() as connection:
+            rollout = await CanaryRepository(connection).start(
+                args.version,
+                waves,
+                soak_seconds=args.soak,
+                wave_timeout_seconds=args.wave_timeout,
+                by=_operator(),
+            )
+    except (errors.Invalid, errors.NotFound, errors.Conflict) as error:
+        raise UsageError(str(error)) from None
+    print(
+        f"roll-out {rollout.id}: version {rollout.from_version} -> {rollout.to_version}, "
+        f"waves {', '.join(w.label for w in rollout.waves)}; wave {rollout.waves[0].label} "
+        f"has {rollout.assigned} devices"
+    )
+    if settings.update.scripts_source != "database":
+        print('note: roll-outs need update.scripts_source = "database" on every Frontend')
+    return 0
+
+
+async def rollouts_status(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        repository = CanaryRepository(connection)
+        rollouts = await repository.list(args.limit)
+        progress = {
+            r.id: await repository.progress(r) for r in rollouts if r.state in ("running", "halted")
+        }
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        **r.as_json(),
+                        "waiting": list(progress[r.id].waiting) if r.id in progress else [],
+                    }
+                    for r in rollouts
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    for r in rollouts:
+        print(
+            f"{r.id:>4}  {r.state:8}  v{r.from_version} -> v{r.to_version}  wave "
+            f"{r.wave + 1}/{len(r.waves)} ({r.waves[r.wave].label})  {r.assigned} devices on "
+            f"v{r.to_version}  by {r.created_by}"
+        )
+        if r.reason:
+            print(f"      reason: {r.reason}")
+        if r.id in progress and progress[r.id].waiting:
+            waiting = progress[r.id].waiting
+            print(f"      not back in sync yet: {', '.join(waiting[:10])}")
+    if not rollouts:
+        print("no roll-outs (pbxfront rollouts start VERSION)")
+    return 0
+
+
+async def _open_rollout(connection: asyncpg.Connection) -> Rollout:
+    rollout = await CanaryRepository(connection).open_rollout()
+    if rollout is None:
+        raise UsageError("no roll-out in progress")
+    return rollout
+
+
+async def rollouts_halt(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        rollout = await _open_rollout(connection)
+        reason = f"halted by {_operator()}" + (f": {args.reason}" if args.reason else "")
+        await CanaryRepository(connection).set_state(rollout.id, "halted", reason)
+    print(f"roll-out {rollout.id} halted; its devices keep what they have")
+    return 0
+
+
+async def rollouts_resume(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        rollout = await _open_rollout(connection)
+        await CanaryRepository(connection).set_state(rollout.id, "running", None, restart_wave=True)
+    label = rollout.waves[rollout.wave].label
+    print(f"roll-out {rollout.id} running again; wave {label} is watched anew")
+    return 0
+
+
+async def rollouts_abort(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        rollout = await _open_rollout(connection)
+        await CanaryRepository(connection).set_state(
+            rollout.id, "aborted", f"aborted by {_operator()}"
+        )
+    print(
+        f"roll-out {rollout.id} aborted: every device gets version {rollout.from_version} "
+        "again from its next poll"
+    )
+    return 0
+
+
+async def rollouts_advance(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        print(await advance(connection, datetime.now(UTC), by=_operator()))
     return 0
 
 
@@ -237,6 +347,7 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
         "PHASE",
         "SYNC",
         "FIRMWARE",
+        "SCRIPTS",
         "ADDRESS",
     )
     rows: list[tuple[str, ...]] = [header]
@@ -258,6 +369,7 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
                 s.phase or "-",
                 sync,
                 firmware,
+                f"v{s.script_version}" if s.script_version is not None else "-",
                 s.source_address or "-",
             )
         )
@@ -411,6 +523,11 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
         help="check the scripts folder and make it the version every node serves",
     )
     publish.add_argument("--comment", help="why (shown by scripts versions)")
+    publish.add_argument(
+        "--staged",
+        action="store_true",
+        help="store the version without making it current (for pbxfront rollouts start)",
+    )
     publish.set_defaults(handler=bind(scripts_publish))
     versions = script_actions.add_parser(
         "versions", parents=[common], help="published versions; * marks the current one"
@@ -435,6 +552,52 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
     render.add_argument("--boot", metavar="BUILD", help="the device's BOOT value")
     render.add_argument("--base-url", metavar="URL", help="default: update.public_url")
     render.set_defaults(handler=bind(scripts_render))
+
+    rollouts = commands.add_parser(
+        "rollouts", help="canary roll-outs of a published script version, wave by wave"
+    )
+    rollout_actions = rollouts.add_subparsers(dest="action", required=True)
+    start = rollout_actions.add_parser(
+        "start", parents=[common], help="roll a published version out, wave by wave"
+    )
+    start.add_argument("version", type=int, metavar="VERSION", help="from scripts versions")
+    start.add_argument(
+        "--wave",
+        action="append",
+        metavar="WAVE",
+        help="mac:MAC[,MAC], customer:ID[,ID] or N%% (repeat, in order; the last is 100%%); "
+        "default 10%%, 50%%, 100%%",
+    )
+    start.add_argument(
+        "--soak", type=int, default=600, metavar="SECONDS", help="in sync for this long first"
+    )
+    start.add_argument(
+        "--wave-timeout",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="halt when a wave is not back in sync within this",
+    )
+    start.set_defaults(handler=bind(rollouts_start))
+    status = rollout_actions.add_parser("status", parents=[common], help="roll-outs, newest first")
+    status.add_argument("--limit", type=int, default=10, help="how many")
+    status.add_argument("--json", action="store_true", help="as JSON")
+    status.set_defaults(handler=bind(rollouts_status))
+    halt = rollout_actions.add_parser("halt", parents=[common], help="stop advancing")
+    halt.add_argument("--reason", help="shown by rollouts status")
+    halt.set_defaults(handler=bind(rollouts_halt))
+    resume = rollout_actions.add_parser(
+        "resume", parents=[common], help="watch the halted wave again"
+    )
+    resume.set_defaults(handler=bind(rollouts_resume))
+    abort = rollout_actions.add_parser(
+        "abort", parents=[common], help="end it: every device gets the version before again"
+    )
+    abort.set_defaults(handler=bind(rollouts_abort))
+    step = rollout_actions.add_parser(
+        "advance", parents=[common], help="check the open roll-out now (the service does it too)"
+    )
+    step.set_defaults(handler=bind(rollouts_advance))
 
     devices = commands.add_parser("devices", help="device status as seen by the update service")
     device_actions = devices.add_subparsers(dest="action", required=True)

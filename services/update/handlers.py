@@ -42,6 +42,7 @@ from services.update.state import (
     FIRMWARE_KEY,
     LIFECYCLE_KEY,
     PUBLISHED_KEY,
+    ROLLOUT_JOB_KEY,
     SETTINGS_KEY,
     SNAPSHOTS_KEY,
     STORE_KEY,
@@ -102,13 +103,13 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
         )
     pool = request.config_dict[POOL_KEY]
     snapshot, restage = await _inventory(request, pool, identity)
-    store = await scripts_for(request, pool)
+    device = snapshot.find(identity)
+    store = await scripts_for(request, pool, device.mac if device is not None else None)
     if store is None:
         return comment_reply(
             503,
             "pbxfront has no published script version yet (pbxfront scripts publish)",
         )
-    device = snapshot.find(identity)
     if device is None:
         return await _unknown(request, pool, snapshot, store, identity, arguments, phase)
     context = look_up(
@@ -157,6 +158,7 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
             trusted=trusted,
             firmware_suspect=reply.firmware_suspect,
             firmware_stuck=reply.firmware_stuck,
+            script_version=store.version,
         ),
         pool,
     )
@@ -198,17 +200,22 @@ async def _firmware_attempts(pool: asyncpg.Pool, context: PollContext) -> int:
     return 0
 
 
-async def scripts_for(request: web.Request, pool: asyncpg.Pool) -> ScriptStore | None:
+async def scripts_for(
+    request: web.Request, pool: asyncpg.Pool, mac: str | None
+) -> ScriptStore | None:
     """The scripts devices get: this node's folder, or the published version every node serves
-    (update.scripts_source = "database"; None while none is published). A new version is
-    loaded once, by the first poll after the change reached this node."""
+    (update.scripts_source = "database"; None while none is published), or, while a canary
+    roll-out is open, the version the device's wave says. A new version is loaded once, by the
+    first poll after the change reached this node."""
     if request.app[SETTINGS_KEY].update.scripts_source == "files":
         return request.app[STORE_KEY]
     watch, published = request.app[WATCH_KEY], request.app[PUBLISHED_KEY]
     watch.start(pool)
+    request.app[ROLLOUT_JOB_KEY].ensure_started(pool)
+    canary = watch.canary
     version = watch.script_version if watch.live else None
-    if version is not None:
-        store = published.cached(version)
+    if version is not None and not canary.stale:
+        store = published.cached(canary.version_for(mac, version) if mac else version)
         if store is not None:
             return store
     async with acquire(pool) as connection:
@@ -216,7 +223,9 @@ async def scripts_for(request: web.Request, pool: asyncpg.Pool) -> ScriptStore |
             version = await ScriptVersionRepository(connection).current_id()
             if version is None:
                 return None
-        return await published.get(connection, version)
+        if canary.stale or not watch.live:
+            await canary.reload(connection)
+        return await published.get(connection, canary.version_for(mac, version) if mac else version)
 
 
 def _reply(request: web.Request, store: ScriptStore, context: PollContext) -> Reply:

@@ -38,6 +38,8 @@ class PollRecord:
     trusted: bool = False
     firmware_suspect: str | None = None
     firmware_stuck: str | None = None
+    # The published script version served (update.scripts_source = "database").
+    script_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class DeviceStatus:
     claimed_address: str | None = None
     firmware_attempts: int = 0
     firmware_stuck: str | None = None
+    script_version: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -113,6 +116,7 @@ class UpdateRepository:
                 [r.seen for r in chosen],
                 [r.firmware_suspect for r in chosen],
                 [r.firmware_stuck for r in chosen],
+                [r.script_version for r in chosen],
             )
 
     async def clear_restage(self, mac: str, *, trusted: bool) -> None:
@@ -197,7 +201,7 @@ class UpdateRepository:
                    COALESCE(s.restage_requested, false) AS restage_requested,
                    s.staged_at, s.last_error, s.last_proven, s.claimed_seen,
                    s.claimed_address, COALESCE(s.firmware_attempts, 0) AS firmware_attempts,
-                   s.firmware_stuck
+                   s.firmware_stuck, s.script_version
             FROM devices d LEFT JOIN device_status s ON s.mac = d.mac
             WHERE ($1::text IS NULL OR d.customer = $1)
               AND ($3::text IS NULL OR d.mac = $3)
@@ -240,6 +244,7 @@ _POLL_COLUMNS = {
     "THEN s.firmware_attempts + EXCLUDED.firmware_attempts ELSE EXCLUDED.firmware_attempts END",
     "firmware_suspect": "EXCLUDED.firmware_suspect",
     "firmware_stuck": "EXCLUDED.firmware_stuck",
+    "script_version": "EXCLUDED.script_version",
 }
 
 
@@ -253,7 +258,7 @@ def _upsert_polls(keep: str) -> str:
             mac, polls, source_address, proof, phase, version, prot, boot, device_check,
             cfg, hash_sent, in_sync, last_error, staged_at, last_seen, last_proven,
             claimed_seen, claimed_address, claimed_polls, firmware_suspect,
-            firmware_attempts, firmware_stuck
+            firmware_attempts, firmware_stuck, script_version
         )
         SELECT r.mac, r.polls, r.source_address, r.proof, r.phase, r.version, r.prot,
                r.boot, r.device_check, r.cfg, r.hash_sent, r.in_sync, r.last_error,
@@ -264,14 +269,14 @@ def _upsert_polls(keep: str) -> str:
                CASE WHEN r.proof <> 'proven' THEN r.polls ELSE 0 END,
                r.firmware_suspect,
                CASE WHEN r.firmware_suspect IS NULL THEN 0 ELSE r.polls END,
-               r.firmware_stuck
+               r.firmware_stuck, r.script_version
         FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
                     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                     $11::text[], $12::boolean[], $13::text[], $14::timestamptz[],
-                    $15::text[], $16::text[])
+                    $15::text[], $16::text[], $17::bigint[])
              AS r(mac, polls, source_address, proof, phase, version, prot, boot,
                   device_check, cfg, hash_sent, in_sync, last_error, seen,
-                  firmware_suspect, firmware_stuck)
+                  firmware_suspect, firmware_stuck, script_version)
         JOIN devices d ON d.mac = r.mac
         ON CONFLICT (mac) DO UPDATE SET
                 {assignments},

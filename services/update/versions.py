@@ -51,11 +51,12 @@ class ScriptVersionRepository:
         return int(value) if value is not None else None
 
     async def publish(
-        self, files: dict[str, bytes], *, by: str, comment: str = ""
+        self, files: dict[str, bytes], *, by: str, comment: str = "", activate: bool = True
     ) -> tuple[ScriptVersion, bool]:
-        """Store ``files`` as a new version and make it current; (version, True). When the
-        current version holds exactly these files, nothing changes: (that version, False).
-        One transaction: other nodes see the whole version or none of it."""
+        """Store ``files`` as a new version and (with ``activate``) make it current; (version,
+        True). When the current version holds exactly these files, nothing changes: (that
+        version, False). Without ``activate`` the version waits for a canary roll-out
+        (``pbxfront rollouts start``). One transaction: other nodes see all of it or none."""
         digest = tree_sha256(files)
         connection = self._connection()
         async with connection.transaction():
@@ -83,13 +84,14 @@ class ScriptVersionRepository:
                 "INSERT INTO script_files (version_id, name, content) VALUES ($1, $2, $3)",
                 [(row["id"], name, content) for name, content in sorted(files.items())],
             )
-            await connection.execute(
-                """UPDATE script_state SET current_version = $1, changed_at = now(),
-                   changed_by = $2""",
-                row["id"],
-                by[:200],
-            )
-        return ScriptVersion(**dict(row), current=True), True
+            if activate:
+                await connection.execute(
+                    """UPDATE script_state SET current_version = $1, changed_at = now(),
+                       changed_by = $2""",
+                    row["id"],
+                    by[:200],
+                )
+        return ScriptVersion(**dict(row), current=activate), True
 
     async def activate(self, version_id: int, *, by: str) -> ScriptVersion:
         """Make an earlier (or any) version current again: a rollback. NotFound if none."""
