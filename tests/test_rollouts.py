@@ -18,22 +18,30 @@ import asyncpg
 import pytest
 
 from services.core.config import ListenerSettings, Settings, UpdateSettings
-from services.core.inventory import apply_inventory, read_inventory_file
+from services.core.inventory import (
+    Device,
+    InventoryRepository,
+    apply_inventory,
+    read_inventory_file,
+)
 from services.core.runner import Node, start_node
 from services.serve import service_factories
 from services.update.cli import register
+from services.update.firmware import FirmwareStore
 from services.update.repository import UpdateRepository
 from tests.conftest import DEVICE_A, DEVICE_C, SessionPki, run_wired_cli, until
 from tests.simulator import SimulatedDevice
 
 MAC_A = "009033010203"
 MAC_C = "009033010204"
+MAC_E = "00903301020e"
 # The example inventory's devices: (MAC, hardware id, type); A and C have certificates.
 DEVICES = [
     (MAC_A, DEVICE_A, "IP232"),
     (MAC_C, DEVICE_C, "IP222"),
     ("009033010205", "IP112-01-02-05", "IP112"),
     ("009033a85a38", "IPVA-a8-5a-38", "IPVA"),
+    (MAC_E, "IP232-01-02-0e", "IP232"),
 ]
 
 
@@ -88,6 +96,18 @@ async def fleet(
         )
     tree = tmp_path / "published"
     shutil.copytree(repo_root / "staging_scripts", tree)
+    # A second IP232 (without a certificate), and a build for them in the store.
+    async with pool.acquire() as connection:
+        await InventoryRepository(connection).upsert_device(
+            Device(MAC_E, "IP232", "phone", "Kuenkel00001")
+        )
+
+    def add_firmware() -> None:
+        source = tmp_path / "ip232.bin"
+        source.write_bytes(b"\x7fFIRMWARE" * 100)
+        FirmwareStore(tmp_path / "firmware").add(source, "135312", "ip232.bin")
+
+    await asyncio.to_thread(add_firmware)
     settings = Settings(
         update=UpdateSettings(
             scripts_dir=tree,
@@ -172,7 +192,7 @@ async def test_waves_advance_only_when_their_devices_are_back_in_sync(
         return statuses[0].in_sync and statuses[0].script_version == 2
 
     await until(recorded_on_new_version)
-    assert "wave 100% started with 3 devices" in await step()
+    assert "wave 100% started with 4 devices" in await step()
     await fleet.sync(*(mac for mac, _, _ in DEVICES))
     assert {fleet.ntp(mac) for mac, _, _ in DEVICES} == {"10.0.0.2"}
 
@@ -238,3 +258,44 @@ async def test_a_wave_that_does_not_come_back_halts_it_never_proceeds(
     await until(halted, timeout=10)
     for bad in (["start", "9"], ["start", "2", "--wave", "50%"], ["start", "2", "--wave", "x"]):
         assert await fleet.cli("rollouts", *bad) == 2
+
+
+async def test_a_firmware_build_rolls_out_wave_by_wave(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await fleet.cli("scripts", "publish") == 0
+    await fleet.sync(MAC_A, MAC_E)
+    waves = ("--wave", f"mac:{MAC_A}", "--wave", "100%", "--soak", "0")
+    assert (
+        await fleet.cli("rollouts", "start", "--firmware", "IP232", "--build", "135312", *waves)
+        == 0
+    )
+    assert "IP232 fw-prot -> 135312" in capsys.readouterr().out
+    # The canary loads the build; the other IP232 does not yet.
+    await fleet.sync(MAC_A, MAC_E)
+    assert fleet.devices[MAC_A].prot == "135312"
+    assert fleet.devices[MAC_E].prot != "135312"
+
+    async def step(expected: str) -> bool:
+        capsys.readouterr()
+        assert await fleet.cli("rollouts", "advance") == 0
+        return expected in capsys.readouterr().out
+
+    async def wave_two() -> bool:
+        return await step("wave 100% started with 1 devices")
+
+    await until(wave_two, timeout=10)
+    await fleet.sync(MAC_E)
+    assert fleet.devices[MAC_E].prot == "135312"
+
+    async def done() -> bool:
+        return await step("done: IP232 fw-prot 135312 is current")
+
+    await until(done, timeout=10)
+    # The build is the inventory's now, on the device_type layer.
+    async with fleet.pool.acquire() as connection:
+        variables = await InventoryRepository(connection).list_variables("device_type", "IP232")
+    assert any(
+        (v.layer, v.scope, v.name, v.value) == ("device_type", "IP232", "fw-prot", "135312")
+        for v in variables
+    )

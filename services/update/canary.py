@@ -30,6 +30,7 @@ import asyncpg
 
 from services.core import errors
 from services.core.db import acquire
+from services.core.inventory import InventoryRepository
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,12 @@ def wave_members(
 @dataclass(frozen=True)
 class Rollout:
     id: int
-    from_version: int
-    to_version: int
+    kind: str  # scripts | firmware
+    from_version: int | None
+    to_version: int | None
+    device_type: str | None
+    firmware_kind: str | None
+    build: str | None
     waves: tuple[Wave, ...]
     soak_seconds: int
     wave_timeout_seconds: int
@@ -127,6 +132,18 @@ class Rollout:
     @property
     def open(self) -> bool:
         return self.state in ("running", "halted")
+
+    @property
+    def target(self) -> str:
+        if self.kind == "firmware":
+            return f"{self.device_type} fw-{self.firmware_kind} {self.build}"
+        return f"version {self.to_version}"
+
+    @property
+    def change(self) -> str:
+        if self.kind == "firmware":
+            return f"{self.device_type} fw-{self.firmware_kind} -> {self.build}"
+        return f"v{self.from_version} -> v{self.to_version}"
 
     def as_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -149,7 +166,8 @@ def _rollout(row: Any) -> Rollout:
 
 
 _SELECT = """
-    SELECT r.id, r.from_version, r.to_version, r.waves, r.soak_seconds, r.wave_timeout_seconds,
+    SELECT r.id, r.kind, r.from_version, r.to_version, r.device_type, r.firmware_kind, r.build,
+           r.waves, r.soak_seconds, r.wave_timeout_seconds,
            r.state, r.wave, r.wave_started_at, r.wave_synced_at, r.reason, r.created_by,
            r.created_at, r.updated_at,
            (SELECT count(*) FROM script_rollout_devices d WHERE d.rollout_id = r.id) AS assigned
@@ -230,13 +248,59 @@ class CanaryRepository:
                 wave_timeout_seconds,
                 by[:200],
             )
-            await self._assign(int(rollout_id), 0, waves[0])
+            await self._assign(int(rollout_id), 0, waves[0], None)
         return await self.get(int(rollout_id))
 
-    async def _assign(self, rollout_id: int, index: int, wave: Wave) -> int:
+    async def start_firmware(
+        self,
+        device_type: str,
+        firmware_kind: str,
+        build: str,
+        waves: Sequence[Wave],
+        *,
+        soak_seconds: int,
+        wave_timeout_seconds: int,
+        by: str,
+    ) -> Rollout:
+        """Roll ``fw-<firmware_kind> = build`` out to the devices of ``device_type``, wave by
+        wave. Conflict while another roll-out is open; Invalid for a type without devices."""
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", build):
+            raise errors.Invalid(f"build {build!r}: letters, digits, . _ - (as devices report it)")
+        device_type = device_type.upper()
+        async with self._db.transaction():
+            await self._db.execute("SELECT 1 FROM script_state FOR UPDATE")
+            if not await self._db.fetchval(
+                "SELECT true FROM devices WHERE device_type = $1 LIMIT 1", device_type
+            ):
+                raise errors.Invalid(f"no device of type {device_type} in the inventory")
+            if await self.open_rollout() is not None:
+                raise errors.Conflict("a roll-out is in progress: halt, abort or finish it first")
+            rollout_id = await self._db.fetchval(
+                """
+                INSERT INTO script_rollouts (kind, device_type, firmware_kind, build, waves,
+                    soak_seconds, wave_timeout_seconds, state, created_by)
+                VALUES ('firmware', $1, $2, $3, $4::jsonb, $5, $6, 'running', $7) RETURNING id
+                """,
+                device_type,
+                firmware_kind,
+                build,
+                json.dumps([w.as_json() for w in waves]),
+                soak_seconds,
+                wave_timeout_seconds,
+                by[:200],
+            )
+            await self._assign(int(rollout_id), 0, waves[0], device_type)
+        return await self.get(int(rollout_id))
+
+    async def _assign(
+        self, rollout_id: int, index: int, wave: Wave, device_type: str | None
+    ) -> int:
         devices = [
             (row["mac"], row["customer"])
-            for row in await self._db.fetch("SELECT mac, customer FROM devices")
+            for row in await self._db.fetch(
+                "SELECT mac, customer FROM devices WHERE $1::text IS NULL OR device_type = $1",
+                device_type,
+            )
         ]
         members = wave_members(wave, rollout_id, devices, await self.assigned(rollout_id))
         await self._db.executemany(
@@ -248,7 +312,7 @@ class CanaryRepository:
     async def progress(self, rollout: Rollout) -> WaveProgress:
         rows = await self._db.fetch(
             """
-            SELECT d.mac, s.last_seen, s.in_sync, s.script_version
+            SELECT d.mac, s.last_seen, s.in_sync, s.script_version, s.prot, s.boot
             FROM script_rollout_devices d
             JOIN devices i ON i.mac = d.mac
             LEFT JOIN device_status s ON s.mac = d.mac
@@ -258,12 +322,19 @@ class CanaryRepository:
             rollout.id,
             rollout.wave,
         )
+
+        def arrived(row: Any) -> bool:
+            if rollout.kind == "firmware":
+                # Back after the reset that loaded the build, reporting it.
+                return bool(row[rollout.firmware_kind or "prot"] == rollout.build)
+            return bool(row["script_version"] == rollout.to_version)
+
         waiting = tuple(
             row["mac"]
             for row in rows
             if not (
                 row["in_sync"]
-                and row["script_version"] == rollout.to_version
+                and arrived(row)
                 and row["last_seen"] is not None
                 and row["last_seen"] > rollout.wave_started_at
             )
@@ -312,7 +383,7 @@ class CanaryRepository:
     async def next_wave(self, rollout: Rollout) -> int:
         """Move on to the next wave (assigning its devices); the number of devices it adds."""
         index = rollout.wave + 1
-        added = await self._assign(rollout.id, index, rollout.waves[index])
+        added = await self._assign(rollout.id, index, rollout.waves[index], rollout.device_type)
         await self._db.execute(
             """UPDATE script_rollouts SET wave = $2, wave_started_at = now(),
                wave_synced_at = NULL, updated_at = now() WHERE id = $1""",
@@ -322,13 +393,19 @@ class CanaryRepository:
         return added
 
     async def finish(self, rollout: Rollout, by: str) -> None:
-        """The last wave held: the new version is every device's now."""
-        await self._db.execute(
-            """UPDATE script_state SET current_version = $1, changed_at = now(),
-               changed_by = $2""",
-            rollout.to_version,
-            by[:200],
-        )
+        """The last wave held: the new version (or build) is every device's now; a build is
+        written to the device_type layer of the inventory, where firmware policy lives."""
+        if rollout.device_type and rollout.firmware_kind and rollout.build:  # kind firmware
+            await InventoryRepository(self._db).set_variable(
+                "device_type", rollout.device_type, f"fw-{rollout.firmware_kind}", rollout.build
+            )
+        else:
+            await self._db.execute(
+                """UPDATE script_state SET current_version = $1, changed_at = now(),
+                   changed_by = $2""",
+                rollout.to_version,
+                by[:200],
+            )
         await self.set_state(rollout.id, "done", None)
 
 
@@ -353,7 +430,7 @@ async def advance(connection: asyncpg.Connection, now: datetime, by: str = "roll
             elapsed = (now - rollout.wave_started_at).total_seconds()
             if elapsed > rollout.wave_timeout_seconds:
                 reason = (
-                    f"wave {label}: not back in sync on version {rollout.to_version} within "
+                    f"wave {label}: not back in sync on {rollout.target} within "
                     f"{rollout.wave_timeout_seconds} s: {', '.join(progress.waiting[:10])}"
                     + (
                         f" and {len(progress.waiting) - 10} more"
@@ -383,7 +460,7 @@ async def advance(connection: asyncpg.Connection, now: datetime, by: str = "roll
                 f"{rollout.waves[rollout.wave + 1].label} started with {added} devices"
             )
         await repository.finish(rollout, by)
-        return f"roll-out {rollout.id} done: version {rollout.to_version} is current"
+        return f"roll-out {rollout.id} done: {rollout.target} is current"
 
 
 @dataclass
@@ -391,8 +468,11 @@ class CanaryState:
     """This node's copy of the open roll-out: which devices get which version."""
 
     rollout_id: int | None = None
+    kind: str | None = None
     from_version: int | None = None
     to_version: int | None = None
+    # A firmware roll-out: (fw-prot | fw-boot, build) for the devices in its waves.
+    firmware: tuple[str, str] | None = None
     assigned: set[str] = field(default_factory=set)
     # Set by NOTIFY pbxfront_rollouts (and at start): reload before the next use.
     stale: bool = True
@@ -402,18 +482,27 @@ class CanaryState:
         rollout = await repository.open_rollout()
         if rollout is None:
             self.rollout_id = self.from_version = self.to_version = None
-            self.assigned = set()
+            self.kind, self.firmware, self.assigned = None, None, set()
         else:
-            self.rollout_id = rollout.id
+            self.rollout_id, self.kind = rollout.id, rollout.kind
             self.from_version, self.to_version = rollout.from_version, rollout.to_version
+            self.firmware = (
+                (f"fw-{rollout.firmware_kind}", rollout.build or "")
+                if rollout.kind == "firmware"
+                else None
+            )
             self.assigned = await repository.assigned(rollout.id)
         self.stale = False
 
     def version_for(self, mac: str, current: int) -> int:
         """The published version ``mac`` gets while a roll-out is open (else ``current``)."""
-        if self.rollout_id is None or self.from_version is None or self.to_version is None:
+        if self.kind != "scripts" or self.from_version is None or self.to_version is None:
             return current
         return self.to_version if mac in self.assigned else self.from_version
+
+    def firmware_for(self, mac: str) -> tuple[str, str] | None:
+        """(variable, build) a firmware roll-out's wave gives ``mac``, else None."""
+        return self.firmware if self.firmware is not None and mac in self.assigned else None
 
 
 async def advance_with_pool(pool: asyncpg.Pool) -> None:

@@ -172,24 +172,47 @@ async def scripts_rollback(args: argparse.Namespace, settings: Settings, pool: a
 
 
 async def rollouts_start(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    _store, firmware = await _stores(settings)
+    if (args.version is None) == (args.firmware is None):
+        raise UsageError("give a script VERSION, or --firmware TYPE --build BUILD")
+    if args.firmware is not None and not args.build:
+        raise UsageError("--firmware needs --build (as devices report it in PROT/BOOT)")
     try:
         waves = parse_waves(args.wave or ["10%", "50%", "100%"])
         async with pool.acquire() as connection:
-            rollout = await CanaryRepository(connection).start(
-                args.version,
-                waves,
-                soak_seconds=args.soak,
-                wave_timeout_seconds=args.wave_timeout,
-                by=_operator(),
-            )
+            repository = CanaryRepository(connection)
+            if args.firmware is not None:
+                if not firmware.listed(args.build, firmware_file_name(args.kind, args.firmware)):
+                    print(
+                        f"note: firmware/firm/{args.build}/"
+                        f"{firmware_file_name(args.kind, args.firmware)} is not in this node's "
+                        "store (pbxfront firmware add)"
+                    )
+                rollout = await repository.start_firmware(
+                    args.firmware,
+                    args.kind,
+                    args.build,
+                    waves,
+                    soak_seconds=args.soak,
+                    wave_timeout_seconds=args.wave_timeout,
+                    by=_operator(),
+                )
+            else:
+                rollout = await repository.start(
+                    args.version,
+                    waves,
+                    soak_seconds=args.soak,
+                    wave_timeout_seconds=args.wave_timeout,
+                    by=_operator(),
+                )
     except (errors.Invalid, errors.NotFound, errors.Conflict) as error:
         raise UsageError(str(error)) from None
     print(
-        f"roll-out {rollout.id}: version {rollout.from_version} -> {rollout.to_version}, "
+        f"roll-out {rollout.id}: {rollout.change}, "
         f"waves {', '.join(w.label for w in rollout.waves)}; wave {rollout.waves[0].label} "
         f"has {rollout.assigned} devices"
     )
-    if settings.update.scripts_source != "database":
+    if rollout.kind == "scripts" and settings.update.scripts_source != "database":
         print('note: roll-outs need update.scripts_source = "database" on every Frontend')
     return 0
 
@@ -217,9 +240,8 @@ async def rollouts_status(args: argparse.Namespace, settings: Settings, pool: as
         return 0
     for r in rollouts:
         print(
-            f"{r.id:>4}  {r.state:8}  v{r.from_version} -> v{r.to_version}  wave "
-            f"{r.wave + 1}/{len(r.waves)} ({r.waves[r.wave].label})  {r.assigned} devices on "
-            f"v{r.to_version}  by {r.created_by}"
+            f"{r.id:>4}  {r.state:8}  {r.change}  wave {r.wave + 1}/{len(r.waves)} "
+            f"({r.waves[r.wave].label})  {r.assigned} devices in waves  by {r.created_by}"
         )
         if r.reason:
             print(f"      reason: {r.reason}")
@@ -262,10 +284,12 @@ async def rollouts_abort(args: argparse.Namespace, settings: Settings, pool: asy
         await CanaryRepository(connection).set_state(
             rollout.id, "aborted", f"aborted by {_operator()}"
         )
-    print(
-        f"roll-out {rollout.id} aborted: every device gets version {rollout.from_version} "
-        "again from its next poll"
+    back = (
+        f"the inventory's fw-{rollout.firmware_kind} for {rollout.device_type}"
+        if rollout.kind == "firmware"
+        else f"version {rollout.from_version}"
     )
+    print(f"roll-out {rollout.id} aborted: every device gets {back} again from its next poll")
     return 0
 
 
@@ -560,7 +584,16 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
     start = rollout_actions.add_parser(
         "start", parents=[common], help="roll a published version out, wave by wave"
     )
-    start.add_argument("version", type=int, metavar="VERSION", help="from scripts versions")
+    start.add_argument(
+        "version", type=int, nargs="?", metavar="VERSION", help="a staged script version"
+    )
+    start.add_argument(
+        "--firmware", metavar="TYPE", help="roll a firmware build out to this device type instead"
+    )
+    start.add_argument("--build", help="with --firmware: the build as devices report it")
+    start.add_argument(
+        "--kind", choices=("prot", "boot"), default="prot", help="firmware (prot) or boot code"
+    )
     start.add_argument(
         "--wave",
         action="append",

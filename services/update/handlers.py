@@ -17,10 +17,12 @@ from aiohttp import web
 from services.core.db import POOL_KEY, acquire
 from services.core.http import query_arguments, security_event
 from services.core.identity import DeviceIdentity, identify, printable
+from services.core.inventory import ResolvedVariable
 from services.core.scriptlines import comment, to_crlf
 from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
 from services.update import certificates
+from services.update.canary import CanaryState
 from services.update.provisioning import (
     STAGING,
     UPDATE,
@@ -104,7 +106,8 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
     pool = request.config_dict[POOL_KEY]
     snapshot, restage = await _inventory(request, pool, identity)
     device = snapshot.find(identity)
-    store = await scripts_for(request, pool, device.mac if device is not None else None)
+    canary = await _canary(request, pool)
+    store = await scripts_for(request, pool, device.mac if device is not None else None, canary)
     if store is None:
         return comment_reply(
             503,
@@ -122,6 +125,12 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
         request.app[LIFECYCLE_KEY],
         restage=restage,
     )
+    override = canary.firmware_for(device.mac)
+    if override is not None:
+        # A firmware roll-out's wave: its build instead of the inventory's (canary.py).
+        name, build = override
+        variable = ResolvedVariable(name, build, False, "rollout", str(canary.rollout_id))
+        context = dataclasses.replace(context, variables={**context.variables, name: variable})
     context = dataclasses.replace(
         context, firmware_attempts=await _firmware_attempts(pool, context)
     )
@@ -200,8 +209,21 @@ async def _firmware_attempts(pool: asyncpg.Pool, context: PollContext) -> int:
     return 0
 
 
+async def _canary(request: web.Request, pool: asyncpg.Pool) -> CanaryState:
+    """The open canary roll-out as this node knows it (reloaded after NOTIFY, or on every poll
+    while LISTEN is down, so a change is never missed)."""
+    watch = request.app[WATCH_KEY]
+    watch.start(pool)
+    request.app[ROLLOUT_JOB_KEY].ensure_started(pool)
+    canary = watch.canary
+    if canary.stale or not watch.live:
+        async with acquire(pool) as connection:
+            await canary.reload(connection)
+    return canary
+
+
 async def scripts_for(
-    request: web.Request, pool: asyncpg.Pool, mac: str | None
+    request: web.Request, pool: asyncpg.Pool, mac: str | None, canary: CanaryState
 ) -> ScriptStore | None:
     """The scripts devices get: this node's folder, or the published version every node serves
     (update.scripts_source = "database"; None while none is published), or, while a canary
@@ -210,11 +232,8 @@ async def scripts_for(
     if request.app[SETTINGS_KEY].update.scripts_source == "files":
         return request.app[STORE_KEY]
     watch, published = request.app[WATCH_KEY], request.app[PUBLISHED_KEY]
-    watch.start(pool)
-    request.app[ROLLOUT_JOB_KEY].ensure_started(pool)
-    canary = watch.canary
     version = watch.script_version if watch.live else None
-    if version is not None and not canary.stale:
+    if version is not None:
         store = published.cached(canary.version_for(mac, version) if mac else version)
         if store is not None:
             return store
@@ -223,8 +242,6 @@ async def scripts_for(
             version = await ScriptVersionRepository(connection).current_id()
             if version is None:
                 return None
-        if canary.stale or not watch.live:
-            await canary.reload(connection)
         return await published.get(connection, canary.version_for(mac, version) if mac else version)
 
 
