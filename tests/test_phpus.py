@@ -33,7 +33,7 @@ from services.core.inventory import (
 from services.core.runner import Node, start_node
 from services.serve import service_factories
 from services.update import phpus
-from services.update.scripts import ScriptStore, script_hash, script_lines
+from services.update.scripts import RAW_MARKER, ScriptStore, script_hash, script_lines
 from tests.conftest import DEVICE_A, SessionPki
 
 MAC_A = "009033010203"  # IP232-01-02-03 in config/inventory.example.toml
@@ -236,18 +236,13 @@ def test_import_writes_the_layout_and_reports_each_problem(
         "staging.txt",
         "update.txt",
     ]
-    # Files without anything to escape keep their bytes (CRLF included).
-    assert (target / "phpus/all-all-all.txt").read_bytes() == SCRIPTS["all-all-all.txt"]
-    assert (target / "phpus/all-phone-all.txt").read_text() == (
-        'config add PHONE /text {{ "{" }}{ hello }} {{ "{" }}% raw %} {{ "{" }}#x#} '
-        '{{ "{" }}{{ "{" }}{y\n'
-        "config change CMD0 /note #((x) and #(((y) and #((h-poll)\n"
-    )
-    assert (target / "phpus/update-ip232-all.txt").read_text() == (
-        'config change IP232 /a 1{{ "\\r" }}config change IP232 /b 2'
-    )
+    # Every script keeps its bytes (CRLF, lone CRs, literal braces), marked raw.
+    for name in ("all-all-all.txt", "all-phone-all.txt", "update-ip232-all.txt"):
+        assert (target / "phpus" / name).read_bytes() == (
+            RAW_MARKER.encode() + b"\n" + SCRIPTS[name]
+        )
     assert (target / "phpus/update-phone-customer1.txt").read_text("utf-8") == (
-        "config change PHONE /display Grüße\n"
+        f"{RAW_MARKER}\nconfig change PHONE /display Grüße\n"
     )
     problems = [str(p) for p in plan.findings.problems]
     scripts = source / "scripts"
@@ -264,7 +259,7 @@ def test_import_writes_the_layout_and_reports_each_problem(
     assert not any("notes.md" in p for p in problems)
 
 
-def test_escaped_files_render_back_to_their_bytes(
+def test_raw_files_render_back_to_their_bytes(
     imported: tuple[Path, Path, phpus.Plan],
 ) -> None:
     source, target, _ = imported
@@ -273,6 +268,7 @@ def test_escaped_files_render_back_to_their_bytes(
     assert store.problems == {}
     for name in ("all-phone-all.txt", "update-ip232-all.txt", "all-all-all.txt"):
         original = (source / "scripts" / name).read_bytes().decode().replace("\r\n", "\n")
+        assert "{{" in original or "\r" in original or name == "all-all-all.txt"
         rendered = store.render(f"phpus/{name}", {}, {"x": "EXPANDED", "h-poll": "15"})
         assert rendered == original
 
@@ -391,6 +387,13 @@ def test_problems_stop_the_import_and_nothing_is_written(tmp_path: Path) -> None
         f"{source}/config/user-config.xml: error: phase 'a-b': no dash allowed in name (PHPUS)",
         f"{source}/config/user-config.xml: error: phase name 'all' not allowed (PHPUS refuses it)",
     ]
+    (source / "config" / "user-config.xml").write_bytes(USER_CONFIG_XML)
+    (source / "scripts" / "update-gw-all.txt").write_bytes(b"config change GW /x 1\n\x0c\n")
+    plan = phpus.plan_import(source)
+    assert [str(p) for p in plan.findings.errors] == [
+        f"{source}/scripts/update-gw-all.txt:2: error: control character '\\x0c': pbxfront "
+        "refuses it in a script (PHPUS would have sent it to the device); remove it"
+    ]
     (source / "config.xml").unlink()
     plan = phpus.plan_import(source)
     assert [str(p) for p in plan.findings.errors] == [
@@ -422,7 +425,7 @@ def test_cli_dry_run_conflicts_and_force(
     assert _cli("import-phpus", str(source), "--into", str(target), "--dry-run") == 0
     out = capsys.readouterr()
     assert f"would write to {target}:" in out.out
-    assert f"phpus/all-phone-all.txt  <- {source}/scripts/all-phone-all.txt (escaped)" in out.out
+    assert f"phpus/all-phone-all.txt  <- {source}/scripts/all-phone-all.txt (raw)" in out.out
     assert f"--- {target}/update.txt" in out.out
     assert "would replace (needs --force):" in out.out
     assert "update-phone-customer1.txt:1: warning: not UTF-8" in out.err

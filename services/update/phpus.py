@@ -15,10 +15,10 @@ The import writes
 
     staging.txt, update.txt         the same selection as Jinja2 (staging: the non-final phases,
                                     update: the final one), reading ``vars["phpus-env"]``
-    phpus/<phase>-<class>-<env>.txt the scripts, bytes kept; escaped only where pbxfront would
-                                    read them: ``{{``/``{%``/``{#`` as ``{{ "{" }}``, ``#(`` as
-                                    ``#((``, a lone CR as ``{{ "\\r" }}`` (Jinja2 would make it a
-                                    line end); all render back to the original bytes
+    phpus/<phase>-<class>-<env>.txt the scripts, bytes kept, each marked raw (first line
+                                    ``{#- pbxfront: raw -#}``, scripts.RAW_MARKER): sent as they
+                                    are, no Jinja2, no #(name), so a literal ``{{``, ``{%`` or
+                                    ``#(x)`` stays what it was and never breaks a poll
     phpus/inventory-fragment.toml   update variables for what config.xml said (h-poll,
                                     update-allow, update-initial, fw-prot, fw-boot, phpus-env)
     phpus/settings-fragment.toml    pbxfront.toml [update] keys for the rest (grace, fast
@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core.config import Settings, cli_overrides, config_files_from_env, load_settings
-from services.update.scripts import MAX_SCRIPT_BYTES
+from services.update.scripts import MAX_SCRIPT_BYTES, RAW_MARKER
 
 CONFIG_FILE = "config.xml"
 USER_CONFIG_FILE = "config/user-config.xml"
@@ -60,8 +60,8 @@ _HOURS = re.compile(r"\d{1,2}(,\d{1,2})*")
 _BUILD = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MODEL = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_JINJA_OPEN = re.compile(r"\{(?=[{%#])")
-_LONE_CR = re.compile(r"\r(?!\n)")
+# What the script store refuses (scripts.ScriptStore: control characters other than TAB/CR/LF).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _POLL_LINE = re.compile(r"^\s*config\s+(add|change)\s+UP1\b.*\s/poll\b", re.IGNORECASE)
 _PROVISION_LINE = re.compile(r"^\s*mod\s+cmd\s+UP1\s+provision\b", re.IGNORECASE)
 _URL_LINE = re.compile(r"^\s*config\s+(add|change)\s+UP1\b.*\s/url\b", re.IGNORECASE)
@@ -343,7 +343,8 @@ def read_config(root: Path, findings: Findings) -> PhpusConfig | None:
 
 @dataclass(frozen=True)
 class Script:
-    """One PHPUS script to import: its name parts (lower case), source and escaped text."""
+    """One PHPUS script to import: its name parts (lower case), source and text as written
+    (marked raw)."""
 
     phase: str
     device_class: str
@@ -356,11 +357,11 @@ class Script:
         return f"{self.phase}-{self.device_class}-{self.environment}.txt"
 
 
-def escape(text: str) -> str:
-    """What pbxfront would interpret, escaped so that it renders back to the same text."""
-    text = _JINJA_OPEN.sub('{{ "{" }}', text)
-    text = text.replace("#(", "#((")
-    return _LONE_CR.sub('{{ "\\\\r" }}', text)
+def mark_raw(text: str) -> str:
+    """The script as pbxfront serves it byte for byte: the raw marker line, then the text (the
+    store neither sends nor hashes the marker; a BOM after it stays, as PHPUS sent and hashed
+    it)."""
+    return RAW_MARKER + "\n" + text
 
 
 def decode(data: bytes, path: Path, encoding: str, findings: Findings) -> str:
@@ -469,7 +470,16 @@ def read_scripts(
             continue
         text = decode(data, path, encoding, findings)
         _lint(path, text, findings)
-        scripts.append(Script(phase, device_class, environment, path, escape(text)))
+        control = _CONTROL.search(text)
+        if control is not None:
+            findings.error(
+                path,
+                f"control character {control.group()!r}: pbxfront refuses it in a script "
+                "(PHPUS would have sent it to the device); remove it",
+                text.count("\n", 0, control.start()) + 1,
+            )
+            continue
+        scripts.append(Script(phase, device_class, environment, path, mark_raw(text)))
     if not scripts:
         findings.warning(folder, "no PHPUS scripts to import")
     return scripts
@@ -521,8 +531,8 @@ def selection_template(
         '    list names the device type, then the type itself. Environments: "all" (when more\n'
         "    than one), the device's own (its MAC), then the update variable phpus-env\n"
         f"    (comma-separated, default {config.first_environment!r}) with what it implies.\n"
-        "    The files under phpus/ are PHPUS's, escaped where pbxfront would read them:\n"
-        '    {{ "{" }} is a literal {, #(( a literal #(, {{ "\\r" }} a lone CR. -#}\n'
+        "    The files under phpus/ are PHPUS's, byte for byte, marked raw (sent as they are:\n"
+        "    no Jinja2, no #(name)). -#}\n"
     )
     if not phases:
         return header + "{#- PHPUS has no phase before the final one: nothing to stage. -#}\n"
@@ -834,15 +844,10 @@ def describe(plan: Plan) -> list[str]:
     lines: list[str] = []
     for output in plan.outputs:
         if output.source is not None:
-            escaped = " (escaped)" if _is_escaped(output) else ""
-            lines.append(f"{output.relative}  <- {output.source}{escaped}")
+            lines.append(f"{output.relative}  <- {output.source} (raw)")
         else:
             lines.append(f"{output.relative}  (generated)")
     return lines
-
-
-def _is_escaped(output: Output) -> bool:
-    return '{{ "{" }}' in output.text or "#((" in output.text or '{{ "\\r" }}' in output.text
 
 
 # --- `pbxfront scripts import-phpus` ---------------------------------------------------------

@@ -27,16 +27,18 @@ import logging
 import re
 from dataclasses import dataclass
 
+import asyncpg
 from aiohttp import web
 
 from services.core.db import POOL_KEY, acquire
-from services.core.http import query_arguments
+from services.core.http import query_arguments, security_event
 from services.core.identity import DeviceIdentity, identify, printable
 from services.core.phpus import mode_refusal
 from services.core.scriptlines import comment, rawurlencode, to_crlf
+from services.core.unknown import UPDATE as UPDATE_SERVICE
+from services.core.unknown import UnknownDeviceRepository
 from services.update.provisioning import Urls
-from services.update.repository import UpdateRepository
-from services.update.state import SETTINGS_KEY, SNAPSHOTS_KEY
+from services.update.state import SETTINGS_KEY, SNAPSHOTS_KEY, UNKNOWN_LIMITER_KEY
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,41 @@ def move_lines(
     return lines
 
 
+async def _unknown(
+    request: web.Request,
+    pool: asyncpg.Pool,
+    identity: DeviceIdentity,
+    key: str,
+    query: dict[str, str],
+) -> web.Response:
+    """As the update service answers a device not in the inventory: rate-limited per address,
+    recorded (bounded) for ``devices adopt``, the same 404 without customer data."""
+    settings = request.app[SETTINGS_KEY].update
+    limiter = request.app[UNKNOWN_LIMITER_KEY]
+    if not limiter.allows(request.remote):
+        security_event(request, "unknown-device-rate-limited", proof=identity.proof.value)
+        response = _reply(429, [comment("too many polls for devices not in the inventory")])
+        response.headers["Retry-After"] = str(limiter.retry_after(request.remote))
+        return response
+    limiter.spend(request.remote)
+    async with acquire(pool) as connection:
+        await UnknownDeviceRepository(connection).record(
+            UPDATE_SERVICE,
+            key,
+            mac=identity.mac,
+            hardware_id=identity.hardware_id,
+            device_type=identity.device_type,
+            source_address=request.remote,
+            proof=identity.proof.value,
+            version=printable(query.get("ver", ""), 200) or None,
+            max_rows=settings.unknown_max_rows,
+        )
+    log.info(
+        "unknown device %s (%s) polled PHPUS's update.php", printable(key), identity.proof.value
+    )
+    return _reply(404, [comment(f"device {key} is not in this provider's inventory")])
+
+
 def _reply(status: int, lines: list[str]) -> web.Response:
     return web.Response(
         status=status, text=to_crlf(lines), content_type="text/plain", charset="utf-8"
@@ -158,22 +195,9 @@ async def poll(request: web.Request) -> web.Response:
     key = identity.mac or identity.hardware_id or "-"
     async with acquire(pool) as connection:
         snapshot = await request.app[SNAPSHOTS_KEY].get(connection)
-        device = snapshot.find(identity)
-        if device is None:
-            await UpdateRepository(connection).record_unknown(
-                key,
-                identity.mac,
-                identity.hardware_id,
-                identity.device_type,
-                request.remote,
-                identity.proof.value,
-                printable(query.get("ver", ""), 200) or None,
-            )
+    device = snapshot.find(identity)
     if device is None:
-        log.info(
-            "unknown device %s (%s) polled PHPUS's update.php", printable(key), identity.proof.value
-        )
-        return _reply(404, [comment(f"device {key} is not in this provider's inventory")])
+        return await _unknown(request, pool, identity, key, query)
 
     variables = snapshot.resolve(device)
     hpoll = variables.get("h-poll")
