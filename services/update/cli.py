@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,17 @@ def _mac(value: str) -> str:
 # --- scripts -----------------------------------------------------------------------------------
 
 
-async def scripts_check(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+# A check another package contributes to `scripts check` (composed by services/cli.py): its
+# problems, one line each.
+ExtraCheck = Callable[[Settings, asyncpg.Pool], Awaitable[list[str]]]
+
+
+async def scripts_check(
+    args: argparse.Namespace,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    extra_checks: Sequence[ExtraCheck] = (),
+) -> int:
     store, firmware = await _stores(settings)
     snapshot = await _snapshot(pool)
     problems = check_scripts(
@@ -76,6 +88,9 @@ async def scripts_check(args: argparse.Namespace, settings: Settings, pool: asyn
         firmware_available=firmware.listed,
         extra_commands=settings.update.extra_commands,
     )
+    problems = list(problems)
+    for extra in extra_checks:
+        problems += await extra(settings, pool)
     for problem in problems:
         print(problem)
     if problems:
@@ -294,7 +309,12 @@ async def firmware_list(args: argparse.Namespace, settings: Settings, pool: asyn
     return 0
 
 
-def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
+def register(
+    commands: Any,
+    common: argparse.ArgumentParser,
+    bind: Bind,
+    extra_checks: Sequence[ExtraCheck] = (),
+) -> None:
 
     scripts = commands.add_parser("scripts", help="the update scripts (staging_scripts/)")
     script_actions = scripts.add_subparsers(dest="action", required=True)
@@ -303,7 +323,7 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
         parents=[common],
         help="render every script for every device; list problems as file:line: message",
     )
-    check.set_defaults(handler=bind(scripts_check))
+    check.set_defaults(handler=bind(functools.partial(scripts_check, extra_checks=extra_checks)))
     render = script_actions.add_parser("render", parents=[common], help="what one device gets")
     render.add_argument("--device", required=True, metavar="MAC")
     render.add_argument("--phase", choices=(STAGING, UPDATE), default=UPDATE)

@@ -1,0 +1,129 @@
+"""``pbxfront frontend plan|check``: the Frontend plan and its violations, from the inventory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import asyncpg
+
+from services.core.commands import Bind
+from services.core.config import Settings
+from services.core.errors import UsageError
+from services.core.inventory import Inventory
+from services.frontend.backups import Finding, backup_targets, check_backups
+from services.frontend.plan import (
+    FrontendPlan,
+    UnknownFrontend,
+    build_plan,
+    plan_csv,
+    plan_json,
+    plan_text,
+)
+from services.frontend.repository import FrontendRepository
+
+
+def _plan(inventory: Inventory, frontend: str, settings: Settings) -> FrontendPlan:
+    try:
+        return build_plan(inventory, frontend, settings.frontend_plan)
+    except UnknownFrontend:
+        known = ", ".join(f.id for f in inventory.frontends) or "none"
+        raise UsageError(f"no Frontend {frontend} in the inventory (known: {known})") from None
+
+
+async def frontend_plan(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        inventory = await FrontendRepository(connection).inventory()
+    plan = _plan(inventory, args.frontend or settings.frontend, settings)
+    if args.format == "json":
+        text = json.dumps(plan_json(plan, show_secrets=args.show_secrets), indent=2) + "\n"
+    elif args.format == "csv":
+        text = plan_csv(plan, show_secrets=args.show_secrets)
+    else:
+        text = plan_text(plan, show_secrets=args.show_secrets)
+    sys.stdout.write(text)
+    return 0
+
+
+async def plan_problems(settings: Settings, pool: asyncpg.Pool) -> list[str]:
+    """Every violation of every Frontend's plan, one line each (also run by `scripts check`)."""
+    async with pool.acquire() as connection:
+        inventory = await FrontendRepository(connection).inventory()
+    return [
+        f"frontend {frontend.id}: {violation}"
+        for frontend in inventory.frontends
+        for violation in build_plan(inventory, frontend.id, settings.frontend_plan).violations
+    ]
+
+
+async def backup_findings(
+    settings: Settings, pool: asyncpg.Pool, frontends: list[str] | None = None
+) -> list[Finding]:
+    async with pool.acquire() as connection:
+        repository = FrontendRepository(connection)
+        inventory = await repository.inventory()
+        findings: list[Finding] = []
+        for frontend in inventory.frontends:
+            if frontends is not None and frontend.id not in frontends:
+                continue
+            plan = build_plan(inventory, frontend.id, settings.frontend_plan)
+            macs = [mac for mac, _, _ in backup_targets(plan, inventory)]
+            if plan.frontend_mac:
+                macs.append(plan.frontend_mac)
+            backups = await repository.latest_backups(macs)
+            findings += check_backups(plan, inventory, backups, settings.frontend_plan)
+    return findings
+
+
+async def frontend_check(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        inventory = await FrontendRepository(connection).inventory()
+    ids = [args.frontend] if args.frontend else [f.id for f in inventory.frontends]
+    problems: list[str] = []
+    for frontend in ids:
+        plan = _plan(inventory, frontend, settings)
+        problems += [f"frontend {frontend}: {v}" for v in plan.violations]
+    findings: list[Finding] = []
+    if args.backups:
+        findings = await backup_findings(settings, pool, ids)
+    for line in problems:
+        print(line)
+    for finding in findings:
+        print(f"backup: {finding}")
+    total = len(problems) + len(findings)
+    if total:
+        print(f"{total} problem(s)", file=sys.stderr)
+        return 1
+    checked = " and their backups" if args.backups else ""
+    print(f"ok: {len(ids)} Frontend plan(s){checked} without violations")
+    return 0
+
+
+def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
+    frontend = commands.add_parser(
+        "frontend", help="the Frontend plan: NAT maps, SessionBorder objects, budgets"
+    )
+    actions = frontend.add_subparsers(dest="action", required=True)
+    plan = actions.add_parser(
+        "plan", parents=[common], help="the Frontend's NAT maps, SessionBorder objects, budget"
+    )
+    plan.add_argument("--frontend", metavar="ID", help="default: the setting frontend")
+    plan.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    plan.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="show the SessionBorder passwords (customer registration passwords)",
+    )
+    plan.set_defaults(handler=bind(frontend_plan))
+    check = actions.add_parser(
+        "check", parents=[common], help="name every violation of the plan (exit 1 if any)"
+    )
+    check.add_argument("--frontend", metavar="ID", help="default: every Frontend")
+    check.add_argument(
+        "--backups",
+        action="store_true",
+        help="also check the latest stored backups of the Frontend gateway and customer PBXs",
+    )
+    check.set_defaults(handler=bind(frontend_check))
