@@ -29,7 +29,16 @@ from services.core.config import FrontendPlanSettings, ListenerSettings, Setting
 from services.core.inventory import Inventory, apply_inventory, parse_inventory
 from services.core.runner import start_node
 from services.frontend.backups import check_backups
-from services.frontend.plan import FrontendPlan, NatMap, build_plan, plan_csv, scheme_port
+from services.frontend.context import PlanCache, context_additions
+from services.frontend.plan import (
+    FrontendPlan,
+    NatMap,
+    build_plan,
+    plan_csv,
+    plan_json,
+    plan_text,
+    scheme_port,
+)
 from services.frontend.repository import FrontendRepository
 from services.serve import service_factories
 from tests.conftest import SessionPki
@@ -456,3 +465,108 @@ async def test_backups_checked_against_the_plan(pool: asyncpg.Pool, database_url
     assert result.returncode == 1
     assert "backup: frontend sb1 gateway 009033fe0001" in result.stdout
     assert "/ras-port-alt" in result.stdout
+
+
+# --- golden files ------------------------------------------------------------------------------
+# Regenerate with PBXFRONT_REGENERATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_frontend.py
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "frontend"
+
+
+def golden_plan() -> FrontendPlan:
+    """The example inventory plus the seed's own example customer PBX 10.0.0.7."""
+    example = parse_inventory(
+        EXAMPLE.read_text() + customer(7, "10.0.0.7") + phone(7, 1), str(EXAMPLE)
+    )
+    return build_plan(example, "sb1", SETTINGS)
+
+
+@pytest.mark.parametrize("form", ["txt", "json", "csv"])
+def test_plan_matches_golden_files(form: str) -> None:
+    plan = golden_plan()
+    if form == "txt":
+        text = plan_text(plan)
+    elif form == "json":
+        text = json.dumps(plan_json(plan), indent=2) + "\n"
+    else:
+        text = plan_csv(plan).replace("\r\n", "\n")
+    path = GOLDEN / f"plan-sb1.{form}"
+    if os.environ.get("PBXFRONT_REGENERATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"no golden file {path}: regenerate (see above)"
+    assert text == path.read_text(), f"{path} differs: review and regenerate if intended"
+
+
+# --- template data -----------------------------------------------------------------------------
+
+TEMPLATE = """\
+{% if frontend_plan is defined %}config add H323 /ras-port-alt {{ frontend_plan.ras_port_alt }}
+{% for d in frontend_plan.devices %}# SessionBorder [NC] {{ d.long_name }} {{ d.external_name }} \
+{{ d.password }} pbx-pwd={{ d.pbx_password }}
+{% endfor %}{% endif %}{% if config_template is defined %}\
+<loc cc='{{ config_template.loc.cc }}' ac='{{ config_template.loc.ac }}' \
+ntp='{{ config_template.loc.ntp }}' itp='{{ config_template.loc.itp }}' \
+pbx='{{ config_template.loc.pbx }}'/><ldap id='2' tls='1' port='{{ nat.ldaps }}'/>
+config add PBX0 /ldap-default-addr {{ ldap_default.addr }} /ldap-default-port \
+{{ ldap_default.port }}
+{% endif %}"""
+
+
+def test_context_additions_render_through_the_script_renderer(tmp_path: Path) -> None:
+    from services.core.identity import DeviceIdentity, Proof
+    from services.update.provisioning import Snapshot, Urls, template_context
+    from services.update.scripts import ScriptStore, Secret, SecretRequired
+
+    (tmp_path / "update.txt").write_text(TEMPLATE)
+    store = ScriptStore(tmp_path)
+    store.refresh()
+    text = EXAMPLE.read_text().replace(
+        "[frontends.variables]\n", f'[frontends.variables]\nfrontend-mac = "{FRONTEND_MAC}"\n'
+    ) + (
+        f'[[devices]]\nmac = "{FRONTEND_MAC}"\ntype = "IPVA"\nclass = "gateway"\n'
+        'customer = "Kuenkel00001"\nhardware_id = "IPVA-fe-00-01"\n'
+    )
+    example = parse_inventory(text, "test.toml")
+    settings = dataclasses.replace(
+        SETTINGS,
+        shared_maps=("metadir tcp 7714 10.0.0.20 714",),
+        directory_map="metadir",
+    )
+    cache = PlanCache(settings)
+    plan = cache.plan(1, example, "sb1")
+    assert cache.plan(1, example, "sb1") is plan
+    snapshot = Snapshot.build(1, example)
+
+    def render(mac: str, proof: Proof) -> str:
+        device = snapshot.by_mac[mac]
+        identity = DeviceIdentity(proof, device.mac, device.hardware_id, device.device_type)
+        context, variables = template_context(
+            snapshot, device, identity, "update", Urls("https://192.0.2.10"), 15
+        )
+        allowed = identity.proven
+
+        def secret(name: str, value: str) -> object:
+            return Secret(name, value, allowed)
+
+        context.update(context_additions(plan, example, device, secret))
+        return store.render("update.txt", context, variables)
+
+    gateway = render(FRONTEND_MAC, Proof.PROVEN)
+    assert gateway.splitlines()[0] == "config add H323 /ras-port-alt 1819"
+    assert (
+        "# SessionBorder [NC] Kuenkel00001-001 IP232-01-02-03 change-me-registration "
+        "pbx-pwd=True" in gateway
+    )
+    with pytest.raises(SecretRequired):
+        render(FRONTEND_MAC, Proof.CLAIMED)
+    pbx = render("009033a85a38", Proof.PROVEN)
+    assert pbx == (
+        "<loc cc='49' ac='7031' ntp='0' itp='00' pbx='73009'/><ldap id='2' tls='1' port='9001'/>\n"
+        "config add PBX0 /ldap-default-addr 10.0.0.20 /ldap-default-port 714\n"
+    )
+    # A phone gets its customer's maps only.
+    phone_device = snapshot.by_mac["009033010203"]
+    assert context_additions(plan, example, phone_device, lambda n, v: v) == {
+        "nat": {"https": 8001, "ldaps": 9001}
+    }

@@ -412,9 +412,21 @@ def build_plan(
     plans = [_customer_plan(c, variables.customer(c), settings, violations) for c in customers]
     frontend_variables = variables.frontend(frontend)
     shared = _shared_maps(settings, frontend_variables, violations)
-    borders = _session_borders(
-        customers, inventory.devices, {p.id: p.pbx_address for p in plans}, violations
-    )
+    frontend_mac = None
+    if raw_mac := frontend_variables.get(FRONTEND_MAC_VARIABLE):
+        try:
+            frontend_mac = normalize_mac(raw_mac)
+        except IdentityError as error:
+            violations.append(
+                Violation(
+                    "frontend-mac",
+                    f"frontend {frontend.id}",
+                    f"update variable {FRONTEND_MAC_VARIABLE}: {error}",
+                )
+            )
+    # The Frontend gateway itself may be in the inventory (for its backups); it is no CPE.
+    cpe = [d for d in inventory.devices if d.mac != frontend_mac]
+    borders = _session_borders(customers, cpe, {p.id: p.pbx_address for p in plans}, violations)
     ras_port_alt = _ras_port_alt(customers, inventory.devices, variables, frontend, violations)
     all_maps = [m for p in plans for m in p.maps] + shared
     _clashes(all_maps, violations)
@@ -501,16 +513,6 @@ def build_plan(
                     f"the {nat.service} map lies in the UDP NAT or RTP port range",
                 )
             )
-    frontend_mac = None
-    if raw_mac := frontend_variables.get(FRONTEND_MAC_VARIABLE):
-        try:
-            frontend_mac = normalize_mac(raw_mac)
-        except IdentityError as error:
-            violations.append(
-                Violation(
-                    "frontend-mac", subject, f"update variable {FRONTEND_MAC_VARIABLE}: {error}"
-                )
-            )
     directory = None
     if settings.directory_map:
         directory = next((m for m in shared if m.service == settings.directory_map), None)
@@ -538,20 +540,6 @@ def build_plan(
         frontend_mac=frontend_mac,
         directory_map=directory,
     )
-
-
-# --- template data -----------------------------------------------------------------------------
-
-
-def template_data(plan: FrontendPlan, customer_id: str | None = None) -> dict[str, object]:
-    """What script templates would get: ``frontend_plan`` (the whole plan, secrets masked; the
-    renderer substitutes its own Secret wrappers) and, for a customer's device, ``nat`` (that
-    customer's external ports: ``nat.https``, ``nat.ldaps``)."""
-    data: dict[str, object] = {"frontend_plan": plan_json(plan, show_secrets=False)}
-    if customer_id is not None:
-        customer = next((c for c in plan.customers if c.id == customer_id), None)
-        data["nat"] = {m.service: m.external_port for m in (customer.maps if customer else ())}
-    return data
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -694,14 +682,14 @@ def plan_text(plan: FrontendPlan, *, show_secrets: bool = False) -> str:
         f"{frontend.internal_address})",
         "",
         "NAT port maps (inbound):",
-        f"  {'proto':<6}{'external':<10}{'internal':<24}{'service':<14}customer",
+        f"  {'proto':<7}{'external':<10}{'internal':<24}{'service':<14}customer",
     ]
     for nat in plan.maps:
         target = f"{nat.address}:{nat.internal_port}"
         owner = nat.customer or "(shared)"
         note = f"  ({nat.source})" if nat.source.startswith("variable") else ""
         lines.append(
-            f"  {nat.protocol:<6}{nat.external_port:<10}{target:<24}{nat.service:<14}{owner}{note}"
+            f"  {nat.protocol:<7}{nat.external_port:<10}{target:<24}{nat.service:<14}{owner}{note}"
         )
     lines += [
         "",
