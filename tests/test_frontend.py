@@ -28,6 +28,7 @@ from services.core.auth import AccountRepository, Role
 from services.core.config import FrontendPlanSettings, ListenerSettings, Settings
 from services.core.inventory import Inventory, apply_inventory, parse_inventory
 from services.core.runner import start_node
+from services.events.repository import EventRepository
 from services.frontend.backups import check_backups
 from services.frontend.context import PlanCache, context_additions
 from services.frontend.plan import (
@@ -465,6 +466,30 @@ async def test_backups_checked_against_the_plan(pool: asyncpg.Pool, database_url
     assert result.returncode == 1
     assert "backup: frontend sb1 gateway 009033fe0001" in result.stdout
     assert "/ras-port-alt" in result.stdout
+
+    # Recorded once per backup version: a drift alert, then an event, each exactly once.
+    first = pbxfront(database_url, "frontend", "check", "--backups", "--record")
+    assert first.returncode == 1
+    assert "recorded 2 new finding(s)" in first.stderr
+    again = pbxfront(database_url, "frontend", "check", "--backups", "--record")
+    assert "recorded 0 new finding(s)" in again.stderr
+    async with pool.acquire() as connection:
+        alerts = await connection.fetch(
+            "SELECT mac, message FROM backup_alerts WHERE kind = 'drift' ORDER BY id"
+        )
+        assert [a["mac"] for a in alerts] == [FRONTEND_MAC, PBX_MAC]
+        assert "/ras-port-alt" in alerts[0]["message"]
+        assert "[unchecked]" in alerts[1]["message"]
+        events = EventRepository(connection)
+        await events.import_backup_alerts(datetime.now(UTC))
+        await events.import_backup_alerts(datetime.now(UTC))
+        codes = await connection.fetch(
+            "SELECT severity, device_mac FROM events WHERE code = 'backup-drift' ORDER BY id"
+        )
+    assert [(row["device_mac"], row["severity"]) for row in codes] == [
+        (FRONTEND_MAC, "warning"),
+        (PBX_MAC, "warning"),
+    ]
 
 
 # --- golden files ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ SessionBorder objects ([NC]). A backup that is not text (NUL bytes) is reported 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ class Finding:
     message: str
     # The version checked, None when there is no backup to check.
     version_id: int | None = None
+    mac: str = ""
+    hardware_id: str = ""
+    customer: str = ""
 
     def __str__(self) -> str:
         where = f" (backup version {self.version_id})" if self.version_id is not None else ""
@@ -197,7 +201,21 @@ def check_backups(
 ) -> list[Finding]:
     findings: list[Finding] = []
     if plan.frontend_mac:
-        findings += check_frontend_backup(plan, backups.get(plan.frontend_mac), settings)
+        mac = plan.frontend_mac
+        backup = backups.get(mac)
+        known = next((d for d in inventory.devices if d.mac == mac), None)
+        findings += [
+            dataclasses.replace(
+                f,
+                mac=mac,
+                hardware_id=backup.hardware_id if backup else (known.hardware_id if known else ""),
+                customer=known.customer if known else "",
+            )
+            for f in check_frontend_backup(plan, backup, settings)
+        ]
     for mac, customer, hardware_id in backup_targets(plan, inventory):
-        findings += check_pbx_backup(plan, customer, hardware_id, backups.get(mac))
+        findings += [
+            dataclasses.replace(f, mac=mac, hardware_id=hardware_id, customer=customer)
+            for f in check_pbx_backup(plan, customer, hardware_id, backups.get(mac))
+        ]
     return findings

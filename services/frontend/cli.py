@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -22,7 +23,7 @@ from services.frontend.plan import (
     plan_json,
     plan_text,
 )
-from services.frontend.repository import FrontendRepository
+from services.frontend.repository import FrontendRepository, NewFinding
 
 
 def _plan(inventory: Inventory, frontend: str, settings: Settings) -> FrontendPlan:
@@ -60,11 +61,13 @@ async def plan_problems(settings: Settings, pool: asyncpg.Pool) -> list[str]:
 
 async def backup_findings(
     settings: Settings, pool: asyncpg.Pool, frontends: list[str] | None = None
-) -> list[Finding]:
+) -> list[tuple[str, Finding]]:
+    """(Frontend id, finding) for the latest stored backups of the Frontends' gateways and
+    customer PBXs."""
     async with pool.acquire() as connection:
         repository = FrontendRepository(connection)
         inventory = await repository.inventory()
-        findings: list[Finding] = []
+        findings: list[tuple[str, Finding]] = []
         for frontend in inventory.frontends:
             if frontends is not None and frontend.id not in frontends:
                 continue
@@ -73,8 +76,36 @@ async def backup_findings(
             if plan.frontend_mac:
                 macs.append(plan.frontend_mac)
             backups = await repository.latest_backups(macs)
-            findings += check_backups(plan, inventory, backups, settings.frontend_plan)
+            findings += [
+                (frontend.id, f)
+                for f in check_backups(plan, inventory, backups, settings.frontend_plan)
+            ]
     return findings
+
+
+async def record_findings(
+    pool: asyncpg.Pool, findings: list[tuple[str, Finding]], now: datetime
+) -> int:
+    """Record the findings about stored versions once each; new ones become drift alerts
+    (events, syslog). How many were new."""
+    new = 0
+    async with pool.acquire() as connection:
+        repository = FrontendRepository(connection)
+        for frontend in sorted({f for f, _ in findings}):
+            batch = [
+                NewFinding(
+                    f.mac,
+                    f.hardware_id,
+                    f.customer,
+                    f.version_id,
+                    f.code,
+                    f"{f.device}: {f.message} [{f.code}]",
+                )
+                for fid, f in findings
+                if fid == frontend and f.version_id is not None and f.mac
+            ]
+            new += len(await repository.record_findings(frontend, batch, now))
+    return new
 
 
 async def frontend_check(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
@@ -85,13 +116,18 @@ async def frontend_check(args: argparse.Namespace, settings: Settings, pool: asy
     for frontend in ids:
         plan = _plan(inventory, frontend, settings)
         problems += [f"frontend {frontend}: {v}" for v in plan.violations]
-    findings: list[Finding] = []
+    findings: list[tuple[str, Finding]] = []
+    if args.record and not args.backups:
+        raise UsageError("--record needs --backups")
     if args.backups:
         findings = await backup_findings(settings, pool, ids)
     for line in problems:
         print(line)
-    for finding in findings:
+    for _, finding in findings:
         print(f"backup: {finding}")
+    if args.record:
+        new = await record_findings(pool, findings, datetime.now(UTC))
+        print(f"recorded {new} new finding(s) as backup alerts", file=sys.stderr)
     total = len(problems) + len(findings)
     if total:
         print(f"{total} problem(s)", file=sys.stderr)
@@ -125,5 +161,11 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
         "--backups",
         action="store_true",
         help="also check the latest stored backups of the Frontend gateway and customer PBXs",
+    )
+    check.add_argument(
+        "--record",
+        action="store_true",
+        help="with --backups: record each finding once per backup version as a drift alert "
+        "(an event and a syslog message); for a timer",
     )
     check.set_defaults(handler=bind(frontend_check))

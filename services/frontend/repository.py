@@ -15,6 +15,19 @@ import asyncpg
 
 from services.core.inventory import Inventory, load_inventory
 
+# The backup service's alert channel: the events service imports new alerts when told.
+BACKUP_ALERT_CHANNEL = "pbxfront_backup_alert"
+
+
+@dataclass(frozen=True)
+class NewFinding:
+    mac: str
+    hardware_id: str
+    customer: str
+    version_id: int
+    code: str
+    message: str
+
 
 @dataclass(frozen=True)
 class StoredBackup:
@@ -58,3 +71,55 @@ class FrontendRepository:
             )
             for row in rows
         }
+
+    async def record_findings(
+        self, frontend: str, findings: Sequence[NewFinding], now: datetime
+    ) -> list[NewFinding]:
+        """Record each finding once per (MAC, backup version, code); the new ones also become
+        ``drift`` backup alerts (so events, so syslog). Returns the new ones. One transaction;
+        running it again with the same findings records and alerts nothing."""
+        new: list[NewFinding] = []
+        last_alert = 0
+        async with self._connection.transaction():
+            for finding in findings:
+                inserted = await self._connection.fetchval(
+                    """INSERT INTO frontend_findings
+                           (mac, version_id, code, frontend, message, created_at)
+                       VALUES ($1, $2, $3, $4, $5, $6)
+                       ON CONFLICT DO NOTHING RETURNING true""",
+                    finding.mac,
+                    finding.version_id,
+                    finding.code,
+                    frontend,
+                    finding.message,
+                    now,
+                )
+                if not inserted:
+                    continue
+                alert_id = await self._connection.fetchval(
+                    """INSERT INTO backup_alerts
+                           (kind, mac, hardware_id, customer, created_at, version_id, message)
+                       VALUES ('drift', $1, $2, $3, $4, $5, $6) RETURNING id""",
+                    finding.mac,
+                    finding.hardware_id,
+                    finding.customer,
+                    now,
+                    finding.version_id,
+                    finding.message,
+                )
+                await self._connection.execute(
+                    """UPDATE frontend_findings SET alert_id = $1
+                       WHERE mac = $2 AND version_id = $3 AND code = $4""",
+                    alert_id,
+                    finding.mac,
+                    finding.version_id,
+                    finding.code,
+                )
+                new.append(finding)
+                last_alert = alert_id
+            if new:
+                # Sent on commit, like the backup service's own alerts.
+                await self._connection.execute(
+                    "SELECT pg_notify($1, $2)", BACKUP_ALERT_CHANNEL, str(last_alert)
+                )
+        return new
