@@ -15,6 +15,7 @@ from services.core.api import Endpoint, json_response, pool_of
 from services.core.auth import Role
 from services.core.config import Settings
 from services.core.db import acquire
+from services.core.identity import printable
 from services.frontend.plan import FrontendPlan, UnknownFrontend, build_plan, plan_csv, plan_json
 from services.frontend.repository import FrontendRepository
 
@@ -37,7 +38,7 @@ async def _plan(request: web.Request) -> FrontendPlan:
     try:
         return build_plan(inventory, frontend, settings.frontend_plan)
     except UnknownFrontend:
-        raise errors.NotFound(f"no Frontend {frontend}") from None
+        raise errors.NotFound(f"no Frontend {printable(frontend, 64)}") from None
 
 
 def _format(request: web.Request) -> str:
