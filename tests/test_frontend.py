@@ -378,6 +378,14 @@ async def test_api_plan_json_csv_and_roles(api: tuple[str, Any]) -> None:
         assert response.status == 404
     async with session.get(f"{base}/api/v1/frontends/sb1/check", headers=admin) as response:
         assert (await response.json())["ok"] is True
+    findings_url = f"{base}/api/v1/frontends/sb1/findings"
+    async with session.get(findings_url, headers=admin) as response:
+        assert (await response.json())["findings"] == []
+    async with session.get(findings_url, headers=admin, params={"device": "xyz"}) as response:
+        assert response.status == 400
+        assert (await response.json())["error"].startswith("device:")
+    async with session.get(f"{base}/api/v1/frontends/sb9/findings", headers=admin) as response:
+        assert response.status == 404
     async with session.get(f"{base}/api/v1/openapi.json") as response:
         paths = (await response.json())["paths"]
     assert "/api/v1/frontends/{frontend_id}/plan" in paths
@@ -490,6 +498,9 @@ async def test_backups_checked_against_the_plan(pool: asyncpg.Pool, database_url
         (FRONTEND_MAC, "warning"),
         (PBX_MAC, "warning"),
     ]
+    listed = pbxfront(database_url, "frontend", "findings", "--json", "--device", PBX_MAC)
+    assert listed.returncode == 0, listed.stderr
+    assert [f["code"] for f in json.loads(listed.stdout)] == ["unchecked"]
 
 
 # --- golden files ------------------------------------------------------------------------------

@@ -11,11 +11,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.core import errors
-from services.core.api import Endpoint, json_response, pool_of
+from services.core.api import Endpoint, int_query, json_response, pool_of
 from services.core.auth import Role
 from services.core.config import Settings
 from services.core.db import acquire
-from services.core.identity import printable
+from services.core.identity import IdentityError, normalize_mac, printable
+from services.core.inventory import InventoryRepository
 from services.frontend.plan import FrontendPlan, UnknownFrontend, build_plan, plan_csv, plan_json
 from services.frontend.repository import FrontendRepository
 
@@ -75,6 +76,23 @@ async def get_check(request: web.Request) -> web.Response:
     )
 
 
+async def get_findings(request: web.Request) -> web.Response:
+    frontend = request.match_info["frontend_id"]
+    mac = request.query.get("device") or None
+    if mac is not None:
+        try:
+            mac = normalize_mac(mac)
+        except IdentityError as error:
+            raise errors.Invalid(f"device: {error}") from None
+    limit = int_query(request, "limit", 100, 1, 10000)
+    async with acquire(pool_of(request)) as connection:
+        repository = FrontendRepository(connection)
+        if await InventoryRepository(connection).get_frontend(frontend) is None:
+            raise errors.NotFound(f"no Frontend {printable(frontend, 64)}")
+        findings = await repository.findings(frontend, mac, limit)
+    return json_response({"frontend": frontend, "findings": [f.as_json() for f in findings]})
+
+
 ENDPOINTS = [
     Endpoint(
         "GET",
@@ -92,6 +110,16 @@ ENDPOINTS = [
         get_check,
         READERS,
         "The Frontend plan's violations, each named (ok: true when there are none)",
+        response=OBJECT,
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/frontends/{frontend_id}/findings",
+        get_findings,
+        READERS,
+        "Recorded findings of stored backups against the plan (pbxfront frontend check "
+        "--backups --record), newest first",
+        query={"device": "only this MAC", "limit": "at most this many (1..10000)"},
         response=OBJECT,
     ),
 ]

@@ -13,6 +13,7 @@ import asyncpg
 from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
+from services.core.identity import IdentityError, normalize_mac
 from services.core.inventory import Inventory
 from services.frontend.backups import Finding, backup_targets, check_backups
 from services.frontend.plan import (
@@ -137,6 +138,32 @@ async def frontend_check(args: argparse.Namespace, settings: Settings, pool: asy
     return 0
 
 
+async def frontend_findings(
+    args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool
+) -> int:
+    if not 1 <= args.limit <= 10000:
+        raise UsageError("--limit: must be 1..10000")
+    mac = None
+    if args.device:
+        try:
+            mac = normalize_mac(args.device)
+        except IdentityError as error:
+            raise UsageError(str(error)) from None
+    async with pool.acquire() as connection:
+        findings = await FrontendRepository(connection).findings(args.frontend, mac, args.limit)
+    if args.json:
+        print(json.dumps([f.as_json() for f in findings], indent=2))
+        return 0
+    for finding in findings:
+        stamp = finding.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(
+            f"{stamp}  {finding.frontend}  {finding.mac}  v{finding.version_id}  {finding.message}"
+        )
+    if not findings:
+        print("no findings recorded")
+    return 0
+
+
 def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
     frontend = commands.add_parser(
         "frontend", help="the Frontend plan: NAT maps, SessionBorder objects, budgets"
@@ -169,3 +196,11 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
         "(an event and a syslog message); for a timer",
     )
     check.set_defaults(handler=bind(frontend_check))
+    findings = actions.add_parser(
+        "findings", parents=[common], help="backup findings recorded by check --backups --record"
+    )
+    findings.add_argument("--frontend", metavar="ID")
+    findings.add_argument("--device", metavar="MAC")
+    findings.add_argument("--limit", type=int, default=100)
+    findings.add_argument("--json", action="store_true")
+    findings.set_defaults(handler=bind(frontend_findings))

@@ -48,6 +48,28 @@ WHERE d.mac = ANY($1::text[])
 """
 
 
+@dataclass(frozen=True)
+class RecordedFinding:
+    mac: str
+    version_id: int
+    code: str
+    frontend: str
+    message: str
+    created_at: datetime
+    alert_id: int | None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "mac": self.mac,
+            "version_id": self.version_id,
+            "code": self.code,
+            "frontend": self.frontend,
+            "message": self.message,
+            "created_at": self.created_at.isoformat(),
+            "alert_id": self.alert_id,
+        }
+
+
 class FrontendRepository:
     """Reads for the plan. Contract: no writes; one consistent inventory snapshot per call."""
 
@@ -123,3 +145,18 @@ class FrontendRepository:
                     "SELECT pg_notify($1, $2)", BACKUP_ALERT_CHANNEL, str(last_alert)
                 )
         return new
+
+    async def findings(
+        self, frontend: str | None = None, mac: str | None = None, limit: int = 100
+    ) -> list[RecordedFinding]:
+        """Recorded findings, newest first, optionally of one Frontend and/or one device."""
+        rows = await self._connection.fetch(
+            """SELECT mac, version_id, code, frontend, message, created_at, alert_id
+               FROM frontend_findings
+               WHERE ($1::text IS NULL OR frontend = $1) AND ($2::text IS NULL OR mac = $2)
+               ORDER BY created_at DESC, version_id DESC, code LIMIT $3""",
+            frontend,
+            mac,
+            limit,
+        )
+        return [RecordedFinding(**dict(row)) for row in rows]
