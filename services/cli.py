@@ -397,9 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_accounts_list)
 
+    from services.frontend import cli as frontend_cli
     from services.update import cli as update_cli
 
-    update_cli.register(commands, common, _bind)
+    # `scripts check` also names the Frontend plan's violations (composed here: the update
+    # package does not import the frontend package).
+    update_cli.register(commands, common, _bind, extra_checks=[frontend_cli.plan_problems])
+    frontend_cli.register(commands, common, _bind)
 
     from services.redirect import cli as redirect_cli
 

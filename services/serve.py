@@ -29,10 +29,12 @@ def service_factories() -> ServiceFactories:
         from services.admin.app import create_app
         from services.backup.app import create_archive_app
         from services.core.http import mount_service
+        from services.frontend import api as frontend_api
         from services.redirect.app import create_api_app
         from services.update.admin_api import ENDPOINTS as update_endpoints
 
-        app = create_app(settings, [*update_endpoints])
+        app = create_app(settings, [*update_endpoints, *frontend_api.ENDPOINTS])
+        frontend_api.install(app, settings)
         # Parts of other services that belong on the private admin listener: the redirect
         # provider API (/api/v1/redirect/) and the backup archive (/api/v1/backups/, /dav/).
         mount_service(app, create_api_app(settings))

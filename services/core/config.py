@@ -487,6 +487,93 @@ class DirectorySettings:
     preload: bool = True
 
 
+# The seed's "Kerberos" section: the UDP NAT maps every Frontend needs so CPE reach the Kerberos
+# servers (kerbhost = h-kerberos1ip, kerbhost-dup = h-kerberos2ip).
+DEFAULT_SHARED_MAPS = (
+    "kpasswd-dup udp 7465 #(h-kerberos2ip) 464",
+    "kpasswd udp 7464 #(h-kerberos1ip) 464",
+    "kerberos-dup udp 7089 #(h-kerberos2ip) 88",
+    "kerberos udp 7088 #(h-kerberos1ip) 88",
+)
+_SHARED_MAP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+_SHARED_MAP_ADDRESS = re.compile(
+    r"#\([A-Za-z0-9][A-Za-z0-9_.-]{0,63}\)|[A-Za-z0-9][A-Za-z0-9.:-]{0,252}"
+)
+
+
+def parse_shared_map(text: str) -> tuple[str, str, int, str, int]:
+    """``"metadir tcp 7714 10.0.0.20 714"`` -> (name, protocol, external port, address, internal
+    port); the address may be ``#(variable)``, resolved at the Frontend's layer. ValueError with
+    the reason otherwise."""
+    parts = text.split()
+    if len(parts) != 5:
+        raise ValueError(
+            f"{text!r}: must be 'name protocol external-port address internal-port', "
+            "e.g. 'metadir tcp 7714 10.0.0.20 714'"
+        )
+    name, protocol, external, address, internal = parts
+    if not _SHARED_MAP_NAME.fullmatch(name):
+        raise ValueError(f"{text!r}: the name must be lower-case letters, digits, '-', '_'")
+    if protocol not in ("tcp", "udp"):
+        raise ValueError(f"{text!r}: the protocol must be tcp or udp")
+    ports = []
+    for port in (external, internal):
+        if not re.fullmatch(r"\d{1,5}", port) or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{text!r}: ports must be 1..65535")
+        ports.append(int(port))
+    if not _SHARED_MAP_ADDRESS.fullmatch(address):
+        raise ValueError(f"{text!r}: the address must be an IP address, a host name or #(variable)")
+    return name, protocol, ports[0], address, ports[1]
+
+
+def _shared_maps(value: tuple[str, ...]) -> str | None:
+    names: set[str] = set()
+    for text in value:
+        try:
+            name = parse_shared_map(text)[0]
+        except ValueError as error:
+            return str(error)
+        if name in names:
+            return f"the name {name!r} is used twice"
+        names.add(name)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontendPlanSettings:
+    """The Frontend plan (services/frontend/): NAT maps, SessionBorder objects, budgets."""
+
+    # Seed "Frontend/NAT": about 290 NAT maps fit a Frontend (the config line's length limit).
+    max_maps: int = dataclasses.field(default=290, metadata=_check(_range(1, 100_000)))
+    # Seed: 2 maps per customer and about 20 reserved for shared services give 135 customers.
+    max_customers: int = dataclasses.field(default=135, metadata=_check(_range(1, 100_000)))
+    shared_reserve: int = dataclasses.field(default=20, metadata=_check(_range(0, 100_000)))
+    # Seed scheme: 4-digit external ports, the first digit the service (8 HTTPS, 9 LDAPS to the
+    # PBX), the other three the last octet of the customer PBX's address (9007 -> 10.0.0.7:636).
+    https_digit: int = dataclasses.field(default=8, metadata=_check(_range(1, 9)))
+    ldaps_digit: int = dataclasses.field(default=9, metadata=_check(_range(1, 9)))
+    https_port: int = dataclasses.field(default=443, metadata=_check(_range(1, 65535)))
+    ldaps_port: int = dataclasses.field(default=636, metadata=_check(_range(1, 65535)))
+    # Maps every customer of the Frontend shares: "name protocol external-port address
+    # internal-port", the address an IP, a host name or #(variable) (Frontend layer).
+    shared_maps: tuple[str, ...] = dataclasses.field(
+        default=DEFAULT_SHARED_MAPS, metadata=_check(_shared_maps)
+    )
+    # The shared map that is the directory (Metadir in the seed): customer PBXs need
+    # `config add PBX0 /ldap-default-addr <its address> /ldap-default-port <its port>`. Empty:
+    # not checked.
+    directory_map: str = ""
+    # Seed "Frontend/NAT": the UDP NAT port range (IP4/General/Settings); size 0 = max_customers.
+    udp_nat_first: int = dataclasses.field(default=40000, metadata=_check(_range(1, 65535)))
+    udp_nat_size: int = dataclasses.field(default=0, metadata=_check(_range(0, 65535)))
+    # The Frontend's UDP-RTP port range (seed: 16384 / 32767 by default).
+    rtp_first: int = dataclasses.field(default=16384, metadata=_check(_range(1, 65535)))
+    rtp_last: int = dataclasses.field(default=32767, metadata=_check(_range(1, 65535)))
+    # [NC] The PBX0 config option behind "No of Regs w/o Pwd" (seed "Security": must be 0 on a
+    # Frontend); the seed does not name it. Empty: backups are not checked for it.
+    regs_without_password_option: str = ""
+
+
 @dataclasses.dataclass(frozen=True)
 class CaSettings:
     """The provider CA (`pbxfront ca`) and certificate roll-out to devices."""
@@ -545,6 +632,7 @@ class Settings:
     contacts: ContactsSettings = ContactsSettings()
     directory: DirectorySettings = DirectorySettings()
     ca: CaSettings = CaSettings()
+    frontend_plan: FrontendPlanSettings = FrontendPlanSettings()
 
     def listeners_for(self, only: Iterable[str] | None = None) -> dict[str, ListenerSettings]:
         """The listeners to open. With ``only``, each keeps just those services and a listener
@@ -756,6 +844,11 @@ def validate(settings: Settings) -> None:
         raise ConfigError("update.public_url: must be like https://fe1.hoster.example[:port]")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", settings.frontend):
         raise ConfigError("frontend: must be a safe id such as sb1")
+    plan = settings.frontend_plan
+    if plan.https_digit == plan.ldaps_digit:
+        raise ConfigError("frontend_plan.ldaps_digit: must differ from frontend_plan.https_digit")
+    if plan.rtp_first > plan.rtp_last:
+        raise ConfigError("frontend_plan.rtp_first: must not exceed frontend_plan.rtp_last")
     for name, listener in settings.listeners.items():
         where = f"listeners.{name}"
         for service in listener.services:
