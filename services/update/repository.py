@@ -257,6 +257,147 @@ class UpdateRepository:
         )
         return [DeviceStatus(**dict(row)) for row in rows]
 
+    async def fleet(self, query: FleetQuery) -> tuple[list[FleetRow], int]:
+        """One page of the fleet (inventory devices with status, firmware build and certificate
+        roll-out state) and how many devices match in all. Filtering, sorting and paging happen
+        in PostgreSQL (LIMIT/OFFSET on a total order: the sort column, then the MAC), so a page
+        costs the same with 100,000 devices as with 100."""
+        sort = FLEET_SORTS[query.sort]
+        direction = "DESC" if query.descending else "ASC"
+        nulls = "NULLS LAST" if not query.descending else "NULLS FIRST"
+        where = """
+            WHERE ($1::text IS NULL
+                   OR d.mac LIKE $1 OR lower(d.hardware_id) LIKE $1 OR lower(d.customer) LIKE $1
+                   OR lower(COALESCE(d.cpe_id, '')) LIKE $1
+                   OR lower(COALESCE(d.name, '')) LIKE $1
+                   OR lower(COALESCE(s.source_address, '')) LIKE $1)
+              AND ($2::text IS NULL OR d.customer = $2)
+              AND ($3::text IS NULL OR s.phase = $3)
+              AND ($4::text IS NULL OR s.proof = $4)
+              AND ($5::boolean IS NULL OR COALESCE(s.in_sync, false) = $5)
+              AND ($6::boolean IS NULL OR ($6 = (s.last_seen IS NULL OR s.polls = 0
+                                               OR s.last_seen < now() - make_interval(secs => $8))))
+              AND ($7::text IS NULL OR COALESCE(r.state, 'none') = $7)
+              AND ($9::text IS NULL OR d.device_type = $9)
+        """
+        source = """
+            FROM devices d LEFT JOIN device_status s ON s.mac = d.mac
+                 LEFT JOIN certificate_rollouts r ON r.mac = d.mac
+        """
+        pattern = f"%{_like_escape(query.search.lower())}%" if query.search else None
+        arguments = (
+            pattern,
+            query.customer,
+            query.phase,
+            query.proof,
+            query.in_sync,
+            query.stale,
+            query.certificate,
+            query.stale_after_seconds,
+            query.device_type,
+        )
+        # Only constant fragments (FLEET_SORTS values, ASC/DESC) are interpolated.
+        rows = await self._db.fetch(
+            f"""
+            SELECT d.mac, d.hardware_id, d.customer, d.device_type, d.device_class, d.cpe_id,
+                   d.name,
+                   CASE WHEN s.polls > 0 THEN s.last_seen END AS last_seen,
+                   COALESCE(s.polls, 0) AS polls, s.source_address, s.proof, s.phase, s.prot,
+                   COALESCE(s.in_sync, false) AS in_sync,
+                   COALESCE(s.restage_requested, false) AS restage_requested,
+                   s.last_error, r.state AS certificate_state,
+                   (s.last_seen IS NULL OR s.polls = 0
+                    OR s.last_seen < now() - make_interval(secs => $8)) AS stale
+            {source} {where}
+            ORDER BY {sort} {direction} {nulls}, d.mac {direction}
+            LIMIT $10 OFFSET $11
+            """,
+            *arguments,
+            query.limit,
+            query.offset,
+        )
+        total: int = await self._db.fetchval(
+            f"SELECT count(*) {source} {where}",
+            *arguments,
+        )
+        return [FleetRow(**dict(row)) for row in rows], total
+
+    async def device_types(self) -> list[str]:
+        """The device types in the inventory (for the fleet page's filter)."""
+        rows = await self._db.fetch("SELECT DISTINCT device_type FROM devices ORDER BY 1")
+        return [row["device_type"] for row in rows]
+
+    async def firmware_builds(self) -> list[tuple[str, str | None, int]]:
+        """(device type, firmware build the device reported in PROT, devices) for every
+        combination in the fleet; devices that never polled count under build None."""
+        rows = await self._db.fetch(
+            """SELECT d.device_type, s.prot, count(*) AS devices
+               FROM devices d LEFT JOIN device_status s ON s.mac = d.mac
+               GROUP BY d.device_type, s.prot ORDER BY d.device_type, s.prot NULLS LAST"""
+        )
+        return [(row["device_type"], row["prot"], int(row["devices"])) for row in rows]
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# The fleet page's sortable columns and the SQL expression each sorts by.
+FLEET_SORTS = {
+    "customer": "d.customer",
+    "hardware_id": "d.hardware_id",
+    "mac": "d.mac",
+    "type": "d.device_type",
+    "last_seen": "CASE WHEN s.polls > 0 THEN s.last_seen END",
+    "proof": "s.proof",
+    "phase": "s.phase",
+    "in_sync": "COALESCE(s.in_sync, false)",
+    "firmware": "s.prot",
+    "certificate": "r.state",
+}
+
+
+@dataclass(frozen=True)
+class FleetQuery:
+    """What the fleet page asks for; None means "any". ``search`` matches MAC, hardware id,
+    customer, CPE id, name and address (case-insensitive substring)."""
+
+    search: str | None = None
+    customer: str | None = None
+    device_type: str | None = None
+    phase: str | None = None
+    proof: str | None = None
+    in_sync: bool | None = None
+    stale: bool | None = None
+    certificate: str | None = None
+    sort: str = "customer"
+    descending: bool = False
+    limit: int = 50
+    offset: int = 0
+    stale_after_seconds: float = 2700.0
+
+
+@dataclass(frozen=True)
+class FleetRow:
+    mac: str
+    hardware_id: str
+    customer: str
+    device_type: str
+    device_class: str
+    cpe_id: str | None
+    name: str | None
+    last_seen: datetime | None
+    polls: int
+    source_address: str | None
+    proof: str | None
+    phase: str | None
+    prot: str | None
+    in_sync: bool
+    restage_requested: bool
+    last_error: str | None
+    certificate_state: str | None
+    stale: bool
+
 
 _ROLLOUT_COLUMNS = (
     "mac",
