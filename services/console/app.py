@@ -59,7 +59,13 @@ def _environment() -> jinja2.Environment:
 
 
 def create_app(settings: Settings, sources: Sources) -> web.Application:
-    app = web.Application(middlewares=[security.headers_middleware, security.session_middleware])
+    app = web.Application(
+        middlewares=[
+            security.headers_middleware,
+            handlers.error_pages,
+            security.session_middleware,
+        ]
+    )
     app[SETTINGS_KEY] = settings
     app[SOURCES_KEY] = sources
     app[TEMPLATES_KEY] = _environment()

@@ -11,7 +11,7 @@ import difflib
 import importlib.metadata
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -90,7 +90,9 @@ def install_filters(environment: jinja2.Environment) -> None:
     environment.filters["macd"] = _mac_display
 
 
-def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+def render(
+    request: web.Request, template: str, http_status: int = 200, **context: Any
+) -> web.Response:
     session = request.get(SESSION_KEY)
     account = session.account if session is not None else None
     roles = account.roles if account is not None else frozenset()
@@ -107,7 +109,32 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
             **context,
         )
     )
-    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+    return web.Response(text=text, status=http_status, content_type="text/html", charset="utf-8")
+
+
+def see_other(location: str) -> web.Response:
+    """303 to ``location`` as a response (it carries cookies; raising one would lose them)."""
+    return web.Response(status=303, headers={"Location": location})
+
+
+@web.middleware
+async def error_pages(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Refusals (400, 403, 404, 409, 422, 429) as a page with the navigation, same text."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or request.path.startswith(f"{PREFIX}/static/"):
+            raise
+        message = (exc.text or exc.reason).strip()
+        response = render(
+            request, "error.html", http_status=exc.status, code=exc.status, message=message
+        )
+        for name in ("Retry-After", "Allow"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
 
 
 def _sources(request: web.Request) -> Sources:
@@ -213,7 +240,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         response = render(
             request,
             "login.html",
-            status=refused.status,
+            http_status=refused.status,
             next=target,
             error=str(refused),
             login_csrf=form_token,
@@ -222,13 +249,13 @@ async def login(request: web.Request) -> web.StreamResponse:
             response.headers["Retry-After"] = str(refused.retry_after)
         security.set_login_cookie(response, form_token)
         return response
-    response = web.HTTPSeeOther(target)
+    response = see_other(target)
     security.start_session(response, token)
     return response
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    response = web.HTTPSeeOther(f"{PREFIX}/login")
+    response = see_other(f"{PREFIX}/login")
     await security.end_session(request, response)
     return response
 
