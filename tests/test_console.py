@@ -39,7 +39,7 @@ from services.core.inventory import (
 )
 from services.core.runner import Node, start_node
 from services.serve import service_factories
-from services.update.repository import FleetQuery, UpdateRepository
+from services.update.repository import FleetQuery, PollRecord, UpdateRepository
 from tests.conftest import DEVICE_A, SessionPki, curl, curl_with_headers
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -119,6 +119,21 @@ class Console:
             cookie_jar=aiohttp.CookieJar(unsafe=True),
         )
 
+    async def post_alarm(self, text: str) -> int:
+        certificate, key = self.pki.devices[DEVICE_A]
+        status, _ = await curl(
+            "--cacert",
+            str(self.pki.ca),
+            "--cert",
+            str(certificate),
+            "--key",
+            str(key),
+            "--data",
+            f"type=set&code=1234&severity=Major&source=SIP&text={text}",
+            f"{self.devices}/events",
+        )
+        return status
+
     async def put_backup(self, content: str) -> int:
         path = self.tmp / f"{secrets.token_hex(4)}.txt"
         await asyncio.to_thread(path.write_text, content)
@@ -167,7 +182,7 @@ async def console(
         "admin": tls,
         "devices": dataclasses.replace(
             tls,
-            services=("update", "backup"),
+            services=("update", "backup", "events"),
             request_client_certificate=True,
             client_ca=(session_pki.ca,),
         ),
@@ -331,6 +346,44 @@ async def test_forged_posts_are_refused(console: Console) -> None:
     )
     assert status == 303
     assert await UpdateRepository(console.pool).pending_restages() == {MAC_A}
+
+
+async def test_session_ends_when_it_expires_or_the_account_changes(console: Console) -> None:
+    async with console.session() as client:
+        await _logged_in(console, client, "ops", OPERATOR_PASSWORD)
+        async with client.get(console.url("/ui/fleet"), allow_redirects=False) as response:
+            assert response.status == 200
+        # The clock moves past the session's end (done to the row: the lifetime is hours).
+        async with console.pool.acquire() as connection:
+            await connection.execute("UPDATE console_sessions SET expires_at = now()")
+        async with client.get(console.url("/ui/fleet"), allow_redirects=False) as response:
+            assert response.status == 303
+            assert response.headers["Location"] == "/ui/login?next=/ui/fleet"
+    async with console.session() as client:
+        await _logged_in(console, client, "ops", OPERATOR_PASSWORD)
+        await AccountRepository(console.pool).set_password("ops", "a new password 42")
+        async with client.get(console.url("/ui/fleet"), allow_redirects=False) as response:
+            assert response.status == 303
+
+
+async def test_events_live_tail_and_active_alarms(browser: Any, console: Console) -> None:
+    context, requested = await _context(browser, console)
+    page = await context.new_page()
+    await _login(page, console, "ops", OPERATOR_PASSWORD)
+    await page.goto(console.url("/ui/events"))
+    await page.wait_for_selector("#live >> text=Live")
+    assert await console.post_alarm("Registration+lost") == 201
+    # Pushed over server-sent events into the open page, no reload.
+    row = page.locator("#latest tr", has_text="Registration lost")
+    await row.wait_for()
+    assert "IP232-01-02-03" in await row.inner_text()
+    await _screenshot(page, "events")
+    await page.reload()
+    alarms = await page.locator("table.events").first.inner_text()
+    assert "Registration lost" in alarms
+    assert "active" in alarms
+    assert {_origin(url) for url in requested} == {console.base}
+    await context.close()
 
 
 async def test_directory_reader_sees_only_the_directory(console: Console) -> None:
@@ -502,3 +555,54 @@ async def test_console_headers_on_every_page(console: Console) -> None:
     assert "content-security-policy: default-src 'self'" in lowered
     assert "x-frame-options: deny" in lowered
     assert "cache-control: no-store" in lowered
+
+
+async def test_fleet_query_filters_both_paths(console: Console) -> None:
+    """The devices-only path and the joined path agree; status filters and sorts work."""
+    repository = UpdateRepository(console.pool)
+    await repository.record_polls(
+        [
+            PollRecord(
+                mac=MAC_A,
+                source_address="198.51.100.7",
+                proof="proven",
+                phase="update",
+                version="13r2",
+                prot="13r2 sr5",
+                boot=None,
+                device_check="abc",
+                cfg=None,
+                hash_sent="abc",
+                in_sync=True,
+            )
+        ],
+        [3],
+    )
+    everything, total = await repository.fleet(FleetQuery(limit=200))
+    assert total == 4
+    by_status, _ = await repository.fleet(FleetQuery(sort="last_seen", limit=200))
+    assert {r.mac for r in by_status} == {r.mac for r in everything}
+    assert by_status[0].mac == MAC_A  # the only one seen; never-seen devices sort last
+    polled = next(r for r in everything if r.mac == MAC_A)
+    assert (polled.proof, polled.prot, polled.in_sync, polled.stale) == (
+        "proven",
+        "13r2 sr5",
+        True,
+        False,
+    )
+    for query, expected in (
+        (FleetQuery(in_sync=True), {MAC_A}),
+        (FleetQuery(stale=False), {MAC_A}),
+        (FleetQuery(phase="update", proof="proven"), {MAC_A}),
+        (FleetQuery(search="198.51.100"), {MAC_A}),
+        (FleetQuery(search="reception"), {MAC_A}),
+        (FleetQuery(certificate="none", search="ip232-01"), {MAC_A}),
+        (FleetQuery(device_type="IPVA"), {"009033a85a38"}),
+        (FleetQuery(search="50%_"), set()),
+    ):
+        rows, count = await repository.fleet(query)
+        assert {r.mac for r in rows} == expected, query
+        assert count == len(expected), query
+    stale, count = await repository.fleet(FleetQuery(stale=True))
+    assert count == 3
+    assert MAC_A not in {r.mac for r in stale}

@@ -18,6 +18,7 @@ from services.console.repository import SessionRepository
 from services.console.state import (
     ACCOUNT_LIMITER_KEY,
     ADDRESS_LIMITER_KEY,
+    DEVICE_TYPES_KEY,
     MIGRATIONS_KEY,
     PREFIX,
     PRUNE_KEY,
@@ -26,6 +27,7 @@ from services.console.state import (
     STATIC_KEY,
     TEMPLATES_KEY,
     VERIFIED_KEY,
+    Remembered,
     Sources,
 )
 from services.core.auth import VerifiedCache
@@ -82,6 +84,7 @@ def create_app(settings: Settings, sources: Sources) -> web.Application:
     )
     app[VERIFIED_KEY] = VerifiedCache()
     app[MIGRATIONS_KEY] = load_migrations()
+    app[DEVICE_TYPES_KEY] = Remembered(ttl=60.0)
     idle = admin.console_idle_timeout
     job = PeriodicJob(
         "console session pruning", 600.0, lambda pool: SessionRepository(pool).prune(idle)

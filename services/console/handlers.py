@@ -11,6 +11,7 @@ import difflib
 import importlib.metadata
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -21,8 +22,11 @@ import jinja2
 from aiohttp import web
 
 from services.console import security
+from services.console.repository import SessionRepository
 from services.console.security import DIRECTORY, OPERATORS, require
 from services.console.state import (
+    COOKIE_KEY,
+    DEVICE_TYPES_KEY,
     MIGRATIONS_KEY,
     PREFIX,
     SESSION_KEY,
@@ -290,7 +294,7 @@ async def fleet(request: web.Request) -> web.Response:
     filters = parse_fleet_query(request.query, sources.fleet_sorts)
     settings = request.app[SETTINGS_KEY]
     rows, total = await sources.fleet(_pool(request), settings, filters)
-    types = await sources.device_types(_pool(request))
+    types = await _device_types(request)
     unknown = await sources.unknown_devices(_pool(request), 20)
     per_page = filters["limit"]
     page = filters["offset"] // per_page + 1
@@ -321,6 +325,16 @@ async def fleet(request: web.Request) -> web.Response:
         unknown=unknown,
         device_classes=DEVICE_CLASSES,
     )
+
+
+async def _device_types(request: web.Request) -> list[str]:
+    remembered = request.app[DEVICE_TYPES_KEY]
+    now = time.monotonic()
+    if remembered.expires < now:
+        remembered.value = await _sources(request).device_types(_pool(request))
+        remembered.expires = now + remembered.ttl
+    types: list[str] = remembered.value
+    return types
 
 
 async def adopt(request: web.Request) -> web.StreamResponse:
@@ -662,6 +676,11 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
             await response.write(b": keep-alive\n\n")
         await asyncio.sleep(1.0)
         waited += 1.0
+        # A logout (or an expiry, or an account change) ends the stream too.
+        if waited % 15 == 0:
+            async with acquire(pool) as connection:
+                if await SessionRepository(connection).use(request[COOKIE_KEY], idle) is None:
+                    break
     return response
 
 

@@ -47,6 +47,16 @@ class Sources:
     directory_search: Source | None = None
 
 
+@dataclass
+class Remembered:
+    """A value the console re-reads at most every ``ttl`` seconds (e.g. the fleet's device
+    types, which cost a scan of every device and change rarely)."""
+
+    ttl: float
+    value: Any = None
+    expires: float = 0.0
+
+
 PREFIX = "/ui"
 SOURCES_KEY = web.AppKey("console_sources", Sources)
 SETTINGS_KEY = web.AppKey("console_settings", Settings)
@@ -57,5 +67,6 @@ ACCOUNT_LIMITER_KEY = web.AppKey("console_account_limiter", AddressLimiter)
 VERIFIED_KEY = web.AppKey("console_verified_cache", VerifiedCache)
 PRUNE_KEY = web.AppKey("console_prune", PeriodicJob)
 MIGRATIONS_KEY = web.AppKey("console_migrations", list[Migration])
+DEVICE_TYPES_KEY = web.AppKey("console_device_types", Remembered)
 SESSION_KEY = web.RequestKey("console_session", Session)
 COOKIE_KEY = web.RequestKey("console_cookie", str)
