@@ -10,7 +10,6 @@ import hashlib
 import logging
 import re
 import secrets
-import shutil
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -40,11 +39,10 @@ from services.core.inventory import (
 from services.core.runner import Node, start_node
 from services.serve import service_factories
 from services.update.repository import FleetQuery, PollRecord, UpdateRepository
-from tests.conftest import DEVICE_A, SessionPki, curl, curl_with_headers
+from tests.conftest import DEVICE_A, SessionPki, curl, curl_with_headers, peer_program
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
-CHROMIUM = "/usr/bin/chromium"
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -80,11 +78,10 @@ def _spki_hash(certificate: Path) -> str:
 async def browser(session_pki: SessionPki) -> AsyncIterator[Any]:
     """One Chromium for the module. It trusts exactly the session's server key (SPKI pin), so
     TLS is verified, not switched off."""
-    if shutil.which(CHROMIUM) is None:
-        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    executable = peer_program("chromium", "chromium")
     async with playwright_api.async_playwright() as playwright:
         launched = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
+            executable_path=executable,
             args=[
                 *ARGS,
                 f"--ignore-certificate-errors-spki-list={_spki_hash(session_pki.server_certificate)}",
