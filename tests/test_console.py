@@ -131,6 +131,21 @@ class Console:
         )
         return status
 
+    async def upload_contacts(self, content: str) -> int:
+        folder = self.tmp / secrets.token_hex(4)
+        await asyncio.to_thread(folder.mkdir)
+        await asyncio.to_thread((folder / "contacts.csv").write_text, content)
+        status, _ = await curl(
+            "--cacert",
+            str(self.pki.ca),
+            "-u",
+            "Kuenkel00001:change-me-registration",
+            "-T",
+            str(folder / "contacts.csv"),
+            f"{self.devices}/DRIVE/CF0/directory/Kuenkel00001/",
+        )
+        return status
+
     async def put_backup(self, content: str) -> int:
         path = self.tmp / f"{secrets.token_hex(4)}.txt"
         await asyncio.to_thread(path.write_text, content)
@@ -179,7 +194,7 @@ async def console(
         "admin": tls,
         "devices": dataclasses.replace(
             tls,
-            services=("update", "backup", "events"),
+            services=("update", "backup", "events", "contacts"),
             request_client_certificate=True,
             client_ca=(session_pki.ca,),
         ),
@@ -603,3 +618,47 @@ async def test_fleet_query_filters_both_paths(console: Console) -> None:
     stale, count = await repository.fleet(FleetQuery(stale=True))
     assert count == 3
     assert MAC_A not in {r.mac for r in stale}
+
+
+CONTACTS_1 = (
+    '"Surname","Firstname","Company","Busines Phone ","Mobile Phone"\r\n'
+    '"Meier","Max","Kuenkel GmbH","+49703173009123",""\r\n'
+)
+CONTACTS_2 = CONTACTS_1 + '"Schulz","Sara","","07031 730090","0171 7654321"\r\n'
+
+
+async def test_contacts_rollback_and_directory_search(console: Console) -> None:
+    assert await console.upload_contacts(CONTACTS_1) == 201
+    assert await console.upload_contacts(CONTACTS_2) == 201
+    async with console.session() as client:
+        csrf = await _logged_in(console, client, "ops", OPERATOR_PASSWORD)
+        async with client.get(console.url("/ui/directory?customer=Kuenkel00001&q=Schulz")) as r:
+            assert "Schulz" in await r.text()
+        # A number as a phone's reverse lookup sends it.
+        async with client.get(
+            console.url("/ui/directory?customer=Kuenkel00001&q=%2B49703173009123")
+        ) as response:
+            text = await response.text()
+        assert "Meier" in text
+        assert "1 entry" in text
+        async with client.get(console.url("/ui/customers/Kuenkel00001")) as response:
+            text = await response.text()
+        assert "2 accepted, 0 rejected" in text
+        assert "1 accepted, 0 rejected" in text
+        rollback = console.url("/ui/customers/Kuenkel00001/rollback")
+        async with client.post(
+            rollback, data={"csrf": csrf, "version": "1"}, allow_redirects=False
+        ) as response:
+            assert response.status == 303
+        async with client.get(console.url("/ui/directory?customer=Kuenkel00001&q=Schulz")) as r:
+            assert "Nothing found" in await r.text()
+        async with client.post(
+            rollback, data={"csrf": csrf, "version": "99"}, allow_redirects=False
+        ) as response:
+            assert response.status == 409
+            assert "no version 99" in await response.text()
+        async with client.post(
+            rollback, data={"csrf": csrf, "version": "x"}, allow_redirects=False
+        ) as response:
+            assert response.status == 400
+            assert "version: must be a whole number" in await response.text()
