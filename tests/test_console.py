@@ -39,7 +39,7 @@ from services.core.inventory import (
 from services.core.runner import Node, start_node
 from services.serve import service_factories
 from services.update.repository import FleetQuery, PollRecord, UpdateRepository
-from tests.conftest import DEVICE_A, SessionPki, curl, curl_with_headers, peer_program
+from tests.conftest import DEVICE_A, DEVICE_B, SessionPki, curl, curl_with_headers, peer_program
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -400,7 +400,12 @@ async def test_events_live_tail_and_active_alarms(browser: Any, console: Console
 
 async def test_directory_reader_sees_only_the_directory(console: Console) -> None:
     async with console.session() as client:
-        await _logged_in(console, client, "reader", READER_PASSWORD)
+        csrf = await _logged_in(console, client, "reader", READER_PASSWORD)
+        # Actions too, with a valid CSRF token.
+        async with client.post(
+            console.url(f"/ui/devices/{MAC_A}/restage"), data={"csrf": csrf}, allow_redirects=False
+        ) as response:
+            assert response.status == 403
         for path in ("/ui/fleet", f"/ui/devices/{MAC_A}", "/ui/events", "/ui/system"):
             async with client.get(console.url(path), allow_redirects=False) as response:
                 assert response.status == 403, path
@@ -655,10 +660,53 @@ async def test_contacts_rollback_and_directory_search(console: Console) -> None:
         async with client.post(
             rollback, data={"csrf": csrf, "version": "99"}, allow_redirects=False
         ) as response:
-            assert response.status == 409
+            assert response.status == 404
             assert "no version 99" in await response.text()
         async with client.post(
             rollback, data={"csrf": csrf, "version": "x"}, allow_redirects=False
         ) as response:
             assert response.status == 400
             assert "version: must be a whole number" in await response.text()
+
+
+async def test_adopt_an_unknown_device(console: Console) -> None:
+    certificate, key = console.pki.devices[DEVICE_B]
+    status, _ = await curl(
+        "--cacert",
+        str(console.pki.ca),
+        "--cert",
+        str(certificate),
+        "--key",
+        str(key),
+        f"{console.devices}/DRIVE/CF0/update/update.txt?sn=0090330a0b0c&type=IP222",
+    )
+    assert status == 404
+    async with console.session() as client:
+        csrf = await _logged_in(console, client, "ops", OPERATOR_PASSWORD)
+        async with client.get(console.url("/ui/fleet")) as response:
+            assert "0090330a0b0c" in await response.text()
+        adopt = console.url("/ui/fleet/adopt")
+        form = {"csrf": csrf, "mac": "00-90-33-0a-0b-0c", "customer": "Kuenkel00001"}
+        async with client.post(
+            adopt, data={**form, "device_class": "toaster"}, allow_redirects=False
+        ) as response:
+            assert response.status == 400
+            assert "device_class: must be one of" in await response.text()
+        async with client.post(
+            adopt, data={**form, "device_class": "phone"}, allow_redirects=False
+        ) as response:
+            assert response.status == 303
+            assert response.headers["Location"] == "/ui/devices/0090330a0b0c?done=adopted"
+        async with client.post(
+            adopt, data={**form, "device_class": "phone"}, allow_redirects=False
+        ) as response:
+            assert response.status == 422
+            assert "in the inventory already" in await response.text()
+    device = await InventoryRepository(console.pool).get_device("0090330a0b0c")
+    assert device is not None
+    assert (device.device_type, device.customer, device.hardware_id) == (
+        "IP222",
+        "Kuenkel00001",
+        DEVICE_B,
+    )
+    assert await UpdateRepository(console.pool).list_unknown() == []

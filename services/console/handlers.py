@@ -559,7 +559,10 @@ async def contacts_rollback(request: web.Request) -> web.StreamResponse:
         raise _bad("version", "must be a whole number")
     problem = await _sources(request).contacts_rollback(_pool(request), customer_id, int(raw))
     if problem is not None:
-        raise web.HTTPConflict(text=f"{problem}\n")
+        status, why = problem
+        if status == 404:
+            raise web.HTTPNotFound(text=f"{why}\n")
+        raise web.HTTPConflict(text=f"{why}\n")
     _action_log(request, "contacts-rollback", f"{customer_id} v{raw}")
     raise web.HTTPSeeOther(f"{PREFIX}/customers/{customer_id}?done=rollback")
 

@@ -18,11 +18,13 @@ async def versions(pool: asyncpg.Pool, customer_id: str) -> list[dict[str, Any]]
     return [v.as_json() for v in found]
 
 
-async def rollback(pool: asyncpg.Pool, customer_id: str, to: int) -> str | None:
-    """Make version ``to`` current again; None when done, else why not."""
+async def rollback(pool: asyncpg.Pool, customer_id: str, to: int) -> tuple[int, str] | None:
+    """Make version ``to`` current again; None when done, else (404 or 409, why not)."""
     async with pool.acquire() as connection:
         try:
             await ContactsRepository(connection).rollback(customer_id, to)
-        except (errors.NotFound, errors.Conflict) as error:
-            return str(error)
+        except errors.NotFound as error:
+            return 404, str(error)
+        except errors.Conflict as error:
+            return 409, str(error)
     return None
