@@ -138,6 +138,21 @@ class AdminSettings:
     token_lifetime: float = dataclasses.field(
         default=3600.0, metadata=_check(_range(60, 31 * 86400))
     )
+    # Operator console (/ui/): seconds a login lasts at most, and without any request.
+    console_session_lifetime: float = dataclasses.field(
+        default=28800.0, metadata=_check(_range(60, 31 * 86400))
+    )
+    console_idle_timeout: float = dataclasses.field(
+        default=1800.0, metadata=_check(_range(30, 31 * 86400))
+    )
+    # Failed console logins allowed in a burst, per address and per account name, and how
+    # many more per second are allowed after that.
+    console_login_failure_burst: int = dataclasses.field(
+        default=5, metadata=_check(_range(1, 1_000_000))
+    )
+    console_login_failure_per_second: float = dataclasses.field(
+        default=0.05, metadata=_check(_range(0.0001, 1000))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
