@@ -163,26 +163,64 @@ EMPTY_FILE = "the file is empty: upload an Outlook or seed contacts.csv"
 HEADER_ONLY = "the file has a header line but no contacts"
 
 
-def read_table(content: bytes, max_rows: int) -> Table:
+def read_table(
+    content: bytes, max_rows: int, *, max_columns: int = 512, max_cells: int = 5_000_000
+) -> Table:
     """Decode, sniff and map the header; the records follow as they are read. Unprocessable when
     the file is not a usable CSV (the message names the line), TooLarge beyond ``max_rows``
-    records (both also while iterating ``records``)."""
+    records, ``max_columns`` fields in one record or ``max_cells`` fields in all (all also while
+    iterating ``records``)."""
     decoded = decode(content)
     text = decoded.text
     if not text.strip():
         raise errors.Unprocessable(EMPTY_FILE)
     delimiter = sniff_delimiter(text.lstrip("\r\n"))
-    records = _records(text, delimiter, max_rows)
+    records = _records(text, delimiter, max_rows, max_columns, max_cells)
     header_record = next(records, None)
     if header_record is None:
         raise errors.Unprocessable(EMPTY_FILE)
     return Table(decoded.encoding, delimiter, map_header(header_record.cells), records)
 
 
-def _records(text: str, delimiter: str, max_rows: int) -> Iterator[Record]:
+def _bounded_lines(text: str, delimiter: str, max_columns: int, max_cells: int) -> Iterator[str]:
+    """The physical lines of ``text`` for ``csv.reader``, refusing (TooLarge) a record with more
+    than ``max_columns`` fields or a file with more than ``max_cells`` before csv builds the
+    record: a line of a million delimiters would otherwise become a list of a million cells.
+    Delimiters inside quotes do not count (a record may span lines inside quotes)."""
+    quoted = False
+    fields = 1
+    cells = 0
+    for line_number, line in enumerate(io.StringIO(text, newline=""), start=1):
+        if not quoted and line.count(delimiter) < max_columns and '"' not in line:
+            fields += line.count(delimiter)  # the common case, no quote to follow
+        else:
+            parts = line.split('"')
+            for index, part in enumerate(parts):
+                if index:
+                    quoted = not quoted
+                if not quoted:
+                    fields += part.count(delimiter)
+        if fields > max_columns:
+            raise errors.TooLarge(
+                f"line {line_number}: more than {max_columns} fields in one record"
+            )
+        if not quoted:
+            cells += fields
+            fields = 1
+            if cells > max_cells:
+                raise errors.TooLarge(
+                    f"line {line_number}: more than {max_cells} fields in the file"
+                )
+        yield line
+
+
+def _records(
+    text: str, delimiter: str, max_rows: int, max_columns: int, max_cells: int
+) -> Iterator[Record]:
     # csv's own field size limit (128 KiB) stays: a file that is one unterminated quote is
     # refused with its line number instead of being read as one huge field.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    lines = _bounded_lines(text, delimiter, max_columns, max_cells)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     count = -1  # the header is not a row
     while True:
         start = reader.line_num + 1
