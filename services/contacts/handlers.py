@@ -46,11 +46,11 @@ from services.core.api import (
     pool_of,
 )
 from services.core.auth import (
-    AccountRepository,
     Role,
     VerifiedCache,
     parse_basic,
     secrets_equal,
+    verify_login,
 )
 from services.core.authguard import auth_guard
 from services.core.config import ContactsSettings, Settings
@@ -154,7 +154,7 @@ def _refuse_if_limited(request: web.Request) -> None:
 
 
 def _auth_failed(request: web.Request, name: str | None, message: str) -> errors.Unauthenticated:
-    auth_guard(request).failed(request, name)
+    auth_guard(request).failed(request, name, "wrong or malformed credentials")
     return errors.Unauthenticated(message, (BASIC_CHALLENGE,))
 
 
@@ -195,13 +195,13 @@ async def identify_uploader(request: web.Request, customer_id: str) -> Uploader:
             auth_guard(request).succeeded(request, customer_id)
             return Uploader(customer, customer_id)
         raise _auth_failed(request, credentials.name, wrong)
-    async with acquire(pool_of(request)) as connection:
-        account = await AccountRepository(connection).verify(
-            credentials.name,
-            credentials.password,
-            request.app[VERIFIED_KEY],
-            auth_guard(request).hashing,
-        )
+    account = await verify_login(
+        pool_of(request),
+        credentials.name,
+        credentials.password,
+        request.app[VERIFIED_KEY],
+        auth_guard(request).hashing,
+    )
     if account is None or customer is None or not account.has_any(UPLOADERS):
         raise _auth_failed(request, credentials.name, wrong)
     auth_guard(request).succeeded(request, account.name)
@@ -353,13 +353,13 @@ async def get_contacts(request: web.Request) -> web.Response:
         raise errors.Unauthenticated(
             "directory reader credentials required (curl -u <account>)", (BASIC_CHALLENGE,)
         )
-    async with acquire(pool_of(request)) as connection:
-        account = await AccountRepository(connection).verify(
-            credentials.name,
-            credentials.password,
-            request.app[VERIFIED_KEY],
-            auth_guard(request).hashing,
-        )
+    account = await verify_login(
+        pool_of(request),
+        credentials.name,
+        credentials.password,
+        request.app[VERIFIED_KEY],
+        auth_guard(request).hashing,
+    )
     if account is None:
         customer = await _load_customer(request, customer_id)
         if credentials.name == customer_id and _customer_password_matches(

@@ -24,6 +24,7 @@ from services.core.auth import (
     VerifiedCache,
     parse_basic,
     parse_bearer,
+    verify_login,
 )
 from services.core.authguard import auth_guard
 from services.core.db import POOL_KEY, acquire
@@ -70,17 +71,17 @@ async def authenticate(request: web.Request) -> Account:
         raise errors.Unauthenticated("authentication required", CHALLENGES)
     name = credentials.name if credentials is not None else None
     guard.refuse_if_limited(request, name)
-    async with acquire(pool) as connection:
-        repository = AccountRepository(connection)
-        if token is not None:
-            account = await repository.by_token(token)
-        elif credentials is not None:
-            account = await repository.verify(
-                credentials.name,
-                credentials.password,
-                request.config_dict.get(VERIFIED_CACHE_KEY),
-                guard.hashing,
-            )
+    if token is not None:
+        async with acquire(pool) as connection:
+            account = await AccountRepository(connection).by_token(token)
+    elif credentials is not None:
+        account = await verify_login(
+            pool,
+            credentials.name,
+            credentials.password,
+            request.config_dict.get(VERIFIED_CACHE_KEY),
+            guard.hashing,
+        )
     if account is None:
         guard.failed(request, name, "wrong token" if token is not None else "wrong password")
         raise errors.Unauthenticated("wrong credentials", CHALLENGES)

@@ -34,7 +34,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from services.core import errors
-from services.core.db import transaction
+from services.core.db import acquire, transaction
 from services.core.digest import ALGORITHMS, REALM, compute_ha1
 
 
@@ -274,6 +274,15 @@ class AccountRepository:
         rows = await self._db.fetch("SELECT name, roles FROM accounts ORDER BY name")
         return [Account(row["name"], frozenset(Role(r) for r in row["roles"])) for row in rows]
 
+    async def password_of(self, name: str) -> tuple[Account | None, str]:
+        """(the account, its password hash), or (None, a hash that verifies nothing)."""
+        row = await self._db.fetchrow(
+            "SELECT name, roles, password_hash FROM accounts WHERE name = $1", name
+        )
+        if row is None:
+            return None, _DUMMY_HASH
+        return Account(row["name"], frozenset(Role(r) for r in row["roles"])), row["password_hash"]
+
     async def verify(
         self,
         name: str,
@@ -282,26 +291,13 @@ class AccountRepository:
         gate: HashGate | None = None,
     ) -> Account | None:
         """The account if ``password`` is right, else None (same cost for unknown names).
-        With a ``gate`` the argon2 check waits for its turn there (Busy when it is full)."""
+        With a ``gate`` the argon2 check waits for its turn there (Busy when it is full).
+        The connection stays held during the check: from a request use :func:`verify_login`."""
         if not valid_credential_text(name) or not valid_credential_text(password, 1024):
             # NUL or unencodable text cannot be in PostgreSQL; never send it there.
             return None
-        row = await self._db.fetchrow(
-            "SELECT name, roles, password_hash FROM accounts WHERE name = $1", name
-        )
-        stored = row["password_hash"] if row is not None else _DUMMY_HASH
-        key = VerifiedCache.key(name, password, stored)
-        if row is not None and cache is not None and cache.hit(key):
-            return Account(row["name"], frozenset(Role(r) for r in row["roles"]))
-        if gate is not None:
-            valid = await gate.run(verify_password, stored, password)
-        else:
-            valid = await asyncio.to_thread(verify_password, stored, password)
-        if row is None or not valid:
-            return None
-        if cache is not None:
-            cache.add(key)
-        return Account(row["name"], frozenset(Role(r) for r in row["roles"]))
+        account, stored = await self.password_of(name)
+        return await check_password(account, stored, name, password, cache, gate)
 
     async def issue_token(self, name: str, lifetime: float) -> str:
         token = secrets.token_urlsafe(32)
@@ -331,6 +327,46 @@ class AccountRepository:
             hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest(),
         )
         return not status.endswith(" 0")
+
+
+async def check_password(
+    account: Account | None,
+    stored: str,
+    name: str,
+    password: str,
+    cache: VerifiedCache | None = None,
+    gate: HashGate | None = None,
+) -> Account | None:
+    """``account`` if ``password`` matches its ``stored`` hash (cache first), else None."""
+    key = VerifiedCache.key(name, password, stored)
+    if account is not None and cache is not None and cache.hit(key):
+        return account
+    if gate is not None:
+        valid = await gate.run(verify_password, stored, password)
+    else:
+        valid = await asyncio.to_thread(verify_password, stored, password)
+    if account is None or not valid:
+        return None
+    if cache is not None:
+        cache.add(key)
+    return account
+
+
+async def verify_login(
+    pool: asyncpg.Pool,
+    name: str,
+    password: str,
+    cache: VerifiedCache | None = None,
+    gate: HashGate | None = None,
+) -> Account | None:
+    """:meth:`AccountRepository.verify` for request handlers: the pool connection is given back
+    before the argon2 check, so checks waiting in the gate hold no database connection (a login
+    flood must not starve the pool)."""
+    if not valid_credential_text(name) or not valid_credential_text(password, 1024):
+        return None
+    async with acquire(pool) as connection:
+        account, stored = await AccountRepository(connection).password_of(name)
+    return await check_password(account, stored, name, password, cache, gate)
 
 
 def valid_credential_text(value: str, max_length: int = 256) -> bool:

@@ -27,6 +27,7 @@ from services.core.auth import (
     VerifiedCache,
     parse_basic,
     valid_credential_text,
+    verify_login,
 )
 from services.core.authguard import auth_guard
 from services.core.db import acquire
@@ -117,10 +118,9 @@ class DeviceAuth:
                 f"Digest: {reason}", await self.challenges(pool, stale=result.stale)
             )
         if basic is not None:
-            async with acquire(pool) as connection:
-                account = await AccountRepository(connection).verify(
-                    basic.name, basic.password, self.basic_cache, guard.hashing
-                )
+            account = await verify_login(
+                pool, basic.name, basic.password, self.basic_cache, guard.hashing
+            )
             if account is not None and Role.EVENT_SENDER in account.roles:
                 guard.succeeded(request, account.name)
                 return account.name

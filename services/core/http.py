@@ -427,9 +427,36 @@ async def input_middleware(request: web.Request, handler: Handler) -> web.Stream
     return await handler(request)
 
 
-async def _without_server_version(request: web.Request, response: web.StreamResponse) -> None:
-    # aiohttp would add "Server: Python/3.x aiohttp/3.y": no versions for strangers.
-    response.headers["Server"] = "pbxfront"
+class ParserRefusalFilter(logging.Filter):
+    """What aiohttp's HTTP parser refuses (a NUL byte in a header, a malformed request line) it
+    logs at ERROR with a traceback. Rewritten to one security-log line without one:
+    ``pbxfront security: malformed-request from <address> reason=<parser's reason>``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            reason = printable(getattr(error, "message", "") or type(error).__name__, 120)
+            record.msg = "pbxfront security: malformed-request from %s reason=%s"
+            record.args = (log_address(remote if isinstance(remote, str) else None), reason)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+# aiohttp's request handler logs through this logger (handler_args["logger"]).
+parser_log = logging.getLogger("pbxfront.security.parser")
+
+
+class _ListenerRequest(web.Request):
+    """Every answer of a listener says ``Server: pbxfront`` (aiohttp would add
+    ``Python/3.x aiohttp/3.y``: no versions for strangers), including the ones aiohttp's HTTP
+    parser gives itself to a malformed request, which no ``on_response_prepare`` signal sees."""
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        response.headers["Server"] = "pbxfront"
+        await super()._prepare_hook(response)
 
 
 class ServiceResource(MatchedSubAppResource):
@@ -481,6 +508,9 @@ def create_listener_app(
     """The root application of one listener with the given service applications mounted."""
     from services.core.authguard import AUTH_GUARD_KEY, AuthGuard
 
+    if not any(isinstance(f, ParserRefusalFilter) for f in parser_log.filters):
+        parser_log.addFilter(ParserRefusalFilter())
+
     app = web.Application(
         client_max_size=limits.max_body_bytes,
         middlewares=[
@@ -494,13 +524,15 @@ def create_listener_app(
             "max_line_size": max(limits.max_query_bytes + 1024, 8190),
             "max_field_size": max(limits.max_header_bytes, 8190),
             "keepalive_timeout": limits.keepalive_timeout,
+            "logger": parser_log,
         },
     )
     app[LIMITS_KEY] = limits
     app[METRICS_KEY] = metrics
     # One guard per node: every listener of it shares the metrics object.
     app[AUTH_GUARD_KEY] = metrics.shared("auth_guard", partial(AuthGuard, limits))
-    app.on_response_prepare.append(_without_server_version)
+    # aiohttp has no public hook for the request class of an application.
+    app._make_request = partial(app._make_request, _cls=_ListenerRequest)  # type: ignore[method-assign]
     app.router.add_get("/healthz", healthz)
     if serve_metrics:
         app.router.add_get(

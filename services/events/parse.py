@@ -180,7 +180,7 @@ def body_fields(
         try:
             # Too deep or huge integers: Unprocessable (422), nothing stored; merely not JSON:
             # kept as text with the problem noted (lenient, protocol.md §6).
-            value = loads_json(stripped, "event body", check_strings=False)
+            value = loads_json(stripped, "event body")
         except errors.Invalid as error:
             problems.append(f"JSON not readable: {error}")
             return [("text", stripped)], None
