@@ -33,12 +33,14 @@ from services.contacts.domain import neutralise_formula
 from services.core.auth import AccountRepository, Role
 from services.core.authguard import AUTH_GUARD_KEY, AuthGuard
 from services.core.config import (
+    BackupSettings,
     EventsSettings,
     LimitSettings,
     ListenerSettings,
     Settings,
     UpdateSettings,
 )
+from services.core.digest import REALM, compute_ha1, compute_response
 from services.core.http import log_address
 from services.core.inventory import apply_inventory, read_inventory_file
 from services.core.ratelimit import AuthLimiter
@@ -656,3 +658,43 @@ async def test_contacts_upload_of_millions_of_columns_is_refused_early(site: Sit
         site.devices + CONTACTS + "?dry-run=1", data=quoted, headers=operator
     ) as response:
         assert response.status != 413
+
+
+def digest_header(challenge: str, algorithm: str, method: str, uri: str, count: int) -> str:
+    nonce = challenge.split('nonce="', 1)[1].split('"', 1)[0]
+    ha1 = compute_ha1(algorithm, "sender", REALM, SENDER_PASSWORD)
+    response = compute_response(
+        algorithm, ha1, nonce=nonce, nonce_count=f"{count:08x}", cnonce="c1", method=method, uri=uri
+    )
+    return (
+        f'Digest username="sender", realm="{REALM}", nonce="{nonce}", uri="{uri}", '
+        f'algorithm={algorithm}, response="{response}", qop=auth, nc={count:08x}, cnonce="c1"'
+    )
+
+
+@pytest.mark.parametrize(
+    ("algorithms", "offered"),
+    [(("SHA-256", "MD5"), ["SHA-256", "MD5"]), (("SHA-256",), ["SHA-256"])],
+)
+async def test_digest_offers_sha256_first_and_md5_only_where_configured(
+    start_site: SiteFactory, algorithms: tuple[str, ...], offered: list[str]
+) -> None:
+    site = await start_site(backup=BackupSettings(digest_algorithms=algorithms))
+    session = await site.session()
+    async with session.put(site.devices + BACKUP, data=b"x") as response:
+        assert response.status == 401
+        challenges = response.headers.getall("WWW-Authenticate")
+    digests = [c for c in challenges if c.startswith("Digest ")]
+    assert [c.split("algorithm=", 1)[1].split(",")[0] for c in digests] == offered
+    md5 = digest_header(digests[0], "MD5", "PUT", BACKUP, 1)
+    async with session.put(
+        site.devices + BACKUP, data=b"x", headers={"Authorization": md5}
+    ) as response:
+        assert response.status == (401 if "MD5" not in offered else 201)
+    sha = digest_header(digests[0], "SHA-256", "PUT", BACKUP, 2)
+    async with session.put(
+        site.devices + BACKUP,
+        data=b"config change UP1 /poll 15\r\n",
+        headers={"Authorization": sha},
+    ) as response:
+        assert response.status == 201

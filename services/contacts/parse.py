@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -175,7 +174,7 @@ def read_table(
     if not text.strip():
         raise errors.Unprocessable(EMPTY_FILE)
     # The header line decides; a longer one is refused by the column bound anyway.
-    delimiter = sniff_delimiter(text.lstrip("\r\n")[:65536])
+    delimiter = sniff_delimiter(text[:65536].lstrip("\r\n"))
     records = _records(text, delimiter, max_rows, max_columns, max_cells)
     header_record = next(records, None)
     if header_record is None:
@@ -183,20 +182,26 @@ def read_table(
     return Table(decoded.encoding, delimiter, map_header(header_record.cells), records)
 
 
+# One physical line with its ending (universal newlines, as io.StringIO(newline="") splits).
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
 def _bounded_lines(text: str, delimiter: str, max_columns: int, max_cells: int) -> Iterator[str]:
     """The physical lines of ``text`` for ``csv.reader``, refusing (TooLarge) a record with more
     than ``max_columns`` fields or a file with more than ``max_cells`` before csv builds the
-    record: a line of a million delimiters would otherwise become a list of a million cells.
-    Delimiters inside quotes do not count (a record may span lines inside quotes)."""
+    record, and before the line is even copied: a line of a million delimiters would otherwise
+    become a list of a million cells. Delimiters inside quotes do not count (a record may span
+    lines inside quotes)."""
     quoted = False
     fields = 1
     cells = 0
-    for line_number, line in enumerate(io.StringIO(text, newline=""), start=1):
-        if not quoted and line.count(delimiter) < max_columns and '"' not in line:
-            fields += line.count(delimiter)  # the common case, no quote to follow
+    for line_number, match in enumerate(_LINE.finditer(text), start=1):
+        start, end = match.span()
+        plain = not quoted and text.find('"', start, end) < 0
+        if plain:
+            fields += text.count(delimiter, start, end)  # the common case: no copy, no quote
         else:
-            parts = line.split('"')
-            for index, part in enumerate(parts):
+            for index, part in enumerate(match.group().split('"')):
                 if index:
                     quoted = not quoted
                 if not quoted:
@@ -212,7 +217,7 @@ def _bounded_lines(text: str, delimiter: str, max_columns: int, max_cells: int) 
                 raise errors.TooLarge(
                     f"line {line_number}: more than {max_cells} fields in the file"
                 )
-        yield line
+        yield match.group()
 
 
 def _records(
