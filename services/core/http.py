@@ -429,24 +429,26 @@ async def input_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 class ParserRefusalFilter(logging.Filter):
     """What aiohttp's HTTP parser refuses (a NUL byte in a header, a malformed request line) it
-    logs at ERROR with a traceback. Rewritten to one security-log line without one:
-    ``pbxfront security: malformed-request from <address> reason=<parser's reason>``."""
+    logs at ERROR with a traceback. Such records become one security-log line without one,
+    ``pbxfront security: malformed-request from <address> reason=<parser's reason>``; the
+    handler's other records (a real 500 and its traceback) pass unchanged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError):
-            remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
-            reason = printable(getattr(error, "message", "") or type(error).__name__, 120)
-            record.msg = "pbxfront security: malformed-request from %s reason=%s"
-            record.args = (log_address(remote if isinstance(remote, str) else None), reason)
-            record.exc_info = None
-            record.exc_text = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
+        if not isinstance(error, HttpProcessingError):
+            return True
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        reason = printable(getattr(error, "message", "") or type(error).__name__, 120)
+        security_log.warning(
+            "pbxfront security: malformed-request from %s reason=%s",
+            log_address(remote if isinstance(remote, str) else None),
+            reason.replace(" ", "_"),
+        )
+        return False
 
 
 # aiohttp's request handler logs through this logger (handler_args["logger"]).
-parser_log = logging.getLogger("pbxfront.security.parser")
+server_log = logging.getLogger("pbxfront.http.server")
 
 
 class _ListenerRequest(web.Request):
@@ -508,8 +510,8 @@ def create_listener_app(
     """The root application of one listener with the given service applications mounted."""
     from services.core.authguard import AUTH_GUARD_KEY, AuthGuard
 
-    if not any(isinstance(f, ParserRefusalFilter) for f in parser_log.filters):
-        parser_log.addFilter(ParserRefusalFilter())
+    if not any(isinstance(f, ParserRefusalFilter) for f in server_log.filters):
+        server_log.addFilter(ParserRefusalFilter())
 
     app = web.Application(
         client_max_size=limits.max_body_bytes,
@@ -524,7 +526,7 @@ def create_listener_app(
             "max_line_size": max(limits.max_query_bytes + 1024, 8190),
             "max_field_size": max(limits.max_header_bytes, 8190),
             "keepalive_timeout": limits.keepalive_timeout,
-            "logger": parser_log,
+            "logger": server_log,
         },
     )
     app[LIMITS_KEY] = limits
