@@ -80,6 +80,11 @@ def service_factories() -> ServiceFactories:
 
         return create_app(settings)
 
+    def metrics(settings: Settings) -> web.Application:
+        from services.core.http import create_metrics_app
+
+        return create_metrics_app()
+
     def noop(settings: Settings) -> web.Application:
         from services.bench.noop import create_app
 
@@ -98,6 +103,7 @@ def service_factories() -> ServiceFactories:
         "events": events,
         "redirect": redirect,
         "contacts": contacts,
+        "metrics": metrics,
         "noop": noop,
     }
     return factories

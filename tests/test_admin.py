@@ -262,7 +262,11 @@ async def test_metrics_and_healthz(api: Api) -> None:
         assert (await response.json())["database"] == "ok"
     async with api.session.get(api.url("/api/v1/frontends"), headers=ADMIN) as response:
         assert response.status == 200
+    # limits.metrics_auth (default): strangers get 401, an admin the metrics.
     async with api.session.get(api.url("/metrics")) as response:
+        assert response.status == 401
+    async with api.session.get(api.url("/metrics"), headers=ADMIN) as response:
+        assert response.status == 200
         text = await response.text()
     assert (
         'pbxfront_http_requests_total{method="GET",route="/api/v1/frontends",service="admin",'

@@ -112,6 +112,32 @@ class LimitSettings:
     request_timeout: float = dataclasses.field(default=30.0, metadata=_check(_range(0.1, 3600)))
     keepalive_timeout: float = dataclasses.field(default=15.0, metadata=_check(_range(0, 3600)))
     shutdown_timeout: float = dataclasses.field(default=10.0, metadata=_check(_range(0, 600)))
+    # Authentication failures on every HTTP path (core.authguard), per source address (IPv6:
+    # per /64): a burst, refilled at this rate per second; out of tokens: 429 for every
+    # credentialed request from that address.
+    auth_failure_burst: int = dataclasses.field(default=20, metadata=_check(_range(1, 1_000_000)))
+    auth_failure_per_second: float = dataclasses.field(
+        default=0.2, metadata=_check(_range(0.0001, 100_000))
+    )
+    # The same per account (from any address); an exhausted account is refused only from
+    # addresses that have not authenticated as it within auth_trusted_seconds.
+    auth_account_failure_burst: int = dataclasses.field(
+        default=50, metadata=_check(_range(1, 1_000_000))
+    )
+    auth_account_failure_per_second: float = dataclasses.field(
+        default=0.5, metadata=_check(_range(0.0001, 100_000))
+    )
+    auth_trusted_seconds: float = dataclasses.field(
+        default=86400.0, metadata=_check(_range(0, 365 * 86400))
+    )
+    # argon2 password checks running at once per node (each takes argon2's 64 MiB), and how many
+    # may wait for a turn; beyond that 503 with Retry-After.
+    hash_concurrency: int = dataclasses.field(default=2, metadata=_check(_range(1, 64)))
+    hash_queue: int = dataclasses.field(default=64, metadata=_check(_range(0, 100_000)))
+    # /metrics on the admin listener needs an admin or operator account (Basic or bearer token);
+    # false serves it to anyone who reaches the listener. A listener with the "metrics" service
+    # serves it without authentication (for a private scrape port).
+    metrics_auth: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,10 +415,13 @@ class EventsSettings:
     digest_nonce_lifetime: float = dataclasses.field(
         default=300.0, metadata=_check(_range(1, 86400))
     )
-    # Failed authentications per source address: a burst, refilled at this rate per second.
-    failure_burst: int = dataclasses.field(default=20, metadata=_check(_range(1, 1_000_000)))
-    failure_per_second: float = dataclasses.field(
-        default=0.2, metadata=_check(_range(0.001, 100_000))
+    # Per sending device (or, for an account without a named device, per account and address):
+    # events and body bytes per minute; past either, 429 with Retry-After; 0 = unlimited.
+    quota_events_per_minute: int = dataclasses.field(
+        default=600, metadata=_check(_range(0, 10_000_000))
+    )
+    quota_bytes_per_minute: int = dataclasses.field(
+        default=4 * 1024 * 1024, metadata=_check(_range(0, 2**40))
     )
     # Group commit: seconds the writer waits for more events before one transaction, and the
     # most events per transaction.
@@ -458,12 +487,12 @@ class ContactsSettings:
     # Numbers without a prefix of at most this many digits are short internal numbers (kept as
     # digits); 0 = refused. The update variable contacts-short-digits wins per customer.
     short_number_max_digits: int = dataclasses.field(default=0, metadata=_check(_range(0, 15)))
-    # Wrong passwords per source address (IPv6: per /64): a burst, refilled at this rate per
-    # second; an address out of tokens gets 429 for every request.
-    auth_failure_burst: int = dataclasses.field(default=10, metadata=_check(_range(1, 1_000_000)))
-    auth_failure_per_second: float = dataclasses.field(
-        default=0.05, metadata=_check(_range(0.0001, 100_000))
-    )
+    # Most fields in one CSV line and cells in the whole file: more is refused early with 413,
+    # so a file of millions of empty columns costs no memory.
+    max_columns: int = dataclasses.field(default=512, metadata=_check(_range(8, 100_000)))
+    max_cells: int = dataclasses.field(default=5_000_000, metadata=_check(_range(100, 10**9)))
+    # Uploads checked at once per node; more wait their turn (memory of concurrent uploads).
+    max_concurrent_checks: int = dataclasses.field(default=2, metadata=_check(_range(1, 64)))
 
 
 @dataclasses.dataclass(frozen=True)
