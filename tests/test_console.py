@@ -37,6 +37,8 @@ from services.core.inventory import (
     read_inventory_file,
 )
 from services.core.runner import Node, start_node
+from services.core.unknown import UPDATE as UPDATE_SERVICE
+from services.core.unknown import UnknownDeviceRepository
 from services.serve import service_factories
 from services.update.repository import FleetQuery, PollRecord, UpdateRepository
 from tests.conftest import DEVICE_A, DEVICE_B, SessionPki, curl, curl_with_headers, peer_program
@@ -709,4 +711,4 @@ async def test_adopt_an_unknown_device(console: Console) -> None:
         "Kuenkel00001",
         DEVICE_B,
     )
-    assert await UpdateRepository(console.pool).list_unknown() == []
+    assert await UnknownDeviceRepository(console.pool).sightings(UPDATE_SERVICE) == []

@@ -16,14 +16,18 @@ import asyncpg
 from services.core.config import Settings
 from services.core.identity import DeviceIdentity, Proof
 from services.core.inventory import Device, InventoryError, InventoryRepository
+from services.core.unknown import UPDATE as UPDATE_SERVICE
+from services.core.unknown import UnknownDeviceRepository
 from services.update.firmware import FirmwareStore
 from services.update.provisioning import (
     STAGING,
     UPDATE,
+    Lifecycle,
     PolicyError,
     PollArguments,
     Urls,
-    decide_and_render,
+    look_up,
+    reply_for,
 )
 from services.update.repository import (
     FLEET_SORTS,
@@ -84,7 +88,8 @@ async def certificate_reset(pool: asyncpg.Pool, mac: str) -> bool:
 
 
 async def unknown_devices(pool: asyncpg.Pool, limit: int = 200) -> list[dict[str, Any]]:
-    return [dataclasses.asdict(item) for item in await UpdateRepository(pool).list_unknown(limit)]
+    sightings = await UnknownDeviceRepository(pool).sightings(UPDATE_SERVICE, limit)
+    return [dataclasses.asdict(item) for item in sightings]
 
 
 async def adopt(
@@ -96,8 +101,8 @@ async def adopt(
 ) -> str | None:
     """Take a device that polled but is not in the inventory into it, as
     ``pbxfront devices adopt`` does. None when done, else the reason (names the field)."""
-    repository = UpdateRepository(pool)
-    sighting = next((u for u in await repository.list_unknown(100000) if u.mac == mac), None)
+    unknown = UnknownDeviceRepository(pool)
+    sighting = await unknown.find(UPDATE_SERVICE, mac)
     device_type = device_type or (sighting.device_type if sighting else None)
     if not device_type:
         return "type: the device has not polled with its type; give one"
@@ -109,7 +114,7 @@ async def adopt(
             return "; ".join(error.problems)
     if not created:
         return f"mac: {mac} is in the inventory already"
-    await repository.forget_unknown(mac)
+    await unknown.forget(UPDATE_SERVICE, [mac])
     return None
 
 
@@ -150,18 +155,16 @@ async def render_script(
     text: str | None = None
     error: str | None = None
     try:
-        reply = decide_and_render(
-            store,
+        context = look_up(
             snapshot,
             device,
             identity,
             PollArguments(),
             phase,
             Urls(base),
-            poll_minutes=settings.update.poll_interval,
-            restage=False,
-            firmware_available=firmware.listed,
+            Lifecycle.from_settings(settings.update),
         )
+        reply = reply_for(store, context, firmware.listed)
         text = reply.text.replace("\r\n", "\n")
     except (ScriptError, PolicyError, SecretRequired) as problem:
         error = str(problem)
