@@ -101,6 +101,8 @@ async def adopt(
 ) -> str | None:
     """Take a device that polled but is not in the inventory into it, as
     ``pbxfront devices adopt`` does. None when done, else the reason (names the field)."""
+    if await InventoryRepository(pool).get_device(mac) is not None:
+        return f"mac: {mac} is in the inventory already"
     unknown = UnknownDeviceRepository(pool)
     sighting = await unknown.find(UPDATE_SERVICE, mac)
     device_type = device_type or (sighting.device_type if sighting else None)
