@@ -4,7 +4,9 @@ One node = one master process plus ``workers`` worker processes. The master bind
 once (port 0 becomes a real port here), starts the embedded PostgreSQL and applies migrations, then
 forks the workers. Each worker binds its own SO_REUSEPORT socket on the same address (the kernel
 spreads connections over them), opens its own pool and serves. SIGTERM/SIGINT: stop accepting,
-finish in-flight requests (``limits.shutdown_timeout``), exit. SIGHUP: reload TLS certificates
+finish in-flight requests and exit, all within ``limits.shutdown_timeout`` whatever state the
+node is in (what is left then is cancelled, the pool terminated; the master kills a worker that
+overstays). SIGHUP: reload TLS certificates
 for new connections. A worker that dies unexpectedly is restarted after a short pause.
 
 With ``workers = 1`` everything runs in the master process (what the tests and the demo use).
