@@ -138,6 +138,12 @@ class LimitSettings:
     # false serves it to anyone who reaches the listener. A listener with the "metrics" service
     # serves it without authentication (for a private scrape port).
     metrics_auth: bool = True
+    # Open connections per HTTP listener and worker process, in total and per source address
+    # (IPv6: per /64); more are closed at accept (core/guard.py).
+    max_connections: int = dataclasses.field(default=10_000, metadata=_check(_range(1, 1_000_000)))
+    max_connections_per_address: int = dataclasses.field(
+        default=256, metadata=_check(_range(1, 1_000_000))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -515,6 +521,12 @@ class DirectorySettings:
     read_timeout: float = dataclasses.field(default=10.0, metadata=_check(_range(0.1, 600)))
     # Open connections per listener and process; more are closed at once.
     max_connections: int = dataclasses.field(default=1000, metadata=_check(_range(1, 1_000_000)))
+    # Of those, open connections from one source address (IPv6: per /64).
+    max_connections_per_address: int = dataclasses.field(
+        default=256, metadata=_check(_range(1, 1_000_000))
+    )
+    # Seconds a connection may stay without a successful bind before it is closed.
+    bind_timeout: float = dataclasses.field(default=10.0, metadata=_check(_range(0.1, 3600)))
     # Failed binds per source address (IPv6: per /64): a burst, refilled at this rate per second.
     bind_failure_burst: int = dataclasses.field(default=10, metadata=_check(_range(1, 1_000_000)))
     bind_failure_per_second: float = dataclasses.field(
