@@ -103,6 +103,11 @@ class FrontendRepository:
         new: list[NewFinding] = []
         last_alert = 0
         async with self._connection.transaction():
+            # Findings about versions the backup retention removed since.
+            await self._connection.execute(
+                """DELETE FROM frontend_findings f WHERE NOT EXISTS
+                       (SELECT 1 FROM backup_versions v WHERE v.id = f.version_id)"""
+            )
             for finding in findings:
                 inserted = await self._connection.fetchval(
                     """INSERT INTO frontend_findings

@@ -9,8 +9,10 @@ ALTER TABLE backup_alerts ADD CONSTRAINT backup_alerts_kind_check
 
 CREATE TABLE frontend_findings (
     mac text NOT NULL CHECK (mac ~ '^[0-9a-f]{12}$'),
-    -- The backup version found wrong; a finding is about one version.
-    version_id bigint NOT NULL REFERENCES backup_versions (id) ON DELETE CASCADE,
+    -- The backup version found wrong; a finding is about one version. No foreign key, so the
+    -- backup service's retention and tools stay as they are; findings of versions pruned since
+    -- are removed by the next recording (services/frontend/repository.py).
+    version_id bigint NOT NULL,
     code text NOT NULL CHECK (length(code) BETWEEN 1 AND 64),
     frontend text NOT NULL,
     message text NOT NULL,
