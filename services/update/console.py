@@ -97,6 +97,8 @@ async def adopt(
     """Take a device that polled but is not in the inventory into it, as
     ``pbxfront devices adopt`` does. None when done, else the reason (names the field)."""
     repository = UpdateRepository(pool)
+    if await InventoryRepository(pool).get_device(mac) is not None:
+        return f"mac: {mac} is in the inventory already"
     sighting = next((u for u in await repository.list_unknown(100000) if u.mac == mac), None)
     device_type = device_type or (sighting.device_type if sighting else None)
     if not device_type:
