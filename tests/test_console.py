@@ -559,6 +559,7 @@ async def test_pages_read_without_javascript(browser: Any, console: Console) -> 
         assert response is not None, path
         assert response.status == 200, path
         assert (await page.inner_text("h1")).startswith(heading), path
+        await _screenshot(page, "page-" + path.split("?")[0].strip("/").replace("/", "-"))
     await page.goto(console.url("/ui/system"))
     assert "console_sessions" in await page.inner_text("body")
     assert {_origin(url) for url in requested} == {console.base}
