@@ -44,6 +44,7 @@ from services.core.config import (
 from services.core.digest import NonceSigner, compute_response, load_secret
 from services.core.http import mount_service
 from services.core.inventory import InventoryRepository, apply_inventory, read_inventory_file
+from services.core.resources import Resources
 from services.core.runner import Node, start_node
 from tests.conftest import DEVICE_A, DEVICE_B, DEVICE_C, SessionPki, curl, service_cli, until
 
@@ -80,17 +81,17 @@ def basic(name: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
 
 
-def backup_factory(settings: Settings) -> web.Application:
-    return create_app(settings)
+def backup_factory(settings: Settings, resources: Resources) -> web.Application:
+    return create_app(settings, resources)
 
 
-def update_factory(settings: Settings) -> web.Application:
+def update_factory(settings: Settings, resources: Resources) -> web.Application:
     from services.update.app import create_app as create_update_app
 
-    return create_update_app(settings)
+    return create_update_app(settings, resources)
 
 
-def admin_factory(settings: Settings) -> web.Application:
+def admin_factory(settings: Settings, _resources: Resources) -> web.Application:
     """What serve.py's admin factory does: the admin API with the backup archive inside."""
     from services.admin.app import create_app as create_admin_app
 
@@ -780,6 +781,35 @@ async def test_stale_backup_alert(pool: asyncpg.Pool, start_site: SiteFactory) -
         alerts = await BackupRepository(connection).alerts()
     assert [(a.kind, a.mac) for a in alerts] == [("stale", MAC_A)]
     assert "no PUT since 2024-06-01T00:00:00+00:00" in alerts[0].message
+
+
+async def test_restarted_node_raises_the_stale_alert_without_any_request(
+    pool: asyncpg.Pool, start_site: SiteFactory
+) -> None:
+    """Issue 17: the maintenance job starts with the node. A node restarted after the device
+    stopped uploading raises the stale alert on its own, before any request reaches it."""
+    first = await start_site()
+    assert (await first.put(CONFIG_1))[0] == 201
+    await first.node.stop()
+    # The device's last PUT is now two hours old (its policy: stale after one hour).
+    async with pool.acquire() as connection:
+        await connection.execute(
+            "UPDATE backup_devices SET last_put_at = now() - interval '2 hours' WHERE mac = $1",
+            MAC_A,
+        )
+        assert await BackupRepository(connection).alerts() == []
+    second = await start_site(stale_after_hours=1.0, prune_interval=0.2)
+
+    async def stale_alerts() -> list[str]:
+        async with pool.acquire() as connection:
+            alerts = await BackupRepository(connection).alerts()
+        return [alert.mac for alert in alerts if alert.kind == "stale"]
+
+    async def alerted() -> bool:
+        return await stale_alerts() == [MAC_A]
+
+    await until(alerted, timeout=10)
+    assert second.sessions == []  # nothing was asked of the restarted node
 
 
 # --- the archive API ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from services.core.config import (
 )
 from services.core.http import mount_service
 from services.core.inventory import apply_inventory, read_inventory_file
+from services.core.resources import Resources
 from services.core.runner import Node, start_node
 from services.events.app import create_admin_app, create_app
 from services.events.cli import register
@@ -251,7 +252,8 @@ def test_destination_urls() -> None:
             parse_destination(bad)
     with pytest.raises(ConfigError, match="share the name"):
         create_app(
-            Settings(events=EventsSettings(destinations=("udp://a:1?name=x", "tcp://b:2?name=x")))
+            Settings(events=EventsSettings(destinations=("udp://a:1?name=x", "tcp://b:2?name=x"))),
+            Resources(None),
         )
 
 
@@ -358,11 +360,11 @@ async def rsyslog(tmp_path: Path) -> AsyncIterator[Rsyslog]:
 # --- a site: the events service on real listeners ----------------------------------------------
 
 
-def events_factory(settings: Settings) -> web.Application:
-    return create_app(settings)
+def events_factory(settings: Settings, resources: Resources) -> web.Application:
+    return create_app(settings, resources)
 
 
-def admin_factory(settings: Settings) -> web.Application:
+def admin_factory(settings: Settings, _resources: Resources) -> web.Application:
     from services.admin.app import create_app as create_admin
 
     app = create_admin(settings)

@@ -27,7 +27,6 @@ from services.backup.handlers import (
     DEVICE_AUTH_KEY,
     ENDPOINTS,
     NORMALIZER_KEY,
-    ON_REQUEST_KEY,
     PRUNE_KEY,
     REDACTION_KEY,
     SETTINGS_KEY,
@@ -44,6 +43,7 @@ from services.core.deviceauth import DeviceAuth
 from services.core.digest import PostgresNonceCounter
 from services.core.http import SERVICE_NAME_KEY
 from services.core.periodic import PeriodicJob
+from services.core.resources import Resources
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,9 @@ def _shared_state(app: web.Application, settings: Settings) -> None:
     )
 
 
-def create_app(settings: Settings) -> web.Application:
-    """The device side: the write-only backup folder."""
+def create_app(settings: Settings, resources: Resources) -> web.Application:
+    """The device side: the write-only backup folder, and the maintenance job, which starts with
+    the application (stale-backup alerts exist for exactly the node that gets no uploads)."""
     app = web.Application()
     _shared_state(app, settings)
     app[DEVICE_AUTH_KEY] = DeviceAuth(
@@ -177,8 +178,8 @@ def create_app(settings: Settings) -> web.Application:
         "backup maintenance",
         settings.backup.prune_interval,
         lambda pool: run_maintenance(pool, settings, datetime.now(UTC)),
+        resources.pool,
     )
-    app[ON_REQUEST_KEY] = job.ensure_started
     app.cleanup_ctx.append(job.context)
     # Every method on every path below the folder lands here: PUT stores, the rest is refused
     # with one answer (nothing about what exists leaks).

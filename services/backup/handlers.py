@@ -90,7 +90,6 @@ REDACTION_KEY = web.AppKey("backup_redaction", Redaction)
 # Event-sender credentials (Basic, Digest): core.deviceauth, shared with the events service.
 DEVICE_AUTH_KEY = web.AppKey("backup_device_auth", DeviceAuth)
 # Called with the pool on every request: starts the periodic maintenance once (app.py).
-ON_REQUEST_KEY: web.AppKey[Callable[[asyncpg.Pool], None]] = web.AppKey("backup_on_request")
 
 
 # --- intake ------------------------------------------------------------------------------------
@@ -222,7 +221,6 @@ class ContentCpu:
 
 async def put_backup(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
-    request.app[ON_REQUEST_KEY](pool_of(request))
     name = request.match_info.get("name", "")
     if not _NAME.fullmatch(name):
         raise errors.Invalid(

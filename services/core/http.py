@@ -16,7 +16,6 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -393,7 +392,33 @@ class _AlwaysRule(AbstractRuleMatching):
 
 
 def mount_service(root: web.Application, service: web.Application) -> None:
-    root._add_subapp(partial(ServiceResource, service), service)
+    """Put ``service`` under ``root`` with aiohttp's public API only: its resource goes into the
+    root's router, and the root's startup, shutdown and cleanup run the service's own (its
+    ``cleanup_ctx`` included), in mount order, as aiohttp chains its own sub-applications.
+
+    The service is pre-frozen here (router, middlewares, signals fixed, as aiohttp does when it
+    adds a sub-application) and frozen once it has started, as the runner freezes the root.
+    """
+    if root.frozen:
+        raise RuntimeError("cannot mount a service into a started application")
+    if service.frozen:
+        raise RuntimeError("this service application is already mounted or started")
+    service.pre_freeze()
+    root.router.register_resource(ServiceResource(service))
+
+    async def start(_root: web.Application) -> None:
+        await service.startup()
+        service.freeze()
+
+    async def shutdown(_root: web.Application) -> None:
+        await service.shutdown()
+
+    async def cleanup(_root: web.Application) -> None:
+        await service.cleanup()
+
+    root.on_startup.append(start)
+    root.on_shutdown.append(shutdown)
+    root.on_cleanup.append(cleanup)
 
 
 def create_listener_app(

@@ -34,6 +34,7 @@ from aiohttp import web
 from services.core.config import STREAM_SCHEMES, ConfigError, ListenerSettings, Settings
 from services.core.db import pool_ctx
 from services.core.http import AccessLogger, Metrics, create_listener_app
+from services.core.resources import Resources
 from services.core.tls import (
     ContextHolder,
     GuardedSite,
@@ -64,8 +65,9 @@ class StreamService(Protocol):
     async def close(self) -> None: ...
 
 
-# name -> factory building that service's application (or stream service) from the settings.
-ServiceFactories = Mapping[str, Callable[[Settings], web.Application | StreamService]]
+# name -> factory building that service's application (or stream service) from the settings and
+# the process's resources (pool, metrics), so its background jobs start with the node.
+ServiceFactories = Mapping[str, Callable[[Settings, Resources], web.Application | StreamService]]
 
 
 def sd_notify(message: str) -> None:
@@ -136,14 +138,15 @@ async def start_node(
     """Build and start one application per listener. ``sockets`` are pre-bound ones to use."""
     node = Node()
     metrics = Metrics()
+    resources = Resources(pool, metrics)
     try:
         for name, listener in listeners.items():
             if _stream_service(listener) is not None:
-                await _start_stream(node, settings, pool, name, listener, factories, sockets)
+                await _start_stream(node, settings, resources, name, listener, factories, sockets)
                 continue
             services: dict[str, web.Application] = {}
             for service in listener.services:
-                built = factories[service](settings)
+                built = factories[service](settings, resources)
                 if not isinstance(built, web.Application):
                     raise ConfigError(
                         f"listeners.{name}.services: {service!r} is not an HTTP service"
@@ -208,7 +211,7 @@ def listener_url(listener: ListenerSettings, host: str, port: int) -> str:
 async def _start_stream(
     node: Node,
     settings: Settings,
-    pool: asyncpg.Pool | None,
+    resources: Resources,
     name: str,
     listener: ListenerSettings,
     factories: ServiceFactories,
@@ -224,7 +227,7 @@ async def _start_stream(
         )
     service = node.streams.get(service_name)
     if service is None:
-        built = factories[service_name](settings)
+        built = factories[service_name](settings, resources)
         if not isinstance(built, StreamService) or isinstance(built, web.Application):
             raise ConfigError(f"listeners.{name}.services: {service_name!r} is not a stream")
         service = built
@@ -235,7 +238,7 @@ async def _start_stream(
         node.holders.append(holder)
     sock = (sockets or {}).get(name) or bind_socket(listener.host, listener.port, reuse_port=False)
     host, port = sock.getsockname()[:2]
-    await service.start(sock, holder, pool, listener)
+    await service.start(sock, holder, resources.pool, listener)
     node.addresses[name] = listener_url(listener, host, port)
 
 

@@ -37,7 +37,7 @@ from services.core.auth import Role
 from services.core.config import Settings
 from services.core.db import DatabaseUnavailable, acquire
 from services.core.deviceauth import DeviceAuth
-from services.core.http import METRICS_KEY, Metrics, UploadAborted, query_arguments, read_body
+from services.core.http import UploadAborted, query_arguments, read_body
 from services.core.identity import (
     DeviceIdentity,
     IdentityError,
@@ -197,25 +197,9 @@ class EventsState:
     forwarders: list[ForwardStatus] = field(default_factory=list)
     retention: PeriodicJob | None = None
     collector: EventsCollector | None = None
-    _registered: bool = False
-
-    def on_request(self, request: web.Request) -> asyncpg.Pool:
-        pool = pool_of(request)
-        self.writer.start(pool)
-        if self.retention is not None:
-            self.retention.ensure_started(pool)
-        if not self._registered:
-            self._registered = True
-            metrics: Metrics | None = request.config_dict.get(METRICS_KEY)
-            if metrics is not None:
-                collector: EventsCollector = metrics.shared("events", _register_collector)
-                collector.writers.append(self.writer)
-                collector.watch(pool)
-                self.collector = collector
-        return pool
 
 
-def _register_collector(registry: CollectorRegistry) -> EventsCollector:
+def register_collector(registry: CollectorRegistry) -> EventsCollector:
     collector = EventsCollector()
     registry.register(collector)
     return collector
@@ -276,7 +260,7 @@ def _named_device(
 
 async def receive_event(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    pool = state.on_request(request)
+    pool = pool_of(request)
     settings = state.settings
     peercert = request.transport.get_extra_info("peercert") if request.transport else None
     query = query_arguments(request)

@@ -12,6 +12,7 @@ from aiohttp import web
 from services.core.config import Settings
 from services.core.http import COMMENT_ERRORS_KEY
 from services.core.ratelimit import AddressLimiter
+from services.core.resources import Resources
 from services.update import certificates, handlers
 from services.update.firmware import FirmwareStore
 from services.update.provisioning import BodyCache
@@ -60,7 +61,7 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, resources: Resources) -> web.Application:
     app = web.Application()
     app[SETTINGS_KEY] = settings
     app[STORE_KEY] = ScriptStore(settings.update.scripts_dir)
@@ -72,7 +73,7 @@ def create_app(settings: Settings) -> web.Application:
     app[COMMENT_ERRORS_KEY] = True
     app.cleanup_ctx.append(script_reloader)
     app.cleanup_ctx.append(status_writer_ctx)
-    app.cleanup_ctx.append(change_watch_ctx)
+    app.cleanup_ctx.append(change_watch_ctx(resources.pool))
     # The provider RootCA for the certificate roll-out and the CRL (refuses to start when the
     # [ca] files exist but cannot be used).
     app[certificates.LIMITER_KEY] = AddressLimiter(
