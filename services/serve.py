@@ -79,7 +79,7 @@ def service_factories() -> ServiceFactories:
     def directory(settings: Settings, resources: Resources) -> StreamService:
         from services.directory.app import create_service
 
-        return create_service(settings)
+        return create_service(settings, resources.metrics)
 
     factories: dict[str, Callable[[Settings, Resources], web.Application | StreamService]] = {
         "directory": directory,

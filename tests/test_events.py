@@ -29,6 +29,7 @@ from aiohttp import web
 from services.core import db
 from services.core.auth import AccountRepository, Role
 from services.core.config import (
+    AdminSettings,
     ConfigError,
     DatabaseSettings,
     EventsSettings,
@@ -439,6 +440,7 @@ async def start_site(
     async def start(site_pool: asyncpg.Pool | None = None, **events: Any) -> Site:
         settings = Settings(
             database=DatabaseSettings(url=database_url),
+            admin=AdminSettings(metrics_interval=0.2),
             update=UpdateSettings(
                 scripts_dir=repo_root / "staging_scripts", firmware_dir=tmp_path / "firmware"
             ),
@@ -786,8 +788,13 @@ async def test_forwarding_over_tcp_survives_a_receiver_restart(
     assert all(line.startswith("<") and "Kuenkel00001" in line for line in lines)
     await until(lambda: destination_delivered(site, 300), timeout=10)
     session = await site.session()
-    async with session.get(site.admin + "/metrics") as response:
-        assert 'pbxfront_events_backlog{destination="tcp://127.0.0.1' in await response.text()
+
+    async def backlog_reported() -> bool:
+        async with session.get(site.admin + "/metrics") as response:
+            text = await response.text()
+        return 'pbxfront_events_backlog{destination="tcp://127.0.0.1' in text
+
+    await until(backlog_reported)
 
 
 async def raise_backup_alert(pool: asyncpg.Pool, kind: str, message: str) -> int:

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from services.backup import dav
 from services.backup.diff import Redaction
+from services.backup.gauges import backups_source, count_puts
 from services.backup.handlers import (
     BACKUP_PREFIX,
     DEVICE_AUTH_KEY,
@@ -168,7 +169,8 @@ def _shared_state(app: web.Application, settings: Settings) -> None:
 def create_app(settings: Settings, resources: Resources) -> web.Application:
     """The device side: the write-only backup folder, and the maintenance job, which starts with
     the application (stale-backup alerts exist for exactly the node that gets no uploads)."""
-    app = web.Application()
+    app = web.Application(middlewares=[count_puts(resources.metrics)])
+    resources.metrics.add_source("backups", backups_source)
     _shared_state(app, settings)
     app[DEVICE_AUTH_KEY] = DeviceAuth(
         settings.backup.digest_algorithms, settings.backup.digest_nonce_lifetime

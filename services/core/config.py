@@ -138,6 +138,12 @@ class AdminSettings:
     token_lifetime: float = dataclasses.field(
         default=3600.0, metadata=_check(_range(60, 31 * 86400))
     )
+    # Seconds between two runs of the node's metrics collector (the /metrics gauges read from
+    # PostgreSQL: devices by state, stale backups, events backlog, certificate expiry).
+    metrics_interval: float = dataclasses.field(default=15.0, metadata=_check(_range(0.1, 3600)))
+    # Where the worker processes of one node keep their metric files (prometheus-client
+    # multiprocess mode), emptied at every start; empty: <data_dir>/metrics.
+    metrics_dir: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,13 +23,13 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResource, MatchInfoError
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from services.core import errors
 from services.core.config import LimitSettings
 from services.core.db import DatabaseUnavailable
 from services.core.identity import IdentityConflict, IdentityError, printable
+from services.core.metrics import METRICS_KEY, Metrics
 
 if TYPE_CHECKING:
     from aiohttp.web_urldispatcher import _InfoDict
@@ -56,40 +56,6 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
         return True
-
-
-class Metrics:
-    """Per-process Prometheus collectors, kept on the application (no module globals)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "pbxfront_http_requests",
-            "HTTP requests answered",
-            ["service", "route", "method", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "pbxfront_http_request_duration_seconds",
-            "Time from request start to response",
-            ["service", "route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-            registry=self.registry,
-        )
-        self._shared: dict[str, Any] = {}
-
-    def shared(self, key: str, build: Callable[[CollectorRegistry], Any]) -> Any:
-        """The one object ``build`` made for ``key`` on this registry: a service mounted on
-        several listeners of a node registers its collectors once and shares them."""
-        if key not in self._shared:
-            self._shared[key] = build(self.registry)
-        return self._shared[key]
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-METRICS_KEY = web.AppKey("metrics", Metrics)
 
 
 def _status_for(error: BaseException) -> int | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from services.core.http import Metrics
+from services.core.metrics import Metrics
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,13 @@ from aiohttp import web
 
 from services.core.config import STREAM_SCHEMES, ConfigError, ListenerSettings, Settings
 from services.core.db import pool_ctx
-from services.core.http import AccessLogger, Metrics, create_listener_app
+from services.core.http import AccessLogger, create_listener_app
+from services.core.metrics import Metrics, enable_multiprocess, node_collector, process_exited
 from services.core.resources import Resources
 from services.core.tls import (
     ContextHolder,
     GuardedSite,
+    TlsCounters,
     TlsFiles,
     bind_socket,
     build_server_context,
@@ -139,6 +141,10 @@ async def start_node(
     node = Node()
     metrics = Metrics()
     resources = Resources(pool, metrics)
+    collector_started = False
+    ca_certificate = settings.ca.paths(settings.data_dir)[0]
+    if await asyncio.to_thread(ca_certificate.is_file):
+        metrics.add_certificate("ca", "root", ca_certificate)
     try:
         for name, listener in listeners.items():
             if _stream_service(listener) is not None:
@@ -152,12 +158,15 @@ async def start_node(
                         f"listeners.{name}.services: {service!r} is not an HTTP service"
                     )
                 services[service] = built
+            serve_metrics = "admin" in listener.services
             app = create_listener_app(
-                settings.limits,
-                services,
-                metrics=metrics,
-                serve_metrics="admin" in listener.services,
+                settings.limits, services, metrics=metrics, serve_metrics=serve_metrics
             )
+            if serve_metrics and not collector_started:
+                # One collector per process; the workers of a node elect one (metrics.py).
+                collector_started = True
+                job = node_collector(metrics, pool, settings.admin.metrics_interval)
+                app.cleanup_ctx.append(job.context)
             if pool is not None:
                 app.cleanup_ctx.append(pool_ctx(pool))
             runner = web.AppRunner(
@@ -175,6 +184,10 @@ async def start_node(
             holder = ContextHolder(files) if files is not None else None
             if holder is not None:
                 node.holders.append(holder)
+                metrics.add_certificate("server", name, holder.files.certificate)
+                for anchor in holder.files.client_ca:
+                    # The first certificate of a trust-anchor bundle (e.g. the demo CA).
+                    metrics.add_certificate("ca", anchor.name, anchor)
             sock = (sockets or {}).get(name) or bind_socket(
                 listener.host, listener.port, reuse_port=False
             )
@@ -184,6 +197,7 @@ async def start_node(
                 holder,
                 handshake_timeout=listener.handshake_timeout,
                 header_timeout=settings.limits.header_timeout,
+                observer=TlsCounters(metrics, name),
             )
             await site.start()
             node.addresses[name] = site.name
@@ -337,6 +351,8 @@ def _run_workers(
         _host, port = sock.getsockname()[:2]
         resolved[name] = dataclasses.replace(listener, port=port)
 
+    # One metrics directory per node, emptied now: /metrics adds up every worker's files.
+    enable_multiprocess(settings.admin.metrics_dir or settings.data_dir / "metrics")
     ready_read, ready_write = os.pipe()
 
     def spawn() -> int:
@@ -418,6 +434,7 @@ def _run_workers(
         except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
             continue
         children.discard(pid)
+        process_exited(pid)
         code = os.waitstatus_to_exitcode(wait_status)
         if stopping:
             continue

@@ -25,6 +25,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+if typing.TYPE_CHECKING:
+    from services.core.metrics import Metrics
+
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("pbxfront.security")
 
@@ -149,6 +152,25 @@ def _peer(peer: object) -> str:
     return str(peer)
 
 
+class TlsCounters:
+    """Counts one listener's TLS handshakes (resumed or not) and failures into the metrics."""
+
+    def __init__(self, metrics: Metrics, listener: str) -> None:
+        self._handshakes = {
+            True: metrics.tls_handshakes.labels(listener, "yes"),
+            False: metrics.tls_handshakes.labels(listener, "no"),
+        }
+        self._failures = metrics.tls_failures.labels(listener)
+
+    def completed(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        resumed = bool(getattr(ssl_object, "session_reused", False))
+        self._handshakes[resumed].inc()
+
+    def failed(self) -> None:
+        self._failures.inc()
+
+
 class _AcceptLoop:
     """Accepts connections on a listening socket and hands each to the event loop's own TLS
     (``connect_accepted_socket``), so a failed handshake is an exception we can log."""
@@ -160,10 +182,12 @@ class _AcceptLoop:
         holder: ContextHolder | None,
         handshake_timeout: float,
         header_timeout: float,
+        observer: TlsCounters | None = None,
     ) -> None:
         self._sock = sock
         self._make_protocol = make_protocol
         self._holder = holder
+        self._observer = observer
         self._handshake_timeout = handshake_timeout
         self._header_timeout = header_timeout
         self._handshakes: set[asyncio.Task[None]] = set()
@@ -194,18 +218,23 @@ class _AcceptLoop:
             await loop.connect_accepted_socket(factory, connection)
             return
         try:
-            await loop.connect_accepted_socket(
+            transport, _ = await loop.connect_accepted_socket(
                 factory,
                 connection,
                 ssl=self._holder.context,
                 ssl_handshake_timeout=self._handshake_timeout,
             )
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as error:
+            if self._observer is not None:
+                self._observer.failed()
             reason = getattr(error, "reason", None) or type(error).__name__
             security_log.warning(
                 "pbxfront security: tls-handshake-failed from %s reason=%s", _peer(peer), reason
             )
             connection.close()
+            return
+        if self._observer is not None:
+            self._observer.completed(transport)
 
     def close(self) -> None:
         self._task.cancel()
@@ -221,7 +250,7 @@ class _AcceptLoop:
 class GuardedSite(web.BaseSite):
     """An aiohttp site on a ready socket, accepting through :class:`_AcceptLoop`."""
 
-    __slots__ = ("_handshake_timeout", "_header_timeout", "_holder", "_sock")
+    __slots__ = ("_handshake_timeout", "_header_timeout", "_holder", "_observer", "_sock")
 
     def __init__(
         self,
@@ -232,8 +261,10 @@ class GuardedSite(web.BaseSite):
         handshake_timeout: float,
         header_timeout: float,
         backlog: int = 1024,
+        observer: TlsCounters | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
+        self._observer = observer
         self._sock = sock
         self._holder = holder
         self._handshake_timeout = handshake_timeout
@@ -253,7 +284,12 @@ class GuardedSite(web.BaseSite):
         self._server = typing.cast(
             asyncio.AbstractServer,
             _AcceptLoop(
-                self._sock, server, self._holder, self._handshake_timeout, self._header_timeout
+                self._sock,
+                server,
+                self._holder,
+                self._handshake_timeout,
+                self._header_timeout,
+                self._observer,
             ),
         )
 

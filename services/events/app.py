@@ -28,17 +28,17 @@ from services.core.config import Settings
 from services.core.db import database_dsn
 from services.core.deviceauth import DeviceAuth
 from services.core.http import SERVICE_NAME_KEY
+from services.core.metrics import Metrics
 from services.core.ratelimit import AddressLimiter
 from services.core.resources import Resources
 from services.events.forward import Forwarder, ForwardStatus
+from services.events.gauges import destinations_source
 from services.events.handlers import (
     ENDPOINTS,
     SETTINGS_KEY,
     STATE_KEY,
-    EventsCollector,
     EventsState,
     receive_event,
-    register_collector,
 )
 from services.events.retention import retention_job
 from services.events.syslog import Destination, destinations
@@ -52,14 +52,8 @@ async def _writer_ctx(
 ) -> AsyncIterator[None]:
     if resources.pool is not None:
         state.writer.start(resources.pool)
-        collector: EventsCollector = resources.metrics.shared("events", register_collector)
-        collector.writers.append(state.writer)
-        collector.watch(resources.pool)
-        state.collector = collector
     yield
     await state.writer.close()
-    if state.collector is not None:
-        await state.collector.close()
 
 
 async def _forwarders_ctx(
@@ -85,6 +79,12 @@ async def _forwarders_ctx(
                 await forwarder.close()
 
 
+def _count_commit(metrics: Metrics, stored: int, repeats: int) -> None:
+    metrics.events_commits.inc()
+    metrics.events_received.labels("stored").inc(stored)
+    metrics.events_received.labels("deduplicated").inc(repeats)
+
+
 def create_app(settings: Settings, resources: Resources) -> web.Application:
     """The device side: event intake, syslog forwarding, retention."""
     events = settings.events
@@ -105,11 +105,13 @@ def create_app(settings: Settings, resources: Resources) -> web.Application:
             window=events.commit_window,
             batch=events.commit_batch,
             forward_repeats=events.forward_repeats,
+            on_commit=partial(_count_commit, resources.metrics),
         ),
         forwarders=statuses,
         retention=retention,
     )
     app[STATE_KEY] = state
+    resources.metrics.add_source("events destinations", destinations_source)
     app.cleanup_ctx.append(partial(_writer_ctx, state, resources))
     app.cleanup_ctx.append(partial(_forwarders_ctx, settings, targets, statuses))
     app.cleanup_ctx.append(retention.context)

@@ -20,22 +20,18 @@ import contextlib
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from services.core import errors
 from services.core.api import Endpoint, int_query, json_response, openapi_document, pool_of
 from services.core.auth import Role
 from services.core.config import Settings
-from services.core.db import DatabaseUnavailable, acquire
+from services.core.db import acquire
 from services.core.deviceauth import DeviceAuth
 from services.core.http import UploadAborted, query_arguments, read_body
 from services.core.identity import (
@@ -49,7 +45,7 @@ from services.core.identity import (
 from services.core.periodic import PeriodicJob
 from services.events.forward import ForwardStatus
 from services.events.parse import ALARM_SEVERITIES, SYSLOG_LEVELS, parse_event
-from services.events.repository import Cursor, DeviceRef, EventRepository, NewEvent
+from services.events.repository import DeviceRef, EventRepository, NewEvent
 from services.events.retention import run_retention
 from services.events.writer import GroupWriter
 
@@ -119,75 +115,6 @@ class DeviceCache:
             self._entries.popitem(last=False)
 
 
-class EventsCollector(Collector):
-    """The events metrics of this process: intake counters of every events application, and
-    per destination the backlog and oldest undelivered age as PostgreSQL has them (cursor vs.
-    newest event, refreshed every few seconds), so every node reports them, not only the one
-    that forwards."""
-
-    REFRESH_SECONDS = 2.0
-
-    def __init__(self) -> None:
-        self.writers: list[GroupWriter] = []
-        self.destinations: list[Cursor] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def watch(self, pool: asyncpg.Pool) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._refresh(pool))
-
-    async def _refresh(self, pool: asyncpg.Pool) -> None:
-        while True:
-            with contextlib.suppress(DatabaseUnavailable, asyncpg.PostgresError):
-                async with acquire(pool) as connection:
-                    self.destinations = await EventRepository(connection).cursors()
-            await asyncio.sleep(self.REFRESH_SECONDS)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def collect(self) -> Iterable[Metric]:
-        received = CounterMetricFamily(
-            "pbxfront_events_received", "Events received and committed", labels=["outcome"]
-        )
-        received.add_metric(["stored"], sum(w.stored for w in self.writers))
-        received.add_metric(["deduplicated"], sum(w.repeats for w in self.writers))
-        yield received
-        yield CounterMetricFamily(
-            "pbxfront_events_commits",
-            "Group-commit transactions",
-            sum(w.batches for w in self.writers),
-        )
-        backlog = GaugeMetricFamily(
-            "pbxfront_events_backlog",
-            "Events not yet delivered to a syslog destination",
-            labels=["destination"],
-        )
-        age = GaugeMetricFamily(
-            "pbxfront_events_oldest_undelivered_seconds",
-            "Age of the oldest event not yet delivered to a destination",
-            labels=["destination"],
-        )
-        delivered = GaugeMetricFamily(
-            "pbxfront_events_delivered",
-            "Events delivered to a destination (cluster-wide)",
-            labels=["destination"],
-        )
-        now = datetime.now(UTC)
-        for cursor in self.destinations:
-            backlog.add_metric([cursor.name], cursor.backlog)
-            oldest = cursor.oldest_undelivered_at
-            age.add_metric([cursor.name], (now - oldest).total_seconds() if oldest else 0.0)
-            delivered.add_metric([cursor.name], cursor.delivered_total)
-        yield backlog
-        yield age
-        yield delivered
-
-
 @dataclass
 class EventsState:
     settings: Settings
@@ -196,13 +123,6 @@ class EventsState:
     devices: DeviceCache = field(default_factory=DeviceCache)
     forwarders: list[ForwardStatus] = field(default_factory=list)
     retention: PeriodicJob | None = None
-    collector: EventsCollector | None = None
-
-
-def register_collector(registry: CollectorRegistry) -> EventsCollector:
-    collector = EventsCollector()
-    registry.register(collector)
-    return collector
 
 
 STATE_KEY = web.AppKey("events_state", EventsState)

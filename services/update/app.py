@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from services.core.config import Settings
 from services.core.http import COMMENT_ERRORS_KEY
@@ -15,6 +16,7 @@ from services.core.ratelimit import AddressLimiter
 from services.core.resources import Resources
 from services.update import certificates, handlers
 from services.update.firmware import FirmwareStore
+from services.update.gauges import count_polls, devices_source
 from services.update.provisioning import BodyCache
 from services.update.scripts import ScriptStore
 from services.update.state import (
@@ -62,7 +64,9 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings, resources: Resources) -> web.Application:
-    app = web.Application()
+    polls: dict[Handler, str] = {handlers.staging: "staging", handlers.update: "update"}
+    app = web.Application(middlewares=[count_polls(resources.metrics, polls)])
+    resources.metrics.add_source("devices", devices_source(settings.update.poll_interval))
     app[SETTINGS_KEY] = settings
     app[STORE_KEY] = ScriptStore(settings.update.scripts_dir)
     app[FIRMWARE_KEY] = FirmwareStore(settings.update.firmware_dir)
