@@ -295,6 +295,39 @@ def cmd_accounts_remove(args: argparse.Namespace) -> int:
     return _with_database(args, work)
 
 
+def cmd_accounts_bind(args: argparse.Namespace) -> int:
+    from services.core import errors
+    from services.core.senderscope import SenderScopeRepository
+
+    if bool(args.all) == bool(args.customer):
+        raise UsageError("accounts bind: give --customer C (repeatable) or --all")
+
+    async def work(_settings: Settings, pool: asyncpg.Pool) -> int:
+        scopes = SenderScopeRepository(pool)
+        try:
+            await scopes.bind(args.name, None if args.all else list(args.customer))
+        except errors.NotFound as error:
+            raise UsageError(str(error)) from None
+        scope = await scopes.scope(args.name)
+        print(f"account {args.name} may write events and backups for: {scope.describe()}")
+        return 0
+
+    return _with_database(args, work)
+
+
+def cmd_accounts_unbind(args: argparse.Namespace) -> int:
+    from services.core.senderscope import SenderScopeRepository
+
+    async def work(_settings: Settings, pool: asyncpg.Pool) -> int:
+        scopes = SenderScopeRepository(pool)
+        removed = await scopes.unbind(args.name, list(args.customer) if args.customer else None)
+        scope = await scopes.scope(args.name)
+        print(f"removed {removed} binding(s); account {args.name}: {scope.describe()}")
+        return 0
+
+    return _with_database(args, work)
+
+
 def cmd_accounts_list(args: argparse.Namespace) -> int:
     from services.core.auth import AccountRepository
 
@@ -393,6 +426,28 @@ def build_parser() -> argparse.ArgumentParser:
     remove = account_actions.add_parser("remove", parents=[common], help="delete an account")
     remove.add_argument("name")
     remove.set_defaults(handler=cmd_accounts_remove)
+    bind = account_actions.add_parser(
+        "bind",
+        parents=[common],
+        help="let an event-sender account write events and backups for these customers' devices",
+    )
+    bind.add_argument("name", help="the event-sender account")
+    bind.add_argument(
+        "--customer",
+        action="append",
+        metavar="ID",
+        help="a customer id from the inventory (repeatable; added to the present bindings)",
+    )
+    bind.add_argument("--all", action="store_true", help="every customer, present and future")
+    bind.set_defaults(handler=cmd_accounts_bind)
+    unbind = account_actions.add_parser(
+        "unbind", parents=[common], help="remove an event-sender account's customer bindings"
+    )
+    unbind.add_argument("name", help="the event-sender account")
+    unbind.add_argument(
+        "--customer", action="append", metavar="ID", help="only this customer (repeatable)"
+    )
+    unbind.set_defaults(handler=cmd_accounts_unbind)
     listing = account_actions.add_parser("list", parents=[common], help="list accounts and roles")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_accounts_list)

@@ -35,6 +35,7 @@ from services.backup.repository import BackupRepository, InventoryDevice, Upload
 from services.core import db
 from services.core.auth import AccountRepository, Role
 from services.core.config import (
+    AdminSettings,
     BackupSettings,
     DatabaseSettings,
     ListenerSettings,
@@ -46,6 +47,7 @@ from services.core.http import mount_service
 from services.core.inventory import InventoryRepository, apply_inventory, read_inventory_file
 from services.core.resources import Resources
 from services.core.runner import Node, start_node
+from services.core.senderscope import SenderScopeRepository
 from tests.conftest import DEVICE_A, DEVICE_B, DEVICE_C, SessionPki, curl, service_cli, until
 
 MAC_A = "009033010203"
@@ -183,10 +185,12 @@ async def start_site(
         await apply_inventory(
             connection, read_inventory_file(repo_root / "config" / "inventory.example.toml")
         )
+    await SenderScopeRepository(pool).bind("sender", ["Kuenkel00001"])
     sites: list[Site] = []
 
-    async def start(**backup: Any) -> Site:
+    async def start(admin: AdminSettings | None = None, **backup: Any) -> Site:
         settings = Settings(
+            admin=admin or AdminSettings(),
             update=UpdateSettings(
                 scripts_dir=repo_root / "staging_scripts", firmware_dir=tmp_path / "firmware"
             ),
@@ -548,6 +552,61 @@ async def test_basic_credentials(site: Site, headers: dict[str, str], status: in
             offered = response.headers.getall("WWW-Authenticate")
             assert [c.split()[0] for c in offered] == ["Digest", "Digest", "Basic"]
     assert len(await site.versions()) == (1 if status == 201 else 0)
+
+
+async def add_other_customer(pool: asyncpg.Pool) -> None:
+    await pool.execute(
+        """INSERT INTO customers (id, frontend, name, system_name, country_code, area_code)
+           VALUES ('Other00002', 'sb1', 'Other', 'other.example', '49', '30')"""
+    )
+
+
+async def test_senders_write_only_for_their_customers(
+    start_site: SiteFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17: credentials bound to customer B cannot write a backup for A's device; an
+    unbound sender is refused unless admin.unbound_senders_any_customer keeps the old reach."""
+    site = await start_site()
+    await add_other_customer(site.pool)
+    accounts = AccountRepository(site.pool)
+    scopes = SenderScopeRepository(site.pool)
+    await accounts.add("sender-b", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD)
+    await scopes.bind("sender-b", ["Other00002"])
+    await accounts.add("legacy", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD)
+    await accounts.add("everyone", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD)
+    await scopes.bind("everyone", None)
+    session = await site.session()
+    url = f"{site.claimed}{PATH}/{DEVICE_A}.txt"
+
+    async def put(name: str, text: str = CONFIG_1) -> tuple[int, str]:
+        headers = basic(name, SENDER_PASSWORD)
+        async with session.put(url, data=text.encode(), headers=headers) as response:
+            return response.status, await response.text()
+
+    with caplog.at_level(logging.WARNING, logger="pbxfront.security"):
+        status, text = await put("sender-b")
+        assert (status, text) == (
+            403,
+            "account sender-b may not write for this device's customer\n",
+        )
+        status, text = await put("legacy")
+        assert status == 403
+        assert "bound to no customer" in text
+    lines = [r.getMessage() for r in caplog.records if "sender-forbidden" in r.getMessage()]
+    assert any("account=sender-b customer=Kuenkel00001 reason=other-customer" in m for m in lines)
+    assert any("account=legacy" in m and "reason=unbound" in m for m in lines)
+    assert await site.versions() == []  # nothing stored by a refused sender
+    assert (await put("sender"))[0] == 201  # bound to Kuenkel00001
+    assert (await put("everyone", CONFIG_1 + "x\r\n"))[0] == 201
+    # The config switch for a migration period: unbound senders keep today's reach.
+    legacy = await start_site(admin=AdminSettings(unbound_senders_any_customer=True))
+    legacy_session = await legacy.session()
+    async with legacy_session.put(
+        f"{legacy.claimed}{PATH}/{DEVICE_A}.txt",
+        data=(CONFIG_1 + "y\r\n").encode(),
+        headers=basic("legacy", SENDER_PASSWORD),
+    ) as response:
+        assert response.status == 201, await response.text()
 
 
 async def test_credentials_need_a_device_name(site: Site) -> None:

@@ -41,6 +41,7 @@ from services.core.http import mount_service
 from services.core.inventory import apply_inventory, read_inventory_file
 from services.core.resources import Resources
 from services.core.runner import Node, start_node
+from services.core.senderscope import SenderScopeRepository
 from services.events.app import create_admin_app, create_app
 from services.events.cli import register
 from services.events.parse import parse_event
@@ -431,6 +432,7 @@ async def start_site(
     await accounts.add("admin", frozenset({Role.ADMIN}), ADMIN_PASSWORD)
     await accounts.add("operator", frozenset({Role.OPERATOR}), OPERATOR_PASSWORD)
     await accounts.add("sender", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD)
+    await SenderScopeRepository(pool).bind("sender", None)
     async with pool.acquire() as connection:
         await apply_inventory(
             connection, read_inventory_file(repo_root / "config" / "inventory.example.toml")
@@ -1041,6 +1043,7 @@ async def test_kill_9_loses_no_acknowledged_event(
     """A real `pbxfront serve`, numbered events posted concurrently, SIGKILL in the middle: every
     event that got a 2xx is in the table after the restart."""
     await AccountRepository(pool).add("sender", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD)
+    await SenderScopeRepository(pool).bind("sender", None)
     config = tmp_path / "serve.toml"
     config.write_text(
         f"""

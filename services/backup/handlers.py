@@ -190,6 +190,13 @@ async def identify_uploader(request: web.Request, identity: DeviceIdentity) -> U
         device = await _inventory_device(request, identity)
         if device is None:
             raise _not_in_inventory(identity)
+        await request.app[DEVICE_AUTH_KEY].authorize(
+            request,
+            pool_of(request),
+            account,
+            device.customer,
+            unbound_any_customer=request.app[SETTINGS_KEY].admin.unbound_senders_any_customer,
+        )
         return Uploader(device, "credentials", account)
     if identity.mac is not None or identity.hardware_id is not None:
         device = await _inventory_device(request, identity)

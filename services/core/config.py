@@ -144,6 +144,10 @@ class AdminSettings:
     # Where the worker processes of one node keep their metric files (prometheus-client
     # multiprocess mode), emptied at every start; empty: <data_dir>/metrics.
     metrics_dir: Path | None = None
+    # An event-sender account bound to no customer (`pbxfront accounts bind`) may write events
+    # and backups for every customer's devices, as before bindings existed. Default: refused
+    # (403 and a security-log line); turn on only while you bind the existing accounts.
+    unbound_senders_any_customer: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,7 @@ from services.core.digest import (
 )
 from services.core.http import security_event
 from services.core.ratelimit import AddressLimiter
+from services.core.senderscope import SenderScopeRepository
 
 BASIC_CHALLENGE = 'Basic realm="pbxfront", charset="UTF-8"'
 
@@ -87,6 +88,34 @@ class DeviceAuth:
     def _failed(self, request: web.Request) -> None:
         if self.limiter is not None:
             self.limiter.spend(request.remote)
+
+    async def authorize(
+        self,
+        request: web.Request,
+        pool: asyncpg.Pool,
+        account: str,
+        customer: str | None,
+        *,
+        unbound_any_customer: bool,
+    ) -> None:
+        """Forbidden (and a security-log line) unless ``account`` is bound to ``customer`` (the
+        customer of the device it writes for; None: not in the inventory), to every customer,
+        or is unbound and ``unbound_any_customer`` (admin.unbound_senders_any_customer) says
+        unbound accounts keep their old reach (``core.senderscope``)."""
+        async with acquire(pool) as connection:
+            scope = await SenderScopeRepository(connection).scope(account)
+        if scope.allows(customer) or (not scope.bound and unbound_any_customer):
+            return
+        reason = "unbound" if not scope.bound else "other-customer"
+        security_event(
+            request, "sender-forbidden", account=account, customer=customer, reason=reason
+        )
+        if not scope.bound:
+            raise errors.Forbidden(
+                f"account {account} is bound to no customer: "
+                "an operator binds it with `pbxfront accounts bind`"
+            )
+        raise errors.Forbidden(f"account {account} may not write for this device's customer")
 
     async def sender_account(self, request: web.Request, pool: asyncpg.Pool, header: str) -> str:
         """The event-sender account whose Basic or Digest credentials ``header`` carries;

@@ -211,6 +211,15 @@ async def receive_event(request: web.Request) -> web.Response:
         mac, hardware_id = _named_device(
             identity, parsed.device_mac, parsed.device_hardware_id, parsed.problems
         )
+    if sender.account is not None:
+        named = await state.devices.lookup(pool, mac, hardware_id) if mac or hardware_id else None
+        await state.auth.authorize(
+            request,
+            pool,
+            sender.account,
+            named.customer if named is not None else None,
+            unbound_any_customer=settings.admin.unbound_senders_any_customer,
+        )
     event = NewEvent(
         received_at=received_at,
         parsed=parsed,
