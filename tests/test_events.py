@@ -442,7 +442,7 @@ async def start_site(
     async def start(site_pool: asyncpg.Pool | None = None, **events: Any) -> Site:
         settings = Settings(
             database=DatabaseSettings(url=database_url),
-            admin=AdminSettings(metrics_interval=0.2),
+            admin=AdminSettings(metrics_interval=1.0),
             update=UpdateSettings(
                 scripts_dir=repo_root / "staging_scripts", firmware_dir=tmp_path / "firmware"
             ),

@@ -14,6 +14,7 @@ wrong, so it cannot tell a hit from a miss.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import asyncpg
@@ -31,7 +32,10 @@ from services.core.digest import (
 )
 from services.core.http import security_event
 from services.core.ratelimit import AddressLimiter
-from services.core.senderscope import SenderScopeRepository
+from services.core.senderscope import SenderScope, SenderScopeRepository
+
+# Seconds an account's customer bindings are cached per process.
+SCOPE_TTL = 5.0
 
 BASIC_CHALLENGE = 'Basic realm="pbxfront", charset="UTF-8"'
 
@@ -55,6 +59,7 @@ class DeviceAuth:
         self._authenticator: DigestAuthenticator | None = None
         self._lock = asyncio.Lock()
         self.basic_cache = VerifiedCache()
+        self._scopes: dict[str, tuple[float, SenderScope]] = {}
         self.limiter = limiter
 
     async def authenticator(self, pool: asyncpg.Pool) -> DigestAuthenticator:
@@ -102,8 +107,7 @@ class DeviceAuth:
         customer of the device it writes for; None: not in the inventory), to every customer,
         or is unbound and ``unbound_any_customer`` (admin.unbound_senders_any_customer) says
         unbound accounts keep their old reach (``core.senderscope``)."""
-        async with acquire(pool) as connection:
-            scope = await SenderScopeRepository(connection).scope(account)
+        scope = await self._scope(pool, account)
         if scope.allows(customer) or (not scope.bound and unbound_any_customer):
             return
         reason = "unbound" if not scope.bound else "other-customer"
@@ -116,6 +120,20 @@ class DeviceAuth:
                 "an operator binds it with `pbxfront accounts bind`"
             )
         raise errors.Forbidden(f"account {account} may not write for this device's customer")
+
+    async def _scope(self, pool: asyncpg.Pool, account: str) -> SenderScope:
+        """The account's bindings, cached for SCOPE_TTL seconds (a device sends often; a
+        binding changes rarely and takes effect within that time on every node)."""
+        now = time.monotonic()
+        cached = self._scopes.get(account)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with acquire(pool) as connection:
+            scope = await SenderScopeRepository(connection).scope(account)
+        if len(self._scopes) > 10000:
+            self._scopes.clear()
+        self._scopes[account] = (now + SCOPE_TTL, scope)
+        return scope
 
     async def sender_account(self, request: web.Request, pool: asyncpg.Pool, header: str) -> str:
         """The event-sender account whose Basic or Digest credentials ``header`` carries;
