@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -359,11 +359,14 @@ class _AlwaysRule(AbstractRuleMatching):
 
 def mount_service(root: web.Application, service: web.Application) -> None:
     """Put ``service`` under ``root`` with aiohttp's public API only: its resource goes into the
-    root's router, and the root's startup, shutdown and cleanup run the service's own (its
-    ``cleanup_ctx`` included), in mount order, as aiohttp chains its own sub-applications.
+    root's router, and one ``cleanup_ctx`` of the root starts the service (its own
+    ``cleanup_ctx`` included) and cleans it up, in mount order and reverse, like any other
+    resource of the root; the root's shutdown runs the service's.
 
     The service is pre-frozen here (router, middlewares, signals fixed, as aiohttp does when it
-    adds a sub-application) and frozen once it has started, as the runner freezes the root.
+    adds a sub-application) and frozen once it has started, as the runner freezes the root. A
+    service whose start fails is cleaned up at once (what of it did start, e.g. a listening
+    connection), and a root whose start fails cleans up the services started before it.
     """
     if root.frozen:
         raise RuntimeError("cannot mount a service into a started application")
@@ -372,19 +375,23 @@ def mount_service(root: web.Application, service: web.Application) -> None:
     service.pre_freeze()
     root.router.register_resource(ServiceResource(service))
 
-    async def start(_root: web.Application) -> None:
-        await service.startup()
+    async def service_ctx(_root: web.Application) -> AsyncIterator[None]:
+        try:
+            await service.startup()
+        except BaseException:
+            await service.cleanup()
+            raise
         service.freeze()
+        try:
+            yield
+        finally:
+            await service.cleanup()
 
     async def shutdown(_root: web.Application) -> None:
         await service.shutdown()
 
-    async def cleanup(_root: web.Application) -> None:
-        await service.cleanup()
-
-    root.on_startup.append(start)
+    root.cleanup_ctx.append(service_ctx)
     root.on_shutdown.append(shutdown)
-    root.on_cleanup.append(cleanup)
 
 
 def create_listener_app(

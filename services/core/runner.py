@@ -178,7 +178,13 @@ async def start_node(
                 shutdown_timeout=settings.limits.shutdown_timeout,
                 handle_signals=False,
             )
-            await runner.setup()
+            try:
+                await runner.setup()
+            except BaseException:
+                # aiohttp leaves a root whose start failed as it is: undo what did start (the
+                # services mounted before the failing one, their listening connections...).
+                await app.cleanup()
+                raise
             node.runners.append(runner)
             files = tls_files(listener)
             holder = ContextHolder(files) if files is not None else None
