@@ -18,6 +18,7 @@ import asyncpg
 from aiohttp import web
 
 from services.core.config import ConfigError, ListenerSettings, Settings
+from services.core.resources import Resources
 from services.core.runner import ServiceFactories, StreamService
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 def service_factories() -> ServiceFactories:
     """Every service this version ships, by name. Imported lazily: a node pays only for its own."""
 
-    def admin(settings: Settings) -> web.Application:
+    def admin(settings: Settings, resources: Resources) -> web.Application:
         from services.admin.app import create_app
         from services.backup.app import create_archive_app
         from services.core.http import mount_service
@@ -52,50 +53,50 @@ def service_factories() -> ServiceFactories:
         # The operator console (/ui/), reading and acting through each service's console module.
         from services.console.app import create_app as create_console_app
 
-        mount_service(app, create_console_app(settings, console_sources()))
+        mount_service(app, create_console_app(settings, console_sources(), resources.pool))
         return app
 
-    def backup(settings: Settings) -> web.Application:
+    def backup(settings: Settings, resources: Resources) -> web.Application:
         from services.backup.app import create_app
 
-        return create_app(settings)
+        return create_app(settings, resources)
 
-    def contacts(settings: Settings) -> web.Application:
+    def contacts(settings: Settings, resources: Resources) -> web.Application:
         from services.contacts.app import create_app
 
         return create_app(settings)
 
-    def events(settings: Settings) -> web.Application:
+    def events(settings: Settings, resources: Resources) -> web.Application:
         from services.events.app import create_app
 
-        return create_app(settings)
+        return create_app(settings, resources)
 
-    def redirect(settings: Settings) -> web.Application:
+    def redirect(settings: Settings, resources: Resources) -> web.Application:
         from services.redirect.app import create_device_app
 
         return create_device_app(settings)
 
-    def update(settings: Settings) -> web.Application:
+    def update(settings: Settings, resources: Resources) -> web.Application:
         from services.update.app import create_app
 
-        return create_app(settings)
+        return create_app(settings, resources)
 
-    def metrics(settings: Settings) -> web.Application:
+    def metrics(settings: Settings, resources: Resources) -> web.Application:
         from services.core.http import create_metrics_app
 
         return create_metrics_app()
 
-    def noop(settings: Settings) -> web.Application:
+    def noop(settings: Settings, resources: Resources) -> web.Application:
         from services.bench.noop import create_app
 
         return create_app(settings)
 
-    def directory(settings: Settings) -> StreamService:
+    def directory(settings: Settings, resources: Resources) -> StreamService:
         from services.directory.app import create_service
 
-        return create_service(settings)
+        return create_service(settings, resources.metrics)
 
-    factories: dict[str, Callable[[Settings], web.Application | StreamService]] = {
+    factories: dict[str, Callable[[Settings, Resources], web.Application | StreamService]] = {
         "directory": directory,
         "admin": admin,
         "update": update,

@@ -29,6 +29,7 @@ from aiohttp import web
 from services.core import db
 from services.core.auth import AccountRepository, Role
 from services.core.config import (
+    AdminSettings,
     ConfigError,
     DatabaseSettings,
     EventsSettings,
@@ -39,7 +40,9 @@ from services.core.config import (
 )
 from services.core.http import mount_service
 from services.core.inventory import apply_inventory, read_inventory_file
+from services.core.resources import Resources
 from services.core.runner import Node, start_node
+from services.core.senderscope import SenderScopeRepository
 from services.events.app import create_admin_app, create_app
 from services.events.cli import register
 from services.events.parse import parse_event
@@ -252,7 +255,8 @@ def test_destination_urls() -> None:
             parse_destination(bad)
     with pytest.raises(ConfigError, match="share the name"):
         create_app(
-            Settings(events=EventsSettings(destinations=("udp://a:1?name=x", "tcp://b:2?name=x")))
+            Settings(events=EventsSettings(destinations=("udp://a:1?name=x", "tcp://b:2?name=x"))),
+            Resources(None),
         )
 
 
@@ -359,11 +363,11 @@ async def rsyslog(tmp_path: Path) -> AsyncIterator[Rsyslog]:
 # --- a site: the events service on real listeners ----------------------------------------------
 
 
-def events_factory(settings: Settings) -> web.Application:
-    return create_app(settings)
+def events_factory(settings: Settings, resources: Resources) -> web.Application:
+    return create_app(settings, resources)
 
 
-def admin_factory(settings: Settings) -> web.Application:
+def admin_factory(settings: Settings, _resources: Resources) -> web.Application:
     from services.admin.app import create_app as create_admin
 
     app = create_admin(settings)
@@ -429,6 +433,7 @@ async def start_site(
     await accounts.add("admin", frozenset({Role.ADMIN}), ADMIN_PASSWORD)
     await accounts.add("operator", frozenset({Role.OPERATOR}), OPERATOR_PASSWORD)
     await accounts.add("sender", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD)
+    await SenderScopeRepository(pool).bind("sender", None)
     async with pool.acquire() as connection:
         await apply_inventory(
             connection, read_inventory_file(repo_root / "config" / "inventory.example.toml")
@@ -441,6 +446,7 @@ async def start_site(
         settings = Settings(
             limits=limits or LimitSettings(),
             database=DatabaseSettings(url=database_url),
+            admin=AdminSettings(metrics_interval=1.0),
             update=UpdateSettings(
                 grace_seconds=0,
                 scripts_dir=repo_root / "staging_scripts",
@@ -794,10 +800,15 @@ async def test_forwarding_over_tcp_survives_a_receiver_restart(
     assert all(line.startswith("<") and "Kuenkel00001" in line for line in lines)
     await until(lambda: destination_delivered(site, 300), timeout=10)
     session = await site.session()
-    async with session.get(
-        site.admin + "/metrics", headers=basic("admin", ADMIN_PASSWORD)
-    ) as response:
-        assert 'pbxfront_events_backlog{destination="tcp://127.0.0.1' in await response.text()
+
+    async def backlog_reported() -> bool:
+        async with session.get(
+            site.admin + "/metrics", headers=basic("admin", ADMIN_PASSWORD)
+        ) as response:
+            text = await response.text()
+        return 'pbxfront_events_backlog{destination="tcp://127.0.0.1' in text
+
+    await until(backlog_reported)
 
 
 async def raise_backup_alert(pool: asyncpg.Pool, kind: str, message: str) -> int:
@@ -1044,6 +1055,7 @@ async def test_kill_9_loses_no_acknowledged_event(
     """A real `pbxfront serve`, numbered events posted concurrently, SIGKILL in the middle: every
     event that got a 2xx is in the table after the restart."""
     await AccountRepository(pool).add("sender", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD)
+    await SenderScopeRepository(pool).bind("sender", None)
     config = tmp_path / "serve.toml"
     config.write_text(
         f"""

@@ -45,7 +45,7 @@ from services.core.config import (
 )
 from services.core.inventory import apply_inventory, parse_inventory
 from services.core.runner import Node, start_node
-from services.directory.app import create_service
+from services.serve import service_factories
 from tests.conftest import DEVICE_A, DEVICE_C, SessionPki, curl, run_wired_cli, until
 from tests.test_directory import (
     INVENTORY,
@@ -113,7 +113,7 @@ async def directory_node(pool: asyncpg.Pool) -> AsyncIterator[Node]:
     await put_contacts(pool, KUENKEL, KUENKEL_CONTACTS)
     settings = Settings(directory=DirectorySettings(bind_timeout=1.5, max_connections=1000))
     listeners = {"plain": ListenerSettings(port=0, services=("directory",), tls=False)}
-    node = await start_node(settings, pool, listeners, {"directory": create_service})
+    node = await start_node(settings, pool, listeners, service_factories())
     server: Any = node.streams["directory"]
     await until(lambda: server.cache.live)
     yield node

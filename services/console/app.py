@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.resources
 
+import asyncpg
 import jinja2
 from aiohttp import web
 
@@ -21,7 +22,6 @@ from services.console.state import (
     DEVICE_TYPES_KEY,
     MIGRATIONS_KEY,
     PREFIX,
-    PRUNE_KEY,
     SETTINGS_KEY,
     SOURCES_KEY,
     STATIC_KEY,
@@ -60,7 +60,9 @@ def _environment() -> jinja2.Environment:
     return environment
 
 
-def create_app(settings: Settings, sources: Sources) -> web.Application:
+def create_app(
+    settings: Settings, sources: Sources, pool: asyncpg.Pool | None = None
+) -> web.Application:
     app = web.Application(
         middlewares=[
             security.headers_middleware,
@@ -86,10 +88,13 @@ def create_app(settings: Settings, sources: Sources) -> web.Application:
     app[MIGRATIONS_KEY] = load_migrations()
     app[DEVICE_TYPES_KEY] = Remembered(ttl=60.0)
     idle = admin.console_idle_timeout
+    # Expired sessions go from node start on (without a pool, e.g. in unit use: never).
     job = PeriodicJob(
-        "console session pruning", 600.0, lambda pool: SessionRepository(pool).prune(idle)
+        "console session pruning",
+        600.0,
+        lambda connection_pool: SessionRepository(connection_pool).prune(idle),
+        pool,
     )
-    app[PRUNE_KEY] = job
     app.cleanup_ctx.append(job.context)
     handlers.add_routes(app, PREFIX)
     return app

@@ -25,7 +25,6 @@ from services.console.state import (
     ADDRESS_LIMITER_KEY,
     COOKIE_KEY,
     PREFIX,
-    PRUNE_KEY,
     SESSION_KEY,
     SETTINGS_KEY,
     VERIFIED_KEY,
@@ -96,15 +95,13 @@ def _login_redirect(request: web.Request) -> web.HTTPSeeOther:
 @web.middleware
 async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every page but the login and static files needs a live session; POSTs its CSRF token."""
-    pool = request.config_dict[POOL_KEY]
-    request.app[PRUNE_KEY].ensure_started(pool)
     if request.path.startswith(_PUBLIC):
         return await handler(request)
     token = request.cookies.get(SESSION_COOKIE, "")
     session = None
     if token:
         idle = request.app[SETTINGS_KEY].admin.console_idle_timeout
-        async with acquire(pool) as connection:
+        async with acquire(request.config_dict[POOL_KEY]) as connection:
             session = await SessionRepository(connection).use(token, idle)
     if session is None:
         if request.method != "GET":

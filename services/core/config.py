@@ -185,6 +185,16 @@ class AdminSettings:
     console_login_failure_per_second: float = dataclasses.field(
         default=0.05, metadata=_check(_range(0.0001, 1000))
     )
+    # Seconds between two runs of the node's metrics collector (the /metrics gauges read from
+    # PostgreSQL: devices by state, stale backups, events backlog, certificate expiry).
+    metrics_interval: float = dataclasses.field(default=15.0, metadata=_check(_range(0.1, 3600)))
+    # Where the worker processes of one node keep their metric files (prometheus-client
+    # multiprocess mode), emptied at every start; empty: <data_dir>/metrics.
+    metrics_dir: Path | None = None
+    # An event-sender account bound to no customer (`pbxfront accounts bind`) may write events
+    # and backups for every customer's devices, as before bindings existed. Default: refused
+    # (403 and a security-log line); turn on only while you bind the existing accounts.
+    unbound_senders_any_customer: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -669,6 +679,11 @@ class CaSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    # The directory every relative path of these settings is resolved against (data_dir,
+    # scripts, firmware, certificates ...). Empty: relative paths stay relative to the working
+    # directory. The systemd unit sets it (PBXFRONT_BASE_DIR=/var/lib/pbxfront), so a relative
+    # default never lands under "/".
+    base_dir: Path | None = None
     # Where pbxfront keeps local state: the embedded PostgreSQL, demo certificates.
     data_dir: Path = Path("var")
     # This node's Frontend id in the inventory (e.g. "sb1").
@@ -886,8 +901,30 @@ def load_settings(
     if overrides:
         merged = _merge(merged, overrides)
     settings: Settings = _build(Settings, merged, "")
+    if settings.base_dir is not None:
+        if not settings.base_dir.is_absolute():
+            raise ConfigError("base_dir: must be an absolute path")
+        settings = _resolved(settings, settings.base_dir)
     validate(settings)
     return settings
+
+
+def _resolved(value: Any, base: Path) -> Any:
+    """``value`` with every relative Path in it (dataclasses, tuples, dicts) made absolute
+    against ``base``."""
+    if isinstance(value, Path):
+        return value if value.is_absolute() else base / value
+    if isinstance(value, tuple):
+        return tuple(_resolved(item, base) for item in value)
+    if isinstance(value, dict):
+        return {key: _resolved(item, base) for key, item in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {
+            field.name: _resolved(getattr(value, field.name), base)
+            for field in dataclasses.fields(value)
+        }
+        return dataclasses.replace(value, **changes)
+    return value
 
 
 def validate(settings: Settings) -> None:

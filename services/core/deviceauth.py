@@ -15,6 +15,7 @@ turn in the guard's hash gate.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import asyncpg
@@ -38,6 +39,11 @@ from services.core.digest import (
     load_secret,
     parse_digest,
 )
+from services.core.http import security_event
+from services.core.senderscope import SenderScope, SenderScopeRepository
+
+# Seconds an account's customer bindings are cached per process.
+SCOPE_TTL = 5.0
 
 BASIC_CHALLENGE = 'Basic realm="pbxfront", charset="UTF-8"'
 
@@ -55,6 +61,7 @@ class DeviceAuth:
         self._authenticator: DigestAuthenticator | None = None
         self._lock = asyncio.Lock()
         self.basic_cache = VerifiedCache()
+        self._scopes: dict[str, tuple[float, SenderScope]] = {}
 
     async def authenticator(self, pool: asyncpg.Pool) -> DigestAuthenticator:
         if self._authenticator is None:
@@ -74,6 +81,47 @@ class DeviceAuth:
     async def unauthenticated(self, pool: asyncpg.Pool, message: str) -> errors.Unauthenticated:
         """A 401 offering every challenge (raise it)."""
         return errors.Unauthenticated(message, await self.challenges(pool))
+
+    async def authorize(
+        self,
+        request: web.Request,
+        pool: asyncpg.Pool,
+        account: str,
+        customer: str | None,
+        *,
+        unbound_any_customer: bool,
+    ) -> None:
+        """Forbidden (and a security-log line) unless ``account`` is bound to ``customer`` (the
+        customer of the device it writes for; None: not in the inventory), to every customer,
+        or is unbound and ``unbound_any_customer`` (admin.unbound_senders_any_customer) says
+        unbound accounts keep their old reach (``core.senderscope``)."""
+        scope = await self._scope(pool, account)
+        if scope.allows(customer) or (not scope.bound and unbound_any_customer):
+            return
+        reason = "unbound" if not scope.bound else "other-customer"
+        security_event(
+            request, "sender-forbidden", account=account, customer=customer, reason=reason
+        )
+        if not scope.bound:
+            raise errors.Forbidden(
+                f"account {account} is bound to no customer: "
+                "an operator binds it with `pbxfront accounts bind`"
+            )
+        raise errors.Forbidden(f"account {account} may not write for this device's customer")
+
+    async def _scope(self, pool: asyncpg.Pool, account: str) -> SenderScope:
+        """The account's bindings, cached for SCOPE_TTL seconds (a device sends often; a
+        binding changes rarely and takes effect within that time on every node)."""
+        now = time.monotonic()
+        cached = self._scopes.get(account)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with acquire(pool) as connection:
+            scope = await SenderScopeRepository(connection).scope(account)
+        if len(self._scopes) > 10000:
+            self._scopes.clear()
+        self._scopes[account] = (now + SCOPE_TTL, scope)
+        return scope
 
     async def sender_account(self, request: web.Request, pool: asyncpg.Pool, header: str) -> str:
         """The event-sender account whose Basic or Digest credentials ``header`` carries;

@@ -16,7 +16,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -25,7 +25,6 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResource, MatchInfoError
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from services.core import errors
@@ -33,6 +32,7 @@ from services.core.config import LimitSettings
 from services.core.db import DatabaseUnavailable
 from services.core.identity import IdentityConflict, IdentityError, printable
 from services.core.inputs import text_problem
+from services.core.metrics import METRICS_KEY, Metrics
 
 if TYPE_CHECKING:
     from aiohttp.web_urldispatcher import _InfoDict
@@ -59,40 +59,6 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
         return True
-
-
-class Metrics:
-    """Per-process Prometheus collectors, kept on the application (no module globals)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "pbxfront_http_requests",
-            "HTTP requests answered",
-            ["service", "route", "method", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "pbxfront_http_request_duration_seconds",
-            "Time from request start to response",
-            ["service", "route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-            registry=self.registry,
-        )
-        self._shared: dict[str, Any] = {}
-
-    def shared(self, key: str, build: Callable[[CollectorRegistry], Any]) -> Any:
-        """The one object ``build`` made for ``key`` on this registry: a service mounted on
-        several listeners of a node registers its collectors once and shares them."""
-        if key not in self._shared:
-            self._shared[key] = build(self.registry)
-        return self._shared[key]
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-METRICS_KEY = web.AppKey("metrics", Metrics)
 
 
 def _status_for(error: BaseException) -> int | None:
@@ -497,7 +463,40 @@ class _AlwaysRule(AbstractRuleMatching):
 
 
 def mount_service(root: web.Application, service: web.Application) -> None:
-    root._add_subapp(partial(ServiceResource, service), service)
+    """Put ``service`` under ``root`` with aiohttp's public API only: its resource goes into the
+    root's router, and one ``cleanup_ctx`` of the root starts the service (its own
+    ``cleanup_ctx`` included) and cleans it up, in mount order and reverse, like any other
+    resource of the root; the root's shutdown runs the service's.
+
+    The service is pre-frozen here (router, middlewares, signals fixed, as aiohttp does when it
+    adds a sub-application) and frozen once it has started, as the runner freezes the root. A
+    service whose start fails is cleaned up at once (what of it did start, e.g. a listening
+    connection), and a root whose start fails cleans up the services started before it.
+    """
+    if root.frozen:
+        raise RuntimeError("cannot mount a service into a started application")
+    if service.frozen:
+        raise RuntimeError("this service application is already mounted or started")
+    service.pre_freeze()
+    root.router.register_resource(ServiceResource(service))
+
+    async def service_ctx(_root: web.Application) -> AsyncIterator[None]:
+        try:
+            await service.startup()
+        except BaseException:
+            await service.cleanup()
+            raise
+        service.freeze()
+        try:
+            yield
+        finally:
+            await service.cleanup()
+
+    async def shutdown(_root: web.Application) -> None:
+        await service.shutdown()
+
+    root.cleanup_ctx.append(service_ctx)
+    root.on_shutdown.append(shutdown)
 
 
 def create_listener_app(

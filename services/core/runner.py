@@ -36,11 +36,14 @@ from aiohttp import web
 from services.core.config import STREAM_SCHEMES, ConfigError, ListenerSettings, Settings
 from services.core.db import pool_ctx
 from services.core.guard import ConnectionGuard
-from services.core.http import AccessLogger, Metrics, create_listener_app
+from services.core.http import AccessLogger, create_listener_app
+from services.core.metrics import Metrics, enable_multiprocess, node_collector, process_exited
+from services.core.resources import Resources
 from services.core.revocation import Revocations, RevocationWatcher
 from services.core.tls import (
     ContextHolder,
     GuardedSite,
+    TlsCounters,
     TlsFiles,
     bind_socket,
     build_server_context,
@@ -68,8 +71,9 @@ class StreamService(Protocol):
     async def close(self) -> None: ...
 
 
-# name -> factory building that service's application (or stream service) from the settings.
-ServiceFactories = Mapping[str, Callable[[Settings], web.Application | StreamService]]
+# name -> factory building that service's application (or stream service) from the settings and
+# the process's resources (pool, metrics), so its background jobs start with the node.
+ServiceFactories = Mapping[str, Callable[[Settings, Resources], web.Application | StreamService]]
 
 
 def sd_notify(message: str) -> None:
@@ -147,6 +151,11 @@ async def start_node(
     """Build and start one application per listener. ``sockets`` are pre-bound ones to use."""
     node = Node()
     metrics = Metrics()
+    resources = Resources(pool, metrics)
+    collector_started = False
+    ca_certificate = settings.ca.paths(settings.data_dir)[0]
+    if await asyncio.to_thread(ca_certificate.is_file):
+        metrics.add_certificate("ca", "root", ca_certificate)
     try:
         asking = any(item.tls and item.request_client_certificate for item in listeners.values())
         if asking and pool is not None:
@@ -154,22 +163,25 @@ async def start_node(
             await node.revocations.start(pool)
         for name, listener in listeners.items():
             if _stream_service(listener) is not None:
-                await _start_stream(node, settings, pool, name, listener, factories, sockets)
+                await _start_stream(node, settings, resources, name, listener, factories, sockets)
                 continue
             services: dict[str, web.Application] = {}
             for service in listener.services:
-                built = factories[service](settings)
+                built = factories[service](settings, resources)
                 if not isinstance(built, web.Application):
                     raise ConfigError(
                         f"listeners.{name}.services: {service!r} is not an HTTP service"
                     )
                 services[service] = built
+            serve_metrics = "admin" in listener.services
             app = create_listener_app(
-                settings.limits,
-                services,
-                metrics=metrics,
-                serve_metrics="admin" in listener.services,
+                settings.limits, services, metrics=metrics, serve_metrics=serve_metrics
             )
+            if serve_metrics and not collector_started:
+                # One collector per process; the workers of a node elect one (metrics.py).
+                collector_started = True
+                job = node_collector(metrics, pool, settings.admin.metrics_interval)
+                app.cleanup_ctx.append(job.context)
             if pool is not None:
                 app.cleanup_ctx.append(pool_ctx(pool))
             runner = web.AppRunner(
@@ -181,12 +193,22 @@ async def start_node(
                 shutdown_timeout=settings.limits.shutdown_timeout,
                 handle_signals=False,
             )
-            await runner.setup()
+            try:
+                await runner.setup()
+            except BaseException:
+                # aiohttp leaves a root whose start failed as it is: undo what did start (the
+                # services mounted before the failing one, their listening connections...).
+                await app.cleanup()
+                raise
             node.runners.append(runner)
             files = tls_files(listener)
             holder = ContextHolder(files) if files is not None else None
             if holder is not None:
                 node.holders.append(holder)
+                metrics.add_certificate("server", name, holder.files.certificate)
+                for anchor in holder.files.client_ca:
+                    # The first certificate of a trust-anchor bundle (e.g. the demo CA).
+                    metrics.add_certificate("ca", anchor.name, anchor)
             sock = (sockets or {}).get(name) or bind_socket(
                 listener.host, listener.port, reuse_port=False
             )
@@ -206,6 +228,7 @@ async def start_node(
                 revocations=node.revocations.revocations
                 if node.revocations is not None and listener.request_client_certificate
                 else None,
+                observer=TlsCounters(metrics, name),
             )
             await site.start()
             node.addresses[name] = site.name
@@ -233,7 +256,7 @@ def listener_url(listener: ListenerSettings, host: str, port: int) -> str:
 async def _start_stream(
     node: Node,
     settings: Settings,
-    pool: asyncpg.Pool | None,
+    resources: Resources,
     name: str,
     listener: ListenerSettings,
     factories: ServiceFactories,
@@ -249,7 +272,7 @@ async def _start_stream(
         )
     service = node.streams.get(service_name)
     if service is None:
-        built = factories[service_name](settings)
+        built = factories[service_name](settings, resources)
         if not isinstance(built, StreamService) or isinstance(built, web.Application):
             raise ConfigError(f"listeners.{name}.services: {service_name!r} is not a stream")
         service = built
@@ -260,7 +283,7 @@ async def _start_stream(
         node.holders.append(holder)
     sock = (sockets or {}).get(name) or bind_socket(listener.host, listener.port, reuse_port=False)
     host, port = sock.getsockname()[:2]
-    await service.start(sock, holder, pool, listener)
+    await service.start(sock, holder, resources.pool, listener)
     node.addresses[name] = listener_url(listener, host, port)
 
 
@@ -385,6 +408,8 @@ def _run_workers(
         _host, port = sock.getsockname()[:2]
         resolved[name] = dataclasses.replace(listener, port=port)
 
+    # One metrics directory per node, emptied now: /metrics adds up every worker's files.
+    enable_multiprocess(settings.admin.metrics_dir or settings.data_dir / "metrics")
     ready_read, ready_write = os.pipe()
 
     def spawn() -> int:
@@ -480,6 +505,7 @@ def _run_workers(
             time.sleep(0.05)
             continue
         children.discard(pid)
+        process_exited(pid)
         code = os.waitstatus_to_exitcode(wait_status)
         if stopping:
             continue

@@ -27,6 +27,9 @@ from aiohttp import web
 from services.core.guard import AcceptLoop, ConnectionGuard, Ticket, peer_text
 from services.core.revocation import Revocations, log_refused
 
+if typing.TYPE_CHECKING:
+    from services.core.metrics import Metrics
+
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("pbxfront.security")
 
@@ -192,6 +195,25 @@ def log_handshake_failed(peer: str, error: BaseException) -> None:
     security_log.warning("pbxfront security: tls-handshake-failed from %s reason=%s", peer, reason)
 
 
+class TlsCounters:
+    """Counts one listener's TLS handshakes (resumed or not) and failures into the metrics."""
+
+    def __init__(self, metrics: Metrics, listener: str) -> None:
+        self._handshakes = {
+            True: metrics.tls_handshakes.labels(listener, "yes"),
+            False: metrics.tls_handshakes.labels(listener, "no"),
+        }
+        self._failures = metrics.tls_failures.labels(listener)
+
+    def completed(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        resumed = bool(getattr(ssl_object, "session_reused", False))
+        self._handshakes[resumed].inc()
+
+    def failed(self) -> None:
+        self._failures.inc()
+
+
 async def _readable(sock: socket.socket, seconds: float) -> bool:
     """Whether ``sock`` has something to read (or EOF) within ``seconds``."""
     loop = asyncio.get_running_loop()
@@ -218,6 +240,7 @@ async def start_connection(
     peer: str,
     holder: ContextHolder | None,
     handshake_timeout: float,
+    observer: TlsCounters | None = None,
 ) -> asyncio.BaseTransport | None:
     """Hand an accepted socket to the event loop, through TLS if ``holder`` is set.
 
@@ -242,9 +265,13 @@ async def start_connection(
             ssl_handshake_timeout=remaining,
         )
     except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as error:
+        if observer is not None:
+            observer.failed()
         log_handshake_failed(peer, error)
         connection.close()
         return None
+    if observer is not None:
+        observer.completed(transport)
     return transport
 
 
@@ -256,6 +283,7 @@ class GuardedSite(web.BaseSite):
         "_handshake_timeout",
         "_header_timeout",
         "_holder",
+        "_observer",
         "_revocations",
         "_sock",
     )
@@ -271,8 +299,10 @@ class GuardedSite(web.BaseSite):
         guard: ConnectionGuard,
         revocations: Revocations | None = None,
         backlog: int = 1024,
+        observer: TlsCounters | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
+        self._observer = observer
         self._sock = sock
         self._holder = holder
         self._handshake_timeout = handshake_timeout
@@ -305,7 +335,7 @@ class GuardedSite(web.BaseSite):
             return _GuardedProtocol(server(), self._header_timeout, ticket, name, revocations)
 
         transport = await start_connection(
-            factory, connection, name, self._holder, self._handshake_timeout
+            factory, connection, name, self._holder, self._handshake_timeout, self._observer
         )
         if transport is None:
             ticket.release()

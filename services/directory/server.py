@@ -32,6 +32,7 @@ from services.core.config import DirectorySettings, ListenerSettings
 from services.core.db import DatabaseUnavailable
 from services.core.guard import AcceptLoop, ConnectionGuard, Ticket, peer_address, peer_text
 from services.core.identity import printable
+from services.core.metrics import Metrics
 from services.core.ratelimit import AddressLimiter
 from services.core.tls import ContextHolder, start_connection
 from services.directory import dn as dn_syntax
@@ -105,13 +106,21 @@ def select(
 class DirectoryServer:
     """The directory service on any number of listeners in this process."""
 
-    def __init__(self, settings: DirectorySettings) -> None:
+    def __init__(self, settings: DirectorySettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.limiter = AddressLimiter(settings.bind_failure_burst, settings.bind_failure_per_second)
         self.verified = VerifiedCache()
         self._pool: asyncpg.Pool | None = None
         self._cache: DirectoryCache | None = None
         self._listeners: list[_Listener] = []
+
+    def count(self, operation: str, code: ResultCode) -> None:
+        """One bind or search answered, by result (``success``, ``invalid_credentials`` …)."""
+        if self.metrics is None:
+            return
+        counter = self.metrics.ldap_binds if operation == "bind" else self.metrics.ldap_searches
+        counter.labels(code.name.lower()).inc()
 
     @property
     def cache(self) -> DirectoryCache:
@@ -433,6 +442,7 @@ class _Connection:
         self.identity = None
 
         async def answer(code: ResultCode, text: str = "") -> None:
+            self.server.count("bind", code)
             await self._send(ldap.result(mid, Op.BIND_RESPONSE, code, text))
 
         if request.version != 3:
@@ -504,6 +514,7 @@ class _Connection:
     # --- search ----------------------------------------------------------------------------
 
     async def _done(self, mid: int, code: ResultCode, text: str = "", matched: str = "") -> None:
+        self.server.count("search", code)
         await self._send(ldap.result(mid, Op.SEARCH_RESULT_DONE, code, text, matched))
 
     async def _search(self, mid: int, request: ldap.SearchRequest) -> None:
@@ -619,6 +630,7 @@ class _Connection:
                     code, text = ResultCode.TIME_LIMIT_EXCEEDED, f"search took over {seconds:g} s"
                     break
         batch.append(ldap.result(mid, Op.SEARCH_RESULT_DONE, code, text))
+        self.server.count("search", code)
         await self._send(b"".join(batch))
 
 
