@@ -38,6 +38,9 @@ class PollRecord:
     trusted: bool = False
     firmware_suspect: str | None = None
     firmware_stuck: str | None = None
+    # Polls of this record's batch that were answered for firmware_suspect (the status writer
+    # folds several polls of a device into one record; only these count as attempts).
+    suspect_polls: int = 0
     # The published script version served (update.scripts_source = "database").
     script_version: int | None = None
 
@@ -117,6 +120,7 @@ class UpdateRepository:
                 [r.firmware_suspect for r in chosen],
                 [r.firmware_stuck for r in chosen],
                 [r.script_version for r in chosen],
+                [r.suspect_polls for r in chosen],
             )
 
     async def clear_restage(self, mac: str, *, trusted: bool) -> None:
@@ -462,15 +466,15 @@ def _upsert_polls(keep: str) -> str:
                CASE WHEN r.proof <> 'proven' THEN r.source_address END,
                CASE WHEN r.proof <> 'proven' THEN r.polls ELSE 0 END,
                r.firmware_suspect,
-               CASE WHEN r.firmware_suspect IS NULL THEN 0 ELSE r.polls END,
+               CASE WHEN r.firmware_suspect IS NULL THEN 0 ELSE r.suspect_polls END,
                r.firmware_stuck, r.script_version
         FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
                     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                     $11::text[], $12::boolean[], $13::text[], $14::timestamptz[],
-                    $15::text[], $16::text[], $17::bigint[])
+                    $15::text[], $16::text[], $17::bigint[], $18::integer[])
              AS r(mac, polls, source_address, proof, phase, version, prot, boot,
                   device_check, cfg, hash_sent, in_sync, last_error, seen,
-                  firmware_suspect, firmware_stuck, script_version)
+                  firmware_suspect, firmware_stuck, script_version, suspect_polls)
         JOIN devices d ON d.mac = r.mac
         ON CONFLICT (mac) DO UPDATE SET
                 {assignments},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
@@ -46,7 +47,12 @@ class StatusWriter:
         count = previous[1] + 1 if previous else 1
         if previous is not None and record.hash_sent is None:
             # Keep the last hash we sent when this poll sent none (error replies).
-            record = PollRecord(**{**record.__dict__, "hash_sent": previous[0].hash_sent})
+            record = dataclasses.replace(record, hash_sent=previous[0].hash_sent)
+        if record.firmware_suspect is not None:
+            earlier = 0
+            if previous is not None and previous[0].firmware_suspect == record.firmware_suspect:
+                earlier = previous[0].suspect_polls
+            record = dataclasses.replace(record, suspect_polls=earlier + 1)
         if previous is None and len(self._pending) >= MAX_PENDING:
             log.error("device status backlog full (%d devices); dropping a poll", MAX_PENDING)
             return
