@@ -2,19 +2,18 @@
 
 The provider CA keeps what it issued and revoked in ``ca_certificates`` (migration 008; `pbxfront
 ca revoke` and the roll-out write it). Every process that serves a listener asking for client
-certificates holds the revoked ones as a set of (issuer, serial), read at start and again on each
-``NOTIFY pbxfront_revocations`` (migration 011's trigger sends it when a revocation commits, who
-ever writes it). A connection whose verified certificate is in the set is closed before its first
-byte of application data is read, and connections already open with a certificate revoked since
-are closed too; so a revocation bites within the time a NOTIFY takes, on every node.
+certificates holds the revoked ones as a set of (issuer, serial), read at start and again within
+a second of any revocation committing, whoever writes it (:class:`RevocationWatcher`). A
+connection whose verified certificate is in the set is closed before its first byte of
+application data is read, and connections already open with a certificate revoked since are
+closed too; so a revocation bites within about a second, on every worker of every node.
 
 Why not a CRL in the SSL context (``VERIFY_CRL_CHECK_LEAF``): OpenSSL then requires a current CRL
 for every trust anchor in ``client_ca``, and the innovaphone device CA's is not ours to load, so
 every innovaphone certificate would fail; a CRL past its nextUpdate fails every device at once;
 signing fresh CRLs needs the CA key on every node; and each change means rebuilding every
-context and writing files. The set is read with the LISTEN connection up (``core.listen``), so a
-change committed while it was down is read on reconnect; while PostgreSQL is unreachable the last
-set read stays in force (a failed reload is logged, never an empty set).
+context and writing files. While PostgreSQL is unreachable the last set read stays in force (a
+failed check is logged, never an empty set); the first check after it returns catches up.
 """
 
 from __future__ import annotations
@@ -28,12 +27,8 @@ from collections.abc import Callable, Iterable
 import asyncpg
 from cryptography import x509
 
-from services.core.listen import PoolListener
-
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("pbxfront.security")
-
-CHANNEL = "pbxfront_revocations"
 
 _ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -53,6 +48,17 @@ class RevocationRepository:
             """
         )
         return [bytes(row["certificate"]) for row in rows]
+
+    async def state(self) -> tuple[int, object]:
+        """(how many, newest revocation time): changes whenever a certificate is revoked."""
+        row = await self._db.fetchrow(
+            """
+            SELECT count(*) AS revoked, max(revoked_at) AS newest FROM ca_certificates
+            WHERE revoked_at IS NOT NULL AND kind <> 'root'
+            """
+        )
+        assert row is not None
+        return int(row["revoked"]), row["newest"]
 
 
 def _issuer_and_serial(der: bytes) -> tuple[bytes, int] | None:
@@ -121,58 +127,56 @@ def log_refused(peer: str, serial: int) -> None:
 
 
 class RevocationWatcher:
-    """Keeps a :class:`Revocations` current from PostgreSQL (one per process)."""
+    """Keeps a :class:`Revocations` current from PostgreSQL (one per process).
+
+    Every ``REFRESH`` seconds it asks PostgreSQL for the count and newest time of revocations
+    (the partial index of migration 008 answers that without touching other rows) and rereads
+    the set only when they changed. Polling rather than LISTEN: a LISTEN connection is held for
+    good, and one more per worker besides the update service's and the directory's starved
+    small pools under load; this borrows a connection for a millisecond a second. A check that
+    fails keeps the old set and is retried on the next tick.
+    """
+
+    REFRESH = 1.0
 
     def __init__(self, revocations: Revocations) -> None:
         self.revocations = revocations
         self._pool: asyncpg.Pool | None = None
-        self._listener = PoolListener({CHANNEL: self._notified}, on_listening=self._reread)
-        self._reload: asyncio.Task[None] | None = None
-        self._again = False
+        self._task: asyncio.Task[None] | None = None
+        self._seen: tuple[int, object] | None = None
+        self._failing = False
 
     async def start(self, pool: asyncpg.Pool) -> None:
-        """Read the set once before the listeners open (a failure is logged and retried by the
-        LISTEN connection when PostgreSQL is back), then follow changes."""
+        """Read the set once before the listeners open, then follow changes."""
         self._pool = pool
+        await self.check()
+        self._task = asyncio.get_running_loop().create_task(self._follow())
+
+    async def check(self) -> None:
+        """Reread the set if a revocation was added since the last check."""
+        assert self._pool is not None
+        repository = RevocationRepository(self._pool)
         try:
             async with asyncio.timeout(5.0):
-                await self._load(pool)
+                seen = await repository.state()
+                if seen != self._seen:
+                    self.revocations.replace(await repository.revoked_certificates())
+                    self._seen = seen
+                    log.info("revocations: %d revoked certificates in force", len(self.revocations))
         except _ERRORS as error:
-            log.error("revocations: cannot read them yet (%s); retrying", error)
-        self._listener.start(pool)
-
-    async def _reread(self, connection: asyncpg.Connection) -> None:
-        await self._load(connection)
-
-    async def _load(self, db: asyncpg.Connection | asyncpg.Pool) -> None:
-        certificates = await RevocationRepository(db).revoked_certificates()
-        before = len(self.revocations)
-        self.revocations.replace(certificates)
-        if len(self.revocations) != before or not before:
-            log.info("revocations: %d revoked certificates in force", len(self.revocations))
-
-    def _notified(self, *_arguments: object) -> None:
-        if self._reload is not None and not self._reload.done():
-            self._again = True
+            if not self._failing:
+                log.error("revocations: cannot read them, keeping the previous set: %s", error)
+            self._failing = True
             return
-        self._reload = asyncio.get_running_loop().create_task(self._reload_now())
+        self._failing = False
 
-    async def _reload_now(self) -> None:
-        assert self._pool is not None
+    async def _follow(self) -> None:
         while True:
-            self._again = False
-            try:
-                async with asyncio.timeout(10.0):
-                    await self._load(self._pool)
-            except _ERRORS as error:
-                # Keep the old set; the next NOTIFY or reconnect reads again.
-                log.error("revocations: reload failed, keeping the previous set: %s", error)
-            if not self._again:
-                return
+            await asyncio.sleep(self.REFRESH)
+            await self.check()
 
     async def close(self) -> None:
-        await self._listener.close()
-        if self._reload is not None:
-            self._reload.cancel()
+        if self._task is not None:
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reload
+                await self._task
