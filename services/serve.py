@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiohttp import web
@@ -23,6 +23,8 @@ from services.core.runner import ServiceFactories, StreamService
 
 if TYPE_CHECKING:
     from services.console.state import Sources
+    from services.core.inventory import Device
+    from services.update.provisioning import ContextAdditions, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ def service_factories() -> ServiceFactories:
     def update(settings: Settings, resources: Resources) -> web.Application:
         from services.update.app import create_app
 
-        return create_app(settings, resources)
+        return create_app(settings, resources, frontend_plan_additions(settings))
 
     def metrics(settings: Settings, resources: Resources) -> web.Application:
         from services.core.http import create_metrics_app
@@ -108,6 +110,25 @@ def service_factories() -> ServiceFactories:
         "noop": noop,
     }
     return factories
+
+
+def frontend_plan_additions(settings: Settings) -> ContextAdditions:
+    """The Frontend plan as template data (``nat``, ``config_template``, ``ldap_default``,
+    ``frontend_plan``), composed here so the update service imports no other service."""
+    from services.frontend.context import PlanCache, context_additions
+
+    plans = PlanCache(settings.frontend_plan)
+
+    def additions(
+        snapshot: Snapshot, device: Device, secret: Callable[[str, str], object]
+    ) -> Mapping[str, Any]:
+        customer = snapshot.customers.get(device.customer)
+        if customer is None:
+            return {}
+        plan = plans.plan(snapshot.version, snapshot.inventory, customer.frontend)
+        return context_additions(plan, snapshot.inventory, device, secret)
+
+    return additions
 
 
 def console_sources() -> Sources:

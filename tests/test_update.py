@@ -618,3 +618,17 @@ async def test_a_claimed_staging_poll_cannot_clear_a_restage(frontend: Frontend)
     back = await device.poll()
     assert "/DRIVE/CF0/update/staging.txt" in device.url
     assert back.status == 200
+
+
+async def test_scripts_get_the_frontend_plan_as_template_data(frontend: Frontend) -> None:
+    # serve.py composes the Frontend plan into the update renderer (issue #19 item 3): the
+    # customer's LDAPS port map by the seed's scheme (h-pbxip 10.0.1.1 -> 9001).
+    (frontend.scripts / "set-Kuenkel00001.txt").write_text(
+        "config change LDAP0 /port {{ nat.ldaps }}\n"
+    )
+    device = frontend.device()
+
+    async def served() -> bool:
+        return "config change LDAP0 /port 9001" in (await device.poll()).commands
+
+    await until(served, timeout=5)

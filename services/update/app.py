@@ -19,9 +19,10 @@ from services.core.resources import Resources
 from services.update import canary, certificates, handlers, phpus_route
 from services.update.firmware import FirmwareStore
 from services.update.gauges import count_polls, devices_source
-from services.update.provisioning import BodyCache, Lifecycle
+from services.update.provisioning import BodyCache, ContextAdditions, Lifecycle
 from services.update.scripts import ScriptStore
 from services.update.state import (
+    ADDITIONS_KEY,
     BODIES_KEY,
     FIRMWARE_KEY,
     LIFECYCLE_KEY,
@@ -72,7 +73,9 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-def create_app(settings: Settings, resources: Resources) -> web.Application:
+def create_app(
+    settings: Settings, resources: Resources, additions: ContextAdditions | None = None
+) -> web.Application:
     polls: dict[Handler, str] = {handlers.staging: "staging", handlers.update: "update"}
     app = web.Application(middlewares=[count_polls(resources.metrics, polls)])
     resources.metrics.add_source("devices", devices_source(settings.update.poll_interval))
@@ -85,6 +88,7 @@ def create_app(settings: Settings, resources: Resources) -> web.Application:
     app[WATCH_KEY] = ChangeWatch()
     app[LIFECYCLE_KEY] = Lifecycle.from_settings(settings.update)
     app[PUBLISHED_KEY] = PublishedScripts(settings.update.scripts_dir)
+    app[ADDITIONS_KEY] = additions
     # Canary roll-outs advance from node start (one node at a time, canary.advance).
     rollout_job = PeriodicJob(
         "script roll-outs",

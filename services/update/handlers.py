@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import re
+import typing
 
 import asyncpg
 from aiohttp import web
@@ -26,6 +27,7 @@ from services.update.canary import CanaryState
 from services.update.provisioning import (
     STAGING,
     UPDATE,
+    ContextAdditions,
     PolicyError,
     PollArguments,
     PollContext,
@@ -40,6 +42,7 @@ from services.update.provisioning import (
 from services.update.repository import PollRecord, UpdateRepository
 from services.update.scripts import ScriptError, ScriptStore, SecretRequired
 from services.update.state import (
+    ADDITIONS_KEY,
     BODIES_KEY,
     FIRMWARE_KEY,
     LIFECYCLE_KEY,
@@ -123,6 +126,7 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
         Urls(base_url(request)),
         request.app[LIFECYCLE_KEY],
         restage=restage,
+        additions=typing.cast("ContextAdditions | None", request.app[ADDITIONS_KEY]),
     )
     override = canary.firmware_for(device.mac)
     if override is not None:

@@ -365,6 +365,12 @@ def poll_interval(variables: Mapping[str, ResolvedVariable], default: int) -> in
     return int(item.value)
 
 
+# More template data a composition supplies (serve.py: the Frontend plan's ``nat``,
+# ``config_template``, ``ldap_default``, ``frontend_plan``): (snapshot, device, secret wrapper)
+# -> keys. A pure function of the inventory, so rendered bodies stay cacheable.
+ContextAdditions = Callable[["Snapshot", Device, Callable[[str, str], object]], Mapping[str, Any]]
+
+
 def template_context(
     snapshot: Snapshot,
     device: Device,
@@ -373,6 +379,7 @@ def template_context(
     urls: Urls,
     poll_minutes: int,
     variables: Mapping[str, ResolvedVariable] | None = None,
+    additions: ContextAdditions | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(Jinja context, #(name) variables). Secrets are wrapped so they reach only callers that
     may see them. Nothing from the poll's own arguments goes in: a script depends only on the
@@ -410,6 +417,13 @@ def template_context(
         "poll_minutes": poll_minutes,
         "urls": urls,
     }
+    if additions is not None:
+
+        def wrap(name: str, secret_value: str) -> object:
+            return Secret(name, secret_value, secrets_allowed)
+
+        for key, extra in additions(snapshot, device, wrap).items():
+            context.setdefault(key, extra)
     return context, update_variables
 
 
@@ -434,6 +448,7 @@ class PollContext:
     firmware_attempts: int = 0
     # The certificate roll-out's step for this poll (protocol.md §9), outside the hash.
     rollout: Sequence[str] = ()
+    additions: ContextAdditions | None = None
 
 
 def look_up(
@@ -448,6 +463,7 @@ def look_up(
     restage: bool = False,
     firmware_attempts: int = 0,
     rollout: Sequence[str] = (),
+    additions: ContextAdditions | None = None,
 ) -> PollContext:
     return PollContext(
         snapshot,
@@ -461,6 +477,7 @@ def look_up(
         restage=restage and phase == UPDATE,
         firmware_attempts=firmware_attempts,
         rollout=rollout if phase == UPDATE else (),
+        additions=additions,
     )
 
 
@@ -593,6 +610,7 @@ def body_lines(
             context.urls,
             context.lifecycle.poll_minutes,
             context.variables,
+            context.additions,
         )
         lines = script_lines(store.render(f"{context.phase}.txt", jinja_context, update_variables))
         if bodies is not None:
@@ -754,6 +772,7 @@ def check_scripts(
     firmware_available: Callable[[str, str], bool],
     extra_commands: Sequence[str] = (),
     lifecycle: Lifecycle | None = None,
+    additions: ContextAdditions | None = None,
 ) -> list[str]:
     """Render every script for every inventory device as a proven device; return problems as
     ``file:line: message`` lines (empty: all good). Used by ``pbxfront scripts check``."""
@@ -801,7 +820,7 @@ def check_scripts(
             report(f"variables of {device.hardware_id}: {error}")
         for phase in (STAGING, UPDATE):
             context, update_variables = template_context(
-                snapshot, device, identity, phase, urls, poll_minutes
+                snapshot, device, identity, phase, urls, poll_minutes, variables, additions
             )
             try:
                 body = store.render(f"{phase}.txt", context, update_variables)

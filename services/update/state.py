@@ -132,6 +132,8 @@ BODIES_KEY = web.AppKey("update_bodies", BodyCache)
 WATCH_KEY = web.AppKey("update_watch", ChangeWatch)
 LIFECYCLE_KEY = web.AppKey("update_lifecycle", Lifecycle)
 PUBLISHED_KEY = web.AppKey("update_published", PublishedScripts)
+# Template data composed in from outside the update service (serve.py), or None.
+ADDITIONS_KEY = web.AppKey("update_context_additions", object)
 # Polls naming devices not in the inventory, per source address.
 UNKNOWN_LIMITER_KEY = web.AppKey("update_unknown_limiter", AddressLimiter)
 
