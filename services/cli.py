@@ -35,6 +35,28 @@ from services.core.tls import TlsConfigError
 
 log = logging.getLogger(__name__)
 
+DESCRIPTION = """\
+pbxfront: the services a hosted-PBX provider runs on its Frontends for innovaphone devices
+(update, redirect, backup, events, contacts, directory, admin).
+
+Every command reads its settings from --config FILE (repeatable, later files win) or, without
+one, from the colon-separated list in $PBXFRONT_CONFIG, plus --set KEY=VALUE overrides, and works
+on the same database as 'pbxfront serve' with those settings."""
+
+EPILOG = """\
+Start with 'pbxfront init' (a starter /etc/pbxfront and /var/lib/pbxfront) or try the demo:
+'pbxfront serve --config config/demo.toml'. 'pbxfront COMMAND --help' describes a command.
+Passwords and other secrets are never read from the command line."""
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("pbxfront")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a bare checkout
+        return "unknown"
+
 
 def _settings(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Settings:
     files = [Path(p) for p in args.config] if args.config else config_files_from_env(os.environ)
@@ -62,7 +84,7 @@ def _with_database(
 
 
 def _bind(work: Work) -> Handler:
-    """A service's ``work(args, settings, pool)`` as an argparse handler (see core.commands)."""
+    """A service's ""work(args, settings, pool)"" as an argparse handler (see core.commands)."""
 
     def handler(args: argparse.Namespace) -> int:
         async def run(settings: Settings, pool: asyncpg.Pool) -> int:
@@ -101,7 +123,7 @@ def _read_secret(prompt: str, *, file: str | None, env: str) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from services import serve
-    from services.core.db import EmbeddedPostgres, configured_dsn
+    from services.core.db import EmbeddedPostgres, PostgresSupervisor, configured_dsn
     from services.core.runner import check_tls, configure_logging, run_node
 
     settings = _settings(args)
@@ -135,10 +157,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await pool.close()
 
     embedded = None
+    supervisor = None
     dsn = configured_dsn(settings.database)
     if not dsn:
         embedded = EmbeddedPostgres(settings.data_dir)
         dsn = embedded.start()
+        # serve owns this server: restart it if it dies (kill -9, OOM killer).
+        supervisor = PostgresSupervisor(embedded)
+        supervisor.start()
     try:
         asyncio.run(prepare(dsn))
         ready_file = Path(args.ready_file) if args.ready_file else None
@@ -152,6 +178,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             announce=lambda addresses: serve.print_try_it(settings, addresses, demo),
         )
     finally:
+        if supervisor is not None:
+            supervisor.stop()
         if embedded is not None:
             embedded.stop()
 
@@ -238,6 +266,24 @@ def cmd_inventory_export(args: argparse.Namespace) -> int:
     return _with_database(args, work)
 
 
+# --- init ------------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from services.core.install import init
+
+    report = init(Path(args.config_dir), Path(args.data_dir))
+    for path in report.written:
+        print(f"wrote {path}")
+    for path in report.kept:
+        print(f"kept  {path} (exists)")
+    print(
+        f"next: edit {Path(args.config_dir) / 'pbxfront.toml'}, install "
+        f"{Path(args.config_dir) / 'pbxfront.service'} as /etc/systemd/system/pbxfront.service"
+    )
+    return 0
+
+
 # --- accounts --------------------------------------------------------------------------------
 
 
@@ -295,6 +341,39 @@ def cmd_accounts_remove(args: argparse.Namespace) -> int:
     return _with_database(args, work)
 
 
+def cmd_accounts_bind(args: argparse.Namespace) -> int:
+    from services.core import errors
+    from services.core.senderscope import SenderScopeRepository
+
+    if bool(args.all) == bool(args.customer):
+        raise UsageError("accounts bind: give --customer C (repeatable) or --all")
+
+    async def work(_settings: Settings, pool: asyncpg.Pool) -> int:
+        scopes = SenderScopeRepository(pool)
+        try:
+            await scopes.bind(args.name, None if args.all else list(args.customer))
+        except errors.NotFound as error:
+            raise UsageError(str(error)) from None
+        scope = await scopes.scope(args.name)
+        print(f"account {args.name} may write events and backups for: {scope.describe()}")
+        return 0
+
+    return _with_database(args, work)
+
+
+def cmd_accounts_unbind(args: argparse.Namespace) -> int:
+    from services.core.senderscope import SenderScopeRepository
+
+    async def work(_settings: Settings, pool: asyncpg.Pool) -> int:
+        scopes = SenderScopeRepository(pool)
+        removed = await scopes.unbind(args.name, list(args.customer) if args.customer else None)
+        scope = await scopes.scope(args.name)
+        print(f"removed {removed} binding(s); account {args.name}: {scope.describe()}")
+        return 0
+
+    return _with_database(args, work)
+
+
 def cmd_accounts_list(args: argparse.Namespace) -> int:
     from services.core.auth import AccountRepository
 
@@ -314,6 +393,72 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
 
 # --- parser ----------------------------------------------------------------------------------
 
+# Help for arguments that several service CLIs share (by destination name), so every argument of
+# every command has one without each service module repeating these lines. A command's own help
+# text always wins; "_ARGUMENT_HELP_BY_COMMAND" ("<command path> <dest>") wins over the plain one.
+_ARGUMENT_HELP = {
+    "json": "print JSON instead of text",
+    "customer": "only this customer (its id in the inventory, e.g. Kuenkel00001)",
+    "mac": "the device's MAC address (009033010203; dashes or colons are fine)",
+    "limit": "at most this many rows (default %(default)s)",
+    "dry_run": "only show what would change; change nothing",
+    "password_file": "read the password from this file (else $PBXFRONT_ACCOUNT_PASSWORD or a "
+    "prompt)",
+    "provider": "the redirect provider id (default %(default)s)",
+    "frontend": "only devices handed to this Frontend id",
+    "key_type": "key algorithm: %(choices)s (default %(default)s)",
+    "file": "the file to read",
+}
+_ARGUMENT_HELP_BY_COMMAND = {
+    "pbxfront inventory apply file": "the inventory TOML file (format: "
+    "config/inventory.example.toml)",
+    "pbxfront accounts add name": "the account name (letters, digits, _ . @ -)",
+    "pbxfront accounts passwd name": "the account whose password to change",
+    "pbxfront accounts remove name": "the account to delete",
+    "pbxfront scripts render device": "the device: MAC address or hardware id",
+    "pbxfront scripts render phase": "which command file to render: %(choices)s "
+    "(default %(default)s)",
+    "pbxfront devices adopt customer": "the customer the device is added to",
+    "pbxfront devices adopt device_class": "device class: %(choices)s (default %(default)s)",
+    "pbxfront devices adopt cpe_id": "the seed's CPE id for the device (default: none)",
+    "pbxfront devices adopt name": "a display name for the device",
+    "pbxfront firmware add file": "the firmware image (e.g. ip232.bin)",
+    "pbxfront redirect providers add id": "the provider id (letters, digits, _ . -)",
+    "pbxfront redirect providers add name": "the provider's display name",
+    "pbxfront redirect keys add provider": "the provider the API key belongs to",
+    "pbxfront redirect keys add description": "what the key is for (shown in 'keys list')",
+    "pbxfront redirect keys list provider": "only this provider's keys",
+    "pbxfront redirect keys revoke key_id": "the key id as 'keys list' shows it",
+    "pbxfront redirect list provider": "only devices of this provider",
+    "pbxfront backups versions limit": "at most this many versions (default %(default)s)",
+    "pbxfront backups alerts limit": "at most this many alerts (default %(default)s)",
+    "pbxfront events tail lines": "show this many recent events first (default %(default)s)",
+    "pbxfront events show id": "the event id (as 'events list' shows it)",
+    "pbxfront ca issue frontend fqdn": "the Frontend's DNS name, the certificate's CN",
+    "pbxfront ca revoke serial": "the certificate serial (hex, as 'ca list' shows it)",
+    "pbxfront ca revoke reason": "the CRL reason: %(choices)s (default %(default)s)",
+    "pbxfront ca export-trust format": "encoding: %(choices)s (default %(default)s)",
+    "pbxfront contacts show customer": "the customer id",
+    "pbxfront contacts history customer": "the customer id",
+    "pbxfront contacts rollback customer": "the customer id",
+    "pbxfront contacts ldif customer": "the customer id",
+    "pbxfront directory search customer": "search this customer's directory (customer id)",
+    "pbxfront directory search limit": "at most this many entries (default %(default)s)",
+    "pbxfront bench scenario": "what to measure: %(choices)s",
+}
+
+
+def _fill_missing_help(parser: argparse.ArgumentParser, path: str) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                _fill_missing_help(sub, f"{path} {name}")
+            continue
+        if action.help is None:
+            action.help = _ARGUMENT_HELP_BY_COMMAND.get(
+                f"{path} {action.dest}", _ARGUMENT_HELP.get(action.dest)
+            )
+
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -330,9 +475,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="override one setting, e.g. --set database.pool_max_size=20",
     )
     parser = argparse.ArgumentParser(
-        prog="pbxfront", description=__doc__.split("\n")[0] if __doc__ else None
+        prog="pbxfront",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"pbxfront {_version()}", help="print the version"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = commands.add_parser(
+        "init",
+        help="write a starter configuration and state directory (never overwrites a file)",
+    )
+    init.add_argument(
+        "--config-dir",
+        default="/etc/pbxfront",
+        metavar="DIR",
+        help="settings, examples, alert rules, systemd unit (default %(default)s)",
+    )
+    init.add_argument(
+        "--data-dir",
+        default="/var/lib/pbxfront",
+        metavar="DIR",
+        help="scripts, firmware store, embedded PostgreSQL (default %(default)s)",
+    )
+    init.set_defaults(handler=cmd_init)
 
     serve = commands.add_parser("serve", parents=[common], help="run the listeners")
     serve.add_argument(
@@ -393,13 +562,39 @@ def build_parser() -> argparse.ArgumentParser:
     remove = account_actions.add_parser("remove", parents=[common], help="delete an account")
     remove.add_argument("name")
     remove.set_defaults(handler=cmd_accounts_remove)
+    bind = account_actions.add_parser(
+        "bind",
+        parents=[common],
+        help="let an event-sender account write events and backups for these customers' devices",
+    )
+    bind.add_argument("name", help="the event-sender account")
+    bind.add_argument(
+        "--customer",
+        action="append",
+        metavar="ID",
+        help="a customer id from the inventory (repeatable; added to the present bindings)",
+    )
+    bind.add_argument("--all", action="store_true", help="every customer, present and future")
+    bind.set_defaults(handler=cmd_accounts_bind)
+    unbind = account_actions.add_parser(
+        "unbind", parents=[common], help="remove an event-sender account's customer bindings"
+    )
+    unbind.add_argument("name", help="the event-sender account")
+    unbind.add_argument(
+        "--customer", action="append", metavar="ID", help="only this customer (repeatable)"
+    )
+    unbind.set_defaults(handler=cmd_accounts_unbind)
     listing = account_actions.add_parser("list", parents=[common], help="list accounts and roles")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_accounts_list)
 
+    from services.frontend import cli as frontend_cli
     from services.update import cli as update_cli
 
-    update_cli.register(commands, common, _bind)
+    # `scripts check` also names the Frontend plan's violations (composed here: the update
+    # package does not import the frontend package).
+    update_cli.register(commands, common, _bind, extra_checks=[frontend_cli.plan_problems])
+    frontend_cli.register(commands, common, _bind)
 
     from services.redirect import cli as redirect_cli
 
@@ -428,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     from services.bench import cli as bench_cli
 
     bench_cli.register(commands, common, _settings)
+    _fill_missing_help(parser, "pbxfront")
     return parser
 
 

@@ -35,6 +35,7 @@ from services.backup.repository import BackupRepository, InventoryDevice, Upload
 from services.core import db
 from services.core.auth import AccountRepository, Role
 from services.core.config import (
+    AdminSettings,
     BackupSettings,
     DatabaseSettings,
     ListenerSettings,
@@ -44,7 +45,9 @@ from services.core.config import (
 from services.core.digest import NonceSigner, compute_response, load_secret
 from services.core.http import mount_service
 from services.core.inventory import InventoryRepository, apply_inventory, read_inventory_file
+from services.core.resources import Resources
 from services.core.runner import Node, start_node
+from services.core.senderscope import SenderScopeRepository
 from tests.conftest import DEVICE_A, DEVICE_B, DEVICE_C, SessionPki, curl, service_cli, until
 
 MAC_A = "009033010203"
@@ -80,17 +83,17 @@ def basic(name: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
 
 
-def backup_factory(settings: Settings) -> web.Application:
-    return create_app(settings)
+def backup_factory(settings: Settings, resources: Resources) -> web.Application:
+    return create_app(settings, resources)
 
 
-def update_factory(settings: Settings) -> web.Application:
+def update_factory(settings: Settings, resources: Resources) -> web.Application:
     from services.update.app import create_app as create_update_app
 
-    return create_update_app(settings)
+    return create_update_app(settings, resources)
 
 
-def admin_factory(settings: Settings) -> web.Application:
+def admin_factory(settings: Settings, _resources: Resources) -> web.Application:
     """What serve.py's admin factory does: the admin API with the backup archive inside."""
     from services.admin.app import create_app as create_admin_app
 
@@ -182,10 +185,12 @@ async def start_site(
         await apply_inventory(
             connection, read_inventory_file(repo_root / "config" / "inventory.example.toml")
         )
+    await SenderScopeRepository(pool).bind("sender", ["Kuenkel00001"])
     sites: list[Site] = []
 
-    async def start(**backup: Any) -> Site:
+    async def start(admin: AdminSettings | None = None, **backup: Any) -> Site:
         settings = Settings(
+            admin=admin or AdminSettings(),
             update=UpdateSettings(
                 grace_seconds=0,
                 scripts_dir=repo_root / "staging_scripts",
@@ -567,6 +572,61 @@ async def test_basic_credentials(site: Site, headers: dict[str, str], status: in
     assert len(await site.versions()) == (1 if status == 201 else 0)
 
 
+async def add_other_customer(pool: asyncpg.Pool) -> None:
+    await pool.execute(
+        """INSERT INTO customers (id, frontend, name, system_name, country_code, area_code)
+           VALUES ('Other00002', 'sb1', 'Other', 'other.example', '49', '30')"""
+    )
+
+
+async def test_senders_write_only_for_their_customers(
+    start_site: SiteFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17: credentials bound to customer B cannot write a backup for A's device; an
+    unbound sender is refused unless admin.unbound_senders_any_customer keeps the old reach."""
+    site = await start_site()
+    await add_other_customer(site.pool)
+    accounts = AccountRepository(site.pool)
+    scopes = SenderScopeRepository(site.pool)
+    await accounts.add("sender-b", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD)
+    await scopes.bind("sender-b", ["Other00002"])
+    await accounts.add("legacy", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD)
+    await accounts.add("everyone", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD)
+    await scopes.bind("everyone", None)
+    session = await site.session()
+    url = f"{site.claimed}{PATH}/{DEVICE_A}.txt"
+
+    async def put(name: str, text: str = CONFIG_1) -> tuple[int, str]:
+        headers = basic(name, SENDER_PASSWORD)
+        async with session.put(url, data=text.encode(), headers=headers) as response:
+            return response.status, await response.text()
+
+    with caplog.at_level(logging.WARNING, logger="pbxfront.security"):
+        status, text = await put("sender-b")
+        assert (status, text) == (
+            403,
+            "account sender-b may not write for this device's customer\n",
+        )
+        status, text = await put("legacy")
+        assert status == 403
+        assert "bound to no customer" in text
+    lines = [r.getMessage() for r in caplog.records if "sender-forbidden" in r.getMessage()]
+    assert any("account=sender-b customer=Kuenkel00001 reason=other-customer" in m for m in lines)
+    assert any("account=legacy" in m and "reason=unbound" in m for m in lines)
+    assert await site.versions() == []  # nothing stored by a refused sender
+    assert (await put("sender"))[0] == 201  # bound to Kuenkel00001
+    assert (await put("everyone", CONFIG_1 + "x\r\n"))[0] == 201
+    # The config switch for a migration period: unbound senders keep today's reach.
+    legacy = await start_site(admin=AdminSettings(unbound_senders_any_customer=True))
+    legacy_session = await legacy.session()
+    async with legacy_session.put(
+        f"{legacy.claimed}{PATH}/{DEVICE_A}.txt",
+        data=(CONFIG_1 + "y\r\n").encode(),
+        headers=basic("legacy", SENDER_PASSWORD),
+    ) as response:
+        assert response.status == 201, await response.text()
+
+
 async def test_credentials_need_a_device_name(site: Site) -> None:
     session = await site.session()
     async with session.put(
@@ -798,6 +858,35 @@ async def test_stale_backup_alert(pool: asyncpg.Pool, start_site: SiteFactory) -
         alerts = await BackupRepository(connection).alerts()
     assert [(a.kind, a.mac) for a in alerts] == [("stale", MAC_A)]
     assert "no PUT since 2024-06-01T00:00:00+00:00" in alerts[0].message
+
+
+async def test_restarted_node_raises_the_stale_alert_without_any_request(
+    pool: asyncpg.Pool, start_site: SiteFactory
+) -> None:
+    """Issue 17: the maintenance job starts with the node. A node restarted after the device
+    stopped uploading raises the stale alert on its own, before any request reaches it."""
+    first = await start_site()
+    assert (await first.put(CONFIG_1))[0] == 201
+    await first.node.stop()
+    # The device's last PUT is now two hours old (its policy: stale after one hour).
+    async with pool.acquire() as connection:
+        await connection.execute(
+            "UPDATE backup_devices SET last_put_at = now() - interval '2 hours' WHERE mac = $1",
+            MAC_A,
+        )
+        assert await BackupRepository(connection).alerts() == []
+    second = await start_site(stale_after_hours=1.0, prune_interval=0.2)
+
+    async def stale_alerts() -> list[str]:
+        async with pool.acquire() as connection:
+            alerts = await BackupRepository(connection).alerts()
+        return [alert.mac for alert in alerts if alert.kind == "stale"]
+
+    async def alerted() -> bool:
+        return await stale_alerts() == [MAC_A]
+
+    await until(alerted, timeout=10)
+    assert second.sessions == []  # nothing was asked of the restarted node
 
 
 # --- the archive API ---------------------------------------------------------------------------

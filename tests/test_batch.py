@@ -73,11 +73,10 @@ async def test_periodic_job_survives_failures_and_stops_without_cancelling(
         if len(runs) == 1:
             raise RuntimeError("the first run fails; the loop goes on")
 
-    periodic = PeriodicJob("test job", 0.02, job)
+    periodic = PeriodicJob("test job", 0.02, job, pool)
     context = periodic.context(web.Application())
     await anext(context)
-    periodic.ensure_started(pool)
-    periodic.ensure_started(pool)  # once only
+    assert periodic.running  # started with its application, no request needed
     await until(lambda: len(runs) >= 3, timeout=5)
     with contextlib.suppress(StopAsyncIteration):
         await anext(context)
@@ -86,10 +85,13 @@ async def test_periodic_job_survives_failures_and_stops_without_cancelling(
     assert len(runs) == stopped_at
 
 
-def test_periodic_job_with_interval_zero_never_starts() -> None:
+async def test_periodic_job_with_interval_zero_never_starts(pool: asyncpg.Pool) -> None:
     async def job(_pool: asyncpg.Pool) -> None:
         raise AssertionError("must not run")
 
-    periodic = PeriodicJob("off", 0, job)
-    periodic.ensure_started(None)  # never reaches the pool
-    assert periodic._task is None
+    periodic = PeriodicJob("off", 0, job, pool)
+    context = periodic.context(web.Application())
+    await anext(context)
+    assert not periodic.running
+    with contextlib.suppress(StopAsyncIteration):
+        await anext(context)

@@ -194,6 +194,33 @@ def test_accounts_and_admin_roles(demo: Served, tmp_path: Path) -> None:
         env={"PBXFRONT_ACCOUNT_PASSWORD": "a long sender password"},
     )
     assert sender.returncode == 0, sender.stderr
+    # Bound to a customer, the sender may write for that customer's devices only.
+    unknown = run("accounts", "bind", "cpe", "--customer", "Nobody", *demo.args)
+    assert unknown.returncode == 2
+    assert "no customer Nobody in the inventory" in unknown.stderr
+    neither = run("accounts", "bind", "cpe", *demo.args)
+    assert neither.returncode == 2
+    bound = run("accounts", "bind", "cpe", "--customer", "Kuenkel00001", *demo.args)
+    assert bound.returncode == 0, bound.stderr
+    assert "cpe may write events and backups for: Kuenkel00001" in bound.stdout
+    device = demo.urls["devices_claimed"] + "/events?sn=009033010203"
+    status, _ = curl(
+        "--cacert", str(demo.ca), "-u", "cpe:a long sender password", "-d", "text=hi", device
+    )
+    assert status == 201
+    unbound = run("accounts", "unbind", "cpe", *demo.args)
+    assert "removed 1 binding(s); account cpe: unbound" in unbound.stdout
+    # Bindings are cached per process for a few seconds (deviceauth.SCOPE_TTL).
+    deadline = time.monotonic() + 15
+    while True:
+        status, body = curl(
+            "--cacert", str(demo.ca), "-u", "cpe:a long sender password", "-d", "text=hi", device
+        )
+        if status != 201 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert status == 403
+    assert "bound to no customer" in body
     weak = run("accounts", "add", "weak", "--role", "admin", *demo.args, stdin="short\n")
     assert weak.returncode == 2
     assert "at least 12 characters" in weak.stderr

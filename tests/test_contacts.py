@@ -39,7 +39,8 @@ from services.core.config import (
 )
 from services.core.http import mount_service
 from services.core.inventory import apply_inventory, read_inventory_file
-from services.core.runner import Node, start_node
+from services.core.resources import Resources
+from services.core.runner import Node, ServiceFactories, start_node
 from tests.conftest import SessionPki, curl, free_port, peer_program, service_cli, until
 
 DATA = Path(__file__).resolve().parent / "data" / "contacts"
@@ -62,7 +63,7 @@ def basic(name: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
 
 
-def admin_factory(settings: Settings) -> web.Application:
+def admin_factory(settings: Settings, _resources: Resources) -> web.Application:
     """What serve.py's admin factory does for contacts: the admin API with ours inside."""
     from services.admin.app import create_app as create_admin_root
 
@@ -71,7 +72,10 @@ def admin_factory(settings: Settings) -> web.Application:
     return app
 
 
-FACTORIES = {"contacts": create_app, "admin": admin_factory}
+FACTORIES: ServiceFactories = {
+    "contacts": lambda settings, _resources: create_app(settings),
+    "admin": admin_factory,
+}
 
 
 @dataclass
@@ -303,7 +307,7 @@ async def test_anonymous_upload_where_the_customer_allows_it(site: Site) -> None
 
 
 async def test_failed_passwords_are_rate_limited(start_site: SiteFactory) -> None:
-    site = await start_site(auth_failure_burst=2, auth_failure_per_second=0.001)
+    site = await start_site(LimitSettings(auth_failure_burst=2, auth_failure_per_second=0.001))
     for _ in range(2):
         assert (await site.upload(SEED_CSV, user=f"{CUSTOMER}:wrong"))[0] == 401
     status, text = await site.upload(SEED_CSV)

@@ -29,16 +29,20 @@ from aiohttp import web
 from services.core import db
 from services.core.auth import AccountRepository, Role
 from services.core.config import (
+    AdminSettings,
     ConfigError,
     DatabaseSettings,
     EventsSettings,
+    LimitSettings,
     ListenerSettings,
     Settings,
     UpdateSettings,
 )
 from services.core.http import mount_service
 from services.core.inventory import apply_inventory, read_inventory_file
+from services.core.resources import Resources
 from services.core.runner import Node, start_node
+from services.core.senderscope import SenderScopeRepository
 from services.events.app import create_admin_app, create_app
 from services.events.cli import register
 from services.events.parse import parse_event
@@ -251,7 +255,8 @@ def test_destination_urls() -> None:
             parse_destination(bad)
     with pytest.raises(ConfigError, match="share the name"):
         create_app(
-            Settings(events=EventsSettings(destinations=("udp://a:1?name=x", "tcp://b:2?name=x")))
+            Settings(events=EventsSettings(destinations=("udp://a:1?name=x", "tcp://b:2?name=x"))),
+            Resources(None),
         )
 
 
@@ -358,11 +363,11 @@ async def rsyslog(tmp_path: Path) -> AsyncIterator[Rsyslog]:
 # --- a site: the events service on real listeners ----------------------------------------------
 
 
-def events_factory(settings: Settings) -> web.Application:
-    return create_app(settings)
+def events_factory(settings: Settings, resources: Resources) -> web.Application:
+    return create_app(settings, resources)
 
 
-def admin_factory(settings: Settings) -> web.Application:
+def admin_factory(settings: Settings, _resources: Resources) -> web.Application:
     from services.admin.app import create_app as create_admin
 
     app = create_admin(settings)
@@ -428,15 +433,20 @@ async def start_site(
     await accounts.add("admin", frozenset({Role.ADMIN}), ADMIN_PASSWORD)
     await accounts.add("operator", frozenset({Role.OPERATOR}), OPERATOR_PASSWORD)
     await accounts.add("sender", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD)
+    await SenderScopeRepository(pool).bind("sender", None)
     async with pool.acquire() as connection:
         await apply_inventory(
             connection, read_inventory_file(repo_root / "config" / "inventory.example.toml")
         )
     sites: list[Site] = []
 
-    async def start(site_pool: asyncpg.Pool | None = None, **events: Any) -> Site:
+    async def start(
+        site_pool: asyncpg.Pool | None = None, limits: LimitSettings | None = None, **events: Any
+    ) -> Site:
         settings = Settings(
+            limits=limits or LimitSettings(),
             database=DatabaseSettings(url=database_url),
+            admin=AdminSettings(metrics_interval=1.0),
             update=UpdateSettings(
                 grace_seconds=0,
                 scripts_dir=repo_root / "staging_scripts",
@@ -639,7 +649,9 @@ async def test_wrong_credentials(site: Site, headers: dict[str, str]) -> None:
 
 
 async def test_failures_are_rate_limited_per_address(start_site: SiteFactory) -> None:
-    site = await start_site(failure_burst=3, failure_per_second=0.01)
+    site = await start_site(
+        limits=LimitSettings(auth_failure_burst=3, auth_failure_per_second=0.01)
+    )
     session = await site.session()
     wrong = basic("sender", "wrong password!")
     statuses = []
@@ -712,7 +724,9 @@ async def test_concurrent_requests_are_group_committed(start_site: SiteFactory) 
     assert await asyncio.gather(*(post(n) for n in range(40))) == [201] * 40
     rows = await site.rows()
     assert sorted(r["text"] for r in rows) == sorted(f"n{n}" for n in range(40))
-    async with session.get(site.admin + "/metrics") as response:
+    async with session.get(
+        site.admin + "/metrics", headers=basic("admin", ADMIN_PASSWORD)
+    ) as response:
         metrics = await response.text()
     commits = re.search(r"^pbxfront_events_commits_total (\S+)$", metrics, re.M)
     assert commits is not None
@@ -786,8 +800,15 @@ async def test_forwarding_over_tcp_survives_a_receiver_restart(
     assert all(line.startswith("<") and "Kuenkel00001" in line for line in lines)
     await until(lambda: destination_delivered(site, 300), timeout=10)
     session = await site.session()
-    async with session.get(site.admin + "/metrics") as response:
-        assert 'pbxfront_events_backlog{destination="tcp://127.0.0.1' in await response.text()
+
+    async def backlog_reported() -> bool:
+        async with session.get(
+            site.admin + "/metrics", headers=basic("admin", ADMIN_PASSWORD)
+        ) as response:
+            text = await response.text()
+        return 'pbxfront_events_backlog{destination="tcp://127.0.0.1' in text
+
+    await until(backlog_reported)
 
 
 async def raise_backup_alert(pool: asyncpg.Pool, kind: str, message: str) -> int:
@@ -1034,6 +1055,7 @@ async def test_kill_9_loses_no_acknowledged_event(
     """A real `pbxfront serve`, numbered events posted concurrently, SIGKILL in the middle: every
     event that got a 2xx is in the table after the restart."""
     await AccountRepository(pool).add("sender", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD)
+    await SenderScopeRepository(pool).bind("sender", None)
     config = tmp_path / "serve.toml"
     config.write_text(
         f"""

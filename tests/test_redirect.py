@@ -38,6 +38,7 @@ from services.core.http import mount_service
 from services.core.identity import DeviceIdentity, Proof
 from services.core.inventory import apply_inventory, read_inventory_file
 from services.core.ratelimit import AddressLimiter
+from services.core.resources import Resources
 from services.core.runner import Node, ServiceFactories, start_node
 from services.core.tls import bind_socket
 from services.core.unknown import REDIRECT, UnknownDeviceRepository
@@ -77,7 +78,10 @@ STAGING_SB1_ENCODED = (
     "%3Fsn%3D%23m%26hwid%3D%23h%26type%3D%23t%26ip%3D%23i"
 )
 
-FACTORIES: ServiceFactories = {"redirect": redirect_app, "update": update_app}
+FACTORIES: ServiceFactories = {
+    "redirect": lambda settings, _resources: redirect_app(settings),
+    "update": update_app,
+}
 
 
 # --- a running redirect service ---------------------------------------------------------------
@@ -965,12 +969,15 @@ async def test_composition_api_on_admin_listener_devices_on_redirect_listener(
     """The composition proposed for serve.py: the provider API inside the admin application,
     only the device part on the public redirect listener."""
 
-    def admin_with_redirect_api(settings: Settings) -> web.Application:
+    def admin_with_redirect_api(settings: Settings, _resources: Resources) -> web.Application:
         app = admin_app(settings)
         mount_service(app, create_api_app(settings))
         return app
 
-    factories: ServiceFactories = {"admin": admin_with_redirect_api, "redirect": create_device_app}
+    factories: ServiceFactories = {
+        "admin": admin_with_redirect_api,
+        "redirect": lambda settings, _resources: create_device_app(settings),
+    }
     split = {
         "redirect": ListenerSettings(port=0, services=("redirect",), tls=False),
         "admin": dataclasses.replace(listeners(session_pki)["admin"], services=("admin",)),

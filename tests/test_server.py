@@ -20,11 +20,12 @@ from aiohttp import web
 from services.core import identity
 from services.core.config import DatabaseSettings, LimitSettings, ListenerSettings, Settings
 from services.core.http import query_arguments
+from services.core.resources import Resources
 from services.core.runner import Node, start_node
 from tests.conftest import DEVICE_A, DEVICE_B, SessionPki
 
 
-def probe_app(_settings: Settings) -> web.Application:
+def probe_app(_settings: Settings, _resources: Resources) -> web.Application:
     """A service that answers with the caller's device identity (what every device service uses)."""
 
     async def whoami(request: web.Request) -> web.Response:

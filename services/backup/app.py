@@ -22,12 +22,12 @@ from aiohttp import web
 
 from services.backup import dav, phpus
 from services.backup.diff import Redaction
+from services.backup.gauges import backups_source, count_puts
 from services.backup.handlers import (
     BACKUP_PREFIX,
     DEVICE_AUTH_KEY,
     ENDPOINTS,
     NORMALIZER_KEY,
-    ON_REQUEST_KEY,
     PRUNE_KEY,
     REDACTION_KEY,
     SETTINGS_KEY,
@@ -45,6 +45,7 @@ from services.core.digest import PostgresNonceCounter
 from services.core.http import SERVICE_NAME_KEY
 from services.core.periodic import PeriodicJob
 from services.core.phpus import route_paths as phpus_route_paths
+from services.core.resources import Resources
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +167,11 @@ def _shared_state(app: web.Application, settings: Settings) -> None:
     )
 
 
-def create_app(settings: Settings) -> web.Application:
-    """The device side: the write-only backup folder."""
-    app = web.Application()
+def create_app(settings: Settings, resources: Resources) -> web.Application:
+    """The device side: the write-only backup folder, and the maintenance job, which starts with
+    the application (stale-backup alerts exist for exactly the node that gets no uploads)."""
+    app = web.Application(middlewares=[count_puts(resources.metrics)])
+    resources.metrics.add_source("backups", backups_source)
     _shared_state(app, settings)
     app[DEVICE_AUTH_KEY] = DeviceAuth(
         settings.backup.digest_algorithms, settings.backup.digest_nonce_lifetime
@@ -178,8 +181,8 @@ def create_app(settings: Settings) -> web.Application:
         "backup maintenance",
         settings.backup.prune_interval,
         lambda pool: run_maintenance(pool, settings, datetime.now(UTC)),
+        resources.pool,
     )
-    app[ON_REQUEST_KEY] = job.ensure_started
     app.cleanup_ctx.append(job.context)
     # Every method on every path below the folder lands here: PUT stores, the rest is refused
     # with one answer (nothing about what exists leaks).

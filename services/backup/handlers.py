@@ -90,7 +90,6 @@ REDACTION_KEY = web.AppKey("backup_redaction", Redaction)
 # Event-sender credentials (Basic, Digest): core.deviceauth, shared with the events service.
 DEVICE_AUTH_KEY = web.AppKey("backup_device_auth", DeviceAuth)
 # Called with the pool on every request: starts the periodic maintenance once (app.py).
-ON_REQUEST_KEY: web.AppKey[Callable[[asyncpg.Pool], None]] = web.AppKey("backup_on_request")
 
 
 # --- intake ------------------------------------------------------------------------------------
@@ -193,6 +192,13 @@ async def identify_uploader(request: web.Request, identity: DeviceIdentity) -> U
         device = await _inventory_device(request, identity)
         if device is None:
             raise _not_in_inventory(identity)
+        await request.app[DEVICE_AUTH_KEY].authorize(
+            request,
+            pool_of(request),
+            account,
+            device.customer,
+            unbound_any_customer=request.app[SETTINGS_KEY].admin.unbound_senders_any_customer,
+        )
         return Uploader(device, "credentials", account)
     if identity.mac is not None or identity.hardware_id is not None:
         device = await _inventory_device(request, identity)
@@ -224,7 +230,6 @@ class ContentCpu:
 
 async def put_backup(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
-    request.app[ON_REQUEST_KEY](pool_of(request))
     name = request.match_info.get("name", "")
     if not _NAME.fullmatch(name):
         raise errors.Invalid(

@@ -1,10 +1,11 @@
 """Work a service repeats every so often (retention, staleness checks), on every node and worker.
 
-The pool lives on the listener's application, which a service application cannot reach at
-start-up, so the first request hands it over (:meth:`PeriodicJob.ensure_started`). Every node and
-worker runs the loop; the job itself takes an advisory lock so one of them works at a time. On
-shutdown the loop is told to stop and a run in progress may finish (a task cancelled inside
-``pool.acquire`` can lose a connection, and closing the pool would then wait forever).
+A :class:`PeriodicJob` is built with its application (pool in hand) and runs as that
+application's ``cleanup_ctx``: it starts with the node, so a node that gets no traffic after a
+restart still applies retention and raises its alerts. Every node and worker runs the loop; the
+job itself takes an advisory lock so one of them works at a time. On shutdown the loop is told to
+stop and a run in progress may finish (a task cancelled inside ``pool.acquire`` can lose a
+connection, and closing the pool would then wait forever).
 """
 
 from __future__ import annotations
@@ -27,23 +28,35 @@ STOP_TIMEOUT = 10.0
 
 class PeriodicJob:
     def __init__(
-        self, what: str, interval: float, job: Callable[[asyncpg.Pool], Awaitable[object]]
+        self,
+        what: str,
+        interval: float,
+        job: Callable[[asyncpg.Pool], Awaitable[object]],
+        pool: asyncpg.Pool | None,
+        *,
+        first_run: float | None = None,
     ) -> None:
-        """``job(pool)`` every ``interval`` seconds (never when 0); ``what`` names it in logs."""
+        """``job(pool)`` every ``interval`` seconds (never when 0, or without a pool); ``what``
+        names it in logs. The first run comes ``first_run`` seconds after start (default: one
+        interval)."""
         self._what = what
         self._interval = interval
+        self._first_run = interval if first_run is None else first_run
         self._job = job
+        self._pool = pool
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
-    def ensure_started(self, pool: asyncpg.Pool) -> None:
-        if self._task is None and not self._stop.is_set() and self._interval > 0:
-            self._task = asyncio.get_running_loop().create_task(self._loop(pool))
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     async def _loop(self, pool: asyncpg.Pool) -> None:
+        wait = self._first_run
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._interval)
+                await asyncio.wait_for(self._stop.wait(), wait)
+            wait = self._interval
             if self._stop.is_set():
                 return
             try:
@@ -54,6 +67,9 @@ class PeriodicJob:
                 log.exception("%s failed", self._what)
 
     async def context(self, _app: web.Application) -> AsyncIterator[None]:
+        """The cleanup_ctx: start the loop with the application, stop it with it."""
+        if self._pool is not None and self._interval > 0:
+            self._task = asyncio.get_running_loop().create_task(self._loop(self._pool))
         yield
         self._stop.set()
         if self._task is not None:

@@ -4,7 +4,9 @@ One node = one master process plus ``workers`` worker processes. The master bind
 once (port 0 becomes a real port here), starts the embedded PostgreSQL and applies migrations, then
 forks the workers. Each worker binds its own SO_REUSEPORT socket on the same address (the kernel
 spreads connections over them), opens its own pool and serves. SIGTERM/SIGINT: stop accepting,
-finish in-flight requests (``limits.shutdown_timeout``), exit. SIGHUP: reload TLS certificates
+finish in-flight requests and exit, all within ``limits.shutdown_timeout`` whatever state the
+node is in (what is left then is cancelled, the pool terminated; the master kills a worker that
+overstays). SIGHUP: reload TLS certificates
 for new connections. A worker that dies unexpectedly is restarted after a short pause.
 
 With ``workers = 1`` everything runs in the master process (what the tests and the demo use).
@@ -33,10 +35,15 @@ from aiohttp import web
 
 from services.core.config import STREAM_SCHEMES, ConfigError, ListenerSettings, Settings
 from services.core.db import pool_ctx
-from services.core.http import AccessLogger, Metrics, create_listener_app
+from services.core.guard import ConnectionGuard
+from services.core.http import AccessLogger, create_listener_app
+from services.core.metrics import Metrics, enable_multiprocess, node_collector, process_exited
+from services.core.resources import Resources
+from services.core.revocation import Revocations, RevocationWatcher
 from services.core.tls import (
     ContextHolder,
     GuardedSite,
+    TlsCounters,
     TlsFiles,
     bind_socket,
     build_server_context,
@@ -64,8 +71,9 @@ class StreamService(Protocol):
     async def close(self) -> None: ...
 
 
-# name -> factory building that service's application (or stream service) from the settings.
-ServiceFactories = Mapping[str, Callable[[Settings], web.Application | StreamService]]
+# name -> factory building that service's application (or stream service) from the settings and
+# the process's resources (pool, metrics), so its background jobs start with the node.
+ServiceFactories = Mapping[str, Callable[[Settings, Resources], web.Application | StreamService]]
 
 
 def sd_notify(message: str) -> None:
@@ -89,6 +97,10 @@ class Node:
     addresses: dict[str, str] = field(default_factory=dict)
     # Stream services by service name, shared by the listeners that name them.
     streams: dict[str, StreamService] = field(default_factory=dict)
+    # The connection guard of each listener (HTTP ones; the directory keeps its own).
+    guards: dict[str, ConnectionGuard] = field(default_factory=dict)
+    # Revoked client certificates, for the listeners that ask for them (core/revocation.py).
+    revocations: RevocationWatcher | None = None
 
     def reload_tls(self) -> bool:
         """Reload every listener's certificates; False if any kept its old ones."""
@@ -102,6 +114,9 @@ class Node:
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
+        if self.revocations is not None:
+            watcher, self.revocations = self.revocations, None
+            await watcher.close()
 
 
 def check_tls(listeners: Mapping[str, ListenerSettings]) -> None:
@@ -136,25 +151,37 @@ async def start_node(
     """Build and start one application per listener. ``sockets`` are pre-bound ones to use."""
     node = Node()
     metrics = Metrics()
+    resources = Resources(pool, metrics)
+    collector_started = False
+    ca_certificate = settings.ca.paths(settings.data_dir)[0]
+    if await asyncio.to_thread(ca_certificate.is_file):
+        metrics.add_certificate("ca", "root", ca_certificate)
     try:
+        asking = any(item.tls and item.request_client_certificate for item in listeners.values())
+        if asking and pool is not None:
+            node.revocations = RevocationWatcher(Revocations())
+            await node.revocations.start(pool)
         for name, listener in listeners.items():
             if _stream_service(listener) is not None:
-                await _start_stream(node, settings, pool, name, listener, factories, sockets)
+                await _start_stream(node, settings, resources, name, listener, factories, sockets)
                 continue
             services: dict[str, web.Application] = {}
             for service in listener.services:
-                built = factories[service](settings)
+                built = factories[service](settings, resources)
                 if not isinstance(built, web.Application):
                     raise ConfigError(
                         f"listeners.{name}.services: {service!r} is not an HTTP service"
                     )
                 services[service] = built
+            serve_metrics = "admin" in listener.services
             app = create_listener_app(
-                settings.limits,
-                services,
-                metrics=metrics,
-                serve_metrics="admin" in listener.services,
+                settings.limits, services, metrics=metrics, serve_metrics=serve_metrics
             )
+            if serve_metrics and not collector_started:
+                # One collector per process; the workers of a node elect one (metrics.py).
+                collector_started = True
+                job = node_collector(metrics, pool, settings.admin.metrics_interval)
+                app.cleanup_ctx.append(job.context)
             if pool is not None:
                 app.cleanup_ctx.append(pool_ctx(pool))
             runner = web.AppRunner(
@@ -166,21 +193,42 @@ async def start_node(
                 shutdown_timeout=settings.limits.shutdown_timeout,
                 handle_signals=False,
             )
-            await runner.setup()
+            try:
+                await runner.setup()
+            except BaseException:
+                # aiohttp leaves a root whose start failed as it is: undo what did start (the
+                # services mounted before the failing one, their listening connections...).
+                await app.cleanup()
+                raise
             node.runners.append(runner)
             files = tls_files(listener)
             holder = ContextHolder(files) if files is not None else None
             if holder is not None:
                 node.holders.append(holder)
+                metrics.add_certificate("server", name, holder.files.certificate)
+                for anchor in holder.files.client_ca:
+                    # The first certificate of a trust-anchor bundle (e.g. the demo CA).
+                    metrics.add_certificate("ca", anchor.name, anchor)
             sock = (sockets or {}).get(name) or bind_socket(
                 listener.host, listener.port, reuse_port=False
             )
+            guard = ConnectionGuard(
+                name,
+                max_connections=settings.limits.max_connections,
+                max_per_address=settings.limits.max_connections_per_address,
+            )
+            node.guards[name] = guard
             site = GuardedSite(
                 runner,
                 sock,
                 holder,
                 handshake_timeout=listener.handshake_timeout,
                 header_timeout=settings.limits.header_timeout,
+                guard=guard,
+                revocations=node.revocations.revocations
+                if node.revocations is not None and listener.request_client_certificate
+                else None,
+                observer=TlsCounters(metrics, name),
             )
             await site.start()
             node.addresses[name] = site.name
@@ -208,7 +256,7 @@ def listener_url(listener: ListenerSettings, host: str, port: int) -> str:
 async def _start_stream(
     node: Node,
     settings: Settings,
-    pool: asyncpg.Pool | None,
+    resources: Resources,
     name: str,
     listener: ListenerSettings,
     factories: ServiceFactories,
@@ -224,7 +272,7 @@ async def _start_stream(
         )
     service = node.streams.get(service_name)
     if service is None:
-        built = factories[service_name](settings)
+        built = factories[service_name](settings, resources)
         if not isinstance(built, StreamService) or isinstance(built, web.Application):
             raise ConfigError(f"listeners.{name}.services: {service_name!r} is not a stream")
         service = built
@@ -235,7 +283,7 @@ async def _start_stream(
         node.holders.append(holder)
     sock = (sockets or {}).get(name) or bind_socket(listener.host, listener.port, reuse_port=False)
     host, port = sock.getsockname()[:2]
-    await service.start(sock, holder, pool, listener)
+    await service.start(sock, holder, resources.pool, listener)
     node.addresses[name] = listener_url(listener, host, port)
 
 
@@ -275,15 +323,41 @@ async def serve_forever(
 
     loop.add_signal_handler(signal.SIGHUP, reload_tls)
     pool = await create_pool(dsn, settings.database)
+    deadline: float | None = None
     try:
         node = await start_node(settings, pool, listeners, factories, sockets)
         node_holder.append(node)
         on_ready(node)
         await stop.wait()
         log.info("stopping: no new connections, finishing requests in flight")
-        await node.stop()
+        deadline = loop.time() + settings.limits.shutdown_timeout
+        await stop_node(node, deadline)
     finally:
-        await pool.close()
+        if deadline is None:
+            deadline = loop.time() + settings.limits.shutdown_timeout
+        await close_pool(pool, deadline)
+
+
+async def stop_node(node: Node, deadline: float) -> None:
+    """``node.stop()``, cut off at ``deadline`` (loop time): requests in flight and background
+    work that outlive ``limits.shutdown_timeout`` are cancelled, never waited for."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await node.stop()
+    except TimeoutError:
+        log.warning("stopping: limits.shutdown_timeout reached; cancelling what is left")
+
+
+async def close_pool(pool: asyncpg.Pool, deadline: float) -> None:
+    """Close the pool gracefully until ``deadline``, then terminate its connections: a pool whose
+    server went away (or whose connections are stuck in a query) must not hold up the exit."""
+    remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+    try:
+        async with asyncio.timeout(remaining):
+            await pool.close()
+    except TimeoutError:
+        log.warning("stopping: database pool did not close in time; terminating its connections")
+        pool.terminate()
 
 
 def run_node(
@@ -334,6 +408,8 @@ def _run_workers(
         _host, port = sock.getsockname()[:2]
         resolved[name] = dataclasses.replace(listener, port=port)
 
+    # One metrics directory per node, emptied now: /metrics adds up every worker's files.
+    enable_multiprocess(settings.admin.metrics_dir or settings.data_dir / "metrics")
     ready_read, ready_write = os.pipe()
 
     def spawn() -> int:
@@ -393,10 +469,15 @@ def _run_workers(
     sd_notify("READY=1")
 
     stopping = False
+    # When the workers told to stop are killed: each has limits.shutdown_timeout, plus a moment
+    # to exit.
+    kill_at = float("inf")
 
     def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
+        nonlocal stopping, kill_at
         if signum in (signal.SIGTERM, signal.SIGINT):
+            if not stopping:
+                kill_at = time.monotonic() + settings.limits.shutdown_timeout + 1.0
             stopping = True
             sd_notify("STOPPING=1")
         for pid in list(children):
@@ -408,13 +489,23 @@ def _run_workers(
     signal.signal(signal.SIGHUP, forward)
     status = 0
     while children:
+        # Polled rather than a blocking wait(), so the kill deadline is kept however the
+        # workers behave.
         try:
-            pid, wait_status = os.wait()
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
+        if pid == 0:
+            if time.monotonic() > kill_at:
+                log.error("workers still running after limits.shutdown_timeout; killing them")
+                for child in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child, signal.SIGKILL)
+                kill_at = float("inf")
+            time.sleep(0.05)
             continue
         children.discard(pid)
+        process_exited(pid)
         code = os.waitstatus_to_exitcode(wait_status)
         if stopping:
             continue

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from services.core.config import Settings
+from services.core.metrics import Metrics
 from services.directory.server import DirectoryServer
 
 
-def create_service(settings: Settings) -> DirectoryServer:
+def create_service(settings: Settings, metrics: Metrics | None = None) -> DirectoryServer:
     """One per process; the runner starts it on every listener that names "directory"."""
-    return DirectoryServer(settings.directory)
+    return DirectoryServer(settings.directory, metrics)

@@ -6,8 +6,10 @@ admin API.
 - :func:`create_admin_app` — ``/api/v1/events/…`` (mounted into the admin listener by
   ``serve.py``).
 
-The forwarders start with the application, not with the first request: after a restart the
-backlog must flow even if no device sends anything. They use their own connections (a session
+Everything in the background (the group-commit writer, the forwarders, retention, the metrics
+refresh) is built with the application from the node's pool and starts with it, not with the
+first request: after a restart the backlog must flow and retention run even if no device sends
+anything. They use their own connections (a session
 advisory lock per destination needs a dedicated one), from the same DSN as the pool: the
 configured one, or the embedded PostgreSQL's.
 """
@@ -26,12 +28,15 @@ from services.core.config import Settings
 from services.core.db import database_dsn
 from services.core.deviceauth import DeviceAuth
 from services.core.http import SERVICE_NAME_KEY
-from services.core.ratelimit import AddressLimiter
+from services.core.metrics import Metrics
+from services.core.resources import Resources
 from services.events.forward import Forwarder, ForwardStatus
+from services.events.gauges import destinations_source
 from services.events.handlers import (
     ENDPOINTS,
     SETTINGS_KEY,
     STATE_KEY,
+    EventQuota,
     EventsState,
     receive_event,
 )
@@ -42,11 +47,13 @@ from services.events.writer import GroupWriter
 log = logging.getLogger(__name__)
 
 
-async def _writer_ctx(state: EventsState, _app: web.Application) -> AsyncIterator[None]:
+async def _writer_ctx(
+    state: EventsState, resources: Resources, _app: web.Application
+) -> AsyncIterator[None]:
+    if resources.pool is not None:
+        state.writer.start(resources.pool)
     yield
     await state.writer.close()
-    if state.collector is not None:
-        await state.collector.close()
 
 
 async def _forwarders_ctx(
@@ -72,7 +79,13 @@ async def _forwarders_ctx(
                 await forwarder.close()
 
 
-def create_app(settings: Settings) -> web.Application:
+def _count_commit(metrics: Metrics, stored: int, repeats: int) -> None:
+    metrics.events_commits.inc()
+    metrics.events_received.labels("stored").inc(stored)
+    metrics.events_received.labels("deduplicated").inc(repeats)
+
+
+def create_app(settings: Settings, resources: Resources) -> web.Application:
     """The device side: event intake, syslog forwarding, retention."""
     events = settings.events
     # Checked here so `serve` stops at start-up with a message naming the URL.
@@ -80,24 +93,23 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application()
     app[SETTINGS_KEY] = settings
     statuses = [ForwardStatus(target.name) for target in targets]
-    retention = retention_job(settings)
+    retention = retention_job(settings, resources.pool)
     state = EventsState(
         settings=settings,
-        auth=DeviceAuth(
-            events.digest_algorithms,
-            events.digest_nonce_lifetime,
-            limiter=AddressLimiter(events.failure_burst, events.failure_per_second),
-        ),
+        auth=DeviceAuth(events.digest_algorithms, events.digest_nonce_lifetime),
         writer=GroupWriter(
             window=events.commit_window,
             batch=events.commit_batch,
             forward_repeats=events.forward_repeats,
+            on_commit=partial(_count_commit, resources.metrics),
         ),
         forwarders=statuses,
         retention=retention,
+        quota=EventQuota(events.quota_events_per_minute, events.quota_bytes_per_minute),
     )
     app[STATE_KEY] = state
-    app.cleanup_ctx.append(partial(_writer_ctx, state))
+    resources.metrics.add_source("events destinations", destinations_source)
+    app.cleanup_ctx.append(partial(_writer_ctx, state, resources))
     app.cleanup_ctx.append(partial(_forwarders_ctx, settings, targets, statuses))
     app.cleanup_ctx.append(retention.context)
     for path in events.paths:

@@ -20,24 +20,20 @@ import contextlib
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from services.core import errors
 from services.core.api import Endpoint, int_query, json_response, openapi_document, pool_of
 from services.core.auth import Role
 from services.core.config import Settings
-from services.core.db import DatabaseUnavailable, acquire
+from services.core.db import acquire
 from services.core.deviceauth import DeviceAuth
-from services.core.http import METRICS_KEY, Metrics, UploadAborted, query_arguments, read_body
+from services.core.http import UploadAborted, query_arguments, read_body
 from services.core.identity import (
     DeviceIdentity,
     IdentityError,
@@ -47,9 +43,10 @@ from services.core.identity import (
     printable,
 )
 from services.core.periodic import PeriodicJob
+from services.core.ratelimit import QuotaLimiter, limiter_key
 from services.events.forward import ForwardStatus
 from services.events.parse import ALARM_SEVERITIES, SYSLOG_LEVELS, parse_event
-from services.events.repository import Cursor, DeviceRef, EventRepository, NewEvent
+from services.events.repository import DeviceRef, EventRepository, NewEvent
 from services.events.retention import run_retention
 from services.events.writer import GroupWriter
 
@@ -119,73 +116,44 @@ class DeviceCache:
             self._entries.popitem(last=False)
 
 
-class EventsCollector(Collector):
-    """The events metrics of this process: intake counters of every events application, and
-    per destination the backlog and oldest undelivered age as PostgreSQL has them (cursor vs.
-    newest event, refreshed every few seconds), so every node reports them, not only the one
-    that forwards."""
+class EventQuota:
+    """Per sender: events and body bytes per minute (``events.quota_*``; 0 = unlimited). A
+    sender is the proven device, else the device the URL names under the sending account, else
+    the account at its address (IPv6: /64)."""
 
-    REFRESH_SECONDS = 2.0
+    def __init__(self, events_per_minute: int, bytes_per_minute: int) -> None:
+        self.events = QuotaLimiter(events_per_minute) if events_per_minute else None
+        self.bytes = QuotaLimiter(bytes_per_minute) if bytes_per_minute else None
 
-    def __init__(self) -> None:
-        self.writers: list[GroupWriter] = []
-        self.destinations: list[Cursor] = []
-        self._task: asyncio.Task[None] | None = None
+    def check(self, key: str, size: int) -> None:
+        """TooManyRequests when one more event of ``size`` bytes is over the quota."""
+        waits = [
+            limiter.retry_after(key, cost)
+            for limiter, cost in ((self.events, 1), (self.bytes, max(size, 1)))
+            if limiter is not None
+        ]
+        wait = max((w for w in waits if w is not None), default=None)
+        if wait is not None:
+            raise errors.TooManyRequests(
+                "event quota of this device exceeded (events.quota_events_per_minute, "
+                "events.quota_bytes_per_minute): nothing stored, retry later",
+                wait,
+            )
 
-    def watch(self, pool: asyncpg.Pool) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._refresh(pool))
+    def spend(self, key: str, size: int) -> None:
+        if self.events is not None:
+            self.events.spend(key)
+        if self.bytes is not None:
+            self.bytes.spend(key, max(size, 1))
 
-    async def _refresh(self, pool: asyncpg.Pool) -> None:
-        while True:
-            with contextlib.suppress(DatabaseUnavailable, asyncpg.PostgresError):
-                async with acquire(pool) as connection:
-                    self.destinations = await EventRepository(connection).cursors()
-            await asyncio.sleep(self.REFRESH_SECONDS)
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def collect(self) -> Iterable[Metric]:
-        received = CounterMetricFamily(
-            "pbxfront_events_received", "Events received and committed", labels=["outcome"]
-        )
-        received.add_metric(["stored"], sum(w.stored for w in self.writers))
-        received.add_metric(["deduplicated"], sum(w.repeats for w in self.writers))
-        yield received
-        yield CounterMetricFamily(
-            "pbxfront_events_commits",
-            "Group-commit transactions",
-            sum(w.batches for w in self.writers),
-        )
-        backlog = GaugeMetricFamily(
-            "pbxfront_events_backlog",
-            "Events not yet delivered to a syslog destination",
-            labels=["destination"],
-        )
-        age = GaugeMetricFamily(
-            "pbxfront_events_oldest_undelivered_seconds",
-            "Age of the oldest event not yet delivered to a destination",
-            labels=["destination"],
-        )
-        delivered = GaugeMetricFamily(
-            "pbxfront_events_delivered",
-            "Events delivered to a destination (cluster-wide)",
-            labels=["destination"],
-        )
-        now = datetime.now(UTC)
-        for cursor in self.destinations:
-            backlog.add_metric([cursor.name], cursor.backlog)
-            oldest = cursor.oldest_undelivered_at
-            age.add_metric([cursor.name], (now - oldest).total_seconds() if oldest else 0.0)
-            delivered.add_metric([cursor.name], cursor.delivered_total)
-        yield backlog
-        yield age
-        yield delivered
+def quota_key(sender: Sender, identity: DeviceIdentity, remote: str | None) -> str:
+    if sender.device is not None:
+        return f"device:{sender.device.mac}"
+    named = identity.mac or identity.hardware_id
+    if named:
+        return f"named:{sender.account}:{named}"
+    return f"account:{sender.account}@{limiter_key(remote)}"
 
 
 @dataclass
@@ -193,32 +161,10 @@ class EventsState:
     settings: Settings
     auth: DeviceAuth
     writer: GroupWriter
+    quota: EventQuota = field(default_factory=lambda: EventQuota(0, 0))
     devices: DeviceCache = field(default_factory=DeviceCache)
     forwarders: list[ForwardStatus] = field(default_factory=list)
     retention: PeriodicJob | None = None
-    collector: EventsCollector | None = None
-    _registered: bool = False
-
-    def on_request(self, request: web.Request) -> asyncpg.Pool:
-        pool = pool_of(request)
-        self.writer.start(pool)
-        if self.retention is not None:
-            self.retention.ensure_started(pool)
-        if not self._registered:
-            self._registered = True
-            metrics: Metrics | None = request.config_dict.get(METRICS_KEY)
-            if metrics is not None:
-                collector: EventsCollector = metrics.shared("events", _register_collector)
-                collector.writers.append(self.writer)
-                collector.watch(pool)
-                self.collector = collector
-        return pool
-
-
-def _register_collector(registry: CollectorRegistry) -> EventsCollector:
-    collector = EventsCollector()
-    registry.register(collector)
-    return collector
 
 
 STATE_KEY = web.AppKey("events_state", EventsState)
@@ -276,12 +222,14 @@ def _named_device(
 
 async def receive_event(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    pool = state.on_request(request)
+    pool = pool_of(request)
     settings = state.settings
     peercert = request.transport.get_extra_info("peercert") if request.transport else None
     query = query_arguments(request)
     identity = identify(peercert, query)
     sender = await identify_sender(request, state, pool, identity)
+    quota = quota_key(sender, identity, request.remote)
+    state.quota.check(quota, request.content_length or 0)
     limit = min(settings.events.max_body_bytes, settings.limits.max_body_bytes)
     try:
         body = await read_body(request, limit)
@@ -299,6 +247,9 @@ async def receive_event(request: web.Request) -> web.Response:
         future_limit=settings.events.time_future_limit,
         past_limit=settings.events.time_past_limit,
     )
+    size = len(body) or len(request.query_string)
+    state.quota.check(quota, size)
+    state.quota.spend(quota, size)
     if sender.device is not None:
         mac: str | None = sender.device.mac
         hardware_id: str | None = sender.device.hardware_id
@@ -306,6 +257,15 @@ async def receive_event(request: web.Request) -> web.Response:
     else:
         mac, hardware_id = _named_device(
             identity, parsed.device_mac, parsed.device_hardware_id, parsed.problems
+        )
+    if sender.account is not None:
+        named = await state.devices.lookup(pool, mac, hardware_id) if mac or hardware_id else None
+        await state.auth.authorize(
+            request,
+            pool,
+            sender.account,
+            named.customer if named is not None else None,
+            unbound_any_customer=settings.admin.unbound_senders_any_customer,
         )
     event = NewEvent(
         received_at=received_at,

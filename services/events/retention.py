@@ -40,10 +40,11 @@ async def run_retention(
     return deleted
 
 
-def retention_job(settings: Settings) -> PeriodicJob:
-    """Retention every ``events.retention_interval`` seconds (one node at a time)."""
+def retention_job(settings: Settings, pool: asyncpg.Pool | None) -> PeriodicJob:
+    """Retention every ``events.retention_interval`` seconds (one node at a time), from start."""
     return PeriodicJob(
         "events retention",
         settings.events.retention_interval,
-        lambda pool: run_retention(pool, settings, datetime.now(UTC)),
+        lambda job_pool: run_retention(job_pool, settings, datetime.now(UTC)),
+        pool,
     )

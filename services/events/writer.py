@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import asyncpg
 
@@ -26,7 +27,15 @@ Pending = tuple[NewEvent, "asyncio.Future[Stored]"]
 
 
 class GroupWriter:
-    def __init__(self, *, window: float, batch: int, forward_repeats: bool) -> None:
+    def __init__(
+        self,
+        *,
+        window: float,
+        batch: int,
+        forward_repeats: bool,
+        on_commit: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """``on_commit(stored, repeats)`` after every committed batch (the metrics)."""
         self._window = window
         self._batch = batch
         self._forward_repeats = forward_repeats
@@ -35,7 +44,8 @@ class GroupWriter:
         self._pool: asyncpg.Pool | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        # Per-process counters for /metrics.
+        self._on_commit = on_commit
+        # Per-process counters.
         self.stored = 0
         self.repeats = 0
         self.batches = 0
@@ -101,11 +111,12 @@ class GroupWriter:
                     future.set_exception(DatabaseUnavailable("storing failed"))
             return
         self.batches += 1
+        repeats = sum(1 for result in results if result.repeat)
+        self.repeats += repeats
+        self.stored += len(results) - repeats
+        if self._on_commit is not None:
+            self._on_commit(len(results) - repeats, repeats)
         for (_, future), result in zip(batch, results, strict=True):
-            if result.repeat:
-                self.repeats += 1
-            else:
-                self.stored += 1
             if not future.done():
                 future.set_result(result)
 

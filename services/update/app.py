@@ -8,14 +8,17 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from services.core.config import Settings
 from services.core.http import COMMENT_ERRORS_KEY
 from services.core.periodic import PeriodicJob
 from services.core.phpus import route_paths as phpus_route_paths
 from services.core.ratelimit import AddressLimiter
+from services.core.resources import Resources
 from services.update import canary, certificates, handlers, phpus_route
 from services.update.firmware import FirmwareStore
+from services.update.gauges import count_polls, devices_source
 from services.update.provisioning import BodyCache, Lifecycle
 from services.update.scripts import ScriptStore
 from services.update.state import (
@@ -23,7 +26,6 @@ from services.update.state import (
     FIRMWARE_KEY,
     LIFECYCLE_KEY,
     PUBLISHED_KEY,
-    ROLLOUT_JOB_KEY,
     SETTINGS_KEY,
     SNAPSHOTS_KEY,
     STORE_KEY,
@@ -70,8 +72,10 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-def create_app(settings: Settings) -> web.Application:
-    app = web.Application()
+def create_app(settings: Settings, resources: Resources) -> web.Application:
+    polls: dict[Handler, str] = {handlers.staging: "staging", handlers.update: "update"}
+    app = web.Application(middlewares=[count_polls(resources.metrics, polls)])
+    resources.metrics.add_source("devices", devices_source(settings.update.poll_interval))
     app[SETTINGS_KEY] = settings
     app[STORE_KEY] = ScriptStore(settings.update.scripts_dir, settings.update.grace_seconds)
     app[FIRMWARE_KEY] = FirmwareStore(settings.update.firmware_dir)
@@ -81,10 +85,13 @@ def create_app(settings: Settings) -> web.Application:
     app[WATCH_KEY] = ChangeWatch()
     app[LIFECYCLE_KEY] = Lifecycle.from_settings(settings.update)
     app[PUBLISHED_KEY] = PublishedScripts(settings.update.scripts_dir)
+    # Canary roll-outs advance from node start (one node at a time, canary.advance).
     rollout_job = PeriodicJob(
-        "script roll-outs", settings.update.rollout_check_interval, canary.advance_with_pool
+        "script roll-outs",
+        settings.update.rollout_check_interval,
+        canary.advance_with_pool,
+        resources.pool,
     )
-    app[ROLLOUT_JOB_KEY] = rollout_job
     app.cleanup_ctx.append(rollout_job.context)
     app[UNKNOWN_LIMITER_KEY] = AddressLimiter(
         settings.update.unknown_burst, settings.update.unknown_per_second
@@ -92,7 +99,7 @@ def create_app(settings: Settings) -> web.Application:
     app[COMMENT_ERRORS_KEY] = True
     app.cleanup_ctx.append(script_reloader)
     app.cleanup_ctx.append(status_writer_ctx)
-    app.cleanup_ctx.append(change_watch_ctx)
+    app.cleanup_ctx.append(change_watch_ctx(resources.pool))
     # The provider RootCA for the certificate roll-out and the CRL (refuses to start when the
     # [ca] files exist but cannot be used).
     app[certificates.LIMITER_KEY] = AddressLimiter(

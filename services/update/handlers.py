@@ -44,7 +44,6 @@ from services.update.state import (
     FIRMWARE_KEY,
     LIFECYCLE_KEY,
     PUBLISHED_KEY,
-    ROLLOUT_JOB_KEY,
     SETTINGS_KEY,
     SNAPSHOTS_KEY,
     STORE_KEY,
@@ -182,7 +181,6 @@ async def _inventory(
     """The inventory snapshot and whether a restage is pending for the device. In the common
     case (LISTEN is live, no restage pending) no query and no pooled connection at all."""
     watch = request.app[WATCH_KEY]
-    watch.start(pool)
     snapshots = request.app[SNAPSHOTS_KEY]
     candidate = identity.mac in watch.restage if identity.mac else bool(watch.restage)
     cached = snapshots.current(watch.version) if watch.live and not candidate else None
@@ -213,8 +211,6 @@ async def _canary(request: web.Request, pool: asyncpg.Pool) -> CanaryState:
     """The open canary roll-out as this node knows it (reloaded after NOTIFY, or on every poll
     while LISTEN is down, so a change is never missed)."""
     watch = request.app[WATCH_KEY]
-    watch.start(pool)
-    request.app[ROLLOUT_JOB_KEY].ensure_started(pool)
     canary = watch.canary
     if canary.stale or not watch.live:
         async with acquire(pool) as connection:

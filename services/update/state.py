@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 from aiohttp import web
@@ -11,7 +11,6 @@ from aiohttp import web
 from services.core.config import Settings
 from services.core.inventory import inventory_version, load_inventory
 from services.core.listen import PoolListener
-from services.core.periodic import PeriodicJob
 from services.core.ratelimit import AddressLimiter
 from services.update.canary import CanaryState
 from services.update.firmware import FirmwareStore
@@ -91,7 +90,8 @@ class ChangeWatch:
         return self._listen.live and not self._unsure
 
     def start(self, pool: asyncpg.Pool) -> None:
-        """Begin listening in the background (idempotent)."""
+        """Begin listening in the background. Called once by :func:`change_watch_ctx` when the
+        application starts; any later call is a no-op."""
         self._listen.start(pool)
 
     async def _read_state(self, connection: asyncpg.Connection) -> None:
@@ -132,12 +132,20 @@ BODIES_KEY = web.AppKey("update_bodies", BodyCache)
 WATCH_KEY = web.AppKey("update_watch", ChangeWatch)
 LIFECYCLE_KEY = web.AppKey("update_lifecycle", Lifecycle)
 PUBLISHED_KEY = web.AppKey("update_published", PublishedScripts)
-# Advances the canary roll-outs (one node at a time, canary.advance).
-ROLLOUT_JOB_KEY = web.AppKey("update_rollout_job", PeriodicJob)
 # Polls naming devices not in the inventory, per source address.
 UNKNOWN_LIMITER_KEY = web.AppKey("update_unknown_limiter", AddressLimiter)
 
 
-async def change_watch_ctx(app: web.Application) -> AsyncIterator[None]:
-    yield
-    await app[WATCH_KEY].close()
+def change_watch_ctx(
+    pool: asyncpg.Pool | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The cleanup_ctx that starts the application's :class:`ChangeWatch` with the node (so the
+    first poll after a restart already finds it listening) and closes it on shutdown."""
+
+    async def watch_ctx(app: web.Application) -> AsyncIterator[None]:
+        if pool is not None:
+            app[WATCH_KEY].start(pool)
+        yield
+        await app[WATCH_KEY].close()
+
+    return watch_ctx

@@ -1,0 +1,144 @@
+"""A real install: the wheel carries what a Frontend needs besides the code, `pbxfront init`
+writes a starter set from it, relative paths resolve against a documented base, and the command
+line explains itself (--version, --help, help on every argument)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from services.cli import build_parser
+from services.core.config import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PBXFRONT = [sys.executable, "-m", "services.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PBXFRONT, *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_the_wheel_ships_scripts_config_unit_and_migrations(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("pbxfront-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        requires = [
+            line
+            for line in archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+            .decode()
+            .splitlines()
+            if line.startswith("Requires-Dist:")
+        ]
+    share = next(n for n in names if ".data/data/share/pbxfront/" in n).split("share/pbxfront/")[0]
+    shipped = {path for path in (ROOT / "staging_scripts").rglob("*") if path.is_file()} | {
+        ROOT / "config" / "pbxfront.example.toml",
+        ROOT / "config" / "inventory.example.toml",
+        ROOT / "systemd" / "pbxfront.service",
+        *(ROOT / "config" / "monitoring").iterdir(),
+    }
+    for path in shipped:
+        assert f"{share}share/pbxfront/{path.relative_to(ROOT)}" in names, path
+    migrations = sorted((ROOT / "services" / "core" / "migrations").glob("*.sql"))
+    for migration in migrations:
+        assert f"services/core/migrations/{migration.name}" in names
+    assert "services/cli.py" in names
+    # Declared only what is imported: aiofiles was never used (files are read in a thread).
+    assert not any("aiofiles" in line for line in requires)
+    assert any(line.startswith("Requires-Dist: aiohttp") for line in requires)
+
+
+def test_version_and_help() -> None:
+    version = run("--version")
+    assert version.returncode == 0
+    assert version.stdout.strip() == f"pbxfront {metadata.version('pbxfront')}"
+    helped = run("--help")
+    assert helped.returncode == 0
+    text = helped.stdout
+    assert "``" not in text  # no RST markup
+    assert "on the same database as 'pbxfront serve' with those settings." in text
+    assert "init" in text
+    assert "Passwords and other secrets are never read from the command line." in text
+
+
+def test_every_argument_has_help() -> None:
+    missing: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{path} {action.dest}")
+            elif action.help:
+                assert "``" not in action.help, f"{path} {action.dest}"
+                # %(default)s and friends must expand (argparse raises on a bad one).
+                parser.format_help()
+
+    walk(build_parser(), "pbxfront")
+    assert missing == []
+
+
+def test_init_writes_a_starter_set_once(tmp_path: Path) -> None:
+    etc, var = tmp_path / "etc" / "pbxfront", tmp_path / "var" / "lib" / "pbxfront"
+    first = run("init", "--config-dir", str(etc), "--data-dir", str(var))
+    assert first.returncode == 0, first.stderr
+    for name in ("pbxfront.toml", "pbxfront.example.toml", "inventory.example.toml"):
+        assert (etc / name).is_file()
+    assert (etc / "pbxfront.service").read_text() == (
+        ROOT / "systemd" / "pbxfront.service"
+    ).read_text()
+    assert (etc / "monitoring" / "alerts.yml").is_file()
+    assert (var / "staging_scripts" / "update.txt").read_text() == (
+        ROOT / "staging_scripts" / "update.txt"
+    ).read_text()
+    assert (var / "staging_scripts" / "staging" / "cfg-phone.txt").is_file()
+    assert (var / "firmware" / "firm").is_dir()
+    # Its settings load, and every relative path lands under the data directory.
+    settings = load_settings([etc / "pbxfront.toml"], environ={})
+    assert settings.update.scripts_dir == var / "staging_scripts"
+    assert settings.update.firmware_dir == var / "firmware"
+    assert settings.data_dir == var
+    # A second run overwrites nothing.
+    (etc / "pbxfront.toml").write_text('frontend = "sb2"\n')
+    again = run("init", "--config-dir", str(etc), "--data-dir", str(var))
+    assert again.returncode == 0
+    assert "wrote" not in again.stdout
+    assert f"kept  {etc / 'pbxfront.toml'} (exists)" in again.stdout
+    assert (etc / "pbxfront.toml").read_text() == 'frontend = "sb2"\n'
+
+
+def test_init_where_it_cannot_write_says_so(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run("init", "--config-dir", str(blocker / "etc"), "--data-dir", str(tmp_path / "v"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"pbxfront: init: cannot write {blocker / 'etc'}")
+    assert "Traceback" not in result.stderr
+
+
+def test_relative_paths_resolve_against_base_dir(tmp_path: Path) -> None:
+    environ = {"PBXFRONT_BASE_DIR": str(tmp_path)}
+    settings = load_settings([], environ=environ)
+    assert settings.data_dir == tmp_path / "var"
+    assert settings.update.scripts_dir == tmp_path / "staging_scripts"
+    # Without a base, relative paths stay relative to the working directory (the demo's way).
+    assert load_settings([], environ={}).data_dir == Path("var")
+    with pytest.raises(ConfigError, match=r"^base_dir: must be an absolute path"):
+        load_settings([], environ={"PBXFRONT_BASE_DIR": "relative"})
