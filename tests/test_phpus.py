@@ -617,8 +617,8 @@ async def test_garbage_arguments_get_a_comment_never_5xx(
         ("GET", "mode=upload", 400, "# pbxfront: PHPUS mode=upload"),
         ("GET", "show=1", 400, "# pbxfront: PHPUS's web interface (mode=show)"),
         ("GET", "mode=backup", 400, "# pbxfront: PHPUS mode=backup takes the device's conf"),
-        # A NUL byte never gets as far as the route: the input check of every listener.
-        ("GET", "mode=%00weird", 400, "# query argument 'mode' contains a NUL byte"),
+        ("GET", "mode=frobnicate", 400, "# pbxfront: unknown PHPUS mode"),
+        ("GET", "mode=%00", 400, "contains a NUL byte"),
         ("PUT", "mode=query", 400, "PHPUS mode=query (the customcerts"),
         ("POST", "", 400, "add mode=backup&hwid=#h&sn=#m"),
         ("DELETE", "mode=backup", 405, ""),
