@@ -108,9 +108,7 @@ def read_sources(path: Path) -> Sources:
     sources: list[InventorySource] = []
     for name, file in named:
         try:
-            inventory, scope = parse_inventory_scoped(
-                _read_text(file), str(file), references=prefix is None
-            )
+            inventory, scope = parse_inventory_scoped(_read_text(file), str(file), references=False)
         except InventoryError as error:
             problems.extend(error.problems)
             continue
