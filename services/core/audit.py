@@ -85,7 +85,9 @@ def redact(value: Any) -> Any:
         result: dict[str, Any] = {}
         for key, item in value.items():
             name = str(key)
-            if (_is_secret_name(name) or (flagged and name == "value")) and item is not None:
+            # A flag ("secret": true) is no secret; its value is.
+            hidden = _is_secret_name(name) and not isinstance(item, bool)
+            if (hidden or (flagged and name == "value")) and item is not None:
                 result[name] = REDACTED
             else:
                 result[name] = redact(item)

@@ -1481,6 +1481,7 @@ async def _purge_customers(connection: asyncpg.Connection, customer_ids: Sequenc
     if not customer_ids:
         return
     ids = list(customer_ids)
+    await connection.execute("DELETE FROM contact_current WHERE customer = ANY($1::text[])", ids)
     await connection.execute("DELETE FROM contact_versions WHERE customer = ANY($1::text[])", ids)
     await connection.execute("DELETE FROM backup_devices WHERE customer = ANY($1::text[])", ids)
     await connection.execute("DELETE FROM customer_archive WHERE customer = ANY($1::text[])", ids)
