@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from services.core import audit
 from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
@@ -187,8 +188,16 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
 
 async def devices_restage(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     mac = _mac(args.mac)
-    if not await UpdateRepository(pool).request_restage(mac):
-        raise UsageError(f"no device {mac} in the inventory")
+    async with pool.acquire() as connection, connection.transaction():
+        if not await UpdateRepository(connection).request_restage(mac):
+            raise UsageError(f"no device {mac} in the inventory")
+        await audit.record(
+            connection,
+            actor=audit.cli_actor(),
+            action="device.restage",
+            object_type="device",
+            object_id=mac,
+        )
     print(f"{mac}: will be sent through staging.txt at its next poll")
     return 0
 
@@ -211,7 +220,9 @@ async def devices_adopt(args: argparse.Namespace, settings: Settings, pool: asyn
     )
     async with pool.acquire() as connection:
         try:
-            created = await InventoryRepository(connection).upsert_device(device)
+            created = await InventoryRepository(connection, actor=audit.cli_actor()).upsert_device(
+                device
+            )
         except InventoryError as error:
             raise UsageError("; ".join(error.problems)) from None
     if not created:
@@ -219,8 +230,8 @@ async def devices_adopt(args: argparse.Namespace, settings: Settings, pool: asyn
     await repository.forget_unknown(mac)
     print(f"{mac}: adopted for customer {args.customer} as {device_type} {args.device_class}")
     print(
-        "note: `pbxfront inventory apply` removes devices its file does not list; "
-        "add it there too (`pbxfront inventory export` shows the current state)"
+        "note: `pbxfront inventory apply --prune` of the file owning this customer removes "
+        "devices it does not list; add it there too (`pbxfront inventory export`)"
     )
     return 0
 
@@ -279,6 +290,15 @@ async def firmware_add(args: argparse.Namespace, settings: Settings, pool: async
         added = await asyncio.to_thread(store.add, Path(args.file), args.build, name)
     except FirmwareError as error:
         raise UsageError(str(error)) from None
+    async with pool.acquire() as connection, connection.transaction():
+        await audit.record(
+            connection,
+            actor=audit.cli_actor(),
+            action="firmware.add",
+            object_type="firmware",
+            object_id=f"{args.build}/{name}",
+            after={"sha256": added.sha256, "size": added.size, "type": args.type.upper()},
+        )
     print(f"{added.path}  sha256 {added.sha256}  {added.size} bytes")
     print(
         f'policy: set update variable fw-{args.kind} = "{args.build}" on the device_type '
