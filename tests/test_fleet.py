@@ -7,6 +7,8 @@ import asyncio
 import base64
 import dataclasses
 import json
+import os
+import re
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -72,7 +74,9 @@ cpe_id = "Neu00001-002"
 """
 
 
-async def pbxfront(database_url: str, *argv: str) -> tuple[int, str, str]:
+async def pbxfront(
+    database_url: str, *argv: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     """``python -m services.cli …`` on the test database, stdin not a terminal."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -85,6 +89,7 @@ async def pbxfront(database_url: str, *argv: str) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=ROOT,
+        env=None if env is None else {**os.environ, **env},
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
@@ -509,3 +514,75 @@ async def test_an_api_customer_is_never_touched_by_files_and_everything_is_audit
             await apply_sources(connection, claimer, actor=ACTOR)
         with pytest.raises(InventoryError, match="not archived"):
             await restore_customer(connection, "Portal00001", actor=ACTOR)
+
+
+async def test_every_kind_of_change_is_audited_from_the_cli(
+    database_url: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    async def cli(*argv: str, env: dict[str, str] | None = None) -> str:
+        code, out, err = await pbxfront(
+            database_url,
+            *argv,
+            "--set",
+            f"data_dir={json.dumps(str(tmp_path / 'var'))}",
+            "--set",
+            f"update.firmware_dir={json.dumps(str(tmp_path / 'firmware'))}",
+            env=env,
+        )
+        assert code == 0, err
+        return out
+
+    await cli("inventory", "apply", str(EXAMPLE))
+    await cli(
+        "accounts", "add", "ops", "--role", "operator",
+        env={"PBXFRONT_ACCOUNT_PASSWORD": "ops-account-secret"},
+    )  # fmt: skip
+    await cli("devices", "restage", "00-90-33-01-02-03")
+    await cli(
+        "devices", "adopt", "00-90-33-0c-00-01", "--customer", KUENKEL, "--type", "IP232",
+        "--class", "phone",
+    )  # fmt: skip
+    image = tmp_path / "ip232.bin"
+    image.write_bytes(b"firmware image" * 100)
+    await cli("firmware", "add", str(image), "--build", "131500", "--type", "IP232")
+    await cli("ca", "init", "--country", "DE", "--organization", "Hoster", "--key-type", "ecdsa")
+    issued = await cli(
+        "ca", "issue", "device", "--device", "00-90-33-01-02-03", "--key-type", "ecdsa",
+        "--out", str(tmp_path / "issued"),
+    )  # fmt: skip
+    match = re.search(r"serial ([0-9a-f]+)", issued)
+    assert match is not None
+    await cli("ca", "revoke", match.group(1))
+    await store_contacts(pool, KUENKEL)
+    await store_contacts(pool, KUENKEL)
+    await cli("contacts", "rollback", KUENKEL)
+    await cli("redirect", "register", "00-90-33-0d-00-01", "--frontend", "sb1")
+    await cli("redirect", "transfer-token", "00-90-33-0d-00-01")
+    await cli("redirect", "deregister", "00-90-33-0d-00-01")
+
+    entries = json.loads(await cli("audit", "--json"))
+    assert {e["origin"] for e in entries} == {"cli"}
+    assert len({e["actor"] for e in entries}) == 1
+    kinds = [(e["action"], e["object_type"]) for e in entries if e["object_type"] != "variable"]
+    for expected in [
+        ("inventory.apply", "inventory"),
+        ("account.add", "account"),
+        ("device.restage", "device"),
+        ("inventory.add", "device"),  # the adoption
+        ("firmware.add", "firmware"),
+        ("ca.init", "certificate"),
+        ("ca.issue", "certificate"),
+        ("ca.revoke", "certificate"),
+        ("contacts.rollback", "contacts"),
+        ("redirect.created", "redirect-mapping"),
+        ("redirect.transfer-token", "redirect-mapping"),
+        ("redirect.deregister", "redirect-mapping"),
+    ]:
+        assert expected in kinds
+    rollback = next(e for e in entries if e["action"] == "contacts.rollback")
+    assert (rollback["before"], rollback["after"]) == ({"version": 2}, {"version": 1})
+    text = await audit_text(pool)
+    assert "ops-account-secret" not in text
+    only_accounts = await cli("audit", "--object", "account/ops")
+    assert len(only_accounts.splitlines()) == 1
+    assert (await cli("audit", "--actor", "nobody-at-all")) == ""
