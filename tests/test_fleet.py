@@ -586,3 +586,57 @@ async def test_every_kind_of_change_is_audited_from_the_cli(
     only_accounts = await cli("audit", "--object", "account/ops")
     assert len(only_accounts.splitlines()) == 1
     assert (await cli("audit", "--actor", "nobody-at-all")) == ""
+
+
+async def test_scripts_plan_lists_changed_devices_with_redacted_diffs(
+    database_url: str, tmp_path: Path
+) -> None:
+    import shutil
+
+    pending = tmp_path / "pending"
+    shutil.copytree(ROOT / "staging_scripts", pending)
+    (pending / f"set-{KUENKEL}.txt").write_text(
+        "config change PHONE /name {{ device.cpe_id or device.hardware_id }}\n"
+        "config change H323 /pwd {{ customer.registration_password }} #(pbx-password)\n"
+    )
+
+    async def cli(*argv: str) -> tuple[int, str]:
+        code, out, err = await pbxfront(
+            database_url,
+            *argv,
+            "--set",
+            f"update.scripts_dir={json.dumps(str(ROOT / 'staging_scripts'))}",
+            "--set",
+            f"update.firmware_dir={json.dumps(str(tmp_path / 'firmware'))}",
+        )
+        assert not err, err
+        return code, out
+
+    await cli("inventory", "apply", str(EXAMPLE))
+    code, out = await cli("scripts", "plan", "--scripts", str(pending), "--diff")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[-1] == "4 of 4 device(s) get a changed script"
+    headlines = [line for line in lines if line.startswith("~ ")]
+    assert len(headlines) == 4
+    assert headlines[0].startswith("~ IP232-01-02-03 (009033010203) customer Kuenkel00001: ")
+    assert "    +config change PHONE /name Kuenkel00001-001" in lines
+    assert "    +config change H323 /pwd *** ***" in lines
+    assert "change-me" not in out
+
+    # Unchanged tree: nothing to do; the live tree against what devices were sent (nothing yet).
+    code, out = await cli("scripts", "plan", "--scripts", str(ROOT / "staging_scripts"))
+    assert out.splitlines()[-1] == "0 of 4 device(s) get a changed script"
+    code, out = await cli("scripts", "plan", "--json", "--customer", KUENKEL)
+    data = json.loads(out)
+    assert data["devices"] == 4
+    assert {row["before"] for row in data["changes"]} == {None}
+
+    # A tree that does not render is reported once, with the devices it affects.
+    (pending / f"set-{KUENKEL}.txt").write_text("config change X /y {{ no_such_name }}\n")
+    code, out = await cli("scripts", "plan", "--scripts", str(pending))
+    assert code == 1
+    problems = [line for line in out.splitlines() if line.startswith("! ")]
+    assert len(problems) == 1
+    assert "no_such_name" in problems[0]
+    assert "(4 device(s): " in problems[0]

@@ -87,6 +87,65 @@ async def scripts_check(args: argparse.Namespace, settings: Settings, pool: asyn
     return 0
 
 
+async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    """Which devices' replies a pending script tree changes (services/update/plan.py)."""
+    from services.update.plan import plan_scripts
+
+    live, firmware = await _stores(settings)
+    pending: ScriptStore | None = None
+    if args.scripts:
+        pending = ScriptStore(Path(args.scripts))
+        await asyncio.to_thread(pending.refresh)
+    snapshot = await _snapshot(pool)
+    statuses = await UpdateRepository(pool).statuses(customer=args.customer, limit=10**9)
+    devices = [snapshot.by_mac[s.mac] for s in statuses if s.mac in snapshot.by_mac]
+    plan = await asyncio.to_thread(
+        plan_scripts,
+        pending or live,
+        live if pending is not None else None,
+        snapshot,
+        Urls(_base_url(settings, args.base_url)),
+        poll_minutes=settings.update.poll_interval,
+        hashes_sent={s.mac: s.hash_sent for s in statuses},
+        reported_builds={s.mac: (s.prot, s.boot) for s in statuses},
+        firmware_available=firmware.listed,
+        devices=devices,
+    )
+    if args.json:
+        rows = [
+            {
+                "mac": change.device.mac,
+                "hardware_id": change.device.hardware_id,
+                "customer": change.device.customer,
+                "before": change.before,
+                "after": change.after,
+                "firmware": list(change.firmware),
+                "diff": list(change.diff),
+            }
+            for change in [*plan.changes, *plan.firmware_only]
+        ]
+        print(
+            json.dumps(
+                {"devices": plan.devices, "changes": rows, "problems": plan.problem_lines()},
+                indent=2,
+            )
+        )
+        return 1 if plan.problems else 0
+    for change in plan.changes:
+        print(change.headline())
+        if args.diff:
+            for line in change.diff:
+                print(f"    {line}")
+    for change in plan.firmware_only:
+        print(change.headline().replace("~", "F", 1))
+    for line in plan.problem_lines():
+        print(f"! {line}")
+    if pending is None:
+        print("(against the hash each device was last sent; --scripts DIR plans a pending tree)")
+    print(plan.summary())
+    return 1 if plan.problems else 0
+
+
 async def scripts_render(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     mac = _mac(args.device)
     store, firmware = await _stores(settings)
@@ -324,6 +383,19 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
         help="render every script for every device; list problems as file:line: message",
     )
     check.set_defaults(handler=bind(scripts_check))
+    plan = script_actions.add_parser(
+        "plan",
+        parents=[common],
+        help="which devices' scripts a pending tree changes (hash per device, diff)",
+    )
+    plan.add_argument(
+        "--scripts", metavar="DIR", help="the pending tree (default: plan the live tree)"
+    )
+    plan.add_argument("--customer", metavar="ID", help="only this customer's devices")
+    plan.add_argument("--diff", action="store_true", help="show each device's script diff")
+    plan.add_argument("--base-url", metavar="URL", help="default: update.public_url")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(handler=bind(scripts_plan))
     render = script_actions.add_parser("render", parents=[common], help="what one device gets")
     render.add_argument("--device", required=True, metavar="MAC")
     render.add_argument("--phase", choices=(STAGING, UPDATE), default=UPDATE)
