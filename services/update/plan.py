@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.core.identity import DeviceIdentity, Proof
 from services.core.inventory import Device
@@ -117,14 +118,21 @@ def redact_lines(lines: Iterable[str], secrets: Sequence[str]) -> list[str]:
 
 
 def render_update(
-    store: ScriptStore, snapshot: Snapshot, device: Device, urls: Urls, poll_minutes: int
+    store: ScriptStore, context: Mapping[str, Any], variables: Mapping[str, Any]
 ) -> Rendered:
-    """The device's update script body as a proven device gets it; ScriptError,
-    SecretRequired as rendering raises them."""
-    identity = DeviceIdentity(Proof.PROVEN, device.mac, device.hardware_id, device.device_type)
-    context, variables = template_context(snapshot, device, identity, UPDATE, urls, poll_minutes)
+    """The update script body for a :func:`device_context`; ScriptError, SecretRequired as
+    rendering raises them."""
     lines = script_lines(store.render(f"{UPDATE}.txt", context, variables))
     return Rendered(tuple(lines), script_hash("\n".join(lines)))
+
+
+def device_context(
+    snapshot: Snapshot, device: Device, urls: Urls, poll_minutes: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the device's update poll renders with, as a proven device (one context serves both
+    trees: it depends on the inventory only)."""
+    identity = DeviceIdentity(Proof.PROVEN, device.mac, device.hardware_id, device.device_type)
+    return template_context(snapshot, device, identity, UPDATE, urls, poll_minutes)
 
 
 def plan_scripts(
@@ -163,15 +171,16 @@ def plan_scripts(
                 firmware.append(f"{target.kind} {current or 'unknown'} -> {target.build}")
         except PolicyError as error:
             plan.problem(f"variables: {error}", device)
+        context, update_variables = device_context(snapshot, device, urls, poll_minutes)
         try:
-            after = render_update(pending, snapshot, device, urls, poll_minutes)
+            after = render_update(pending, context, update_variables)
         except (ScriptError, SecretRequired) as error:
             plan.problem(f"{pending.root}: update.txt: {error}", device)
             continue
         before_lines: tuple[str, ...] | None = None
         if live is not None:
             try:
-                base = render_update(live, snapshot, device, urls, poll_minutes)
+                base = render_update(live, context, update_variables)
             except (ScriptError, SecretRequired):
                 base = None
             before = base.digest if base is not None else None
