@@ -640,3 +640,42 @@ async def test_scripts_plan_lists_changed_devices_with_redacted_diffs(
     assert len(problems) == 1
     assert "no_such_name" in problems[0]
     assert "(4 device(s): " in problems[0]
+
+
+async def test_a_prune_asks_on_a_terminal(
+    database_url: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    import pty
+
+    async with pool.acquire() as connection:
+        await apply_sources(connection, read_sources(EXAMPLE), actor=ACTOR)
+    new = tmp_path / "new.toml"
+    new.write_text(NEW_CUSTOMER + SECOND_DEVICE)
+    code, _, err = await pbxfront(database_url, "inventory", "apply", str(new))
+    assert code == 0, err
+    new.write_text(NEW_CUSTOMER)
+
+    async def answer(reply: bytes) -> tuple[int, str]:
+        controller, terminal = pty.openpty()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.cli", "inventory", "apply", str(new), "--prune",
+                "--set", f"database.url={json.dumps(database_url)}",
+                stdin=terminal, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                cwd=ROOT,
+            )  # fmt: skip
+            os.write(controller, reply)
+            out, _ = await asyncio.wait_for(process.communicate(), 60)
+        finally:
+            os.close(terminal)
+            os.close(controller)
+        assert process.returncode is not None
+        return process.returncode, out.decode()
+
+    code, out = await answer(b"n\n")
+    assert code == 1
+    assert "nothing was changed" in out
+    assert await device_macs(pool, "Neu00001") == ["0090330a0001", "0090330a0002"]
+    code, out = await answer(b"y\n")
+    assert code == 0, out
+    assert await device_macs(pool, "Neu00001") == ["0090330a0001"]
