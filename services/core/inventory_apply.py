@@ -258,13 +258,14 @@ def plan(
             return True
         return sources.prefix is not None and owner.startswith(sources.prefix)
 
+    archived_lower = {customer_id.lower() for customer_id in archived}
     current_customers = {c.id: c for c in current.customers}
     current_devices = {d.mac: d for d in current.devices}
     frontend_ids = {f.id for f in current.frontends} | {f.id for f in union.frontends}
 
     for customer in union.customers:
         where = naming[customer.id]
-        if customer.id in archived:
+        if customer.id.lower() in archived_lower:
             problems.append(
                 f"{where}: customer {customer.id}: archived; restore it first "
                 f"(pbxfront inventory restore {customer.id}) or purge it"
