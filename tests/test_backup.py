@@ -187,7 +187,9 @@ async def start_site(
     async def start(**backup: Any) -> Site:
         settings = Settings(
             update=UpdateSettings(
-                scripts_dir=repo_root / "staging_scripts", firmware_dir=tmp_path / "firmware"
+                grace_seconds=0,
+                scripts_dir=repo_root / "staging_scripts",
+                firmware_dir=tmp_path / "firmware",
             ),
             backup=BackupSettings(**{"prune_interval": 0.0, **backup}),
         )
@@ -253,6 +255,18 @@ async def test_same_config_twice_is_one_version_a_change_is_two(site: Site) -> N
     assert stored_contents == 2
 
 
+async def test_post_is_taken_like_put_and_blank_lines_make_no_version(site: Site) -> None:
+    # protocol.md §10: PHPUS takes the body whatever the method; some devices POST.
+    assert await site.put(CONFIG_1, extra=("-X", "POST")) == (201, "stored as version 1\n")
+    spaced = CONFIG_1.replace("\r\n", "\r\n\r\n  \r\n", 2) + "\r\n\r\n"
+    assert (await site.put(spaced))[0] == 200
+    assert (await site.put(spaced, extra=("-X", "POST")))[0] == 200
+    assert len(await site.versions()) == 1
+    # An empty body is still the clear 400, and no credentials still 401, for POST too.
+    assert (await site.put(b"", extra=("-X", "POST")))[0] == 400
+    assert (await site.put(CONFIG_1, device=None, extra=("-X", "POST")))[0] == 401
+
+
 async def test_identical_content_of_two_devices_is_stored_once(site: Site) -> None:
     assert (await site.put(CONFIG_1))[0] == 201
     status, _ = await site.put(CONFIG_1, device=DEVICE_C, name=f"{DEVICE_C}.txt")
@@ -305,7 +319,7 @@ async def test_write_only_refusals_are_identical(site: Site, certificate: str | 
         PATH,
         f"{PATH}/a/b",
     ):
-        for method in ("GET", "HEAD", "PROPFIND", "DELETE", "MOVE", "COPY", "OPTIONS", "POST"):
+        for method in ("GET", "HEAD", "PROPFIND", "DELETE", "MOVE", "COPY", "OPTIONS", "PATCH"):
             headers = {"Destination": base + f"{PATH}/x.txt", "Depth": "1"}
             async with session.request(method, base + path, headers=headers) as response:
                 body = await response.read()
@@ -317,8 +331,12 @@ async def test_write_only_refusals_are_identical(site: Site, certificate: str | 
                     )
                 )
     assert answers == {
-        (405, "PUT", b"the backup folder is write-only: devices PUT their configuration here\n"),
-        (405, "PUT", b"(head)"),
+        (
+            405,
+            "PUT, POST",
+            b"the backup folder is write-only: devices PUT their configuration here\n",
+        ),
+        (405, "PUT, POST", b"(head)"),
     }
     assert len(await site.versions()) == 1
 

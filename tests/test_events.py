@@ -438,7 +438,9 @@ async def start_site(
         settings = Settings(
             database=DatabaseSettings(url=database_url),
             update=UpdateSettings(
-                scripts_dir=repo_root / "staging_scripts", firmware_dir=tmp_path / "firmware"
+                grace_seconds=0,
+                scripts_dir=repo_root / "staging_scripts",
+                firmware_dir=tmp_path / "firmware",
             ),
             events=EventsSettings(
                 **{

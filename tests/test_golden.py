@@ -17,10 +17,12 @@ from services.core.inventory import read_inventory_file
 from services.update.provisioning import (
     STAGING,
     UPDATE,
+    Lifecycle,
     PollArguments,
     Snapshot,
     Urls,
-    decide_and_render,
+    look_up,
+    reply_for,
 )
 from services.update.scripts import ScriptStore
 
@@ -47,17 +49,18 @@ def test_rendered_scripts_match_golden_files(
 
     assert isinstance(device, Device)
     identity = DeviceIdentity(Proof.PROVEN, device.mac, device.hardware_id, device.device_type)
-    reply = decide_and_render(
+    reply = reply_for(
         store,
-        SNAPSHOT,
-        device,
-        identity,
-        PollArguments(),
-        phase,
-        Urls("https://192.0.2.10"),
-        poll_minutes=15,
-        restage=False,
-        firmware_available=lambda build, name: False,
+        look_up(
+            SNAPSHOT,
+            device,
+            identity,
+            PollArguments(),
+            phase,
+            Urls("https://192.0.2.10"),
+            Lifecycle(),
+        ),
+        lambda build, name: False,
     )
     assert reply.status == 200
     text = reply.text.replace("\r\n", "\n")

@@ -40,6 +40,7 @@ from services.core.inventory import apply_inventory, read_inventory_file
 from services.core.ratelimit import AddressLimiter
 from services.core.runner import Node, ServiceFactories, start_node
 from services.core.tls import bind_socket
+from services.core.unknown import REDIRECT, UnknownDeviceRepository
 from services.redirect import cli as redirect_cli
 from services.redirect.app import create_api_app, create_device_app
 from services.redirect.app import create_app as redirect_app
@@ -368,7 +369,7 @@ async def test_unknown_device_is_404_and_recorded(redirect: Redirect) -> None:
         assert response.text == (
             "# pbxfront redirect: device 0090330a0b0c is not registered here\r\n"
         )
-    (unknown,) = await redirect.repository.list_unknown()
+    (unknown,) = await UnknownDeviceRepository(redirect.pool).sightings(REDIRECT)
     assert (unknown.mac, unknown.device_type, unknown.polls, unknown.source_address) == (
         "0090330a0b0c",
         "IP222",
@@ -378,7 +379,7 @@ async def test_unknown_device_is_404_and_recorded(redirect: Redirect) -> None:
     assert unknown.first_seen <= unknown.last_seen
     # A provider claims it: it is no longer unknown, and the next request gets its hand-over.
     await register(redirect, "0090330a0b0c")
-    assert await redirect.repository.list_unknown() == []
+    assert await UnknownDeviceRepository(redirect.pool).sightings(REDIRECT) == []
     claimed = await redirect.device(f"{redirect.http}/redirect.php?sn=0090330a0b0c")
     assert claimed.status == 200
 
@@ -420,7 +421,7 @@ async def test_unknown_lookups_are_rate_limited_per_address(
         # Out of tokens, a registered device is refused the same way: nothing to learn.
         refused = await service.device(known)
         assert (refused.status, refused.text) == (429, limited.text)
-        assert len(await service.repository.list_unknown()) == 3
+        assert len(await UnknownDeviceRepository(service.pool).sightings(REDIRECT)) == 3
 
 
 def test_limiter_refills_and_counts_ipv6_per_64() -> None:
@@ -1036,7 +1037,10 @@ async def test_factory_new_device_walks_to_in_sync(
     port = devices_socket.getsockname()[1]
     settings = Settings(
         update=UpdateSettings(
-            scripts_dir=scripts, firmware_dir=tmp_path / "firmware", reload_interval=0.1
+            grace_seconds=0,
+            scripts_dir=scripts,
+            firmware_dir=tmp_path / "firmware",
+            reload_interval=0.1,
         ),
         redirect=RedirectSettings(
             frontend_url=f"https://127.0.0.1:{port}/DRIVE/CF0/update/staging.txt"

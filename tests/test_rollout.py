@@ -111,7 +111,9 @@ async def start_frontend(
     settings = Settings(
         data_dir=data_dir,
         ca=ca,
-        update=UpdateSettings(scripts_dir=scripts, firmware_dir=data_dir / "firmware"),
+        update=UpdateSettings(
+            grace_seconds=0, scripts_dir=scripts, firmware_dir=data_dir / "firmware"
+        ),
     )
     claimed = ListenerSettings(
         port=0,

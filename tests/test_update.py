@@ -4,6 +4,7 @@ PostgreSQL; convergence, firmware, staging, secrets, hostile input, concurrency.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -20,6 +21,8 @@ import pytest
 from services.core.config import ListenerSettings, Settings, UpdateSettings
 from services.core.inventory import InventoryRepository, apply_inventory, read_inventory_file
 from services.core.runner import Node, start_node
+from services.core.unknown import UPDATE as UPDATE_SERVICE
+from services.core.unknown import UnknownDeviceRepository
 from services.serve import service_factories
 from services.update.firmware import FirmwareStore
 from services.update.repository import UpdateRepository
@@ -73,9 +76,13 @@ class Frontend:
             await InventoryRepository(connection).set_variable(layer, scope, name, value, secret)
 
 
-@pytest.fixture
-async def frontend(
-    pool: asyncpg.Pool, session_pki: SessionPki, repo_root: Path, tmp_path: Path
+@contextlib.asynccontextmanager
+async def running_frontend(
+    pool: asyncpg.Pool,
+    session_pki: SessionPki,
+    repo_root: Path,
+    tmp_path: Path,
+    **update: Any,
 ) -> AsyncIterator[Frontend]:
     scripts = tmp_path / "staging_scripts"
     shutil.copytree(repo_root / "staging_scripts", scripts)
@@ -85,7 +92,13 @@ async def frontend(
             connection, read_inventory_file(repo_root / "config" / "inventory.example.toml")
         )
     settings = Settings(
-        update=UpdateSettings(scripts_dir=scripts, firmware_dir=firmware, reload_interval=0.1)
+        update=UpdateSettings(
+            grace_seconds=0,
+            scripts_dir=scripts,
+            firmware_dir=firmware,
+            reload_interval=0.1,
+            **update,
+        )
     )
     claimed = ListenerSettings(
         port=0,
@@ -101,8 +114,18 @@ async def frontend(
         "claimed": claimed,
     }
     node = await start_node(settings, pool, listeners, service_factories())
-    yield Frontend(node, pool, scripts, firmware, session_pki)
-    await node.stop()
+    try:
+        yield Frontend(node, pool, scripts, firmware, session_pki)
+    finally:
+        await node.stop()
+
+
+@pytest.fixture
+async def frontend(
+    pool: asyncpg.Pool, session_pki: SessionPki, repo_root: Path, tmp_path: Path
+) -> AsyncIterator[Frontend]:
+    async with running_frontend(pool, session_pki, repo_root, tmp_path) as running:
+        yield running
 
 
 async def status_of(
@@ -191,14 +214,16 @@ async def test_firmware_policy_brings_prot_lines_once(frontend: Frontend, tmp_pa
     assert last.changes == []
 
 
-async def test_firmware_missing_from_store_is_500_and_logged(
+async def test_firmware_missing_from_store_does_not_block_the_script_and_is_logged(
     frontend: Frontend, caplog: pytest.LogCaptureFixture
 ) -> None:
     await frontend.set_variable("device", MAC_A, "fw-prot", "999999")
     with caplog.at_level(logging.ERROR):
         result = await frontend.device().poll()
-    assert result.status == 500
-    assert result.commands == []
+    assert result.status == 200
+    assert "not in the firmware store" in result.text
+    assert not any(c.startswith("mod cmd UP0 prot") for c in result.commands)
+    assert any(c.startswith("mod cmd UP1 check ser") for c in result.commands)
     assert any("firmware/firm/999999/ip232.bin" in r.getMessage() for r in caplog.records)
     status = await status_of(frontend.pool, MAC_A, polls(1))
     assert "999999" in str(status["last_error"])
@@ -212,13 +237,21 @@ async def test_staging_then_update(frontend: Frontend) -> None:
     assert "config add H323 /ras-port 1819" in staged.commands
     assert "kerberos1i.hoster.tld" in staged.text
     assert not any("UP1 check" in line for line in staged.commands)  # staging has no guard
-    assert device.url.endswith("/DRIVE/CF0/update/update.txt?sn=#m&hwid=#h&type=#t&ip=#i")
+    # protocol.md §10: staging turns fast polling on and says so in the update URL.
+    assert device.url.endswith(
+        "/DRIVE/CF0/update/update.txt?sn=#m&hwid=#h&type=#t&ip=#i&polling=5&staged=1"
+    )
+    assert "mod cmd UP1 provision 5" in staged.commands
     assert device.poll_minutes == 1
     status = await status_of(frontend.pool, MAC_A, polls(1))
     assert status["phase"] == "staging"
     assert status["staged_at"] is not None
     update = await device.poll()
     assert any(line.startswith("mod cmd UP1 check ser") for line in update.commands)
+    # ... and the first update reply turns it off again, whatever the templates contain.
+    assert "mod cmd UP1 provision 0" in update.commands
+    assert "config rem UP1 /provision" in update.commands
+    assert device.url.endswith("/DRIVE/CF0/update/update.txt?sn=#m&hwid=#h&type=#t&ip=#i")
     assert device.poll_minutes == 15
     assert (await status_of(frontend.pool, MAC_A, polls(2)))["phase"] == "update"
 
@@ -255,8 +288,13 @@ async def test_secrets_only_for_proven_devices(frontend: Frontend) -> None:
     assert "pbx-password" in result.text
     assert "change-me" not in result.text
     assert all(line.startswith("#") for line in result.text.splitlines())
-    status = await status_of(frontend.pool, MAC_A, lambda status: status["proof"] == "claimed")
-    assert status["proof"] == "claimed"
+    # The device has proven itself: URL arguments alone no longer change its status (issue
+    # #21): the claimed poll is kept apart.
+    status = await status_of(
+        frontend.pool, MAC_A, lambda status: status["claimed_seen"] is not None
+    )
+    assert status["proof"] == "proven"
+    assert status["claimed_address"] == "127.0.0.1"
 
     # A reduced script without secrets is fine for a claimed device.
     (frontend.scripts / "set-Kuenkel00001.txt").write_text(
@@ -290,7 +328,7 @@ async def test_unknown_device_is_404_and_recorded(frontend: Frontend) -> None:
     result = await stranger.poll()
     assert result.status == 404
     assert result.text.startswith("# ")
-    unknown = await UpdateRepository(frontend.pool).list_unknown()
+    unknown = await UnknownDeviceRepository(frontend.pool).sightings(UPDATE_SERVICE)
     assert [(u.mac, u.hardware_id, u.proof) for u in unknown] == [
         ("0090330a0b0c", DEVICE_B, "proven")
     ]
@@ -510,3 +548,73 @@ async def test_device_backs_up_through_the_scfg_line(
         assert versions == 2
     finally:
         await node.stop()
+
+
+# --- unknown devices and claimed polls (issues #14 item 8, #21 item 3) ------------------------
+
+
+async def test_unknown_devices_script_reveals_no_customer_and_is_recorded(
+    pool: asyncpg.Pool, session_pki: SessionPki, repo_root: Path, tmp_path: Path
+) -> None:
+    async with running_frontend(
+        pool, session_pki, repo_root, tmp_path, unknown_devices="script"
+    ) as frontend:
+        (frontend.scripts / "unknown.txt").write_text(
+            "# not registered yet: ask the operator to adopt {{ device.hardware_id }}\n"
+            "config change NTP0 /server #(h-domain)\n"
+        )
+        stranger = frontend.device(certificate=False, mac="009033aabbcc", name="IP232-aa-bb-cc")
+
+        async def served() -> bool:
+            return "config change NTP0 /server hoster.tld" in (await stranger.poll()).commands
+
+        await until(served, timeout=5)
+        result = await stranger.poll()  # its CHECK is current now
+        assert result.status == 200
+        assert result.commands == []
+        assert "Kuenkel" not in result.text
+        unknown = await UnknownDeviceRepository(pool).sightings(UPDATE_SERVICE)
+        assert [u.mac for u in unknown] == ["009033aabbcc"]
+
+
+async def test_unknown_lookups_are_rate_limited_and_bounded(
+    pool: asyncpg.Pool, session_pki: SessionPki, repo_root: Path, tmp_path: Path
+) -> None:
+    async with running_frontend(
+        pool,
+        session_pki,
+        repo_root,
+        tmp_path,
+        unknown_burst=15,
+        unknown_per_second=0.001,
+        unknown_max_rows=10,
+    ) as frontend:
+        statuses = []
+        for index in range(20):
+            stranger = frontend.device(
+                certificate=False, mac=f"0090330c{index:04x}", name=f"IP232-0c-00-{index:02x}"
+            )
+            statuses.append((await stranger.poll()).status)
+        assert statuses == [404] * 15 + [429] * 5
+        assert len(await UnknownDeviceRepository(pool).sightings(UPDATE_SERVICE)) == 10
+        # The known device from the same address is still served (only misses spend tokens,
+        # but a limited address is refused everything on the unknown path only).
+        known = await frontend.device().poll()
+        assert known.status == 200
+
+
+async def test_a_claimed_staging_poll_cannot_clear_a_restage(frontend: Frontend) -> None:
+    device = frontend.device()
+    await device.poll()
+    await status_of(frontend.pool, MAC_A, polls(1))
+    assert await UpdateRepository(frontend.pool).request_restage(MAC_A)
+    stranger = frontend.device(certificate=False, script="staging.txt")
+    result = await stranger.poll()
+    assert result.status == 200
+    assert "Kuenkel00001" not in result.text.splitlines()[0]  # the header names no customer
+    status = await status_of(frontend.pool, MAC_A, lambda s: s["claimed_seen"] is not None)
+    assert status["restage_requested"] is True
+    assert status["proof"] == "proven"
+    back = await device.poll()
+    assert "/DRIVE/CF0/update/staging.txt" in device.url
+    assert back.status == 200

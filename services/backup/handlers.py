@@ -100,12 +100,14 @@ ON_REQUEST_KEY: web.AppKey[Callable[[asyncpg.Pool], None]] = web.AppKey("backup_
 async def write_only(request: web.Request) -> web.Response:
     """Every method but PUT, on every backup path: one fixed answer that reveals nothing."""
     return web.Response(
-        status=405, text=WRITE_ONLY_TEXT, content_type="text/plain", headers={"Allow": "PUT"}
+        status=405, text=WRITE_ONLY_TEXT, content_type="text/plain", headers={"Allow": "PUT, POST"}
     )
 
 
 async def backup_resource(request: web.Request) -> web.Response:
-    if request.method != "PUT":
+    # protocol.md §10: PHPUS reads the body whatever the method, and devices send PUT; POST is
+    # taken the same way. Every other method gets the write-only refusal.
+    if request.method not in ("PUT", "POST"):
         return await write_only(request)
     return await put_backup(request)
 

@@ -93,7 +93,8 @@ class Normalizer:
 
     def lines(self, content: bytes) -> list[str]:
         search = self.combined.search if self.combined is not None else None
-        lines = split_lines(decode(content))
+        # Blank lines never make a new version (PHPUS drops them before comparing).
+        lines = [line for line in split_lines(decode(content)) if line.strip()]
         if search is None:
             return [line for line in lines if not self.is_volatile(line)]
         return [line for line in lines if search(line) is None]

@@ -367,7 +367,14 @@ async def _update_hashes(dsn: str, scripts_dir: Path) -> dict[str, str]:
     """Each device's update.txt hash, computed by the same pipeline the server runs."""
     from services.core.config import DatabaseSettings
     from services.core.db import create_pool
-    from services.update.provisioning import UPDATE, PollArguments, Urls, decide_and_render
+    from services.update.provisioning import (
+        UPDATE,
+        Lifecycle,
+        PollArguments,
+        Urls,
+        look_up,
+        reply_for,
+    )
     from services.update.scripts import ScriptStore
     from services.update.state import SnapshotCache
 
@@ -382,17 +389,12 @@ async def _update_hashes(dsn: str, scripts_dir: Path) -> dict[str, str]:
     hashes: dict[str, str] = {}
     for device in snapshot.inventory.devices:
         identity = DeviceIdentity(Proof.PROVEN, device.mac, device.hardware_id, device.device_type)
-        reply = decide_and_render(
+        reply = reply_for(
             store,
-            snapshot,
-            device,
-            identity,
-            PollArguments(),
-            UPDATE,
-            Urls(PUBLIC_URL),
-            poll_minutes=15,
-            restage=False,
-            firmware_available=lambda build, name: False,
+            look_up(
+                snapshot, device, identity, PollArguments(), UPDATE, Urls(PUBLIC_URL), Lifecycle()
+            ),
+            lambda build, name: False,
         )
         assert reply.hash_sent is not None
         hashes[device.mac] = reply.hash_sent

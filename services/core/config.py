@@ -164,6 +164,68 @@ class UpdateSettings:
     # Seconds between batched writes of device status (one statement for all polls since the
     # last); 0 writes as soon as a poll is answered.
     status_flush_interval: float = dataclasses.field(default=0.05, metadata=_check(_range(0, 60)))
+    # Where devices' scripts come from: "files" (scripts_dir on this node, re-read on change) or
+    # "database" (the version published with `pbxfront scripts publish`, the same on every node).
+    scripts_source: str = dataclasses.field(
+        default="files", metadata=_check(_choice("files", "database"))
+    )
+    # Seconds between checks of an open canary roll-out (`pbxfront rollouts`); 0: only by
+    # `pbxfront rollouts advance`.
+    rollout_check_interval: float = dataclasses.field(
+        default=10.0, metadata=_check(_range(0, 3600))
+    )
+    # protocol.md §10 (PHPUS "grace"): a changed script file reaches devices only once it is
+    # this many seconds old, so a half-saved file is never sent; until then the previous
+    # version of the whole tree is served.
+    grace_seconds: float = dataclasses.field(default=90.0, metadata=_check(_range(0, 86400)))
+    # protocol.md §10: staging turns fast polling on with `mod cmd UP1 provision <n>` and
+    # `config add UP1 /poll 1`; the first update reply turns it off again.
+    provision_minutes: int = dataclasses.field(default=5, metadata=_check(_range(1, 60)))
+    # A device's `ver` names the wanted build but its PROT/BOOT does not: firmware lines are sent
+    # this many times, then withheld and the device is shown as firmware-stuck.
+    firmware_attempts: int = dataclasses.field(default=3, metadata=_check(_range(1, 100)))
+    # protocol.md §10: models that get no firmware / no boot code (PHPUS nofirmdev/nobootdev).
+    firmware_none: tuple[str, ...] = ("swphone", "mypbxi", "ipbs", "ipbs2", "pbl")
+    boot_none: tuple[str, ...] = (
+        "ipva",
+        "ipvadect",
+        "swphone",
+        "mypbxa",
+        "mypbxi",
+        "ipbs",
+        "ipbs2",
+        "pbl",
+    )
+    # Per-model file names, "model=file" (PHPUS <filenames>): what the device is told to load.
+    firmware_names: tuple[str, ...] = dataclasses.field(
+        default=("mypbxa=mypbx.apk",), metadata=_check(lambda v: _model_names(v))
+    )
+    boot_names: tuple[str, ...] = dataclasses.field(
+        default=("mypbxa=alt-bootnomodel.bin",), metadata=_check(lambda v: _model_names(v))
+    )
+    # A poll from a device not in the inventory: "refuse" (404, recorded for `devices adopt`) or
+    # "script" (the provider's unknown.txt, rendered without any customer data; also recorded).
+    unknown_devices: str = dataclasses.field(
+        default="refuse", metadata=_check(_choice("refuse", "script"))
+    )
+    # Polls naming devices not in the inventory, per source address (IPv6: per /64): a burst,
+    # refilled at this rate per second; past it 429. Stops enumerating the inventory by sn=.
+    unknown_burst: int = dataclasses.field(default=20, metadata=_check(_range(1, 1_000_000)))
+    unknown_per_second: float = dataclasses.field(
+        default=0.2, metadata=_check(_range(0.001, 100_000))
+    )
+    # Rows kept of unknown devices; a new one past this replaces the longest unseen.
+    unknown_max_rows: int = dataclasses.field(default=10_000, metadata=_check(_range(10, 10**7)))
+
+
+def _model_names(value: Any) -> str | None:
+    for item in value:
+        model, sep, name = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z0-9-]{1,32}", model):
+            return f"{item!r}: must be model=file, model in lower case (e.g. mypbxa=mypbx.apk)"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name) or ".." in name:
+            return f"{item!r}: file name: letters, digits, . _ - only"
+    return None
 
 
 _REDIRECT_URL_FIELDS = {"public_address": "192.0.2.1", "frontend": "sb1", "index": 1}

@@ -23,6 +23,7 @@ from services.core import audit
 from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
+from services.core.unknown import REDIRECT, UnknownDeviceRepository
 from services.redirect.handover import (
     check_frontend_id,
     check_mac,
@@ -248,7 +249,7 @@ async def transfer_token(args: argparse.Namespace, settings: Settings, pool: asy
 
 
 async def list_unknown(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    unknown = await RedirectRepository(pool).list_unknown(args.limit)
+    unknown = await UnknownDeviceRepository(pool).sightings(REDIRECT, args.limit)
     if args.json:
         print(json.dumps([u.as_json() for u in unknown], indent=2))
         return 0

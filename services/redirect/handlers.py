@@ -37,6 +37,7 @@ from services.core.db import acquire
 from services.core.http import query_arguments, security_event
 from services.core.identity import identify, printable
 from services.core.ratelimit import AddressLimiter
+from services.core.unknown import REDIRECT, UnknownDeviceRepository
 from services.redirect.handover import (
     DEVICE_PATHS,
     DeviceTarget,
@@ -151,7 +152,16 @@ async def device_request(request: web.Request) -> web.Response:
                     found.frontend,
                 )
             else:
-                await repository.record_unknown(key, address, query.get("ver"))
+                await UnknownDeviceRepository(connection).record(
+                    REDIRECT,
+                    key.label,
+                    mac=key.mac,
+                    hardware_id=key.hardware_id,
+                    device_type=key.device_type,
+                    source_address=address,
+                    proof=key.proof.value,
+                    version=query.get("ver"),
+                )
                 log.info(
                     "redirect: unregistered device %s (%s) from %s",
                     printable(key.label),

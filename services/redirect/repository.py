@@ -27,6 +27,7 @@ import asyncpg
 from services.core import audit, errors
 from services.core.db import transaction
 from services.core.inventory import InventoryRepository
+from services.core.unknown import REDIRECT, UnknownDeviceRepository
 from services.redirect.handover import (
     DeviceKey,
     DeviceTarget,
@@ -146,26 +147,6 @@ class Handover:
     def as_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
         data["at"] = _iso(self.at)
-        return data
-
-
-@dataclass(frozen=True)
-class UnknownDevice:
-    key: str
-    mac: str | None
-    hardware_id: str | None
-    device_type: str | None
-    first_seen: datetime
-    last_seen: datetime
-    polls: int
-    source_address: str | None
-    proof: str
-    version: str | None
-
-    def as_json(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
-        data["first_seen"] = _iso(self.first_seen)
-        data["last_seen"] = _iso(self.last_seen)
         return data
 
 
@@ -384,40 +365,6 @@ class RedirectRepository:
         )
         return [Handover(**dict(row)) for row in rows]
 
-    async def record_unknown(
-        self, key: DeviceKey, source_address: str | None, version: str | None
-    ) -> None:
-        await self._db.execute(
-            """
-            INSERT INTO redirect_unknown AS u
-                (key, mac, hardware_id, device_type, source_address, proof, version)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
-            ON CONFLICT (key) DO UPDATE SET
-                last_seen = now(), polls = u.polls + 1,
-                mac = COALESCE(EXCLUDED.mac, u.mac),
-                hardware_id = COALESCE(EXCLUDED.hardware_id, u.hardware_id),
-                device_type = COALESCE(EXCLUDED.device_type, u.device_type),
-                source_address = EXCLUDED.source_address, proof = EXCLUDED.proof,
-                version = EXCLUDED.version
-            """,
-            key.label,
-            key.mac,
-            key.hardware_id,
-            key.device_type,
-            source_address,
-            key.proof.value,
-            version[:200] if version else None,
-        )
-
-    async def list_unknown(self, limit: int = 1000) -> list[UnknownDevice]:
-        rows = await self._db.fetch(
-            """SELECT key, mac, hardware_id, device_type, first_seen, last_seen, polls,
-                      source_address, proof, version
-               FROM redirect_unknown ORDER BY last_seen DESC LIMIT $1""",
-            limit,
-        )
-        return [UnknownDevice(**dict(row)) for row in rows]
-
     # --- mappings --------------------------------------------------------------------------------
 
     async def get(self, mac: str, provider: str | None = None) -> MappingRecord | None:
@@ -539,7 +486,7 @@ class RedirectRepository:
                     await connection.execute(
                         "DELETE FROM redirect_transfer_tokens WHERE mac = $1", wanted.mac
                     )
-                await connection.execute("DELETE FROM redirect_unknown WHERE mac = $1", wanted.mac)
+                await UnknownDeviceRepository(connection).forget(REDIRECT, [wanted.mac])
             stored = await connection.fetchrow(_SELECT_MAPPINGS + " WHERE m.mac = $1", wanted.mac)
         return outcome, _mapping(stored)
 
@@ -717,9 +664,8 @@ class RedirectRepository:
                 [w.url for w in done],
                 [json.dumps(dict(w.facts)) for w in done],
             )
-            await connection.execute(
-                "DELETE FROM redirect_unknown WHERE mac = ANY($1::text[])",
-                [w.mac for w in done if inserted[w.mac]],
+            await UnknownDeviceRepository(connection).forget(
+                REDIRECT, [w.mac for w in done if inserted[w.mac]]
             )
         return results
 

@@ -13,6 +13,8 @@ from services.core.api import Endpoint, int_query, json_response, pool_of, reque
 from services.core.auth import Role
 from services.core.db import acquire
 from services.core.identity import IdentityError, normalize_mac
+from services.core.unknown import UPDATE as UPDATE_SERVICE
+from services.core.unknown import UnknownDeviceRepository
 from services.update.repository import RolloutRepository, UpdateRepository
 
 READERS = frozenset({Role.ADMIN, Role.OPERATOR})
@@ -72,7 +74,7 @@ async def restage(request: web.Request) -> web.Response:
 async def unknown_devices(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", 1000, 1, 10000)
     async with acquire(pool_of(request)) as connection:
-        unknown = await UpdateRepository(connection).list_unknown(limit)
+        unknown = await UnknownDeviceRepository(connection).sightings(UPDATE_SERVICE, limit)
     return json_response(
         {
             "devices": [

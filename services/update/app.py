@@ -11,23 +11,29 @@ from aiohttp import web
 
 from services.core.config import Settings
 from services.core.http import COMMENT_ERRORS_KEY
+from services.core.periodic import PeriodicJob
 from services.core.ratelimit import AddressLimiter
-from services.update import certificates, handlers
+from services.update import canary, certificates, handlers
 from services.update.firmware import FirmwareStore
-from services.update.provisioning import BodyCache
+from services.update.provisioning import BodyCache, Lifecycle
 from services.update.scripts import ScriptStore
 from services.update.state import (
     BODIES_KEY,
     FIRMWARE_KEY,
+    LIFECYCLE_KEY,
+    PUBLISHED_KEY,
+    ROLLOUT_JOB_KEY,
     SETTINGS_KEY,
     SNAPSHOTS_KEY,
     STORE_KEY,
+    UNKNOWN_LIMITER_KEY,
     WATCH_KEY,
     ChangeWatch,
     SnapshotCache,
     change_watch_ctx,
 )
 from services.update.status import STATUS_KEY, StatusWriter, status_writer_ctx
+from services.update.versions import PublishedScripts
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,10 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE_KEY]
     firmware = app[FIRMWARE_KEY]
     interval = app[SETTINGS_KEY].update.reload_interval
-    await asyncio.to_thread(store.refresh)
+    # With published versions (update.scripts_source = "database") the folder is not served.
+    folder = app[SETTINGS_KEY].update.scripts_source == "files"
+    if folder:
+        await asyncio.to_thread(store.refresh)
     await asyncio.to_thread(firmware.refresh)
     for name, problem in store.problems.items():
         log.error("scripts: %s: %s", name, problem)
@@ -46,7 +55,7 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(interval)
             try:
-                if await asyncio.to_thread(store.refresh):
+                if folder and await asyncio.to_thread(store.refresh):
                     log.info("scripts reloaded from %s", store.root)
                 if await asyncio.to_thread(firmware.refresh):
                     log.info("firmware store changed: %s", firmware.firm)
@@ -63,12 +72,22 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application()
     app[SETTINGS_KEY] = settings
-    app[STORE_KEY] = ScriptStore(settings.update.scripts_dir)
+    app[STORE_KEY] = ScriptStore(settings.update.scripts_dir, settings.update.grace_seconds)
     app[FIRMWARE_KEY] = FirmwareStore(settings.update.firmware_dir)
     app[SNAPSHOTS_KEY] = SnapshotCache()
     app[BODIES_KEY] = BodyCache()
     app[STATUS_KEY] = StatusWriter(settings.update.status_flush_interval)
     app[WATCH_KEY] = ChangeWatch()
+    app[LIFECYCLE_KEY] = Lifecycle.from_settings(settings.update)
+    app[PUBLISHED_KEY] = PublishedScripts(settings.update.scripts_dir)
+    rollout_job = PeriodicJob(
+        "script roll-outs", settings.update.rollout_check_interval, canary.advance_with_pool
+    )
+    app[ROLLOUT_JOB_KEY] = rollout_job
+    app.cleanup_ctx.append(rollout_job.context)
+    app[UNKNOWN_LIMITER_KEY] = AddressLimiter(
+        settings.update.unknown_burst, settings.update.unknown_per_second
+    )
     app[COMMENT_ERRORS_KEY] = True
     app.cleanup_ctx.append(script_reloader)
     app.cleanup_ctx.append(status_writer_ctx)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 from datetime import UTC, datetime
@@ -12,25 +13,37 @@ from typing import Any
 
 import asyncpg
 
-from services.core import audit
+from services.core import audit, errors
 from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.core.identity import DeviceIdentity, IdentityError, Proof, normalize_mac
 from services.core.inventory import Device, InventoryError, InventoryRepository
-from services.update.firmware import FirmwareError, FirmwareStore, firmware_file_name
+from services.core.unknown import UPDATE as UPDATE_SERVICE
+from services.core.unknown import UnknownDeviceRepository
+from services.update.canary import CanaryRepository, Rollout, advance, parse_waves
+from services.update.firmware import (
+    FirmwareError,
+    FirmwareStore,
+    device_model,
+    firmware_file_name,
+    model_names,
+)
 from services.update.provisioning import (
     STAGING,
     UPDATE,
+    Lifecycle,
     PolicyError,
     PollArguments,
     Snapshot,
     Urls,
     check_scripts,
-    decide_and_render,
+    look_up,
+    reply_for,
 )
 from services.update.repository import RolloutRepository, UpdateRepository
-from services.update.scripts import ScriptError, ScriptStore, SecretRequired
+from services.update.scripts import ScriptError, ScriptStore, SecretRequired, read_tree_files
+from services.update.versions import ScriptVersionRepository
 
 
 async def _snapshot(pool: asyncpg.Pool) -> Snapshot:
@@ -76,6 +89,7 @@ async def scripts_check(args: argparse.Namespace, settings: Settings, pool: asyn
         poll_minutes=settings.update.poll_interval,
         firmware_available=firmware.listed,
         extra_commands=settings.update.extra_commands,
+        lifecycle=Lifecycle.from_settings(settings.update),
     )
     for problem in problems:
         print(problem)
@@ -90,12 +104,20 @@ async def scripts_check(args: argparse.Namespace, settings: Settings, pool: asyn
 async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     """Which devices' replies a pending script tree changes (services/update/plan.py)."""
     from services.update.plan import plan_scripts
+    from services.update.versions import PublishedScripts
 
     live, firmware = await _stores(settings)
     pending: ScriptStore | None = None
     if args.scripts:
         pending = ScriptStore(Path(args.scripts))
         await asyncio.to_thread(pending.refresh)
+    if settings.update.scripts_source == "database":
+        # Devices get the published version: plan the files (or --scripts) against it.
+        async with pool.acquire() as connection:
+            current = await ScriptVersionRepository(connection).current_id()
+            if current is not None:
+                pending = pending or live
+                live = await PublishedScripts(settings.update.scripts_dir).get(connection, current)
     snapshot = await _snapshot(pool)
     statuses = await UpdateRepository(pool).statuses(customer=args.customer, limit=10**9)
     devices = [snapshot.by_mac[s.mac] for s in statuses if s.mac in snapshot.by_mac]
@@ -146,6 +168,212 @@ async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: async
     return 1 if plan.problems else 0
 
 
+async def scripts_publish(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    """Check the scripts folder as `scripts check` does and store it as the version every node
+    serves (update.scripts_source = "database"); refused while the check finds a problem."""
+    store, firmware = await _stores(settings)
+    snapshot = await _snapshot(pool)
+    problems = check_scripts(
+        store,
+        snapshot,
+        Urls(_base_url(settings, None)),
+        poll_minutes=settings.update.poll_interval,
+        firmware_available=firmware.listed,
+        extra_commands=settings.update.extra_commands,
+        lifecycle=Lifecycle.from_settings(settings.update),
+    )
+    files, unreadable = await asyncio.to_thread(read_tree_files, settings.update.scripts_dir)
+    problems += [f"{settings.update.scripts_dir / name}: {why}" for name, why in unreadable.items()]
+    if problems:
+        for problem in problems:
+            print(problem)
+        raise UsageError(f"not published: {len(problems)} problem(s) (pbxfront scripts check)")
+    async with pool.acquire() as connection:
+        version, created = await ScriptVersionRepository(connection).publish(
+            files, by=_operator(), comment=args.comment or "", activate=not args.staged
+        )
+    if not created:
+        print(f"no changes: version {version.id} holds these {version.files} files already")
+        return 0
+    print(f"published version {version.id}: {version.files} files, {version.bytes} bytes")
+    if args.staged:
+        print(f"not current yet: roll it out with pbxfront rollouts start {version.id}")
+    if settings.update.scripts_source != "database":
+        print(
+            'note: this node serves its scripts folder (update.scripts_source = "files"); '
+            'set it to "database" on every Frontend to serve published versions'
+        )
+    return 0
+
+
+async def scripts_versions(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    versions = await ScriptVersionRepository(pool).versions(args.limit)
+    if args.json:
+        print(json.dumps([v.as_json() for v in versions], indent=2))
+        return 0
+    for v in versions:
+        mark = "*" if v.current else " "
+        comment = f"  {v.comment}" if v.comment else ""
+        print(
+            f"{mark} {v.id:>4}  {v.published_at:%Y-%m-%d %H:%M:%S}  {v.published_by}  "
+            f"{v.files} files  {v.tree_sha256[:12]}{comment}"
+        )
+    if not versions:
+        print("no published versions (pbxfront scripts publish)")
+    return 0
+
+
+async def scripts_rollback(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        try:
+            version = await ScriptVersionRepository(connection).activate(
+                args.version, by=_operator()
+            )
+        except errors.NotFound as error:
+            raise UsageError(str(error)) from None
+    print(f"version {version.id} is current again; every node serves it from its next poll")
+    return 0
+
+
+# --- canary roll-outs --------------------------------------------------------------------------
+
+
+async def rollouts_start(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    _store, firmware = await _stores(settings)
+    if (args.version is None) == (args.firmware is None):
+        raise UsageError("give a script VERSION, or --firmware TYPE --build BUILD")
+    if args.firmware is not None and not args.build:
+        raise UsageError("--firmware needs --build (as devices report it in PROT/BOOT)")
+    try:
+        waves = parse_waves(args.wave or ["10%", "50%", "100%"])
+        async with pool.acquire() as connection:
+            repository = CanaryRepository(connection)
+            if args.firmware is not None:
+                if not firmware.listed(args.build, firmware_file_name(args.kind, args.firmware)):
+                    print(
+                        f"note: firmware/firm/{args.build}/"
+                        f"{firmware_file_name(args.kind, args.firmware)} is not in this node's "
+                        "store (pbxfront firmware add)"
+                    )
+                rollout = await repository.start_firmware(
+                    args.firmware,
+                    args.kind,
+                    args.build,
+                    waves,
+                    soak_seconds=args.soak,
+                    wave_timeout_seconds=args.wave_timeout,
+                    by=_operator(),
+                )
+            else:
+                rollout = await repository.start(
+                    args.version,
+                    waves,
+                    soak_seconds=args.soak,
+                    wave_timeout_seconds=args.wave_timeout,
+                    by=_operator(),
+                )
+    except (errors.Invalid, errors.NotFound, errors.Conflict) as error:
+        raise UsageError(str(error)) from None
+    print(
+        f"roll-out {rollout.id}: {rollout.change}, "
+        f"waves {', '.join(w.label for w in rollout.waves)}; wave {rollout.waves[0].label} "
+        f"has {rollout.assigned} devices"
+    )
+    if rollout.kind == "scripts" and settings.update.scripts_source != "database":
+        print('note: roll-outs need update.scripts_source = "database" on every Frontend')
+    return 0
+
+
+async def rollouts_status(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        repository = CanaryRepository(connection)
+        rollouts = await repository.list(args.limit)
+        progress = {
+            r.id: await repository.progress(r) for r in rollouts if r.state in ("running", "halted")
+        }
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        **r.as_json(),
+                        "waiting": list(progress[r.id].waiting) if r.id in progress else [],
+                    }
+                    for r in rollouts
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    for r in rollouts:
+        print(
+            f"{r.id:>4}  {r.state:8}  {r.change}  wave {r.wave + 1}/{len(r.waves)} "
+            f"({r.waves[r.wave].label})  {r.assigned} devices in waves  by {r.created_by}"
+        )
+        if r.reason:
+            print(f"      reason: {r.reason}")
+        if r.id in progress and progress[r.id].waiting:
+            waiting = progress[r.id].waiting
+            print(f"      not back in sync yet: {', '.join(waiting[:10])}")
+    if not rollouts:
+        print("no roll-outs (pbxfront rollouts start VERSION)")
+    return 0
+
+
+async def _open_rollout(connection: asyncpg.Connection) -> Rollout:
+    rollout = await CanaryRepository(connection).open_rollout()
+    if rollout is None:
+        raise UsageError("no roll-out in progress")
+    return rollout
+
+
+async def rollouts_halt(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        rollout = await _open_rollout(connection)
+        reason = f"halted by {_operator()}" + (f": {args.reason}" if args.reason else "")
+        await CanaryRepository(connection).set_state(rollout.id, "halted", reason)
+    print(f"roll-out {rollout.id} halted; its devices keep what they have")
+    return 0
+
+
+async def rollouts_resume(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        rollout = await _open_rollout(connection)
+        await CanaryRepository(connection).set_state(rollout.id, "running", None, restart_wave=True)
+    label = rollout.waves[rollout.wave].label
+    print(f"roll-out {rollout.id} running again; wave {label} is watched anew")
+    return 0
+
+
+async def rollouts_abort(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        rollout = await _open_rollout(connection)
+        await CanaryRepository(connection).set_state(
+            rollout.id, "aborted", f"aborted by {_operator()}"
+        )
+    back = (
+        f"the inventory's fw-{rollout.firmware_kind} for {rollout.device_type}"
+        if rollout.kind == "firmware"
+        else f"version {rollout.from_version}"
+    )
+    print(f"roll-out {rollout.id} aborted: every device gets {back} again from its next poll")
+    return 0
+
+
+async def rollouts_advance(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as connection:
+        print(await advance(connection, datetime.now(UTC), by=_operator()))
+    return 0
+
+
+def _operator() -> str:
+    """Who runs the command: the OS user (the CLI runs on the Frontend)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
 async def scripts_render(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     mac = _mac(args.device)
     store, firmware = await _stores(settings)
@@ -163,18 +391,16 @@ async def scripts_render(args: argparse.Namespace, settings: Settings, pool: asy
     identity = DeviceIdentity(proof, device.mac, device.hardware_id, device.device_type)
     arguments = PollArguments(check=args.check, prot=args.prot, boot=args.boot)
     try:
-        reply = decide_and_render(
-            store,
+        context = look_up(
             snapshot,
             device,
             identity,
             arguments,
             args.phase,
             Urls(_base_url(settings, args.base_url)),
-            poll_minutes=settings.update.poll_interval,
-            restage=False,
-            firmware_available=firmware.listed,
+            Lifecycle.from_settings(settings.update),
         )
+        reply = reply_for(store, context, firmware.listed)
     except (ScriptError, PolicyError, SecretRequired) as error:
         raise UsageError(str(error)) from None
     sys.stdout.write(reply.text.replace("\r\n", "\n"))
@@ -211,6 +437,8 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
         "PROOF",
         "PHASE",
         "SYNC",
+        "FIRMWARE",
+        "SCRIPTS",
         "ADDRESS",
     )
     rows: list[tuple[str, ...]] = [header]
@@ -218,6 +446,9 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
         sync = "yes" if s.in_sync else ("restage" if s.restage_requested else "no")
         if s.last_error:
             sync = "error"
+        # A device whose ver names the wanted build while PROT/BOOT does not: firmware lines
+        # withheld after update.firmware_attempts (issue #14).
+        firmware = f"stuck:{s.firmware_stuck}" if s.firmware_stuck else (s.prot or "-")
         rows.append(
             (
                 s.mac,
@@ -228,6 +459,8 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
                 s.proof or "-",
                 s.phase or "-",
                 sync,
+                firmware,
+                f"v{s.script_version}" if s.script_version is not None else "-",
                 s.source_address or "-",
             )
         )
@@ -235,7 +468,7 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
     if args.unknown:
-        unknown = await UpdateRepository(pool).list_unknown()
+        unknown = await UnknownDeviceRepository(pool).sightings(UPDATE_SERVICE)
         print(f"\nunknown devices that polled ({len(unknown)}):")
         for item in unknown:
             print(
@@ -264,8 +497,8 @@ async def devices_restage(args: argparse.Namespace, settings: Settings, pool: as
 async def devices_adopt(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     """Take a device that polled but is not in the inventory into it (the seed's ZCD)."""
     mac = _mac(args.mac)
-    repository = UpdateRepository(pool)
-    sighting = next((u for u in await repository.list_unknown(100000) if u.mac == mac), None)
+    unknown = UnknownDeviceRepository(pool)
+    sighting = await unknown.find(UPDATE_SERVICE, mac)
     device_type = args.type or (sighting.device_type if sighting else None)
     if device_type is None:
         raise UsageError(f"{mac} has not polled with its type; give --type")
@@ -286,7 +519,7 @@ async def devices_adopt(args: argparse.Namespace, settings: Settings, pool: asyn
             raise UsageError("; ".join(error.problems)) from None
     if not created:
         raise UsageError(f"{mac} is in the inventory already")
-    await repository.forget_unknown(mac)
+    await unknown.forget(UPDATE_SERVICE, [mac])
     print(f"{mac}: adopted for customer {args.customer} as {device_type} {args.device_class}")
     print(
         "note: `pbxfront inventory apply --prune` of the file owning this customer removes "
@@ -344,7 +577,18 @@ async def devices_certificate_reset(
 
 async def firmware_add(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     store = FirmwareStore(settings.update.firmware_dir)
-    name = args.name or firmware_file_name(args.kind, args.type)
+    model = device_model(args.type)
+    none = settings.update.firmware_none if args.kind == "prot" else settings.update.boot_none
+    if model in none and not args.name:
+        raise UsageError(
+            f"{args.type}: this model gets no {'firmware' if args.kind == 'prot' else 'boot code'}"
+            f" (update.{'firmware_none' if args.kind == 'prot' else 'boot_none'}); give --name "
+            "to store the file anyway"
+        )
+    overrides = model_names(
+        settings.update.firmware_names if args.kind == "prot" else settings.update.boot_names
+    )
+    name = args.name or firmware_file_name(args.kind, args.type, overrides)
     try:
         added = await asyncio.to_thread(store.add, Path(args.file), args.build, name)
     except FirmwareError as error:
@@ -396,6 +640,29 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
     plan.add_argument("--base-url", metavar="URL", help="default: update.public_url")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(handler=bind(scripts_plan))
+    publish = script_actions.add_parser(
+        "publish",
+        parents=[common],
+        help="check the scripts folder and make it the version every node serves",
+    )
+    publish.add_argument("--comment", help="why (shown by scripts versions)")
+    publish.add_argument(
+        "--staged",
+        action="store_true",
+        help="store the version without making it current (for pbxfront rollouts start)",
+    )
+    publish.set_defaults(handler=bind(scripts_publish))
+    versions = script_actions.add_parser(
+        "versions", parents=[common], help="published versions; * marks the current one"
+    )
+    versions.add_argument("--limit", type=int, default=50, help="how many, newest first")
+    versions.add_argument("--json", action="store_true", help="as JSON")
+    versions.set_defaults(handler=bind(scripts_versions))
+    rollback = script_actions.add_parser(
+        "rollback", parents=[common], help="make a published version current again"
+    )
+    rollback.add_argument("version", type=int, metavar="VERSION", help="from scripts versions")
+    rollback.set_defaults(handler=bind(scripts_rollback))
     render = script_actions.add_parser("render", parents=[common], help="what one device gets")
     render.add_argument("--device", required=True, metavar="MAC")
     render.add_argument("--phase", choices=(STAGING, UPDATE), default=UPDATE)
@@ -408,6 +675,61 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
     render.add_argument("--boot", metavar="BUILD", help="the device's BOOT value")
     render.add_argument("--base-url", metavar="URL", help="default: update.public_url")
     render.set_defaults(handler=bind(scripts_render))
+
+    rollouts = commands.add_parser(
+        "rollouts", help="canary roll-outs of a published script version, wave by wave"
+    )
+    rollout_actions = rollouts.add_subparsers(dest="action", required=True)
+    start = rollout_actions.add_parser(
+        "start", parents=[common], help="roll a published version out, wave by wave"
+    )
+    start.add_argument(
+        "version", type=int, nargs="?", metavar="VERSION", help="a staged script version"
+    )
+    start.add_argument(
+        "--firmware", metavar="TYPE", help="roll a firmware build out to this device type instead"
+    )
+    start.add_argument("--build", help="with --firmware: the build as devices report it")
+    start.add_argument(
+        "--kind", choices=("prot", "boot"), default="prot", help="firmware (prot) or boot code"
+    )
+    start.add_argument(
+        "--wave",
+        action="append",
+        metavar="WAVE",
+        help="mac:MAC[,MAC], customer:ID[,ID] or N%% (repeat, in order; the last is 100%%); "
+        "default 10%%, 50%%, 100%%",
+    )
+    start.add_argument(
+        "--soak", type=int, default=600, metavar="SECONDS", help="in sync for this long first"
+    )
+    start.add_argument(
+        "--wave-timeout",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="halt when a wave is not back in sync within this",
+    )
+    start.set_defaults(handler=bind(rollouts_start))
+    status = rollout_actions.add_parser("status", parents=[common], help="roll-outs, newest first")
+    status.add_argument("--limit", type=int, default=10, help="how many")
+    status.add_argument("--json", action="store_true", help="as JSON")
+    status.set_defaults(handler=bind(rollouts_status))
+    halt = rollout_actions.add_parser("halt", parents=[common], help="stop advancing")
+    halt.add_argument("--reason", help="shown by rollouts status")
+    halt.set_defaults(handler=bind(rollouts_halt))
+    resume = rollout_actions.add_parser(
+        "resume", parents=[common], help="watch the halted wave again"
+    )
+    resume.set_defaults(handler=bind(rollouts_resume))
+    abort = rollout_actions.add_parser(
+        "abort", parents=[common], help="end it: every device gets the version before again"
+    )
+    abort.set_defaults(handler=bind(rollouts_abort))
+    step = rollout_actions.add_parser(
+        "advance", parents=[common], help="check the open roll-out now (the service does it too)"
+    )
+    step.set_defaults(handler=bind(rollouts_advance))
 
     devices = commands.add_parser("devices", help="device status as seen by the update service")
     device_actions = devices.add_subparsers(dest="action", required=True)

@@ -12,11 +12,13 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 BUILD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.bin")
+# Firmware files are .bin; the Android soft client loads an .apk (PHPUS <filenames>).
+FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.(bin|apk)")
 MANIFEST = "SHA256SUMS"
 
 
@@ -33,12 +35,33 @@ class FirmwareFile:
     size: int
 
 
-def firmware_file_name(kind: str, device_type: str) -> str:
-    """protocol.md §2: ``ip<model>.bin`` / ``boot<model>.bin``, model lower case (IP232 -> 232)."""
-    model = device_type.lower()
-    if model.startswith("ip") and model[2:3].isdigit():
-        model = model[2:]
-    return f"ip{model}.bin" if kind == "prot" else f"boot{model}.bin"
+def device_model(device_type: str) -> str:
+    """protocol.md §10: the model as firmware names use it: ``#t`` in lower case, anything from
+    the first ``-`` on dropped (``IP29-4`` -> ``ip29``)."""
+    return device_type.lower().split("-", 1)[0]
+
+
+def firmware_file_name(
+    kind: str, device_type: str, overrides: Mapping[str, str] | None = None
+) -> str:
+    """protocol.md §10 (PHPUS's rule): an ``ip`` prefix is kept for the firmware and replaced by
+    ``boot`` for the boot code (IP232 -> ``ip232.bin`` / ``boot232.bin``, IPVA -> ``ipva.bin`` /
+    ``bootva.bin``); other models are ``<model>.bin`` / ``boot<model>.bin``. ``overrides`` maps
+    a model to its own file name (``mypbxa`` -> ``mypbx.apk``)."""
+    model = device_model(device_type)
+    if overrides and model in overrides:
+        return overrides[model]
+    root, prefix = (model[2:], "ip") if model.startswith("ip") else (model, "")
+    return f"{prefix}{root}.bin" if kind == "prot" else f"boot{root}.bin"
+
+
+def model_names(items: Iterable[str]) -> dict[str, str]:
+    """``("mypbxa=mypbx.apk", ...)`` (the update.firmware_names setting) as a mapping."""
+    names: dict[str, str] = {}
+    for item in items:
+        model, _, name = item.partition("=")
+        names[model.strip().lower()] = name.strip()
+    return names
 
 
 def check_build(build: str) -> str:
@@ -49,7 +72,7 @@ def check_build(build: str) -> str:
 
 def check_file_name(name: str) -> str:
     if not FILE.fullmatch(name):
-        raise FirmwareError(f"file {name!r}: must look like ip232.bin or boot232.bin")
+        raise FirmwareError(f"file {name!r}: must look like ip232.bin, boot232.bin or mypbx.apk")
     return name
 
 

@@ -7,36 +7,52 @@ Devices read every reply line as a command, so even errors are answered as ``#``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 
+import asyncpg
 from aiohttp import web
 
 from services.core.db import POOL_KEY, acquire
 from services.core.http import query_arguments, security_event
 from services.core.identity import DeviceIdentity, identify, printable
+from services.core.inventory import ResolvedVariable
 from services.core.scriptlines import comment, to_crlf
+from services.core.unknown import UPDATE as UPDATE_SERVICE
+from services.core.unknown import UnknownDeviceRepository
 from services.update import certificates
+from services.update.canary import CanaryState
 from services.update.provisioning import (
     STAGING,
     UPDATE,
     PolicyError,
     PollArguments,
+    PollContext,
     Reply,
+    Snapshot,
     Urls,
-    decide_and_render,
+    look_up,
+    names_build,
+    render_unknown,
+    reply_for,
 )
 from services.update.repository import PollRecord, UpdateRepository
-from services.update.scripts import ScriptError, SecretRequired
+from services.update.scripts import ScriptError, ScriptStore, SecretRequired
 from services.update.state import (
     BODIES_KEY,
     FIRMWARE_KEY,
+    LIFECYCLE_KEY,
+    PUBLISHED_KEY,
+    ROLLOUT_JOB_KEY,
     SETTINGS_KEY,
     SNAPSHOTS_KEY,
     STORE_KEY,
+    UNKNOWN_LIMITER_KEY,
     WATCH_KEY,
 )
 from services.update.status import STATUS_KEY
+from services.update.versions import ScriptVersionRepository
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +94,7 @@ async def update(request: web.Request) -> web.Response:
 
 
 async def _poll(request: web.Request, phase: str) -> web.Response:
-    settings = request.app[SETTINGS_KEY]
+    """identify -> look up -> decide and render -> record (provisioning.py has the steps)."""
     identity = device_identity(request)
     arguments = PollArguments.parse(query_arguments(request))
     if identity.mac is None and identity.hardware_id is None:
@@ -87,93 +103,53 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
             "pbxfront cannot tell which device this is:",
             "use a client certificate or add ?sn=#m&hwid=#h&type=#t&ip=#i to the update URL",
         )
-    store = request.app[STORE_KEY]
-    firmware = request.app[FIRMWARE_KEY]
-    urls = Urls(base_url(request))
     pool = request.config_dict[POOL_KEY]
-    watch = request.app[WATCH_KEY]
-    watch.start(pool)
-    snapshots = request.app[SNAPSHOTS_KEY]
-    candidate = identity.mac in watch.restage if identity.mac else bool(watch.restage)
-    cached = snapshots.current(watch.version) if watch.live and not candidate else None
-    if cached is not None:
-        # The common case: no query and no pooled connection at all (releasing one to the
-        # pool costs a round trip of its own).
-        snapshot, restage_pending = cached, False
-    else:
-        async with acquire(pool) as connection:
-            version, restage_pending = await UpdateRepository(connection).poll_state(
-                identity.mac, identity.hardware_id
-            )
-            if not restage_pending and identity.mac:
-                watch.restage.discard(identity.mac)
-            snapshot = await snapshots.get(connection, version)
+    snapshot, restage = await _inventory(request, pool, identity)
     device = snapshot.find(identity)
+    canary = await _canary(request, pool)
+    store = await scripts_for(request, pool, device.mac if device is not None else None, canary)
+    if store is None:
+        return comment_reply(
+            503,
+            "pbxfront has no published script version yet (pbxfront scripts publish)",
+        )
     if device is None:
-        key = identity.mac or identity.hardware_id or "-"
-        async with acquire(pool) as connection:
-            await UpdateRepository(connection).record_unknown(
-                key,
-                identity.mac,
-                identity.hardware_id,
-                identity.device_type,
-                request.remote,
-                identity.proof.value,
-                arguments.version,
-            )
-        log.info(
-            "unknown device %s (%s) polled %s.txt", printable(key), identity.proof.value, phase
-        )
-        return comment_reply(404, f"device {key} is not in this provider's inventory")
-    restage = phase == UPDATE and restage_pending
-    rollout_lines: list[str] = []
-    if phase == UPDATE and not restage:
-        rollout_lines = await certificates.poll_lines(
-            request, pool, snapshot, device, identity, urls.base
-        )
-    reply: Reply
-    try:
-        reply = decide_and_render(
-            store,
-            snapshot,
-            device,
-            identity,
-            arguments,
-            phase,
-            urls,
-            poll_minutes=settings.update.poll_interval,
-            restage=restage,
-            firmware_available=firmware.listed,
-            bodies=request.app[BODIES_KEY],
-            extra_preamble=rollout_lines,
-        )
-    except SecretRequired as error:
-        security_event(
-            request,
-            "secret-refused",
-            device=device.mac,
-            proof=identity.proof.value,
-            secret=error.name,
-        )
-        reply = Reply(
-            403,
-            to_crlf([comment(str(error)), comment("connect with the device certificate")]),
-            error=str(error),
-        )
-    except (ScriptError, PolicyError) as error:
-        log.error("%s.txt for %s cannot be rendered: %s", phase, device.mac, error)
-        reply = Reply(
-            500,
-            to_crlf(
-                [
-                    comment(
-                        f"pbxfront: {phase}.txt cannot be rendered for "
-                        "this device; the operator's log says why"
-                    )
-                ]
+        return await _unknown(request, pool, snapshot, store, identity, arguments, phase)
+    context = look_up(
+        snapshot,
+        device,
+        identity,
+        arguments,
+        phase,
+        Urls(base_url(request)),
+        request.app[LIFECYCLE_KEY],
+        restage=restage,
+    )
+    override = canary.firmware_for(device.mac)
+    if override is not None:
+        # A firmware roll-out's wave: its build instead of the inventory's (canary.py).
+        name, build = override
+        variable = ResolvedVariable(name, build, False, "rollout", str(canary.rollout_id))
+        context = dataclasses.replace(context, variables={**context.variables, name: variable})
+    context = dataclasses.replace(
+        context, firmware_attempts=await _firmware_attempts(pool, context)
+    )
+    if phase == UPDATE and not context.restage:
+        context = dataclasses.replace(
+            context,
+            rollout=await certificates.poll_lines(
+                request, pool, snapshot, device, identity, context.urls.base
             ),
-            error=str(error),
         )
+    reply = _reply(request, store, context)
+    if reply.error and reply.status == 200:
+        log.error("%s.txt for %s: %s", phase, device.mac, reply.error)
+    customer = snapshot.customers[device.customer]
+    trusted = identity.proven or customer.allow_claimed_secrets
+    if phase == STAGING and restage and reply.status == 200:
+        async with acquire(pool) as connection:
+            await UpdateRepository(connection).clear_restage(device.mac, trusted=trusted)
+        request.app[WATCH_KEY].restage.discard(device.mac)
     request.app[STATUS_KEY].record(
         PollRecord(
             mac=device.mac,
@@ -188,12 +164,166 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
             hash_sent=reply.hash_sent,
             in_sync=reply.in_sync,
             last_error=reply.error,
+            trusted=trusted,
+            firmware_suspect=reply.firmware_suspect,
+            firmware_stuck=reply.firmware_stuck,
+            script_version=store.version,
         ),
         pool,
     )
     return web.Response(
         status=reply.status, text=reply.text, content_type="text/plain", charset="utf-8"
     )
+
+
+async def _inventory(
+    request: web.Request, pool: asyncpg.Pool, identity: DeviceIdentity
+) -> tuple[Snapshot, bool]:
+    """The inventory snapshot and whether a restage is pending for the device. In the common
+    case (LISTEN is live, no restage pending) no query and no pooled connection at all."""
+    watch = request.app[WATCH_KEY]
+    watch.start(pool)
+    snapshots = request.app[SNAPSHOTS_KEY]
+    candidate = identity.mac in watch.restage if identity.mac else bool(watch.restage)
+    cached = snapshots.current(watch.version) if watch.live and not candidate else None
+    if cached is not None:
+        return cached, False
+    async with acquire(pool) as connection:
+        version, restage_pending = await UpdateRepository(connection).poll_state(
+            identity.mac, identity.hardware_id
+        )
+        if not restage_pending and identity.mac:
+            watch.restage.discard(identity.mac)
+        return await snapshots.get(connection, version), restage_pending
+
+
+async def _firmware_attempts(pool: asyncpg.Pool, context: PollContext) -> int:
+    """Only a device whose ``ver`` names a wanted build it does not report costs a query."""
+    arguments, device = context.arguments, context.device
+    for kind, current in (("prot", arguments.prot), ("boot", arguments.boot)):
+        wanted = context.variables.get(f"fw-{kind}")
+        build = wanted.value if wanted is not None else ""
+        if build and build != current and names_build(arguments.version, build):
+            async with acquire(pool) as connection:
+                return await UpdateRepository(connection).firmware_attempts(device.mac, build)
+    return 0
+
+
+async def _canary(request: web.Request, pool: asyncpg.Pool) -> CanaryState:
+    """The open canary roll-out as this node knows it (reloaded after NOTIFY, or on every poll
+    while LISTEN is down, so a change is never missed)."""
+    watch = request.app[WATCH_KEY]
+    watch.start(pool)
+    request.app[ROLLOUT_JOB_KEY].ensure_started(pool)
+    canary = watch.canary
+    if canary.stale or not watch.live:
+        async with acquire(pool) as connection:
+            await canary.reload(connection)
+    return canary
+
+
+async def scripts_for(
+    request: web.Request, pool: asyncpg.Pool, mac: str | None, canary: CanaryState
+) -> ScriptStore | None:
+    """The scripts devices get: this node's folder, or the published version every node serves
+    (update.scripts_source = "database"; None while none is published), or, while a canary
+    roll-out is open, the version the device's wave says. A new version is loaded once, by the
+    first poll after the change reached this node."""
+    if request.app[SETTINGS_KEY].update.scripts_source == "files":
+        return request.app[STORE_KEY]
+    watch, published = request.app[WATCH_KEY], request.app[PUBLISHED_KEY]
+    version = watch.script_version if watch.live else None
+    if version is not None:
+        store = published.cached(canary.version_for(mac, version) if mac else version)
+        if store is not None:
+            return store
+    async with acquire(pool) as connection:
+        if version is None:
+            version = await ScriptVersionRepository(connection).current_id()
+            if version is None:
+                return None
+        return await published.get(connection, canary.version_for(mac, version) if mac else version)
+
+
+def _reply(request: web.Request, store: ScriptStore, context: PollContext) -> Reply:
+    firmware = request.app[FIRMWARE_KEY]
+    device, identity, phase = context.device, context.identity, context.phase
+    try:
+        return reply_for(store, context, firmware.listed, request.app[BODIES_KEY])
+    except SecretRequired as error:
+        security_event(
+            request,
+            "secret-refused",
+            device=device.mac,
+            proof=identity.proof.value,
+            secret=error.name,
+        )
+        return Reply(
+            403,
+            to_crlf([comment(str(error)), comment("connect with the device certificate")]),
+            error=str(error),
+        )
+    except (ScriptError, PolicyError) as error:
+        log.error("%s.txt for %s cannot be rendered: %s", phase, device.mac, error)
+        return Reply(
+            500,
+            to_crlf(
+                [
+                    comment(
+                        f"pbxfront: {phase}.txt cannot be rendered for "
+                        "this device; the operator's log says why"
+                    )
+                ]
+            ),
+            error=str(error),
+        )
+
+
+async def _unknown(
+    request: web.Request,
+    pool: asyncpg.Pool,
+    snapshot: Snapshot,
+    store: ScriptStore,
+    identity: DeviceIdentity,
+    arguments: PollArguments,
+    phase: str,
+) -> web.Response:
+    """A device not in the inventory: rate-limited per address (no enumerating the inventory by
+    ``sn=``), recorded for ``devices adopt`` (bounded), answered without customer data."""
+    settings = request.app[SETTINGS_KEY].update
+    limiter = request.app[UNKNOWN_LIMITER_KEY]
+    if not limiter.allows(request.remote):
+        security_event(request, "unknown-device-rate-limited", proof=identity.proof.value)
+        response = comment_reply(429, "too many polls for devices not in the inventory")
+        response.headers["Retry-After"] = str(limiter.retry_after(request.remote))
+        return response
+    limiter.spend(request.remote)
+    key = identity.mac or identity.hardware_id or "-"
+    async with acquire(pool) as connection:
+        await UnknownDeviceRepository(connection).record(
+            UPDATE_SERVICE,
+            key,
+            mac=identity.mac,
+            hardware_id=identity.hardware_id,
+            device_type=identity.device_type,
+            source_address=request.remote,
+            proof=identity.proof.value,
+            version=arguments.version,
+            max_rows=settings.unknown_max_rows,
+        )
+    log.info("unknown device %s (%s) polled %s.txt", printable(key), identity.proof.value, phase)
+    if settings.unknown_devices == "script" and store.has("unknown.txt"):
+        try:
+            reply = render_unknown(
+                store, snapshot, identity, Urls(base_url(request)), arguments.check
+            )
+        except (ScriptError, SecretRequired) as error:
+            log.error("unknown.txt cannot be rendered: %s", error)
+        else:
+            return web.Response(
+                status=reply.status, text=reply.text, content_type="text/plain", charset="utf-8"
+            )
+    return comment_reply(404, f"device {key} is not in this provider's inventory")
 
 
 async def firmware(request: web.Request) -> web.StreamResponse:

@@ -33,6 +33,13 @@ class PollRecord:
     in_sync: bool
     last_error: str | None = None
     seen: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # A claimed poll the operator trusts (the customer allows claimed identities): it may change
+    # the status of a device that has proven itself before.
+    trusted: bool = False
+    firmware_suspect: str | None = None
+    firmware_stuck: str | None = None
+    # The published script version served (update.scripts_source = "database").
+    script_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -57,27 +64,19 @@ class DeviceStatus:
     restage_requested: bool
     staged_at: datetime | None
     last_error: str | None
+    last_proven: datetime | None = None
+    claimed_seen: datetime | None = None
+    claimed_address: str | None = None
+    firmware_attempts: int = 0
+    firmware_stuck: str | None = None
+    script_version: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
-        for key in ("first_seen", "last_seen", "staged_at"):
+        for key in ("first_seen", "last_seen", "staged_at", "last_proven", "claimed_seen"):
             value = data[key]
             data[key] = value.isoformat() if value is not None else None
         return data
-
-
-@dataclass(frozen=True)
-class UnknownDevice:
-    key: str
-    mac: str | None
-    hardware_id: str | None
-    device_type: str | None
-    first_seen: datetime
-    last_seen: datetime
-    polls: int
-    source_address: str | None
-    proof: str
-    version: str | None
 
 
 class UpdateRepository:
@@ -85,58 +84,63 @@ class UpdateRepository:
         self._db = connection
 
     async def record_polls(self, records: Sequence[PollRecord], counts: Sequence[int]) -> None:
-        """Upsert many devices' status in one statement. ``counts[i]`` polls are folded into
-        ``records[i]`` (the latest poll of that device). A staging poll clears a pending
-        restage and stamps ``staged_at``. Devices deleted meanwhile are skipped."""
+        """Upsert many devices' status (one statement per kind of poll). ``counts[i]`` polls are
+        folded into ``records[i]`` (the latest poll of that device). A staging poll clears a
+        pending restage and stamps ``staged_at``. Devices deleted meanwhile are skipped.
+
+        A claimed poll of a device that has proven itself before (and whose poll is not
+        ``trusted``) changes nothing but ``claimed_seen``, ``claimed_address`` and
+        ``claimed_polls``: URL arguments cannot clear a restage or overwrite what the device's
+        certificate established."""
+        trusted = [i for i, r in enumerate(records) if r.proof == "proven" or r.trusted]
+        untrusted = [i for i in range(len(records)) if i not in set(trusted)]
+        for indexes, statement in ((trusted, _UPSERT_TRUSTED), (untrusted, _UPSERT_CLAIMED)):
+            if not indexes:
+                continue
+            chosen = [records[i] for i in indexes]
+            await self._db.execute(
+                statement,
+                [r.mac for r in chosen],
+                [counts[i] for i in indexes],
+                [r.source_address for r in chosen],
+                [r.proof for r in chosen],
+                [r.phase for r in chosen],
+                [r.version for r in chosen],
+                [r.prot for r in chosen],
+                [r.boot for r in chosen],
+                [r.device_check for r in chosen],
+                [r.cfg for r in chosen],
+                [r.hash_sent for r in chosen],
+                [r.in_sync for r in chosen],
+                [r.last_error for r in chosen],
+                [r.seen for r in chosen],
+                [r.firmware_suspect for r in chosen],
+                [r.firmware_stuck for r in chosen],
+                [r.script_version for r in chosen],
+            )
+
+    async def clear_restage(self, mac: str, *, trusted: bool) -> None:
+        """A staging poll answered: the restage is done now, not when the batched status write
+        comes, so the device's next poll (seconds later in fast polling) is not sent back. An
+        untrusted claimed poll of a device that has proven itself clears nothing."""
         await self._db.execute(
             """
-            INSERT INTO device_status AS s (
-                mac, polls, source_address, proof, phase, version, prot, boot, device_check,
-                cfg, hash_sent, in_sync, last_error, staged_at, last_seen
-            )
-            SELECT r.mac, r.polls, r.source_address, r.proof, r.phase, r.version, r.prot,
-                   r.boot, r.device_check, r.cfg, r.hash_sent, r.in_sync, r.last_error,
-                   CASE WHEN r.phase = 'staging' THEN r.seen END, r.seen
-            FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                        $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                        $11::text[], $12::boolean[], $13::text[], $14::timestamptz[])
-                 AS r(mac, polls, source_address, proof, phase, version, prot, boot,
-                      device_check, cfg, hash_sent, in_sync, last_error, seen)
-            JOIN devices d ON d.mac = r.mac
-            ON CONFLICT (mac) DO UPDATE SET
-                last_seen = EXCLUDED.last_seen,
-                polls = s.polls + EXCLUDED.polls,
-                source_address = EXCLUDED.source_address,
-                proof = EXCLUDED.proof,
-                phase = EXCLUDED.phase,
-                version = EXCLUDED.version,
-                prot = EXCLUDED.prot,
-                boot = EXCLUDED.boot,
-                device_check = EXCLUDED.device_check,
-                cfg = EXCLUDED.cfg,
-                hash_sent = COALESCE(EXCLUDED.hash_sent, s.hash_sent),
-                in_sync = EXCLUDED.in_sync,
-                last_error = EXCLUDED.last_error,
-                restage_requested = CASE WHEN EXCLUDED.phase = 'staging' THEN false
-                                         ELSE s.restage_requested END,
-                staged_at = CASE WHEN EXCLUDED.phase = 'staging' THEN EXCLUDED.last_seen
-                                 ELSE s.staged_at END
+            UPDATE device_status SET restage_requested = false, staged_at = now()
+            WHERE mac = $1 AND restage_requested AND ($2 OR last_proven IS NULL)
             """,
-            [r.mac for r in records],
-            list(counts),
-            [r.source_address for r in records],
-            [r.proof for r in records],
-            [r.phase for r in records],
-            [r.version for r in records],
-            [r.prot for r in records],
-            [r.boot for r in records],
-            [r.device_check for r in records],
-            [r.cfg for r in records],
-            [r.hash_sent for r in records],
-            [r.in_sync for r in records],
-            [r.last_error for r in records],
-            [r.seen for r in records],
+            mac,
+            trusted,
         )
+
+    async def firmware_attempts(self, mac: str, build: str) -> int:
+        """Firmware replies already sent to the device for ``build`` while its ``ver`` named it
+        (0 when the last poll was about another build or none)."""
+        value = await self._db.fetchval(
+            "SELECT firmware_attempts FROM device_status WHERE mac = $1 AND firmware_suspect = $2",
+            mac,
+            build,
+        )
+        return int(value or 0)
 
     async def poll_state(self, mac: str | None, hardware_id: str | None) -> tuple[int, bool]:
         """(inventory version, restage pending for the device) in one round trip."""
@@ -175,50 +179,6 @@ class UpdateRepository:
         )
         return bool(marked)
 
-    async def record_unknown(
-        self,
-        key: str,
-        mac: str | None,
-        hardware_id: str | None,
-        device_type: str | None,
-        source_address: str | None,
-        proof: str,
-        version: str | None,
-    ) -> None:
-        await self._db.execute(
-            """
-            INSERT INTO unknown_devices AS u
-                (key, mac, hardware_id, device_type, source_address, proof, version)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
-            ON CONFLICT (key) DO UPDATE SET
-                last_seen = now(), polls = u.polls + 1,
-                mac = COALESCE(EXCLUDED.mac, u.mac),
-                hardware_id = COALESCE(EXCLUDED.hardware_id, u.hardware_id),
-                device_type = COALESCE(EXCLUDED.device_type, u.device_type),
-                source_address = EXCLUDED.source_address, proof = EXCLUDED.proof,
-                version = EXCLUDED.version
-            """,
-            key,
-            mac,
-            hardware_id,
-            device_type,
-            source_address,
-            proof,
-            version,
-        )
-
-    async def list_unknown(self, limit: int = 1000) -> list[UnknownDevice]:
-        rows = await self._db.fetch(
-            """SELECT key, mac, hardware_id, device_type, first_seen, last_seen, polls,
-                      source_address, proof, version
-               FROM unknown_devices ORDER BY last_seen DESC LIMIT $1""",
-            limit,
-        )
-        return [UnknownDevice(**dict(row)) for row in rows]
-
-    async def forget_unknown(self, mac: str) -> None:
-        await self._db.execute("DELETE FROM unknown_devices WHERE mac = $1 OR key = $1", mac)
-
     async def statuses(
         self,
         *,
@@ -239,7 +199,9 @@ class UpdateRepository:
                    s.proof, s.phase, s.version, s.prot, s.boot, s.device_check, s.hash_sent,
                    COALESCE(s.in_sync, false) AS in_sync,
                    COALESCE(s.restage_requested, false) AS restage_requested,
-                   s.staged_at, s.last_error
+                   s.staged_at, s.last_error, s.last_proven, s.claimed_seen,
+                   s.claimed_address, COALESCE(s.firmware_attempts, 0) AS firmware_attempts,
+                   s.firmware_stuck, s.script_version
             FROM devices d LEFT JOIN device_status s ON s.mac = d.mac
             WHERE ($1::text IS NULL OR d.customer = $1)
               AND ($3::text IS NULL OR d.mac = $3)
@@ -257,6 +219,76 @@ class UpdateRepository:
         )
         return [DeviceStatus(**dict(row)) for row in rows]
 
+
+# Columns a poll sets; a claimed poll of a device that has proven itself keeps the old values.
+_POLL_COLUMNS = {
+    "last_seen": "EXCLUDED.last_seen",
+    "polls": "s.polls + EXCLUDED.polls",
+    "source_address": "EXCLUDED.source_address",
+    "proof": "EXCLUDED.proof",
+    "phase": "EXCLUDED.phase",
+    "version": "EXCLUDED.version",
+    "prot": "EXCLUDED.prot",
+    "boot": "EXCLUDED.boot",
+    "device_check": "EXCLUDED.device_check",
+    "cfg": "EXCLUDED.cfg",
+    "hash_sent": "COALESCE(EXCLUDED.hash_sent, s.hash_sent)",
+    "in_sync": "EXCLUDED.in_sync",
+    "last_error": "EXCLUDED.last_error",
+    "restage_requested": "CASE WHEN EXCLUDED.phase = 'staging' THEN false "
+    "ELSE s.restage_requested END",
+    "staged_at": "CASE WHEN EXCLUDED.phase = 'staging' THEN EXCLUDED.last_seen "
+    "ELSE s.staged_at END",
+    "firmware_attempts": "CASE WHEN EXCLUDED.firmware_suspect IS NULL THEN 0 "
+    "WHEN EXCLUDED.firmware_suspect = s.firmware_suspect "
+    "THEN s.firmware_attempts + EXCLUDED.firmware_attempts ELSE EXCLUDED.firmware_attempts END",
+    "firmware_suspect": "EXCLUDED.firmware_suspect",
+    "firmware_stuck": "EXCLUDED.firmware_stuck",
+    "script_version": "EXCLUDED.script_version",
+}
+
+
+def _upsert_polls(keep: str) -> str:
+    assignments = ",\n                ".join(
+        f"{column} = CASE WHEN {keep} THEN s.{column} ELSE {value} END"
+        for column, value in _POLL_COLUMNS.items()
+    )
+    return f"""
+        INSERT INTO device_status AS s (
+            mac, polls, source_address, proof, phase, version, prot, boot, device_check,
+            cfg, hash_sent, in_sync, last_error, staged_at, last_seen, last_proven,
+            claimed_seen, claimed_address, claimed_polls, firmware_suspect,
+            firmware_attempts, firmware_stuck, script_version
+        )
+        SELECT r.mac, r.polls, r.source_address, r.proof, r.phase, r.version, r.prot,
+               r.boot, r.device_check, r.cfg, r.hash_sent, r.in_sync, r.last_error,
+               CASE WHEN r.phase = 'staging' THEN r.seen END, r.seen,
+               CASE WHEN r.proof = 'proven' THEN r.seen END,
+               CASE WHEN r.proof <> 'proven' THEN r.seen END,
+               CASE WHEN r.proof <> 'proven' THEN r.source_address END,
+               CASE WHEN r.proof <> 'proven' THEN r.polls ELSE 0 END,
+               r.firmware_suspect,
+               CASE WHEN r.firmware_suspect IS NULL THEN 0 ELSE r.polls END,
+               r.firmware_stuck, r.script_version
+        FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                    $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                    $11::text[], $12::boolean[], $13::text[], $14::timestamptz[],
+                    $15::text[], $16::text[], $17::bigint[])
+             AS r(mac, polls, source_address, proof, phase, version, prot, boot,
+                  device_check, cfg, hash_sent, in_sync, last_error, seen,
+                  firmware_suspect, firmware_stuck, script_version)
+        JOIN devices d ON d.mac = r.mac
+        ON CONFLICT (mac) DO UPDATE SET
+                {assignments},
+                last_proven = COALESCE(EXCLUDED.last_proven, s.last_proven),
+                claimed_seen = COALESCE(EXCLUDED.claimed_seen, s.claimed_seen),
+                claimed_address = COALESCE(EXCLUDED.claimed_address, s.claimed_address),
+                claimed_polls = s.claimed_polls + EXCLUDED.claimed_polls
+        """  # noqa: S608 - built from this module's constants only
+
+
+_UPSERT_TRUSTED = _upsert_polls("false")
+_UPSERT_CLAIMED = _upsert_polls("s.last_proven IS NOT NULL")
 
 _ROLLOUT_COLUMNS = (
     "mac",

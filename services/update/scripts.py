@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,18 @@ from services.core import scriptlines
 MAX_SCRIPT_BYTES = 256 * 1024
 SCRIPT_SUFFIXES = (".txt", ".htm")
 _UPDATE_VARIABLE = re.compile(r"#\(([A-Za-z0-9][A-Za-z0-9_.-]*)\)")
+# A file whose first line is this marker is sent as it is: no Jinja2, no #(name) expansion
+# (PHPUS scripts ported as they are; `pbxfront scripts import-phpus` writes it). The marker line
+# itself is neither sent nor hashed.
+RAW_MARKER = "{#- pbxfront: raw -#}"
+# Stands for a literal "#(" of a raw file between rendering and #(name) expansion; a NUL never
+# reaches a script otherwise (files with control characters are refused).
+_LITERAL_HASH_PAREN = "\x00("
+# Stands for a lone CR through rendering: Jinja2 would make it a line end, PHPUS keeps it
+# inside its line (and hashes it so).
+LONE_CR = "\x00r"
+# What Jinja2 or the #(name) expansion would read as syntax in a plain file.
+_TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#|#\([A-Za-z0-9]")
 # protocol.md §2: PHPUS trims these characters (PHP's trim()) before hashing.
 _TRIM = " \t\n\r\0\x0b"
 
@@ -140,6 +153,7 @@ class _Source:
     path: str
     mtime_ns: int
     size: int
+    raw: bool = False
 
 
 class _MemoryLoader(jinja2.BaseLoader):
@@ -154,8 +168,17 @@ class _MemoryLoader(jinja2.BaseLoader):
         sources = self._store.sources
         source = sources.get(template)
         if source is None:
+            problem = self._store.problems.get(template)
+            if problem is not None:
+                # A file that exists but cannot be used is an error, never silently left out
+                # (an `ignore missing` include would otherwise drop it and change the hash).
+                raise ScriptError(problem, template)
             raise jinja2.TemplateNotFound(template)
-        return source.text, source.path, lambda: self._store.sources.get(template) is source
+        text = source.text
+        if source.raw:
+            # Served byte for byte: the template only calls back for the stored text.
+            text = "{{ raw_script_text(" + repr(template) + ") }}"
+        return text, source.path, lambda: self._store.sources.get(template) is source
 
     def list_templates(self) -> list[str]:
         return sorted(self._store.sources)
@@ -173,7 +196,7 @@ def _finalize(value: Any) -> Any:
 class ScriptStore:
     """The script tree in memory with compiled templates; refreshed from disk on demand."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, grace_seconds: float = 0.0) -> None:
         self.root = root
         self.sources: dict[str, _Source] = {}
         self.problems: dict[str, str] = {}
@@ -190,54 +213,170 @@ class ScriptStore:
             cache_size=2000,
         )
         self.environment.filters["rawurlencode"] = rawurlencode
+        self.environment.globals["raw_script_text"] = self.raw_text
+        # Seconds a changed file must be old before the changed tree is served (refresh()).
+        self.grace_seconds = grace_seconds
+        # Why the files on disk are not served yet: name -> reason (empty: disk is served).
+        self.pending: dict[str, str] = {}
+        # Problems of the tree on disk while it is held back (the served tree has none of them).
+        self.held_problems: dict[str, str] = {}
+        self._loaded = False
+        # The published version served (install()), None while serving the folder.
+        self.version: int | None = None
 
-    def refresh(self) -> bool:
-        """Re-read changed files (blocking: run in a thread). True if anything changed."""
+    def refresh(self, now: float | None = None) -> bool:
+        """Re-read changed files (blocking: run in a thread). True if the served tree changed.
+
+        After the first load a changed tree goes live only as a whole, and only when every
+        changed file is at least ``grace_seconds`` old (protocol.md §10, PHPUS "grace": a
+        half-saved file never reaches a device) and the tree has no problem (unreadable file,
+        syntax error); until then the previous tree is served and :attr:`pending` says why.
+        """
         with self._lock:
-            found: dict[str, _Source] = {}
-            problems: dict[str, str] = {}
-            if not self.root.is_dir():
-                problems[str(self.root)] = "scripts folder does not exist"
-            for directory, _subdirs, files in os.walk(self.root, followlinks=False):
-                for name in files:
-                    if not name.endswith(SCRIPT_SUFFIXES):
-                        continue
-                    path = Path(directory) / name
-                    relative = path.relative_to(self.root).as_posix()
-                    try:
-                        status = path.lstat()
-                        if not path.is_file() or path.is_symlink():
-                            problems[relative] = "not a regular file (symlinks are not followed)"
-                            continue
-                        if status.st_size > MAX_SCRIPT_BYTES:
-                            problems[relative] = f"larger than {MAX_SCRIPT_BYTES} bytes"
-                            continue
-                        previous = self.sources.get(relative)
-                        if (
-                            previous is not None
-                            and previous.mtime_ns == status.st_mtime_ns
-                            and previous.size == status.st_size
-                        ):
-                            found[relative] = previous
-                            continue
-                        text = path.read_text("utf-8")
-                    except UnicodeDecodeError:
-                        problems[relative] = "not UTF-8 text"
-                        continue
-                    except OSError as error:
-                        problems[relative] = f"cannot read: {error.strerror}"
-                        continue
-                    found[relative] = _Source(
-                        text.replace("\r\n", "\n"), str(path), status.st_mtime_ns, status.st_size
-                    )
+            found, problems = self._read_tree()
             changed = found.keys() != self.sources.keys() or any(
                 found[name] is not self.sources.get(name) for name in found
             )
+            if not changed and problems.keys() == self.problems.keys():
+                self.pending = {}
+                return False
+            if self._loaded:
+                wall = time.time() if now is None else now
+                young = {
+                    name: wall - source.mtime_ns / 1e9
+                    for name, source in found.items()
+                    if source is not self.sources.get(name)
+                    and wall - source.mtime_ns / 1e9 < self.grace_seconds
+                }
+                if young or problems:
+                    self.pending = {
+                        **{
+                            name: f"changed {max(age, 0):.0f} s ago, in effect "
+                            f"{self.grace_seconds:.0f} s after the change"
+                            for name, age in young.items()
+                        },
+                        **{name: f"held back: {problem}" for name, problem in problems.items()},
+                    }
+                    self.held_problems = problems
+                    return False
+            self._loaded = True
+            self.pending = {}
+            self.held_problems = {}
             self.sources = found
             self.problems = problems
             if changed:
                 self.generation += 1
             return changed
+
+    def _read_tree(self) -> tuple[dict[str, _Source], dict[str, str]]:
+        found: dict[str, _Source] = {}
+        problems: dict[str, str] = {}
+        if not self.root.is_dir():
+            problems[str(self.root)] = "scripts folder does not exist"
+            return found, problems
+        for directory, _subdirs, files in os.walk(self.root, followlinks=False):
+            for name in files:
+                if not name.endswith(SCRIPT_SUFFIXES):
+                    continue
+                path = Path(directory) / name
+                relative = path.relative_to(self.root).as_posix()
+                try:
+                    status = path.lstat()
+                    if not path.is_file() or path.is_symlink():
+                        problems[relative] = "not a regular file (symlinks are not followed)"
+                        continue
+                    if status.st_size > MAX_SCRIPT_BYTES:
+                        problems[relative] = f"larger than {MAX_SCRIPT_BYTES} bytes"
+                        continue
+                    previous = self.sources.get(relative)
+                    if (
+                        previous is not None
+                        and previous.mtime_ns == status.st_mtime_ns
+                        and previous.size == status.st_size
+                    ):
+                        found[relative] = previous
+                        continue
+                    data = path.read_bytes()
+                except OSError as error:
+                    problems[relative] = f"cannot read: {error.strerror}"
+                    continue
+                source, problem = self._source(
+                    data, str(path), relative, status.st_mtime_ns, status.st_size
+                )
+                if problem is not None:
+                    problems[relative] = problem
+                else:
+                    assert source is not None
+                    found[relative] = source
+        return found, problems
+
+    def _source(
+        self, data: bytes, path: str, relative: str, mtime_ns: int, size: int
+    ) -> tuple[_Source | None, str | None]:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = data.count(b"\n", 0, error.start) + 1
+            return None, f"line {line}: not UTF-8 text (convert the file, e.g. iconv -f latin1)"
+        if text.startswith("\ufeff"):
+            text = text[1:]
+        # Lone CRs stay inside their line, as PHPUS reads files (fgets splits on LF only), so
+        # the run-once hash is PHPUS's for the same bytes.
+        text = text.replace("\r\n", "\n")
+        control = re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text)
+        if control:
+            line = text.count("\n", 0, control.start()) + 1
+            return None, f"line {line}: control character {control.group()!r}"
+        text = text.replace("\r", LONE_CR)
+        raw = False
+        first, newline, rest = text.partition("\n")
+        if first.strip() == RAW_MARKER:
+            raw, text = True, rest if newline else ""
+        else:
+            try:
+                self.environment.parse(text, relative, path)
+            except jinja2.TemplateSyntaxError as error:
+                hint = ""
+                if _TEMPLATE_SYNTAX.search(text):
+                    hint = (
+                        f"; a plain script with a literal {{{{, {{% or #(: make "
+                        f"{RAW_MARKER} its first line"
+                    )
+                return None, f"line {error.lineno}: {error.message or 'syntax error'}{hint}"
+        return _Source(text, path, mtime_ns, size, raw), None
+
+    def install(self, files: Mapping[str, bytes], version: int) -> dict[str, str]:
+        """Serve exactly ``files`` (a published version, name -> content) from now on; the
+        problems found (name -> why), with nothing installed when there is any."""
+        with self._lock:
+            found: dict[str, _Source] = {}
+            problems: dict[str, str] = {}
+            for name, data in sorted(files.items()):
+                if len(data) > MAX_SCRIPT_BYTES:
+                    problems[name] = f"larger than {MAX_SCRIPT_BYTES} bytes"
+                    continue
+                source, problem = self._source(
+                    data, f"{self.root / name}@v{version}", name, version, len(data)
+                )
+                if problem is not None:
+                    problems[name] = problem
+                else:
+                    assert source is not None
+                    found[name] = source
+            if problems:
+                return problems
+            self._loaded = True
+            self.sources, self.problems, self.pending, self.held_problems = found, {}, {}, {}
+            self.version = version
+            self.generation += 1
+            return {}
+
+    def raw_text(self, name: str) -> str:
+        """A raw file's text with every ``#(`` kept literal through the #(name) expansion."""
+        source = self.sources.get(name)
+        if source is None:  # pragma: no cover - only reached through the loader
+            raise ScriptError("raw script vanished", name)
+        return source.text.replace("#(", _LITERAL_HASH_PAREN)
 
     def has(self, name: str) -> bool:
         return name in self.sources
@@ -305,4 +444,43 @@ def expand_update_variables(text: str, variables: Mapping[str, Any], source: str
         value = variables[name]
         return value.reveal() if isinstance(value, Secret) else str(value)
 
-    return _UPDATE_VARIABLE.sub(replace, text)
+    expanded = _UPDATE_VARIABLE.sub(replace, text)
+    return expanded.replace(_LITERAL_HASH_PAREN, "#(").replace(LONE_CR, "\r")
+
+
+def read_tree_files(root: Path) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Every script file below ``root`` as bytes (blocking), for publishing; problems that make
+    a file unpublishable (not a regular file, too large, unreadable) by name."""
+    files: dict[str, bytes] = {}
+    problems: dict[str, str] = {}
+    if not root.is_dir():
+        return files, {str(root): "scripts folder does not exist"}
+    for directory, _subdirs, names in os.walk(root, followlinks=False):
+        for name in names:
+            if not name.endswith(SCRIPT_SUFFIXES):
+                continue
+            path = Path(directory) / name
+            relative = path.relative_to(root).as_posix()
+            if path.is_symlink() or not path.is_file():
+                problems[relative] = "not a regular file (symlinks are not followed)"
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                problems[relative] = f"cannot read: {error.strerror}"
+                continue
+            if len(data) > MAX_SCRIPT_BYTES:
+                problems[relative] = f"larger than {MAX_SCRIPT_BYTES} bytes"
+                continue
+            files[relative] = data
+    return files, problems
+
+
+def tree_sha256(files: Mapping[str, bytes]) -> str:
+    """One digest for a whole tree: names and contents, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        content = files[name]
+        digest.update(f"{name}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest()

@@ -11,10 +11,14 @@ from aiohttp import web
 from services.core.config import Settings
 from services.core.inventory import inventory_version, load_inventory
 from services.core.listen import PoolListener
+from services.core.periodic import PeriodicJob
+from services.core.ratelimit import AddressLimiter
+from services.update.canary import CanaryState
 from services.update.firmware import FirmwareStore
-from services.update.provisioning import BodyCache, Snapshot
+from services.update.provisioning import BodyCache, Lifecycle, Snapshot
 from services.update.repository import UpdateRepository
 from services.update.scripts import ScriptStore
+from services.update.versions import PublishedScripts, ScriptVersionRepository
 
 
 class SnapshotCache:
@@ -68,8 +72,17 @@ class ChangeWatch:
         # An inventory NOTIFY whose payload was not a version: read the version until the
         # connection is set up again.
         self._unsure = False
+        # The published script version every node serves (update.scripts_source = "database"),
+        # and the open canary roll-out of a newer one.
+        self.script_version: int | None = None
+        self.canary = CanaryState()
         self._listen = PoolListener(
-            {"pbxfront_inventory": self._on_inventory, "pbxfront_restage": self._on_restage},
+            {
+                "pbxfront_inventory": self._on_inventory,
+                "pbxfront_restage": self._on_restage,
+                "pbxfront_scripts": self._on_scripts,
+                "pbxfront_rollouts": self._on_rollouts,
+            },
             on_listening=self._read_state,
         )
 
@@ -84,6 +97,8 @@ class ChangeWatch:
     async def _read_state(self, connection: asyncpg.Connection) -> None:
         self.version = await inventory_version(connection)
         self.restage = await UpdateRepository(connection).pending_restages()
+        self.script_version = await ScriptVersionRepository(connection).current_id()
+        self.canary.stale = True
         self._unsure = False
 
     def _on_inventory(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
@@ -94,6 +109,15 @@ class ChangeWatch:
 
     def _on_restage(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
         self.restage.add(payload)
+
+    def _on_rollouts(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        self.canary.stale = True
+
+    def _on_scripts(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload.isdigit():
+            self.script_version = int(payload) or None
+        else:
+            self._unsure = True
 
     async def close(self) -> None:
         """Stop listening and give the connection back."""
@@ -106,6 +130,12 @@ FIRMWARE_KEY = web.AppKey("update_firmware", FirmwareStore)
 SNAPSHOTS_KEY = web.AppKey("update_snapshots", SnapshotCache)
 BODIES_KEY = web.AppKey("update_bodies", BodyCache)
 WATCH_KEY = web.AppKey("update_watch", ChangeWatch)
+LIFECYCLE_KEY = web.AppKey("update_lifecycle", Lifecycle)
+PUBLISHED_KEY = web.AppKey("update_published", PublishedScripts)
+# Advances the canary roll-outs (one node at a time, canary.advance).
+ROLLOUT_JOB_KEY = web.AppKey("update_rollout_job", PeriodicJob)
+# Polls naming devices not in the inventory, per source address.
+UNKNOWN_LIMITER_KEY = web.AppKey("update_unknown_limiter", AddressLimiter)
 
 
 async def change_watch_ctx(app: web.Application) -> AsyncIterator[None]:
