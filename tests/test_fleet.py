@@ -632,6 +632,14 @@ async def test_scripts_plan_lists_changed_devices_with_redacted_diffs(
     assert data["devices"] == 4
     assert {row["before"] for row in data["changes"]} == {None}
 
+    # With published versions, the plan compares the files with the version devices get.
+    code, out = await cli("scripts", "publish", "--comment", "baseline")
+    assert code == 0, out
+    code, out = await cli(
+        "scripts", "plan", "--scripts", str(pending), "--set", 'update.scripts_source="database"'
+    )
+    assert out.splitlines()[-1] == "4 of 4 device(s) get a changed script"
+
     # A tree that does not render is reported once, with the devices it affects.
     (pending / f"set-{KUENKEL}.txt").write_text("config change X /y {{ no_such_name }}\n")
     code, out = await cli("scripts", "plan", "--scripts", str(pending))
