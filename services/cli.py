@@ -101,7 +101,7 @@ def _read_secret(prompt: str, *, file: str | None, env: str) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from services import serve
-    from services.core.db import EmbeddedPostgres, configured_dsn
+    from services.core.db import EmbeddedPostgres, PostgresSupervisor, configured_dsn
     from services.core.runner import check_tls, configure_logging, run_node
 
     settings = _settings(args)
@@ -135,10 +135,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await pool.close()
 
     embedded = None
+    supervisor = None
     dsn = configured_dsn(settings.database)
     if not dsn:
         embedded = EmbeddedPostgres(settings.data_dir)
         dsn = embedded.start()
+        # serve owns this server: restart it if it dies (kill -9, OOM killer).
+        supervisor = PostgresSupervisor(embedded)
+        supervisor.start()
     try:
         asyncio.run(prepare(dsn))
         ready_file = Path(args.ready_file) if args.ready_file else None
@@ -152,6 +156,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             announce=lambda addresses: serve.print_try_it(settings, addresses, demo),
         )
     finally:
+        if supervisor is not None:
+            supervisor.stop()
         if embedded is not None:
             embedded.stop()
 
@@ -372,9 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_accounts_list)
 
+    from services.frontend import cli as frontend_cli
     from services.update import cli as update_cli
 
-    update_cli.register(commands, common, _bind)
+    # `scripts check` also names the Frontend plan's violations (composed here: the update
+    # package does not import the frontend package).
+    update_cli.register(commands, common, _bind, extra_checks=[frontend_cli.plan_problems])
+    frontend_cli.register(commands, common, _bind)
 
     from services.redirect import cli as redirect_cli
 

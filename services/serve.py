@@ -12,12 +12,16 @@ import logging
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 from aiohttp import web
 
 from services.core.config import ConfigError, ListenerSettings, Settings
 from services.core.runner import ServiceFactories, StreamService
+
+if TYPE_CHECKING:
+    from services.console.state import Sources
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +33,12 @@ def service_factories() -> ServiceFactories:
         from services.admin.app import create_app
         from services.backup.app import create_archive_app
         from services.core.http import mount_service
+        from services.frontend import api as frontend_api
         from services.redirect.app import create_api_app
         from services.update.admin_api import ENDPOINTS as update_endpoints
 
-        app = create_app(settings, [*update_endpoints])
+        app = create_app(settings, [*update_endpoints, *frontend_api.ENDPOINTS])
+        frontend_api.install(app, settings)
         # Parts of other services that belong on the private admin listener: the redirect
         # provider API (/api/v1/redirect/) and the backup archive (/api/v1/backups/, /dav/).
         mount_service(app, create_api_app(settings))
@@ -43,6 +49,10 @@ def service_factories() -> ServiceFactories:
         from services.events.app import create_admin_app as create_events_admin_app
 
         mount_service(app, create_events_admin_app(settings))
+        # The operator console (/ui/), reading and acting through each service's console module.
+        from services.console.app import create_app as create_console_app
+
+        mount_service(app, create_console_app(settings, console_sources()))
         return app
 
     def backup(settings: Settings) -> web.Application:
@@ -70,6 +80,11 @@ def service_factories() -> ServiceFactories:
 
         return create_app(settings)
 
+    def metrics(settings: Settings) -> web.Application:
+        from services.core.http import create_metrics_app
+
+        return create_metrics_app()
+
     def noop(settings: Settings) -> web.Application:
         from services.bench.noop import create_app
 
@@ -88,9 +103,44 @@ def service_factories() -> ServiceFactories:
         "events": events,
         "redirect": redirect,
         "contacts": contacts,
+        "metrics": metrics,
         "noop": noop,
     }
     return factories
+
+
+def console_sources() -> Sources:
+    """What the console may read and do: each service's console module, composed here so the
+    console package imports no service."""
+    from services.backup import console as backup
+    from services.console.state import Sources
+    from services.contacts import console as contacts
+    from services.directory import console as directory
+    from services.events import console as events
+    from services.update import console as update
+
+    return Sources(
+        fleet=update.fleet,
+        fleet_sorts=update.FLEET_SORT_NAMES,
+        device_types=update.device_types,
+        device_status=update.device_status,
+        certificate=update.certificate,
+        render_script=update.render_script,
+        restage=update.restage,
+        certificate_reset=update.certificate_reset,
+        unknown_devices=update.unknown_devices,
+        adopt=update.adopt,
+        firmware_store=update.firmware_store,
+        firmware_builds=update.firmware_builds,
+        backup_versions=backup.versions,
+        backup_diff=backup.diff_sides,
+        backup_overview=backup.overview,
+        events=events.events,
+        event_destinations=events.destinations,
+        contacts_versions=contacts.versions,
+        contacts_rollback=contacts.rollback,
+        directory_search=directory.search,
+    )
 
 
 def check_services(listeners: Mapping[str, ListenerSettings], factories: ServiceFactories) -> None:

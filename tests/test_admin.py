@@ -18,6 +18,7 @@ from services.core.auth import AccountRepository, Role
 from services.core.config import ListenerSettings, Settings
 from services.core.inventory import apply_inventory, read_inventory_file
 from services.core.runner import Node, start_node
+from services.frontend.api import ENDPOINTS as FRONTEND_ENDPOINTS
 from services.serve import service_factories
 from services.update.admin_api import ENDPOINTS as UPDATE_ENDPOINTS
 from tests.conftest import SessionPki
@@ -244,14 +245,17 @@ async def test_openapi_matches_routes(api: Api) -> None:
     documented = {
         (method.upper(), path) for path, item in document["paths"].items() for method in item
     }
-    served = {(e.method, e.path) for e in [*ENDPOINTS, *FLEET_ENDPOINTS, *UPDATE_ENDPOINTS]}
+    served = {
+        (e.method, e.path)
+        for e in [*ENDPOINTS, *FLEET_ENDPOINTS, *UPDATE_ENDPOINTS, *FRONTEND_ENDPOINTS]
+    }
     assert documented == served
     # Every documented route is really routed: an unauthenticated call gets 401, not 404/405.
     for method, path in sorted(documented - {("GET", "/api/v1/openapi.json")}):
         concrete = path.replace("{customer_id}", "Kuenkel00001").replace("{mac}", "009033010203")
         concrete = (
             concrete.replace("{layer}", "device").replace("{scope}", "x").replace("{name}", "n")
-        )
+        ).replace("{frontend_id}", "sb1")
         async with api.session.request(method, api.url(concrete)) as response:
             assert response.status == 401, (method, concrete, response.status)
 
@@ -262,7 +266,11 @@ async def test_metrics_and_healthz(api: Api) -> None:
         assert (await response.json())["database"] == "ok"
     async with api.session.get(api.url("/api/v1/frontends"), headers=ADMIN) as response:
         assert response.status == 200
+    # limits.metrics_auth (default): strangers get 401, an admin the metrics.
     async with api.session.get(api.url("/metrics")) as response:
+        assert response.status == 401
+    async with api.session.get(api.url("/metrics"), headers=ADMIN) as response:
+        assert response.status == 200
         text = await response.text()
     assert (
         'pbxfront_http_requests_total{method="GET",route="/api/v1/frontends",service="admin",'

@@ -303,7 +303,7 @@ async def test_anonymous_upload_where_the_customer_allows_it(site: Site) -> None
 
 
 async def test_failed_passwords_are_rate_limited(start_site: SiteFactory) -> None:
-    site = await start_site(auth_failure_burst=2, auth_failure_per_second=0.001)
+    site = await start_site(LimitSettings(auth_failure_burst=2, auth_failure_per_second=0.001))
     for _ in range(2):
         assert (await site.upload(SEED_CSV, user=f"{CUSTOMER}:wrong"))[0] == 401
     status, text = await site.upload(SEED_CSV)

@@ -32,6 +32,7 @@ from services.core.config import (
     ConfigError,
     DatabaseSettings,
     EventsSettings,
+    LimitSettings,
     ListenerSettings,
     Settings,
     UpdateSettings,
@@ -434,8 +435,11 @@ async def start_site(
         )
     sites: list[Site] = []
 
-    async def start(site_pool: asyncpg.Pool | None = None, **events: Any) -> Site:
+    async def start(
+        site_pool: asyncpg.Pool | None = None, limits: LimitSettings | None = None, **events: Any
+    ) -> Site:
         settings = Settings(
+            limits=limits or LimitSettings(),
             database=DatabaseSettings(url=database_url),
             update=UpdateSettings(
                 grace_seconds=0,
@@ -639,7 +643,9 @@ async def test_wrong_credentials(site: Site, headers: dict[str, str]) -> None:
 
 
 async def test_failures_are_rate_limited_per_address(start_site: SiteFactory) -> None:
-    site = await start_site(failure_burst=3, failure_per_second=0.01)
+    site = await start_site(
+        limits=LimitSettings(auth_failure_burst=3, auth_failure_per_second=0.01)
+    )
     session = await site.session()
     wrong = basic("sender", "wrong password!")
     statuses = []
@@ -712,7 +718,9 @@ async def test_concurrent_requests_are_group_committed(start_site: SiteFactory) 
     assert await asyncio.gather(*(post(n) for n in range(40))) == [201] * 40
     rows = await site.rows()
     assert sorted(r["text"] for r in rows) == sorted(f"n{n}" for n in range(40))
-    async with session.get(site.admin + "/metrics") as response:
+    async with session.get(
+        site.admin + "/metrics", headers=basic("admin", ADMIN_PASSWORD)
+    ) as response:
         metrics = await response.text()
     commits = re.search(r"^pbxfront_events_commits_total (\S+)$", metrics, re.M)
     assert commits is not None
@@ -786,7 +794,9 @@ async def test_forwarding_over_tcp_survives_a_receiver_restart(
     assert all(line.startswith("<") and "Kuenkel00001" in line for line in lines)
     await until(lambda: destination_delivered(site, 300), timeout=10)
     session = await site.session()
-    async with session.get(site.admin + "/metrics") as response:
+    async with session.get(
+        site.admin + "/metrics", headers=basic("admin", ADMIN_PASSWORD)
+    ) as response:
         assert 'pbxfront_events_backlog{destination="tcp://127.0.0.1' in await response.text()
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from services.backup import dav
+from services.backup import dav, phpus
 from services.backup.diff import Redaction
 from services.backup.handlers import (
     BACKUP_PREFIX,
@@ -44,6 +44,7 @@ from services.core.deviceauth import DeviceAuth
 from services.core.digest import PostgresNonceCounter
 from services.core.http import SERVICE_NAME_KEY
 from services.core.periodic import PeriodicJob
+from services.core.phpus import route_paths as phpus_route_paths
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,11 @@ def create_app(settings: Settings) -> web.Application:
     # with one answer (nothing about what exists leaks).
     app.router.add_route("*", BACKUP_PREFIX + "/{name:.+}", backup_resource)
     app.router.add_route("*", BACKUP_PREFIX + "{tail:/?}", backup_resource)
+    # PHPUS's backup URL (update.php?mode=backup), by PUT or POST; GET there is the update
+    # service's (a listener's services share a path with different methods).
+    for path in phpus_route_paths(settings.update.phpus_paths):
+        app.router.add_put(path, phpus.backup)
+        app.router.add_post(path, phpus.backup)
     return app
 
 

@@ -564,6 +564,35 @@ class BackupRepository:
         )
         return [StaleDevice(**dict(row)) for row in rows]
 
+    async def stale_overview(self, older_than: datetime, limit: int = 200) -> list[BackupDevice]:
+        """Archive devices whose last PUT is older than ``older_than`` (alerted or not), the
+        longest silent first (the console's Backups page)."""
+        rows = await self._db.fetch(
+            _DEVICE_QUERY + "WHERE d.last_put_at < $1 ORDER BY d.last_put_at LIMIT $2",
+            older_than,
+            limit,
+        )
+        return [BackupDevice(**dict(row)) for row in rows]
+
+    async def recent_versions(self, limit: int = 50) -> list[tuple[str, str, Version]]:
+        """The newest stored versions of any device: (hardware id, customer, version)."""
+        rows = await self._db.fetch(
+            _SELECT_VERSIONS.replace(
+                "SELECT ",
+                "SELECT d.hardware_id AS device_hardware_id, d.customer AS device_customer, ",
+                1,
+            )
+            + "JOIN backup_devices d ON d.mac = v.mac ORDER BY v.id DESC LIMIT $1",
+            limit,
+        )
+        result: list[tuple[str, str, Version]] = []
+        for row in rows:
+            data = dict(row)
+            hardware_id = data.pop("device_hardware_id")
+            customer = data.pop("device_customer")
+            result.append((hardware_id, customer, Version(**data)))
+        return result
+
     async def backup_customers(self) -> list[str]:
         rows = await self._db.fetch("SELECT DISTINCT customer FROM backup_devices ORDER BY 1")
         return [row["customer"] for row in rows]

@@ -11,12 +11,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.contacts.handlers import (
+    CHECKS_KEY,
     DIRECTORY_PREFIX,
     ENDPOINTS,
     FILE_NAME,
-    LIMITER_KEY,
     SETTINGS_KEY,
     VERIFIED_KEY,
+    UploadChecks,
     contacts_resource,
     folder,
 )
@@ -24,7 +25,6 @@ from services.core.api import VERIFIED_CACHE_KEY, add_endpoints
 from services.core.auth import VerifiedCache
 from services.core.config import Settings
 from services.core.http import BODY_LIMIT_KEY, SERVICE_NAME_KEY
-from services.core.ratelimit import AddressLimiter
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -33,9 +33,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS_KEY] = settings
     # Outlook exports of big customers exceed the listener's default limit.
     app[BODY_LIMIT_KEY] = settings.contacts.max_body_bytes
-    app[LIMITER_KEY] = AddressLimiter(
-        settings.contacts.auth_failure_burst, settings.contacts.auth_failure_per_second
-    )
+    app[CHECKS_KEY] = UploadChecks(settings.contacts.max_concurrent_checks)
     app[VERIFIED_KEY] = VerifiedCache()
     app.router.add_route("*", DIRECTORY_PREFIX + "/{customer}/" + FILE_NAME, contacts_resource)
     # Everything else below the folder (listings, other names, odd ids): one answer.

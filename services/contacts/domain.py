@@ -120,10 +120,17 @@ class CheckedUpload:
         return len(self.rejections) / checked if checked else 0.0
 
 
-def check_upload(content: bytes, plan: NumberPlan, max_rows: int) -> CheckedUpload:
+def check_upload(
+    content: bytes,
+    plan: NumberPlan,
+    max_rows: int,
+    *,
+    max_columns: int = 512,
+    max_cells: int = 5_000_000,
+) -> CheckedUpload:
     """Read and check a whole file. Unprocessable / TooLarge when the file as a whole is
     unusable; a bad record is a :class:`Rejection` with its line number and reason."""
-    table = read_table(content, max_rows)
+    table = read_table(content, max_rows, max_columns=max_columns, max_cells=max_cells)
     normalizer = Normalizer(plan)
     entries: list[Entry] = []
     rejections: list[Rejection] = []
@@ -205,19 +212,38 @@ def difference(old: Iterable[Entry], new: Iterable[Entry]) -> Difference:
 # --- views -------------------------------------------------------------------------------------
 
 
+# OWASP "CSV injection": a cell starting with one of these is a formula to spreadsheet programs.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A number as we store it (E.164, or the digits of a short number) is not a formula.
+_PLAIN_NUMBER = re.compile(r"\+?[0-9]+")
+
+
+def neutralise_formula(value: str) -> str:
+    """``value`` with a leading ``'`` when a spreadsheet would run it as a formula
+    (``=cmd|' /C calc'!A0``, ``@SUM(…)``, ``+1+2``, ``-2+3``, a leading tab or CR); E.164
+    numbers (``+49…``) stay as they are. Excel and LibreOffice show the ``'`` as text marker."""
+    if value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def render_csv(entries: Sequence[Entry]) -> str:
-    """The seed's layout, every field quoted, CRLF: what the directory server's script reads."""
+    """The seed's layout, every field quoted, CRLF: what the directory server's script reads.
+    Cells a spreadsheet would evaluate are neutralised (:func:`neutralise_formula`)."""
     out = io.StringIO()
     writer = csv.writer(out, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
     writer.writerow(SEED_HEADER)
     for entry in entries:
         writer.writerow(
-            (
-                entry.surname,
-                entry.given_name,
-                entry.company,
-                entry.business_e164 or "",
-                entry.mobile_e164 or "",
+            tuple(
+                neutralise_formula(value)
+                for value in (
+                    entry.surname,
+                    entry.given_name,
+                    entry.company,
+                    entry.business_e164 or "",
+                    entry.mobile_e164 or "",
+                )
             )
         )
     return out.getvalue()

@@ -47,17 +47,17 @@ from services.core.api import (
     request_actor,
 )
 from services.core.auth import (
-    AccountRepository,
     Role,
     VerifiedCache,
     parse_basic,
     secrets_equal,
+    verify_login,
 )
+from services.core.authguard import auth_guard
 from services.core.config import ContactsSettings, Settings
 from services.core.db import acquire
 from services.core.http import UploadAborted, query_arguments, read_body, security_event
 from services.core.identity import printable
-from services.core.ratelimit import AddressLimiter
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,24 @@ FOLDER_TEXT = (
 _NO_PASSWORD = secrets.token_urlsafe(24)
 
 SETTINGS_KEY = web.AppKey("contacts_settings", Settings)
-LIMITER_KEY = web.AppKey("contacts_limiter", AddressLimiter)
+
+
+class UploadChecks:
+    """At most ``concurrency`` uploads are decoded and checked at once per application (each
+    holds its body and its parsed rows); more wait their turn. Made in the running loop."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self._semaphore: asyncio.Semaphore | None = None
+
+    @property
+    def semaphore(self) -> asyncio.Semaphore:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.concurrency)
+        return self._semaphore
+
+
+CHECKS_KEY = web.AppKey("contacts_checks", UploadChecks)
 VERIFIED_KEY = web.AppKey("contacts_verified", VerifiedCache)
 
 
@@ -131,18 +148,14 @@ async def contacts_resource(request: web.Request) -> web.StreamResponse:
 
 
 def _refuse_if_limited(request: web.Request) -> None:
-    limiter = request.app[LIMITER_KEY]
-    if not limiter.allows(request.remote):
-        raise web.HTTPTooManyRequests(
-            text="too many failed attempts from your address; retry later\n",
-            content_type="text/plain",
-            headers={"Retry-After": str(limiter.retry_after(request.remote))},
-        )
+    """429 when this address (or the account it names, from an address that never
+    authenticated as it) failed too often (core.authguard, shared by every service)."""
+    credentials = parse_basic(request.headers.get("Authorization"))
+    auth_guard(request).refuse_if_limited(request, credentials.name if credentials else None)
 
 
 def _auth_failed(request: web.Request, name: str | None, message: str) -> errors.Unauthenticated:
-    request.app[LIMITER_KEY].spend(request.remote)
-    security_event(request, "auth-failed", account=name, path=request.path)
+    auth_guard(request).failed(request, name, "wrong or malformed credentials")
     return errors.Unauthenticated(message, (BASIC_CHALLENGE,))
 
 
@@ -180,14 +193,19 @@ async def identify_uploader(request: web.Request, customer_id: str) -> Uploader:
         raise _auth_failed(request, None, wrong)
     if credentials.name == customer_id:
         if _customer_password_matches(customer, credentials.password) and customer is not None:
+            auth_guard(request).succeeded(request, customer_id)
             return Uploader(customer, customer_id)
         raise _auth_failed(request, credentials.name, wrong)
-    async with acquire(pool_of(request)) as connection:
-        account = await AccountRepository(connection).verify(
-            credentials.name, credentials.password, request.app[VERIFIED_KEY]
-        )
+    account = await verify_login(
+        pool_of(request),
+        credentials.name,
+        credentials.password,
+        request.app[VERIFIED_KEY],
+        auth_guard(request).hashing,
+    )
     if account is None or customer is None or not account.has_any(UPLOADERS):
         raise _auth_failed(request, credentials.name, wrong)
+    auth_guard(request).succeeded(request, account.name)
     return Uploader(customer, account.name)
 
 
@@ -220,9 +238,15 @@ def _answer(request: web.Request, report: Report, status: int) -> web.Response:
 
 
 def _checked_and_compared(
-    content: bytes, plan: NumberPlan, max_rows: int, current: list[Entry]
+    content: bytes, plan: NumberPlan, settings: ContactsSettings, current: list[Entry]
 ) -> tuple[CheckedUpload, Difference]:
-    checked = check_upload(content, plan, max_rows)
+    checked = check_upload(
+        content,
+        plan,
+        settings.max_rows,
+        max_columns=settings.max_columns,
+        max_cells=settings.max_cells,
+    )
     return checked, difference(current, checked.entries)
 
 
@@ -247,9 +271,10 @@ async def put_contacts(request: web.Request) -> web.Response:
     plan = number_plan(uploader.customer, settings)
     async with acquire(pool_of(request)) as connection:
         current_version, current = await ContactsRepository(connection).current_entries(customer_id)
-    checked, diff = await asyncio.to_thread(
-        _checked_and_compared, content, plan, settings.max_rows, current
-    )
+    async with request.app[CHECKS_KEY].semaphore:
+        checked, diff = await asyncio.to_thread(
+            _checked_and_compared, content, plan, settings, current
+        )
     share = checked.rejected_share()
     if not checked.entries or share > settings.max_rejected_share:
         reason = (
@@ -321,15 +346,21 @@ async def get_contacts(request: web.Request) -> web.Response:
     """The directory server's fetch: directory-reader accounts only."""
     customer_id = check_customer_id(request.match_info["customer"])
     _refuse_if_limited(request)
-    credentials = parse_basic(request.headers.get("Authorization"))
+    header = request.headers.get("Authorization")
+    credentials = parse_basic(header)
     if credentials is None:
+        if header:
+            raise _auth_failed(request, None, "malformed credentials (Basic only)")
         raise errors.Unauthenticated(
             "directory reader credentials required (curl -u <account>)", (BASIC_CHALLENGE,)
         )
-    async with acquire(pool_of(request)) as connection:
-        account = await AccountRepository(connection).verify(
-            credentials.name, credentials.password, request.app[VERIFIED_KEY]
-        )
+    account = await verify_login(
+        pool_of(request),
+        credentials.name,
+        credentials.password,
+        request.app[VERIFIED_KEY],
+        auth_guard(request).hashing,
+    )
     if account is None:
         customer = await _load_customer(request, customer_id)
         if credentials.name == customer_id and _customer_password_matches(
@@ -338,6 +369,7 @@ async def get_contacts(request: web.Request) -> web.Response:
             security_event(request, "forbidden", account=credentials.name, path=request.path)
             raise errors.Forbidden(FOLDER_TEXT)
         raise _auth_failed(request, credentials.name, "wrong credentials")
+    auth_guard(request).succeeded(request, account.name)
     if Role.DIRECTORY_READER not in account.roles:
         security_event(request, "forbidden", account=account.name, path=request.path)
         raise errors.Forbidden("reading contacts needs the directory-reader role")

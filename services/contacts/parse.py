@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -163,26 +162,71 @@ EMPTY_FILE = "the file is empty: upload an Outlook or seed contacts.csv"
 HEADER_ONLY = "the file has a header line but no contacts"
 
 
-def read_table(content: bytes, max_rows: int) -> Table:
+def read_table(
+    content: bytes, max_rows: int, *, max_columns: int = 512, max_cells: int = 5_000_000
+) -> Table:
     """Decode, sniff and map the header; the records follow as they are read. Unprocessable when
     the file is not a usable CSV (the message names the line), TooLarge beyond ``max_rows``
-    records (both also while iterating ``records``)."""
+    records, ``max_columns`` fields in one record or ``max_cells`` fields in all (all also while
+    iterating ``records``)."""
     decoded = decode(content)
     text = decoded.text
     if not text.strip():
         raise errors.Unprocessable(EMPTY_FILE)
-    delimiter = sniff_delimiter(text.lstrip("\r\n"))
-    records = _records(text, delimiter, max_rows)
+    # The header line decides; a longer one is refused by the column bound anyway.
+    delimiter = sniff_delimiter(text[:65536].lstrip("\r\n"))
+    records = _records(text, delimiter, max_rows, max_columns, max_cells)
     header_record = next(records, None)
     if header_record is None:
         raise errors.Unprocessable(EMPTY_FILE)
     return Table(decoded.encoding, delimiter, map_header(header_record.cells), records)
 
 
-def _records(text: str, delimiter: str, max_rows: int) -> Iterator[Record]:
+# One physical line with its ending (universal newlines, as io.StringIO(newline="") splits).
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def _bounded_lines(text: str, delimiter: str, max_columns: int, max_cells: int) -> Iterator[str]:
+    """The physical lines of ``text`` for ``csv.reader``, refusing (TooLarge) a record with more
+    than ``max_columns`` fields or a file with more than ``max_cells`` before csv builds the
+    record, and before the line is even copied: a line of a million delimiters would otherwise
+    become a list of a million cells. Delimiters inside quotes do not count (a record may span
+    lines inside quotes)."""
+    quoted = False
+    fields = 1
+    cells = 0
+    for line_number, match in enumerate(_LINE.finditer(text), start=1):
+        start, end = match.span()
+        plain = not quoted and text.find('"', start, end) < 0
+        if plain:
+            fields += text.count(delimiter, start, end)  # the common case: no copy, no quote
+        else:
+            for index, part in enumerate(match.group().split('"')):
+                if index:
+                    quoted = not quoted
+                if not quoted:
+                    fields += part.count(delimiter)
+        if fields > max_columns:
+            raise errors.TooLarge(
+                f"line {line_number}: more than {max_columns} fields in one record"
+            )
+        if not quoted:
+            cells += fields
+            fields = 1
+            if cells > max_cells:
+                raise errors.TooLarge(
+                    f"line {line_number}: more than {max_cells} fields in the file"
+                )
+        yield match.group()
+
+
+def _records(
+    text: str, delimiter: str, max_rows: int, max_columns: int, max_cells: int
+) -> Iterator[Record]:
     # csv's own field size limit (128 KiB) stays: a file that is one unterminated quote is
     # refused with its line number instead of being read as one huge field.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    lines = _bounded_lines(text, delimiter, max_columns, max_cells)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     count = -1  # the header is not a row
     while True:
         start = reader.line_num + 1

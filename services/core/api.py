@@ -25,9 +25,12 @@ from services.core.auth import (
     VerifiedCache,
     parse_basic,
     parse_bearer,
+    verify_login,
 )
+from services.core.authguard import auth_guard
 from services.core.db import POOL_KEY, acquire
 from services.core.http import security_event
+from services.core.inputs import loads_json
 
 ACCOUNT_KEY = web.RequestKey("account", Account)
 VERIFIED_CACHE_KEY = web.AppKey("verified_cache", VerifiedCache)
@@ -51,26 +54,39 @@ class Endpoint:
 
 
 async def authenticate(request: web.Request) -> Account:
-    """The caller's account from Basic or Bearer credentials; Unauthenticated otherwise."""
+    """The caller's account from Basic or Bearer credentials; Unauthenticated otherwise.
+
+    Failures (wrong, unknown or malformed credentials) count in the node's guard
+    (``core.authguard``): an address or account over its limit gets 429 before any check."""
     header = request.headers.get("Authorization")
     pool = request.config_dict[POOL_KEY]
+    guard = auth_guard(request)
     account: Account | None = None
     token = parse_bearer(header)
     credentials = parse_basic(header)
     if token is None and credentials is None:
+        if header:
+            guard.refuse_if_limited(request)
+            guard.failed(request, None, "malformed credentials")
+            raise errors.Unauthenticated("malformed credentials", CHALLENGES)
         raise errors.Unauthenticated("authentication required", CHALLENGES)
-    async with acquire(pool) as connection:
-        repository = AccountRepository(connection)
-        if token is not None:
-            account = await repository.by_token(token)
-        elif credentials is not None:
-            account = await repository.verify(
-                credentials.name, credentials.password, request.config_dict.get(VERIFIED_CACHE_KEY)
-            )
+    name = credentials.name if credentials is not None else None
+    guard.refuse_if_limited(request, name)
+    if token is not None:
+        async with acquire(pool) as connection:
+            account = await AccountRepository(connection).by_token(token)
+    elif credentials is not None:
+        account = await verify_login(
+            pool,
+            credentials.name,
+            credentials.password,
+            request.config_dict.get(VERIFIED_CACHE_KEY),
+            guard.hashing,
+        )
     if account is None:
-        name = credentials.name if credentials is not None else "(token)"
-        security_event(request, "auth-failed", account=name, path=request.path)
+        guard.failed(request, name, "wrong token" if token is not None else "wrong password")
         raise errors.Unauthenticated("wrong credentials", CHALLENGES)
+    guard.succeeded(request, account.name)
     return account
 
 
@@ -113,11 +129,10 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise errors.Invalid("a JSON object body is required")
     raw = await request.read()
     try:
-        value = json.loads(raw)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise errors.Invalid("body is not UTF-8") from None
-    except json.JSONDecodeError as error:
-        raise errors.Invalid(f"body is not JSON: {error.msg} at line {error.lineno}") from None
+    value = loads_json(text)
     if not isinstance(value, dict):
         raise errors.Invalid("body must be a JSON object")
     return value

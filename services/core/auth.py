@@ -25,6 +25,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -32,7 +33,8 @@ import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from services.core.db import transaction
+from services.core import errors
+from services.core.db import acquire, transaction
 from services.core.digest import ALGORITHMS, REALM, compute_ha1
 
 
@@ -110,6 +112,42 @@ def verify_password(password_hash: str, password: str) -> bool:
 # A hash that verifies nothing, checked when an account does not exist so that unknown names and
 # wrong passwords take the same time.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class HashGate:
+    """Bounds concurrent argon2 work: at most ``concurrency`` hashes run (each in a worker
+    thread, each taking argon2's memory cost, 64 MiB by default), at most ``queue`` more wait;
+    beyond that the check is refused at once (Busy, 503), so a flood of logins can neither take
+    unbounded memory nor occupy every thread of the default executor (firmware and file reads
+    share it). The semaphore is made on first use, in the running event loop."""
+
+    def __init__(self, concurrency: int, queue: int) -> None:
+        self.concurrency = concurrency
+        self.queue = queue
+        self._semaphore: asyncio.Semaphore | None = None
+        self.waiting = 0
+        self.running = 0
+        self.peak = 0
+        self.refused = 0
+
+    async def run(self, work: Callable[[str, str], bool], stored: str, password: str) -> bool:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.concurrency)
+        if self.waiting >= self.queue and self._semaphore.locked():
+            self.refused += 1
+            raise errors.Busy("too many password checks at once, retry in a moment")
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            return await asyncio.to_thread(work, stored, password)
+        finally:
+            self.running -= 1
+            self._semaphore.release()
 
 
 class VerifiedCache:
@@ -236,23 +274,30 @@ class AccountRepository:
         rows = await self._db.fetch("SELECT name, roles FROM accounts ORDER BY name")
         return [Account(row["name"], frozenset(Role(r) for r in row["roles"])) for row in rows]
 
-    async def verify(
-        self, name: str, password: str, cache: VerifiedCache | None = None
-    ) -> Account | None:
-        """The account if ``password`` is right, else None (same cost for unknown names)."""
+    async def password_of(self, name: str) -> tuple[Account | None, str]:
+        """(the account, its password hash), or (None, a hash that verifies nothing)."""
         row = await self._db.fetchrow(
             "SELECT name, roles, password_hash FROM accounts WHERE name = $1", name
         )
-        stored = row["password_hash"] if row is not None else _DUMMY_HASH
-        key = VerifiedCache.key(name, password, stored)
-        if row is not None and cache is not None and cache.hit(key):
-            return Account(row["name"], frozenset(Role(r) for r in row["roles"]))
-        valid = await asyncio.to_thread(verify_password, stored, password)
-        if row is None or not valid:
+        if row is None:
+            return None, _DUMMY_HASH
+        return Account(row["name"], frozenset(Role(r) for r in row["roles"])), row["password_hash"]
+
+    async def verify(
+        self,
+        name: str,
+        password: str,
+        cache: VerifiedCache | None = None,
+        gate: HashGate | None = None,
+    ) -> Account | None:
+        """The account if ``password`` is right, else None (same cost for unknown names).
+        With a ``gate`` the argon2 check waits for its turn there (Busy when it is full).
+        The connection stays held during the check: from a request use :func:`verify_login`."""
+        if not valid_credential_text(name) or not valid_credential_text(password, 1024):
+            # NUL or unencodable text cannot be in PostgreSQL; never send it there.
             return None
-        if cache is not None:
-            cache.add(key)
-        return Account(row["name"], frozenset(Role(r) for r in row["roles"]))
+        account, stored = await self.password_of(name)
+        return await check_password(account, stored, name, password, cache, gate)
 
     async def issue_token(self, name: str, lifetime: float) -> str:
         token = secrets.token_urlsafe(32)
@@ -284,6 +329,58 @@ class AccountRepository:
         return not status.endswith(" 0")
 
 
+async def check_password(
+    account: Account | None,
+    stored: str,
+    name: str,
+    password: str,
+    cache: VerifiedCache | None = None,
+    gate: HashGate | None = None,
+) -> Account | None:
+    """``account`` if ``password`` matches its ``stored`` hash (cache first), else None."""
+    key = VerifiedCache.key(name, password, stored)
+    if account is not None and cache is not None and cache.hit(key):
+        return account
+    if gate is not None:
+        valid = await gate.run(verify_password, stored, password)
+    else:
+        valid = await asyncio.to_thread(verify_password, stored, password)
+    if account is None or not valid:
+        return None
+    if cache is not None:
+        cache.add(key)
+    return account
+
+
+async def verify_login(
+    pool: asyncpg.Pool,
+    name: str,
+    password: str,
+    cache: VerifiedCache | None = None,
+    gate: HashGate | None = None,
+) -> Account | None:
+    """:meth:`AccountRepository.verify` for request handlers: the pool connection is given back
+    before the argon2 check, so checks waiting in the gate hold no database connection (a login
+    flood must not starve the pool)."""
+    if not valid_credential_text(name) or not valid_credential_text(password, 1024):
+        return None
+    async with acquire(pool) as connection:
+        account, stored = await AccountRepository(connection).password_of(name)
+    return await check_password(account, stored, name, password, cache, gate)
+
+
+def valid_credential_text(value: str, max_length: int = 256) -> bool:
+    """Text that may be looked up as a name or checked as a password: no NUL (PostgreSQL text
+    cannot hold one), encodable as UTF-8 (no lone surrogates), not absurdly long."""
+    if len(value) > max_length or "\0" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class BasicCredentials:
     name: str
@@ -304,6 +401,10 @@ def parse_basic(header: str | None) -> BasicCredentials | None:
     name, sep, password = decoded.partition(":")
     if not sep or not name:
         return None
+    if not valid_credential_text(name) or not valid_credential_text(password, 1024):
+        return None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return None
     return BasicCredentials(name, password)
 
 
@@ -312,6 +413,8 @@ def parse_bearer(header: str | None) -> str | None:
         return None
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
+        return None
+    if not valid_credential_text(value.strip(), 1024):
         return None
     return value.strip()
 

@@ -112,6 +112,38 @@ class LimitSettings:
     request_timeout: float = dataclasses.field(default=30.0, metadata=_check(_range(0.1, 3600)))
     keepalive_timeout: float = dataclasses.field(default=15.0, metadata=_check(_range(0, 3600)))
     shutdown_timeout: float = dataclasses.field(default=10.0, metadata=_check(_range(0, 600)))
+    # Authentication failures on every HTTP path (core.authguard), per source address (IPv6:
+    # per /64): a burst, refilled at this rate per second; out of tokens: 429 for every
+    # credentialed request from that address.
+    auth_failure_burst: int = dataclasses.field(default=20, metadata=_check(_range(1, 1_000_000)))
+    auth_failure_per_second: float = dataclasses.field(
+        default=0.2, metadata=_check(_range(0.0001, 100_000))
+    )
+    # The same per account (from any address); an exhausted account is refused only from
+    # addresses that have not authenticated as it within auth_trusted_seconds.
+    auth_account_failure_burst: int = dataclasses.field(
+        default=50, metadata=_check(_range(1, 1_000_000))
+    )
+    auth_account_failure_per_second: float = dataclasses.field(
+        default=0.5, metadata=_check(_range(0.0001, 100_000))
+    )
+    auth_trusted_seconds: float = dataclasses.field(
+        default=86400.0, metadata=_check(_range(0, 365 * 86400))
+    )
+    # argon2 password checks running at once per node (each takes argon2's 64 MiB), and how many
+    # may wait for a turn; beyond that 503 with Retry-After.
+    hash_concurrency: int = dataclasses.field(default=2, metadata=_check(_range(1, 64)))
+    hash_queue: int = dataclasses.field(default=64, metadata=_check(_range(0, 100_000)))
+    # /metrics on the admin listener needs an admin or operator account (Basic or bearer token);
+    # false serves it to anyone who reaches the listener. A listener with the "metrics" service
+    # serves it without authentication (for a private scrape port).
+    metrics_auth: bool = True
+    # Open connections per HTTP listener and worker process, in total and per source address
+    # (IPv6: per /64); more are closed at accept (core/guard.py).
+    max_connections: int = dataclasses.field(default=10_000, metadata=_check(_range(1, 1_000_000)))
+    max_connections_per_address: int = dataclasses.field(
+        default=256, metadata=_check(_range(1, 1_000_000))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +170,21 @@ class AdminSettings:
     token_lifetime: float = dataclasses.field(
         default=3600.0, metadata=_check(_range(60, 31 * 86400))
     )
+    # Operator console (/ui/): seconds a login lasts at most, and without any request.
+    console_session_lifetime: float = dataclasses.field(
+        default=28800.0, metadata=_check(_range(60, 31 * 86400))
+    )
+    console_idle_timeout: float = dataclasses.field(
+        default=1800.0, metadata=_check(_range(30, 31 * 86400))
+    )
+    # Failed console logins allowed in a burst, per address and per account name, and how
+    # many more per second are allowed after that.
+    console_login_failure_burst: int = dataclasses.field(
+        default=5, metadata=_check(_range(1, 1_000_000))
+    )
+    console_login_failure_per_second: float = dataclasses.field(
+        default=0.05, metadata=_check(_range(0.0001, 1000))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +206,13 @@ class UpdateSettings:
     public_url: str = ""
     # Seconds between checks of the scripts folder for changed files.
     reload_interval: float = dataclasses.field(default=2.0, metadata=_check(_range(0.1, 3600)))
+    # Paths of innovaphone's PHP update server (PHPUS) that devices moved from it still poll:
+    # `GET <path>` moves the device to update.txt, `PUT`/`POST <path>?mode=backup` is a backup.
+    # An entry starting with "*" matches every path ending in the rest ("*/update.php").
+    phpus_paths: tuple[str, ...] = dataclasses.field(
+        default=("/update.php", "/DRIVE/CF0/update/update.php"),
+        metadata=_check(lambda v: _phpus_paths(v)),
+    )
     # First words (or "word word") of script lines allowed besides protocol.md's grammar.
     extra_commands: tuple[str, ...] = ()
     # Seconds between batched writes of device status (one statement for all polls since the
@@ -225,6 +279,19 @@ def _model_names(value: Any) -> str | None:
             return f"{item!r}: must be model=file, model in lower case (e.g. mypbxa=mypbx.apk)"
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name) or ".." in name:
             return f"{item!r}: file name: letters, digits, . _ - only"
+    return None
+
+
+_PHPUS_PATH = re.compile(r"(\*|)(/[A-Za-z0-9._~-]+)*/[A-Za-z0-9_~-][A-Za-z0-9._~-]*\.php")
+
+
+def _phpus_paths(value: Any) -> str | None:
+    for path in value:
+        if not isinstance(path, str) or not _PHPUS_PATH.fullmatch(path) or "/../" in path:
+            return (
+                f"{path!r}: must be a path ending in a .php file name, e.g. "
+                '"/update.php", or "*/update.php" for any path ending so'
+            )
     return None
 
 
@@ -361,10 +428,13 @@ class EventsSettings:
     digest_nonce_lifetime: float = dataclasses.field(
         default=300.0, metadata=_check(_range(1, 86400))
     )
-    # Failed authentications per source address: a burst, refilled at this rate per second.
-    failure_burst: int = dataclasses.field(default=20, metadata=_check(_range(1, 1_000_000)))
-    failure_per_second: float = dataclasses.field(
-        default=0.2, metadata=_check(_range(0.001, 100_000))
+    # Per sending device (or, for an account without a named device, per account and address):
+    # events and body bytes per minute; past either, 429 with Retry-After; 0 = unlimited.
+    quota_events_per_minute: int = dataclasses.field(
+        default=600, metadata=_check(_range(0, 10_000_000))
+    )
+    quota_bytes_per_minute: int = dataclasses.field(
+        default=4 * 1024 * 1024, metadata=_check(_range(0, 2**40))
     )
     # Group commit: seconds the writer waits for more events before one transaction, and the
     # most events per transaction.
@@ -430,12 +500,12 @@ class ContactsSettings:
     # Numbers without a prefix of at most this many digits are short internal numbers (kept as
     # digits); 0 = refused. The update variable contacts-short-digits wins per customer.
     short_number_max_digits: int = dataclasses.field(default=0, metadata=_check(_range(0, 15)))
-    # Wrong passwords per source address (IPv6: per /64): a burst, refilled at this rate per
-    # second; an address out of tokens gets 429 for every request.
-    auth_failure_burst: int = dataclasses.field(default=10, metadata=_check(_range(1, 1_000_000)))
-    auth_failure_per_second: float = dataclasses.field(
-        default=0.05, metadata=_check(_range(0.0001, 100_000))
-    )
+    # Most fields in one CSV line and cells in the whole file: more is refused early with 413,
+    # so a file of millions of empty columns costs no memory.
+    max_columns: int = dataclasses.field(default=512, metadata=_check(_range(8, 100_000)))
+    max_cells: int = dataclasses.field(default=5_000_000, metadata=_check(_range(100, 10**9)))
+    # Uploads checked at once per node; more wait their turn (memory of concurrent uploads).
+    max_concurrent_checks: int = dataclasses.field(default=2, metadata=_check(_range(1, 64)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -458,6 +528,12 @@ class DirectorySettings:
     read_timeout: float = dataclasses.field(default=10.0, metadata=_check(_range(0.1, 600)))
     # Open connections per listener and process; more are closed at once.
     max_connections: int = dataclasses.field(default=1000, metadata=_check(_range(1, 1_000_000)))
+    # Of those, open connections from one source address (IPv6: per /64).
+    max_connections_per_address: int = dataclasses.field(
+        default=256, metadata=_check(_range(1, 1_000_000))
+    )
+    # Seconds a connection may stay without a successful bind before it is closed.
+    bind_timeout: float = dataclasses.field(default=10.0, metadata=_check(_range(0.1, 3600)))
     # Failed binds per source address (IPv6: per /64): a burst, refilled at this rate per second.
     bind_failure_burst: int = dataclasses.field(default=10, metadata=_check(_range(1, 1_000_000)))
     bind_failure_per_second: float = dataclasses.field(
@@ -472,6 +548,93 @@ class DirectorySettings:
     # Build every customer's directory in the background at start and right after each change
     # (else: when first searched).
     preload: bool = True
+
+
+# The seed's "Kerberos" section: the UDP NAT maps every Frontend needs so CPE reach the Kerberos
+# servers (kerbhost = h-kerberos1ip, kerbhost-dup = h-kerberos2ip).
+DEFAULT_SHARED_MAPS = (
+    "kpasswd-dup udp 7465 #(h-kerberos2ip) 464",
+    "kpasswd udp 7464 #(h-kerberos1ip) 464",
+    "kerberos-dup udp 7089 #(h-kerberos2ip) 88",
+    "kerberos udp 7088 #(h-kerberos1ip) 88",
+)
+_SHARED_MAP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+_SHARED_MAP_ADDRESS = re.compile(
+    r"#\([A-Za-z0-9][A-Za-z0-9_.-]{0,63}\)|[A-Za-z0-9][A-Za-z0-9.:-]{0,252}"
+)
+
+
+def parse_shared_map(text: str) -> tuple[str, str, int, str, int]:
+    """``"metadir tcp 7714 10.0.0.20 714"`` -> (name, protocol, external port, address, internal
+    port); the address may be ``#(variable)``, resolved at the Frontend's layer. ValueError with
+    the reason otherwise."""
+    parts = text.split()
+    if len(parts) != 5:
+        raise ValueError(
+            f"{text!r}: must be 'name protocol external-port address internal-port', "
+            "e.g. 'metadir tcp 7714 10.0.0.20 714'"
+        )
+    name, protocol, external, address, internal = parts
+    if not _SHARED_MAP_NAME.fullmatch(name):
+        raise ValueError(f"{text!r}: the name must be lower-case letters, digits, '-', '_'")
+    if protocol not in ("tcp", "udp"):
+        raise ValueError(f"{text!r}: the protocol must be tcp or udp")
+    ports = []
+    for port in (external, internal):
+        if not re.fullmatch(r"\d{1,5}", port) or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{text!r}: ports must be 1..65535")
+        ports.append(int(port))
+    if not _SHARED_MAP_ADDRESS.fullmatch(address):
+        raise ValueError(f"{text!r}: the address must be an IP address, a host name or #(variable)")
+    return name, protocol, ports[0], address, ports[1]
+
+
+def _shared_maps(value: tuple[str, ...]) -> str | None:
+    names: set[str] = set()
+    for text in value:
+        try:
+            name = parse_shared_map(text)[0]
+        except ValueError as error:
+            return str(error)
+        if name in names:
+            return f"the name {name!r} is used twice"
+        names.add(name)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontendPlanSettings:
+    """The Frontend plan (services/frontend/): NAT maps, SessionBorder objects, budgets."""
+
+    # Seed "Frontend/NAT": about 290 NAT maps fit a Frontend (the config line's length limit).
+    max_maps: int = dataclasses.field(default=290, metadata=_check(_range(1, 100_000)))
+    # Seed: 2 maps per customer and about 20 reserved for shared services give 135 customers.
+    max_customers: int = dataclasses.field(default=135, metadata=_check(_range(1, 100_000)))
+    shared_reserve: int = dataclasses.field(default=20, metadata=_check(_range(0, 100_000)))
+    # Seed scheme: 4-digit external ports, the first digit the service (8 HTTPS, 9 LDAPS to the
+    # PBX), the other three the last octet of the customer PBX's address (9007 -> 10.0.0.7:636).
+    https_digit: int = dataclasses.field(default=8, metadata=_check(_range(1, 9)))
+    ldaps_digit: int = dataclasses.field(default=9, metadata=_check(_range(1, 9)))
+    https_port: int = dataclasses.field(default=443, metadata=_check(_range(1, 65535)))
+    ldaps_port: int = dataclasses.field(default=636, metadata=_check(_range(1, 65535)))
+    # Maps every customer of the Frontend shares: "name protocol external-port address
+    # internal-port", the address an IP, a host name or #(variable) (Frontend layer).
+    shared_maps: tuple[str, ...] = dataclasses.field(
+        default=DEFAULT_SHARED_MAPS, metadata=_check(_shared_maps)
+    )
+    # The shared map that is the directory (Metadir in the seed): customer PBXs need
+    # `config add PBX0 /ldap-default-addr <its address> /ldap-default-port <its port>`. Empty:
+    # not checked.
+    directory_map: str = ""
+    # Seed "Frontend/NAT": the UDP NAT port range (IP4/General/Settings); size 0 = max_customers.
+    udp_nat_first: int = dataclasses.field(default=40000, metadata=_check(_range(1, 65535)))
+    udp_nat_size: int = dataclasses.field(default=0, metadata=_check(_range(0, 65535)))
+    # The Frontend's UDP-RTP port range (seed: 16384 / 32767 by default).
+    rtp_first: int = dataclasses.field(default=16384, metadata=_check(_range(1, 65535)))
+    rtp_last: int = dataclasses.field(default=32767, metadata=_check(_range(1, 65535)))
+    # [NC] The PBX0 config option behind "No of Regs w/o Pwd" (seed "Security": must be 0 on a
+    # Frontend); the seed does not name it. Empty: backups are not checked for it.
+    regs_without_password_option: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -533,6 +696,7 @@ class Settings:
     contacts: ContactsSettings = ContactsSettings()
     directory: DirectorySettings = DirectorySettings()
     ca: CaSettings = CaSettings()
+    frontend_plan: FrontendPlanSettings = FrontendPlanSettings()
 
     def listeners_for(self, only: Iterable[str] | None = None) -> dict[str, ListenerSettings]:
         """The listeners to open. With ``only``, each keeps just those services and a listener
@@ -744,6 +908,11 @@ def validate(settings: Settings) -> None:
         raise ConfigError("update.public_url: must be like https://fe1.hoster.example[:port]")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", settings.frontend):
         raise ConfigError("frontend: must be a safe id such as sb1")
+    plan = settings.frontend_plan
+    if plan.https_digit == plan.ldaps_digit:
+        raise ConfigError("frontend_plan.ldaps_digit: must differ from frontend_plan.https_digit")
+    if plan.rtp_first > plan.rtp_last:
+        raise ConfigError("frontend_plan.rtp_first: must not exceed frontend_plan.rtp_last")
     for name, listener in settings.listeners.items():
         where = f"listeners.{name}"
         for service in listener.services:

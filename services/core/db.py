@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import time
 import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -121,7 +122,11 @@ class MigrationStatus:
     applied_at: str | None
 
 
-async def migration_status(connection: asyncpg.Connection) -> list[MigrationStatus]:
+async def migration_status(
+    connection: asyncpg.Connection, migrations: list[Migration] | None = None
+) -> list[MigrationStatus]:
+    """Every known migration and when it was applied; ``migrations`` (read at start-up with
+    :func:`load_migrations`) spares a request the file reads."""
     exists = await connection.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     applied: dict[int, Any] = {}
     if exists:
@@ -133,7 +138,7 @@ async def migration_status(connection: asyncpg.Connection) -> list[MigrationStat
             m.name,
             applied[m.version].isoformat() if m.version in applied else None,
         )
-        for m in load_migrations()
+        for m in (migrations if migrations is not None else load_migrations())
     ]
 
 
@@ -168,6 +173,72 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+    def postmaster_pid(self) -> int | None:
+        """The running postmaster's pid (None when it is not running)."""
+        from pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        if info is None or not info.is_running():
+            return None
+        return int(info.pid) if info.pid is not None else None
+
+    def restart_if_down(self) -> bool:
+        """Start the server again if its postmaster is gone (killed, crashed); True if it was.
+        PostgreSQL's crash recovery replays the WAL, so every committed write is still there.
+        Raises if it cannot start yet (e.g. the old backends still hold its shared memory)."""
+        if self._server is None or self.postmaster_pid() is not None:
+            return False
+        with self._server._lock:
+            self._server.ensure_postgres_running()
+        return True
+
+
+class PostgresSupervisor:
+    """Restarts the embedded PostgreSQL that ``serve`` owns when its postmaster dies, checking
+    every ``interval`` seconds, in a thread of the master process (no event loop there with
+    several workers; pgserver's calls block). The pools reconnect by themselves: requests get
+    503 while it is down and are served again once it is back, with nobody at the console."""
+
+    def __init__(self, embedded: EmbeddedPostgres, interval: float = 0.5) -> None:
+        import threading
+
+        self._embedded = embedded
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="postgres-supervisor", daemon=True)
+        self.restarts = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=30)
+
+    def _watch(self) -> None:
+        down_since: float | None = None
+        while not self._stopped.wait(self._interval):
+            try:
+                if self._embedded.postmaster_pid() is not None:
+                    continue
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.error(
+                        "embedded PostgreSQL in %s is not running; restarting it",
+                        self._embedded.pgdata,
+                    )
+                if self._stopped.is_set():
+                    return
+                if self._embedded.restart_if_down():
+                    self.restarts += 1
+                    log.warning(
+                        "embedded PostgreSQL restarted after %.1f s down",
+                        time.monotonic() - down_since,
+                    )
+                down_since = None
+            except Exception as error:  # not up yet: old backends still exiting; try again
+                log.info("embedded PostgreSQL did not start yet: %s", error)
 
 
 def configured_dsn(settings: DatabaseSettings) -> str:

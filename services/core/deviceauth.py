@@ -6,9 +6,10 @@ protocol.md §5/§6: which of the two a device sends is [NC], so both are offere
 cluster's key and their counts tracked in PostgreSQL (``core.digest``), so a nonce issued by one
 node is accepted, and a replay refused, by every node.
 
-Optionally failures are rate-limited per source address (``core.ratelimit``): an address that
-guessed too often gets 429 for every credentialed request until its bucket refills, right or
-wrong, so it cannot tell a hit from a miss.
+Failures count in the node's guard (``core.authguard``), per source address and per account: an
+address that guessed too often gets 429 for every credentialed request until its bucket refills,
+right or wrong, so it cannot tell a hit from a miss; argon2 checks of Basic passwords wait for a
+turn in the guard's hash gate.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ import asyncpg
 from aiohttp import web
 
 from services.core import errors
-from services.core.auth import AccountRepository, Role, VerifiedCache, parse_basic
+from services.core.auth import (
+    AccountRepository,
+    Role,
+    VerifiedCache,
+    parse_basic,
+    valid_credential_text,
+    verify_login,
+)
+from services.core.authguard import auth_guard
 from services.core.db import acquire
 from services.core.digest import (
     DigestAuthenticator,
@@ -29,8 +38,6 @@ from services.core.digest import (
     load_secret,
     parse_digest,
 )
-from services.core.http import security_event
-from services.core.ratelimit import AddressLimiter
 
 BASIC_CHALLENGE = 'Basic realm="pbxfront", charset="UTF-8"'
 
@@ -42,19 +49,12 @@ class DeviceAuth:
     pool reaches a service only with its first request.
     """
 
-    def __init__(
-        self,
-        algorithms: Sequence[str],
-        nonce_lifetime: float,
-        *,
-        limiter: AddressLimiter | None = None,
-    ) -> None:
+    def __init__(self, algorithms: Sequence[str], nonce_lifetime: float) -> None:
         self._algorithms = tuple(algorithms)
         self._nonce_lifetime = nonce_lifetime
         self._authenticator: DigestAuthenticator | None = None
         self._lock = asyncio.Lock()
         self.basic_cache = VerifiedCache()
-        self.limiter = limiter
 
     async def authenticator(self, pool: asyncpg.Pool) -> DigestAuthenticator:
         if self._authenticator is None:
@@ -75,26 +75,29 @@ class DeviceAuth:
         """A 401 offering every challenge (raise it)."""
         return errors.Unauthenticated(message, await self.challenges(pool))
 
-    def _check_rate(self, request: web.Request) -> None:
-        if self.limiter is not None and not self.limiter.allows(request.remote):
-            retry = self.limiter.retry_after(request.remote)
-            security_event(request, "rate-limited", path=request.path)
-            raise web.HTTPTooManyRequests(
-                text="too many failed authentication attempts, retry later\n",
-                headers={"Retry-After": str(retry)},
-            )
-
-    def _failed(self, request: web.Request) -> None:
-        if self.limiter is not None:
-            self.limiter.spend(request.remote)
-
     async def sender_account(self, request: web.Request, pool: asyncpg.Pool, header: str) -> str:
         """The event-sender account whose Basic or Digest credentials ``header`` carries;
-        Unauthenticated (with fresh challenges) otherwise."""
-        self._check_rate(request)
-        authenticator = await self.authenticator(pool)
+        Unauthenticated (with fresh challenges) otherwise, TooManyRequests when the address or
+        the account failed too often."""
+        guard = auth_guard(request)
         digest = parse_digest(header)
+        if digest is not None and not (
+            valid_credential_text(digest.username)
+            and all(
+                valid_credential_text(part, 1024)
+                for part in (digest.realm, digest.nonce, digest.uri, digest.response)
+            )
+        ):
+            # NUL or unencodable text never goes to PostgreSQL; it is a failed attempt.
+            guard.refuse_if_limited(request)
+            guard.failed(request, None, "malformed Digest credentials")
+            raise errors.Unauthenticated(
+                "Digest: malformed credentials", await self.challenges(pool)
+            )
         basic = parse_basic(header) if digest is None else None
+        claimed = digest.username if digest is not None else basic.name if basic else None
+        guard.refuse_if_limited(request, claimed)
+        authenticator = await self.authenticator(pool)
         if digest is not None:
             async with acquire(pool) as connection:
                 result = await authenticator.verify(
@@ -105,26 +108,23 @@ class DeviceAuth:
                     counter=PostgresNonceCounter(pool),
                 )
             if result.username is not None:
+                guard.succeeded(request, result.username)
                 return result.username
             reason = result.failure.value if result.failure else "refused"
             if not result.stale:
                 # A stale nonce with the right response is the normal renewal, not a failure.
-                self._failed(request)
-                security_event(
-                    request, "auth-failed", account=result.claimed, path=request.path, reason=reason
-                )
+                guard.failed(request, result.claimed, reason)
             raise errors.Unauthenticated(
                 f"Digest: {reason}", await self.challenges(pool, stale=result.stale)
             )
         if basic is not None:
-            async with acquire(pool) as connection:
-                account = await AccountRepository(connection).verify(
-                    basic.name, basic.password, self.basic_cache
-                )
+            account = await verify_login(
+                pool, basic.name, basic.password, self.basic_cache, guard.hashing
+            )
             if account is not None and Role.EVENT_SENDER in account.roles:
+                guard.succeeded(request, account.name)
                 return account.name
-            self._failed(request)
-            security_event(request, "auth-failed", account=basic.name, path=request.path)
+            guard.failed(request, basic.name, "wrong password or role")
             raise errors.Unauthenticated("wrong credentials", await self.challenges(pool))
-        self._failed(request)
+        guard.failed(request, None, "malformed or unsupported credentials")
         raise errors.Unauthenticated("unsupported credentials", await self.challenges(pool))

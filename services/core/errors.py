@@ -45,5 +45,21 @@ class TooLarge(DomainError):
     """The body or a collection in it exceeds a configured limit (413)."""
 
 
+class TooManyRequests(DomainError):
+    """The caller is over a limit for now (429); ``retry_after`` seconds become Retry-After."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Busy(DomainError):
+    """The server is at a configured capacity for this kind of work (503, Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class UsageError(Exception):
     """A command-line problem the user can fix; printed as one line, exit status 2."""

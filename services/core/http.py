@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ipaddress
 import json
 import logging
 import re
@@ -31,6 +32,7 @@ from services.core import errors
 from services.core.config import LimitSettings
 from services.core.db import DatabaseUnavailable
 from services.core.identity import IdentityConflict, IdentityError, printable
+from services.core.inputs import text_problem
 
 if TYPE_CHECKING:
     from aiohttp.web_urldispatcher import _InfoDict
@@ -108,7 +110,9 @@ def _status_for(error: BaseException) -> int | None:
         return 413
     if isinstance(error, errors.Unprocessable):
         return 422
-    if isinstance(error, DatabaseUnavailable):
+    if isinstance(error, errors.TooManyRequests):
+        return 429
+    if isinstance(error, DatabaseUnavailable | errors.Busy):
         return 503
     return None
 
@@ -282,6 +286,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             log.error("database unavailable: %s", error)
             message = "service temporarily unavailable, retry later"
             headers["Retry-After"] = "5"
+        if isinstance(error, errors.TooManyRequests | errors.Busy):
+            headers["Retry-After"] = str(error.retry_after)
         response = error_response(request, status, message, headers=headers)
         if isinstance(error, errors.Unauthenticated) and len(error.challenges) > 1:
             for challenge in error.challenges[1:]:
@@ -293,13 +299,33 @@ def _passthrough(exc: web.HTTPException) -> dict[str, str]:
     return {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
 
 
+def log_address(remote: str | None) -> str:
+    """The caller's address as the security log writes it: the address alone, IPv6 compressed
+    and without brackets or zone (``2001:db8::1``), IPv4-mapped IPv6 as IPv4, so a fail2ban
+    ``<HOST>`` (or ``<ADDR>``) matches it whole; ``-`` when unknown or not an IP address."""
+    if not remote:
+        return "-"
+    try:
+        address = ipaddress.ip_address(remote.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return "-"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 def security_event(request: web.Request, kind: str, **fields: str | None) -> None:
     """One line per security-relevant refusal, in a fixed format fail2ban can match:
 
-    ``pbxfront security: <kind> from <address> <key>=<value> ...`` (values sanitised).
+    ``pbxfront security: <kind> from <address> <key>=<value> ...`` (values sanitised, the
+    address alone as :func:`log_address` writes it).
     """
-    parts = " ".join(f"{key}={printable(value or '-', 80)}" for key, value in fields.items())
-    security_log.warning("pbxfront security: %s from %s %s", kind, request.remote or "-", parts)
+    parts = " ".join(
+        f"{key}={printable(value or '-', 80).replace(' ', '_')}" for key, value in fields.items()
+    )
+    security_log.warning(
+        "pbxfront security: %s from %s %s", kind, log_address(request.remote), parts
+    )
 
 
 def query_arguments(request: web.Request) -> dict[str, str]:
@@ -357,6 +383,84 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def authenticated_metrics_handler(request: web.Request) -> web.Response:
+    """``/metrics`` for an admin or operator account (``limits.metrics_auth``)."""
+    from services.core.api import authenticate
+    from services.core.auth import Role
+
+    account = await authenticate(request)
+    if not account.has_any(frozenset({Role.ADMIN, Role.OPERATOR})):
+        security_event(request, "forbidden", account=account.name, path=request.path)
+        raise errors.Forbidden("metrics need the admin or operator role")
+    return await metrics_handler(request)
+
+
+def create_metrics_app() -> web.Application:
+    """The ``metrics`` service: ``/metrics`` without authentication, for a listener only the
+    monitoring network reaches (``listeners.<name>.services = ["metrics"]``)."""
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    return app
+
+
+# --- outside text -----------------------------------------------------------------------------
+
+
+@web.middleware
+async def input_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuses text no handler may pass on (PostgreSQL text holds no NUL and only valid UTF-8)
+    before any handler sees it: in the path, in a query name or value, in a header value.
+    ``Authorization`` is left to the authenticating handler, which counts it as a failure."""
+    problem = text_problem(request.path)
+    if problem:
+        return error_response(request, 400, f"path {problem}")
+    for name, value in request.query.items():
+        problem = text_problem(name) or text_problem(value)
+        if problem:
+            return error_response(request, 400, f"query argument {printable(name, 40)!r} {problem}")
+    for name, value in request.headers.items():
+        if name.lower() == "authorization":
+            continue
+        problem = text_problem(value)
+        if problem:
+            return error_response(request, 400, f"header {printable(name, 40)} {problem}")
+    return await handler(request)
+
+
+class ParserRefusalFilter(logging.Filter):
+    """What aiohttp's HTTP parser refuses (a NUL byte in a header, a malformed request line) it
+    logs at ERROR with a traceback. Such records become one security-log line without one,
+    ``pbxfront security: malformed-request from <address> reason=<parser's reason>``; the
+    handler's other records (a real 500 and its traceback) pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        reason = printable(getattr(error, "message", "") or type(error).__name__, 120)
+        security_log.warning(
+            "pbxfront security: malformed-request from %s reason=%s",
+            log_address(remote if isinstance(remote, str) else None),
+            reason.replace(" ", "_"),
+        )
+        return False
+
+
+# aiohttp's request handler logs through this logger (handler_args["logger"]).
+server_log = logging.getLogger("pbxfront.http.server")
+
+
+class _ListenerRequest(web.Request):
+    """Every answer of a listener says ``Server: pbxfront`` (aiohttp would add
+    ``Python/3.x aiohttp/3.y``: no versions for strangers), including the ones aiohttp's HTTP
+    parser gives itself to a malformed request, which no ``on_response_prepare`` signal sees."""
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        response.headers["Server"] = "pbxfront"
+        await super()._prepare_hook(response)
+
+
 class ServiceResource(MatchedSubAppResource):
     """Mounts a service application at the root of a listener, routes and all.
 
@@ -404,25 +508,38 @@ def create_listener_app(
     serve_metrics: bool,
 ) -> web.Application:
     """The root application of one listener with the given service applications mounted."""
+    from services.core.authguard import AUTH_GUARD_KEY, AuthGuard
+
+    if not any(isinstance(f, ParserRefusalFilter) for f in server_log.filters):
+        server_log.addFilter(ParserRefusalFilter())
+
     app = web.Application(
         client_max_size=limits.max_body_bytes,
         middlewares=[
             request_id_middleware,
             metrics_middleware,
             limits_middleware,
+            input_middleware,
             error_middleware,
         ],
         handler_args={
             "max_line_size": max(limits.max_query_bytes + 1024, 8190),
             "max_field_size": max(limits.max_header_bytes, 8190),
             "keepalive_timeout": limits.keepalive_timeout,
+            "logger": server_log,
         },
     )
     app[LIMITS_KEY] = limits
     app[METRICS_KEY] = metrics
+    # One guard per node: every listener of it shares the metrics object.
+    app[AUTH_GUARD_KEY] = metrics.shared("auth_guard", partial(AuthGuard, limits))
+    # aiohttp has no public hook for the request class of an application.
+    app._make_request = partial(app._make_request, _cls=_ListenerRequest)  # type: ignore[method-assign]
     app.router.add_get("/healthz", healthz)
     if serve_metrics:
-        app.router.add_get("/metrics", metrics_handler)
+        app.router.add_get(
+            "/metrics", authenticated_metrics_handler if limits.metrics_auth else metrics_handler
+        )
     for name, service in services.items():
         service[SERVICE_NAME_KEY] = name
         mount_service(app, service)

@@ -4,7 +4,9 @@ One node = one master process plus ``workers`` worker processes. The master bind
 once (port 0 becomes a real port here), starts the embedded PostgreSQL and applies migrations, then
 forks the workers. Each worker binds its own SO_REUSEPORT socket on the same address (the kernel
 spreads connections over them), opens its own pool and serves. SIGTERM/SIGINT: stop accepting,
-finish in-flight requests (``limits.shutdown_timeout``), exit. SIGHUP: reload TLS certificates
+finish in-flight requests and exit, all within ``limits.shutdown_timeout`` whatever state the
+node is in (what is left then is cancelled, the pool terminated; the master kills a worker that
+overstays). SIGHUP: reload TLS certificates
 for new connections. A worker that dies unexpectedly is restarted after a short pause.
 
 With ``workers = 1`` everything runs in the master process (what the tests and the demo use).
@@ -33,7 +35,9 @@ from aiohttp import web
 
 from services.core.config import STREAM_SCHEMES, ConfigError, ListenerSettings, Settings
 from services.core.db import pool_ctx
+from services.core.guard import ConnectionGuard
 from services.core.http import AccessLogger, Metrics, create_listener_app
+from services.core.revocation import Revocations, RevocationWatcher
 from services.core.tls import (
     ContextHolder,
     GuardedSite,
@@ -89,6 +93,10 @@ class Node:
     addresses: dict[str, str] = field(default_factory=dict)
     # Stream services by service name, shared by the listeners that name them.
     streams: dict[str, StreamService] = field(default_factory=dict)
+    # The connection guard of each listener (HTTP ones; the directory keeps its own).
+    guards: dict[str, ConnectionGuard] = field(default_factory=dict)
+    # Revoked client certificates, for the listeners that ask for them (core/revocation.py).
+    revocations: RevocationWatcher | None = None
 
     def reload_tls(self) -> bool:
         """Reload every listener's certificates; False if any kept its old ones."""
@@ -102,6 +110,9 @@ class Node:
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
+        if self.revocations is not None:
+            watcher, self.revocations = self.revocations, None
+            await watcher.close()
 
 
 def check_tls(listeners: Mapping[str, ListenerSettings]) -> None:
@@ -137,6 +148,10 @@ async def start_node(
     node = Node()
     metrics = Metrics()
     try:
+        asking = any(item.tls and item.request_client_certificate for item in listeners.values())
+        if asking and pool is not None:
+            node.revocations = RevocationWatcher(Revocations())
+            await node.revocations.start(pool)
         for name, listener in listeners.items():
             if _stream_service(listener) is not None:
                 await _start_stream(node, settings, pool, name, listener, factories, sockets)
@@ -175,12 +190,22 @@ async def start_node(
             sock = (sockets or {}).get(name) or bind_socket(
                 listener.host, listener.port, reuse_port=False
             )
+            guard = ConnectionGuard(
+                name,
+                max_connections=settings.limits.max_connections,
+                max_per_address=settings.limits.max_connections_per_address,
+            )
+            node.guards[name] = guard
             site = GuardedSite(
                 runner,
                 sock,
                 holder,
                 handshake_timeout=listener.handshake_timeout,
                 header_timeout=settings.limits.header_timeout,
+                guard=guard,
+                revocations=node.revocations.revocations
+                if node.revocations is not None and listener.request_client_certificate
+                else None,
             )
             await site.start()
             node.addresses[name] = site.name
@@ -275,15 +300,41 @@ async def serve_forever(
 
     loop.add_signal_handler(signal.SIGHUP, reload_tls)
     pool = await create_pool(dsn, settings.database)
+    deadline: float | None = None
     try:
         node = await start_node(settings, pool, listeners, factories, sockets)
         node_holder.append(node)
         on_ready(node)
         await stop.wait()
         log.info("stopping: no new connections, finishing requests in flight")
-        await node.stop()
+        deadline = loop.time() + settings.limits.shutdown_timeout
+        await stop_node(node, deadline)
     finally:
-        await pool.close()
+        if deadline is None:
+            deadline = loop.time() + settings.limits.shutdown_timeout
+        await close_pool(pool, deadline)
+
+
+async def stop_node(node: Node, deadline: float) -> None:
+    """``node.stop()``, cut off at ``deadline`` (loop time): requests in flight and background
+    work that outlive ``limits.shutdown_timeout`` are cancelled, never waited for."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await node.stop()
+    except TimeoutError:
+        log.warning("stopping: limits.shutdown_timeout reached; cancelling what is left")
+
+
+async def close_pool(pool: asyncpg.Pool, deadline: float) -> None:
+    """Close the pool gracefully until ``deadline``, then terminate its connections: a pool whose
+    server went away (or whose connections are stuck in a query) must not hold up the exit."""
+    remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+    try:
+        async with asyncio.timeout(remaining):
+            await pool.close()
+    except TimeoutError:
+        log.warning("stopping: database pool did not close in time; terminating its connections")
+        pool.terminate()
 
 
 def run_node(
@@ -393,10 +444,15 @@ def _run_workers(
     sd_notify("READY=1")
 
     stopping = False
+    # When the workers told to stop are killed: each has limits.shutdown_timeout, plus a moment
+    # to exit.
+    kill_at = float("inf")
 
     def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
+        nonlocal stopping, kill_at
         if signum in (signal.SIGTERM, signal.SIGINT):
+            if not stopping:
+                kill_at = time.monotonic() + settings.limits.shutdown_timeout + 1.0
             stopping = True
             sd_notify("STOPPING=1")
         for pid in list(children):
@@ -408,11 +464,20 @@ def _run_workers(
     signal.signal(signal.SIGHUP, forward)
     status = 0
     while children:
+        # Polled rather than a blocking wait(), so the kill deadline is kept however the
+        # workers behave.
         try:
-            pid, wait_status = os.wait()
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
+        if pid == 0:
+            if time.monotonic() > kill_at:
+                log.error("workers still running after limits.shutdown_timeout; killing them")
+                for child in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child, signal.SIGKILL)
+                kill_at = float("inf")
+            time.sleep(0.05)
             continue
         children.discard(pid)
         code = os.waitstatus_to_exitcode(wait_status)

@@ -14,7 +14,6 @@ can be swapped for new connections while open ones keep theirs; slow request hea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import ssl
@@ -24,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+
+from services.core.guard import AcceptLoop, ConnectionGuard, Ticket, peer_text
+from services.core.revocation import Revocations, log_refused
 
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("pbxfront.security")
@@ -87,36 +89,66 @@ class ContextHolder:
 
 
 class _GuardedProtocol(asyncio.Protocol):
-    """Sits between the (TLS) transport and aiohttp's request handler and closes the connection
-    if the first request's headers do not arrive within ``header_timeout``."""
+    """Sits between the (TLS) transport and aiohttp's request handler: closes the connection if
+    the first request's headers do not arrive within ``header_timeout``, refuses a revoked
+    client certificate before any request is read, and frees the guard's slot on close."""
 
-    def __init__(self, inner: asyncio.Protocol, header_timeout: float) -> None:
+    def __init__(
+        self,
+        inner: asyncio.Protocol,
+        header_timeout: float,
+        ticket: Ticket,
+        peer: str,
+        revocations: Revocations | None,
+    ) -> None:
         self._inner = inner
         self._header_timeout = header_timeout
+        self._ticket = ticket
+        self._peer = peer
+        self._revocations = revocations
         self._transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._scanned = 0
         self._tail = b""
+        self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
+        if self._revocations is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            serial = self._revocations.revoked_serial(ssl_object)
+            if serial is not None:
+                # Before the request handler exists: nothing this client sent is ever read.
+                log_refused(self._peer, serial)
+                self._refused = True
+                typing.cast(asyncio.Transport, transport).abort()
+                return
+            if ssl_object is not None and ssl_object.getpeercert():
+                self._revocations.watch(self, ssl_object, self._revoked_since)
         self._timer = asyncio.get_running_loop().call_later(
             self._header_timeout, self._headers_too_slow
         )
         self._inner.connection_made(transport)
 
+    def _revoked_since(self, serial: int) -> None:
+        """The certificate of this open connection was revoked: end it like any close."""
+        log_refused(self._peer, serial)
+        if self._transport is not None:
+            self._transport.close()
+
     def _headers_too_slow(self) -> None:
         self._timer = None
         if self._transport is not None:
-            peer = self._transport.get_extra_info("peername")
             log.info(
                 "closing connection from %s: no complete request headers within %.1f s",
-                _peer(peer),
+                self._peer,
                 self._header_timeout,
             )
             self._transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         if self._timer is not None:
             window = self._tail + data
             if HEADER_END in window or self._scanned > HEADER_SCAN_LIMIT:
@@ -128,12 +160,19 @@ class _GuardedProtocol(asyncio.Protocol):
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self._refused:
+            return None
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._ticket.release()
+        if self._revocations is not None:
+            self._revocations.forget(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._refused:
+            return  # the request handler never saw this connection
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -143,85 +182,83 @@ class _GuardedProtocol(asyncio.Protocol):
         self._inner.resume_writing()
 
 
-def _peer(peer: object) -> str:
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    return str(peer)
+class _NoClientHello(TimeoutError):
+    reason = "no-client-hello"
 
 
-class _AcceptLoop:
-    """Accepts connections on a listening socket and hands each to the event loop's own TLS
-    (``connect_accepted_socket``), so a failed handshake is an exception we can log."""
+def log_handshake_failed(peer: str, error: BaseException) -> None:
+    """One security-log line per failed TLS handshake (fail2ban matches it), every listener."""
+    reason = getattr(error, "reason", None) or type(error).__name__
+    security_log.warning("pbxfront security: tls-handshake-failed from %s reason=%s", peer, reason)
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        make_protocol: Callable[[], asyncio.Protocol],
-        holder: ContextHolder | None,
-        handshake_timeout: float,
-        header_timeout: float,
-    ) -> None:
-        self._sock = sock
-        self._make_protocol = make_protocol
-        self._holder = holder
-        self._handshake_timeout = handshake_timeout
-        self._header_timeout = header_timeout
-        self._handshakes: set[asyncio.Task[None]] = set()
-        self._task = asyncio.get_running_loop().create_task(self._accept())
 
-    async def _accept(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                connection, peer = await loop.sock_accept(self._sock)
-            except asyncio.CancelledError:
-                raise
-            except OSError as error:  # EMFILE and the like: back off, keep serving
-                log.error("accept failed: %s", error)
-                await asyncio.sleep(0.1)
-                continue
-            task = loop.create_task(self._start(connection, peer))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+async def _readable(sock: socket.socket, seconds: float) -> bool:
+    """Whether ``sock`` has something to read (or EOF) within ``seconds``."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
 
-    async def _start(self, connection: socket.socket, peer: object) -> None:
-        loop = asyncio.get_running_loop()
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
 
-        def factory() -> asyncio.Protocol:
-            return _GuardedProtocol(self._make_protocol(), self._header_timeout)
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        async with asyncio.timeout(seconds):
+            await ready
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(sock.fileno())
+    return True
 
-        if self._holder is None:
-            await loop.connect_accepted_socket(factory, connection)
-            return
-        try:
-            await loop.connect_accepted_socket(
-                factory,
-                connection,
-                ssl=self._holder.context,
-                ssl_handshake_timeout=self._handshake_timeout,
-            )
-        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as error:
-            reason = getattr(error, "reason", None) or type(error).__name__
-            security_log.warning(
-                "pbxfront security: tls-handshake-failed from %s reason=%s", _peer(peer), reason
-            )
-            connection.close()
 
-    def close(self) -> None:
-        self._task.cancel()
-        for task in list(self._handshakes):
-            task.cancel()
-        self._sock.close()
+async def start_connection(
+    make_protocol: Callable[[], asyncio.Protocol],
+    connection: socket.socket,
+    peer: str,
+    holder: ContextHolder | None,
+    handshake_timeout: float,
+) -> asyncio.BaseTransport | None:
+    """Hand an accepted socket to the event loop, through TLS if ``holder`` is set.
 
-    async def wait_closed(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+    Nothing is allocated for TLS before the client's first byte (its ClientHello) arrives: the
+    TLS machinery takes tens of kB per connection, which thousands of silent connections would
+    otherwise hold. ``handshake_timeout`` bounds that wait and the handshake together. A
+    failure is logged (security log) and the socket closed; then the result is None.
+    """
+    loop = asyncio.get_running_loop()
+    if holder is None:
+        transport, _ = await loop.connect_accepted_socket(make_protocol, connection)
+        return transport
+    started = loop.time()
+    try:
+        if not await _readable(connection, handshake_timeout):
+            raise _NoClientHello
+        remaining = max(0.1, handshake_timeout - (loop.time() - started))
+        transport, _ = await loop.connect_accepted_socket(
+            make_protocol,
+            connection,
+            ssl=holder.context,
+            ssl_handshake_timeout=remaining,
+        )
+    except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as error:
+        log_handshake_failed(peer, error)
+        connection.close()
+        return None
+    return transport
 
 
 class GuardedSite(web.BaseSite):
-    """An aiohttp site on a ready socket, accepting through :class:`_AcceptLoop`."""
+    """An aiohttp site on a ready socket, accepting through the core connection guard."""
 
-    __slots__ = ("_handshake_timeout", "_header_timeout", "_holder", "_sock")
+    __slots__ = (
+        "_guard",
+        "_handshake_timeout",
+        "_header_timeout",
+        "_holder",
+        "_revocations",
+        "_sock",
+    )
 
     def __init__(
         self,
@@ -231,6 +268,8 @@ class GuardedSite(web.BaseSite):
         *,
         handshake_timeout: float,
         header_timeout: float,
+        guard: ConnectionGuard,
+        revocations: Revocations | None = None,
         backlog: int = 1024,
     ) -> None:
         super().__init__(runner, backlog=backlog)
@@ -238,6 +277,8 @@ class GuardedSite(web.BaseSite):
         self._holder = holder
         self._handshake_timeout = handshake_timeout
         self._header_timeout = header_timeout
+        self._guard = guard
+        self._revocations = revocations
 
     @property
     def name(self) -> str:
@@ -251,11 +292,23 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         self._sock.listen(self._backlog)
         self._server = typing.cast(
-            asyncio.AbstractServer,
-            _AcceptLoop(
-                self._sock, server, self._holder, self._handshake_timeout, self._header_timeout
-            ),
+            asyncio.AbstractServer, AcceptLoop(self._sock, self._guard, self._serve)
         )
+
+    async def _serve(self, connection: socket.socket, peer: object, ticket: Ticket) -> None:
+        server = self._runner.server
+        assert server is not None
+        name = peer_text(peer)
+
+        def factory() -> asyncio.Protocol:
+            revocations = self._revocations if self._holder is not None else None
+            return _GuardedProtocol(server(), self._header_timeout, ticket, name, revocations)
+
+        transport = await start_connection(
+            factory, connection, name, self._holder, self._handshake_timeout
+        )
+        if transport is None:
+            ticket.release()
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:

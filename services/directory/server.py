@@ -21,6 +21,7 @@ import secrets
 import socket
 import ssl
 import time
+import typing
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 
@@ -29,9 +30,10 @@ import asyncpg
 from services.core.auth import AccountRepository, Role, VerifiedCache, secrets_equal
 from services.core.config import DirectorySettings, ListenerSettings
 from services.core.db import DatabaseUnavailable
+from services.core.guard import AcceptLoop, ConnectionGuard, Ticket, peer_address, peer_text
 from services.core.identity import printable
 from services.core.ratelimit import AddressLimiter
-from services.core.tls import ContextHolder
+from services.core.tls import ContextHolder, start_connection
 from services.directory import dn as dn_syntax
 from services.directory import protocol as ldap
 from services.directory.cache import DirectoryCache
@@ -136,7 +138,8 @@ class DirectoryServer:
                 pool, self.settings.number_format, preload=self.settings.preload
             )
             self._cache.start()
-        accepting = _Listener(self, sock, tls, listener.handshake_timeout)
+        port = sock.getsockname()[1]
+        accepting = _Listener(self, sock, tls, listener.handshake_timeout, f"directory:{port}")
         accepting.start()
         self._listeners.append(accepting)
 
@@ -177,8 +180,8 @@ class DirectoryServer:
 
 
 class _Listener:
-    """Accepts connections on one socket; TLS through the runner's context holder so a SIGHUP
-    reload applies to new connections."""
+    """Accepts connections on one socket through the core connection guard; TLS through the
+    runner's context holder so a SIGHUP reload applies to new connections."""
 
     def __init__(
         self,
@@ -186,66 +189,43 @@ class _Listener:
         sock: socket.socket,
         tls: ContextHolder | None,
         handshake_timeout: float,
+        name: str,
     ) -> None:
         self._server = server
         self._sock = sock
         self._tls = tls
         self._handshake_timeout = handshake_timeout
-        self._connections: dict[asyncio.Task[None], _Connection | None] = {}
-        self._task: asyncio.Task[None] | None = None
+        settings = server.settings
+        self.guard = ConnectionGuard(
+            name,
+            max_connections=settings.max_connections,
+            max_per_address=settings.max_connections_per_address,
+        )
+        self._connections: dict[asyncio.Task[None], _Connection] = {}
+        self._accepting: AcceptLoop | None = None
 
     def start(self) -> None:
         self._sock.listen(1024)
-        self._task = asyncio.get_running_loop().create_task(self._accept())
+        self._accepting = AcceptLoop(self._sock, self.guard, self._serve)
 
-    async def _accept(self) -> None:
-        loop = asyncio.get_running_loop()
-        limit = self._server.settings.max_connections
-        while True:
-            try:
-                connection, peer = await loop.sock_accept(self._sock)
-            except asyncio.CancelledError:
-                raise
-            except OSError as error:  # EMFILE and the like: back off, keep serving
-                log.error("directory: accept failed: %s", error)
-                await asyncio.sleep(0.1)
-                continue
-            address = peer[0] if isinstance(peer, tuple) else str(peer)
-            if len(self._connections) >= limit:
-                log.warning(
-                    "directory: refusing a connection from %s: %d connections open", address, limit
-                )
-                connection.close()
-                continue
-            task = loop.create_task(self._serve(connection, address))
-            self._connections[task] = None
-            task.add_done_callback(self._forget)
+    async def _serve(self, raw: socket.socket, peer: object, ticket: Ticket) -> None:
+        try:
+            await self._session(raw, peer_address(peer), peer_text(peer))
+        finally:
+            ticket.release()
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self._connections.pop(task, None)
-
-    async def _serve(self, raw: socket.socket, address: str) -> None:
+    async def _session(self, raw: socket.socket, address: str, peer: str) -> None:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=2**16)
         protocol = asyncio.StreamReaderProtocol(reader)
-        try:
-            if self._tls is None:
-                transport, _ = await loop.connect_accepted_socket(lambda: protocol, raw)
-            else:
-                transport, _ = await loop.connect_accepted_socket(
-                    lambda: protocol,
-                    raw,
-                    ssl=self._tls.context,
-                    ssl_handshake_timeout=self._handshake_timeout,
-                )
-        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as error:
-            reason = getattr(error, "reason", None) or type(error).__name__
-            security_log.warning(
-                "pbxfront security: tls-handshake-failed from %s reason=%s", address, reason
-            )
-            raw.close()
+        transport = await start_connection(
+            lambda: protocol, raw, peer, self._tls, self._handshake_timeout
+        )
+        if transport is None:
             return
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        writer = asyncio.StreamWriter(
+            typing.cast(asyncio.WriteTransport, transport), protocol, reader, loop
+        )
         connection = _Connection(self._server, reader, writer, address, tls=self._tls is not None)
         task = asyncio.current_task()
         if task is not None:
@@ -258,25 +238,27 @@ class _Listener:
             # A bug must not pass silently, nor take more than this one connection with it.
             log.exception("directory: connection from %s failed", address)
         finally:
+            if task is not None:
+                self._connections.pop(task, None)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError, TimeoutError, ssl.SSLError):
                 async with asyncio.timeout(2.0):
                     await writer.wait_closed()
 
     def stop_accepting(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self._sock.close()
+        if self._accepting is not None:
+            self._accepting.stop_accepting()
+        else:
+            self._sock.close()
 
     async def close(self) -> None:
         """Close every connection and let its task finish (never cancelled mid-query)."""
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._accepting is None:
+            return
+        await self._accepting.wait_closed()
         for connection in list(self._connections.values()):
-            if connection is not None:
-                connection.hang_up()
-        tasks = list(self._connections)
+            connection.hang_up()
+        tasks = list(self._accepting.tasks)
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=10.0)
             for task in pending:  # a handshake that never ends
@@ -285,6 +267,10 @@ class _Listener:
 
 class _TooLarge(Exception):
     pass
+
+
+class _NoBind(Exception):
+    """An unbound connection reached directory.bind_timeout."""
 
 
 class _Connection:
@@ -306,6 +292,9 @@ class _Connection:
         self.address = address
         self.tls = tls
         self.identity: Identity | None = None
+        # While unbound, the connection must bind by this monotonic time (directory.bind_timeout)
+        # or be closed: idle strangers cannot hold connections for the whole idle_timeout.
+        self.bind_deadline: float | None = time.monotonic() + self.settings.bind_timeout
 
     def hang_up(self) -> None:
         self.writer.close()
@@ -315,6 +304,13 @@ class _Connection:
             try:
                 data = await self._read()
             except asyncio.IncompleteReadError:
+                return
+            except _NoBind:
+                log.info(
+                    "directory: closing a connection from %s: no successful bind within %g s",
+                    self.address,
+                    self.settings.bind_timeout,
+                )
                 return
             except TimeoutError:
                 log.info("directory: closing an idle or slow connection from %s", self.address)
@@ -339,8 +335,22 @@ class _Connection:
                 return
 
     async def _read(self) -> bytes | None:
-        """One whole message: the first byte may take idle_timeout, the rest read_timeout."""
-        first = await asyncio.wait_for(self.reader.read(1), self.settings.idle_timeout)
+        """One whole message: the first byte may take idle_timeout (unbound: until the bind
+        deadline), the rest read_timeout."""
+        wait = self.settings.idle_timeout
+        if self.bind_deadline is not None:
+            left = self.bind_deadline - time.monotonic()
+            if left <= 0:
+                raise _NoBind
+            if left < wait:
+                try:
+                    return await self._read_within(left)
+                except TimeoutError:
+                    raise _NoBind from None
+        return await self._read_within(wait)
+
+    async def _read_within(self, wait: float) -> bytes | None:
+        first = await asyncio.wait_for(self.reader.read(1), wait)
         if not first:
             return None
         async with asyncio.timeout(self.settings.read_timeout):
@@ -418,6 +428,8 @@ class _Connection:
     # --- bind ------------------------------------------------------------------------------
 
     async def _bind(self, mid: int, request: ldap.BindRequest) -> None:
+        if self.identity is not None:
+            self.bind_deadline = time.monotonic() + self.settings.bind_timeout
         self.identity = None
 
         async def answer(code: ResultCode, text: str = "") -> None:
@@ -464,6 +476,7 @@ class _Connection:
             await answer(ResultCode.INVALID_CREDENTIALS, "invalid credentials")
             return
         self.identity = identity
+        self.bind_deadline = None
         await answer(ResultCode.SUCCESS)
 
     # --- extended --------------------------------------------------------------------------

@@ -26,12 +26,12 @@ from services.core.config import Settings
 from services.core.db import database_dsn
 from services.core.deviceauth import DeviceAuth
 from services.core.http import SERVICE_NAME_KEY
-from services.core.ratelimit import AddressLimiter
 from services.events.forward import Forwarder, ForwardStatus
 from services.events.handlers import (
     ENDPOINTS,
     SETTINGS_KEY,
     STATE_KEY,
+    EventQuota,
     EventsState,
     receive_event,
 )
@@ -83,11 +83,7 @@ def create_app(settings: Settings) -> web.Application:
     retention = retention_job(settings)
     state = EventsState(
         settings=settings,
-        auth=DeviceAuth(
-            events.digest_algorithms,
-            events.digest_nonce_lifetime,
-            limiter=AddressLimiter(events.failure_burst, events.failure_per_second),
-        ),
+        auth=DeviceAuth(events.digest_algorithms, events.digest_nonce_lifetime),
         writer=GroupWriter(
             window=events.commit_window,
             batch=events.commit_batch,
@@ -95,6 +91,7 @@ def create_app(settings: Settings) -> web.Application:
         ),
         forwarders=statuses,
         retention=retention,
+        quota=EventQuota(events.quota_events_per_minute, events.quota_bytes_per_minute),
     )
     app[STATE_KEY] = state
     app.cleanup_ctx.append(partial(_writer_ctx, state))

@@ -47,6 +47,7 @@ from services.core.identity import (
     printable,
 )
 from services.core.periodic import PeriodicJob
+from services.core.ratelimit import QuotaLimiter, limiter_key
 from services.events.forward import ForwardStatus
 from services.events.parse import ALARM_SEVERITIES, SYSLOG_LEVELS, parse_event
 from services.events.repository import Cursor, DeviceRef, EventRepository, NewEvent
@@ -188,11 +189,52 @@ class EventsCollector(Collector):
         yield delivered
 
 
+class EventQuota:
+    """Per sender: events and body bytes per minute (``events.quota_*``; 0 = unlimited). A
+    sender is the proven device, else the device the URL names under the sending account, else
+    the account at its address (IPv6: /64)."""
+
+    def __init__(self, events_per_minute: int, bytes_per_minute: int) -> None:
+        self.events = QuotaLimiter(events_per_minute) if events_per_minute else None
+        self.bytes = QuotaLimiter(bytes_per_minute) if bytes_per_minute else None
+
+    def check(self, key: str, size: int) -> None:
+        """TooManyRequests when one more event of ``size`` bytes is over the quota."""
+        waits = [
+            limiter.retry_after(key, cost)
+            for limiter, cost in ((self.events, 1), (self.bytes, max(size, 1)))
+            if limiter is not None
+        ]
+        wait = max((w for w in waits if w is not None), default=None)
+        if wait is not None:
+            raise errors.TooManyRequests(
+                "event quota of this device exceeded (events.quota_events_per_minute, "
+                "events.quota_bytes_per_minute): nothing stored, retry later",
+                wait,
+            )
+
+    def spend(self, key: str, size: int) -> None:
+        if self.events is not None:
+            self.events.spend(key)
+        if self.bytes is not None:
+            self.bytes.spend(key, max(size, 1))
+
+
+def quota_key(sender: Sender, identity: DeviceIdentity, remote: str | None) -> str:
+    if sender.device is not None:
+        return f"device:{sender.device.mac}"
+    named = identity.mac or identity.hardware_id
+    if named:
+        return f"named:{sender.account}:{named}"
+    return f"account:{sender.account}@{limiter_key(remote)}"
+
+
 @dataclass
 class EventsState:
     settings: Settings
     auth: DeviceAuth
     writer: GroupWriter
+    quota: EventQuota = field(default_factory=lambda: EventQuota(0, 0))
     devices: DeviceCache = field(default_factory=DeviceCache)
     forwarders: list[ForwardStatus] = field(default_factory=list)
     retention: PeriodicJob | None = None
@@ -282,6 +324,8 @@ async def receive_event(request: web.Request) -> web.Response:
     query = query_arguments(request)
     identity = identify(peercert, query)
     sender = await identify_sender(request, state, pool, identity)
+    quota = quota_key(sender, identity, request.remote)
+    state.quota.check(quota, request.content_length or 0)
     limit = min(settings.events.max_body_bytes, settings.limits.max_body_bytes)
     try:
         body = await read_body(request, limit)
@@ -299,6 +343,9 @@ async def receive_event(request: web.Request) -> web.Response:
         future_limit=settings.events.time_future_limit,
         past_limit=settings.events.time_past_limit,
     )
+    size = len(body) or len(request.query_string)
+    state.quota.check(quota, size)
+    state.quota.spend(quota, size)
     if sender.device is not None:
         mac: str | None = sender.device.mac
         hardware_id: str | None = sender.device.hardware_id

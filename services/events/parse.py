@@ -21,6 +21,9 @@ from urllib.parse import parse_qsl, unquote
 from defusedxml import ElementTree as SafeElementTree  # type: ignore[import-untyped,unused-ignore]
 from defusedxml.common import DefusedXmlException  # type: ignore[import-untyped,unused-ignore]
 
+from services.core import errors
+from services.core.inputs import MAX_DEPTH, loads_json, xml_depth
+
 # Longest value kept per field (characters): a field is a line of a syslog message, not a file.
 FIELD_LIMIT = 8192
 MAX_FIELDS = 200
@@ -175,8 +178,10 @@ def body_fields(
     lowered = content_type.lower()
     if "json" in lowered or stripped[:1] in ("{", "["):
         try:
-            value = json.loads(stripped)
-        except (json.JSONDecodeError, RecursionError) as error:
+            # Too deep or huge integers: Unprocessable (422), nothing stored; merely not JSON:
+            # kept as text with the problem noted (lenient, protocol.md §6).
+            value = loads_json(stripped, "event body")
+        except errors.Invalid as error:
             problems.append(f"JSON not readable: {error}")
             return [("text", stripped)], None
         # {"alarm": {...}}: the one outer name is the kind of thing, like an XML root element.
@@ -194,6 +199,8 @@ def body_fields(
         except SafeElementTree.ParseError as error:
             problems.append(f"XML not readable: {error}")
             return [("text", stripped)], None
+        if xml_depth(root) > MAX_DEPTH:
+            raise errors.Unprocessable(f"event body: XML nested deeper than {MAX_DEPTH} levels")
         tag = str(root.tag).rsplit("}", 1)[-1]
         # The root's own name is a prefix nobody wants to type: <alarm code=".."> is "code".
         pairs = [
@@ -287,7 +294,9 @@ def parse_event(
     future_limit: float,
     past_limit: float,
 ) -> ParsedEvent:
-    """Read one event from the query (the GET log format) and the body; never raises."""
+    """Read one event from the query (the GET log format) and the body. Never raises but
+    Unprocessable for a body no parser should walk (nesting deeper than
+    ``core.inputs.MAX_DEPTH``, integers of more than ``core.inputs.MAX_INTEGER_DIGITS``)."""
     problems: list[str] = []
     pairs, root_tag = body_fields(body, content_type, problems)
     # URL arguments count too (the GET log format carries everything there); the body wins.

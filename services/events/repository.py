@@ -45,17 +45,18 @@ _CUSTOMER = """COALESCE(
 
 
 def backup_alert_event(alert: Any, received_at: datetime) -> NewEvent:
-    """The event for one ``backup_alerts`` row: ``backup-changed`` (notice) or ``backup-stale``
-    (warning), source ``backup``, the alert's own fields kept."""
+    """The event for one ``backup_alerts`` row: ``backup-changed`` (notice), ``backup-stale`` or
+    ``backup-drift`` (warning), source ``backup``, the alert's own fields kept."""
     fields = {key: str(value) for key, value in dict(alert).items() if value is not None}
-    stale = alert["kind"] == "stale"
+    # drift: a stored config contradicts the Frontend plan (services/frontend/, migration 013).
+    warning = alert["kind"] in ("stale", "drift")
     parsed = ParsedEvent(
         kind=EVENT,
-        syslog_severity=4 if stale else 5,
+        syslog_severity=4 if warning else 5,
         fields=fields,
         event_time=alert["created_at"],
         code=f"backup-{alert['kind']}",
-        severity="warning" if stale else "notice",
+        severity="warning" if warning else "notice",
         source="backup",
         text=alert["message"],
         device_hardware_id=alert["hardware_id"],

@@ -12,7 +12,6 @@ registering it is refused with 409 ``owned_by_other_provider``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,7 @@ from services.core.config import Settings
 from services.core.db import acquire
 from services.core.http import query_arguments, security_event
 from services.core.identity import identify, printable
+from services.core.inputs import loads_json
 from services.core.ratelimit import AddressLimiter
 from services.core.unknown import REDIRECT, UnknownDeviceRepository
 from services.redirect.handover import (
@@ -277,14 +277,14 @@ async def _json_object(request: web.Request, *, optional: bool = False) -> dict[
     raw = await request.read()
     if not raw.strip() and optional:
         return {}
+    if not raw.strip():
+        raise errors.Invalid("a JSON object body is required")
     try:
-        value = json.loads(raw)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise errors.Invalid("body is not UTF-8") from None
-    except json.JSONDecodeError as error:
-        if not raw.strip():
-            raise errors.Invalid("a JSON object body is required") from None
-        raise errors.Invalid(f"body is not JSON: {error.msg} at line {error.lineno}") from None
+    # Depth, huge integers, NUL and lone surrogates: a precise 4xx (core.inputs).
+    value = loads_json(text)
     if not isinstance(value, dict):
         raise errors.Invalid("body must be a JSON object")
     return value

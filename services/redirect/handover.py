@@ -22,7 +22,6 @@ import csv
 import enum
 import io
 import ipaddress
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from services.core.identity import (
     parse_hardware_id,
     printable,
 )
+from services.core.inputs import loads_json
 from services.core.scriptlines import comment, rawurlencode, to_crlf
 
 # The paths a factory-new device polls (seed: http://<redirect-host>/redirect.php; protocol.md §1:
@@ -601,10 +601,7 @@ def _csv_rows(text: str, max_rows: int) -> list[ImportRow]:
 
 
 def _json_rows(text: str, max_rows: int) -> list[ImportRow]:
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise errors.Invalid(f"body is not JSON: {error.msg} at line {error.lineno}") from None
+    document = loads_json(text)
     items = document.get("devices") if isinstance(document, dict) else document
     if not isinstance(items, list):
         raise errors.Invalid('JSON import must be a list or {"devices": [...]}')

@@ -12,8 +12,9 @@ from aiohttp import web
 from services.core.config import Settings
 from services.core.http import COMMENT_ERRORS_KEY
 from services.core.periodic import PeriodicJob
+from services.core.phpus import route_paths as phpus_route_paths
 from services.core.ratelimit import AddressLimiter
-from services.update import canary, certificates, handlers
+from services.update import canary, certificates, handlers, phpus_route
 from services.update.firmware import FirmwareStore
 from services.update.provisioning import BodyCache, Lifecycle
 from services.update.scripts import ScriptStore
@@ -107,4 +108,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get(f"{prefix}/ca.crl", certificates.crl)
     # protocol.md §9: devices PUT command output (certificate list, signing request) here.
     app.router.add_route("*", prefix + "/x509/{name:[A-Za-z0-9._-]{1,64}}", certificates.upload)
+    # Devices moved from PHPUS still poll its update.php (README "Moving from PHPUS").
+    for path in phpus_route_paths(settings.update.phpus_paths):
+        app.router.add_get(path, phpus_route.poll)
     return app

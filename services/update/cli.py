@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import getpass
 import json
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -79,7 +81,17 @@ def _mac(value: str) -> str:
 # --- scripts -----------------------------------------------------------------------------------
 
 
-async def scripts_check(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+# A check another package contributes to `scripts check` (composed by services/cli.py): its
+# problems, one line each.
+ExtraCheck = Callable[[Settings, asyncpg.Pool], Awaitable[list[str]]]
+
+
+async def scripts_check(
+    args: argparse.Namespace,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    extra_checks: Sequence[ExtraCheck] = (),
+) -> int:
     store, firmware = await _stores(settings)
     snapshot = await _snapshot(pool)
     problems = check_scripts(
@@ -91,6 +103,9 @@ async def scripts_check(args: argparse.Namespace, settings: Settings, pool: asyn
         extra_commands=settings.update.extra_commands,
         lifecycle=Lifecycle.from_settings(settings.update),
     )
+    problems = list(problems)
+    for extra in extra_checks:
+        problems += await extra(settings, pool)
     for problem in problems:
         print(problem)
     if problems:
@@ -168,7 +183,12 @@ async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: async
     return 1 if plan.problems else 0
 
 
-async def scripts_publish(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+async def scripts_publish(
+    args: argparse.Namespace,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    extra_checks: Sequence[ExtraCheck] = (),
+) -> int:
     """Check the scripts folder as `scripts check` does and store it as the version every node
     serves (update.scripts_source = "database"); refused while the check finds a problem."""
     store, firmware = await _stores(settings)
@@ -182,6 +202,9 @@ async def scripts_publish(args: argparse.Namespace, settings: Settings, pool: as
         extra_commands=settings.update.extra_commands,
         lifecycle=Lifecycle.from_settings(settings.update),
     )
+    problems = list(problems)
+    for extra in extra_checks:
+        problems += await extra(settings, pool)
     files, unreadable = await asyncio.to_thread(read_tree_files, settings.update.scripts_dir)
     problems += [f"{settings.update.scripts_dir / name}: {why}" for name, why in unreadable.items()]
     if problems:
@@ -617,7 +640,12 @@ async def firmware_list(args: argparse.Namespace, settings: Settings, pool: asyn
     return 0
 
 
-def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
+def register(
+    commands: Any,
+    common: argparse.ArgumentParser,
+    bind: Bind,
+    extra_checks: Sequence[ExtraCheck] = (),
+) -> None:
 
     scripts = commands.add_parser("scripts", help="the update scripts (staging_scripts/)")
     script_actions = scripts.add_subparsers(dest="action", required=True)
@@ -626,7 +654,7 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
         parents=[common],
         help="render every script for every device; list problems as file:line: message",
     )
-    check.set_defaults(handler=bind(scripts_check))
+    check.set_defaults(handler=bind(functools.partial(scripts_check, extra_checks=extra_checks)))
     plan = script_actions.add_parser(
         "plan",
         parents=[common],
@@ -651,7 +679,9 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
         action="store_true",
         help="store the version without making it current (for pbxfront rollouts start)",
     )
-    publish.set_defaults(handler=bind(scripts_publish))
+    publish.set_defaults(
+        handler=bind(functools.partial(scripts_publish, extra_checks=extra_checks))
+    )
     versions = script_actions.add_parser(
         "versions", parents=[common], help="published versions; * marks the current one"
     )
@@ -675,6 +705,9 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
     render.add_argument("--boot", metavar="BUILD", help="the device's BOOT value")
     render.add_argument("--base-url", metavar="URL", help="default: update.public_url")
     render.set_defaults(handler=bind(scripts_render))
+    from services.update import phpus
+
+    phpus.register(script_actions, common)
 
     rollouts = commands.add_parser(
         "rollouts", help="canary roll-outs of a published script version, wave by wave"

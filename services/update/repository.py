@@ -219,6 +219,200 @@ class UpdateRepository:
         )
         return [DeviceStatus(**dict(row)) for row in rows]
 
+    async def fleet(self, query: FleetQuery) -> tuple[list[FleetRow], int]:
+        """One page of the fleet (inventory devices with status, firmware build and certificate
+        roll-out state) and how many devices match in all. Filtering, sorting and paging happen
+        in PostgreSQL (LIMIT/OFFSET on a total order: the sort column, then the MAC).
+
+        When neither the filters nor the sort need the status or roll-out tables, the page is
+        cut from ``devices`` alone and only its rows are joined, and the count reads
+        ``devices`` alone (both joins are on primary keys, so they never change the count)."""
+        sort = FLEET_SORTS[query.sort]
+        direction = "DESC" if query.descending else "ASC"
+        nulls = "NULLS LAST" if not query.descending else "NULLS FIRST"
+        device_where = """
+            WHERE ($1::text IS NULL
+                   OR (d.mac || ' ' || lower(d.hardware_id) || ' ' || lower(d.customer) || ' '
+                       || lower(COALESCE(d.cpe_id, '')) || ' ' || lower(COALESCE(d.name, '')))
+                      LIKE $1
+                   OR ($10 AND {address_clause}))
+              AND ($2::text IS NULL OR d.customer = $2)
+              AND ($9::text IS NULL OR d.device_type = $9)
+        """
+        status_where = """
+              AND ($3::text IS NULL OR s.phase = $3)
+              AND ($4::text IS NULL OR s.proof = $4)
+              AND ($5::boolean IS NULL OR COALESCE(s.in_sync, false) = $5)
+              AND ($6::boolean IS NULL OR ($6 = (s.last_seen IS NULL OR s.polls = 0
+                                               OR s.last_seen < now() - make_interval(secs => $8))))
+              AND ($7::text IS NULL OR COALESCE(r.state, 'none') = $7)
+        """
+        # An address search (digits, dots, colons) also looks at the address of the last poll.
+        by_address = bool(query.search) and all(c in "0123456789.:" for c in query.search or "")
+        address_clause = (
+            """EXISTS (SELECT 1 FROM device_status m
+                       WHERE m.mac = d.mac AND m.source_address LIKE $1)"""
+            if by_address
+            else "false"
+        )
+        device_where = device_where.replace("{address_clause}", address_clause)
+        joins = """
+            LEFT JOIN device_status s ON s.mac = d.mac
+            LEFT JOIN certificate_rollouts r ON r.mac = d.mac
+        """
+        columns = """
+            d.mac, d.hardware_id, d.customer, d.device_type, d.device_class, d.cpe_id, d.name,
+            CASE WHEN s.polls > 0 THEN s.last_seen END AS last_seen,
+            COALESCE(s.polls, 0) AS polls, s.source_address, s.proof, s.phase, s.prot,
+            COALESCE(s.in_sync, false) AS in_sync,
+            COALESCE(s.restage_requested, false) AS restage_requested,
+            s.last_error, r.state AS certificate_state,
+            (s.last_seen IS NULL OR s.polls = 0
+             OR s.last_seen < now() - make_interval(secs => $8)) AS stale
+        """
+        pattern = f"%{_like_escape(query.search.lower())}%" if query.search else None
+        arguments = (
+            pattern,
+            query.customer,
+            query.phase,
+            query.proof,
+            query.in_sync,
+            query.stale,
+            query.certificate,
+            query.stale_after_seconds,
+            query.device_type,
+            by_address,
+        )
+        device_only = query.sort in DEVICE_SORTS and all(
+            value is None
+            for value in (
+                query.phase,
+                query.proof,
+                query.in_sync,
+                query.stale,
+                query.certificate,
+            )
+        )
+        order = f"ORDER BY {sort} {direction} {nulls}, d.mac {direction}"
+        # The status filters are all None on the devices-only path; named so every parameter
+        # has a type.
+        unused = """AND $3::text IS NULL AND $4::text IS NULL AND $5::boolean IS NULL
+                    AND $6::boolean IS NULL AND $7::text IS NULL"""
+        # Only constant fragments (FLEET_SORTS values, ASC/DESC, the SQL above) are interpolated.
+        if device_only:
+            rows = await self._db.fetch(
+                f"""
+                WITH page AS (
+                    SELECT d.* FROM devices d {device_where} {unused}
+                    {order} LIMIT $11 OFFSET $12
+                )
+                SELECT {columns} FROM page d {joins} {order}
+                """,  # noqa: S608
+                *arguments,
+                query.limit,
+                query.offset,
+            )
+            total: int = await self._db.fetchval(
+                f"""SELECT count(*) FROM devices d {device_where} {unused}
+                    AND $8::float8 IS NOT NULL""",  # noqa: S608
+                *arguments,
+            )
+        else:
+            rows = await self._db.fetch(
+                f"""
+                SELECT {columns} FROM devices d {joins}
+                {device_where} {status_where}
+                {order} LIMIT $11 OFFSET $12
+                """,  # noqa: S608
+                *arguments,
+                query.limit,
+                query.offset,
+            )
+            total = await self._db.fetchval(
+                f"""SELECT count(*) FROM devices d {joins}
+                    {device_where} {status_where}""",  # noqa: S608
+                *arguments,
+            )
+        return [FleetRow(**dict(row)) for row in rows], total
+
+    async def device_types(self) -> list[str]:
+        """The device types in the inventory (for the fleet page's filter)."""
+        rows = await self._db.fetch("SELECT DISTINCT device_type FROM devices ORDER BY 1")
+        return [row["device_type"] for row in rows]
+
+    async def firmware_builds(self) -> list[tuple[str, str | None, int]]:
+        """(device type, firmware build the device reported in PROT, devices) for every
+        combination in the fleet; devices that never polled count under build None."""
+        rows = await self._db.fetch(
+            """SELECT d.device_type, s.prot, count(*) AS devices
+               FROM devices d LEFT JOIN device_status s ON s.mac = d.mac
+               GROUP BY d.device_type, s.prot ORDER BY d.device_type, s.prot NULLS LAST"""
+        )
+        return [(row["device_type"], row["prot"], int(row["devices"])) for row in rows]
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# The fleet page's sorts that need only the devices table.
+DEVICE_SORTS = frozenset({"customer", "hardware_id", "mac", "type"})
+# The fleet page's sortable columns and the SQL expression each sorts by.
+FLEET_SORTS = {
+    "customer": "d.customer",
+    "hardware_id": "d.hardware_id",
+    "mac": "d.mac",
+    "type": "d.device_type",
+    "last_seen": "CASE WHEN s.polls > 0 THEN s.last_seen END",
+    "proof": "s.proof",
+    "phase": "s.phase",
+    "in_sync": "COALESCE(s.in_sync, false)",
+    "firmware": "s.prot",
+    "certificate": "r.state",
+}
+
+
+@dataclass(frozen=True)
+class FleetQuery:
+    """What the fleet page asks for; None means "any". ``search`` matches MAC, hardware id,
+    customer, CPE id, name and address (case-insensitive substring)."""
+
+    search: str | None = None
+    customer: str | None = None
+    device_type: str | None = None
+    phase: str | None = None
+    proof: str | None = None
+    in_sync: bool | None = None
+    stale: bool | None = None
+    certificate: str | None = None
+    sort: str = "customer"
+    descending: bool = False
+    limit: int = 50
+    offset: int = 0
+    stale_after_seconds: float = 2700.0
+
+
+@dataclass(frozen=True)
+class FleetRow:
+    mac: str
+    hardware_id: str
+    customer: str
+    device_type: str
+    device_class: str
+    cpe_id: str | None
+    name: str | None
+    last_seen: datetime | None
+    polls: int
+    source_address: str | None
+    proof: str | None
+    phase: str | None
+    prot: str | None
+    in_sync: bool
+    restage_requested: bool
+    last_error: str | None
+    certificate_state: str | None
+    stale: bool
+
 
 # Columns a poll sets; a claimed poll of a device that has proven itself keeps the old values.
 _POLL_COLUMNS = {

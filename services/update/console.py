@@ -1,0 +1,192 @@
+"""The update service's part of the operator console: what serve.py hands the console.
+
+Plain async functions over a pool, returning plain values (the same data the admin API returns),
+so the console package never imports a service. SQL stays in repository.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from services.core.config import Settings
+from services.core.identity import DeviceIdentity, Proof
+from services.core.inventory import Device, InventoryError, InventoryRepository
+from services.core.unknown import UPDATE as UPDATE_SERVICE
+from services.core.unknown import UnknownDeviceRepository
+from services.update.firmware import FirmwareStore
+from services.update.provisioning import (
+    STAGING,
+    UPDATE,
+    Lifecycle,
+    PolicyError,
+    PollArguments,
+    Urls,
+    look_up,
+    reply_for,
+)
+from services.update.repository import (
+    FLEET_SORTS,
+    FleetQuery,
+    RolloutRepository,
+    UpdateRepository,
+)
+from services.update.scripts import ScriptError, ScriptStore, SecretRequired
+from services.update.state import SnapshotCache
+
+FLEET_SORT_NAMES = tuple(FLEET_SORTS)
+
+
+def _stale_seconds(settings: Settings) -> float:
+    # The CLI's and the API's rule: not seen for three poll intervals (or never).
+    return 3 * 60.0 * settings.update.poll_interval
+
+
+async def fleet(
+    pool: asyncpg.Pool, settings: Settings, filters: dict[str, Any]
+) -> tuple[list[dict[str, Any]], int]:
+    """One fleet page: (rows, total matching). ``filters`` are FleetQuery's fields."""
+    query = FleetQuery(**filters, stale_after_seconds=_stale_seconds(settings))
+    async with pool.acquire() as connection:
+        rows, total = await UpdateRepository(connection).fleet(query)
+    return [dataclasses.asdict(row) for row in rows], total
+
+
+async def device_types(pool: asyncpg.Pool) -> list[str]:
+    return await UpdateRepository(pool).device_types()
+
+
+async def device_status(pool: asyncpg.Pool, settings: Settings, mac: str) -> dict[str, Any] | None:
+    statuses = await UpdateRepository(pool).statuses(mac=mac)
+    if not statuses:
+        return None
+    status = statuses[0]
+    data = dataclasses.asdict(status)
+    data["stale"] = status.last_seen is None or (
+        datetime.now(UTC) - status.last_seen
+    ).total_seconds() > _stale_seconds(settings)
+    return data
+
+
+async def certificate(pool: asyncpg.Pool, mac: str) -> dict[str, Any] | None:
+    statuses = await RolloutRepository(pool).statuses(mac=mac)
+    if not statuses or statuses[0].rollout is None:
+        return None
+    return dict(statuses[0].rollout.as_json())
+
+
+async def restage(pool: asyncpg.Pool, mac: str) -> bool:
+    return await UpdateRepository(pool).request_restage(mac)
+
+
+async def certificate_reset(pool: asyncpg.Pool, mac: str) -> bool:
+    return await RolloutRepository(pool).reset(mac)
+
+
+async def unknown_devices(pool: asyncpg.Pool, limit: int = 200) -> list[dict[str, Any]]:
+    sightings = await UnknownDeviceRepository(pool).sightings(UPDATE_SERVICE, limit)
+    return [dataclasses.asdict(item) for item in sightings]
+
+
+async def adopt(
+    pool: asyncpg.Pool,
+    mac: str,
+    customer: str,
+    device_class: str,
+    device_type: str | None,
+) -> str | None:
+    """Take a device that polled but is not in the inventory into it, as
+    ``pbxfront devices adopt`` does. None when done, else the reason (names the field)."""
+    if await InventoryRepository(pool).get_device(mac) is not None:
+        return f"mac: {mac} is in the inventory already"
+    unknown = UnknownDeviceRepository(pool)
+    sighting = await unknown.find(UPDATE_SERVICE, mac)
+    device_type = device_type or (sighting.device_type if sighting else None)
+    if not device_type:
+        return "type: the device has not polled with its type; give one"
+    device = Device(mac=mac, device_type=device_type, device_class=device_class, customer=customer)
+    async with pool.acquire() as connection:
+        try:
+            created = await InventoryRepository(connection).upsert_device(device)
+        except InventoryError as error:
+            return "; ".join(error.problems)
+    if not created:
+        return f"mac: {mac} is in the inventory already"
+    await unknown.forget(UPDATE_SERVICE, [mac])
+    return None
+
+
+async def render_script(
+    pool: asyncpg.Pool, settings: Settings, mac: str, phase: str
+) -> dict[str, Any]:
+    """The script ``mac`` would get now (as a proven identity, as ``pbxfront scripts render``
+    does) with the explain of every variable. Secret values come back as ``secrets`` so the
+    console can redact them; the text is the device's exact reply otherwise."""
+    if phase not in (STAGING, UPDATE):
+        raise ValueError(f"phase: must be {STAGING} or {UPDATE}")
+    store = ScriptStore(settings.update.scripts_dir)
+    firmware = FirmwareStore(settings.update.firmware_dir)
+    await asyncio.to_thread(store.refresh)
+    await asyncio.to_thread(firmware.refresh)
+    async with pool.acquire() as connection:
+        snapshot = await SnapshotCache().get(connection)
+    device = snapshot.by_mac.get(mac)
+    if device is None:
+        return {"found": False}
+    resolved = snapshot.resolve(device)
+    explain = [
+        {
+            "name": name,
+            "value": item.value,
+            "secret": item.secret,
+            "layer": item.layer,
+            "scope": item.scope,
+        }
+        for name, item in sorted(resolved.items())
+    ]
+    customer = snapshot.customers.get(device.customer)
+    secrets = [item.value for item in resolved.values() if item.secret and item.value]
+    if customer is not None:
+        secrets += [v for v in (customer.registration_password, customer.login_password) if v]
+    identity = DeviceIdentity(Proof.PROVEN, device.mac, device.hardware_id, device.device_type)
+    base = (settings.update.public_url or "https://frontend.invalid").rstrip("/")
+    text: str | None = None
+    error: str | None = None
+    try:
+        context = look_up(
+            snapshot,
+            device,
+            identity,
+            PollArguments(),
+            phase,
+            Urls(base),
+            Lifecycle.from_settings(settings.update),
+        )
+        reply = reply_for(store, context, firmware.listed)
+        text = reply.text.replace("\r\n", "\n")
+    except (ScriptError, PolicyError, SecretRequired) as problem:
+        error = str(problem)
+    return {
+        "found": True,
+        "phase": phase,
+        "text": text,
+        "error": error,
+        "explain": explain,
+        "secrets": secrets,
+    }
+
+
+async def firmware_store(settings: Settings) -> list[dict[str, Any]]:
+    """The files of the firmware store (build, name, sha256, size)."""
+    store = FirmwareStore(settings.update.firmware_dir)
+    files = await asyncio.to_thread(store.list)
+    return [{"build": f.build, "name": f.name, "sha256": f.sha256, "size": f.size} for f in files]
+
+
+async def firmware_builds(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    rows = await UpdateRepository(pool).firmware_builds()
+    return [{"device_type": t, "build": b, "devices": n} for t, b, n in rows]

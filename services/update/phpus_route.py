@@ -1,0 +1,252 @@
+"""``GET /update.php``: devices still configured for innovaphone's PHP update server (PHPUS).
+
+A device moved from PHPUS (its host name now points at pbxfront, or its URL was left as it was)
+polls ``https://<host>/<dir>/update.php?sn=#m&hwid=#h&type=#t&ip=#i&phase=…&polling=…&env=…``
+plus its own arguments (protocol.md §1, §10). The answer moves it to pbxfront's ``update.txt``
+without re-running its script, so the ``CHECK`` it carries stays valid (the imported script tree
+hashes as PHPUS did, ``services/update/phpus.py``):
+
+    # comments (who, what, why)
+    mod cmd UP1 provision 0             \\
+    config rem UP1 /provision            > unless the poll says polling=0 (PHPUS's final phase)
+    config add UP1 /poll <interval>     /  <interval>: h-poll, else update.poll_interval
+    config add UP1 /url <update.txt URL, rawurlencoded, with sn=#m&hwid=#h&type=#t&ip=#i>
+    config add UP1 /no-dhcp
+    config write
+    config activate
+
+No ``iresetn`` and no ``mod cmd UP1 check``. The poll that follows (to ``update.txt``) is answered
+by the update service as any other. A device not in the inventory gets the update service's 404.
+PHPUS's other modes get a 400 naming why (``core.phpus.mode_refusal``); ``mode=backup`` by PUT or
+POST belongs to the backup service, mounted on the same paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import asyncpg
+from aiohttp import web
+
+from services.core.db import POOL_KEY, acquire
+from services.core.http import query_arguments, security_event
+from services.core.identity import DeviceIdentity, identify, printable
+from services.core.phpus import mode_refusal
+from services.core.scriptlines import comment, rawurlencode, to_crlf
+from services.core.unknown import UPDATE as UPDATE_SERVICE
+from services.core.unknown import UnknownDeviceRepository
+from services.update.provisioning import Urls
+from services.update.state import SETTINGS_KEY, SNAPSHOTS_KEY, UNKNOWN_LIMITER_KEY
+
+log = logging.getLogger(__name__)
+
+# PHPUS phase and environment ids: no dash (PHPUS refuses them), "_first_<phase>" for its
+# forcestaging phase.
+_PHPUS_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
+# PHPUS's times@polling is minutes of fast polling; nothing sensible is above a day.
+_MAX_POLLING = 1440
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
+PHPUS_ENVIRONMENT_VARIABLE = "phpus-env"
+
+
+@dataclass(frozen=True)
+class PhpusArguments:
+    """PHPUS's own URL arguments, checked; ``remarks`` says what was wrong with any of them."""
+
+    mode: str
+    phase: str | None
+    polling: int | None
+    environment: str | None
+    remarks: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, query: dict[str, str]) -> PhpusArguments:
+        remarks: list[str] = []
+        # update.php: "show" is the old spelling of mode=show.
+        mode = "show" if "show" in query else query.get("mode", "")
+        phase = query.get("phase") or None
+        if phase is not None and not _PHPUS_ID.fullmatch(phase):
+            remarks.append(f"phase={printable(phase, 40)} is not a PHPUS phase id; ignored")
+            phase = None
+        polling: int | None = None
+        raw_polling = query.get("polling")
+        if raw_polling is not None:
+            text = raw_polling.strip()
+            if text.isdigit() and len(text) <= 4 and int(text) <= _MAX_POLLING:
+                polling = int(text)
+            else:
+                remarks.append(
+                    f"polling={printable(raw_polling, 40)} is not a PHPUS polling value "
+                    f"(0..{_MAX_POLLING}); fast polling is turned off anyway"
+                )
+        environment = query.get("env") or None
+        if environment is not None and not all(
+            _PHPUS_ID.fullmatch(part) for part in environment.split(",")
+        ):
+            remarks.append(f"env={printable(environment, 40)} is not a PHPUS environment; ignored")
+            environment = None
+        return cls(mode, phase, polling, environment, tuple(remarks))
+
+
+def public_base(request: web.Request) -> str:
+    """update.public_url, else this request's scheme and (checked) Host, as the update
+    service writes its own URLs."""
+    configured = request.app[SETTINGS_KEY].update.public_url
+    if configured:
+        return configured.rstrip("/")
+    host = request.host
+    if not _HOST.fullmatch(host):
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        host = f"{sockname[0]}:{sockname[1]}" if sockname else "localhost"
+    return f"{request.scheme}://{host}"
+
+
+def poll_interval(value: str | None, default: int) -> tuple[int, str | None]:
+    """The device's interval from its ``h-poll`` (minutes, 1..1440), else ``default``."""
+    if value is None or value == "":
+        return default, None
+    if value.isdigit() and 1 <= int(value) <= 1440:
+        return int(value), None
+    return default, f"h-poll = {printable(value, 40)} is not minutes 1..1440; using {default}"
+
+
+def move_lines(
+    urls: Urls, interval: int, *, fast_polling_off: bool, remarks: tuple[str, ...] = ()
+) -> list[str]:
+    """The commands that move a PHPUS device to update.txt (see the module docstring)."""
+    lines = [comment(remark) for remark in remarks]
+    if fast_polling_off:
+        lines += [
+            comment("fast polling off (PHPUS provision mode)"),
+            "mod cmd UP1 provision 0",
+            "config rem UP1 /provision",
+        ]
+    lines += [
+        f"config add UP1 /poll {interval}",
+        f"config add UP1 /url {rawurlencode(urls.update)}",
+        "config add UP1 /no-dhcp",
+        "config write",
+        "config activate",
+    ]
+    return lines
+
+
+async def _unknown(
+    request: web.Request,
+    pool: asyncpg.Pool,
+    identity: DeviceIdentity,
+    key: str,
+    query: dict[str, str],
+) -> web.Response:
+    """As the update service answers a device not in the inventory: rate-limited per address,
+    recorded (bounded) for ``devices adopt``, the same 404 without customer data."""
+    settings = request.app[SETTINGS_KEY].update
+    limiter = request.app[UNKNOWN_LIMITER_KEY]
+    if not limiter.allows(request.remote):
+        security_event(request, "unknown-device-rate-limited", proof=identity.proof.value)
+        response = _reply(429, [comment("too many polls for devices not in the inventory")])
+        response.headers["Retry-After"] = str(limiter.retry_after(request.remote))
+        return response
+    limiter.spend(request.remote)
+    async with acquire(pool) as connection:
+        await UnknownDeviceRepository(connection).record(
+            UPDATE_SERVICE,
+            key,
+            mac=identity.mac,
+            hardware_id=identity.hardware_id,
+            device_type=identity.device_type,
+            source_address=request.remote,
+            proof=identity.proof.value,
+            version=printable(query.get("ver", ""), 200) or None,
+            max_rows=settings.unknown_max_rows,
+        )
+    log.info(
+        "unknown device %s (%s) polled PHPUS's update.php", printable(key), identity.proof.value
+    )
+    return _reply(404, [comment(f"device {key} is not in this provider's inventory")])
+
+
+def _reply(status: int, lines: list[str]) -> web.Response:
+    return web.Response(
+        status=status, text=to_crlf(lines), content_type="text/plain", charset="utf-8"
+    )
+
+
+async def poll(request: web.Request) -> web.Response:
+    query = query_arguments(request)
+    arguments = PhpusArguments.parse(query)
+    refusal = mode_refusal(arguments.mode, request.method if request.method != "HEAD" else "GET")
+    if refusal is not None:
+        return _reply(400, [comment(f"pbxfront: {refusal}")])
+    peercert = request.transport.get_extra_info("peercert") if request.transport else None
+    identity: DeviceIdentity = identify(peercert, query)
+    if identity.mac is None and identity.hardware_id is None:
+        return _reply(
+            400,
+            [
+                comment("pbxfront cannot tell which device this is:"),
+                comment("use a client certificate or keep ?sn=#m&hwid=#h in the update.php URL"),
+            ],
+        )
+    settings = request.app[SETTINGS_KEY]
+    pool = request.config_dict[POOL_KEY]
+    key = identity.mac or identity.hardware_id or "-"
+    async with acquire(pool) as connection:
+        snapshot = await request.app[SNAPSHOTS_KEY].get(connection)
+    device = snapshot.find(identity)
+    if device is None:
+        return await _unknown(request, pool, identity, key, query)
+
+    variables = snapshot.resolve(device)
+    hpoll = variables.get("h-poll")
+    interval, interval_remark = poll_interval(
+        hpoll.value if hpoll is not None else None, settings.update.poll_interval
+    )
+    remarks = list(arguments.remarks)
+    if interval_remark is not None:
+        remarks.append(interval_remark)
+    wanted_environment = variables.get(PHPUS_ENVIRONMENT_VARIABLE)
+    if (
+        arguments.environment is not None
+        and wanted_environment is not None
+        and arguments.environment != wanted_environment.value
+    ):
+        # The imported scripts choose files by phpus-env; another one means another hash, so
+        # the device would run its script once more.
+        remarks.append(
+            f"this device polled PHPUS with env={arguments.environment}, its "
+            f"{PHPUS_ENVIRONMENT_VARIABLE} is {wanted_environment.value!r}"
+        )
+        log.warning(
+            "PHPUS device %s polls with env=%s but its %s is %r: set it in the inventory, or "
+            "its script runs once more",
+            device.mac,
+            arguments.environment,
+            PHPUS_ENVIRONMENT_VARIABLE,
+            wanted_environment.value,
+        )
+    urls = Urls(public_base(request))
+    header = [
+        comment(
+            f"pbxfront: PHPUS update.php for {device.hardware_id} ({device.mac}), customer "
+            f"{device.customer}, identity {identity.proof.value}"
+            + (f", PHPUS phase {arguments.phase}" if arguments.phase else "")
+        ),
+        comment("moving to pbxfront's update.txt; the script is not re-run (CHECK stays valid)"),
+    ]
+    log.info(
+        "PHPUS device %s (%s) moved to update.txt (phase %s, polling %s)",
+        device.mac,
+        identity.proof.value,
+        arguments.phase or "-",
+        "-" if arguments.polling is None else arguments.polling,
+    )
+    return _reply(
+        200,
+        header
+        + move_lines(
+            urls, interval, fast_polling_off=arguments.polling != 0, remarks=tuple(remarks)
+        ),
+    )

@@ -1,0 +1,608 @@
+"""The Frontend plan: the seed's scheme (9007 -> 10.0.0.7:636), budgets, violations, the CLI as
+a subprocess, the admin API over real TLS, and stored backups checked against the plan."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import io
+import json
+import os
+import ssl
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from services.backup.handlers import ContentCpu
+from services.backup.normalize import Normalizer, prepare
+from services.backup.repository import BackupRepository, InventoryDevice, Upload
+from services.core.auth import AccountRepository, Role
+from services.core.config import FrontendPlanSettings, ListenerSettings, Settings
+from services.core.inventory import Inventory, apply_inventory, parse_inventory
+from services.core.runner import start_node
+from services.events.repository import EventRepository
+from services.frontend.backups import check_backups
+from services.frontend.context import PlanCache, context_additions
+from services.frontend.plan import (
+    FrontendPlan,
+    NatMap,
+    build_plan,
+    plan_csv,
+    plan_json,
+    plan_text,
+    scheme_port,
+)
+from services.frontend.repository import FrontendRepository
+from services.serve import service_factories
+from tests.conftest import SessionPki
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config" / "inventory.example.toml"
+PBXFRONT = [sys.executable, "-m", "services.cli"]
+SETTINGS = FrontendPlanSettings()
+REGISTRATION_PASSWORD = "reg-secret-4711"
+
+HEAD = """
+[variables]
+h-domain = "hoster.tld"
+h-kerberos1ip = "10.0.0.2"
+h-kerberos2ip = "10.0.0.3"
+
+[device_classes.phone.variables]
+h-rasport = "1819"
+
+[[frontends]]
+id = "sb1"
+public_address = "192.0.2.10"
+internal_address = "10.0.0.10"
+index = 1
+"""
+
+
+def customer(
+    number: int,
+    address: str | None,
+    *,
+    password: bool = True,
+    extra: str = "",
+) -> str:
+    customer_id = f"Kunde{number:05d}"
+    text = f"""
+[[customers]]
+id = "{customer_id}"
+frontend = "sb1"
+name = "Kunde {number}"
+system_name = "kunde{number}.example"
+country_code = "49"
+area_code = "7031"
+"""
+    if password:
+        text += f'registration_password = "{REGISTRATION_PASSWORD}"\n'
+    variables = extra
+    if address is not None:
+        variables = f'h-pbxip = "{address}"\n' + variables
+    if variables:
+        text += "[customers.variables]\n" + variables
+    return text
+
+
+def phone(number: int, mac_suffix: int, cpe_id: str | None = "") -> str:
+    cpe = f"Kunde{number:05d}-{mac_suffix:03d}" if cpe_id == "" else cpe_id
+    text = f"""
+[[devices]]
+mac = "00-90-33-{number // 256:02x}-{number % 256:02x}-{mac_suffix:02x}"
+type = "IP232"
+class = "phone"
+customer = "Kunde{number:05d}"
+"""
+    if cpe is not None:
+        text += f'cpe_id = "{cpe}"\n'
+    return text
+
+
+def inventory(*parts: str) -> Inventory:
+    return parse_inventory(HEAD + "".join(parts), "test.toml")
+
+
+def plan_of(*parts: str, settings: FrontendPlanSettings = SETTINGS) -> FrontendPlan:
+    return build_plan(inventory(*parts), "sb1", settings)
+
+
+def codes(plan: FrontendPlan) -> list[str]:
+    return [v.code for v in plan.violations]
+
+
+# --- the scheme, golden ------------------------------------------------------------------------
+
+
+def test_seed_example_9007_maps_to_10_0_0_7_636() -> None:
+    assert scheme_port(9, "10.0.0.7") == 9007
+    assert scheme_port(8, "10.0.0.7") == 8007
+    plan = plan_of(customer(7, "10.0.0.7"), phone(7, 1))
+    assert plan.violations == ()
+    assert plan.customers[0].maps == (
+        NatMap("tcp", 8007, "10.0.0.7", 443, "https", "Kunde00007", "scheme"),
+        NatMap("tcp", 9007, "10.0.0.7", 636, "ldaps", "Kunde00007", "scheme"),
+    )
+    # The seed's Kerberos maps, addresses from h-kerberos1ip / h-kerberos2ip.
+    assert [(m.external_port, m.address, m.internal_port) for m in plan.shared_maps] == [
+        (7465, "10.0.0.3", 464),
+        (7464, "10.0.0.2", 464),
+        (7089, "10.0.0.3", 88),
+        (7088, "10.0.0.2", 88),
+    ]
+    (border,) = plan.session_borders
+    assert (border.long_name, border.internal_name, border.external_name) == (
+        "Kunde00007-001",
+        "Kunde00007-001",
+        "IP232-00-07-01",
+    )
+    assert border.password == REGISTRATION_PASSWORD
+    assert border.pbx_password is True
+    assert border.internal_pbx == "10.0.0.7"
+    assert plan.ras_port_alt == 1819
+    assert (plan.udp_nat_first, plan.udp_nat_last) == (40000, 40134)
+    assert (plan.budget.maps_used, plan.budget.customers) == (6, 1)
+
+
+def test_example_inventory_plans_without_violations() -> None:
+    example = parse_inventory(EXAMPLE.read_text(), str(EXAMPLE))
+    plan = build_plan(example, "sb1", SETTINGS)
+    assert plan.violations == ()
+    # h-ldapport = "9001" overrides; it equals what the scheme gives for 10.0.1.1.
+    assert {(m.service, m.external_port, m.source) for m in plan.customers[0].maps} == {
+        ("https", 8001, "scheme"),
+        ("ldaps", 9001, "variable h-ldapport"),
+    }
+    # The PBX gets no SessionBorder object; the three phones do.
+    assert [b.long_name for b in plan.session_borders] == [
+        "Kuenkel00001-001",
+        "Kuenkel00001-002",
+        "Kuenkel00001-003",
+    ]
+    # IP112 stays on 1719, the others use 1819: one alternate port.
+    assert plan.ras_port_alt == 1819
+
+
+def test_csv_masks_the_password_unless_asked() -> None:
+    plan = plan_of(customer(7, "10.0.0.7"), phone(7, 1))
+    rows = list(csv.DictReader(io.StringIO(plan_csv(plan))))
+    borders = [r for r in rows if r["kind"] == "sessionborder"]
+    assert borders[0]["password"] == "***"
+    assert REGISTRATION_PASSWORD not in plan_csv(plan)
+    assert REGISTRATION_PASSWORD in plan_csv(plan, show_secrets=True)
+    nat = {r["external_port"]: r for r in rows if r["kind"] == "nat"}
+    assert (nat["9007"]["address"], nat["9007"]["internal_port"]) == ("10.0.0.7", "636")
+
+
+# --- budgets -----------------------------------------------------------------------------------
+
+
+def test_135_customers_fit_and_the_136th_is_refused() -> None:
+    customers = [customer(n, f"10.0.0.{n}") for n in range(1, 136)]
+    full = plan_of(*customers)
+    assert full.violations == ()
+    assert (full.budget.customers, full.budget.maps_used) == (135, 274)
+    over = plan_of(*customers, customer(136, "10.0.0.136"))
+    # The UDP NAT range is sized for the budget too (one port per SIP trunk).
+    assert codes(over) == ["too-many-customers", "udp-nat-too-small"]
+    assert "136 customers, the limit is 135" in str(over.violations[0])
+
+
+def test_map_budget_and_shared_reserve_are_settings() -> None:
+    settings = dataclasses.replace(SETTINGS, max_maps=7, shared_reserve=3)
+    plan = plan_of(customer(1, "10.0.0.1"), customer(2, "10.0.0.2"), settings=settings)
+    assert sorted(codes(plan)) == ["too-many-maps", "too-many-shared-maps"]
+
+
+# --- violations --------------------------------------------------------------------------------
+
+
+def test_two_customers_sharing_an_ldaps_port_map_is_named() -> None:
+    plan = plan_of(
+        customer(1, "10.0.0.1"),
+        customer(2, "10.0.0.2", extra='h-ldapport = "9001"\n'),
+    )
+    (clash,) = plan.violations
+    assert clash.code == "port-clash"
+    assert "tcp port 9001" in clash.message
+    assert "Kunde00001" in clash.message
+    assert "Kunde00002" in clash.message
+    assert "would read" in clash.message
+
+
+def test_same_last_octet_in_two_subnets_clashes() -> None:
+    plan = plan_of(customer(1, "10.0.0.7"), customer(2, "10.0.1.7"))
+    assert codes(plan) == ["port-clash", "port-clash"]
+    assert {v.subject for v in plan.violations} == {"tcp port 8007", "tcp port 9007"}
+
+
+@pytest.mark.parametrize(("address", "count"), [("pbx.kunde.example", 1), ("fd00::7", 2)])
+def test_an_address_the_scheme_cannot_encode(address: str, count: int) -> None:
+    plan = plan_of(customer(1, address))
+    assert codes(plan) == ["unencodable-address"] * count
+    assert plan.customers[0].maps == ()
+
+
+def test_missing_password_cpe_id_and_address() -> None:
+    plan = plan_of(customer(1, None, password=False), phone(1, 1, cpe_id=None))
+    assert sorted(codes(plan)) == ["no-cpe-id", "no-pbx-address", "no-registration-password"]
+    assert plan.session_borders == ()
+    assert any("IP232-00-01-01" in str(v) for v in plan.violations)
+
+
+def test_udp_range_overlapping_rtp_and_too_small() -> None:
+    settings = dataclasses.replace(SETTINGS, udp_nat_first=32000, udp_nat_size=1)
+    plan = plan_of(customer(1, "10.0.0.1"), customer(2, "10.0.0.2"), settings=settings)
+    assert sorted(codes(plan)) == ["udp-nat-overlaps-rtp", "udp-nat-too-small"]
+
+
+def test_a_shared_map_on_a_customer_port_clashes() -> None:
+    # The seed's own template example puts Metadir on 9007, a customer's LDAPS port.
+    settings = dataclasses.replace(
+        SETTINGS, shared_maps=("metadir tcp 9007 10.0.0.20 714",), directory_map="metadir"
+    )
+    plan = plan_of(customer(7, "10.0.0.7"), settings=settings)
+    (clash,) = plan.violations
+    assert "shared map metadir" in clash.message
+    assert "customer Kunde00007" in clash.message
+
+
+# --- through the database, the CLI and the API -------------------------------------------------
+
+
+async def apply(pool: asyncpg.Pool, text: str) -> None:
+    async with pool.acquire() as connection:
+        await apply_inventory(connection, parse_inventory(text, "test.toml"))
+
+
+def pbxfront(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PBXFRONT, *args, "--set", f"database.url={json.dumps(database_url)}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PBXFRONT_")},
+        check=False,
+    )
+
+
+async def test_cli_plan_and_check_as_subprocesses(pool: asyncpg.Pool, database_url: str) -> None:
+    await apply(pool, EXAMPLE.read_text() + customer(7, "10.0.0.7") + phone(7, 1))
+    result = pbxfront(database_url, "frontend", "plan", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    maps = {m["external_port"]: m for m in plan["nat_maps"]}
+    assert (maps[9007]["address"], maps[9007]["internal_port"]) == ("10.0.0.7", 636)
+    assert maps[9001]["customer"] == "Kuenkel00001"
+    assert {b["password"] for b in plan["session_borders"]} == {"***"}
+    assert "change-me-registration" not in result.stdout
+    assert plan["budget"]["customers"] == {"used": 2, "limit": 135}
+
+    shown = pbxfront(database_url, "frontend", "plan", "--show-secrets")
+    assert shown.returncode == 0, shown.stderr
+    assert "9007      10.0.0.7:636" in shown.stdout
+    assert REGISTRATION_PASSWORD in shown.stdout
+    assert "change-me-registration" in shown.stdout
+
+    assert pbxfront(database_url, "frontend", "check").returncode == 0
+
+    # A second customer takes Kunde00007's LDAPS map: check and scripts check name it.
+    await apply(
+        pool,
+        EXAMPLE.read_text()
+        + customer(7, "10.0.0.7")
+        + phone(7, 1)
+        + customer(8, "10.0.0.8", extra='h-ldapport = "9007"\n'),
+    )
+    check = pbxfront(database_url, "frontend", "check")
+    assert check.returncode == 1
+    assert "tcp port 9007 is mapped more than once" in check.stdout
+    assert "Kunde00007" in check.stdout
+    assert "Kunde00008" in check.stdout
+    scripts = pbxfront(database_url, "scripts", "check")
+    assert scripts.returncode == 1
+    assert "frontend sb1: tcp port 9007" in scripts.stdout
+
+    unknown = pbxfront(database_url, "frontend", "plan", "--frontend", "sb9")
+    assert unknown.returncode == 2
+    assert "no Frontend sb9" in unknown.stderr
+
+
+ADMIN_PASSWORD = "correct horse battery"
+
+
+def basic(name: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{name}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+async def api(pool: asyncpg.Pool, session_pki: SessionPki) -> AsyncIterator[tuple[str, Any]]:
+    accounts = AccountRepository(pool)
+    await accounts.add("admin", frozenset({Role.ADMIN}), ADMIN_PASSWORD)
+    await accounts.add("sender", frozenset({Role.EVENT_SENDER}), ADMIN_PASSWORD)
+    await apply(pool, EXAMPLE.read_text() + customer(7, "10.0.0.7") + phone(7, 1))
+    listeners = {
+        "admin": ListenerSettings(
+            port=0,
+            services=("admin",),
+            tls=True,
+            certificate=session_pki.server_certificate,
+            key=session_pki.server_key,
+        )
+    }
+    node = await start_node(Settings(), pool, listeners, service_factories())
+    context = ssl.create_default_context(cafile=str(session_pki.ca))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+        yield node.addresses["admin"], session
+    await node.stop()
+
+
+async def test_api_plan_json_csv_and_roles(api: tuple[str, Any]) -> None:
+    base, session = api
+    url = f"{base}/api/v1/frontends/sb1/plan"
+    admin = basic("admin", ADMIN_PASSWORD)
+    async with session.get(url) as response:
+        assert response.status == 401
+    async with session.get(url, headers=basic("sender", ADMIN_PASSWORD)) as response:
+        assert response.status == 403
+    async with session.get(url, headers=admin) as response:
+        assert response.status == 200
+        text = await response.text()
+        plan = json.loads(text)
+    assert REGISTRATION_PASSWORD not in text
+    assert "change-me-registration" not in text
+    assert {m["external_port"]: m["address"] for m in plan["nat_maps"]}[9007] == "10.0.0.7"
+    assert plan["violations"] == []
+    for params, accept in (({"format": "csv"}, "*/*"), ({}, "text/csv")):
+        async with session.get(url, params=params, headers={**admin, "Accept": accept}) as response:
+            assert response.status == 200
+            assert response.content_type == "text/csv"
+            rows = list(csv.DictReader(io.StringIO(await response.text())))
+        assert {"9007", "9001", "8001", "8007"} <= {r["external_port"] for r in rows}
+        assert {r["password"] for r in rows if r["kind"] == "sessionborder"} == {"***"}
+    async with session.get(url, headers=admin, params={"format": "xml"}) as response:
+        assert response.status == 400
+        assert "format" in (await response.json())["error"]
+    async with session.get(f"{base}/api/v1/frontends/sb9/plan", headers=admin) as response:
+        assert response.status == 404
+    async with session.get(f"{base}/api/v1/frontends/sb1/check", headers=admin) as response:
+        assert (await response.json())["ok"] is True
+    findings_url = f"{base}/api/v1/frontends/sb1/findings"
+    async with session.get(findings_url, headers=admin) as response:
+        assert (await response.json())["findings"] == []
+    async with session.get(findings_url, headers=admin, params={"device": "xyz"}) as response:
+        assert response.status == 400
+        assert (await response.json())["error"].startswith("device:")
+    async with session.get(f"{base}/api/v1/frontends/sb9/findings", headers=admin) as response:
+        assert response.status == 404
+    async with session.get(f"{base}/api/v1/openapi.json") as response:
+        paths = (await response.json())["paths"]
+    assert "/api/v1/frontends/{frontend_id}/plan" in paths
+    assert "403" in paths["/api/v1/frontends/{frontend_id}/plan"]["get"]["responses"]
+
+
+# --- backups -----------------------------------------------------------------------------------
+
+FRONTEND_MAC = "009033fe0001"
+PBX_MAC = "009033a85a38"
+GOOD_FRONTEND = (
+    "config change H323 /gk-id sb1 /ras-port-alt 1819\r\nconfig change PBX0 /nopwd 0\r\n"
+)
+GOOD_PBX = (
+    "config change NTP0 /server 10.0.0.10\r\n"
+    "config add PBX0 /ldap-default-addr 10.0.0.20 /ldap-default-port 714\r\n"
+)
+
+
+async def store(pool: asyncpg.Pool, mac: str, hardware_id: str, text: str) -> None:
+    normalizer = Normalizer.build()
+    content = text.encode()
+    upload = Upload(
+        InventoryDevice(mac, hardware_id, "IPVA", "Kuenkel00001", False),
+        content,
+        prepare(content, normalizer),
+        "backup.txt",
+        "certificate",
+        None,
+        None,
+    )
+    async with pool.acquire() as connection:
+        await BackupRepository(connection).store_if_changed(
+            upload, datetime.now(UTC), ContentCpu(normalizer)
+        )
+
+
+async def findings(pool: asyncpg.Pool, settings: FrontendPlanSettings) -> list[str]:
+    async with pool.acquire() as connection:
+        repository = FrontendRepository(connection)
+        inventory = await repository.inventory()
+        plan = build_plan(inventory, "sb1", settings)
+        backups = await repository.latest_backups([FRONTEND_MAC, PBX_MAC])
+    return [f"{f.code}: {f}" for f in check_backups(plan, inventory, backups, settings)]
+
+
+async def test_backups_checked_against_the_plan(pool: asyncpg.Pool, database_url: str) -> None:
+    text = EXAMPLE.read_text().replace(
+        "[frontends.variables]\n", f'[frontends.variables]\nfrontend-mac = "{FRONTEND_MAC}"\n'
+    )
+    await apply(pool, text)
+    settings = dataclasses.replace(
+        SETTINGS,
+        shared_maps=(*SETTINGS.shared_maps, "metadir tcp 7714 10.0.0.20 714"),
+        directory_map="metadir",
+        regs_without_password_option="nopwd",
+    )
+    # Nothing stored yet: both devices are reported as unchecked.
+    assert [f.split(":")[0] for f in await findings(pool, settings)] == ["no-backup"] * 2
+    await store(pool, FRONTEND_MAC, "IPVA-fe-00-01", GOOD_FRONTEND)
+    await store(pool, PBX_MAC, "IPVA-a8-5a-38", GOOD_PBX)
+    assert await findings(pool, settings) == []
+    # Drift: the Frontend lost its alternate RAS port and allows registrations without
+    # password; the PBX points myPBX at another directory and takes time from elsewhere.
+    await store(pool, FRONTEND_MAC, "IPVA-fe-00-01", "config change PBX0 /nopwd 5\r\n")
+    await store(
+        pool,
+        PBX_MAC,
+        "IPVA-a8-5a-38",
+        "config change NTP0 /server 192.0.2.99\r\n"
+        "config add PBX0 /ldap-default-addr 10.0.0.21 /ldap-default-port 714\r\n",
+    )
+    found = await findings(pool, settings)
+    assert [f.split(":")[0] for f in found] == [
+        "ras-port-alt",
+        "registrations-without-password",
+        "ldap-default",
+        "ntp",
+    ]
+    assert any("/ldap-default-addr is 10.0.0.21, the plan wants 10.0.0.20" in f for f in found)
+    # Not config text: stored as ever, reported as unchecked.
+    await store(pool, PBX_MAC, "IPVA-a8-5a-38", "\x00\x01binary")
+    assert any(f.startswith("unchecked:") for f in await findings(pool, settings))
+
+    result = pbxfront(database_url, "frontend", "check", "--backups")
+    assert result.returncode == 1
+    assert "backup: frontend sb1 gateway 009033fe0001" in result.stdout
+    assert "/ras-port-alt" in result.stdout
+
+    # Recorded once per backup version: a drift alert, then an event, each exactly once.
+    first = pbxfront(database_url, "frontend", "check", "--backups", "--record")
+    assert first.returncode == 1
+    assert "recorded 2 new finding(s)" in first.stderr
+    again = pbxfront(database_url, "frontend", "check", "--backups", "--record")
+    assert "recorded 0 new finding(s)" in again.stderr
+    async with pool.acquire() as connection:
+        alerts = await connection.fetch(
+            "SELECT mac, message FROM backup_alerts WHERE kind = 'drift' ORDER BY id"
+        )
+        assert [a["mac"] for a in alerts] == [FRONTEND_MAC, PBX_MAC]
+        assert "/ras-port-alt" in alerts[0]["message"]
+        assert "[unchecked]" in alerts[1]["message"]
+        events = EventRepository(connection)
+        await events.import_backup_alerts(datetime.now(UTC))
+        await events.import_backup_alerts(datetime.now(UTC))
+        codes = await connection.fetch(
+            "SELECT severity, device_mac FROM events WHERE code = 'backup-drift' ORDER BY id"
+        )
+    assert [(row["device_mac"], row["severity"]) for row in codes] == [
+        (FRONTEND_MAC, "warning"),
+        (PBX_MAC, "warning"),
+    ]
+    listed = pbxfront(database_url, "frontend", "findings", "--json", "--device", PBX_MAC)
+    assert listed.returncode == 0, listed.stderr
+    assert [f["code"] for f in json.loads(listed.stdout)] == ["unchecked"]
+
+
+# --- golden files ------------------------------------------------------------------------------
+# Regenerate with PBXFRONT_REGENERATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_frontend.py
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "frontend"
+
+
+def golden_plan() -> FrontendPlan:
+    """The example inventory plus the seed's own example customer PBX 10.0.0.7."""
+    example = parse_inventory(
+        EXAMPLE.read_text() + customer(7, "10.0.0.7") + phone(7, 1), str(EXAMPLE)
+    )
+    return build_plan(example, "sb1", SETTINGS)
+
+
+@pytest.mark.parametrize("form", ["txt", "json", "csv"])
+def test_plan_matches_golden_files(form: str) -> None:
+    plan = golden_plan()
+    if form == "txt":
+        text = plan_text(plan)
+    elif form == "json":
+        text = json.dumps(plan_json(plan), indent=2) + "\n"
+    else:
+        text = plan_csv(plan).replace("\r\n", "\n")
+    path = GOLDEN / f"plan-sb1.{form}"
+    if os.environ.get("PBXFRONT_REGENERATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"no golden file {path}: regenerate (see above)"
+    assert text == path.read_text(), f"{path} differs: review and regenerate if intended"
+
+
+# --- template data -----------------------------------------------------------------------------
+
+TEMPLATE = """\
+{% if frontend_plan is defined %}config add H323 /ras-port-alt {{ frontend_plan.ras_port_alt }}
+{% for d in frontend_plan.devices %}# SessionBorder [NC] {{ d.long_name }} {{ d.external_name }} \
+{{ d.password }} pbx-pwd={{ d.pbx_password }}
+{% endfor %}{% endif %}{% if config_template is defined %}\
+<loc cc='{{ config_template.loc.cc }}' ac='{{ config_template.loc.ac }}' \
+ntp='{{ config_template.loc.ntp }}' itp='{{ config_template.loc.itp }}' \
+pbx='{{ config_template.loc.pbx }}'/><ldap id='2' tls='1' port='{{ nat.ldaps }}'/>
+config add PBX0 /ldap-default-addr {{ ldap_default.addr }} /ldap-default-port \
+{{ ldap_default.port }}
+{% endif %}"""
+
+
+def test_context_additions_render_through_the_script_renderer(tmp_path: Path) -> None:
+    from services.core.identity import DeviceIdentity, Proof
+    from services.update.provisioning import Snapshot, Urls, template_context
+    from services.update.scripts import ScriptStore, Secret, SecretRequired
+
+    (tmp_path / "update.txt").write_text(TEMPLATE)
+    store = ScriptStore(tmp_path)
+    store.refresh()
+    text = EXAMPLE.read_text().replace(
+        "[frontends.variables]\n", f'[frontends.variables]\nfrontend-mac = "{FRONTEND_MAC}"\n'
+    ) + (
+        f'[[devices]]\nmac = "{FRONTEND_MAC}"\ntype = "IPVA"\nclass = "gateway"\n'
+        'customer = "Kuenkel00001"\nhardware_id = "IPVA-fe-00-01"\n'
+    )
+    example = parse_inventory(text, "test.toml")
+    settings = dataclasses.replace(
+        SETTINGS,
+        shared_maps=("metadir tcp 7714 10.0.0.20 714",),
+        directory_map="metadir",
+    )
+    cache = PlanCache(settings)
+    plan = cache.plan(1, example, "sb1")
+    assert cache.plan(1, example, "sb1") is plan
+    snapshot = Snapshot.build(1, example)
+
+    def render(mac: str, proof: Proof) -> str:
+        device = snapshot.by_mac[mac]
+        identity = DeviceIdentity(proof, device.mac, device.hardware_id, device.device_type)
+        context, variables = template_context(
+            snapshot, device, identity, "update", Urls("https://192.0.2.10"), 15
+        )
+        allowed = identity.proven
+
+        def secret(name: str, value: str) -> object:
+            return Secret(name, value, allowed)
+
+        context.update(context_additions(plan, example, device, secret))
+        return store.render("update.txt", context, variables)
+
+    gateway = render(FRONTEND_MAC, Proof.PROVEN)
+    assert gateway.splitlines()[0] == "config add H323 /ras-port-alt 1819"
+    assert (
+        "# SessionBorder [NC] Kuenkel00001-001 IP232-01-02-03 change-me-registration "
+        "pbx-pwd=True" in gateway
+    )
+    with pytest.raises(SecretRequired):
+        render(FRONTEND_MAC, Proof.CLAIMED)
+    pbx = render("009033a85a38", Proof.PROVEN)
+    assert pbx == (
+        "<loc cc='49' ac='7031' ntp='0' itp='00' pbx='73009'/><ldap id='2' tls='1' port='9001'/>\n"
+        "config add PBX0 /ldap-default-addr 10.0.0.20 /ldap-default-port 714\n"
+    )
+    # A phone gets its customer's maps only.
+    phone_device = snapshot.by_mac["009033010203"]
+    assert context_additions(plan, example, phone_device, lambda n, v: v) == {
+        "nat": {"https": 8001, "ldaps": 9001}
+    }
