@@ -218,54 +218,6 @@ async def _print_status(pool: asyncpg.Pool) -> int:
     return 0 if not pending else 1
 
 
-# --- inventory -------------------------------------------------------------------------------
-
-
-def cmd_inventory_apply(args: argparse.Namespace) -> int:
-    from services.core.inventory import InventoryError, apply_inventory, read_inventory_file
-
-    try:
-        desired = read_inventory_file(Path(args.file))
-    except InventoryError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
-        return 2
-
-    async def work(_settings: Settings, pool: asyncpg.Pool) -> int:
-        async with pool.acquire() as connection:
-            try:
-                changes = await apply_inventory(connection, desired, dry_run=args.dry_run)
-            except InventoryError as error:
-                for problem in error.problems:
-                    print(problem, file=sys.stderr)
-                return 2
-        if not changes:
-            print("no changes")
-        for change in changes:
-            print(change)
-        if args.dry_run and changes:
-            print("(dry run: nothing changed)")
-        return 0
-
-    return _with_database(args, work)
-
-
-def cmd_inventory_export(args: argparse.Namespace) -> int:
-    from services.core.inventory import load_inventory, render_inventory
-
-    async def work(_settings: Settings, pool: asyncpg.Pool) -> int:
-        async with pool.acquire() as connection:
-            inventory = await load_inventory(connection)
-        text = render_inventory(inventory)
-        if args.output and args.output != "-":
-            await asyncio.to_thread(Path(args.output).write_text, text, "utf-8")
-        else:
-            sys.stdout.write(text)
-        return 0
-
-    return _with_database(args, work)
-
-
 # --- init ------------------------------------------------------------------------------------
 
 
@@ -287,6 +239,27 @@ def cmd_init(args: argparse.Namespace) -> int:
 # --- accounts --------------------------------------------------------------------------------
 
 
+async def _audit_account(
+    connection: asyncpg.Connection,
+    action: str,
+    name: str,
+    *,
+    before: list[str] | None = None,
+    after: list[str] | None = None,
+) -> None:
+    from services.core import audit
+
+    await audit.record(
+        connection,
+        actor=audit.cli_actor(),
+        action=action,
+        object_type="account",
+        object_id=name,
+        before=None if before is None else {"roles": before},
+        after={"roles": after, "password": "(set)"} if after is not None else None,
+    )
+
+
 def cmd_accounts_add(args: argparse.Namespace) -> int:
     from services.core.auth import AccountError, AccountRepository, parse_roles
 
@@ -300,7 +273,9 @@ def cmd_accounts_add(args: argparse.Namespace) -> int:
 
     async def work(_settings: Settings, pool: asyncpg.Pool) -> int:
         try:
-            await AccountRepository(pool).add(args.name, roles, password)
+            async with pool.acquire() as connection, connection.transaction():
+                await AccountRepository(connection).add(args.name, roles, password)
+                await _audit_account(connection, "account.add", args.name, after=sorted(roles))
         except AccountError as error:
             raise UsageError(str(error)) from None
         print(f"account {args.name} added with roles {', '.join(sorted(roles))}")
@@ -318,7 +293,10 @@ def cmd_accounts_passwd(args: argparse.Namespace) -> int:
 
     async def work(_settings: Settings, pool: asyncpg.Pool) -> int:
         try:
-            changed = await AccountRepository(pool).set_password(args.name, password)
+            async with pool.acquire() as connection, connection.transaction():
+                changed = await AccountRepository(connection).set_password(args.name, password)
+                if changed:
+                    await _audit_account(connection, "account.password", args.name)
         except AccountError as error:
             raise UsageError(str(error)) from None
         if not changed:
@@ -333,7 +311,14 @@ def cmd_accounts_remove(args: argparse.Namespace) -> int:
     from services.core.auth import AccountRepository
 
     async def work(_settings: Settings, pool: asyncpg.Pool) -> int:
-        if not await AccountRepository(pool).remove(args.name):
+        async with pool.acquire() as connection, connection.transaction():
+            account = await AccountRepository(connection).get(args.name)
+            removed = await AccountRepository(connection).remove(args.name)
+            if removed and account is not None:
+                await _audit_account(
+                    connection, "account.remove", args.name, before=sorted(account.roles)
+                )
+        if not removed:
             raise UsageError(f"no account {args.name}")
         print(f"account {args.name} removed")
         return 0
@@ -525,19 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(handler=cmd_db_status)
 
-    inventory = commands.add_parser("inventory", help="frontends, customers, devices, variables")
-    inventory_actions = inventory.add_subparsers(dest="action", required=True)
-    apply = inventory_actions.add_parser(
-        "apply", parents=[common], help="make the database match FILE"
-    )
-    apply.add_argument("file", metavar="FILE")
-    apply.add_argument("--dry-run", action="store_true", help="only print what would change")
-    apply.set_defaults(handler=cmd_inventory_apply)
-    export = inventory_actions.add_parser(
-        "export", parents=[common], help="write the inventory as TOML"
-    )
-    export.add_argument("--output", "-o", metavar="FILE", help="default: standard output")
-    export.set_defaults(handler=cmd_inventory_export)
+    from services.core import inventory_cli
+
+    inventory_cli.register(commands, common, _bind)
 
     accounts = commands.add_parser(
         "accounts", help="operator, reader, sender and provider accounts"

@@ -225,15 +225,17 @@ def with_demo_tls(settings: Settings, demo: DemoFiles) -> Settings:
 
 
 async def apply_demo_inventory(settings: Settings, pool: asyncpg.Pool) -> None:
-    from services.core.inventory import apply_inventory, read_inventory_file
+    from services.core.audit import Actor
+    from services.core.inventory_apply import apply_sources, read_sources
 
     if settings.demo.inventory is None:
         return
-    desired = await asyncio.to_thread(read_inventory_file, settings.demo.inventory)
+    sources = await asyncio.to_thread(read_sources, settings.demo.inventory)
     async with pool.acquire() as connection:
-        changes = await apply_inventory(connection, desired)
-    for change in changes:
-        log.info("demo inventory: %s", change)
+        # Adds and updates only: what operators added through the API or other files stays.
+        plan = await apply_sources(connection, sources, actor=Actor("demo inventory", "serve"))
+    for line in plan.lines():
+        log.info("demo inventory: %s", line)
 
 
 def print_try_it(settings: Settings, addresses: Mapping[str, str], demo: DemoFiles | None) -> None:

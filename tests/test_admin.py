@@ -12,6 +12,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from services.admin.fleet import FLEET_ENDPOINTS
 from services.admin.handlers import ENDPOINTS
 from services.core.auth import AccountRepository, Role
 from services.core.config import ListenerSettings, Settings
@@ -244,7 +245,10 @@ async def test_openapi_matches_routes(api: Api) -> None:
     documented = {
         (method.upper(), path) for path, item in document["paths"].items() for method in item
     }
-    served = {(e.method, e.path) for e in [*ENDPOINTS, *UPDATE_ENDPOINTS, *FRONTEND_ENDPOINTS]}
+    served = {
+        (e.method, e.path)
+        for e in [*ENDPOINTS, *FLEET_ENDPOINTS, *UPDATE_ENDPOINTS, *FRONTEND_ENDPOINTS]
+    }
     assert documented == served
     # Every documented route is really routed: an unauthenticated call gets 401, not 404/405.
     for method, path in sorted(documented - {("GET", "/api/v1/openapi.json")}):

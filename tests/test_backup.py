@@ -703,6 +703,11 @@ async def test_binary_and_non_utf8_bodies(site: Site) -> None:
     async with session.get(f"{api}/versions/1?show_secrets=1", headers=auth) as response:
         assert await response.read() == binary
         assert response.headers["X-Backup-Encoding"] == "binary"
+    async with site.pool.acquire() as connection:
+        shown = await connection.fetch(
+            "SELECT actor, origin FROM audit_log WHERE action = 'backup.show-secrets'"
+        )
+    assert [(r["actor"], r["origin"]) for r in shown] == [("admin", "127.0.0.1")]
 
 
 async def test_aborted_upload_stores_nothing(site: Site, caplog: pytest.LogCaptureFixture) -> None:
@@ -1167,6 +1172,12 @@ async def test_cli(
         code, out = await run("backups", "show", MAC_A, "1", "--show-secrets")
     assert "/pwd s3cret-admin" in out
     assert any("secrets-shown from cli" in r.getMessage() for r in caplog.records)
+    async with site.pool.acquire() as connection:
+        shown = await connection.fetch(
+            "SELECT origin, object_id, after::text AS after FROM audit_log "
+            "WHERE action = 'backup.show-secrets'"
+        )
+    assert [(r["origin"], r["object_id"]) for r in shown] == [("cli", MAC_A)]
     code, out = await run("backups", "prune", "--dry-run")
     assert code == 0
     assert "would delete 0 version(s) in total (dry run: nothing changed)" in out

@@ -360,6 +360,10 @@ async def test_forged_posts_are_refused(console: Console) -> None:
     )
     assert status == 303
     assert await UpdateRepository(console.pool).pending_restages() == {MAC_A}
+    async with console.pool.acquire() as connection:
+        rows = await connection.fetch("SELECT actor, action, object_id FROM audit_log")
+    assert [(r["action"], r["object_id"]) for r in rows] == [("console.restage", MAC_A)]
+    assert rows[0]["actor"].endswith(" (console)")
 
 
 async def test_session_ends_when_it_expires_or_the_account_changes(console: Console) -> None:

@@ -1126,3 +1126,40 @@ key = "{session_pki.server_key}"
         texts = {row["text"] for row in await connection.fetch("SELECT text FROM events")}
     missing = [n for n in sorted(acknowledged) if f"seq {n}" not in texts]
     assert missing == []
+
+
+async def test_audit_rows_become_events_and_are_forwarded_once(
+    pool: asyncpg.Pool, start_site: SiteFactory, rsyslog: Rsyslog
+) -> None:
+    from services.core import audit
+
+    async def change(name: str, secret: str) -> None:
+        async with pool.acquire() as connection, connection.transaction():
+            await audit.record(
+                connection,
+                actor=audit.Actor("ops", "192.0.2.7"),
+                action="inventory.change",
+                object_type="customer",
+                object_id="Kuenkel00001",
+                before={"name": "Old", "registration_password": secret},
+                after={"name": name, "registration_password": secret},
+            )
+
+    await change("Before forwarding", "audit-secret-1")  # imported when forwarding starts
+    await start_site(destinations=(f"tcp://127.0.0.1:{rsyslog.tcp_port}",))
+    await until(lambda: len(rsyslog.ids()) == 1, timeout=20)
+    await change("While forwarding", "audit-secret-2")  # imported on its NOTIFY
+    await until(lambda: len(rsyslog.ids()) == 2, timeout=20)
+    lines = rsyslog.lines()
+    assert all('code="audit"' in line for line in lines)
+    assert "ops@192.0.2.7 inventory.change customer Kuenkel00001" in lines[1]
+    assert lines[1].startswith("<133>")  # local0.notice
+    assert not any("audit-secret" in line for line in lines)
+    async with pool.acquire() as connection:
+        stored = await connection.fetch("SELECT raw, fields::text AS fields FROM events")
+        assert len(stored) == 2
+        for row in stored:
+            assert b"audit-secret" not in row["raw"]
+            assert b'"registration_password": "***"' in row["raw"]
+            assert "audit-secret" not in row["fields"]
+        assert await EventRepository(connection).import_audit(datetime.now(UTC)) == 0

@@ -209,7 +209,7 @@ async def test_dry_run_changes_nothing(pool: asyncpg.Pool, example: Inventory) -
         pytest.param(
             "[frontend]\nid = 'sb1'\n",
             "inventory.toml: frontend: unknown key (known here: variables, frontends, customers, "
-            "devices, device_classes, device_types)",
+            "devices, device_classes, device_types, scope)",
             id="unknown-top-level-key",
         ),
         pytest.param(

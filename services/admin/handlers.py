@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.core import errors
+from services.core import audit, errors
 from services.core.api import (
     Endpoint,
     current_account,
@@ -21,6 +21,7 @@ from services.core.api import (
     json_response,
     openapi_document,
     pool_of,
+    request_actor,
 )
 from services.core.auth import AccountRepository, Role
 from services.core.config import Settings
@@ -83,8 +84,16 @@ def _fields(body: dict[str, Any], allowed: set[str], required: set[str]) -> dict
 async def create_token(request: web.Request) -> web.Response:
     account = current_account(request)
     lifetime = request.app[SETTINGS_KEY].admin.token_lifetime
-    async with acquire(pool_of(request)) as connection:
+    async with acquire(pool_of(request)) as connection, connection.transaction():
         token = await AccountRepository(connection).issue_token(account.name, lifetime)
+        await audit.record(
+            connection,
+            actor=request_actor(request),
+            action="token.issue",
+            object_type="account",
+            object_id=account.name,
+            after={"expires_in": int(lifetime)},
+        )
     return json_response(
         {
             "token": token,
@@ -139,7 +148,7 @@ async def put_customer(request: web.Request) -> web.Response:
         raise errors.Invalid("id: differs from the id in the path")
     body["id"] = customer_id
     async with acquire(pool_of(request)) as connection:
-        repository = InventoryRepository(connection)
+        repository = InventoryRepository(connection, actor=request_actor(request))
         async with connection.transaction():
             existing = await repository.get_customer(customer_id)
             for secret in CUSTOMER_SECRETS:
@@ -161,7 +170,9 @@ async def delete_customer(request: web.Request) -> web.Response:
     customer_id = request.match_info["customer_id"]
     async with acquire(pool_of(request)) as connection:
         try:
-            deleted = await InventoryRepository(connection).delete_customer(customer_id)
+            deleted = await InventoryRepository(
+                connection, actor=request_actor(request)
+            ).delete_customer(customer_id)
         except InventoryError as error:
             raise _unprocessable(error) from None
     if not deleted:
@@ -211,7 +222,7 @@ async def put_device(request: web.Request) -> web.Response:
             raise errors.Invalid("mac: differs from the MAC in the path")
     body["mac"] = mac
     async with acquire(pool_of(request)) as connection:
-        repository = InventoryRepository(connection)
+        repository = InventoryRepository(connection, actor=request_actor(request))
         try:
             created = await repository.upsert_device(Device(**body))
         except TypeError as error:
@@ -226,7 +237,9 @@ async def put_device(request: web.Request) -> web.Response:
 async def delete_device(request: web.Request) -> web.Response:
     mac = _mac(request)
     async with acquire(pool_of(request)) as connection:
-        deleted = await InventoryRepository(connection).delete_device(mac)
+        deleted = await InventoryRepository(connection, actor=request_actor(request)).delete_device(
+            mac
+        )
     if not deleted:
         raise errors.NotFound(f"no device {mac}")
     return web.Response(status=204)
@@ -310,7 +323,7 @@ async def put_variable(request: web.Request) -> web.Response:
         raise errors.Invalid("secret: must be true or false")
     async with acquire(pool_of(request)) as connection:
         try:
-            await InventoryRepository(connection).set_variable(
+            await InventoryRepository(connection, actor=request_actor(request)).set_variable(
                 layer, scope, request.match_info["name"], value, secret
             )
         except InventoryError as error:
@@ -325,9 +338,9 @@ async def delete_variable(request: web.Request) -> web.Response:
     scope = _scope(request, layer)
     async with acquire(pool_of(request)) as connection:
         try:
-            deleted = await InventoryRepository(connection).delete_variable(
-                layer, scope, request.match_info["name"]
-            )
+            deleted = await InventoryRepository(
+                connection, actor=request_actor(request)
+            ).delete_variable(layer, scope, request.match_info["name"])
         except InventoryError as error:
             raise _unprocessable(error) from None
     if not deleted:
@@ -389,7 +402,7 @@ ENDPOINTS: list[Endpoint] = [
         "/api/v1/customers/{customer_id}",
         delete_customer,
         WRITERS,
-        "Delete a customer without devices",
+        "Remove a customer without devices (archived with its contacts and backups; restorable)",
     ),
     Endpoint(
         "GET",

@@ -22,7 +22,7 @@ from services.backup.diff import Redaction, redact_content
 from services.backup.handlers import parse_device, render_diff, versions_to_compare
 from services.backup.normalize import Normalizer
 from services.backup.repository import BackupDevice, BackupRepository
-from services.core import errors
+from services.core import audit, errors
 from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
@@ -65,13 +65,22 @@ def _version_argument(value: str | None) -> int | None:
     return int(value)
 
 
-def _secrets_shown(device: BackupDevice, versions: str) -> None:
+async def _secrets_shown(pool: asyncpg.Pool, device: BackupDevice, versions: str) -> None:
     security_log.warning(
         "pbxfront security: secrets-shown from cli user=%s device=%s versions=%s",
         getpass.getuser(),
         device.mac,
         versions,
     )
+    async with pool.acquire() as connection, connection.transaction():
+        await audit.record(
+            connection,
+            actor=audit.cli_actor(),
+            action="backup.show-secrets",
+            object_type="backup",
+            object_id=device.mac,
+            after={"versions": versions},
+        )
 
 
 async def backups_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
@@ -137,7 +146,7 @@ async def backups_show(args: argparse.Namespace, settings: Settings, pool: async
             raise UsageError(f"no version {args.version} of {device.hardware_id}")
         content = await repository.content(version.content_sha256)
     if args.show_secrets:
-        _secrets_shown(device, str(version.id))
+        await _secrets_shown(pool, device, str(version.id))
     else:
         backup = settings.backup
         content = redact_content(
@@ -164,7 +173,7 @@ async def backups_diff(args: argparse.Namespace, settings: Settings, pool: async
         except errors.NotFound as error:
             raise UsageError(str(error)) from None
     if args.show_secrets:
-        _secrets_shown(device, f"{pair.old[0].id},{pair.new[0].id}")
+        await _secrets_shown(pool, device, f"{pair.old[0].id},{pair.new[0].id}")
     text = render_diff(
         device,
         pair,

@@ -48,7 +48,7 @@ from services.backup.repository import (
     Upload,
     Version,
 )
-from services.core import errors
+from services.core import audit, errors
 from services.core.api import (
     Endpoint,
     current_account,
@@ -56,6 +56,7 @@ from services.core.api import (
     json_response,
     openapi_document,
     pool_of,
+    request_actor,
 )
 from services.core.auth import Role
 from services.core.config import Settings
@@ -364,8 +365,9 @@ def _flag(request: web.Request, name: str) -> bool:
     raise errors.Invalid(f"{name}: must be 1 or 0")
 
 
-def _secrets_allowed(request: web.Request, device: BackupDevice, versions: str) -> bool:
-    """Whether to show secrets: asked for, by an admin (then logged), else Forbidden."""
+async def _secrets_allowed(request: web.Request, device: BackupDevice, versions: str) -> bool:
+    """Whether to show secrets: asked for, by an admin (then logged and audited), else
+    Forbidden."""
     if not _flag(request, "show_secrets"):
         return False
     account = current_account(request)
@@ -375,6 +377,15 @@ def _secrets_allowed(request: web.Request, device: BackupDevice, versions: str) 
     security_event(
         request, "secrets-shown", account=account.name, device=device.mac, versions=versions
     )
+    async with acquire(pool_of(request)) as connection, connection.transaction():
+        await audit.record(
+            connection,
+            actor=request_actor(request),
+            action="backup.show-secrets",
+            object_type="backup",
+            object_id=device.mac,
+            after={"versions": versions},
+        )
     return True
 
 
@@ -434,7 +445,7 @@ async def get_version(request: web.Request) -> web.Response:
         device = await _device(repository, request.match_info["device"])
         version_id = _version_id(request.match_info["version"], "version")
         version, content = await _load_version(repository, device, version_id)
-    if not _secrets_allowed(request, device, str(version.id)):
+    if not await _secrets_allowed(request, device, str(version.id)):
         content = redact_content(content, redaction)
     return web.Response(
         body=content,
@@ -489,7 +500,7 @@ async def get_diff(request: web.Request) -> web.Response:
         old_id = _version_id(request.query.get("from", ""), "from")
         new_id = _version_id(request.query.get("to", ""), "to")
         pair = await versions_to_compare(repository, device, old_id, new_id)
-    show = _secrets_allowed(request, device, f"{pair.old[0].id},{pair.new[0].id}")
+    show = await _secrets_allowed(request, device, f"{pair.old[0].id},{pair.new[0].id}")
     text = await asyncio.to_thread(
         render_diff,
         device,

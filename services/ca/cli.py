@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from services.ca.repository import CaRepository, serial_hex
-from services.core import pki
+from services.core import audit, pki
 from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
@@ -105,7 +105,11 @@ async def ca_init(args: argparse.Namespace, settings: Settings, pool: asyncpg.Po
         valid_days=args.valid_days,
     )
     await asyncio.to_thread(pki.write_pem_files, ca, certificate_path, key_path, passphrase)
-    await CaRepository(pool).record(ca.certificate, ca_fingerprint=fingerprint(ca), kind="root")
+    async with pool.acquire() as connection, connection.transaction():
+        await CaRepository(connection).record(
+            ca.certificate, ca_fingerprint=fingerprint(ca), kind="root"
+        )
+        await _audit_certificate(connection, "ca.init", ca.certificate, "root")
     certificate = ca.certificate
     print(f"RootCA {certificate.subject.rfc4514_string()}")
     print(f"  serial {serial_hex(certificate.serial_number)}")
@@ -117,6 +121,23 @@ async def ca_init(args: argparse.Namespace, settings: Settings, pool: asyncpg.Po
         "device CA bundle); `pbxfront ca export-trust` gives browsers and devices the root"
     )
     return 0
+
+
+async def _audit_certificate(
+    connection: asyncpg.Connection, action: str, certificate: x509.Certificate, kind: str
+) -> None:
+    await audit.record(
+        connection,
+        actor=audit.cli_actor(),
+        action=action,
+        object_type="certificate",
+        object_id=serial_hex(certificate.serial_number),
+        after={
+            "kind": kind,
+            "subject": certificate.subject.rfc4514_string(),
+            "not_after": certificate.not_valid_after_utc.isoformat(),
+        },
+    )
 
 
 # --- issue -------------------------------------------------------------------------------------
@@ -269,9 +290,14 @@ async def ca_issue(args: argparse.Namespace, settings: Settings, pool: asyncpg.P
         raise UsageError(f"--name {stem!r}: letters, digits, '.', '_' and '-' only")
     out = Path(args.out)
     written = await asyncio.to_thread(_write_outputs, out, stem, issued, ca, p12_passphrase)
-    await CaRepository(pool).record(
-        issued.certificate, ca_fingerprint=fingerprint(ca), kind=args.kind, device_mac=device_mac
-    )
+    async with pool.acquire() as connection, connection.transaction():
+        await CaRepository(connection).record(
+            issued.certificate,
+            ca_fingerprint=fingerprint(ca),
+            kind=args.kind,
+            device_mac=device_mac,
+        )
+        await _audit_certificate(connection, "ca.issue", issued.certificate, args.kind)
     certificate = issued.certificate
     print(f"issued {args.kind} certificate {names.describe()}")
     print(f"  serial {serial_hex(certificate.serial_number)}")
@@ -325,7 +351,18 @@ async def ca_revoke(args: argparse.Namespace, settings: Settings, pool: asyncpg.
     serial = args.serial.lower().replace(":", "").lstrip("0") or "0"
     if not all(c in "0123456789abcdef" for c in serial) or len(serial) > 40:
         raise UsageError(f"serial {args.serial!r}: hex digits as `pbxfront ca list` shows them")
-    record, newly = await CaRepository(pool).revoke(serial, args.reason)
+    async with pool.acquire() as connection, connection.transaction():
+        record, newly = await CaRepository(connection).revoke(serial, args.reason)
+        if record is not None and newly:
+            await audit.record(
+                connection,
+                actor=audit.cli_actor(),
+                action="ca.revoke",
+                object_type="certificate",
+                object_id=serial,
+                before={"kind": record.kind, "common_name": record.common_name},
+                after={"revoked": True, "reason": args.reason},
+            )
     if record is None:
         raise UsageError(f"no certificate with serial {serial} was issued here")
     if not newly:

@@ -36,6 +36,7 @@ from services.console.state import (
     TEMPLATES_KEY,
     Sources,
 )
+from services.core import audit
 from services.core.auth import Role
 from services.core.db import POOL_KEY, acquire, migration_status
 from services.core.http import security_event
@@ -355,7 +356,7 @@ async def adopt(request: web.Request) -> web.StreamResponse:
     )
     if problem is not None:
         raise web.HTTPUnprocessableEntity(text=f"{problem}\n")
-    _action_log(request, "adopt", mac)
+    await _action_log(request, "adopt", mac)
     raise web.HTTPSeeOther(f"{PREFIX}/devices/{mac}?done=adopted")
 
 
@@ -487,30 +488,34 @@ async def device_diff(request: web.Request) -> web.Response:
     )
 
 
-def _action_log(request: web.Request, action: str, target: str) -> None:
-    # The audit trail (services/core/audit.py, another branch) records these once it lands;
-    # until then each console action is one line in the security log.
-    security_event(
-        request,
-        "console-action",
-        account=request[SESSION_KEY].account.name,
-        action=action,
-        target=target,
-    )
+async def _action_log(request: web.Request, action: str, target: str) -> None:
+    """One console action: a line in the security log and a row in the audit log
+    (services/core/audit.py; its own transaction right after the action, which the console
+    runs through the services' own functions)."""
+    account = request[SESSION_KEY].account.name
+    security_event(request, "console-action", account=account, action=action, target=target)
+    async with acquire(_pool(request)) as connection, connection.transaction():
+        await audit.record(
+            connection,
+            actor=audit.Actor(f"{account} (console)", request.remote or "unknown"),
+            action=f"console.{action}",
+            object_type="customer" if action == "contacts-rollback" else "device",
+            object_id=target,
+        )
 
 
 async def restage(request: web.Request) -> web.StreamResponse:
     mac = _mac(request)
     if not await _sources(request).restage(_pool(request), mac):
         raise web.HTTPNotFound(text=f"no device {mac} in the inventory\n")
-    _action_log(request, "restage", mac)
+    await _action_log(request, "restage", mac)
     raise web.HTTPSeeOther(f"{PREFIX}/devices/{mac}?done=restage")
 
 
 async def certificate_reset(request: web.Request) -> web.StreamResponse:
     mac = _mac(request)
     reset = await _sources(request).certificate_reset(_pool(request), mac)
-    _action_log(request, "certificate-reset", mac)
+    await _action_log(request, "certificate-reset", mac)
     done = "certificate-reset" if reset else "certificate-none"
     raise web.HTTPSeeOther(f"{PREFIX}/devices/{mac}?done={done}")
 
@@ -563,7 +568,7 @@ async def contacts_rollback(request: web.Request) -> web.StreamResponse:
         if status == 404:
             raise web.HTTPNotFound(text=f"{why}\n")
         raise web.HTTPConflict(text=f"{why}\n")
-    _action_log(request, "contacts-rollback", f"{customer_id} v{raw}")
+    await _action_log(request, "contacts-rollback", f"{customer_id} v{raw}")
     raise web.HTTPSeeOther(f"{PREFIX}/customers/{customer_id}?done=rollback")
 
 

@@ -17,7 +17,7 @@ import asyncpg
 from services.contacts.domain import render_csv, render_ldif
 from services.contacts.handlers import check_customer_id, load_version
 from services.contacts.repository import ContactsRepository
-from services.core import errors
+from services.core import audit, errors
 from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
@@ -94,7 +94,7 @@ async def contacts_rollback(
     args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool
 ) -> int:
     customer_id = _customer(args.customer)
-    async with pool.acquire() as connection:
+    async with pool.acquire() as connection, connection.transaction():
         repository = ContactsRepository(connection)
         if await repository.customer(customer_id) is None:
             raise UsageError(f"no customer {customer_id}")
@@ -102,6 +102,15 @@ async def contacts_rollback(
             previous, current = await repository.rollback(customer_id, _version(args.to))
         except (errors.NotFound, errors.Conflict) as error:
             raise UsageError(str(error)) from None
+        await audit.record(
+            connection,
+            actor=audit.cli_actor(),
+            action="contacts.rollback",
+            object_type="contacts",
+            object_id=customer_id,
+            before={"version": previous},
+            after={"version": current},
+        )
     log.info("contacts of %s rolled back from the CLI: %d -> %d", customer_id, previous, current)
     print(f"{customer_id}: version {current} is current again (was {previous})")
     return 0

@@ -37,13 +37,14 @@ from services.contacts.domain import (
 )
 from services.contacts.numbers import SHORT_DIGITS_VARIABLE, NumberPlan
 from services.contacts.repository import ContactsRepository, Customer, NewVersion
-from services.core import errors
+from services.core import audit, errors
 from services.core.api import (
     Endpoint,
     current_account,
     json_response,
     openapi_document,
     pool_of,
+    request_actor,
 )
 from services.core.auth import (
     Role,
@@ -456,11 +457,20 @@ async def api_ldif(request: web.Request) -> web.Response:
 async def api_rollback(request: web.Request) -> web.Response:
     customer_id = check_customer_id(request.match_info["customer"])
     to = _version_argument(request.query.get("to"))
-    async with acquire(pool_of(request)) as connection:
+    async with acquire(pool_of(request)) as connection, connection.transaction():
         repository = ContactsRepository(connection)
         if await repository.customer(customer_id) is None:
             raise errors.NotFound(f"no customer {customer_id}")
         previous, current = await repository.rollback(customer_id, to)
+        await audit.record(
+            connection,
+            actor=request_actor(request),
+            action="contacts.rollback",
+            object_type="contacts",
+            object_id=customer_id,
+            before={"version": previous},
+            after={"version": current},
+        )
     account = current_account(request).name
     log.warning(
         "contacts of %s rolled back by %s: version %d -> %d",

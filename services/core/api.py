@@ -17,6 +17,7 @@ import asyncpg
 from aiohttp import web
 
 from services.core import errors
+from services.core.audit import Actor
 from services.core.auth import (
     Account,
     AccountRepository,
@@ -111,6 +112,15 @@ def add_endpoints(app: web.Application, endpoints: Iterable[Endpoint]) -> None:
 def current_account(request: web.Request) -> Account:
     account: Account = request[ACCOUNT_KEY]
     return account
+
+
+def request_actor(request: web.Request) -> Actor:
+    """Who is calling, for the audit log: the account (``<name> (token)`` when a bearer token
+    was used) and the client's address."""
+    name = current_account(request).name
+    if parse_bearer(request.headers.get("Authorization")) is not None:
+        name = f"{name} (token)"
+    return Actor(name, request.remote or "unknown")
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

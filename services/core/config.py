@@ -198,6 +198,13 @@ class AdminSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class InventorySettings:
+    # `inventory apply --prune` refuses without --force to remove more than this share of the
+    # stored customers and devices (0.2 = 20 %).
+    max_prune_share: float = dataclasses.field(default=0.2, metadata=_check(_range(0, 1)))
+
+
+@dataclasses.dataclass(frozen=True)
 class UpdateSettings:
     # The script templates (the seed's /DRIVE/CF0/update/ tree) and the firmware store.
     scripts_dir: Path = Path("staging_scripts")
@@ -696,6 +703,7 @@ class Settings:
     logging: LoggingSettings = LoggingSettings()
     demo: DemoSettings = DemoSettings()
     admin: AdminSettings = AdminSettings()
+    inventory: InventorySettings = InventorySettings()
     update: UpdateSettings = UpdateSettings()
     backup: BackupSettings = BackupSettings()
     redirect: RedirectSettings = RedirectSettings()

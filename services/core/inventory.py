@@ -36,7 +36,7 @@ from typing import Any, Literal, TypeVar
 
 import asyncpg
 
-from services.core import db
+from services.core import audit, db
 from services.core.identity import (
     IdentityError,
     normalize_device_type,
@@ -178,6 +178,17 @@ class Inventory:
             "variables",
             tuple(sorted(self.variables, key=lambda v: (_layer_rank(v.layer), v.scope, v.name))),
         )
+
+
+@dataclass(frozen=True)
+class Scope:
+    """An inventory file's explicit ``[scope]``: what a prune may remove besides what the file
+    names and the customers it owns. ``shared``: the global, device-class and device-type
+    variable layers (a file otherwise prunes only the layers and scopes it sets)."""
+
+    customers: tuple[str, ...] = ()
+    frontends: tuple[str, ...] = ()
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -693,7 +704,15 @@ def validate_inventory(inventory: Inventory, source: str = "") -> Inventory:
 
 # --- the file format ---------------------------------------------------------------------------
 
-_TOP_KEYS = ("variables", "frontends", "customers", "devices", "device_classes", "device_types")
+_TOP_KEYS = (
+    "variables",
+    "frontends",
+    "customers",
+    "devices",
+    "device_classes",
+    "device_types",
+    "scope",
+)
 # TOML key -> dataclass field, per entry kind; "variables" is allowed in every entry.
 _FRONTEND_KEYS = {
     "id": "id",
@@ -799,6 +818,40 @@ def _parse_array(
     return entries
 
 
+_SCOPE_KEYS = ("customers", "frontends", "shared")
+
+
+def _parse_scope(data: Mapping[str, Any], checked: _Checked) -> Scope | None:
+    """``[scope]``: what ``inventory apply --prune`` may remove beyond what the file names."""
+    if "scope" not in data:
+        return None
+    raw = data["scope"]
+    if not isinstance(raw, Mapping):
+        checked.add("scope", "", f"must be a table, not {_describe(raw)}")
+        return None
+    for key in raw:
+        if key not in _SCOPE_KEYS:
+            checked.add("scope", printable(key, 80), _known(_SCOPE_KEYS))
+    lists: dict[str, tuple[str, ...]] = {}
+    for key, rule in (("customers", _safe_id), ("frontends", _frontend_id)):
+        items = raw.get(key, [])
+        if not isinstance(items, list):
+            checked.add("scope", key, f"must be an array of ids, not {_describe(items)}")
+            items = []
+        good: list[str] = []
+        for position, item in enumerate(items):
+            try:
+                good.append(rule(item))
+            except _Invalid as error:
+                checked.add("scope", f"{key}[{position}]", str(error))
+        lists[key] = tuple(good)
+    shared = raw.get("shared", False)
+    if not isinstance(shared, bool):
+        checked.add("scope", "shared", f"must be true or false, not {_describe(shared)}")
+        shared = False
+    return Scope(customers=lists["customers"], frontends=lists["frontends"], shared=shared)
+
+
 def _parse_scoped_tables(data: Mapping[str, Any], name: str, layer: str, checked: _Checked) -> None:
     """``[device_classes.<class>.variables]`` / ``[device_types.<TYPE>.variables]``."""
     raw = data.get(name, {})
@@ -853,11 +906,21 @@ def _entry_variables(
 
 def parse_inventory(text: str, source: str) -> Inventory:
     """Parse an inventory file's text; InventoryError lists every problem (``source`` names it)."""
+    return parse_inventory_scoped(text, source)[0]
+
+
+def parse_inventory_scoped(
+    text: str, source: str, *, references: bool = True
+) -> tuple[Inventory, Scope | None]:
+    """The inventory and its ``[scope]`` table (None without one). With ``references=False``
+    customers may name Frontends the file lacks (one file of a folder, checked against the
+    other files and the database by the applier)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise InventoryError([_problem(source, "", "", f"invalid TOML: {error}")]) from None
     checked = _Checked(source)
+    file_scope = _parse_scope(data, checked)
     for key in data:
         if key not in _TOP_KEYS:
             checked.add(printable(key, 80), "", _known(_TOP_KEYS))
@@ -893,8 +956,11 @@ def parse_inventory(text: str, source: str) -> Inventory:
         scope = checked.device(label, Device(**arguments), macs, hardware_ids, cpe_ids)
         _entry_variables(checked, raw, label, "device", scope)
 
+    if not references:
+        # The applier checks these against the other files and the database.
+        checked.frontend_references = []
     checked.references()
-    return checked.inventory()
+    return checked.inventory(), file_scope
 
 
 def read_inventory_file(path: Path) -> Inventory:
@@ -1232,7 +1298,10 @@ def _integrity_problem(error: asyncpg.IntegrityConstraintViolationError) -> str:
 async def apply_inventory(
     connection: asyncpg.Connection, desired: Inventory, *, dry_run: bool = False
 ) -> list[Change]:
-    """Make the stored inventory equal ``desired`` (what it lacks is removed); return the changes.
+    """Make the stored inventory equal ``desired`` (what it lacks is removed, customers with
+    their contacts and backups); return the changes. For tests, benchmarks and tools that own the
+    whole database; operators' files go through :mod:`services.core.inventory_apply` (adds and
+    updates only, prunes within a file's scope, archives removed customers, audited).
 
     One transaction under :data:`INVENTORY_LOCK_ID`, so concurrent appliers serialise and the
     second sees the first's result. Idempotent: applying the same inventory again returns ``[]``
@@ -1249,6 +1318,10 @@ async def apply_inventory(
             if dry_run or not changes:
                 return changes
             await connection.execute(f"SET CONSTRAINTS {_DEFERRABLE} DEFERRED")
+            removed = [c.key for c in changes if c.kind == "customer" and c.action == "remove"]
+            # The whole-state replace of old: a removed customer goes with its contact history
+            # (operators use services.core.inventory_apply, which archives).
+            await _purge_customers(connection, removed)
             await _write_changes(connection, changes, current, desired)
             # Check the deferred constraints here rather than at commit, inside this try.
             await connection.execute(f"SET CONSTRAINTS {_DEFERRABLE} IMMEDIATE")
@@ -1304,6 +1377,251 @@ async def _write_changes(
         )
 
 
+# --- archived customers ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArchivedCustomer:
+    customer: Customer
+    archived_at: Any
+    archived_by: str
+    owner: str | None
+    devices: tuple[Device, ...]
+    variables: tuple[Variable, ...]
+    contacts_version: int | None
+
+
+def _archive_record(
+    customer: Customer,
+    devices: Sequence[Device],
+    variables: Sequence[Variable],
+    contacts_version: int | None,
+) -> str:
+    import json
+
+    return json.dumps(
+        {
+            "customer": dataclasses.asdict(customer),
+            "devices": [dataclasses.asdict(device) for device in devices],
+            "variables": [dataclasses.asdict(variable) for variable in variables],
+            "contacts_version": contacts_version,
+        },
+        sort_keys=True,
+    )
+
+
+def _archived_row(row: Mapping[str, Any]) -> ArchivedCustomer:
+    import json
+
+    record = json.loads(row["record"])
+    return ArchivedCustomer(
+        customer=Customer(**record["customer"]),
+        archived_at=row["archived_at"],
+        archived_by=row["archived_by"],
+        owner=row["owner"],
+        devices=tuple(Device(**item) for item in record["devices"]),
+        variables=tuple(Variable(**item) for item in record["variables"]),
+        contacts_version=record["contacts_version"],
+    )
+
+
+async def _archive_customers(
+    connection: asyncpg.Connection,
+    current: Inventory,
+    customer_ids: Sequence[str],
+    removed_devices: set[str],
+    archived_by: str,
+) -> None:
+    """Keep removed customers restorable: row, removed devices, their variables and the contacts
+    version served; called before the customers' rows are deleted (contact_current goes then)."""
+    if not customer_ids:
+        return
+    wanted = set(customer_ids)
+    owners = {
+        row["id"]: row["owner"]
+        for row in await connection.fetch(
+            "SELECT id, owner FROM customers WHERE id = ANY($1::text[])", list(wanted)
+        )
+    }
+    versions = {
+        row["customer"]: row["version"]
+        for row in await connection.fetch(
+            "SELECT customer, version FROM contact_current WHERE customer = ANY($1::text[])",
+            list(wanted),
+        )
+    }
+    rows: list[tuple[Any, ...]] = []
+    for customer in current.customers:
+        if customer.id not in wanted:
+            continue
+        devices = [
+            d for d in current.devices if d.customer == customer.id and d.mac in removed_devices
+        ]
+        macs = {d.mac for d in devices}
+        variables = [
+            v
+            for v in current.variables
+            if (v.layer == "customer" and v.scope == customer.id)
+            or (v.layer == "device" and v.scope in macs)
+        ]
+        record = _archive_record(customer, devices, variables, versions.get(customer.id))
+        rows.append((customer.id, archived_by, owners.get(customer.id), record))
+    await connection.executemany(
+        """INSERT INTO customer_archive (customer, archived_by, owner, record)
+           VALUES ($1, $2, $3, $4::text::jsonb)
+           ON CONFLICT (customer) DO UPDATE SET archived_at = now(),
+               archived_by = EXCLUDED.archived_by, owner = EXCLUDED.owner,
+               record = EXCLUDED.record""",
+        rows,
+    )
+
+
+async def _purge_customers(connection: asyncpg.Connection, customer_ids: Sequence[str]) -> None:
+    """Delete what outlives a customer: contact history, config backups, an archive entry."""
+    if not customer_ids:
+        return
+    ids = list(customer_ids)
+    await connection.execute("DELETE FROM contact_current WHERE customer = ANY($1::text[])", ids)
+    await connection.execute("DELETE FROM contact_versions WHERE customer = ANY($1::text[])", ids)
+    await connection.execute("DELETE FROM backup_devices WHERE customer = ANY($1::text[])", ids)
+    await connection.execute("DELETE FROM customer_archive WHERE customer = ANY($1::text[])", ids)
+
+
+async def archived_customers(connection: asyncpg.Connection) -> list[ArchivedCustomer]:
+    """Customers removed without purge, by id."""
+    rows = await connection.fetch(
+        "SELECT customer, archived_at, archived_by, owner, record::text AS record "
+        "FROM customer_archive ORDER BY customer"
+    )
+    return [_archived_row(row) for row in rows]
+
+
+async def archived_ids(connection: asyncpg.Connection, customer_ids: Iterable[str]) -> set[str]:
+    """Which of ``customer_ids`` are archived (case-insensitively: ids differ in more than
+    case)."""
+    rows = await connection.fetch(
+        "SELECT a.customer FROM customer_archive a "
+        "WHERE lower(a.customer) = ANY(SELECT lower(x) FROM unnest($1::text[]) x)",
+        list(customer_ids),
+    )
+    return {row["customer"] for row in rows}
+
+
+def _customer_audit(customer: Customer | None, owner: str | None = None) -> dict[str, Any] | None:
+    if customer is None:
+        return None
+    data = dataclasses.asdict(customer)
+    if owner is not None:
+        data["owner"] = owner
+    return data
+
+
+async def restore_customer(
+    connection: asyncpg.Connection, customer_id: str, *, actor: audit.Actor
+) -> ArchivedCustomer:
+    """Bring an archived customer back: row, devices, variables, ownership and the contacts
+    version its directory served (if still stored). One transaction under the inventory lock;
+    InventoryError (nothing changed) if it is not archived, its id is in use again, its Frontend
+    is gone, or a device's MAC, hardware id or CPE id belongs to another device now."""
+    label = f"customer {printable(customer_id)}"
+    try:
+        async with connection.transaction():
+            await _lock(connection)
+            row = await connection.fetchrow(
+                "SELECT customer, archived_at, archived_by, owner, record::text AS record "
+                "FROM customer_archive WHERE customer = $1 FOR UPDATE",
+                customer_id,
+            )
+            if row is None:
+                raise InventoryError([f"{label}: not archived (pbxfront inventory archived)"])
+            archived = _archived_row(row)
+            customer = archived.customer
+            problems: list[str] = []
+            if await connection.fetchval(
+                "SELECT true FROM customers WHERE lower(id) = lower($1)", customer.id
+            ):
+                problems.append(f"{label}: id: a customer with this id exists again")
+            if not await connection.fetchval(
+                "SELECT true FROM frontends WHERE id = $1", customer.frontend
+            ):
+                problems.append(f"{label}: frontend: no frontend {customer.frontend!r} any more")
+            for device in archived.devices:
+                holder = await connection.fetchval(
+                    "SELECT mac FROM devices WHERE mac = $1 OR hardware_id = $2 "
+                    "OR (cpe_id IS NOT NULL AND cpe_id = $3)",
+                    device.mac,
+                    device.hardware_id,
+                    device.cpe_id,
+                )
+                if holder is not None:
+                    problems.append(
+                        f"{label}: device {device.mac}: its MAC, hardware id or CPE id belongs "
+                        f"to device {holder} now"
+                    )
+            _raise_if(problems)
+            await connection.execute(_UPSERT_CUSTOMER, *_customer_args(customer))
+            await connection.execute(
+                "UPDATE customers SET owner = $2 WHERE id = $1", customer.id, archived.owner
+            )
+            if archived.devices:
+                await connection.executemany(
+                    _UPSERT_DEVICE, [_device_args(d) for d in archived.devices]
+                )
+            if archived.variables:
+                await connection.executemany(
+                    _UPSERT_VARIABLE, [_variable_args(v) for v in archived.variables]
+                )
+            if archived.contacts_version is not None:
+                await connection.execute(
+                    """INSERT INTO contact_current (customer, version)
+                       SELECT customer, version FROM contact_versions
+                       WHERE customer = $1 AND version = $2""",
+                    customer.id,
+                    archived.contacts_version,
+                )
+            await connection.execute(
+                "DELETE FROM customer_archive WHERE customer = $1", customer.id
+            )
+            await audit.record(
+                connection,
+                actor=actor,
+                action="inventory.restore",
+                object_type="customer",
+                object_id=customer.id,
+                after={
+                    **(_customer_audit(customer, archived.owner) or {}),
+                    "devices": sorted(d.mac for d in archived.devices),
+                    "contacts_version": archived.contacts_version,
+                },
+            )
+    except asyncpg.IntegrityConstraintViolationError as error:
+        raise InventoryError([_integrity_problem(error)]) from None
+    return archived
+
+
+async def purge_archived_customer(
+    connection: asyncpg.Connection, customer_id: str, *, actor: audit.Actor
+) -> bool:
+    """Delete an archived customer's contact history and backups for good; False if it is not
+    archived."""
+    async with connection.transaction():
+        await _lock(connection)
+        found = await connection.fetchval(
+            "SELECT true FROM customer_archive WHERE customer = $1 FOR UPDATE", customer_id
+        )
+        if not found:
+            return False
+        await _purge_customers(connection, [customer_id])
+        await audit.record(
+            connection,
+            actor=actor,
+            action="inventory.purge",
+            object_type="customer",
+            object_id=customer_id,
+        )
+    return True
+
+
 async def inventory_version(connection: asyncpg.Connection) -> int:
     """A counter bumped once by every transaction that changed the inventory (a cache key)."""
     version: int = await connection.fetchval("SELECT version FROM inventory_state")
@@ -1356,14 +1674,42 @@ class InventoryRepository:
     raise :class:`InventoryError` (nothing changed) for invalid data, a missing referenced row,
     or a uniqueness clash; each write is one transaction under :data:`INVENTORY_LOCK_ID`,
     idempotent (writing the stored value again changes nothing) and, when it changes something,
-    bumps the version and NOTIFYs ``pbxfront_inventory``.
+    bumps the version and NOTIFYs ``pbxfront_inventory``. With an ``actor`` every write that
+    changes something is recorded in the audit log in its transaction (before -> after, secrets
+    redacted). A customer created here is owned by ``api``: no inventory file touches it unless
+    it claims it. Deleting a customer archives it (contacts and backups kept, restorable).
     """
 
     def __init__(
-        self, database: asyncpg.Pool | asyncpg.Connection, *, acquire_timeout: float = 2.0
+        self,
+        database: asyncpg.Pool | asyncpg.Connection,
+        *,
+        acquire_timeout: float = 2.0,
+        actor: audit.Actor | None = None,
     ) -> None:
         self._database = database
         self._acquire_timeout = acquire_timeout
+        self._actor = actor
+
+    async def _audit(
+        self,
+        connection: asyncpg.Connection,
+        action: str,
+        object_type: str,
+        object_id: str,
+        before: Any,
+        after: Any,
+    ) -> None:
+        if self._actor is not None:
+            await audit.record(
+                connection,
+                actor=self._actor,
+                action=action,
+                object_type=object_type,
+                object_id=object_id,
+                before=before,
+                after=after,
+            )
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -1425,6 +1771,15 @@ class InventoryRepository:
             if row is not None and _frontend_row(row) == normalized:
                 return False
             await connection.execute(_UPSERT_FRONTEND, *_frontend_args(normalized))
+            before = None if row is None else dataclasses.asdict(_frontend_row(row))
+            await self._audit(
+                connection,
+                "inventory.add" if row is None else "inventory.change",
+                "frontend",
+                normalized.id,
+                before,
+                dataclasses.asdict(normalized),
+            )
             return row is None
 
     async def delete_frontend(self, frontend_id: str) -> bool:
@@ -1440,7 +1795,19 @@ class InventoryRepository:
                         "move or remove them first"
                     ]
                 )
+            row = await connection.fetchrow(
+                _SELECT_FRONTENDS + " WHERE id = $1 FOR UPDATE", frontend_id
+            )
             status = await connection.execute("DELETE FROM frontends WHERE id = $1", frontend_id)
+            if row is not None:
+                await self._audit(
+                    connection,
+                    "inventory.remove",
+                    "frontend",
+                    frontend_id,
+                    dataclasses.asdict(_frontend_row(row)),
+                    None,
+                )
         return bool(status == "DELETE 1")
 
     # Customers
@@ -1473,18 +1840,36 @@ class InventoryRepository:
             )
             if clash is not None:
                 problems.append(f"{label}: id: differs only in case from customer {clash}")
-            _raise_if(problems)
             row = await connection.fetchrow(
                 _SELECT_CUSTOMERS + " WHERE id = $1 FOR UPDATE",
                 normalized.id,
             )
+            if row is None and await archived_ids(connection, [normalized.id]):
+                problems.append(
+                    f"{label}: id: archived; restore it (pbxfront inventory restore) or purge it"
+                )
+            _raise_if(problems)
             if row is not None and _customer_row(row) == normalized:
                 return False
             await connection.execute(_UPSERT_CUSTOMER, *_customer_args(normalized))
+            if row is None:
+                await connection.execute(
+                    "UPDATE customers SET owner = 'api' WHERE id = $1", normalized.id
+                )
+            await self._audit(
+                connection,
+                "inventory.add" if row is None else "inventory.change",
+                "customer",
+                normalized.id,
+                None if row is None else dataclasses.asdict(_customer_row(row)),
+                dataclasses.asdict(normalized),
+            )
             return row is None
 
-    async def delete_customer(self, customer_id: str) -> bool:
-        """Remove a customer without devices (its variables go with it); False if none."""
+    async def delete_customer(self, customer_id: str, *, purge: bool = False) -> bool:
+        """Remove a customer without devices; False if none. It is archived with its variables
+        (contact history and backups stay, ``restore_customer`` brings it back) unless
+        ``purge``."""
         async with self._writing() as connection:
             count = await connection.fetchval(
                 "SELECT count(*) FROM devices WHERE customer = $1", customer_id
@@ -1496,7 +1881,35 @@ class InventoryRepository:
                         "move or remove them first"
                     ]
                 )
+            row = await connection.fetchrow(
+                _SELECT_CUSTOMERS + " WHERE id = $1 FOR UPDATE", customer_id
+            )
+            if row is None:
+                return False
+            if purge:
+                await _purge_customers(connection, [customer_id])
+            else:
+                current = Inventory(
+                    customers=(_customer_row(row),),
+                    variables=tuple(
+                        _variable_row(v)
+                        for v in await connection.fetch(
+                            _SELECT_VARIABLES + " WHERE layer = 'customer' AND scope = $1",
+                            customer_id,
+                        )
+                    ),
+                )
+                archived_by = self._actor.name if self._actor is not None else "api"
+                await _archive_customers(connection, current, [customer_id], set(), archived_by)
             status = await connection.execute("DELETE FROM customers WHERE id = $1", customer_id)
+            await self._audit(
+                connection,
+                "inventory.purge" if purge else "inventory.archive",
+                "customer",
+                customer_id,
+                dataclasses.asdict(_customer_row(row)),
+                None,
+            )
         return bool(status == "DELETE 1")
 
     # Devices
@@ -1573,13 +1986,33 @@ class InventoryRepository:
             if row is not None and _device_row(row) == normalized:
                 return False
             await connection.execute(_UPSERT_DEVICE, *_device_args(normalized))
+            await self._audit(
+                connection,
+                "inventory.add" if row is None else "inventory.change",
+                "device",
+                normalized.mac,
+                None if row is None else dataclasses.asdict(_device_row(row)),
+                dataclasses.asdict(normalized),
+            )
             return row is None
 
     async def delete_device(self, mac: str) -> bool:
         """Remove a device and its variables; False if there was none."""
         normalized = _normalized("mac", _mac, mac)
         async with self._writing() as connection:
+            row = await connection.fetchrow(
+                _SELECT_DEVICES + " WHERE mac = $1 FOR UPDATE", normalized
+            )
             status = await connection.execute("DELETE FROM devices WHERE mac = $1", normalized)
+            if row is not None:
+                await self._audit(
+                    connection,
+                    "inventory.remove",
+                    "device",
+                    normalized,
+                    dataclasses.asdict(_device_row(row)),
+                    None,
+                )
         return bool(status == "DELETE 1")
 
     # Variables
@@ -1631,6 +2064,14 @@ class InventoryRepository:
             if row is not None and _variable_row(row) == normalized:
                 return False
             await connection.execute(_UPSERT_VARIABLE, *_variable_args(normalized))
+            await self._audit(
+                connection,
+                "inventory.add" if row is None else "inventory.change",
+                "variable",
+                normalized.key,
+                None if row is None else dataclasses.asdict(_variable_row(row)),
+                dataclasses.asdict(normalized),
+            )
             return row is None
 
     async def delete_variable(self, layer: str, scope: str, name: str) -> bool:
@@ -1638,12 +2079,28 @@ class InventoryRepository:
         layer = _normalized("layer", _check_layer, layer)
         scope = _normalized("scope", lambda v: _normalize_scope(layer, v), scope)
         async with self._writing() as connection:
+            row = await connection.fetchrow(
+                _SELECT_VARIABLES + " WHERE layer = $1 AND scope = $2 AND name = $3 FOR UPDATE",
+                layer,
+                scope,
+                name,
+            )
             status = await connection.execute(
                 "DELETE FROM variables WHERE layer = $1 AND scope = $2 AND name = $3",
                 layer,
                 scope,
                 name,
             )
+            if row is not None:
+                variable = _variable_row(row)
+                await self._audit(
+                    connection,
+                    "inventory.remove",
+                    "variable",
+                    variable.key,
+                    dataclasses.asdict(variable),
+                    None,
+                )
         return bool(status == "DELETE 1")
 
 

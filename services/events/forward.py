@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # services/backup announces each new row of backup_alerts here (migration 005).
 BACKUP_ALERT_CHANNEL = "pbxfront_backup_alert"
+# services/core/audit.py announces new audit rows here (migration 015); imported the same way.
+AUDIT_CHANNEL = "pbxfront_audit"
 
 _SEND_TIMEOUT = 10.0
 _NETWORK_ERRORS = (OSError, ssl.SSLError, TimeoutError, ConnectionError)
@@ -230,6 +232,7 @@ class Forwarder:
         self.status.holding = True
         await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
         await connection.add_listener(BACKUP_ALERT_CHANNEL, self._on_backup_alert)
+        await connection.add_listener(AUDIT_CHANNEL, self._on_backup_alert)
         self._alerts_waiting = True
         delivered = await repository.ensure_cursor(
             self._name,
@@ -291,6 +294,8 @@ class Forwarder:
                     # whichever forwarder runs first imports them, the others find nothing.
                     self._alerts_waiting = False
                     await repository.import_backup_alerts(datetime.now(UTC))
+                    while await repository.import_audit(datetime.now(UTC)) >= 1000:
+                        pass  # a large apply: import all of it before forwarding on
                 rows = await repository.pending(
                     position, settings.forward_batch, settings.forward_repeats
                 )

@@ -76,6 +76,50 @@ def backup_alert_event(alert: Any, received_at: datetime) -> NewEvent:
     )
 
 
+def audit_event(entry: Any, received_at: datetime) -> NewEvent:
+    """The event for one ``audit_log`` row (migration 015): code and source ``audit``, notice;
+    the text says who changed what from where; the row (secrets redacted by its writer) is the
+    raw body."""
+    fields = {
+        "audit_id": str(entry["id"]),
+        "actor": entry["actor"],
+        "origin": entry["origin"],
+        "action": entry["action"],
+        "object_type": entry["object_type"],
+        "object_id": entry["object_id"],
+    }
+    parsed = ParsedEvent(
+        kind=EVENT,
+        syslog_severity=5,
+        fields=fields,
+        event_time=entry["at"],
+        code="audit",
+        severity="notice",
+        source="audit",
+        text=(
+            f"{entry['actor']}@{entry['origin']} {entry['action']} "
+            f"{entry['object_type']} {entry['object_id']}"
+        ),
+    )
+    raw = {**fields, "before": entry["before"], "after": entry["after"]}
+    return NewEvent(
+        received_at=received_at,
+        parsed=parsed,
+        device_mac=None,
+        device_hardware_id=None,
+        device_ip=None,
+        proof="internal",
+        account=entry["actor"],
+        source_address=None if entry["origin"] == "cli" else entry["origin"],
+        content_type="application/json",
+        raw=raw_json(raw),
+    )
+
+
+def raw_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, default=str).encode()
+
+
 @dataclass(frozen=True)
 class NewEvent:
     """One received event, ready to store."""
@@ -250,6 +294,41 @@ class EventRepository:
             await self._db.execute(
                 "UPDATE event_imports SET last_id = $1 WHERE source = 'backup_alerts'",
                 rows[-1]["id"],
+            )
+        return len(rows)
+
+    async def import_audit(self, received_at: datetime, limit: int = 1000) -> int:
+        """Turn audit rows not imported yet into events (in id order); how many. Like
+        :meth:`import_backup_alerts`: the cursor's row lock makes each row one event."""
+        async with self._db.transaction():
+            last = await self._db.fetchval(
+                "SELECT last_id FROM event_imports WHERE source = 'audit_log' FOR UPDATE"
+            )
+            if last is None:
+                return 0
+            rows = await self._db.fetch(
+                """SELECT id, at, actor, origin, action, object_type, object_id,
+                          before::text AS before, after::text AS after
+                   FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2""",
+                last,
+                limit,
+            )
+            if not rows:
+                return 0
+            events = [
+                audit_event(
+                    {
+                        **dict(row),
+                        "before": None if row["before"] is None else json.loads(row["before"]),
+                        "after": None if row["after"] is None else json.loads(row["after"]),
+                    },
+                    received_at,
+                )
+                for row in rows
+            ]
+            await self.append(events, forward_repeats=False)
+            await self._db.execute(
+                "UPDATE event_imports SET last_id = $1 WHERE source = 'audit_log'", rows[-1]["id"]
             )
         return len(rows)
 

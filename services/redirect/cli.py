@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from services.core import audit
 from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
@@ -34,7 +35,7 @@ from services.redirect.handover import (
     parse_import,
     target_url,
 )
-from services.redirect.repository import MappingRecord, RedirectRepository
+from services.redirect.repository import MappingRecord, RedirectRepository, audit_import
 from services.redirect.signing import check_scopes
 
 ACTOR = "cli"
@@ -77,11 +78,29 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 # --- mappings ------------------------------------------------------------------------------------
 
 
+async def _audit(
+    connection: asyncpg.Connection, action: str, mac: str, after: dict[str, Any] | None
+) -> None:
+    await audit.record(
+        connection,
+        actor=audit.cli_actor(),
+        action=action,
+        object_type="redirect-mapping",
+        object_id=mac,
+        after=after,
+    )
+
+
 async def register_device(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     wanted = check_mapping(args.mac, args.frontend, args.url, parse_fact_assignments(args.fact))
     provider = check_provider_id(args.provider)
     token = _read_token(args.transfer_token_file) if args.transfer_token_file else None
-    outcome, record = await RedirectRepository(pool).register(provider, wanted, ACTOR, token)
+    async with pool.acquire() as connection, connection.transaction():
+        outcome, record = await RedirectRepository(connection).register(
+            provider, wanted, ACTOR, token
+        )
+        if outcome.value != "unchanged":
+            await _audit(connection, f"redirect.{outcome.value}", record.mac, record.as_json())
     print(f"{record.mac}: {outcome.value} for provider {provider} -> {_target(record, settings)}")
     return 0
 
@@ -90,7 +109,10 @@ async def move_device(args: argparse.Namespace, settings: Settings, pool: asyncp
     mac = check_mac(args.mac)
     frontend = check_frontend_id(args.frontend) if args.frontend else None
     url = check_url(args.url) if args.url else None
-    record = await RedirectRepository(pool).move(mac, None, frontend, url, ACTOR)
+    async with pool.acquire() as connection, connection.transaction():
+        record = await RedirectRepository(connection).move(mac, None, frontend, url, ACTOR)
+        if record is not None:
+            await _audit(connection, "redirect.move", mac, record.as_json())
     if record is None:
         raise UsageError(f"no device {mac} is registered")
     print(f"{mac}: moved -> {_target(record, settings)}")
@@ -101,7 +123,11 @@ async def deregister_device(
     args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool
 ) -> int:
     mac = check_mac(args.mac)
-    if not await RedirectRepository(pool).deregister(mac, None, ACTOR):
+    async with pool.acquire() as connection, connection.transaction():
+        deregistered = await RedirectRepository(connection).deregister(mac, None, ACTOR)
+        if deregistered:
+            await _audit(connection, "redirect.deregister", mac, None)
+    if not deregistered:
         raise UsageError(f"no device {mac} is registered")
     print(f"{mac}: deregistered")
     return 0
@@ -179,7 +205,9 @@ async def import_devices(args: argparse.Namespace, settings: Settings, pool: asy
         Path(args.file).suffix.lower(), ""
     )
     rows = parse_import(body, content_type, settings.redirect.import_max_rows)
-    results = await RedirectRepository(pool).import_mappings(provider, rows, ACTOR)
+    async with pool.acquire() as connection, connection.transaction():
+        results = await RedirectRepository(connection).import_mappings(provider, rows, ACTOR)
+        await audit_import(connection, audit.cli_actor(), provider, results)
     if args.json:
         print(json.dumps([r.as_json() for r in results], indent=2))
     failed = [r for r in results if r.error is not None]
@@ -197,9 +225,17 @@ async def import_devices(args: argparse.Namespace, settings: Settings, pool: asy
 async def transfer_token(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     mac = check_mac(args.mac)
     to_provider = check_provider_id(args.to) if args.to else None
-    issued = await RedirectRepository(pool).issue_transfer_token(
-        mac, None, to_provider, settings.redirect.transfer_token_lifetime
-    )
+    async with pool.acquire() as connection, connection.transaction():
+        issued = await RedirectRepository(connection).issue_transfer_token(
+            mac, None, to_provider, settings.redirect.transfer_token_lifetime
+        )
+        if issued is not None:
+            await _audit(
+                connection,
+                "redirect.transfer-token",
+                mac,
+                {"to": to_provider, "expires_at": issued[1].isoformat()},
+            )
     if issued is None:
         raise UsageError(f"no device {mac} is registered")
     token, expires_at = issued
@@ -244,7 +280,16 @@ async def providers_add(args: argparse.Namespace, settings: Settings, pool: asyn
     provider = check_provider_id(args.id)
     name = clean_text(args.name or provider)
     facts = parse_fact_assignments(args.fact)
-    created = await RedirectRepository(pool).upsert_provider(provider, name, facts)
+    async with pool.acquire() as connection, connection.transaction():
+        created = await RedirectRepository(connection).upsert_provider(provider, name, facts)
+        await audit.record(
+            connection,
+            actor=audit.cli_actor(),
+            action="redirect.provider-add" if created else "redirect.provider-update",
+            object_type="redirect-provider",
+            object_id=provider,
+            after={"name": name, "facts": dict(facts)},
+        )
     print(f"provider {provider} {'added' if created else 'updated'}")
     return 0
 
@@ -266,7 +311,16 @@ async def keys_add(args: argparse.Namespace, settings: Settings, pool: asyncpg.P
     provider = check_provider_id(args.provider)
     scopes = check_scopes(args.scope)
     description = clean_text(args.description) if args.description else None
-    key_id, secret = await RedirectRepository(pool).add_key(provider, scopes, description)
+    async with pool.acquire() as connection, connection.transaction():
+        key_id, secret = await RedirectRepository(connection).add_key(provider, scopes, description)
+        await audit.record(
+            connection,
+            actor=audit.cli_actor(),
+            action="redirect.key-add",
+            object_type="redirect-key",
+            object_id=key_id,
+            after={"provider": provider, "scopes": list(scopes), "secret": secret},
+        )
     print(f"key id: {key_id}")
     print(f"secret: {secret}")
     print(
@@ -297,7 +351,17 @@ async def keys_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.
 
 
 async def keys_revoke(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    if not await RedirectRepository(pool).revoke_key(args.key_id):
+    async with pool.acquire() as connection, connection.transaction():
+        revoked = await RedirectRepository(connection).revoke_key(args.key_id)
+        if revoked:
+            await audit.record(
+                connection,
+                actor=audit.cli_actor(),
+                action="redirect.key-revoke",
+                object_type="redirect-key",
+                object_id=args.key_id,
+            )
+    if not revoked:
         raise UsageError(f"no active key {args.key_id}")
     print(f"key {args.key_id} revoked")
     return 0

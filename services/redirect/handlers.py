@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
-from services.core import errors
+from services.core import audit, errors
 from services.core.api import (
     Endpoint,
     int_query,
@@ -55,7 +56,12 @@ from services.redirect.handover import (
     rate_limited_reply,
     target_url,
 )
-from services.redirect.repository import Handover, MappingRecord, RedirectRepository
+from services.redirect.repository import (
+    Handover,
+    MappingRecord,
+    RedirectRepository,
+    audit_import,
+)
 from services.redirect.signing import (
     SCOPES,
     check_timestamp,
@@ -241,6 +247,28 @@ def caller_of(request: web.Request) -> Caller:
     return caller
 
 
+def audit_actor(request: web.Request) -> audit.Actor:
+    caller = caller_of(request)
+    return audit.Actor(f"{caller.provider} ({caller.actor})", request.remote or "unknown")
+
+
+async def _audit(
+    request: web.Request,
+    connection: asyncpg.Connection,
+    action: str,
+    mac: str,
+    after: Any = None,
+) -> None:
+    await audit.record(
+        connection,
+        actor=audit_actor(request),
+        action=action,
+        object_type="redirect-mapping",
+        object_id=mac,
+        after=after,
+    )
+
+
 # --- provider API: handlers ---------------------------------------------------------------------
 
 
@@ -341,10 +369,12 @@ async def put_device(request: web.Request) -> web.Response:
     if token is not None and not isinstance(token, str):
         raise errors.Invalid("transfer_token: must be a string")
     wanted = check_mapping(mac, body.get("frontend"), body.get("url"), body.get("facts"))
-    async with acquire(pool_of(request)) as connection:
+    async with acquire(pool_of(request)) as connection, connection.transaction():
         outcome, record = await RedirectRepository(connection).register(
             caller.provider, wanted, caller.actor, token
         )
+        if outcome.value != "unchanged":
+            await _audit(request, connection, f"redirect.{outcome.value}", mac, record.as_json())
     data = mapping_json(record, request.app[SETTINGS_KEY])
     data["result"] = outcome.value
     return json_response(data, status=201 if outcome.value in ("created", "transferred") else 200)
@@ -361,10 +391,12 @@ async def move_device(request: web.Request) -> web.Response:
     url = None if body.get("url") in (None, "") else check_url(body["url"])
     if frontend is None and url is None:
         raise errors.Invalid("frontend: a Frontend id or a url is required")
-    async with acquire(pool_of(request)) as connection:
+    async with acquire(pool_of(request)) as connection, connection.transaction():
         record = await RedirectRepository(connection).move(
             mac, caller.provider, frontend, url, caller.actor
         )
+        if record is not None:
+            await _audit(request, connection, "redirect.move", mac, record.as_json())
     if record is None:
         raise _no_mapping(mac)
     return json_response(mapping_json(record, request.app[SETTINGS_KEY]))
@@ -373,10 +405,12 @@ async def move_device(request: web.Request) -> web.Response:
 async def delete_device(request: web.Request) -> web.Response:
     caller = caller_of(request)
     mac = _device(request)
-    async with acquire(pool_of(request)) as connection:
+    async with acquire(pool_of(request)) as connection, connection.transaction():
         deleted = await RedirectRepository(connection).deregister(
             mac, caller.provider, caller.actor
         )
+        if deleted:
+            await _audit(request, connection, "redirect.deregister", mac)
     if not deleted:
         raise _no_mapping(mac)
     return web.Response(status=204)
@@ -401,10 +435,13 @@ async def transfer_token(request: web.Request) -> web.Response:
         raise errors.Invalid(f"{printable(unknown[0], 40)}: unknown field (known: to)")
     to_provider = None if body.get("to") in (None, "") else check_provider_id(body["to"])
     lifetime = request.app[SETTINGS_KEY].redirect.transfer_token_lifetime
-    async with acquire(pool_of(request)) as connection:
+    async with acquire(pool_of(request)) as connection, connection.transaction():
         issued = await RedirectRepository(connection).issue_transfer_token(
             mac, caller.provider, to_provider, lifetime
         )
+        if issued is not None:
+            after = {"to": to_provider, "expires_at": issued[1].isoformat()}
+            await _audit(request, connection, "redirect.transfer-token", mac, after)
     if issued is None:
         raise _no_mapping(mac)
     token, expires_at = issued
@@ -418,10 +455,11 @@ async def import_devices(request: web.Request) -> web.Response:
     caller = caller_of(request)
     settings = request.app[SETTINGS_KEY].redirect
     rows = parse_import(await request.read(), request.content_type, settings.import_max_rows)
-    async with acquire(pool_of(request)) as connection:
+    async with acquire(pool_of(request)) as connection, connection.transaction():
         results = await RedirectRepository(connection).import_mappings(
             caller.provider, rows, caller.actor
         )
+        await audit_import(connection, audit_actor(request), caller.provider, results)
     counts = dict.fromkeys(("created", "updated", "unchanged", "error"), 0)
     for result in results:
         counts[result.result.value] += 1

@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from services.core import errors
+from services.core import audit, errors
 from services.core.db import transaction
 from services.core.inventory import InventoryRepository
 from services.core.unknown import REDIRECT, UnknownDeviceRepository
@@ -668,3 +668,24 @@ class RedirectRepository:
                 REDIRECT, [w.mac for w in done if inserted[w.mac]]
             )
         return results
+
+
+async def audit_import(
+    connection: asyncpg.Connection, actor: audit.Actor, provider: str, results: Sequence[RowResult]
+) -> None:
+    """One audit row for a bulk import, in the caller's transaction: counts and changed MACs."""
+    changed = sorted(r.mac for r in results if r.mac and r.result.value in ("created", "updated"))
+    counts = {
+        outcome: sum(r.result.value == outcome for r in results)
+        for outcome in ("created", "updated", "unchanged", "error")
+    }
+    if not changed:
+        return
+    await audit.record(
+        connection,
+        actor=actor,
+        action="redirect.import",
+        object_type="redirect-provider",
+        object_id=provider,
+        after={**counts, "changed": changed},
+    )

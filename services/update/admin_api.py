@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.core import errors
-from services.core.api import Endpoint, int_query, json_response, pool_of
+from services.core import audit, errors
+from services.core.api import Endpoint, int_query, json_response, pool_of, request_actor
 from services.core.auth import Role
 from services.core.db import acquire
 from services.core.identity import IdentityError, normalize_mac
@@ -58,9 +58,16 @@ async def device_status(request: web.Request) -> web.Response:
 
 async def restage(request: web.Request) -> web.Response:
     mac = _mac(request)
-    async with acquire(pool_of(request)) as connection:
+    async with acquire(pool_of(request)) as connection, connection.transaction():
         if not await UpdateRepository(connection).request_restage(mac):
             raise errors.NotFound(f"no device {mac}")
+        await audit.record(
+            connection,
+            actor=request_actor(request),
+            action="device.restage",
+            object_type="device",
+            object_id=mac,
+        )
     return json_response({"device": mac, "restage_requested": True}, status=202)
 
 

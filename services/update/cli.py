@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from services.core import errors
+from services.core import audit, errors
 from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
@@ -114,6 +114,73 @@ async def scripts_check(
     devices = len(snapshot.inventory.devices)
     print(f"ok: {len(store.sources)} script files, {devices} devices, staging.txt and update.txt")
     return 0
+
+
+async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    """Which devices' replies a pending script tree changes (services/update/plan.py)."""
+    from services.update.plan import plan_scripts
+    from services.update.versions import PublishedScripts
+
+    live, firmware = await _stores(settings)
+    pending: ScriptStore | None = None
+    if args.scripts:
+        pending = ScriptStore(Path(args.scripts))
+        await asyncio.to_thread(pending.refresh)
+    if settings.update.scripts_source == "database":
+        # Devices get the published version: plan the files (or --scripts) against it.
+        async with pool.acquire() as connection:
+            current = await ScriptVersionRepository(connection).current_id()
+            if current is not None:
+                pending = pending or live
+                live = await PublishedScripts(settings.update.scripts_dir).get(connection, current)
+    snapshot = await _snapshot(pool)
+    statuses = await UpdateRepository(pool).statuses(customer=args.customer, limit=10**9)
+    devices = [snapshot.by_mac[s.mac] for s in statuses if s.mac in snapshot.by_mac]
+    plan = await asyncio.to_thread(
+        plan_scripts,
+        pending or live,
+        live if pending is not None else None,
+        snapshot,
+        Urls(_base_url(settings, args.base_url)),
+        poll_minutes=settings.update.poll_interval,
+        hashes_sent={s.mac: s.hash_sent for s in statuses},
+        reported_builds={s.mac: (s.prot, s.boot) for s in statuses},
+        firmware_available=firmware.listed,
+        devices=devices,
+    )
+    if args.json:
+        rows = [
+            {
+                "mac": change.device.mac,
+                "hardware_id": change.device.hardware_id,
+                "customer": change.device.customer,
+                "before": change.before,
+                "after": change.after,
+                "firmware": list(change.firmware),
+                "diff": list(change.diff),
+            }
+            for change in [*plan.changes, *plan.firmware_only]
+        ]
+        print(
+            json.dumps(
+                {"devices": plan.devices, "changes": rows, "problems": plan.problem_lines()},
+                indent=2,
+            )
+        )
+        return 1 if plan.problems else 0
+    for change in plan.changes:
+        print(change.headline())
+        if args.diff:
+            for line in change.diff:
+                print(f"    {line}")
+    for change in plan.firmware_only:
+        print(change.headline().replace("~", "F", 1))
+    for line in plan.problem_lines():
+        print(f"! {line}")
+    if pending is None:
+        print("(against the hash each device was last sent; --scripts DIR plans a pending tree)")
+    print(plan.summary())
+    return 1 if plan.problems else 0
 
 
 async def scripts_publish(
@@ -436,8 +503,16 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
 
 async def devices_restage(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     mac = _mac(args.mac)
-    if not await UpdateRepository(pool).request_restage(mac):
-        raise UsageError(f"no device {mac} in the inventory")
+    async with pool.acquire() as connection, connection.transaction():
+        if not await UpdateRepository(connection).request_restage(mac):
+            raise UsageError(f"no device {mac} in the inventory")
+        await audit.record(
+            connection,
+            actor=audit.cli_actor(),
+            action="device.restage",
+            object_type="device",
+            object_id=mac,
+        )
     print(f"{mac}: will be sent through staging.txt at its next poll")
     return 0
 
@@ -460,7 +535,9 @@ async def devices_adopt(args: argparse.Namespace, settings: Settings, pool: asyn
     )
     async with pool.acquire() as connection:
         try:
-            created = await InventoryRepository(connection).upsert_device(device)
+            created = await InventoryRepository(connection, actor=audit.cli_actor()).upsert_device(
+                device
+            )
         except InventoryError as error:
             raise UsageError("; ".join(error.problems)) from None
     if not created:
@@ -468,8 +545,8 @@ async def devices_adopt(args: argparse.Namespace, settings: Settings, pool: asyn
     await unknown.forget(UPDATE_SERVICE, [mac])
     print(f"{mac}: adopted for customer {args.customer} as {device_type} {args.device_class}")
     print(
-        "note: `pbxfront inventory apply` removes devices its file does not list; "
-        "add it there too (`pbxfront inventory export` shows the current state)"
+        "note: `pbxfront inventory apply --prune` of the file owning this customer removes "
+        "devices it does not list; add it there too (`pbxfront inventory export`)"
     )
     return 0
 
@@ -539,6 +616,15 @@ async def firmware_add(args: argparse.Namespace, settings: Settings, pool: async
         added = await asyncio.to_thread(store.add, Path(args.file), args.build, name)
     except FirmwareError as error:
         raise UsageError(str(error)) from None
+    async with pool.acquire() as connection, connection.transaction():
+        await audit.record(
+            connection,
+            actor=audit.cli_actor(),
+            action="firmware.add",
+            object_type="firmware",
+            object_id=f"{args.build}/{name}",
+            after={"sha256": added.sha256, "size": added.size, "type": args.type.upper()},
+        )
     print(f"{added.path}  sha256 {added.sha256}  {added.size} bytes")
     print(
         f'policy: set update variable fw-{args.kind} = "{args.build}" on the device_type '
@@ -569,6 +655,19 @@ def register(
         help="render every script for every device; list problems as file:line: message",
     )
     check.set_defaults(handler=bind(functools.partial(scripts_check, extra_checks=extra_checks)))
+    plan = script_actions.add_parser(
+        "plan",
+        parents=[common],
+        help="which devices' scripts a pending tree changes (hash per device, diff)",
+    )
+    plan.add_argument(
+        "--scripts", metavar="DIR", help="the pending tree (default: plan the live tree)"
+    )
+    plan.add_argument("--customer", metavar="ID", help="only this customer's devices")
+    plan.add_argument("--diff", action="store_true", help="show each device's script diff")
+    plan.add_argument("--base-url", metavar="URL", help="default: update.public_url")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(handler=bind(scripts_plan))
     publish = script_actions.add_parser(
         "publish",
         parents=[common],

@@ -1,0 +1,210 @@
+"""``pbxfront scripts plan``: what a script tree would change, device by device, before it goes
+live (issue 15, item 3).
+
+For every inventory device the update script is rendered as the device would get it (proven
+identity, update phase) from the *pending* tree and compared with the *live* tree (the one
+``update.scripts_dir`` serves) by the run-once hash (protocol.md §2): a device whose hash differs
+runs the script again at its next poll. The plan lists those devices with a unified diff of the
+script lines, the firmware targets whose build differs from what the device last reported, and
+every rendering problem once with the devices it affects. Without a pending tree the live tree is
+compared with the hash each device was last sent (``device_status.hash_sent``).
+
+Secrets never appear in a diff: every secret value the device's rendering could contain (secret
+variables, customer passwords) is replaced by ``***`` in the shown lines; the hashes are computed
+from the real text, as the devices compute theirs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.core.identity import DeviceIdentity, Proof
+from services.core.inventory import Device
+from services.update.provisioning import (
+    UPDATE,
+    PolicyError,
+    Snapshot,
+    Urls,
+    firmware_targets,
+    template_context,
+)
+from services.update.scripts import (
+    ScriptError,
+    ScriptStore,
+    SecretRequired,
+    script_hash,
+    script_lines,
+)
+
+REDACTED = "***"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    lines: tuple[str, ...]
+    digest: str
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """One device whose reply changes."""
+
+    device: Device
+    before: str | None  # hash: live tree, or the one last sent; None = unknown / never sent
+    after: str
+    diff: tuple[str, ...]  # unified diff lines, secrets redacted; empty without a base body
+    firmware: tuple[str, ...] = ()  # "prot 131400 -> 131500"
+
+    def headline(self) -> str:
+        before = self.before[:8] if self.before else "never sent"
+        text = (
+            f"~ {self.device.hardware_id} ({self.device.mac}) customer {self.device.customer}: "
+            f"{before} -> {self.after[:8]}"
+        )
+        if self.firmware:
+            text += " [firmware " + ", ".join(self.firmware) + "]"
+        return text
+
+
+@dataclass
+class ScriptPlan:
+    devices: int = 0
+    changes: list[DevicePlan] = field(default_factory=list)
+    # problem -> the hardware ids it affects, in inventory order
+    problems: dict[str, list[str]] = field(default_factory=dict)
+    firmware_only: list[DevicePlan] = field(default_factory=list)
+
+    def problem(self, text: str, device: Device) -> None:
+        affected = self.problems.setdefault(text, [])
+        if device.hardware_id not in affected:
+            affected.append(device.hardware_id)
+
+    def problem_lines(self) -> list[str]:
+        lines = []
+        for text, affected in self.problems.items():
+            shown = ", ".join(affected[:5]) + (
+                f" and {len(affected) - 5} more" if len(affected) > 5 else ""
+            )
+            lines.append(f"{text} ({len(affected)} device(s): {shown})")
+        return lines
+
+    def summary(self) -> str:
+        text = f"{len(self.changes)} of {self.devices} device(s) get a changed script"
+        if self.firmware_only:
+            text += f", {len(self.firmware_only)} only a firmware change"
+        if self.problems:
+            text += f"; {len(self.problems)} problem(s)"
+        return text
+
+
+def _secrets(snapshot: Snapshot, device: Device) -> list[str]:
+    customer = snapshot.customers[device.customer]
+    values = [item.value for item in snapshot.resolve(device).values() if item.secret]
+    values += [v for v in (customer.registration_password, customer.login_password) if v]
+    # Longest first, so a secret containing another is replaced whole.
+    return sorted({v for v in values if v}, key=len, reverse=True)
+
+
+def redact_lines(lines: Iterable[str], secrets: Sequence[str]) -> list[str]:
+    out = []
+    for line in lines:
+        for secret in secrets:
+            line = line.replace(secret, REDACTED)
+        out.append(line)
+    return out
+
+
+def render_update(
+    store: ScriptStore, context: Mapping[str, Any], variables: Mapping[str, Any]
+) -> Rendered:
+    """The update script body for a :func:`device_context`; ScriptError, SecretRequired as
+    rendering raises them."""
+    lines = script_lines(store.render(f"{UPDATE}.txt", context, variables))
+    return Rendered(tuple(lines), script_hash("\n".join(lines)))
+
+
+def device_context(
+    snapshot: Snapshot, device: Device, urls: Urls, poll_minutes: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the device's update poll renders with, as a proven device (one context serves both
+    trees: it depends on the inventory only)."""
+    identity = DeviceIdentity(Proof.PROVEN, device.mac, device.hardware_id, device.device_type)
+    return template_context(snapshot, device, identity, UPDATE, urls, poll_minutes)
+
+
+def plan_scripts(
+    pending: ScriptStore,
+    live: ScriptStore | None,
+    snapshot: Snapshot,
+    urls: Urls,
+    *,
+    poll_minutes: int,
+    hashes_sent: Mapping[str, str | None],
+    reported_builds: Mapping[str, tuple[str | None, str | None]],
+    firmware_available: Callable[[str, str], bool],
+    devices: Iterable[Device] | None = None,
+) -> ScriptPlan:
+    """The plan (see the module docstring); pure apart from rendering. ``reported_builds``:
+    MAC -> (PROT, BOOT) the device last polled with."""
+    plan = ScriptPlan()
+    for name, problem in sorted(pending.problems.items()):
+        plan.problems.setdefault(f"{pending.root / name}: {problem}", [])
+    for device in snapshot.inventory.devices if devices is None else devices:
+        plan.devices += 1
+        variables = snapshot.resolve(device)
+        firmware: list[str] = []
+        try:
+            prot, boot = reported_builds.get(device.mac, (None, None))
+            for target in firmware_targets(device, variables, urls):
+                current = prot if target.kind == "prot" else boot
+                if current == target.build:
+                    continue
+                if not firmware_available(target.build, target.file_name):
+                    plan.problem(
+                        f"firmware/firm/{target.build}/{target.file_name}: missing "
+                        f"(fw-{target.kind})",
+                        device,
+                    )
+                firmware.append(f"{target.kind} {current or 'unknown'} -> {target.build}")
+        except PolicyError as error:
+            plan.problem(f"variables: {error}", device)
+        context, update_variables = device_context(snapshot, device, urls, poll_minutes)
+        try:
+            after = render_update(pending, context, update_variables)
+        except (ScriptError, SecretRequired) as error:
+            plan.problem(f"{pending.root}: update.txt: {error}", device)
+            continue
+        before_lines: tuple[str, ...] | None = None
+        if live is not None:
+            try:
+                base = render_update(live, context, update_variables)
+            except (ScriptError, SecretRequired):
+                base = None
+            before = base.digest if base is not None else None
+            before_lines = base.lines if base is not None else ()
+        else:
+            before = hashes_sent.get(device.mac)
+        if before == after.digest:
+            if firmware:
+                plan.firmware_only.append(
+                    DevicePlan(device, before, after.digest, (), tuple(firmware))
+                )
+            continue
+        diff: tuple[str, ...] = ()
+        if before_lines is not None:
+            secrets = _secrets(snapshot, device)
+            diff = tuple(
+                difflib.unified_diff(
+                    redact_lines(before_lines, secrets),
+                    redact_lines(after.lines, secrets),
+                    fromfile=f"live/update.txt ({device.hardware_id})",
+                    tofile=f"pending/update.txt ({device.hardware_id})",
+                    lineterm="",
+                    n=1,
+                )
+            )
+        plan.changes.append(DevicePlan(device, before, after.digest, diff, tuple(firmware)))
+    return plan
