@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -211,10 +210,23 @@ async def scripts_publish(
         for problem in problems:
             print(problem)
         raise UsageError(f"not published: {len(problems)} problem(s) (pbxfront scripts check)")
-    async with pool.acquire() as connection:
+    async with pool.acquire() as connection, connection.transaction():
         version, created = await ScriptVersionRepository(connection).publish(
             files, by=_operator(), comment=args.comment or "", activate=not args.staged
         )
+        if created:
+            await audit.record(
+                connection,
+                actor=audit.cli_actor(),
+                action="scripts.publish-staged" if args.staged else "scripts.publish",
+                object_type="script_version",
+                object_id=str(version.id),
+                after={
+                    "files": version.files,
+                    "sha256": version.tree_sha256,
+                    "comment": version.comment,
+                },
+            )
     if not created:
         print(f"no changes: version {version.id} holds these {version.files} files already")
         return 0
@@ -247,13 +259,22 @@ async def scripts_versions(args: argparse.Namespace, settings: Settings, pool: a
 
 
 async def scripts_rollback(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    async with pool.acquire() as connection:
+    async with pool.acquire() as connection, connection.transaction():
+        repository = ScriptVersionRepository(connection)
+        before = await repository.current_id()
         try:
-            version = await ScriptVersionRepository(connection).activate(
-                args.version, by=_operator()
-            )
+            version = await repository.activate(args.version, by=_operator())
         except errors.NotFound as error:
             raise UsageError(str(error)) from None
+        await audit.record(
+            connection,
+            actor=audit.cli_actor(),
+            action="scripts.rollback",
+            object_type="script_version",
+            object_id=str(version.id),
+            before={"current": before},
+            after={"current": version.id},
+        )
     print(f"version {version.id} is current again; every node serves it from its next poll")
     return 0
 
@@ -269,7 +290,7 @@ async def rollouts_start(args: argparse.Namespace, settings: Settings, pool: asy
         raise UsageError("--firmware needs --build (as devices report it in PROT/BOOT)")
     try:
         waves = parse_waves(args.wave or ["10%", "50%", "100%"])
-        async with pool.acquire() as connection:
+        async with pool.acquire() as connection, connection.transaction():
             repository = CanaryRepository(connection)
             if args.firmware is not None:
                 if not firmware.listed(args.build, firmware_file_name(args.kind, args.firmware)):
@@ -295,6 +316,14 @@ async def rollouts_start(args: argparse.Namespace, settings: Settings, pool: asy
                     wave_timeout_seconds=args.wave_timeout,
                     by=_operator(),
                 )
+            await audit.record(
+                connection,
+                actor=audit.cli_actor(),
+                action="rollout.start",
+                object_type="rollout",
+                object_id=str(rollout.id),
+                after=rollout.as_json(),
+            )
     except (errors.Invalid, errors.NotFound, errors.Conflict) as error:
         raise UsageError(str(error)) from None
     print(
@@ -351,29 +380,32 @@ async def _open_rollout(connection: asyncpg.Connection) -> Rollout:
 
 
 async def rollouts_halt(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    async with pool.acquire() as connection:
+    async with pool.acquire() as connection, connection.transaction():
         rollout = await _open_rollout(connection)
         reason = f"halted by {_operator()}" + (f": {args.reason}" if args.reason else "")
         await CanaryRepository(connection).set_state(rollout.id, "halted", reason)
+        await _audit_rollout(connection, "rollout.halt", rollout, "halted")
     print(f"roll-out {rollout.id} halted; its devices keep what they have")
     return 0
 
 
 async def rollouts_resume(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    async with pool.acquire() as connection:
+    async with pool.acquire() as connection, connection.transaction():
         rollout = await _open_rollout(connection)
         await CanaryRepository(connection).set_state(rollout.id, "running", None, restart_wave=True)
+        await _audit_rollout(connection, "rollout.resume", rollout, "running")
     label = rollout.waves[rollout.wave].label
     print(f"roll-out {rollout.id} running again; wave {label} is watched anew")
     return 0
 
 
 async def rollouts_abort(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    async with pool.acquire() as connection:
+    async with pool.acquire() as connection, connection.transaction():
         rollout = await _open_rollout(connection)
         await CanaryRepository(connection).set_state(
             rollout.id, "aborted", f"aborted by {_operator()}"
         )
+        await _audit_rollout(connection, "rollout.abort", rollout, "aborted")
     back = (
         f"the inventory's fw-{rollout.firmware_kind} for {rollout.device_type}"
         if rollout.kind == "firmware"
@@ -389,12 +421,24 @@ async def rollouts_advance(args: argparse.Namespace, settings: Settings, pool: a
     return 0
 
 
+async def _audit_rollout(
+    connection: asyncpg.Connection, action: str, rollout: Rollout, state: str
+) -> None:
+    await audit.record(
+        connection,
+        actor=audit.cli_actor(),
+        action=action,
+        object_type="rollout",
+        object_id=str(rollout.id),
+        before={"state": rollout.state},
+        after={"state": state},
+    )
+
+
 def _operator() -> str:
-    """Who runs the command: the OS user (the CLI runs on the Frontend)."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
+    """Who runs the command: the OS user (the CLI runs on the Frontend), as the audit log has
+    it."""
+    return f"cli:{audit.cli_actor().name}"
 
 
 async def scripts_render(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
