@@ -46,6 +46,7 @@ from services.core.config import (
 )
 from services.core.inventory import apply_inventory, parse_inventory
 from services.core.runner import Node, start_node
+from services.core.senderscope import SenderScopeRepository
 from services.serve import service_factories
 from tests.conftest import DEVICE_A, DEVICE_C, SessionPki, curl, run_wired_cli, until
 from tests.test_directory import (
@@ -382,6 +383,7 @@ async def test_sigterm_after_database_outage_under_load_is_bounded(
             await AccountRepository(pool).add(
                 "sender", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD
             )
+            await SenderScopeRepository(pool).bind("sender", None)
         finally:
             await pool.close()
         process, url = await serve(repo_root, tmp_path, dsn)
@@ -431,6 +433,7 @@ async def test_embedded_postgres_is_restarted_after_kill_9(repo_root: Path, tmp_
             await AccountRepository(connection).add(
                 "sender", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD
             )
+            await SenderScopeRepository(connection).bind("sender", None)
         finally:
             await connection.close()
         acknowledged: set[int] = set()

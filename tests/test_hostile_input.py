@@ -45,6 +45,7 @@ from services.core.http import log_address
 from services.core.inventory import apply_inventory, read_inventory_file
 from services.core.ratelimit import AuthLimiter
 from services.core.runner import Node, start_node
+from services.core.senderscope import SenderScopeRepository
 from services.serve import service_factories
 from tests.conftest import SessionPki
 
@@ -153,6 +154,8 @@ async def start_site(
 ) -> AsyncIterator[SiteFactory]:
     accounts = AccountRepository(pool)
     await accounts.add("sender", frozenset({Role.EVENT_SENDER}), SENDER_PASSWORD)
+    # The seed's one HTTP-client account for every device of the provider.
+    await SenderScopeRepository(pool).bind("sender", None)
     await accounts.add("admin", frozenset({Role.ADMIN}), ADMIN_PASSWORD)
     await accounts.add("reader", frozenset({Role.DIRECTORY_READER}), READER_PASSWORD)
     await accounts.add("operator", frozenset({Role.OPERATOR}), OPERATOR_PASSWORD)

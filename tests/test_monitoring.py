@@ -50,13 +50,23 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "2",
         "--set",
         "admin.metrics_interval=0.3",
+        # Prometheus scrapes a private listener of its own (the "metrics" service, no login);
+        # /metrics on the admin listener needs an account (limits.metrics_auth).
+        "--set",
+        'listeners.metrics.host="127.0.0.1"',
+        "--set",
+        "listeners.metrics.port=0",
+        "--set",
+        "listeners.metrics.tls=false",
+        "--set",
+        'listeners.metrics.services=["metrics"]',
     )
     yield served
     stop(served)
 
 
 def scrape(node: Served) -> str:
-    status, body = curl("--cacert", str(node.ca), node.urls["admin"] + "/metrics")
+    status, body = curl(node.urls["metrics"] + "/metrics")
     assert status == 200, body
     return body
 

@@ -33,7 +33,8 @@ ENV_RESERVED = frozenset(
     }
 )
 
-# "noop" is the benchmark baseline (services/bench/noop.py), mounted by `pbxfront bench`.
+# "noop" is the benchmark baseline (services/bench/noop.py), mounted by `pbxfront bench`;
+# "metrics" serves /metrics without login on a private scrape listener.
 SERVICE_NAMES = (
     "update",
     "redirect",
@@ -42,6 +43,7 @@ SERVICE_NAMES = (
     "contacts",
     "directory",
     "admin",
+    "metrics",
     "noop",
 )
 # Services that speak their own protocol on a listener of their own (not HTTP), with the URL

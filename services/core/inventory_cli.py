@@ -231,7 +231,9 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
         parents=[common],
         help="add and update what FILE (or every *.toml of DIR) says; remove only with --prune",
     )
-    apply.add_argument("path", metavar="FILE|DIR")
+    apply.add_argument(
+        "path", metavar="FILE|DIR", help="an inventory file, or a folder of them (one per customer)"
+    )
     apply.add_argument("--dry-run", action="store_true", help="only print what apply would do")
     apply.add_argument(
         "--prune",

@@ -173,7 +173,9 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
         "plan", parents=[common], help="the Frontend's NAT maps, SessionBorder objects, budget"
     )
     plan.add_argument("--frontend", metavar="ID", help="default: the setting frontend")
-    plan.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    plan.add_argument(
+        "--format", choices=("text", "json", "csv"), default="text", help="output format"
+    )
     plan.add_argument(
         "--show-secrets",
         action="store_true",
@@ -200,7 +202,7 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
         "findings", parents=[common], help="backup findings recorded by check --backups --record"
     )
     findings.add_argument("--frontend", metavar="ID")
-    findings.add_argument("--device", metavar="MAC")
+    findings.add_argument("--device", metavar="MAC", help="only this device's findings")
     findings.add_argument("--limit", type=int, default=100)
     findings.add_argument("--json", action="store_true")
     findings.set_defaults(handler=bind(frontend_findings))
