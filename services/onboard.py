@@ -384,7 +384,7 @@ async def replace(
 async def cmd_onboard(args: argparse.Namespace, _settings: Settings, pool: asyncpg.Pool) -> int:
     path = Path(args.file)
     try:
-        text = await asyncio.to_thread(path.read_text, "utf-8")
+        text = await asyncio.to_thread(path.read_text, "utf-8-sig")  # Excel writes a BOM
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"{path}: {getattr(error, 'strerror', None) or error}") from None
     try:

@@ -117,9 +117,10 @@ async def test_onboard_csv_all_or_nothing(
     assert await counts(fleet) == before
 
     good = tmp_path / "good.csv"
-    good.write_text(
-        HEADER + "00-90-33-11-00-01,IP232,Kuenkel00001,K-101,phone,Desk 1\n"
-        "009033110002,IP811,Kuenkel00001,K-102,phone,\n"
+    good.write_text(  # as a spreadsheet saves it: a BOM, CRLF
+        "\ufeff" + HEADER + "00-90-33-11-00-01,IP232,Kuenkel00001,K-101,phone,Desk 1\n"
+        "009033110002,IP811,Kuenkel00001,K-102,phone,\n",
+        newline="\r\n",
     )
     code, out, err = await pbxfront(database_url, "devices", "onboard", str(good), "--dry-run")
     assert code == 0, err
@@ -172,6 +173,11 @@ async def test_replace_moves_cpe_id_variables_and_mapping(
     )
     assert code == 2
     assert "new_mac: 009033010203 is already in the inventory" in err
+    code, _out, err = await pbxfront(
+        database_url, "devices", "replace", "009033999999", "009033220001"
+    )
+    assert code == 2
+    assert "old_mac: no device 009033999999 in the inventory" in err
 
     code, out, err = await pbxfront(
         database_url, "devices", "replace", "00:90:33:11:00:01", "009033220001", "--type", "IP232"
@@ -250,6 +256,11 @@ async def test_onboard_api(fleet: asyncpg.Pool, api: tuple[str, aiohttp.ClientSe
     async with session.post(url, data=b"{", headers=headers) as response:
         assert response.status == 400
         assert "body" in (await response.json())["error"]
+
+    async with session.post(f"{url}?dry_run=1", json=rows[:1], headers=headers) as response:
+        assert response.status == 200
+        assert (await response.json())["dry_run"] is True
+    assert await counts(fleet) == before
 
     async with session.post(url, json=rows[:1], headers=headers) as response:
         assert response.status == 201, await response.text()
