@@ -80,9 +80,12 @@ def service_factories() -> ServiceFactories:
         return create_device_app(settings)
 
     def update(settings: Settings, resources: Resources) -> web.Application:
+        from services import onboard
         from services.update.app import create_app
 
-        return create_app(settings, resources, frontend_plan_additions(settings))
+        return create_app(
+            settings, resources, frontend_plan_additions(settings), onboard.auto_adopt
+        )
 
     def metrics(settings: Settings, resources: Resources) -> web.Application:
         from services.core.http import create_metrics_app

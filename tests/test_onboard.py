@@ -24,9 +24,11 @@ from services.core.inventory import (
     read_inventory_file,
 )
 from services.core.runner import start_node
+from services.redirect.handover import check_mapping
 from services.redirect.repository import RedirectRepository
 from services.serve import service_factories
-from tests.conftest import SessionPki
+from tests.conftest import SessionPki, until
+from tests.test_update import MAC_A, running_frontend
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "inventory.example.toml"
@@ -276,3 +278,37 @@ async def test_onboard_api(fleet: asyncpg.Pool, api: tuple[str, aiohttp.ClientSe
         assert response.status == 200
         document = await response.json()
     assert "post" in document["paths"]["/api/v1/devices/onboard"]
+
+
+async def test_auto_adopt_a_proven_device_named_by_its_mapping(
+    pool: asyncpg.Pool, session_pki: SessionPki, repo_root: Path, tmp_path: Path
+) -> None:
+    async with running_frontend(pool, session_pki, repo_root, tmp_path, auto_adopt=True) as fe:
+        inventory = InventoryRepository(pool)
+        assert await inventory.delete_device(MAC_A)
+        await RedirectRepository(pool).register(
+            "local", check_mapping(MAC_A, "sb1", None, {"customer": KUENKEL}), "tester"
+        )
+        # Only claimed (no client certificate): stays unknown.
+        claimed = await fe.device(certificate=False).poll()
+        assert claimed.status == 404, claimed.text
+        assert await inventory.get_device(MAC_A) is None
+        # Proven: adopted for the customer the mapping names, audited.
+        first = await fe.device().poll()
+        assert first.status == 503, first.text
+        assert "adopted" in first.text
+        device = await inventory.get_device(MAC_A)
+        assert device is not None
+        assert (device.customer, device.device_type) == (KUENKEL, "IP232")
+        assert (
+            await pool.fetchval(
+                "SELECT actor FROM audit_log WHERE action = 'device.auto_adopt' AND object_id = $1",
+                MAC_A,
+            )
+            == "auto-adopt"
+        )
+
+        async def configured() -> bool:
+            return (await fe.device().poll()).status == 200
+
+        await until(configured)
