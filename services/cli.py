@@ -445,6 +445,13 @@ def _fill_missing_help(parser: argparse.ArgumentParser, path: str) -> None:
             )
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[Any]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise LookupError(parser.prog)  # pragma: no cover - a wiring mistake
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -570,6 +577,11 @@ def build_parser() -> argparse.ArgumentParser:
     # package does not import the frontend package).
     update_cli.register(commands, common, _bind, extra_checks=[frontend_cli.plan_problems])
     frontend_cli.register(commands, common, _bind)
+    # One-step onboarding and RMA compose the inventory and the redirect service
+    # (services/onboard.py), under the update service's "devices" group.
+    from services import onboard
+
+    onboard.register(_subcommands(commands.choices["devices"]), common, _bind)
 
     from services.redirect import cli as redirect_cli
 

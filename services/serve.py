@@ -33,6 +33,7 @@ def service_factories() -> ServiceFactories:
     """Every service this version ships, by name. Imported lazily: a node pays only for its own."""
 
     def admin(settings: Settings, resources: Resources) -> web.Application:
+        from services import onboard
         from services.admin.app import create_app
         from services.backup.app import create_archive_app
         from services.core.http import mount_service
@@ -40,7 +41,7 @@ def service_factories() -> ServiceFactories:
         from services.redirect.app import create_api_app
         from services.update.admin_api import ENDPOINTS as update_endpoints
 
-        app = create_app(settings, [*update_endpoints, *frontend_api.ENDPOINTS])
+        app = create_app(settings, [*update_endpoints, *frontend_api.ENDPOINTS, *onboard.ENDPOINTS])
         frontend_api.install(app, settings)
         # Parts of other services that belong on the private admin listener: the redirect
         # provider API (/api/v1/redirect/) and the backup archive (/api/v1/backups/, /dav/).
@@ -79,9 +80,12 @@ def service_factories() -> ServiceFactories:
         return create_device_app(settings)
 
     def update(settings: Settings, resources: Resources) -> web.Application:
+        from services import onboard
         from services.update.app import create_app
 
-        return create_app(settings, resources, frontend_plan_additions(settings))
+        return create_app(
+            settings, resources, frontend_plan_additions(settings), onboard.auto_adopt
+        )
 
     def metrics(settings: Settings, resources: Resources) -> web.Application:
         from services.core.http import create_metrics_app

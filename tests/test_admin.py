@@ -19,6 +19,7 @@ from services.core.config import ListenerSettings, Settings
 from services.core.inventory import apply_inventory, read_inventory_file
 from services.core.runner import Node, start_node
 from services.frontend.api import ENDPOINTS as FRONTEND_ENDPOINTS
+from services.onboard import ENDPOINTS as ONBOARD_ENDPOINTS
 from services.serve import service_factories
 from services.update.admin_api import ENDPOINTS as UPDATE_ENDPOINTS
 from tests.conftest import SessionPki
@@ -247,7 +248,13 @@ async def test_openapi_matches_routes(api: Api) -> None:
     }
     served = {
         (e.method, e.path)
-        for e in [*ENDPOINTS, *FLEET_ENDPOINTS, *UPDATE_ENDPOINTS, *FRONTEND_ENDPOINTS]
+        for e in [
+            *ENDPOINTS,
+            *FLEET_ENDPOINTS,
+            *UPDATE_ENDPOINTS,
+            *FRONTEND_ENDPOINTS,
+            *ONBOARD_ENDPOINTS,
+        ]
     }
     assert documented == served
     # Every documented route is really routed: an unauthenticated call gets 401, not 404/405.

@@ -282,6 +282,9 @@ class UpdateSettings:
     )
     # Rows kept of unknown devices; a new one past this replaces the longest unseen.
     unknown_max_rows: int = dataclasses.field(default=10_000, metadata=_check(_range(10, 10**7)))
+    # A PROVEN unknown device (client certificate) whose redirect mapping has a fact "customer"
+    # naming an inventory customer is added to it at its first poll (audited, device.auto_adopt).
+    auto_adopt: bool = False
 
 
 def _model_names(value: Any) -> str | None:

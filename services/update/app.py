@@ -19,10 +19,11 @@ from services.core.resources import Resources
 from services.update import canary, certificates, handlers, phpus_route
 from services.update.firmware import FirmwareStore
 from services.update.gauges import count_polls, devices_source
-from services.update.provisioning import BodyCache, ContextAdditions, Lifecycle
+from services.update.provisioning import Adopter, BodyCache, ContextAdditions, Lifecycle
 from services.update.scripts import ScriptStore
 from services.update.state import (
     ADDITIONS_KEY,
+    ADOPTER_KEY,
     BODIES_KEY,
     FIRMWARE_KEY,
     LIFECYCLE_KEY,
@@ -74,7 +75,10 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(
-    settings: Settings, resources: Resources, additions: ContextAdditions | None = None
+    settings: Settings,
+    resources: Resources,
+    additions: ContextAdditions | None = None,
+    adopter: Adopter | None = None,
 ) -> web.Application:
     polls: dict[Handler, str] = {handlers.staging: "staging", handlers.update: "update"}
     app = web.Application(middlewares=[count_polls(resources.metrics, polls)])
@@ -89,6 +93,7 @@ def create_app(
     app[LIFECYCLE_KEY] = Lifecycle.from_settings(settings.update)
     app[PUBLISHED_KEY] = PublishedScripts(settings.update.scripts_dir)
     app[ADDITIONS_KEY] = additions
+    app[ADOPTER_KEY] = adopter
     # Canary roll-outs advance from node start (one node at a time, canary.advance).
     rollout_job = PeriodicJob(
         "script roll-outs",

@@ -27,6 +27,7 @@ from services.update.canary import CanaryState
 from services.update.provisioning import (
     STAGING,
     UPDATE,
+    Adopter,
     ContextAdditions,
     PolicyError,
     PollArguments,
@@ -43,6 +44,7 @@ from services.update.repository import PollRecord, UpdateRepository
 from services.update.scripts import ScriptError, ScriptStore, SecretRequired
 from services.update.state import (
     ADDITIONS_KEY,
+    ADOPTER_KEY,
     BODIES_KEY,
     FIRMWARE_KEY,
     LIFECYCLE_KEY,
@@ -312,6 +314,14 @@ async def _unknown(
             max_rows=settings.unknown_max_rows,
         )
     log.info("unknown device %s (%s) polled %s.txt", printable(key), identity.proof.value, phase)
+    adopter = typing.cast("Adopter | None", request.app[ADOPTER_KEY])
+    if settings.auto_adopt and adopter is not None and identity.proven and identity.mac:
+        device_type = identity.device_type or ""
+        if await adopter(pool, identity.mac, device_type, request.remote or "unknown"):
+            # In the inventory now: its next poll gets its configuration.
+            return comment_reply(
+                503, f"device {key} was adopted just now; it gets its configuration next poll"
+            )
     if settings.unknown_devices == "script" and store.has("unknown.txt"):
         try:
             reply = render_unknown(

@@ -31,9 +31,11 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import asyncpg
 
 from services.core.config import UpdateSettings
 from services.core.identity import DeviceIdentity, Proof, printable
@@ -369,6 +371,8 @@ def poll_interval(variables: Mapping[str, ResolvedVariable], default: int) -> in
 # ``config_template``, ``ldap_default``, ``frontend_plan``): (snapshot, device, secret wrapper)
 # -> keys. A pure function of the inventory, so rendered bodies stay cacheable.
 ContextAdditions = Callable[["Snapshot", Device, Callable[[str, str], object]], Mapping[str, Any]]
+# update.auto_adopt (composed in services/serve.py): (pool, mac, device type, address) -> adopted?
+Adopter = Callable[[asyncpg.Pool, str, str, str], Awaitable[bool]]
 
 
 def template_context(

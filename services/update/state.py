@@ -134,6 +134,8 @@ LIFECYCLE_KEY = web.AppKey("update_lifecycle", Lifecycle)
 PUBLISHED_KEY = web.AppKey("update_published", PublishedScripts)
 # Template data composed in from outside the update service (serve.py), or None.
 ADDITIONS_KEY = web.AppKey("update_context_additions", object)
+# update.auto_adopt: (pool, mac, device type, source address) -> adopted?, composed in serve.py.
+ADOPTER_KEY = web.AppKey("update_auto_adopter", object)
 # Polls naming devices not in the inventory, per source address.
 UNKNOWN_LIMITER_KEY = web.AppKey("update_unknown_limiter", AddressLimiter)
 
