@@ -85,12 +85,10 @@ def _mac(value: str) -> str:
 ExtraCheck = Callable[[Settings, asyncpg.Pool], Awaitable[list[str]]]
 
 
-async def scripts_check(
-    args: argparse.Namespace,
-    settings: Settings,
-    pool: asyncpg.Pool,
-    extra_checks: Sequence[ExtraCheck] = (),
-) -> int:
+async def _checked(
+    settings: Settings, pool: asyncpg.Pool, extra_checks: Sequence[ExtraCheck]
+) -> tuple[ScriptStore, Snapshot, list[str]]:
+    """The scripts folder checked for every device (and by the composed extra checks)."""
     store, firmware = await _stores(settings)
     snapshot = await _snapshot(pool)
     problems = check_scripts(
@@ -102,9 +100,18 @@ async def scripts_check(
         extra_commands=settings.update.extra_commands,
         lifecycle=Lifecycle.from_settings(settings.update),
     )
-    problems = list(problems)
     for extra in extra_checks:
         problems += await extra(settings, pool)
+    return store, snapshot, problems
+
+
+async def scripts_check(
+    args: argparse.Namespace,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    extra_checks: Sequence[ExtraCheck] = (),
+) -> int:
+    store, snapshot, problems = await _checked(settings, pool, extra_checks)
     for problem in problems:
         print(problem)
     if problems:
@@ -190,20 +197,7 @@ async def scripts_publish(
 ) -> int:
     """Check the scripts folder as `scripts check` does and store it as the version every node
     serves (update.scripts_source = "database"); refused while the check finds a problem."""
-    store, firmware = await _stores(settings)
-    snapshot = await _snapshot(pool)
-    problems = check_scripts(
-        store,
-        snapshot,
-        Urls(_base_url(settings, None)),
-        poll_minutes=settings.update.poll_interval,
-        firmware_available=firmware.listed,
-        extra_commands=settings.update.extra_commands,
-        lifecycle=Lifecycle.from_settings(settings.update),
-    )
-    problems = list(problems)
-    for extra in extra_checks:
-        problems += await extra(settings, pool)
+    _store, _snapshot_checked, problems = await _checked(settings, pool, extra_checks)
     files, unreadable = await asyncio.to_thread(read_tree_files, settings.update.scripts_dir)
     problems += [f"{settings.update.scripts_dir / name}: {why}" for name, why in unreadable.items()]
     if problems:
