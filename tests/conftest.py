@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
 import pytest
 import uvloop
@@ -294,3 +296,31 @@ def session_pki(tmp_path_factory: pytest.TempPathFactory) -> SessionPki:
         foreign_paths,
         expired_paths,
     )
+
+
+@contextlib.asynccontextmanager
+async def admin_listener(
+    pool: asyncpg.Pool, pki: SessionPki, settings: Settings | None = None
+) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    """A node with the admin listener as serve.py composes it (real TLS), and a client that
+    verifies it: (base URL, session)."""
+    import ssl
+
+    from services.core.config import ListenerSettings
+    from services.core.runner import start_node
+    from services.serve import service_factories
+
+    listener = ListenerSettings(
+        port=0,
+        services=("admin",),
+        tls=True,
+        certificate=pki.server_certificate,
+        key=pki.server_key,
+    )
+    node = await start_node(settings or Settings(), pool, {"admin": listener}, service_factories())
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+            yield node.addresses["admin"], session
+    finally:
+        await node.stop()

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import re
-import ssl
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +21,6 @@ from services.contacts.domain import Entry
 from services.contacts.repository import ContactsRepository, NewVersion
 from services.core import audit
 from services.core.auth import AccountRepository, Role
-from services.core.config import ListenerSettings, Settings
 from services.core.inventory import (
     InventoryError,
     InventoryRepository,
@@ -34,9 +32,7 @@ from services.core.inventory import (
     restore_customer,
 )
 from services.core.inventory_apply import Sources, apply_sources, read_sources
-from services.core.runner import start_node
-from services.serve import service_factories
-from tests.conftest import SessionPki
+from tests.conftest import SessionPki, admin_listener
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "inventory.example.toml"
@@ -373,20 +369,8 @@ async def api(
     accounts = AccountRepository(pool)
     await accounts.add("admin", frozenset({Role.ADMIN}), "admin password 123")
     await accounts.add("operator", frozenset({Role.OPERATOR}), "operator password 123")
-    listeners = {
-        "admin": ListenerSettings(
-            port=0,
-            services=("admin",),
-            tls=True,
-            certificate=session_pki.server_certificate,
-            key=session_pki.server_key,
-        )
-    }
-    node = await start_node(Settings(), pool, listeners, service_factories())
-    context = ssl.create_default_context(cafile=str(session_pki.ca))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
-        yield node.addresses["admin"], session
-    await node.stop()
+    async with admin_listener(pool, session_pki) as api_client:
+        yield api_client
 
 
 API_CUSTOMER = {

@@ -9,7 +9,6 @@ import dataclasses
 import io
 import json
 import os
-import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -17,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 
@@ -25,9 +23,8 @@ from services.backup.handlers import ContentCpu
 from services.backup.normalize import Normalizer, prepare
 from services.backup.repository import BackupRepository, InventoryDevice, Upload
 from services.core.auth import AccountRepository, Role
-from services.core.config import FrontendPlanSettings, ListenerSettings, Settings
+from services.core.config import FrontendPlanSettings
 from services.core.inventory import Inventory, apply_inventory, parse_inventory
-from services.core.runner import start_node
 from services.events.repository import EventRepository
 from services.frontend.backups import check_backups
 from services.frontend.context import PlanCache, context_additions
@@ -41,8 +38,7 @@ from services.frontend.plan import (
     scheme_port,
 )
 from services.frontend.repository import FrontendRepository
-from services.serve import service_factories
-from tests.conftest import SessionPki
+from tests.conftest import SessionPki, admin_listener
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "inventory.example.toml"
@@ -332,20 +328,8 @@ async def api(pool: asyncpg.Pool, session_pki: SessionPki) -> AsyncIterator[tupl
     await accounts.add("admin", frozenset({Role.ADMIN}), ADMIN_PASSWORD)
     await accounts.add("sender", frozenset({Role.EVENT_SENDER}), ADMIN_PASSWORD)
     await apply(pool, EXAMPLE.read_text() + customer(7, "10.0.0.7") + phone(7, 1))
-    listeners = {
-        "admin": ListenerSettings(
-            port=0,
-            services=("admin",),
-            tls=True,
-            certificate=session_pki.server_certificate,
-            key=session_pki.server_key,
-        )
-    }
-    node = await start_node(Settings(), pool, listeners, service_factories())
-    context = ssl.create_default_context(cafile=str(session_pki.ca))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
-        yield node.addresses["admin"], session
-    await node.stop()
+    async with admin_listener(pool, session_pki) as api_client:
+        yield api_client
 
 
 async def test_api_plan_json_csv_and_roles(api: tuple[str, Any]) -> None:

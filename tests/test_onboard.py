@@ -7,7 +7,6 @@ import asyncio
 import base64
 import dataclasses
 import json
-import ssl
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,17 +16,14 @@ import asyncpg
 import pytest
 
 from services.core.auth import AccountRepository, Role
-from services.core.config import ListenerSettings, Settings
 from services.core.inventory import (
     InventoryRepository,
     apply_inventory,
     read_inventory_file,
 )
-from services.core.runner import start_node
 from services.redirect.handover import check_mapping
 from services.redirect.repository import RedirectRepository
-from services.serve import service_factories
-from tests.conftest import SessionPki, until
+from tests.conftest import SessionPki, admin_listener, until
 from tests.test_update import MAC_A, running_frontend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,20 +220,8 @@ async def api(
     fleet: asyncpg.Pool, session_pki: SessionPki
 ) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
     await AccountRepository(fleet).add("operator", frozenset({Role.OPERATOR}), "operator pw 1234")
-    listeners = {
-        "admin": ListenerSettings(
-            port=0,
-            services=("admin",),
-            tls=True,
-            certificate=session_pki.server_certificate,
-            key=session_pki.server_key,
-        )
-    }
-    node = await start_node(Settings(), fleet, listeners, service_factories())
-    context = ssl.create_default_context(cafile=str(session_pki.ca))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
-        yield node.addresses["admin"], session
-    await node.stop()
+    async with admin_listener(fleet, session_pki) as api_client:
+        yield api_client
 
 
 async def test_onboard_api(fleet: asyncpg.Pool, api: tuple[str, aiohttp.ClientSession]) -> None:
