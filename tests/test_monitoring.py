@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,17 +100,19 @@ def test_one_scrape_sees_every_worker_and_the_domain_gauges(node: Served) -> Non
         metrics = scrape(node)
         assert value(metrics, "pbxfront_update_polls_total", 'kind="update"') == POLLS
         assert value(metrics, "pbxfront_tls_handshakes_total", 'listener="devices"') == POLLS
-    # The collector (one per node) reads PostgreSQL on its own interval.
-    deadline_metrics = scrape(node)
-    for _ in range(100):
-        if value(deadline_metrics, "pbxfront_devices", 'state="in_sync"') is not None:
+    # The collector (one per node) reads PostgreSQL on its own interval, and the status writer
+    # commits the polls' status in batches: wait (bounded) until a collection has seen the poll.
+    deadline = time.monotonic() + 15
+    while True:
+        metrics = scrape(node)
+        states = {
+            state: value(metrics, "pbxfront_devices", f'state="{state}"')
+            for state in ("in_sync", "out_of_sync", "stale", "unknown")
+        }
+        seen = (states["in_sync"] or 0) + (states["out_of_sync"] or 0)
+        if seen or time.monotonic() > deadline:
             break
-        deadline_metrics = scrape(node)
-    metrics = deadline_metrics
-    states = {
-        state: value(metrics, "pbxfront_devices", f'state="{state}"')
-        for state in ("in_sync", "out_of_sync", "stale", "unknown")
-    }
+        time.sleep(0.1)
     # The demo inventory has four devices; one has polled (and was sent its script).
     assert None not in states.values(), states
     assert sum(v or 0 for k, v in states.items() if k != "unknown") == 4
