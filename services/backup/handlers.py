@@ -54,7 +54,7 @@ from services.core.api import (
     current_account,
     int_query,
     json_response,
-    openapi_document,
+    openapi_handler,
     pool_of,
     request_actor,
 )
@@ -71,6 +71,7 @@ from services.core.identity import (
     identify,
     normalize_hardware_id,
     normalize_mac,
+    parse_device,
     parse_hardware_id,
     printable,
 )
@@ -330,15 +331,6 @@ READERS = frozenset({Role.ADMIN, Role.OPERATOR})
 ADMINS = frozenset({Role.ADMIN})
 
 
-def parse_device(value: str) -> tuple[str | None, str | None]:
-    """A MAC (any notation) or a hardware id -> (mac, hardware id); Invalid otherwise."""
-    with contextlib.suppress(IdentityError):
-        return normalize_mac(value), None
-    with contextlib.suppress(IdentityError):
-        return None, normalize_hardware_id(value)
-    raise errors.Invalid(f"device: not a MAC or hardware id: '{printable(value)}'")
-
-
 async def _device(repository: BackupRepository, value: str) -> BackupDevice:
     mac, hardware_id = parse_device(value)
     device = await repository.device(mac, hardware_id)
@@ -538,8 +530,7 @@ async def prune(request: web.Request) -> web.Response:
     return json_response(report)
 
 
-async def openapi(request: web.Request) -> web.Response:
-    return json_response(openapi_document("pbxfront backup archive API", "1", ENDPOINTS))
+openapi = openapi_handler("pbxfront backup archive API", lambda _request: ENDPOINTS)
 
 
 OBJECT = {"type": "object"}
