@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(handler=cmd_db_status)
 
-    from services.core import inventory_cli
+    from services.core.inventory import cli as inventory_cli
 
     inventory_cli.register(commands, common, _bind)
 

@@ -230,7 +230,7 @@ def with_demo_tls(settings: Settings, demo: DemoFiles) -> Settings:
 
 async def apply_demo_inventory(settings: Settings, pool: asyncpg.Pool) -> None:
     from services.core.audit import Actor
-    from services.core.inventory_apply import apply_sources, read_sources
+    from services.core.inventory.apply import apply_sources, read_sources
 
     if settings.demo.inventory is None:
         return

@@ -816,7 +816,17 @@ async def test_retention_with_a_controlled_clock(
     async with pool.acquire() as connection:
         assert await connection.fetchval("SELECT count(*) FROM backup_contents") == 6
 
-    # A customer variable keeps more; the newest is never deleted even with keep_last = 1.
+    # The customer's Frontend layer counts too (global < frontend < customer).
+    async with pool.acquire() as connection:
+        await InventoryRepository(connection).set_variable(
+            "frontend", "sb1", "backup-keep-last", "3"
+        )
+    report = await run_maintenance(
+        pool, Settings(backup=BackupSettings(keep_days=0, keep_months=0)), now
+    )
+    assert {v.id for v in await all_versions(pool)} == set(ids[-3:])
+
+    # A customer variable beats it; the newest is never deleted even with keep_last = 1.
     async with pool.acquire() as connection:
         await InventoryRepository(connection).set_variable(
             "customer", "Kuenkel00001", "backup-keep-last", "1"

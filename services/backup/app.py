@@ -43,6 +43,7 @@ from services.core.db import acquire
 from services.core.deviceauth import DeviceAuth
 from services.core.digest import PostgresNonceCounter
 from services.core.http import SERVICE_NAME_KEY
+from services.core.inventory.variables import LayeredVariables, customer_scopes
 from services.core.periodic import PeriodicJob
 from services.core.phpus import route_paths as phpus_route_paths
 from services.core.resources import Resources
@@ -106,11 +107,12 @@ async def run_maintenance(
             log.info("backup maintenance: another node is running it")
             return MaintenanceReport(ran=False, dry_run=dry_run)
         try:
-            global_layer, customer_layers = await repository.policy_variables()
+            variables, frontends = await repository.policy_variables()
+            layered = LayeredVariables(variables)
 
             def policy(customer_id: str) -> Policy:
-                variables = {**global_layer, **customer_layers.get(customer_id, {})}
-                return policy_for(defaults, variables)
+                scopes = customer_scopes(customer_id, frontends.get(customer_id, ""))
+                return policy_for(defaults, layered.values(scopes))
 
             for mac, owner in await repository.devices_with_versions(1, customer):
                 owner_policy = policy(owner)

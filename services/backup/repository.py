@@ -18,6 +18,7 @@ import asyncpg
 from services.backup.diff import DiffStat
 from services.backup.normalize import PreparedContent
 from services.backup.retention import POLICY_VARIABLES, VersionStamp
+from services.core.inventory.model import Variable
 
 ALERT_CHANNEL = "pbxfront_backup_alert"
 # Retention and staleness run on one node at a time (session-level advisory lock).
@@ -472,21 +473,18 @@ class BackupRepository:
 
     # --- retention and staleness ---------------------------------------------------------------
 
-    async def policy_variables(self) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-        """The backup policy variables: (global layer, customer id -> customer layer)."""
+    async def policy_variables(self) -> tuple[list[Variable], dict[str, str]]:
+        """The backup policy variables of the layers a customer has (global, frontend,
+        customer), and the customers with their Frontends, to resolve them per customer."""
         rows = await self._db.fetch(
-            """SELECT layer, scope, name, value FROM variables
-               WHERE name = ANY($1::text[]) AND layer IN ('global', 'customer')""",
+            """SELECT layer, scope, name, value, secret FROM variables
+               WHERE name = ANY($1::text[]) AND layer IN ('global', 'frontend', 'customer')""",
             list(POLICY_VARIABLES),
         )
-        global_layer: dict[str, str] = {}
-        customers: dict[str, dict[str, str]] = {}
-        for row in rows:
-            if row["layer"] == "global":
-                global_layer[row["name"]] = row["value"]
-            else:
-                customers.setdefault(row["scope"], {})[row["name"]] = row["value"]
-        return global_layer, customers
+        customers = await self._db.fetch("SELECT id, frontend FROM customers")
+        return [Variable(**dict(row)) for row in rows], {
+            row["id"]: row["frontend"] for row in customers
+        }
 
     async def try_maintenance_lock(self) -> bool:
         """Take the cluster-wide maintenance lock (session level) if nobody holds it."""

@@ -33,7 +33,8 @@ from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.core.identity import IdentityError, normalize_mac
-from services.core.inventory import LAYERS, load_inventory
+from services.core.inventory import load_inventory
+from services.core.inventory.variables import LayeredVariables, device_scopes
 
 CA_PASSPHRASE_ENV = "PBXFRONT_CA_PASSPHRASE"  # noqa: S105 - a variable name
 P12_PASSPHRASE_ENV = "PBXFRONT_P12_PASSPHRASE"  # noqa: S105 - a variable name
@@ -143,25 +144,13 @@ async def _audit_certificate(
 # --- issue -------------------------------------------------------------------------------------
 
 
-def _resolve(inventory: Any, mac: str) -> tuple[Any, Any, Any, dict[str, str]]:
+def _inventory_device(inventory: Any, mac: str) -> tuple[Any, Any, Any, dict[str, str]]:
     device = next((d for d in inventory.devices if d.mac == mac), None)
     if device is None:
         raise UsageError(f"no device {mac} in the inventory")
     customer = next(c for c in inventory.customers if c.id == device.customer)
     frontend = next(f for f in inventory.frontends if f.id == customer.frontend)
-    scopes = {
-        "global": "",
-        "frontend": frontend.id,
-        "customer": customer.id,
-        "device_class": device.device_class,
-        "device_type": device.device_type,
-        "device": device.mac,
-    }
-    values: dict[str, str] = {}
-    for layer in LAYERS:
-        for variable in inventory.variables:
-            if variable.layer == layer and variable.scope == scopes[layer]:
-                values[variable.name] = variable.value
+    values = LayeredVariables(inventory.variables).values(device_scopes(device, customer))
     return device, customer, frontend, values
 
 
@@ -176,7 +165,7 @@ async def _device_request(
             raise UsageError(str(error)) from None
         async with pool.acquire() as connection:
             inventory = await load_inventory(connection)
-        device, _customer, frontend, values = _resolve(inventory, mac)
+        device, _customer, frontend, values = _inventory_device(inventory, mac)
         # The seed: a device with an internal address only gets the address of the NAT router
         # it is reached through as its external one; for pbxfront's devices that is the Frontend.
         external = args.external or values.get("cert-external") or frontend.public_address

@@ -40,14 +40,13 @@ import asyncpg
 from services.core.config import UpdateSettings
 from services.core.identity import DeviceIdentity, Proof, printable
 from services.core.inventory import (
-    LAYERS,
     Customer,
     Device,
     Frontend,
     Inventory,
     ResolvedVariable,
-    Variable,
 )
+from services.core.inventory.variables import LayeredVariables
 from services.core.scriptlines import comment, to_crlf
 from services.update.firmware import device_model, firmware_file_name, model_names
 from services.update.scripts import (
@@ -171,13 +170,10 @@ class Snapshot:
     by_hardware_id: Mapping[str, Device]
     customers: Mapping[str, Customer]
     frontends: Mapping[str, Frontend]
-    variables: Mapping[tuple[str, str], Sequence[Variable]]
+    variables: LayeredVariables
 
     @classmethod
     def build(cls, version: int, inventory: Inventory) -> Snapshot:
-        scoped: dict[tuple[str, str], list[Variable]] = {}
-        for variable in inventory.variables:
-            scoped.setdefault((variable.layer, variable.scope), []).append(variable)
         return cls(
             version,
             inventory,
@@ -185,7 +181,7 @@ class Snapshot:
             {d.hardware_id.lower(): d for d in inventory.devices},
             {c.id: c for c in inventory.customers},
             {f.id: f for f in inventory.frontends},
-            scoped,
+            LayeredVariables(inventory.variables),
         )
 
     def find(self, identity: DeviceIdentity) -> Device | None:
@@ -196,23 +192,8 @@ class Snapshot:
         return None
 
     def resolve(self, device: Device) -> dict[str, ResolvedVariable]:
-        """global < frontend < customer < device_class < device_type < device; later wins."""
-        customer = self.customers[device.customer]
-        scopes = {
-            "global": "",
-            "frontend": customer.frontend,
-            "customer": customer.id,
-            "device_class": device.device_class,
-            "device_type": device.device_type,
-            "device": device.mac,
-        }
-        resolved: dict[str, ResolvedVariable] = {}
-        for layer in LAYERS:
-            for variable in self.variables.get((layer, scopes[layer]), ()):
-                resolved[variable.name] = ResolvedVariable(
-                    variable.name, variable.value, variable.secret, variable.layer, variable.scope
-                )
-        return resolved
+        """The device's variables (core.inventory.variables: later layers win)."""
+        return self.variables.for_device(device, self.customers[device.customer])
 
 
 @dataclass(frozen=True)
@@ -737,7 +718,7 @@ def render_unknown(
         variable.name: Secret(variable.name, variable.value, False)
         if variable.secret
         else variable.value
-        for variable in snapshot.variables.get(("global", ""), ())
+        for variable in snapshot.variables.resolve({"global": ""}).values()
     }
     context = {
         "device": {
