@@ -5,6 +5,7 @@ line explains itself (--version, --help, help on every argument)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -15,9 +16,11 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from services.cli import build_parser
+from services.core import db
 from services.core.config import ConfigError, load_settings
 from tests.conftest import DEVICE_A, SessionPki, peer_program
 
@@ -270,3 +273,60 @@ client_ca = ["{session_pki.ca}"]
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
+
+
+# --- db backup / restore on the embedded PostgreSQL --------------------------------------------
+
+
+def test_db_backup_and_restore_on_the_embedded_database(tmp_path: Path) -> None:
+    data = ["--set", f'data_dir="{tmp_path / "var"}"']
+    # This test holds the embedded server too (pgserver shares it), to look at the data.
+    embedded = db.EmbeddedPostgres(tmp_path / "var")
+    dsn = embedded.start()
+
+    async def query(sql: str) -> object:
+        connection = await asyncpg.connect(dsn)
+        try:
+            return await connection.fetchval(sql)
+        finally:
+            await connection.close()
+
+    try:
+        applied = run("inventory", "apply", "config/inventory.example.toml", *data)
+        assert applied.returncode == 0, applied.stderr
+        devices = asyncio.run(query("SELECT count(*) FROM devices"))
+        assert isinstance(devices, int)
+        assert devices > 0
+        backup = tmp_path / "backups" / "pbxfront.dump"
+        backup.parent.mkdir()
+        saved = run("db", "backup", str(backup), *data)
+        assert saved.returncode == 0, saved.stderr
+        assert backup.read_bytes().startswith(b"PGDMP")
+        assert [p.name for p in backup.parent.iterdir()] == ["pbxfront.dump"]  # no partial left
+
+        asyncio.run(query("DELETE FROM devices RETURNING 1"))
+        assert asyncio.run(query("SELECT count(*) FROM devices")) == 0
+        restored = run("db", "restore", str(backup), *data)
+        assert restored.returncode == 0, restored.stderr
+        assert asyncio.run(query("SELECT count(*) FROM devices")) == devices
+
+        missing = run("db", "restore", str(tmp_path / "nope.dump"), *data)
+        assert missing.returncode == 2
+        assert missing.stderr == (
+            f"pbxfront: db restore: {tmp_path / 'nope.dump'}: No such file or directory\n"
+        )
+        wrong = tmp_path / "inventory.toml"
+        wrong.write_text((ROOT / "config" / "inventory.example.toml").read_text())
+        refused = run("db", "restore", str(wrong), *data)
+        assert refused.returncode == 2
+        assert refused.stderr == (
+            f"pbxfront: db restore: {wrong}: not a pbxfront database backup (pg_dump custom "
+            "format, as 'pbxfront db backup' writes it)\n"
+        )
+        unwritable = run("db", "backup", str(tmp_path / "no-such-dir" / "x.dump"), *data)
+        assert unwritable.returncode == 2
+        assert unwritable.stderr.startswith("pbxfront: db backup: pg_dump failed: ")
+        assert "Traceback" not in unwritable.stderr
+        assert asyncio.run(query("SELECT count(*) FROM devices")) == devices
+    finally:
+        embedded.stop()
