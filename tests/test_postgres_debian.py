@@ -222,6 +222,14 @@ def test_migrate_inventory_serve_and_a_device_poll(
         assert polled.returncode == 0, polled.stderr
         body = polled.stdout.decode()
         assert f"for {DEVICE_A} (009033010203), customer Kuenkel00001, identity proven" in body
+        # A backup while serve runs; a restore is refused, naming serve's sessions.
+        backup = tmp_path / "live.dump"
+        saved = pbxfront("db", "backup", str(backup), *config)
+        assert saved.returncode == 0, saved.stderr
+        refused = pbxfront("db", "restore", str(backup), *config)
+        assert refused.returncode == 2
+        assert "other session(s): pid " in refused.stderr
+        assert "(pbxfront, pbxfront, from 127.0.0.1)" in refused.stderr
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)

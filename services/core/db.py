@@ -300,6 +300,9 @@ async def create_pool(dsn: str, settings: DatabaseSettings) -> asyncpg.Pool:
             timeout=settings.connect_timeout,
             command_timeout=settings.command_timeout,
             init=_init_connection,
+            # Named in pg_stat_activity (what `db restore` shows when it refuses a database in
+            # use), unless the DSN names the sessions itself.
+            server_settings={} if "application_name=" in dsn else {"application_name": "pbxfront"},
         )
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         reason = str(error) or type(error).__name__
