@@ -323,10 +323,12 @@ def test_db_backup_and_restore_on_the_embedded_database(tmp_path: Path) -> None:
             f"pbxfront: db restore: {wrong}: not a pbxfront database backup (pg_dump custom "
             "format, as 'pbxfront db backup' writes it)\n"
         )
-        unwritable = run("db", "backup", str(tmp_path / "no-such-dir" / "x.dump"), *data)
-        assert unwritable.returncode == 2
-        assert unwritable.stderr.startswith("pbxfront: db backup: pg_dump failed: ")
-        assert "Traceback" not in unwritable.stderr
+        nowhere = run("db", "backup", str(tmp_path / "no-such-dir" / "x.dump"), *data)
+        assert nowhere.returncode == 2
+        assert (
+            nowhere.stderr
+            == f"pbxfront: db backup: {tmp_path / 'no-such-dir'}: no such directory\n"
+        )
         assert asyncio.run(query("SELECT count(*) FROM devices")) == devices
     finally:
         embedded.stop()

@@ -508,6 +508,11 @@ async def backup_database(dsn: str, file: Path) -> PostgresTools:
     failed backup never leaves a truncated file under that name."""
     import os
 
+    folder = file.parent
+    if not await asyncio.to_thread(folder.is_dir):
+        raise BackupError(f"{folder}: no such directory")
+    if not await asyncio.to_thread(os.access, folder, os.W_OK | os.X_OK):
+        raise BackupError(f"{folder}: not writable")
     connection = await asyncpg.connect(dsn)
     try:
         tools = await find_postgres_tools(await _server_major_version(connection))
