@@ -544,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=cmd_serve)
 
-    database = commands.add_parser("db", help="database schema").add_subparsers(
+    database = commands.add_parser("db", help="database schema, backup and restore").add_subparsers(
         dest="action", required=True
     )
     migrate = database.add_parser("migrate", parents=[common], help="apply pending migrations")
