@@ -346,6 +346,8 @@ _UNAVAILABLE = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.ConnectionFailureError,
     asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.InterfaceError,
 )
 
@@ -357,6 +359,12 @@ async def acquire(pool: asyncpg.Pool, wait: float = 2.0) -> AsyncIterator[asyncp
         async with pool.acquire(timeout=wait) as connection:
             yield connection
     except _UNAVAILABLE as error:
+        # A lost server (restarted, failed over) breaks every pooled connection, not just this
+        # one: replace them all on their next use instead of failing one request each. (Not for
+        # a timeout: a busy pool or a slow server keeps its connections.)
+        if not isinstance(error, TimeoutError):
+            with contextlib.suppress(Exception):
+                await pool.expire_connections()
         raise DatabaseUnavailable(str(error) or type(error).__name__) from error
 
 
