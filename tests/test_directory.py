@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -22,6 +23,7 @@ from services.core.auth import AccountRepository, Role
 from services.core.config import (
     ConfigError,
     DirectorySettings,
+    LimitSettings,
     ListenerSettings,
     Settings,
     load_settings,
@@ -224,8 +226,12 @@ async def start_site(pool: asyncpg.Pool, session_pki: SessionPki) -> AsyncIterat
     await AccountRepository(pool).add("operator", frozenset({Role.OPERATOR}), READER_PASSWORD)
     nodes: list[Node] = []
 
-    async def start(handshake_timeout: float = 10.0, **directory: Any) -> Site:
-        settings = Settings(directory=DirectorySettings(**directory))
+    async def start(
+        handshake_timeout: float = 10.0, limits: LimitSettings | None = None, **directory: Any
+    ) -> Site:
+        settings = Settings(
+            directory=DirectorySettings(**directory), limits=limits or LimitSettings()
+        )
         listeners = directory_listeners(session_pki, handshake_timeout)
         node = await start_node(settings, pool, listeners, FACTORIES)
         nodes.append(node)
@@ -468,6 +474,56 @@ async def test_failed_binds_are_rate_limited_per_address(start_site: Any) -> Non
     assert "too many failed binds" in right.stderr
 
 
+async def test_failed_binds_are_limited_per_name_across_addresses(start_site: Any) -> None:
+    """Guessing one customer's password from many addresses: after the name's burst, binds as
+    it are refused from new addresses, while the address it binds from as usual keeps working."""
+    limits = LimitSettings(auth_account_failure_burst=3, auth_account_failure_per_second=0.01)
+    site: Site = await start_site(limits=limits, bind_failure_burst=100)
+
+    async def bind(password: str, source: str) -> int:
+        connection = connect(site, KUENKEL, password, source)
+        await in_thread(connection.bind)
+        code = int(connection.result["result"])
+        await in_thread(connection.unbind)
+        return code
+
+    assert await bind(KUENKEL_PASSWORD, "127.0.0.1") == 0  # the customer's usual address
+    for n in range(3):
+        assert await bind("wrong", f"127.0.0.{10 + n}") == 49
+    # The name's budget is spent: a new address is refused even with the right password ...
+    assert await bind(KUENKEL_PASSWORD, "127.0.0.20") == 53
+    # ... the usual address is not, and another customer is not affected.
+    assert await bind(KUENKEL_PASSWORD, "127.0.0.1") == 0
+    other = connect(site, OTHER, OTHER_PASSWORD, "127.0.0.20")
+    assert await in_thread(other.bind), other.result
+    await in_thread(other.unbind)
+
+
+async def test_directory_reader_binds_wait_for_the_nodes_password_checks(
+    start_site: Any,
+) -> None:
+    """argon2 checks of directory-reader binds share the node's bound (limits.hash_*): over it,
+    a bind is answered busy at once instead of queueing without limit."""
+    site: Site = await start_site(
+        limits=LimitSettings(hash_concurrency=1, hash_queue=1), bind_failure_burst=1000
+    )
+    gate = site.server.hashing
+    assert (gate.concurrency, gate.queue) == (1, 1)
+    connections = [connect(site, "uid=reader,ou=accounts", f"wrong {n}") for n in range(12)]
+    loop = asyncio.get_running_loop()
+    # A thread per client, so all twelve binds arrive together (the default executor has few).
+    with concurrent.futures.ThreadPoolExecutor(len(connections)) as threads:
+        try:
+            await asyncio.gather(*(loop.run_in_executor(threads, c.bind) for c in connections))
+        finally:
+            await asyncio.gather(*(loop.run_in_executor(threads, c.unbind) for c in connections))
+    codes = sorted(int(c.result["result"]) for c in connections)
+    assert set(codes) <= {49, 51}
+    assert 51 in codes  # busy: the node's checks were all taken
+    assert gate.peak == 1
+    assert gate.refused == codes.count(51)
+
+
 async def test_ldaps_with_the_session_certificate(site: Site) -> None:
     outcome = await ldapsearch(
         site.secure,
@@ -619,9 +675,17 @@ async def test_quirk_profile_gigaset_ascii_national(site: Site) -> None:
 # --- ldap3, the second client ------------------------------------------------------------------
 
 
-def connect(site: Site, user: str | None = KUENKEL, password: str | None = KUENKEL_PASSWORD) -> Any:
+def connect(
+    site: Site,
+    user: str | None = KUENKEL,
+    password: str | None = KUENKEL_PASSWORD,
+    source: str | None = None,
+) -> Any:
+    """An ldap3 connection, from ``source`` (another loopback address) if given."""
     server = ldap3.Server("127.0.0.1", port=site.port(), get_info=ldap3.NONE)
-    return ldap3.Connection(server, user=user, password=password, raise_exceptions=False)
+    return ldap3.Connection(
+        server, user=user, password=password, raise_exceptions=False, source_address=source
+    )
 
 
 async def in_thread(function: Any, *arguments: Any, **keywords: Any) -> Any:

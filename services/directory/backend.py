@@ -19,7 +19,7 @@ from typing import Protocol
 
 import asyncpg
 
-from services.core.auth import AccountRepository, Role, VerifiedCache, secrets_equal
+from services.core.auth import HashGate, Role, VerifiedCache, secrets_equal, verify_login
 from services.directory import dn as dn_syntax
 from services.directory.cache import DirectoryCache
 from services.directory.filters import matches
@@ -84,13 +84,17 @@ class CustomerDirectories:
     """Each customer's contacts (from the shared cache) behind the customers' own binds and the
     directory-reader accounts."""
 
-    def __init__(self, cache: DirectoryCache, pool: asyncpg.Pool, verified: VerifiedCache) -> None:
+    def __init__(
+        self, cache: DirectoryCache, pool: asyncpg.Pool, verified: VerifiedCache, gate: HashGate
+    ) -> None:
         self._cache = cache
         self._pool = pool
         self._verified = verified
+        self._gate = gate
 
     async def bind(self, name: str, password: str) -> Identity | None:
-        """Who ``name`` with ``password`` is, or None (unknown and wrong cost the same)."""
+        """Who ``name`` with ``password`` is, or None (unknown and wrong cost the same).
+        errors.Busy when the node's password checks are all taken."""
         target = bind_target(name)
         if target is None:
             secrets_equal(password, _NO_PASSWORD)
@@ -103,7 +107,7 @@ class CustomerDirectories:
             if record is None or not expected or not right:
                 return None
             return Identity(base_dn(record.id), record.id)
-        account = await AccountRepository(self._pool).verify(value, password, self._verified)
+        account = await verify_login(self._pool, value, password, self._verified, self._gate)
         if account is None or not account.has_any(frozenset({Role.DIRECTORY_READER})):
             return None
         return Identity(f"uid={dn_syntax.escape(account.name)},{ACCOUNTS_DN}", None)

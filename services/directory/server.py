@@ -19,19 +19,28 @@ import ssl
 import time
 import typing
 from collections.abc import AsyncGenerator
+from functools import partial
 
 import asyncpg
 
-from services.core.auth import VerifiedCache
-from services.core.config import DirectorySettings, ListenerSettings
+from services.core import errors
+from services.core.auth import HashGate, VerifiedCache
+from services.core.authguard import AuthGuard
+from services.core.config import DirectorySettings, LimitSettings, ListenerSettings
 from services.core.db import DatabaseUnavailable
 from services.core.guard import AcceptLoop, ConnectionGuard, Ticket, peer_address, peer_text
 from services.core.identity import printable
 from services.core.metrics import Metrics
-from services.core.ratelimit import AddressLimiter
+from services.core.ratelimit import AuthLimiter
 from services.core.tls import ContextHolder, start_connection
 from services.directory import protocol as ldap
-from services.directory.backend import Backend, CustomerDirectories, Identity, Refusal
+from services.directory.backend import (
+    Backend,
+    CustomerDirectories,
+    Identity,
+    Refusal,
+    bind_target,
+)
 from services.directory.ber import ProtocolError, header_length
 from services.directory.cache import DirectoryCache
 from services.directory.filters import Filter, canonical
@@ -68,10 +77,33 @@ def select(
 class DirectoryServer:
     """The directory service on any number of listeners in this process."""
 
-    def __init__(self, settings: DirectorySettings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: DirectorySettings,
+        metrics: Metrics | None = None,
+        limits: LimitSettings | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.limiter = AddressLimiter(settings.bind_failure_burst, settings.bind_failure_per_second)
+        limits = limits if limits is not None else LimitSettings()
+        # Failed binds per address (directory.bind_failure_*) and per bind name, with the
+        # node's rule for accounts (limits.auth_account_*: an account under attack stays
+        # usable from the addresses it binds from).
+        self.limiter = AuthLimiter(
+            address_burst=settings.bind_failure_burst,
+            address_per_second=settings.bind_failure_per_second,
+            account_burst=limits.auth_account_failure_burst,
+            account_per_second=limits.auth_account_failure_per_second,
+            trusted_seconds=limits.auth_trusted_seconds,
+        )
+        # argon2 checks of directory-reader binds wait their turn with every other check of
+        # the node (limits.hash_concurrency, limits.hash_queue).
+        guard = (
+            metrics.shared("auth_guard", partial(AuthGuard, limits))
+            if metrics is not None
+            else AuthGuard(limits)
+        )
+        self.hashing: HashGate = guard.hashing
         self.verified = VerifiedCache()
         self._pool: asyncpg.Pool | None = None
         self._cache: DirectoryCache | None = None
@@ -110,7 +142,7 @@ class DirectoryServer:
                 pool, self.settings.number_format, preload=self.settings.preload
             )
             self._cache.start()
-            self._backend = CustomerDirectories(self._cache, pool, self.verified)
+            self._backend = CustomerDirectories(self._cache, pool, self.verified, self.hashing)
         port = sock.getsockname()[1]
         accepting = _Listener(self, sock, tls, listener.handshake_timeout, f"directory:{port}")
         accepting.start()
@@ -403,19 +435,29 @@ class _Connection:
             await answer(ResultCode.UNWILLING_TO_PERFORM, "a bind needs a password")
             return
         limiter = self.server.limiter
-        if not limiter.allows(self.address):
+        target = bind_target(request.name)
+        account = f"{target[0]}:{target[1].lower()}" if target is not None else None
+        refusal = limiter.check(self.address, account)
+        if refusal is not None:
             security_log.warning(
-                "pbxfront security: ldap-bind-refused from %s reason=rate-limited", self.address
+                "pbxfront security: ldap-bind-refused from %s name=%s reason=rate-limited scope=%s",
+                self.address,
+                printable(request.name, 80),
+                refusal.scope,
             )
             await answer(
                 ResultCode.UNWILLING_TO_PERFORM,
-                f"too many failed binds from this address; retry in "
-                f"{limiter.retry_after(self.address)} s",
+                f"too many failed binds from this {refusal.scope}; retry in "
+                f"{refusal.retry_after} s",
             )
             return
-        identity = await self.server.backend.bind(request.name, request.password)
+        try:
+            identity = await self.server.backend.bind(request.name, request.password)
+        except errors.Busy as busy:
+            await answer(ResultCode.BUSY, str(busy))
+            return
         if identity is None:
-            limiter.spend(self.address)
+            limiter.failed(self.address, account)
             security_log.warning(
                 "pbxfront security: ldap-bind-failed from %s name=%s",
                 self.address,
@@ -423,6 +465,8 @@ class _Connection:
             )
             await answer(ResultCode.INVALID_CREDENTIALS, "invalid credentials")
             return
+        if account is not None:
+            limiter.succeeded(self.address, account)
         self.identity = identity
         self.bind_deadline = None
         await answer(ResultCode.SUCCESS)
