@@ -717,3 +717,24 @@ async def test_adopt_an_unknown_device(console: Console) -> None:
         DEVICE_B,
     )
     assert await UnknownDeviceRepository(console.pool).sightings(UPDATE_SERVICE) == []
+
+
+async def test_login_failures_share_the_nodes_budget(console: Console) -> None:
+    """Console logins and the admin API count failures in one guard per node: an address that
+    spent the node's budget guessing API passwords cannot move over to the login form."""
+    async with console.session() as client:
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"ops:a wrong password").decode()}
+        statuses = []
+        for _ in range(25):
+            async with client.get(console.url("/api/v1/devices"), headers=wrong) as response:
+                statuses.append(response.status)
+        assert statuses[0] == 401
+        assert statuses[-1] == 429
+        async with client.get(console.url("/ui/login")) as page:
+            token = re.search(r'name="csrf" value="([^"]+)"', await page.text())
+        assert token is not None
+        form = {"csrf": token.group(1), "name": "ops", "password": OPERATOR_PASSWORD}
+        async with client.post(
+            console.url("/ui/login"), data=form, allow_redirects=False
+        ) as response:
+            assert response.status == 429
