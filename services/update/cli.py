@@ -30,6 +30,7 @@ from services.update.firmware import (
     firmware_file_name,
     model_names,
 )
+from services.update.plan import ScriptPlan
 from services.update.provisioning import (
     STAGING,
     UPDATE,
@@ -122,15 +123,24 @@ async def scripts_check(
     return 0
 
 
-async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    """Which devices' replies a pending script tree changes (services/update/plan.py)."""
+async def compute_plan(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    *,
+    scripts: Path | None = None,
+    customer: str | None = None,
+    base_url: str | None = None,
+) -> tuple[ScriptPlan, bool]:
+    """The plan `scripts plan` shows (services/update/plan.py) and whether a pending tree was
+    planned (False: the live tree against the hashes last sent). `pbxfront bench plan` times
+    exactly this."""
     from services.update.plan import plan_scripts
     from services.update.versions import PublishedScripts
 
     live, firmware = await _stores(settings)
     pending: ScriptStore | None = None
-    if args.scripts:
-        pending = ScriptStore(Path(args.scripts))
+    if scripts is not None:
+        pending = ScriptStore(scripts)
         await asyncio.to_thread(pending.refresh)
     if settings.update.scripts_source == "database":
         # Devices get the published version: plan the files (or --scripts) against it.
@@ -140,19 +150,31 @@ async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: async
                 pending = pending or live
                 live = await PublishedScripts(settings.update.scripts_dir).get(connection, current)
     snapshot = await _snapshot(pool)
-    statuses = await UpdateRepository(pool).statuses(customer=args.customer, limit=10**9)
+    statuses = await UpdateRepository(pool).statuses(customer=customer, limit=10**9)
     devices = [snapshot.by_mac[s.mac] for s in statuses if s.mac in snapshot.by_mac]
     plan = await asyncio.to_thread(
         plan_scripts,
         pending or live,
         live if pending is not None else None,
         snapshot,
-        Urls(_base_url(settings, args.base_url)),
+        Urls(_base_url(settings, base_url)),
         poll_minutes=settings.update.poll_interval,
         hashes_sent={s.mac: s.hash_sent for s in statuses},
         reported_builds={s.mac: (s.prot, s.boot) for s in statuses},
         firmware_available=firmware.listed,
         devices=devices,
+    )
+    return plan, pending is not None
+
+
+async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    """Which devices' replies a pending script tree changes (services/update/plan.py)."""
+    plan, planned_pending = await compute_plan(
+        settings,
+        pool,
+        scripts=Path(args.scripts) if args.scripts else None,
+        customer=args.customer,
+        base_url=args.base_url,
     )
     if args.json:
         rows = [
@@ -183,7 +205,7 @@ async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: async
         print(change.headline().replace("~", "F", 1))
     for line in plan.problem_lines():
         print(f"! {line}")
-    if pending is None:
+    if not planned_pending:
         print("(against the hash each device was last sent; --scripts DIR plans a pending tree)")
     print(plan.summary())
     return 1 if plan.problems else 0
