@@ -31,6 +31,7 @@ from services.update.firmware import (
     model_names,
 )
 from services.update.plan import ScriptPlan
+from services.update.problems import Problems
 from services.update.provisioning import (
     STAGING,
     UPDATE,
@@ -39,7 +40,7 @@ from services.update.provisioning import (
     PollArguments,
     Snapshot,
     Urls,
-    check_scripts,
+    check_tree,
     look_up,
     reply_for,
 )
@@ -82,27 +83,32 @@ def _mac(value: str) -> str:
 
 
 # A check another package contributes to `scripts check` (composed by services/cli.py): its
-# problems, one line each.
+# problems, one line each ("where: what", e.g. "frontend sb1: port 9007 used twice").
 ExtraCheck = Callable[[Settings, asyncpg.Pool], Awaitable[list[str]]]
 
 
 async def _checked(
     settings: Settings, pool: asyncpg.Pool, extra_checks: Sequence[ExtraCheck]
-) -> tuple[ScriptStore, Snapshot, list[str]]:
+) -> tuple[ScriptStore, Snapshot, Problems]:
     """The scripts folder checked for every device (and by the composed extra checks)."""
     store, firmware = await _stores(settings)
     snapshot = await _snapshot(pool)
-    problems = check_scripts(
-        store,
-        snapshot,
-        Urls(_base_url(settings, None)),
-        poll_minutes=settings.update.poll_interval,
-        firmware_available=firmware.listed,
-        extra_commands=settings.update.extra_commands,
-        lifecycle=Lifecycle.from_settings(settings.update),
+    problems = await asyncio.to_thread(
+        functools.partial(
+            check_tree,
+            store,
+            snapshot,
+            Urls(_base_url(settings, None)),
+            poll_minutes=settings.update.poll_interval,
+            firmware_available=firmware.listed,
+            extra_commands=settings.update.extra_commands,
+            lifecycle=Lifecycle.from_settings(settings.update),
+        )
     )
     for extra in extra_checks:
-        problems += await extra(settings, pool)
+        for line in await extra(settings, pool):
+            where, separator, what = line.partition(": ")
+            problems.add(where if separator else "check", "check", what if separator else line)
     return store, snapshot, problems
 
 
@@ -112,13 +118,23 @@ async def scripts_check(
     pool: asyncpg.Pool,
     extra_checks: Sequence[ExtraCheck] = (),
 ) -> int:
+    """Every problem of the scripts folder once, with the devices it affects."""
     store, snapshot, problems = await _checked(settings, pool, extra_checks)
-    for problem in problems:
-        print(problem)
+    devices = len(snapshot.inventory.devices)
+    if args.json:
+        report = {
+            "ok": not problems,
+            "files": len(store.sources),
+            "devices": devices,
+            "problems": problems.as_json(),
+        }
+        print(json.dumps(report, indent=2))
+        return 1 if problems else 0
+    for line in problems.lines():
+        print(line)
     if problems:
         print(f"{len(problems)} problem(s)", file=sys.stderr)
         return 1
-    devices = len(snapshot.inventory.devices)
     print(f"ok: {len(store.sources)} script files, {devices} devices, staging.txt and update.txt")
     return 0
 
@@ -191,7 +207,11 @@ async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: async
         ]
         print(
             json.dumps(
-                {"devices": plan.devices, "changes": rows, "problems": plan.problem_lines()},
+                {
+                    "devices": plan.devices,
+                    "changes": rows,
+                    "problems": plan.problems.as_json(),
+                },
                 indent=2,
             )
         )
@@ -221,10 +241,11 @@ async def scripts_publish(
     serves (update.scripts_source = "database"); refused while the check finds a problem."""
     _store, _snapshot_checked, problems = await _checked(settings, pool, extra_checks)
     files, unreadable = await asyncio.to_thread(read_tree_files, settings.update.scripts_dir)
-    problems += [f"{settings.update.scripts_dir / name}: {why}" for name, why in unreadable.items()]
+    for name, why in unreadable.items():
+        problems.add(str(settings.update.scripts_dir / name), "file", why)
     if problems:
-        for problem in problems:
-            print(problem)
+        for line in problems.lines():
+            print(line)
         raise UsageError(f"not published: {len(problems)} problem(s) (pbxfront scripts check)")
     async with pool.acquire() as connection, connection.transaction():
         version, created = await ScriptVersionRepository(connection).publish(
@@ -712,8 +733,9 @@ def register(
     check = script_actions.add_parser(
         "check",
         parents=[common],
-        help="render every script for every device; list problems as file:line: message",
+        help="render every script for every device; each problem once with the devices it affects",
     )
+    check.add_argument("--json", action="store_true", help="every affected device, as JSON")
     check.set_defaults(handler=bind(functools.partial(scripts_check, extra_checks=extra_checks)))
     plan = script_actions.add_parser(
         "plan",

@@ -23,6 +23,7 @@ from typing import Any
 
 from services.core.identity import DeviceIdentity, Proof
 from services.core.inventory import Device
+from services.update.problems import Problems
 from services.update.provisioning import (
     UPDATE,
     PolicyError,
@@ -73,23 +74,12 @@ class DevicePlan:
 class ScriptPlan:
     devices: int = 0
     changes: list[DevicePlan] = field(default_factory=list)
-    # problem -> the hardware ids it affects, in inventory order
-    problems: dict[str, list[str]] = field(default_factory=dict)
+    # Each problem once, with the devices it affects in inventory order.
+    problems: Problems = field(default_factory=Problems)
     firmware_only: list[DevicePlan] = field(default_factory=list)
 
-    def problem(self, text: str, device: Device) -> None:
-        affected = self.problems.setdefault(text, [])
-        if device.hardware_id not in affected:
-            affected.append(device.hardware_id)
-
     def problem_lines(self) -> list[str]:
-        lines = []
-        for text, affected in self.problems.items():
-            shown = ", ".join(affected[:5]) + (
-                f" and {len(affected) - 5} more" if len(affected) > 5 else ""
-            )
-            lines.append(f"{text} ({len(affected)} device(s): {shown})")
-        return lines
+        return self.problems.lines(shown=5)
 
     def summary(self) -> str:
         text = f"{len(self.changes)} of {self.devices} device(s) get a changed script"
@@ -151,7 +141,7 @@ def plan_scripts(
     MAC -> (PROT, BOOT) the device last polled with."""
     plan = ScriptPlan()
     for name, problem in sorted(pending.problems.items()):
-        plan.problems.setdefault(f"{pending.root / name}: {problem}", [])
+        plan.problems.add(str(pending.root / name), "file", problem)
     for device in snapshot.inventory.devices if devices is None else devices:
         plan.devices += 1
         variables = snapshot.resolve(device)
@@ -163,19 +153,24 @@ def plan_scripts(
                 if current == target.build:
                     continue
                 if not firmware_available(target.build, target.file_name):
-                    plan.problem(
-                        f"firmware/firm/{target.build}/{target.file_name}: missing "
-                        f"(fw-{target.kind})",
+                    plan.problems.add(
+                        f"firmware/firm/{target.build}/{target.file_name}",
+                        "firmware",
+                        f"missing (fw-{target.kind})",
                         device,
                     )
                 firmware.append(f"{target.kind} {current or 'unknown'} -> {target.build}")
         except PolicyError as error:
-            plan.problem(f"variables: {error}", device)
+            plan.problems.add("variables", "variables", str(error), device)
         context, update_variables = device_context(snapshot, device, urls, poll_minutes)
         try:
             after = render_update(pending, context, update_variables)
-        except (ScriptError, SecretRequired) as error:
-            plan.problem(f"{pending.root}: update.txt: {error}", device)
+        except ScriptError as error:
+            location = error.location or str(pending.root / "update.txt")
+            plan.problems.add(location, "render", f"{error.message} (rendering update.txt)", device)
+            continue
+        except SecretRequired as error:
+            plan.problems.add(str(pending.root / "update.txt"), "render", str(error), device)
             continue
         before_lines: tuple[str, ...] | None = None
         if live is not None:

@@ -50,6 +50,7 @@ from services.core.inventory import (
 )
 from services.core.scriptlines import comment, to_crlf
 from services.update.firmware import device_model, firmware_file_name, model_names
+from services.update.problems import Problems
 from services.update.scripts import (
     LONE_CR,
     ScriptError,
@@ -778,22 +779,120 @@ def check_scripts(
     lifecycle: Lifecycle | None = None,
     additions: ContextAdditions | None = None,
 ) -> list[str]:
-    """Render every script for every inventory device as a proven device; return problems as
-    ``file:line: message`` lines (empty: all good). Used by ``pbxfront scripts check``."""
-    problems = [
-        f"{store.root / name}: {problem}"
-        for name, problem in sorted({**store.problems, **store.held_problems}.items())
-    ]
-    problems += [
-        f"{store.root / name}: not served yet: {why}"
-        for name, why in sorted(store.pending.items())
-        if name not in store.held_problems
-    ]
+    """:func:`check_tree` as lines, one per problem (empty: all good)."""
+    return check_tree(
+        store,
+        snapshot,
+        urls,
+        poll_minutes=poll_minutes,
+        firmware_available=firmware_available,
+        extra_commands=extra_commands,
+        lifecycle=lifecycle,
+        additions=additions,
+    ).lines()
+
+
+def _source_line(store: ScriptStore, wanted: Callable[[str], bool]) -> str | None:
+    """``file:line`` of the first template line ``wanted`` accepts (name order), if any."""
+    for name, source in sorted(store.sources.items()):
+        for number, line in enumerate(source.text.split("\n"), start=1):
+            if wanted(line.strip()):
+                return f"{store.root / name}:{number}"
+    return None
+
+
+def check_tree(
+    store: ScriptStore,
+    snapshot: Snapshot,
+    urls: Urls,
+    *,
+    poll_minutes: int,
+    firmware_available: Callable[[str, str], bool],
+    extra_commands: Sequence[str] = (),
+    lifecycle: Lifecycle | None = None,
+    additions: ContextAdditions | None = None,
+) -> Problems:
+    """Render every script for every inventory device as a proven device; every problem once,
+    with the devices it affects (services/update/problems.py). Used by ``pbxfront scripts
+    check`` and ``scripts publish``."""
+    problems = Problems()
+    for name, problem in sorted({**store.problems, **store.held_problems}.items()):
+        problems.add(str(store.root / name), "file", problem)
+    for name, why in sorted(store.pending.items()):
+        if name not in store.held_problems:
+            problems.add(str(store.root / name), "not-served", f"not served yet: {why}")
     for phase in (STAGING, UPDATE):
         if not store.has(f"{phase}.txt"):
-            problems.append(f"{store.root / (phase + '.txt')}: missing")
+            problems.add(str(store.root / (phase + ".txt")), "file", "missing")
     if problems:
         return problems
+    for name, source in sorted(store.sources.items()):
+        if LONE_CR in source.text:
+            problems.add(
+                str(store.root / name),
+                "line-ends",
+                "lone CR line ends: each CR-separated run is one line (as PHPUS reads it); "
+                "convert the file to LF or CRLF line ends",
+            )
+    # Rendered lines map back to a template line where one holds them literally; found once.
+    locations: dict[tuple[str, str], str] = {}
+
+    def located(phase: str, key: str, wanted: Callable[[str], bool]) -> str:
+        if (phase, key) not in locations:
+            found = _source_line(store, wanted)
+            locations[phase, key] = found or f"{store.root / phase}.txt (rendered)"
+        return locations[phase, key]
+
+    firmware_root = store.root.parent / "firmware"
+    for device in snapshot.inventory.devices:
+        identity = DeviceIdentity(Proof.PROVEN, device.mac, device.hardware_id, device.device_type)
+        variables = snapshot.resolve(device)
+        try:
+            for target in firmware_targets(device, variables, urls, lifecycle):
+                if not firmware_available(target.build, target.file_name):
+                    problems.add(
+                        f"{firmware_root}/firm/{target.build}/{target.file_name}",
+                        "firmware",
+                        f"missing (fw-{target.kind})",
+                        device,
+                    )
+            maintenance_line(variables)
+            poll_interval(variables, poll_minutes)
+        except PolicyError as error:
+            problems.add("variables", "variables", str(error), device)
+        for phase in (STAGING, UPDATE):
+            context, update_variables = template_context(
+                snapshot, device, identity, phase, urls, poll_minutes, variables, additions
+            )
+            try:
+                body = store.render(f"{phase}.txt", context, update_variables)
+            except ScriptError as error:
+                problems.add(
+                    error.location or f"{store.root / phase}.txt",
+                    "render",
+                    f"{error.message} (rendering {phase}.txt)",
+                    device,
+                )
+                continue
+            if phase == UPDATE and _FAST_POLL.search(body):
+                location = located(phase, "fast-poll", lambda line: bool(_FAST_POLL.match(line)))
+                problems.add(
+                    location,
+                    "fast-poll",
+                    "update.txt sets /poll 1 (fast polling); pbxfront turns fast polling on "
+                    "and off itself, drop the line",
+                    device,
+                )
+            for _number, line in unknown_commands(body, extra_commands):
+                text = line.strip()
+                location = located(phase, text, text.__eq__)
+                problems.add(
+                    location,
+                    "unknown-command",
+                    f"unknown command in {phase}.txt: {printable(line, 80)}",
+                    device,
+                )
+    return problems
     seen: set[str] = set()
     for name, source in sorted(store.sources.items()):
         if LONE_CR in source.text:
