@@ -25,6 +25,10 @@ from services.core.inventory import (
 from services.frontend import cli as frontend_cli
 from services.update import cli as update_cli
 from services.update.firmware import FirmwareStore
+from services.update.plan import plan_scripts
+from services.update.provisioning import Urls
+from services.update.scripts import ScriptStore
+from services.update.state import SnapshotCache
 from tests.conftest import run_wired_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,3 +207,47 @@ async def test_file_problems_and_frontend_plan_problems_name_no_devices(
     assert "line 1: not UTF-8" in problem["message"]
     assert problem["devices"] == []
     assert problem["device_count"] == 0
+
+
+async def test_the_plan_renders_once_where_the_files_a_device_uses_are_unchanged(
+    fleet: Inventory, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    live_root, pending_root = tmp_path / "live", tmp_path / "pending"
+    for root in (live_root, pending_root):
+        shutil.copytree(ROOT / "staging_scripts", root)
+        update = root / "update.txt"
+        update.write_text(
+            update.read_text() + '{% include "dev-" ~ device.type ~ ".txt" ignore missing %}\n'
+        )
+        (root / f"set-{ALPHA}.txt").write_text("config change PHONE /name {{ device.cpe_id }}\n")
+    # New in the pending tree only: a file the live tree lacks (an include it skipped).
+    (pending_root / "dev-IP222.txt").write_text("config change PHONE /ring 2\n")
+    (pending_root / f"set-{BETA}.txt").write_text("config change NTP0 /server 10.0.0.9\n")
+    live, pending = ScriptStore(live_root), ScriptStore(pending_root)
+    assert live.refresh()
+    assert pending.refresh()
+    async with pool.acquire() as connection:
+        snapshot = await SnapshotCache().get(connection)
+
+    def plan(reuse: bool) -> list[tuple[str, str | None, str, tuple[str, ...]]]:
+        result = plan_scripts(
+            pending,
+            live,
+            snapshot,
+            Urls("https://frontend.invalid"),
+            poll_minutes=15,
+            hashes_sent={},
+            reported_builds={},
+            firmware_available=lambda build, name: True,
+            reuse=reuse,
+        )
+        assert not result.problems
+        assert result.devices == 7
+        return [(c.device.mac, c.before, c.after, c.diff) for c in result.changes]
+
+    fast, full = plan(reuse=True), plan(reuse=False)
+    assert fast == full
+    assert {mac for mac, *_ in fast} == {d.mac for d in fleet.devices if d.device_type == "IP222"}
+    beta = next(diff for mac, _b, _a, diff in fast if mac == "009033020000")
+    assert "+config change PHONE /ring 2" in beta
+    assert "+config change NTP0 /server 10.0.0.9" in beta

@@ -108,11 +108,14 @@ def redact_lines(lines: Iterable[str], secrets: Sequence[str]) -> list[str]:
 
 
 def render_update(
-    store: ScriptStore, context: Mapping[str, Any], variables: Mapping[str, Any]
+    store: ScriptStore,
+    context: Mapping[str, Any],
+    variables: Mapping[str, Any],
+    loaded: set[str] | None = None,
 ) -> Rendered:
     """The update script body for a :func:`device_context`; ScriptError, SecretRequired as
-    rendering raises them."""
-    lines = script_lines(store.render(f"{UPDATE}.txt", context, variables))
+    rendering raises them. ``loaded`` collects the template names the rendering asked for."""
+    lines = script_lines(store.render(f"{UPDATE}.txt", context, variables, loaded))
     return Rendered(tuple(lines), script_hash("\n".join(lines)))
 
 
@@ -136,10 +139,26 @@ def plan_scripts(
     reported_builds: Mapping[str, tuple[str | None, str | None]],
     firmware_available: Callable[[str, str], bool],
     devices: Iterable[Device] | None = None,
+    reuse: bool = True,
 ) -> ScriptPlan:
     """The plan (see the module docstring); pure apart from rendering. ``reported_builds``:
-    MAC -> (PROT, BOOT) the device last polled with."""
+    MAC -> (PROT, BOOT) the device last polled with.
+
+    A device whose pending rendering asked only for files the live tree holds alike (or lacks
+    alike) renders the same from the live tree: that second rendering is skipped (``reuse``;
+    the result is the same either way, only faster)."""
     plan = ScriptPlan()
+    same: dict[str, bool] = {}
+
+    def unchanged(names: Iterable[str]) -> bool:
+        assert live is not None
+        for name in names:
+            if name not in same:
+                same[name] = pending.same_file(live, name)
+            if not same[name]:
+                return False
+        return True
+
     for name, problem in sorted(pending.problems.items()):
         plan.problems.add(str(pending.root / name), "file", problem)
     for device in snapshot.inventory.devices if devices is None else devices:
@@ -163,8 +182,9 @@ def plan_scripts(
         except PolicyError as error:
             plan.problems.add("variables", "variables", str(error), device)
         context, update_variables = device_context(snapshot, device, urls, poll_minutes)
+        loaded: set[str] = set()
         try:
-            after = render_update(pending, context, update_variables)
+            after = render_update(pending, context, update_variables, loaded)
         except ScriptError as error:
             location = error.location or str(pending.root / "update.txt")
             plan.problems.add(location, "render", f"{error.message} (rendering update.txt)", device)
@@ -174,10 +194,12 @@ def plan_scripts(
             continue
         before_lines: tuple[str, ...] | None = None
         if live is not None:
-            try:
-                base = render_update(live, context, update_variables)
-            except (ScriptError, SecretRequired):
-                base = None
+            base: Rendered | None = after
+            if not (reuse and unchanged(loaded)):
+                try:
+                    base = render_update(live, context, update_variables)
+                except (ScriptError, SecretRequired):
+                    base = None
             before = base.digest if base is not None else None
             before_lines = base.lines if base is not None else ()
         else:

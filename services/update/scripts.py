@@ -19,7 +19,7 @@ import re
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +184,42 @@ class _MemoryLoader(jinja2.BaseLoader):
         return sorted(self._store.sources)
 
 
+class _RecordingEnvironment(ImmutableSandboxedEnvironment):
+    """Notes every template name a render asks for, found or not (includes, imports, extends
+    all come through here), while the rendering thread has a recorder set: the names a rendered
+    text can depend on (``scripts plan`` renders a device only once where they are unchanged)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.recorder = threading.local()
+
+    def _record(self, name: object) -> None:
+        names: set[str] | None = getattr(self.recorder, "names", None)
+        if names is not None and isinstance(name, str):
+            names.add(name)
+
+    def get_template(
+        self,
+        name: str | jinja2.Template,
+        parent: str | None = None,
+        globals: MutableMapping[str, Any] | None = None,
+    ) -> jinja2.Template:
+        self._record(name)
+        return super().get_template(name, parent, globals)
+
+    def select_template(
+        self,
+        names: Iterable[str | jinja2.Template],
+        parent: str | None = None,
+        globals: MutableMapping[str, Any] | None = None,
+    ) -> jinja2.Template:
+        if not isinstance(names, jinja2.Undefined):
+            names = list(names)
+            for name in names:
+                self._record(name)
+        return super().select_template(names, parent, globals)
+
+
 def _finalize(value: Any) -> Any:
     if isinstance(value, Secret):
         return value.reveal()
@@ -203,7 +239,7 @@ class ScriptStore:
         # Bumped whenever the files change; part of every cache key built on rendered scripts.
         self.generation = 0
         self._lock = threading.Lock()
-        self.environment = ImmutableSandboxedEnvironment(
+        self.environment = _RecordingEnvironment(
             loader=_MemoryLoader(self),
             undefined=jinja2.StrictUndefined,
             autoescape=False,
@@ -381,11 +417,28 @@ class ScriptStore:
     def has(self, name: str) -> bool:
         return name in self.sources
 
-    def render(self, name: str, context: Mapping[str, Any], variables: Mapping[str, Any]) -> str:
-        """Render ``name`` with ``context``, then expand ``#(name)`` from ``variables``.
+    def same_file(self, other: ScriptStore, name: str) -> bool:
+        """Whether ``name`` renders the same from both stores: the same text (or both lack
+        it, with the same problem)."""
+        mine, theirs = self.sources.get(name), other.sources.get(name)
+        if mine is None or theirs is None:
+            return mine is theirs and self.problems.get(name) == other.problems.get(name)
+        return mine.text == theirs.text and mine.raw == theirs.raw
+
+    def render(
+        self,
+        name: str,
+        context: Mapping[str, Any],
+        variables: Mapping[str, Any],
+        loaded: set[str] | None = None,
+    ) -> str:
+        """Render ``name`` with ``context``, then expand ``#(name)`` from ``variables``;
+        ``loaded`` collects every template name the rendering asked for.
 
         Raises ScriptError (with ``file:line``) or SecretRequired; never returns a partial script.
         """
+        recorder = self.environment.recorder
+        recorder.names = loaded
         try:
             template = self.environment.get_template(name)
             text = template.render(context)
@@ -404,6 +457,8 @@ class ScriptStore:
             raise ScriptError(
                 f"{type(error).__name__}: {error}", _template_location(self.root)
             ) from None
+        finally:
+            recorder.names = None
         return expand_update_variables(text, variables, _display(name, self.root))
 
 
