@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.core.identity import DeviceIdentity, Proof
-from services.core.inventory import Device
+from services.core.inventory import Device, ResolvedVariable
 from services.update.problems import Problems
 from services.update.provisioning import (
     UPDATE,
@@ -90,9 +90,11 @@ class ScriptPlan:
         return text
 
 
-def _secrets(snapshot: Snapshot, device: Device) -> list[str]:
+def _secrets(
+    snapshot: Snapshot, device: Device, variables: Mapping[str, ResolvedVariable]
+) -> list[str]:
     customer = snapshot.customers[device.customer]
-    values = [item.value for item in snapshot.resolve(device).values() if item.secret]
+    values = [item.value for item in variables.values() if item.secret]
     values += [v for v in (customer.registration_password, customer.login_password) if v]
     # Longest first, so a secret containing another is replaced whole.
     return sorted({v for v in values if v}, key=len, reverse=True)
@@ -120,12 +122,16 @@ def render_update(
 
 
 def device_context(
-    snapshot: Snapshot, device: Device, urls: Urls, poll_minutes: int
+    snapshot: Snapshot,
+    device: Device,
+    urls: Urls,
+    poll_minutes: int,
+    variables: Mapping[str, ResolvedVariable] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """What the device's update poll renders with, as a proven device (one context serves both
-    trees: it depends on the inventory only)."""
+    trees: it depends on the inventory only); ``variables``: the device's, resolved already."""
     identity = DeviceIdentity(Proof.PROVEN, device.mac, device.hardware_id, device.device_type)
-    return template_context(snapshot, device, identity, UPDATE, urls, poll_minutes)
+    return template_context(snapshot, device, identity, UPDATE, urls, poll_minutes, variables)
 
 
 def plan_scripts(
@@ -181,7 +187,7 @@ def plan_scripts(
                 firmware.append(f"{target.kind} {current or 'unknown'} -> {target.build}")
         except PolicyError as error:
             plan.problems.add("variables", "variables", str(error), device)
-        context, update_variables = device_context(snapshot, device, urls, poll_minutes)
+        context, update_variables = device_context(snapshot, device, urls, poll_minutes, variables)
         loaded: set[str] = set()
         try:
             after = render_update(pending, context, update_variables, loaded)
@@ -212,7 +218,7 @@ def plan_scripts(
             continue
         diff: tuple[str, ...] = ()
         if before_lines is not None:
-            secrets = _secrets(snapshot, device)
+            secrets = _secrets(snapshot, device, variables)
             diff = tuple(
                 difflib.unified_diff(
                     redact_lines(before_lines, secrets),

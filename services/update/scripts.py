@@ -259,6 +259,7 @@ class ScriptStore:
         self._loaded = False
         # The published version served (install()), None while serving the folder.
         self.version: int | None = None
+        self._display_names: dict[str, str] = {}
 
     def refresh(self, now: float | None = None) -> bool:
         """Re-read changed files (blocking: run in a thread). True if the served tree changed.
@@ -459,7 +460,15 @@ class ScriptStore:
             ) from None
         finally:
             recorder.names = None
-        return expand_update_variables(text, variables, _display(name, self.root))
+        return expand_update_variables(text, variables, self._display_name(name))
+
+    def _display_name(self, name: str) -> str:
+        """``name`` as error locations show it (resolving the path costs file system calls on
+        every render otherwise)."""
+        shown = self._display_names.get(name)
+        if shown is None:
+            shown = self._display_names[name] = _display(name, self.root)
+        return shown
 
 
 def _display(path: str, root: Path) -> str:
