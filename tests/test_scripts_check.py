@@ -251,3 +251,23 @@ async def test_the_plan_renders_once_where_the_files_a_device_uses_are_unchanged
     beta = next(diff for mac, _b, _a, diff in fast if mac == "009033020000")
     assert "+config change PHONE /ring 2" in beta
     assert "+config change NTP0 /server 10.0.0.9" in beta
+
+
+async def test_an_undefined_update_variable_is_one_problem_at_its_template_line(
+    fleet: Inventory, database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scripts = tmp_path / "scripts"
+    shutil.copytree(ROOT / "staging_scripts", scripts)
+    # The IP232 phones get one line more, so the variable lands on another rendered line.
+    (scripts / f"set-{ALPHA}.txt").write_text(
+        '{% if device.type == "IP232" %}config change PHONE /ring 2\n'
+        "{% endif %}config change DIAL /prefix #(no-such-variable)\n"
+    )
+    code, out = await check(database_url, capsys, scripts, tmp_path, "check", "--json")
+    assert code == 1
+    (problem,) = [p for p in json.loads(out)["problems"] if p["kind"] == "render"]
+    assert problem["location"] == f"{scripts}/set-{ALPHA}.txt:2"
+    assert problem["message"] == (
+        "update variable #(no-such-variable) is not defined (rendering update.txt)"
+    )
+    assert problem["device_count"] == 5

@@ -103,6 +103,7 @@ async def _checked(
             firmware_available=firmware.listed,
             extra_commands=settings.update.extra_commands,
             lifecycle=Lifecycle.from_settings(settings.update),
+            firmware_dir=settings.update.firmware_dir,
         )
     )
     for extra in extra_checks:

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -793,9 +794,15 @@ def check_scripts(
     ).lines()
 
 
-def _source_line(store: ScriptStore, wanted: Callable[[str], bool]) -> str | None:
-    """``file:line`` of the first template line ``wanted`` accepts (name order), if any."""
-    for name, source in sorted(store.sources.items()):
+def _source_line(
+    store: ScriptStore, names: Iterable[str], wanted: Callable[[str], bool]
+) -> str | None:
+    """``file:line`` of the first line of the templates ``names`` that ``wanted`` accepts (name
+    order), if any."""
+    for name in sorted(names):
+        source = store.sources.get(name)
+        if source is None:
+            continue
         for number, line in enumerate(source.text.split("\n"), start=1):
             if wanted(line.strip()):
                 return f"{store.root / name}:{number}"
@@ -812,10 +819,12 @@ def check_tree(
     extra_commands: Sequence[str] = (),
     lifecycle: Lifecycle | None = None,
     additions: ContextAdditions | None = None,
+    firmware_dir: Path | None = None,
 ) -> Problems:
     """Render every script for every inventory device as a proven device; every problem once,
     with the devices it affects (services/update/problems.py). Used by ``pbxfront scripts
-    check`` and ``scripts publish``."""
+    check`` and ``scripts publish``. ``firmware_dir``: the store missing files are named in
+    (default: ``firmware/`` next to the scripts folder)."""
     problems = Problems()
     for name, problem in sorted({**store.problems, **store.held_problems}.items()):
         problems.add(str(store.root / name), "file", problem)
@@ -835,16 +844,18 @@ def check_tree(
                 "lone CR line ends: each CR-separated run is one line (as PHPUS reads it); "
                 "convert the file to LF or CRLF line ends",
             )
-    # Rendered lines map back to a template line where one holds them literally; found once.
-    locations: dict[tuple[str, str], str] = {}
+    # Rendered lines map back to a line of the templates that rendering used where one holds
+    # them literally; looked up once per set of templates.
+    locations: dict[tuple[str, str, frozenset[str]], str] = {}
 
-    def located(phase: str, key: str, wanted: Callable[[str], bool]) -> str:
-        if (phase, key) not in locations:
-            found = _source_line(store, wanted)
-            locations[phase, key] = found or f"{store.root / phase}.txt (rendered)"
-        return locations[phase, key]
+    def located(phase: str, key: str, used: set[str], wanted: Callable[[str], bool]) -> str:
+        cache_key = (phase, key, frozenset(used))
+        if cache_key not in locations:
+            found = _source_line(store, used, wanted)
+            locations[cache_key] = found or f"{store.root / phase}.txt (rendered)"
+        return locations[cache_key]
 
-    firmware_root = store.root.parent / "firmware"
+    firmware_root = firmware_dir if firmware_dir is not None else store.root.parent / "firmware"
     for device in snapshot.inventory.devices:
         identity = DeviceIdentity(Proof.PROVEN, device.mac, device.hardware_id, device.device_type)
         variables = snapshot.resolve(device)
@@ -865,18 +876,31 @@ def check_tree(
             context, update_variables = template_context(
                 snapshot, device, identity, phase, urls, poll_minutes, variables, additions
             )
+            used: set[str] = set()
             try:
-                body = store.render(f"{phase}.txt", context, update_variables)
+                body = store.render(f"{phase}.txt", context, update_variables, used)
             except ScriptError as error:
+                location = error.location or f"{store.root / phase}.txt"
+                if error.variable is not None:
+                    # The rendered line differs from device to device; the template line that
+                    # names the variable does not.
+                    wanted = f"#({error.variable})"
+
+                    def names_it(line: str, wanted: str = wanted) -> bool:
+                        return wanted in line
+
+                    location = located(phase, wanted, used, names_it)
                 problems.add(
-                    error.location or f"{store.root / phase}.txt",
+                    location,
                     "render",
                     f"{error.message} (rendering {phase}.txt)",
                     device,
                 )
                 continue
             if phase == UPDATE and _FAST_POLL.search(body):
-                location = located(phase, "fast-poll", lambda line: bool(_FAST_POLL.match(line)))
+                location = located(
+                    phase, "fast-poll", used, lambda line: bool(_FAST_POLL.match(line))
+                )
                 problems.add(
                     location,
                     "fast-poll",
@@ -886,7 +910,7 @@ def check_tree(
                 )
             for _number, line in unknown_commands(body, extra_commands):
                 text = line.strip()
-                location = located(phase, text, text.__eq__)
+                location = located(phase, text, used, text.__eq__)
                 problems.add(
                     location,
                     "unknown-command",

@@ -52,10 +52,14 @@ _TRIM = " \t\n\r\0\x0b"
 class ScriptError(Exception):
     """A script cannot be rendered. ``location`` is ``file:line`` when known."""
 
-    def __init__(self, message: str, location: str | None = None) -> None:
+    def __init__(
+        self, message: str, location: str | None = None, variable: str | None = None
+    ) -> None:
         super().__init__(f"{location}: {message}" if location else message)
         self.message = message
         self.location = location
+        # An undefined #(name) update variable: its name (the location is a rendered line).
+        self.variable = variable
 
 
 class SecretRequired(Exception):
@@ -503,7 +507,9 @@ def expand_update_variables(text: str, variables: Mapping[str, Any], source: str
         if name not in variables:
             line = text.count("\n", 0, match.start()) + 1
             raise ScriptError(
-                f"update variable #({name}) is not defined", f"{source} (rendered line {line})"
+                f"update variable #({name}) is not defined",
+                f"{source} (rendered line {line})",
+                variable=name,
             )
         value = variables[name]
         return value.reveal() if isinstance(value, Secret) else str(value)
