@@ -254,7 +254,11 @@ async def test_the_plan_renders_once_where_the_files_a_device_uses_are_unchanged
 
 
 async def test_an_undefined_update_variable_is_one_problem_at_its_template_line(
-    fleet: Inventory, database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fleet: Inventory,
+    pool: asyncpg.Pool,
+    database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     scripts = tmp_path / "scripts"
     shutil.copytree(ROOT / "staging_scripts", scripts)
@@ -271,3 +275,23 @@ async def test_an_undefined_update_variable_is_one_problem_at_its_template_line(
         "update variable #(no-such-variable) is not defined (rendering update.txt)"
     )
     assert problem["device_count"] == 5
+
+    # scripts plan groups it the same way.
+    live, pending = ScriptStore(ROOT / "staging_scripts"), ScriptStore(scripts)
+    assert live.refresh()
+    assert pending.refresh()
+    async with pool.acquire() as connection:
+        snapshot = await SnapshotCache().get(connection)
+    plan = plan_scripts(
+        pending,
+        live,
+        snapshot,
+        Urls("https://frontend.invalid"),
+        poll_minutes=15,
+        hashes_sent={},
+        reported_builds={},
+        firmware_available=lambda build, name: True,
+    )
+    ((planned, devices),) = plan.problems.items()
+    assert planned.location == f"{scripts}/set-{ALPHA}.txt:2"
+    assert [d.mac for d in devices] == [d.mac for d in fleet.devices if d.customer == ALPHA]

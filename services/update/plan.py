@@ -31,6 +31,7 @@ from services.update.provisioning import (
     Urls,
     firmware_targets,
     template_context,
+    template_line,
 )
 from services.update.scripts import (
     ScriptError,
@@ -193,6 +194,14 @@ def plan_scripts(
             after = render_update(pending, context, update_variables, loaded)
         except ScriptError as error:
             location = error.location or str(pending.root / "update.txt")
+            if error.variable is not None:
+                # As scripts check does: the template line naming it, the same for every device.
+                wanted = f"#({error.variable})"
+
+                def names_it(line: str, wanted: str = wanted) -> bool:
+                    return wanted in line
+
+                location = template_line(pending, loaded, names_it) or location
             plan.problems.add(location, "render", f"{error.message} (rendering update.txt)", device)
             continue
         except SecretRequired as error:

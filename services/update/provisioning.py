@@ -794,7 +794,7 @@ def check_scripts(
     ).lines()
 
 
-def _source_line(
+def template_line(
     store: ScriptStore, names: Iterable[str], wanted: Callable[[str], bool]
 ) -> str | None:
     """``file:line`` of the first line of the templates ``names`` that ``wanted`` accepts (name
@@ -851,7 +851,7 @@ def check_tree(
     def located(phase: str, key: str, used: set[str], wanted: Callable[[str], bool]) -> str:
         cache_key = (phase, key, frozenset(used))
         if cache_key not in locations:
-            found = _source_line(store, used, wanted)
+            found = template_line(store, used, wanted)
             locations[cache_key] = found or f"{store.root / phase}.txt (rendered)"
         return locations[cache_key]
 
