@@ -423,3 +423,31 @@ async def test_replace_refuses_a_new_device_with_another_customers_backups(
     assert len(await site.versions(OLD_MAC)) == 1
     assert len(await site.versions(NEW_MAC)) == 1
     assert await pool.fetchval("SELECT count(*) FROM audit_log") == audit_rows
+
+
+async def test_replace_merges_backups_new_sent_for_the_same_customer(
+    start_site: SiteFactory, pool: asyncpg.Pool, database_url: str
+) -> None:
+    site = await start_site()
+    inventory = InventoryRepository(pool)
+    # NEW was tried out for this customer first (a backup), then taken out again.
+    await inventory.upsert_device(Device(NEW_MAC, "IP222", "phone", KUENKEL))
+    assert (await site.put(CONFIG, device=DEVICE_B, name=f"{DEVICE_B}.txt"))[0] == 201
+    assert await inventory.delete_device(NEW_MAC)
+    changed = CONFIG + "config change NTP1 /server 10.0.0.2\n"
+    assert (await site.put(changed, device=DEVICE_C, name=f"{DEVICE_C}.txt"))[0] == 201
+    (new_first,) = [v.id for v in await site.versions(NEW_MAC)]
+    (old_latest,) = [v.id for v in await site.versions(OLD_MAC)]
+
+    code, out, err = await pbxfront(database_url, "devices", "replace", OLD_MAC, NEW_MAC)
+    assert code == 0, err
+    assert "1 backup version(s) moved" in out
+    assert [v.id for v in await site.versions(NEW_MAC)] == [old_latest, new_first]
+    row = await pool.fetchrow(
+        "SELECT latest_version, puts FROM backup_devices WHERE mac = $1", NEW_MAC
+    )
+    assert row is not None
+    assert (row["latest_version"], row["puts"]) == (old_latest, 2)
+    assert await pool.fetchval("SELECT count(*) FROM backup_devices WHERE mac = $1", OLD_MAC) == 0
+    # The next backup is compared with the newest of the merged history.
+    assert (await site.put(changed, device=DEVICE_B, name=f"{DEVICE_B}.txt"))[0] == 200
