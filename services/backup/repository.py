@@ -510,6 +510,54 @@ class BackupRepository:
         )
         return [(row["mac"], row["customer"]) for row in rows]
 
+    async def move_device(
+        self, old_mac: str, new_mac: str, *, hardware_id: str, device_type: str
+    ) -> list[int]:
+        """A replaced device's history (RMA): every version of ``old_mac`` becomes one of
+        ``new_mac`` (ids, times and contents unchanged), merged with any ``new_mac`` already
+        has; the latest by receive time is the one the next PUT of ``new_mac`` is compared
+        with. Both rows are locked first, so a concurrent PUT waits. Run it inside the caller's
+        transaction; the moved version ids, oldest first (empty: ``old_mac`` had none)."""
+        async with self._db.transaction():
+            rows = await self._db.fetch(
+                "SELECT mac FROM backup_devices WHERE mac = ANY($1::text[]) ORDER BY mac "
+                "FOR UPDATE",
+                [old_mac, new_mac],
+            )
+            if old_mac not in {row["mac"] for row in rows}:
+                return []
+            await self._db.execute(
+                """
+                INSERT INTO backup_devices AS d (mac, hardware_id, customer, device_type,
+                    first_put_at, last_put_at, last_unchanged_at, puts, stale_alerted_at)
+                SELECT $2, $3, customer, $4, first_put_at, last_put_at, last_unchanged_at, puts,
+                       stale_alerted_at
+                FROM backup_devices WHERE mac = $1
+                ON CONFLICT (mac) DO UPDATE SET
+                    hardware_id = EXCLUDED.hardware_id, customer = EXCLUDED.customer,
+                    device_type = EXCLUDED.device_type,
+                    first_put_at = least(d.first_put_at, EXCLUDED.first_put_at),
+                    last_put_at = greatest(d.last_put_at, EXCLUDED.last_put_at),
+                    puts = d.puts + EXCLUDED.puts
+                """,
+                old_mac,
+                new_mac,
+                hardware_id,
+                device_type,
+            )
+            moved = await self._db.fetch(
+                "UPDATE backup_versions SET mac = $2 WHERE mac = $1 RETURNING id", old_mac, new_mac
+            )
+            await self._db.execute(
+                """UPDATE backup_devices SET latest_version = (
+                       SELECT id FROM backup_versions WHERE mac = $1
+                       ORDER BY received_at DESC, id DESC LIMIT 1)
+                   WHERE mac = $1""",
+                new_mac,
+            )
+            await self._db.execute("DELETE FROM backup_devices WHERE mac = $1", old_mac)
+        return sorted(row["id"] for row in moved)
+
     async def prune_device(
         self,
         mac: str,

@@ -30,6 +30,8 @@ from services.update.firmware import (
     firmware_file_name,
     model_names,
 )
+from services.update.plan import ScriptPlan
+from services.update.problems import Problems
 from services.update.provisioning import (
     STAGING,
     UPDATE,
@@ -38,7 +40,7 @@ from services.update.provisioning import (
     PollArguments,
     Snapshot,
     Urls,
-    check_scripts,
+    check_tree,
     look_up,
     reply_for,
 )
@@ -81,27 +83,33 @@ def _mac(value: str) -> str:
 
 
 # A check another package contributes to `scripts check` (composed by services/cli.py): its
-# problems, one line each.
+# problems, one line each ("where: what", e.g. "frontend sb1: port 9007 used twice").
 ExtraCheck = Callable[[Settings, asyncpg.Pool], Awaitable[list[str]]]
 
 
 async def _checked(
     settings: Settings, pool: asyncpg.Pool, extra_checks: Sequence[ExtraCheck]
-) -> tuple[ScriptStore, Snapshot, list[str]]:
+) -> tuple[ScriptStore, Snapshot, Problems]:
     """The scripts folder checked for every device (and by the composed extra checks)."""
     store, firmware = await _stores(settings)
     snapshot = await _snapshot(pool)
-    problems = check_scripts(
-        store,
-        snapshot,
-        Urls(_base_url(settings, None)),
-        poll_minutes=settings.update.poll_interval,
-        firmware_available=firmware.listed,
-        extra_commands=settings.update.extra_commands,
-        lifecycle=Lifecycle.from_settings(settings.update),
+    problems = await asyncio.to_thread(
+        functools.partial(
+            check_tree,
+            store,
+            snapshot,
+            Urls(_base_url(settings, None)),
+            poll_minutes=settings.update.poll_interval,
+            firmware_available=firmware.listed,
+            extra_commands=settings.update.extra_commands,
+            lifecycle=Lifecycle.from_settings(settings.update),
+            firmware_dir=settings.update.firmware_dir,
+        )
     )
     for extra in extra_checks:
-        problems += await extra(settings, pool)
+        for line in await extra(settings, pool):
+            where, separator, what = line.partition(": ")
+            problems.add(where if separator else "check", "check", what if separator else line)
     return store, snapshot, problems
 
 
@@ -111,26 +119,45 @@ async def scripts_check(
     pool: asyncpg.Pool,
     extra_checks: Sequence[ExtraCheck] = (),
 ) -> int:
+    """Every problem of the scripts folder once, with the devices it affects."""
     store, snapshot, problems = await _checked(settings, pool, extra_checks)
-    for problem in problems:
-        print(problem)
+    devices = len(snapshot.inventory.devices)
+    if args.json:
+        report = {
+            "ok": not problems,
+            "files": len(store.sources),
+            "devices": devices,
+            "problems": problems.as_json(),
+        }
+        print(json.dumps(report, indent=2))
+        return 1 if problems else 0
+    for line in problems.lines():
+        print(line)
     if problems:
         print(f"{len(problems)} problem(s)", file=sys.stderr)
         return 1
-    devices = len(snapshot.inventory.devices)
     print(f"ok: {len(store.sources)} script files, {devices} devices, staging.txt and update.txt")
     return 0
 
 
-async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    """Which devices' replies a pending script tree changes (services/update/plan.py)."""
+async def compute_plan(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    *,
+    scripts: Path | None = None,
+    customer: str | None = None,
+    base_url: str | None = None,
+) -> tuple[ScriptPlan, bool]:
+    """The plan `scripts plan` shows (services/update/plan.py) and whether a pending tree was
+    planned (False: the live tree against the hashes last sent). `pbxfront bench plan` times
+    exactly this."""
     from services.update.plan import plan_scripts
     from services.update.versions import PublishedScripts
 
     live, firmware = await _stores(settings)
     pending: ScriptStore | None = None
-    if args.scripts:
-        pending = ScriptStore(Path(args.scripts))
+    if scripts is not None:
+        pending = ScriptStore(scripts)
         await asyncio.to_thread(pending.refresh)
     if settings.update.scripts_source == "database":
         # Devices get the published version: plan the files (or --scripts) against it.
@@ -140,19 +167,31 @@ async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: async
                 pending = pending or live
                 live = await PublishedScripts(settings.update.scripts_dir).get(connection, current)
     snapshot = await _snapshot(pool)
-    statuses = await UpdateRepository(pool).statuses(customer=args.customer, limit=10**9)
+    statuses = await UpdateRepository(pool).statuses(customer=customer, limit=10**9)
     devices = [snapshot.by_mac[s.mac] for s in statuses if s.mac in snapshot.by_mac]
     plan = await asyncio.to_thread(
         plan_scripts,
         pending or live,
         live if pending is not None else None,
         snapshot,
-        Urls(_base_url(settings, args.base_url)),
+        Urls(_base_url(settings, base_url)),
         poll_minutes=settings.update.poll_interval,
         hashes_sent={s.mac: s.hash_sent for s in statuses},
         reported_builds={s.mac: (s.prot, s.boot) for s in statuses},
         firmware_available=firmware.listed,
         devices=devices,
+    )
+    return plan, pending is not None
+
+
+async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    """Which devices' replies a pending script tree changes (services/update/plan.py)."""
+    plan, planned_pending = await compute_plan(
+        settings,
+        pool,
+        scripts=Path(args.scripts) if args.scripts else None,
+        customer=args.customer,
+        base_url=args.base_url,
     )
     if args.json:
         rows = [
@@ -169,7 +208,11 @@ async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: async
         ]
         print(
             json.dumps(
-                {"devices": plan.devices, "changes": rows, "problems": plan.problem_lines()},
+                {
+                    "devices": plan.devices,
+                    "changes": rows,
+                    "problems": plan.problems.as_json(),
+                },
                 indent=2,
             )
         )
@@ -183,7 +226,7 @@ async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: async
         print(change.headline().replace("~", "F", 1))
     for line in plan.problem_lines():
         print(f"! {line}")
-    if pending is None:
+    if not planned_pending:
         print("(against the hash each device was last sent; --scripts DIR plans a pending tree)")
     print(plan.summary())
     return 1 if plan.problems else 0
@@ -199,10 +242,11 @@ async def scripts_publish(
     serves (update.scripts_source = "database"); refused while the check finds a problem."""
     _store, _snapshot_checked, problems = await _checked(settings, pool, extra_checks)
     files, unreadable = await asyncio.to_thread(read_tree_files, settings.update.scripts_dir)
-    problems += [f"{settings.update.scripts_dir / name}: {why}" for name, why in unreadable.items()]
+    for name, why in unreadable.items():
+        problems.add(str(settings.update.scripts_dir / name), "file", why)
     if problems:
-        for problem in problems:
-            print(problem)
+        for line in problems.lines():
+            print(line)
         raise UsageError(f"not published: {len(problems)} problem(s) (pbxfront scripts check)")
     async with pool.acquire() as connection, connection.transaction():
         version, created = await ScriptVersionRepository(connection).publish(
@@ -690,8 +734,9 @@ def register(
     check = script_actions.add_parser(
         "check",
         parents=[common],
-        help="render every script for every device; list problems as file:line: message",
+        help="render every script for every device; each problem once with the devices it affects",
     )
+    check.add_argument("--json", action="store_true", help="every affected device, as JSON")
     check.set_defaults(handler=bind(functools.partial(scripts_check, extra_checks=extra_checks)))
     plan = script_actions.add_parser(
         "plan",
