@@ -455,6 +455,11 @@ class ScriptStore:
         except jinja2.TemplateNotFound as error:
             where = _template_location(self.root)
             raise ScriptError(f"template {error.name!r} not found", where) from None
+        except jinja2.UndefinedError as error:
+            # A literal {{name}} of a PHPUS script reads as an undefined template name.
+            where = _template_location(self.root)
+            hint = f"; if the file is meant literally (PHPUS), make {RAW_MARKER} its first line"
+            raise ScriptError((error.message or str(error)) + hint, where) from None
         except (jinja2.TemplateError, ScriptError) as error:
             where = _template_location(self.root)
             raise ScriptError(error.message or str(error), where) from None
