@@ -35,6 +35,17 @@ class InventoryDevice:
 
 
 @dataclass(frozen=True)
+class SeenUnchanged:
+    """Uploads of one device that repeated its latest version byte for byte (written in
+    batches: services/backup/app.py)."""
+
+    device: InventoryDevice
+    version_id: int
+    at: datetime
+    puts: int = 1
+
+
+@dataclass(frozen=True)
 class Upload:
     """One PUT to store: who sent it and what."""
 
@@ -240,6 +251,41 @@ class BackupRepository:
             content_sha256,
         )
         return seen
+
+    async def latest_content(self, mac: str) -> tuple[int, bytes] | None:
+        """(id, content SHA-256) of the device's latest version; a read, nothing locked."""
+        row = await self._db.fetchrow(
+            """SELECT v.id, v.content_sha256 FROM backup_devices d
+               JOIN backup_versions v ON v.id = d.latest_version WHERE d.mac = $1""",
+            mac,
+        )
+        return (row["id"], bytes(row["content_sha256"])) if row is not None else None
+
+    async def record_unchanged(self, seen: Sequence[SeenUnchanged]) -> None:
+        """What :meth:`seen_unchanged` records, for many devices in two statements."""
+        await self._db.execute(
+            """UPDATE backup_versions v SET last_seen_at = greatest(v.last_seen_at, s.at),
+                   unchanged_puts = v.unchanged_puts + s.puts
+               FROM unnest($1::bigint[], $2::timestamptz[], $3::int[]) AS s(id, at, puts)
+               WHERE v.id = s.id""",
+            [item.version_id for item in seen],
+            [item.at for item in seen],
+            [item.puts for item in seen],
+        )
+        await self._db.execute(
+            """UPDATE backup_devices d SET hardware_id = s.hardware_id, customer = s.customer,
+                   device_type = s.device_type, last_put_at = greatest(d.last_put_at, s.at),
+                   last_unchanged_at = s.at, puts = d.puts + s.puts, stale_alerted_at = NULL
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                           $6::int[]) AS s(mac, hardware_id, customer, device_type, at, puts)
+               WHERE d.mac = s.mac""",
+            [item.device.mac for item in seen],
+            [item.device.hardware_id for item in seen],
+            [item.device.customer for item in seen],
+            [item.device.device_type for item in seen],
+            [item.at for item in seen],
+            [item.puts for item in seen],
+        )
 
     async def store_if_changed(
         self, upload: Upload, now: datetime, work: ContentWork
