@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
+import psutil
 import pytest
 
 from services.contacts.domain import neutralise_formula
@@ -740,3 +741,45 @@ async def test_digest_guessing_is_limited_like_basic(start_site: SiteFactory) ->
         headers={"Authorization": right},
     ) as response:
         assert response.status == 201, await response.text()
+
+
+async def test_six_concurrent_wide_uploads_stay_within_a_memory_bound(site: Site) -> None:
+    """Six uploads at once of a file with three million empty columns (over 1 GB together
+    before the column and cell bounds): all refused, the resident memory of this process (the
+    server and the six clients sending 3 MB each) sampled throughout grows by less than the
+    stated 400 MB (about 180 MB measured), and a legitimate upload is served afterwards."""
+    process = psutil.Process()
+    operator = basic("operator", OPERATOR_PASSWORD)
+    wide = b'"Surname","Business Phone"' + b"," * 3_000_000 + b"\r\n"
+    before = process.memory_info().rss
+    peak = before
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, process.memory_info().rss)
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.create_task(sample())
+    sessions = [await site.session() for _ in range(6)]
+
+    async def upload(session: aiohttp.ClientSession) -> int:
+        async with session.put(
+            site.devices + CONTACTS, data=io.BytesIO(wide), headers=operator
+        ) as response:
+            await response.read()
+            return response.status
+
+    try:
+        statuses = await asyncio.gather(*(upload(s) for s in sessions))
+    finally:
+        sampling = False
+        await sampler
+    assert statuses == [413] * 6
+    grown = (peak - before) / 2**20
+    assert grown < 400, f"resident memory grew by {grown:.0f} MB"
+    async with sessions[0].put(
+        site.devices + CONTACTS + "?dry-run=1", data=SEED_CSV, headers=operator
+    ) as response:
+        assert response.status == 200, await response.text()
