@@ -693,6 +693,14 @@ class CaSettings:
     max_attempts: int = dataclasses.field(default=10, metadata=_check(_range(1, 1000)))
     # Days the CRL served on the device listener is valid (re-signed on demand before then).
     crl_valid_days: int = dataclasses.field(default=7, metadata=_check(_range(1, 365)))
+    # Who signs device requests of the roll-out: "sign" (this node holds the key: signs its own
+    # and every queued request), "queue" (no key here: requests wait in PostgreSQL for a signing
+    # node), "auto" ("sign" when the key file exists, else "queue").
+    signer: str = dataclasses.field(
+        default="auto", metadata=_check(_choice("auto", "sign", "queue"))
+    )
+    # Seconds between sweeps of the signing queue on a signing node (NOTIFY wakes it sooner).
+    queue_interval: float = dataclasses.field(default=30.0, metadata=_check(_range(0.1, 3600)))
 
     def paths(self, data_dir: Path) -> tuple[Path, Path]:
         """(certificate, key) with the defaults under ``data_dir`` filled in."""

@@ -115,6 +115,8 @@ def create_app(
         certificates.FAILURE_BURST, certificates.FAILURE_RATE
     )
     app.cleanup_ctx.append(certificates.authority_ctx)
+    # ca.signer: a node holding the CA key signs what nodes without it queued.
+    app.cleanup_ctx.append(certificates.signer_ctx(resources.pool))
     prefix = "/DRIVE/CF0/update"
     app.router.add_get(f"{prefix}/staging.txt", handlers.staging)
     app.router.add_get(f"{prefix}/update.txt", handlers.update)
