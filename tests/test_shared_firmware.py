@@ -22,6 +22,7 @@ from services.core.config import DatabaseSettings, ListenerSettings, Settings, U
 from services.core.inventory import InventoryRepository, apply_inventory, read_inventory_file
 from services.core.runner import Node, start_node
 from services.serve import service_factories
+from services.update import console
 from services.update.cli import register
 from services.update.firmware import FirmwareStore
 from services.update.shared_firmware import CHUNK_BYTES, SharedFirmwareRepository
@@ -409,3 +410,45 @@ def test_the_local_store_removes_a_file(tmp_path: Path) -> None:
     assert not (tmp_path / "firm" / "5" / "ip232.bin").exists()
     assert store.find("5", "ip222.bin") is not None
     assert store.remove("5", "ip232.bin") is False
+
+
+async def test_import_shares_a_node_store_and_skips_a_damaged_file(
+    cluster: Cluster, pool: asyncpg.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = FirmwareStore(cluster.tmp_path / "old-store")
+    image, content = cluster.image("ip232.bin", 5000)
+    other, _ = cluster.image("ip222.bin", 6000)
+    await asyncio.to_thread(old.add, image, "77", "ip232.bin")
+    await asyncio.to_thread(old.add, other, "77", "ip222.bin")
+    # Damaged after it was recorded: its SHA256SUMS line no longer matches.
+    (old.firm / "77" / "ip222.bin").write_bytes(b"damaged")
+    capsys.readouterr()
+    folder = f'update.firmware_dir="{old.root}"'
+    assert await cluster.cli("firmware", "import", "--set", folder) == 1
+    out = capsys.readouterr().out
+    assert "77/ip232.bin  sha256" in out
+    assert "ip222.bin: SHA-256" in out
+    assert "skipped" in out
+    assert [(f.build, f.name) for f in await SharedFirmwareRepository(pool).files()] == [
+        ("77", "ip232.bin")
+    ]
+    node = cluster.nodes[1]
+
+    async def served() -> bool:
+        status, body, _ = await cluster.get(node, "/DRIVE/CF0/update/firm/77/ip232.bin")
+        return status == 200 and body == content
+
+    await until(served, timeout=10)
+    assert await cluster.cli("firmware", "import", "--set", folder) == 1
+    assert "77/ip232.bin: already stored" in capsys.readouterr().out
+    # The console's firmware page lists the shared store.
+    settings = Settings(update=UpdateSettings(firmware_source="database"))
+    listed = await console.firmware_store(settings, pool)
+    assert listed == [
+        {
+            "build": "77",
+            "name": "ip232.bin",
+            "sha256": hashlib.sha256(content).hexdigest(),
+            "size": len(content),
+        }
+    ]

@@ -51,6 +51,7 @@ from services.update.shared_firmware import (
     SharedFirmwareRepository,
     add_file,
     cache_dir,
+    file_sha256,
     firmware_source,
 )
 from services.update.versions import ScriptVersionRepository
@@ -727,6 +728,51 @@ async def firmware_list(args: argparse.Namespace, settings: Settings, pool: asyn
     return 0
 
 
+async def firmware_import(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    """Store every file of this node's firmware_dir in the database (moving to
+    ``update.firmware_source = "database"``); files already there with the same content are
+    left as they are."""
+    store = FirmwareStore(settings.update.firmware_dir)
+    local = await asyncio.to_thread(store.list)
+    if not local:
+        print(f"{store.firm}: no files listed in any SHA256SUMS")
+        return 1
+    known = {(f.build, f.name): f.sha256 for f in await SharedFirmwareRepository(pool).files()}
+    failed = 0
+    for item in local:
+        if known.get((item.build, item.name)) == item.sha256:
+            print(f"{item.build}/{item.name}: already stored")
+            continue
+        sha256, size = await asyncio.to_thread(file_sha256, item.path)
+        if sha256 != item.sha256:
+            # A damaged local copy is never shared.
+            print(
+                f"{item.path}: SHA-256 {sha256} is not the {item.sha256} SHA256SUMS lists; skipped"
+            )
+            failed += 1
+            continue
+        try:
+            stored, replaced = await SharedFirmwareRepository(pool).store(
+                item.path, sha256, size, item.build, item.name, by=_operator(), device_type=None
+            )
+        except FirmwareError as error:
+            raise UsageError(str(error)) from None
+        async with pool.acquire() as connection, connection.transaction():
+            await audit.record(
+                connection,
+                actor=audit.cli_actor(),
+                action="firmware.add",
+                object_type="firmware",
+                object_id=f"{item.build}/{item.name}",
+                before={"sha256": replaced} if replaced else None,
+                after={"sha256": stored.sha256, "size": stored.size, "imported": True},
+            )
+        print(f"{item.build}/{item.name}  sha256 {stored.sha256}  {stored.size} bytes  stored")
+    if settings.update.firmware_source != "database":
+        print('set update.firmware_source = "database" on every node to serve the stored files')
+    return 1 if failed else 0
+
+
 async def firmware_remove(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     try:
         check_build(args.build)
@@ -954,6 +1000,12 @@ def register(
     )
     listing.add_argument("--json", action="store_true", help="print JSON instead of lines")
     listing.set_defaults(handler=bind(firmware_list))
+    importing = firmware_actions.add_parser(
+        "import",
+        parents=[common],
+        help="store every file of this node's firmware_dir in the database (shared firmware)",
+    )
+    importing.set_defaults(handler=bind(firmware_import))
     remove = firmware_actions.add_parser(
         "remove", parents=[common], help="take a file out of the store (devices get 404)"
     )
