@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import ssl
 from collections.abc import AsyncIterator
@@ -133,7 +134,8 @@ async def test_requests_wait_for_the_signing_node_and_are_signed_when_it_comes(
     assert "waiting" in report
     assert DEVICE_A in report
     assert "1 waiting, the oldest for" in report
-    assert "no signing node is working the queue" in report
+    assert "1 request(s) wait for a signing node that is not running" in report
+    assert "no signing node holds it" in report
     # Nobody could sign a CRL yet either.
     status, _ = await crl_from(frontend)
     assert status == 503
@@ -186,6 +188,8 @@ async def test_requests_wait_for_the_signing_node_and_are_signed_when_it_comes(
     queue = json.loads(capsys.readouterr().out)
     assert queue["waiting"] == 0
     assert queue["signing_node_alive"] is True
+    assert queue["waiting_without_signer"] == 0
+    assert [s["alive"] for s in queue["signers"]] == [True]
     assert sorted(r["state"] for r in queue["requests"]) == ["signed", "signed"]
     assert all(r["serial"] for r in queue["requests"])
 
@@ -231,3 +235,30 @@ async def test_queue_mode_refuses_a_certificate_that_is_no_ca(
     shutil.copy(session_pki.server_certificate, tmp_path / "ca" / "root.pem")
     with pytest.raises(pki.PkiError, match="not a CA certificate"):
         await start_frontend(pool, session_pki, tmp_path, CaSettings(rollout=True))
+
+
+async def test_a_signing_node_that_went_down_is_reported_and_requests_wait(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    signer = await cluster.start_signer()
+    await until(
+        lambda: cluster.pool.fetchval("SELECT count(*) = 1 FROM ca_signers"),
+        timeout=10,
+    )
+    await signer.node.stop()
+    cluster.nodes.remove(signer.node)
+    # Its last sweep, as it looks ten minutes later.
+    await cluster.pool.execute("UPDATE ca_signers SET seen_at = now() - interval '10 minutes'")
+    device = cluster.queue_node.device()
+    for _ in range(5):
+        await device.poll()
+    state = await cluster.queue_node.state()
+    assert state is not None
+    assert state.state == "queued"
+    capsys.readouterr()
+    assert await cluster.queue() == 1
+    report = capsys.readouterr().out
+    assert re.search(r"last sweep 6\d\d s ago", report), report
+    assert "NOT SEEN recently (down?)" in report
+    assert "1 request(s) wait for a signing node that is not running" in report
+    assert device.installed == []

@@ -425,7 +425,10 @@ async def ca_queue(args: argparse.Namespace, settings: Settings, pool: asyncpg.P
     recent = max(3 * settings.ca.queue_interval, 60.0)
     alive = [s for s in signers if s.age <= recent]
     waiting = [r for r in requests if r.state == "waiting"]
-    stuck = bool(waiting) and not alive
+    # A request only a signing node holding its RootCA can sign.
+    served = {s.ca_fingerprint for s in alive}
+    orphaned = [r for r in waiting if r.ca_fingerprint not in served]
+    stuck = bool(orphaned)
     if args.json:
         print(
             json.dumps(
@@ -438,6 +441,7 @@ async def ca_queue(args: argparse.Namespace, settings: Settings, pool: asyncpg.P
                     "waiting": len(waiting),
                     "oldest_waiting_seconds": max((r.age for r in waiting), default=None),
                     "signing_node_alive": bool(alive),
+                    "waiting_without_signer": len(orphaned),
                 },
                 indent=2,
             )
@@ -451,6 +455,8 @@ async def ca_queue(args: argparse.Namespace, settings: Settings, pool: asyncpg.P
         )
         if request.state == "waiting":
             line += f"  waiting {request.age:.0f} s"
+            if request in orphaned:
+                line += f"  (RootCA {request.ca_fingerprint[:16]}…: no signing node holds it)"
         else:
             line += f"  after {request.age:.0f} s by {request.signed_by or '-'}"
             line += f"  serial {request.serial}" if request.serial else ""
@@ -468,8 +474,8 @@ async def ca_queue(args: argparse.Namespace, settings: Settings, pool: asyncpg.P
         )
     if stuck:
         print(
-            "no signing node is working the queue: requests wait until one runs "
-            '(ca.signer = "sign" on the node holding the CA key)'
+            f"{len(orphaned)} request(s) wait for a signing node that is not running: no node "
+            'holding their RootCA key (ca.signer = "sign") swept the queue recently'
         )
     return 1 if stuck else 0
 
