@@ -86,9 +86,11 @@ class Cluster:
             run_wired_cli, register, self.database_url, *argv, "--set", SHARED
         )
 
-    async def get(self, node: SharedNode, path: str, *headers: str) -> tuple[int, bytes, str]:
+    async def get(
+        self, node: SharedNode, path: str, *headers: str, options: tuple[str, ...] = ()
+    ) -> tuple[int, bytes, str]:
         """curl (a real client, verifying the server) against ``node``: (status, body, headers)."""
-        arguments = ["--cacert", str(self.pki.ca)]
+        arguments = ["--cacert", str(self.pki.ca), *options]
         for header in headers:
             arguments += ["-H", header]
         return await curl_with_headers(*arguments, node.base + path)
@@ -452,3 +454,33 @@ async def test_import_shares_a_node_store_and_skips_a_damaged_file(
             "size": len(content),
         }
     ]
+
+
+async def test_devices_asking_at_once_share_one_fetch(
+    cluster: Cluster, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = cluster.nodes[1]
+    image, content = cluster.image("ip232.bin", CHUNK_BYTES * 3)
+    assert await cluster.cli("firmware", "add", str(image), "--build", "5", "--type", "IP232") == 0
+    async with pool.acquire() as connection:
+        await InventoryRepository(connection).set_variable(
+            "device_type", "IP232", "fw-prot", "5", False
+        )
+    certificate, key = cluster.pki.devices[DEVICE_A]
+    poll = "/DRIVE/CF0/update/update.txt?sn=009033010203&hwid=IP232-01-02-03&PROT=1&BOOT=1"
+
+    async def listed() -> bool:
+        # The node names the file in the device's script once its list has it (no fetch yet).
+        status, body, _ = await cluster.get(
+            node, poll, options=("--cert", str(certificate), "--key", str(key))
+        )
+        return status == 200 and b"/firm/5/ip232.bin" in body
+
+    await until(listed, timeout=10)
+    assert not node.cached("5", "ip232.bin").exists()
+    caplog.set_level(logging.INFO, logger="services.update.shared_firmware")
+    path = "/DRIVE/CF0/update/firm/5/ip232.bin"
+    results = await asyncio.gather(*(cluster.get(node, path) for _ in range(8)))
+    assert [(status, body == content) for status, body, _ in results] == [(200, True)] * 8
+    fetched = [r for r in caplog.records if r.getMessage().startswith("shared firmware: cached")]
+    assert len(fetched) == 1, [r.getMessage() for r in fetched]

@@ -72,6 +72,7 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await firmware.close()
 
 
 def create_app(

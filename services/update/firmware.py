@@ -232,6 +232,9 @@ class FirmwareSource:
         :class:`FirmwareUnavailable` when it is listed but cannot be had now."""
         raise NotImplementedError
 
+    async def close(self) -> None:
+        """Finish (or stop) work in progress; the application is shutting down."""
+
 
 class LocalFirmware(FirmwareSource):
     """``update.firmware_source = "files"``: the :class:`FirmwareStore` of this node."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 # Fetch attempts with no database are not retried sooner than this (per file, per worker).
 FETCH_RETRY_SECONDS = 5.0
+# Shutdown waits this long for a fetch in progress, then stops it (its temporary file goes).
+CLOSE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -304,7 +307,7 @@ class SharedFirmware(FirmwareSource):
     _files: dict[tuple[str, str], SharedFile] = field(default_factory=dict)
     _version: int | None = None
     _checked: dict[tuple[str, str], _Checked] = field(default_factory=dict)
-    _fetching: dict[tuple[str, str], asyncio.Future[FirmwareFile]] = field(default_factory=dict)
+    _fetching: dict[tuple[str, str], asyncio.Task[FirmwareFile]] = field(default_factory=dict)
     _failed_at: dict[tuple[str, str], float] = field(default_factory=dict)
     _unavailable_logged: bool = False
 
@@ -379,32 +382,56 @@ class SharedFirmware(FirmwareSource):
         entry = self._files.get((build, name))
         if entry is None:
             return None
-        cached = await asyncio.to_thread(self._cached, entry)
+        key = (build, name)
+        # One check (and fetch) per file at a time: the devices asking meanwhile share its
+        # result, and one leaving early does not cancel it for the others.
+        running = self._fetching.get(key)
+        if running is None:
+            running = asyncio.get_running_loop().create_task(self._obtain(entry))
+            self._fetching[key] = running
+            running.add_done_callback(functools.partial(self._obtained, key))
+        return await asyncio.shield(running)
+
+    async def close(self) -> None:
+        pending = list(self._fetching.values())
+        if not pending:
+            return
+        _done, running = await asyncio.wait(pending, timeout=CLOSE_TIMEOUT)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
+
+    def _obtained(self, key: tuple[str, str], task: asyncio.Task[FirmwareFile]) -> None:
+        if self._fetching.get(key) is task:
+            del self._fetching[key]
+        # Retrieved here, so a failure nobody waited for is not reported as never retrieved.
+        if not task.cancelled():
+            task.exception()
+
+    async def _obtain(self, entry: SharedFile) -> FirmwareFile:
+        key = (entry.build, entry.name)
+        try:
+            cached = await asyncio.to_thread(self._cached, entry)
+        except OSError as error:
+            log.error("shared firmware: cached firm/%s/%s unreadable: %s", *key, error)
+            raise FirmwareUnavailable(
+                f"firm/{entry.build}/{entry.name}: cache unreadable"
+            ) from None
         if cached is not None:
             return cached
-        key = (build, name)
-        running = self._fetching.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
         failed = self._failed_at.get(key)
         if failed is not None and time.monotonic() - failed < FETCH_RETRY_SECONDS:
-            raise FirmwareUnavailable(f"firm/{build}/{name}: not cached, database unavailable")
-        future: asyncio.Future[FirmwareFile] = asyncio.get_running_loop().create_future()
-        self._fetching[key] = future
+            raise FirmwareUnavailable(
+                f"firm/{entry.build}/{entry.name}: not cached, database unavailable"
+            )
         try:
             fetched = await self._fetch(entry)
-        except BaseException as error:
+        except FirmwareUnavailable:
             self._failed_at[key] = time.monotonic()
-            future.set_exception(error)
-            # Nobody else may be waiting: do not warn about an exception never retrieved.
-            future.exception()
             raise
-        else:
-            self._failed_at.pop(key, None)
-            future.set_result(fetched)
-            return fetched
-        finally:
-            del self._fetching[key]
+        self._failed_at.pop(key, None)
+        return fetched
 
     def _cached(self, entry: SharedFile) -> FirmwareFile | None:
         """Blocking: the cached copy if it is the listed content (hashed again when it changed
