@@ -24,6 +24,7 @@ from services.core import db, pki
 from services.core.config import CaSettings, DatabaseSettings
 from services.core.inventory import apply_inventory, read_inventory_file
 from services.core.runner import Node
+from services.update.cli import register as register_update
 from tests.conftest import DEVICE_A, DEVICE_C, SessionPki, run_wired_cli, until
 from tests.test_rollout import (
     MAC_A,
@@ -136,6 +137,16 @@ async def test_requests_wait_for_the_signing_node_and_are_signed_when_it_comes(
     assert "1 waiting, the oldest for" in report
     assert "1 request(s) wait for a signing node that is not running" in report
     assert "no signing node holds it" in report
+    assert (
+        await asyncio.to_thread(
+            run_wired_cli, register_update, cluster.database_url, "devices", "certificates"
+        )
+        == 0
+    )
+    listing = capsys.readouterr().out
+    line = next(line for line in listing.splitlines() if line.startswith(MAC_A))
+    assert "queued" in line
+    assert "request waits for the signing node (pbxfront ca queue)" in line
     # Nobody could sign a CRL yet either.
     status, _ = await crl_from(frontend)
     assert status == 503

@@ -46,6 +46,7 @@ from services.update.provisioning import (
     reply_for,
 )
 from services.update.repository import RolloutRepository, UpdateRepository
+from services.update.rollout import RolloutState
 from services.update.scripts import ScriptError, ScriptStore, SecretRequired, read_tree_files
 from services.update.shared_firmware import (
     SharedFirmwareRepository,
@@ -620,13 +621,22 @@ async def devices_certificates(
                 (r.device_issuer or "-") if r else "-",
                 f"{r.device_not_after:%Y-%m-%d}" if r and r.device_not_after else "-",
                 _age(r.updated_at) if r else "-",
-                (r.error or "") if r else "",
+                _certificate_note(r),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
     return 0
+
+
+def _certificate_note(rollout: RolloutState | None) -> str:
+    if rollout is None:
+        return ""
+    if rollout.state == "queued":
+        # ca.signer: the UPDATED column is how long it has waited.
+        return "request waits for the signing node (pbxfront ca queue)"
+    return rollout.error or ""
 
 
 async def devices_certificate_reset(
