@@ -6,6 +6,9 @@ so browsers and phones trust everything after importing one root. The CA key and
 live in files (``[ca]`` settings); what was issued and revoked lives in PostgreSQL, so every
 node serves the same CRL (``GET /DRIVE/CF0/update/ca.crl`` on the device listener).
 
+``pbxfront ca queue`` shows the signing requests nodes without the CA key queued for the signing
+node (``ca.signer``), their age, and whether a signing node is working the queue.
+
 Passphrases never come from argv: ``ca.passphrase_file`` or ``PBXFRONT_CA_PASSPHRASE`` for the
 CA key, ``--p12-passphrase-file`` or ``PBXFRONT_P12_PASSPHRASE`` for PKCS#12 bundles.
 """

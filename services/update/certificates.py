@@ -5,7 +5,8 @@ and the CRL (``GET /DRIVE/CF0/update/ca.crl``).
 The RootCA comes from the ``[ca]`` files; a key file readable by others, a wrong passphrase or a
 certificate that is no CA stops the service from starting (the message names the file). Without
 a RootCA file the CRL answers 404 and no roll-out runs (``ca.rollout = true`` without one also
-refuses to start).
+refuses to start). A node with the certificate but not the key (``ca.signer``) queues checked
+requests for the signing node and serves the CRL that node stored (signing.py).
 
 The upload path is write-only and only for devices proven by their client certificate whose
 certificate names the device the path and arguments name; failures are rate-limited per
