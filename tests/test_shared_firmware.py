@@ -386,6 +386,14 @@ async def test_cached_files_are_served_while_the_database_is_down(
                 assert status == 503, body
                 assert header(headers, "Retry-After")
                 assert body.startswith(b"# firmware not available right now")
+                # A node restarted during the outage serves its cache from the list it kept.
+                await node.node.stop()
+                node = await start(pool, session_pki, scripts, tmp_path, "a")
+                cluster.nodes = [node]
+                status, body, _ = await cluster.get(node, path)
+                assert (status, body) == (200, content)
+                status, _, _ = await cluster.get(node, "/DRIVE/CF0/update/firm/1/ip222.bin")
+                assert status == 503
                 await asyncio.to_thread(embedded.start)
 
                 async def back() -> bool:

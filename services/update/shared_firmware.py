@@ -14,8 +14,9 @@ the seed's ``firm/<build>/<file>`` layout):
   does not match is removed and fetched again;
 - the cached copy's modification time is the time the file was added, so Last-Modified and the
   ETag are the same on every node and a device may resume (Range) on another one;
-- while PostgreSQL is unreachable, cached files are still served (the list last read stays);
-  a listed file that is not cached answers 503 until the database is back.
+- while PostgreSQL is unreachable, cached files are still served (the list last read stays, and
+  a node starting meanwhile reads it from ``index.json`` in the cache folder); a listed file
+  that is not cached answers 503 until the database is back.
 
 SQL for these tables lives in :class:`SharedFirmwareRepository` (the aggregate of this module).
 """
@@ -26,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -313,6 +315,7 @@ class SharedFirmware(FirmwareSource):
 
     def __post_init__(self) -> None:
         self.firm = self.cache_root / "firm"
+        self.index = self.cache_root / "index.json"
         self.where = f"the database (cache {self.firm})"
         if not self.node:
             self.node = f"{socket.gethostname()}:{self.cache_root.absolute()}"
@@ -341,6 +344,17 @@ class SharedFirmware(FirmwareSource):
             if not self._unavailable_logged:
                 self._unavailable_logged = True
                 log.warning("shared firmware: database unavailable, serving the cache: %s", error)
+            if self._version is None and not self._files:
+                # Started during an outage: the list the cache was last filled from.
+                self._files = await asyncio.to_thread(self._read_index)
+                if self._files:
+                    log.warning(
+                        "shared firmware: serving the %d cached file(s) of %s until the "
+                        "database is back",
+                        len(self._files),
+                        self.index,
+                    )
+                    return True
             return False
         if self._unavailable_logged:
             self._unavailable_logged = False
@@ -355,7 +369,44 @@ class SharedFirmware(FirmwareSource):
             if key not in new or new[key].sha256 != self._checked[key].sha256:
                 del self._checked[key]
         await asyncio.to_thread(self._prune)
+        await asyncio.to_thread(self._write_index)
         return changed
+
+    def _write_index(self) -> None:
+        """Blocking: the list as last read, next to the cache (read back only by a node that
+        starts while the database is unreachable)."""
+        entries = [
+            {**f.as_json(), "cached_on": []} for f in sorted(self._files.values(), key=_sort_key)
+        ]
+        self.cache_root.mkdir(parents=True, exist_ok=True)
+        descriptor, name = tempfile.mkstemp(dir=self.cache_root, prefix=".index-")
+        with os.fdopen(descriptor, "w", encoding="utf-8") as writer:
+            json.dump(entries, writer, indent=1)
+        os.replace(name, self.index)
+
+    def _read_index(self) -> dict[tuple[str, str], SharedFile]:
+        """Blocking: the list :meth:`_write_index` left; empty when there is none or it cannot
+        be read (then nothing is served until the database is back)."""
+        try:
+            entries = json.loads(self.index.read_text("utf-8"))
+            files = [
+                SharedFile(
+                    build=check_build(e["build"]),
+                    name=check_file_name(e["name"]),
+                    sha256=str(e["sha256"]),
+                    size=int(e["size"]),
+                    added_at=datetime.fromisoformat(e["added_at"]),
+                    added_by=str(e["added_by"]),
+                    device_type=e["device_type"],
+                )
+                for e in entries
+            ]
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, FirmwareError) as error:
+            log.error("shared firmware: %s unusable: %s", self.index, error)
+            return {}
+        return {(f.build, f.name): f for f in files}
 
     def _prune(self) -> None:
         """Blocking: remove cached files that are no longer in the store."""
@@ -536,6 +587,10 @@ class SharedFirmware(FirmwareSource):
                     self.node, self.frontend, entry.sha256
                 )
         return found
+
+
+def _sort_key(item: SharedFile) -> tuple[str, str]:
+    return (item.build, item.name)
 
 
 def _temporary(directory: Path) -> tuple[BinaryIO, Path]:
