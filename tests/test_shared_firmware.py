@@ -353,15 +353,16 @@ async def test_cached_files_are_served_while_the_database_is_down(
             try:
                 image, content = cluster.image("ip232.bin", 200_000)
                 other, _ = cluster.image("ip222.bin", 1000)
+                # ip222 first: a list that has ip232 (served below) has it too.
                 assert (
                     await cluster.cli(
-                        "firmware", "add", str(image), "--build", "1", "--type", "IP232"
+                        "firmware", "add", str(other), "--build", "1", "--type", "IP222"
                     )
                     == 0
                 )
                 assert (
                     await cluster.cli(
-                        "firmware", "add", str(other), "--build", "1", "--type", "IP222"
+                        "firmware", "add", str(image), "--build", "1", "--type", "IP232"
                     )
                     == 0
                 )
