@@ -701,7 +701,7 @@ async def backups(request: web.Request) -> web.Response:
 
 
 async def firmware(request: web.Request) -> web.Response:
-    store = await _sources(request).firmware_store(request.app[SETTINGS_KEY])
+    store = await _sources(request).firmware_store(request.app[SETTINGS_KEY], _pool(request))
     builds = await _sources(request).firmware_builds(_pool(request))
     return render(request, "firmware.html", store=store, builds=builds)
 

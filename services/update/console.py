@@ -36,6 +36,7 @@ from services.update.repository import (
     UpdateRepository,
 )
 from services.update.scripts import ScriptError, ScriptStore, SecretRequired
+from services.update.shared_firmware import SharedFirmwareRepository, firmware_source
 from services.update.state import SnapshotCache
 
 FLEET_SORT_NAMES = tuple(FLEET_SORTS)
@@ -129,9 +130,9 @@ async def render_script(
     if phase not in (STAGING, UPDATE):
         raise ValueError(f"phase: must be {STAGING} or {UPDATE}")
     store = ScriptStore(settings.update.scripts_dir)
-    firmware = FirmwareStore(settings.update.firmware_dir)
+    firmware = firmware_source(settings, pool)
     await asyncio.to_thread(store.refresh)
-    await asyncio.to_thread(firmware.refresh)
+    await firmware.refresh()
     async with pool.acquire() as connection:
         snapshot = await SnapshotCache().get(connection)
     device = snapshot.by_mac.get(mac)
@@ -180,8 +181,16 @@ async def render_script(
     }
 
 
-async def firmware_store(settings: Settings) -> list[dict[str, Any]]:
-    """The files of the firmware store (build, name, sha256, size)."""
+async def firmware_store(
+    settings: Settings, pool: asyncpg.Pool | None = None
+) -> list[dict[str, Any]]:
+    """The files of the firmware store (build, name, sha256, size): the shared one in
+    PostgreSQL with ``update.firmware_source = "database"``, else this node's folder."""
+    if settings.update.firmware_source == "database" and pool is not None:
+        shared = await SharedFirmwareRepository(pool).files()
+        return [
+            {"build": f.build, "name": f.name, "sha256": f.sha256, "size": f.size} for f in shared
+        ]
     store = FirmwareStore(settings.update.firmware_dir)
     files = await asyncio.to_thread(store.list)
     return [{"build": f.build, "name": f.name, "sha256": f.sha256, "size": f.size} for f in files]

@@ -6,7 +6,6 @@ Devices read every reply line as a command, so even errors are answered as ``#``
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import re
@@ -24,6 +23,7 @@ from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
 from services.update import certificates
 from services.update.canary import CanaryState
+from services.update.firmware import FirmwareUnavailable
 from services.update.provisioning import (
     STAGING,
     UPDATE,
@@ -370,9 +370,13 @@ async def _unknown(
 
 async def firmware(request: web.Request) -> web.StreamResponse:
     store = request.app[FIRMWARE_KEY]
-    found = await asyncio.to_thread(
-        store.find, request.match_info["build"], request.match_info["file"]
-    )
+    try:
+        found = await store.find(request.match_info["build"], request.match_info["file"])
+    except FirmwareUnavailable as error:
+        log.warning("firmware: %s", error)
+        response = comment_reply(503, "firmware not available right now; try again later")
+        response.headers["Retry-After"] = "30"
+        return response
     if found is None:
         return comment_reply(404, "no such firmware file")
     return web.FileResponse(found.path, headers={"Content-Type": "application/octet-stream"})
