@@ -192,7 +192,7 @@ async def _baseline(settings: Settings, pool: asyncpg.Pool) -> int:
     from services.update.plan import device_context, render_update
     from services.update.provisioning import Urls
 
-    store, _firmware = await _stores(settings)
+    store, _firmware = await _stores(settings, pool)
     snapshot = await _snapshot(pool)
     urls = Urls(PUBLIC_URL)
 
