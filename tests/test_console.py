@@ -40,7 +40,8 @@ from services.core.runner import Node, start_node
 from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
 from services.serve import service_factories
-from services.update.repository import FleetQuery, PollRecord, UpdateRepository
+from services.update.repository import FleetQuery, PollRecord, RolloutRepository, UpdateRepository
+from services.update.rollout import RolloutState
 from tests.conftest import DEVICE_A, DEVICE_B, SessionPki, curl, curl_with_headers, peer_program
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -132,6 +133,37 @@ class Console:
             f"{self.devices}/events",
         )
         return status
+
+    async def post_event(self, form: str) -> int:
+        """One event as DEVICE_A sends it (its client certificate), e.g. ``type=syslog&...``."""
+        certificate, key = self.pki.devices[DEVICE_A]
+        status, _ = await curl(
+            "--cacert",
+            str(self.pki.ca),
+            "--cert",
+            str(certificate),
+            "--key",
+            str(key),
+            "--data",
+            form,
+            f"{self.devices}/events",
+        )
+        return status
+
+    async def api(self, path: str) -> Any:
+        """The admin API's JSON for ``path`` (as the admin, Basic auth), to compare pages with."""
+        credentials = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+        async with (
+            self.session() as client,
+            client.get(self.url(path), headers={"Authorization": f"Basic {credentials}"}) as r,
+        ):
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async def audit_rows(self, action: str) -> list[dict[str, Any]]:
+        """The audit trail's rows for one console action, as the admin API lists them."""
+        listed = await self.api("/api/v1/audit?limit=1000")
+        return [e for e in listed["entries"] if e["action"] == action]
 
     async def upload_contacts(self, content: str) -> int:
         folder = self.tmp / secrets.token_hex(4)
@@ -422,7 +454,7 @@ async def test_directory_reader_sees_only_the_directory(console: Console) -> Non
         assert "Directory test search" in text
 
 
-async def test_secrets_only_for_admins(console: Console) -> None:
+async def test_secrets_only_for_admins(console: Console, caplog: pytest.LogCaptureFixture) -> None:
     assert await console.put_backup(CONFIG_1) == 201
     assert await console.put_backup(CONFIG_2) == 201
     diff = f"/ui/devices/{MAC_A}/diff"
@@ -434,10 +466,31 @@ async def test_secrets_only_for_admins(console: Console) -> None:
         assert "********" in text
         async with client.get(console.url(diff + "?show_secrets=1")) as response:
             assert response.status == 403
+    caplog.set_level(logging.INFO, logger="pbxfront.security")
+    device = f"/ui/devices/{MAC_A}"
+    async with console.session() as client:
+        await _logged_in(console, client, "ops", OPERATOR_PASSWORD)
+        async with client.get(console.url(device)) as response:
+            assert "change-me-pbx-password" not in await response.text()
+        async with client.get(console.url(device + "?show_secrets=1")) as response:
+            assert response.status == 403
+    assert not [r for r in caplog.records if "secrets-shown" in r.getMessage()]
     async with console.session() as client:
         await _logged_in(console, client, "admin", ADMIN_PASSWORD)
         async with client.get(console.url(diff + "?show_secrets=1")) as response:
             assert "topsecret123" in await response.text()
+        async with client.get(console.url(device + "?show_secrets=1")) as response:
+            assert "change-me-pbx-password" in await response.text()
+    # Each look at the secrets is one line in the security log: who, which device, which
+    # versions; the secret itself never.
+    shown = [r.getMessage() for r in caplog.records if "secrets-shown" in r.getMessage()]
+    assert len(shown) == 2
+    assert all("account=admin" in line and f"device={MAC_A}" in line for line in shown)
+    assert "versions=" in shown[0]
+    forbidden = [r.getMessage() for r in caplog.records if "forbidden" in r.getMessage()]
+    assert any("account=ops" in line for line in forbidden)
+    assert all("topsecret123" not in r.getMessage() for r in caplog.records)
+    assert all("change-me-pbx-password" not in r.getMessage() for r in caplog.records)
 
 
 # --- fleet -------------------------------------------------------------------------------------
@@ -674,6 +727,14 @@ async def test_contacts_rollback_and_directory_search(console: Console) -> None:
         ) as response:
             assert response.status == 400
             assert "version: must be a whole number" in await response.text()
+    # One audit row, for the rollback that happened; the refused ones left none.
+    rows = await console.audit_rows("console.contacts-rollback")
+    assert len(rows) == 1
+    assert (rows[0]["object_type"], rows[0]["object_id"]) == ("customer", "Kuenkel00001")
+    assert rows[0]["before"] == {"contacts_version": 2}
+    assert rows[0]["after"] == {"contacts_version": 1}
+    assert rows[0]["actor"] == "ops (console)"
+    assert rows[0]["origin"] == "127.0.0.1"
 
 
 async def test_adopt_an_unknown_device(console: Console) -> None:
@@ -717,3 +778,205 @@ async def test_adopt_an_unknown_device(console: Console) -> None:
         DEVICE_B,
     )
     assert await UnknownDeviceRepository(console.pool).sightings(UPDATE_SERVICE) == []
+    # The adoption is in the audit trail once (the refused attempts left nothing), with the
+    # device as it was created.
+    rows = await console.audit_rows("console.adopt")
+    assert len(rows) == 1
+    assert (rows[0]["object_type"], rows[0]["object_id"]) == ("device", "0090330a0b0c")
+    assert rows[0]["actor"] == "ops (console)"
+    assert rows[0]["before"] is None
+    assert {k: rows[0]["after"][k] for k in ("mac", "customer", "device_type", "device_class")} == {
+        "mac": "0090330a0b0c",
+        "customer": "Kuenkel00001",
+        "device_type": "IP222",
+        "device_class": "phone",
+    }
+
+
+# --- pages against the API ---------------------------------------------------------------------
+
+
+def _poll(mac: str, **changes: Any) -> PollRecord:
+    values: dict[str, Any] = {
+        "mac": mac,
+        "source_address": "198.51.100.7",
+        "proof": "proven",
+        "phase": "update",
+        "version": "13r2",
+        "prot": "13r2 sr5",
+        "boot": None,
+        "device_check": "abc",
+        "cfg": None,
+        "hash_sent": "abc",
+        "in_sync": True,
+    }
+    return PollRecord(**{**values, **changes})
+
+
+async def _cells(row: Any) -> dict[str, str]:
+    """A table row's cells by their data-label."""
+    cells = row.locator("td[data-label]")
+    found: dict[str, str] = {}
+    for index in range(await cells.count()):
+        cell = cells.nth(index)
+        found[str(await cell.get_attribute("data-label"))] = (await cell.inner_text()).strip()
+    return found
+
+
+async def test_pages_show_what_the_api_returns(browser: Any, console: Console) -> None:
+    await UpdateRepository(console.pool).record_polls([_poll(MAC_A)], [3])
+    assert await console.post_alarm("Registration+lost") == 201
+    assert await console.post_event("type=syslog&severity=info&text=Config+saved") == 201
+    context, requested = await _context(browser, console)
+    page = await context.new_page()
+    await _login(page, console, "ops", OPERATOR_PASSWORD)
+
+    # Fleet: every row as /api/v1/status has the device.
+    api_devices = {d["mac"]: d for d in (await console.api("/api/v1/status"))["devices"]}
+    await page.goto(console.url("/ui/fleet?sort=hardware_id"))
+    rows = page.locator("#fleet tbody tr")
+    assert await rows.count() == len(api_devices) == 4
+    for index in range(await rows.count()):
+        shown = await _cells(rows.nth(index))
+        href = await rows.nth(index).locator("td[data-label='Hardware id'] a").get_attribute("href")
+        expected = api_devices[str(href).rsplit("/", 1)[1]]
+        assert shown["Customer"] == expected["customer"]
+        assert shown["Type"] == expected["device_type"]
+        assert shown["Hardware id"].split()[0] == expected["hardware_id"]
+        assert shown["Proof"] == (expected["proof"] or "-")
+        assert shown["Phase"] == (expected["phase"] or "-")
+        assert shown["In sync"] == ("yes" if expected["in_sync"] else "no")
+        assert shown["Firmware"] == (expected["prot"] or "-")
+
+    # Device: the status card is the API's status of that device.
+    status = await console.api(f"/api/v1/devices/{MAC_A}/status")
+    await page.goto(console.url(f"/ui/devices/{MAC_A}"))
+    assert (await page.inner_text("h1")).startswith(status["hardware_id"])
+    field = page.locator("#status [data-field]")
+    shown = {
+        str(await field.nth(i).get_attribute("data-field")): (await field.nth(i).inner_text())
+        for i in range(await field.count())
+    }
+    assert shown["polls"] == str(status["polls"]) == "3"
+    assert shown["source_address"] == status["source_address"]
+    assert shown["proof"] == status["proof"]
+    assert shown["phase"] == status["phase"]
+    assert shown["prot"] == status["prot"]
+    assert shown["version"] == status["version"]
+    assert shown["hash_sent"] == status["hash_sent"]
+    assert shown["in_sync"] == "yes"
+    assert status["in_sync"] is True
+    stamp = await page.get_attribute("#status [data-field=last_seen]", "title")
+    assert stamp == status["last_seen"][:19].replace("T", " ") + " UTC"
+
+    # Customer: its name, Frontend and devices as the API has them.
+    customer = await console.api("/api/v1/customers/Kuenkel00001")
+    its_devices = (await console.api("/api/v1/status?customer=Kuenkel00001"))["devices"]
+    await page.goto(console.url("/ui/customers/Kuenkel00001"))
+    assert await page.inner_text("#customer-name") == customer["name"]
+    assert await page.inner_text("#customer-frontend") == customer["frontend"]
+    listed = page.locator("#devices tbody td[data-label='Hardware id']")
+    assert sorted(await listed.all_inner_texts()) == sorted(d["hardware_id"] for d in its_devices)
+
+    # Events: the latest events in the API's order, and the active alarm.
+    api_events = (await console.api("/api/v1/events"))["events"]
+    assert [e["text"] for e in api_events] == ["Config saved", "Registration lost"]
+    await page.goto(console.url("/ui/events"))
+    latest = page.locator("#latest tbody tr")
+    assert await latest.count() == len(api_events)
+    for index, event in enumerate(api_events):
+        shown = await _cells(latest.nth(index))
+        assert event["text"] in shown["Text"]
+        assert shown["Device"] == event["device_hardware_id"]
+        assert shown["Customer"] == event["customer"]
+    api_alarms = (await console.api("/api/v1/events?active=1"))["events"]
+    alarms = page.locator("table.events").first.locator("tbody tr")
+    assert await alarms.count() == len(api_alarms) == 1
+    assert api_alarms[0]["text"] in await alarms.inner_text()
+    assert {_origin(url) for url in requested} == {console.base}
+    await context.close()
+
+
+async def test_events_page_filters(browser: Any, console: Console) -> None:
+    assert await console.post_alarm("Registration+lost") == 201
+    assert await console.post_event("type=syslog&severity=info&text=Config+saved") == 201
+    assert await console.post_event("type=syslog&severity=warning&text=Fan+slow") == 201
+    context, requested = await _context(browser, console)
+    page = await context.new_page()
+    await _login(page, console, "ops", OPERATOR_PASSWORD)
+    await page.goto(console.url("/ui/events"))
+
+    async def latest() -> list[str]:
+        texts = await page.locator("#latest tbody td[data-label='Text']").all_inner_texts()
+        return [str(text).strip() for text in texts]
+
+    async def api(query: str) -> list[str]:
+        events = (await console.api(f"/api/v1/events?{query}"))["events"]
+        return [f"{e['code']} {e['text']}" if e["code"] else e["text"] for e in events]
+
+    assert await latest() == await api("") == ["Fan slow", "Config saved", "1234 Registration lost"]
+    # Severity: warning and worse (syslog 4) drops the info line.
+    await page.select_option("select[name=severity]", "4")
+    await page.click("form.filters button")
+    assert urlsplit(page.url).query.startswith("customer=&device=&severity=4")
+    assert await latest() == await api("severity=4") == ["Fan slow", "1234 Registration lost"]
+    # Active alarms only, on top of that.
+    await page.check("input[name=active]")
+    await page.click("form.filters button")
+    assert await latest() == await api("severity=4&active=1") == ["1234 Registration lost"]
+    # The device by its hardware id, then a customer with no events.
+    await page.goto(console.url("/ui/events"))
+    await page.fill("input[name=device]", "IP232-01-02-03")
+    await page.click("form.filters button")
+    assert await latest() == await api("device=IP232-01-02-03")
+    assert len(await latest()) == 3
+    await page.fill("input[name=device]", "")
+    await page.fill("input[name=customer]", "Nobody0001")
+    await page.click("form.filters button")
+    assert await api("customer=Nobody0001") == []
+    assert "No events." in await page.inner_text("#latest")
+    # The form shows the filters it applied.
+    assert await page.input_value("input[name=customer]") == "Nobody0001"
+    response = await page.goto(console.url("/ui/events?severity=9"))
+    assert response is not None
+    assert response.status == 400
+    assert "severity: must be 0..7" in await page.inner_text("body")
+    assert {_origin(url) for url in requested} == {console.base}
+    await context.close()
+
+
+async def test_certificate_reset_in_the_browser_and_the_audit_trail(
+    browser: Any, console: Console
+) -> None:
+    rollouts = RolloutRepository(console.pool)
+    await rollouts.save(
+        RolloutState(mac=MAC_A, state="error", attempts=3, error="device refused the request")
+    )
+    context, requested = await _context(browser, console)
+    page = await context.new_page()
+    await _login(page, console, "ops", OPERATOR_PASSWORD)
+    await page.goto(console.url(f"/ui/devices/{MAC_A}"))
+    api = await console.api(f"/api/v1/devices/{MAC_A}/certificate")
+    assert api["rollout"]["state"] == "error"
+    assert await page.inner_text("#certificate [data-field=state]") == "error"
+    assert "device refused the request" in await page.inner_text("#certificate")
+    await page.click("#certificate-reset")
+    assert "Certificate roll-out reset" in await page.inner_text("p.notice")
+    assert (await rollouts.statuses(mac=MAC_A))[0].rollout is None
+    assert (await console.api(f"/api/v1/devices/{MAC_A}/certificate"))["rollout"] is None
+    assert "No certificate roll-out" in await page.inner_text("section.cards")
+    await _screenshot(page, "device-certificate-reset")
+    # Again: nothing to reset, said so; the attempt is in the trail too.
+    await page.click("#certificate-reset")
+    assert "no certificate roll-out to reset" in await page.inner_text("p.notice")
+    rows = await console.audit_rows("console.certificate-reset")
+    assert [(r["object_type"], r["object_id"], r["actor"]) for r in rows] == [
+        ("device", MAC_A, "ops (console)"),
+        ("device", MAC_A, "ops (console)"),
+    ]
+    assert rows[0]["before"]["state"] == "error"
+    assert rows[0]["before"]["attempts"] == 3
+    assert rows[0]["after"] == {"certificate_rollout": None}
+    assert rows[1]["before"] is None
+    assert {_origin(url) for url in requested} == {console.base}
+    await context.close()
