@@ -980,3 +980,102 @@ async def test_certificate_reset_in_the_browser_and_the_audit_trail(
     assert rows[1]["before"] is None
     assert {_origin(url) for url in requested} == {console.base}
     await context.close()
+
+
+# --- status history ----------------------------------------------------------------------------
+
+
+async def _history(pool: asyncpg.Pool, rows: int) -> list[dict[str, Any]]:
+    """The device's history once it has ``rows`` rows (the status writer flushes every 50 ms;
+    bounded wait, no fixed sleep)."""
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while True:
+        found = [c.as_json() for c in await UpdateRepository(pool).status_history(MAC_A)]
+        if len(found) >= rows or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
+async def test_device_page_shows_the_status_history(browser: Any, console: Console) -> None:
+    certificate, key = console.pki.devices[DEVICE_A]
+
+    async def poll(arguments: str) -> int:
+        status, _ = await curl(
+            "--cacert",
+            str(console.pki.ca),
+            "--cert",
+            str(certificate),
+            "--key",
+            str(key),
+            f"{console.devices}/DRIVE/CF0/update/update.txt?sn={MAC_A}&type=IP232&{arguments}",
+        )
+        return status
+
+    # Real polls through the devices listener and the batched status writer.
+    assert await poll("ver=13r2&PROT=13r2+sr5") == 200
+    first = await _history(console.pool, 1)
+    assert [(h["proof"], h["phase"], h["prot"], h["polls"]) for h in first] == [
+        ("proven", "update", "13r2 sr5", 1)
+    ]
+    # The same poll again changes nothing that the history records: no row per poll.
+    assert await poll("ver=13r2&PROT=13r2+sr5") == 200
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while (await UpdateRepository(console.pool).statuses(mac=MAC_A))[0].polls < 2:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    assert len(await _history(console.pool, 1)) == 1
+    # New firmware: a row.
+    assert await poll("ver=14r1&PROT=14r1+sr2") == 200
+    history = await _history(console.pool, 2)
+    assert [h["prot"] for h in history] == ["14r1 sr2", "13r2 sr5"]
+    assert history[0]["polls"] == 3
+
+    context, requested = await _context(browser, console)
+    page = await context.new_page()
+    await _login(page, console, "ops", OPERATOR_PASSWORD)
+    await page.goto(console.url(f"/ui/devices/{MAC_A}"))
+    rows = page.locator("#history tbody tr")
+    assert await rows.count() == len(history)
+    for index, change in enumerate(history):
+        shown = await _cells(rows.nth(index))
+        assert shown["Firmware"] == change["prot"]
+        assert shown["Polls"] == str(change["polls"])
+        assert shown["Proof"] == change["proof"]
+        assert shown["Phase"] == change["phase"]
+        assert shown["In sync"] == ("yes" if change["in_sync"] else "no")
+        assert shown["Address"] == change["source_address"]
+    await _screenshot(page, "device-history")
+    # A device that never polled says so.
+    await page.goto(console.url("/ui/devices/009033a85a38"))
+    assert "No status recorded yet" in await page.inner_text("body")
+    assert {_origin(url) for url in requested} == {console.base}
+    await context.close()
+
+
+async def test_status_history_is_kept_per_change_and_pruned_per_device(
+    console: Console,
+) -> None:
+    repository = UpdateRepository(console.pool)
+    other = "009033a85a38"
+    for build in range(5):
+        async with console.pool.acquire() as connection, connection.transaction():
+            writer = UpdateRepository(connection)
+            await writer.record_polls(
+                [_poll(MAC_A, prot=f"build {build}"), _poll(other, prot="steady")], [1, 1]
+            )
+            added = await writer.record_history([MAC_A, other], keep=3)
+        # The other device's status stays the same after its first row.
+        assert added == (2 if build == 0 else 1)
+    kept = await repository.status_history(MAC_A)
+    assert [c.prot for c in kept] == ["build 4", "build 3", "build 2"]
+    assert [c.polls for c in kept] == [5, 4, 3]
+    assert [c.prot for c in await repository.status_history(other)] == ["steady"]
+    # An error, then in sync again, are changes too.
+    for changes in ({"last_error": "script: no update.txt for IP232"}, {}):
+        await repository.record_polls([_poll(MAC_A, prot="build 4", **changes)], [1])
+        assert await repository.record_history([MAC_A], keep=3) == 1
+    newest = await repository.status_history(MAC_A)
+    assert [c.last_error for c in newest] == [None, "script: no update.txt for IP232", None]
+    # The history goes with the device.
+    await InventoryRepository(console.pool).delete_device(MAC_A)
+    assert await repository.status_history(MAC_A) == []

@@ -403,6 +403,7 @@ async def device(request: web.Request) -> web.Response:
         )
     elif script.get("text"):
         script["text"] = _redact(script["text"], script["secrets"])
+    history = await sources.status_history(pool, mac, 50)
     certificate = await sources.certificate(pool, mac)
     versions = await sources.backup_versions(pool, mac, 20)
     events = await sources.events(pool, {"device": (mac, None), "limit": 20})
@@ -413,6 +414,7 @@ async def device(request: web.Request) -> web.Response:
         "device.html",
         mac=mac,
         status=status,
+        history=history,
         device=asdict(inventory) if inventory is not None else {},
         script=script,
         phase=phase,

@@ -31,6 +31,7 @@ class Sources:
     fleet_sorts: tuple[str, ...]
     device_types: Source
     device_status: Source
+    status_history: Source
     certificate: Source
     render_script: Source
     restage: Source

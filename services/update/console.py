@@ -72,6 +72,12 @@ async def device_status(pool: asyncpg.Pool, settings: Settings, mac: str) -> dic
     return data
 
 
+async def status_history(pool: asyncpg.Pool, mac: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The device's recorded status changes, newest first (migration 028)."""
+    changes = await UpdateRepository(pool).status_history(mac, limit)
+    return [dataclasses.asdict(change) for change in changes]
+
+
 async def certificate(pool: asyncpg.Pool, mac: str) -> dict[str, Any] | None:
     statuses = await RolloutRepository(pool).statuses(mac=mac)
     if not statuses or statuses[0].rollout is None:
