@@ -7,6 +7,7 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import importlib.metadata
 import logging
 import re
 import secrets
@@ -39,6 +40,7 @@ from services.core.inventory import (
 from services.core.runner import Node, start_node
 from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
+from services.events.repository import EventRepository
 from services.serve import service_factories
 from services.update.repository import FleetQuery, PollRecord, RolloutRepository, UpdateRepository
 from services.update.rollout import RolloutState
@@ -210,13 +212,6 @@ async def console(
         await apply_inventory(
             connection, read_inventory_file(repo_root / "config" / "inventory.example.toml")
         )
-    settings = Settings(
-        update=UpdateSettings(
-            scripts_dir=repo_root / "staging_scripts", firmware_dir=tmp_path / "firmware"
-        ),
-        backup=BackupSettings(prune_interval=0.0),
-        admin=AdminSettings(console_login_failure_burst=3, console_login_failure_per_second=0.01),
-    )
     tls = ListenerSettings(
         port=0,
         services=("admin",),
@@ -233,6 +228,15 @@ async def console(
             client_ca=(session_pki.ca,),
         ),
     }
+    settings = Settings(
+        update=UpdateSettings(
+            scripts_dir=repo_root / "staging_scripts", firmware_dir=tmp_path / "firmware"
+        ),
+        backup=BackupSettings(prune_interval=0.0),
+        # The System page lists them.
+        listeners=listeners,
+        admin=AdminSettings(console_login_failure_burst=3, console_login_failure_per_second=0.01),
+    )
     node = await start_node(settings, pool, listeners, service_factories())
     yield Console(node, pool, session_pki, tmp_path)
     await node.stop()
@@ -1079,3 +1083,52 @@ async def test_status_history_is_kept_per_change_and_pruned_per_device(
     # The history goes with the device.
     await InventoryRepository(console.pool).delete_device(MAC_A)
     assert await repository.status_history(MAC_A) == []
+
+
+# --- system ------------------------------------------------------------------------------------
+
+
+async def test_system_page_nodes_destinations_migrations_version(
+    browser: Any, console: Console
+) -> None:
+    assert await console.post_alarm("Registration+lost") == 201
+    assert await console.post_event("type=syslog&severity=info&text=Config+saved") == 201
+    # A syslog destination another node forwards to, two events behind.
+    async with console.pool.acquire() as connection:
+        await EventRepository(connection).ensure_cursor(
+            "central", "udp://127.0.0.1:5514", from_end=False, holder="node-b:4242"
+        )
+        address = await connection.fetchval("SELECT COALESCE(host(inet_client_addr()), 'local')")
+    context, requested = await _context(browser, console)
+    page = await context.new_page()
+    await _login(page, console, "ops", OPERATOR_PASSWORD)
+    await page.goto(console.url("/ui/system"))
+    heading = await page.inner_text("h1")
+    assert heading.startswith("System")
+    assert f"pbxfront {importlib.metadata.version('pbxfront')}" in heading
+    # The nodes sharing the database, from PostgreSQL's own view of its sessions.
+    clients = page.locator("#clients tbody tr")
+    assert await clients.count() >= 1
+    this = await _cells(clients.filter(has_text="this node"))
+    assert this["Address"].split()[0] == address
+    assert int(this["Sessions"]) >= 1
+    # This node's listeners as configured.
+    body = await page.inner_text("body")
+    assert "update, backup, events, contacts" in body
+    # Syslog destinations with their backlog, as the events API has them.
+    api = (await console.api("/api/v1/events/destinations"))["destinations"]
+    assert [(d["name"], d["backlog"], d["holder"]) for d in api] == [("central", 2, "node-b:4242")]
+    shown = await _cells(page.locator("#destinations tbody tr"))
+    assert (shown["Name"], shown["Backlog"], shown["Forwarded by"]) == (
+        "central",
+        "2",
+        "node-b:4242",
+    )
+    # Every migration, applied.
+    names = await page.locator("#migrations td[data-label='Name']").all_inner_texts()
+    assert "device_status_history" in names
+    applied = await page.locator("#migrations td[data-label='Applied']").all_inner_texts()
+    assert all(text.endswith("UTC") for text in applied)
+    await _screenshot(page, "system")
+    assert {_origin(url) for url in requested} == {console.base}
+    await context.close()

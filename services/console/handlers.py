@@ -23,7 +23,7 @@ import jinja2
 from aiohttp import web
 
 from services.console import security
-from services.console.repository import SessionRepository
+from services.console.repository import SessionRepository, database_clients
 from services.console.security import DIRECTORY, OPERATORS, require
 from services.console.state import (
     COOKIE_KEY,
@@ -759,12 +759,14 @@ async def system(request: web.Request) -> web.Response:
         frontends = await InventoryRepository(connection).list_frontends()
         migrations = await migration_status(connection, request.app[MIGRATIONS_KEY])
         server_version = await connection.fetchval("SHOW server_version")
+        clients = await database_clients(connection)
     destinations = await _sources(request).event_destinations(pool)
     return render(
         request,
         "system.html",
         frontends=[asdict(f) for f in frontends],
         this_frontend=settings.frontend,
+        clients=[asdict(c) for c in clients],
         migrations=migrations,
         destinations=destinations,
         version=_version(),
