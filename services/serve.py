@@ -150,6 +150,7 @@ def console_sources() -> Sources:
         fleet_sorts=update.FLEET_SORT_NAMES,
         device_types=update.device_types,
         device_status=update.device_status,
+        status_history=update.status_history,
         certificate=update.certificate,
         render_script=update.render_script,
         restage=update.restage,

@@ -7,6 +7,10 @@ within a batch are folded (count added, latest arguments kept), so none is lost.
 PostgreSQL is away the batch is kept (bounded) and retried; on shutdown the last batch is
 written before the pool closes. What a crash can lose is at most one interval of *status*;
 scripts and inventory are unaffected.
+
+The same transaction adds a ``device_status_history`` row (migration 028) for each device whose
+status changed (proof, phase, in sync, firmware, script hash, error) and prunes that device's
+history to its newest rows, so the console can show what happened without a row per poll.
 """
 
 from __future__ import annotations
@@ -46,9 +50,13 @@ def fold(earlier: Polls, later: Polls) -> Polls:
 
 
 async def _write(connection: asyncpg.Connection, batch: list[Polls]) -> None:
-    await UpdateRepository(connection).record_polls(
+    repository = UpdateRepository(connection)
+    await repository.record_polls(
         [polls.record for polls in batch], [polls.count for polls in batch]
     )
+    # In the same transaction: a history row for each device whose status changed with this
+    # batch (proof, phase, in sync, firmware, script hash, error), not one per poll.
+    await repository.record_history([polls.record.mac for polls in batch])
 
 
 class StatusWriter:
