@@ -114,10 +114,12 @@ class Console:
     def url(self, path: str) -> str:
         return self.base + path
 
-    def session(self) -> aiohttp.ClientSession:
+    def session(self, source: str | None = None) -> aiohttp.ClientSession:
+        """A client (from the loopback address ``source`` if given)."""
         context = ssl.create_default_context(cafile=str(self.pki.ca))
+        local = (source, 0) if source is not None else None
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=context),
+            connector=aiohttp.TCPConnector(ssl=context, local_addr=local),
             cookie_jar=aiohttp.CookieJar(unsafe=True),
         )
 
@@ -782,28 +784,6 @@ async def test_adopt_an_unknown_device(console: Console) -> None:
         DEVICE_B,
     )
     assert await UnknownDeviceRepository(console.pool).sightings(UPDATE_SERVICE) == []
-
-
-async def test_login_failures_share_the_nodes_budget(console: Console) -> None:
-    """Console logins and the admin API count failures in one guard per node: an address that
-    spent the node's budget guessing API passwords cannot move over to the login form."""
-    async with console.session() as client:
-        wrong = {"Authorization": "Basic " + base64.b64encode(b"ops:a wrong password").decode()}
-        statuses = []
-        for _ in range(25):
-            async with client.get(console.url("/api/v1/devices"), headers=wrong) as response:
-                statuses.append(response.status)
-        assert statuses[0] == 401
-        assert statuses[-1] == 429
-        async with client.get(console.url("/ui/login")) as page:
-            token = re.search(r'name="csrf" value="([^"]+)"', await page.text())
-        assert token is not None
-        form = {"csrf": token.group(1), "name": "ops", "password": OPERATOR_PASSWORD}
-        async with client.post(
-            console.url("/ui/login"), data=form, allow_redirects=False
-        ) as response:
-            assert response.status == 429
-
     # The adoption is in the audit trail once (the refused attempts left nothing), with the
     # device as it was created.
     rows = await console.audit_rows("console.adopt")
@@ -1154,3 +1134,24 @@ async def test_system_page_nodes_destinations_migrations_version(
     await _screenshot(page, "system")
     assert {_origin(url) for url in requested} == {console.base}
     await context.close()
+
+
+async def test_login_failures_share_the_nodes_budget(console: Console) -> None:
+    """Console logins and the admin API count failures in one guard per node: an address that
+    spent the node's budget guessing API passwords cannot move over to the login form."""
+    async with console.session("127.0.0.9") as client:
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"ops:a wrong password").decode()}
+        statuses = []
+        for _ in range(25):
+            async with client.get(console.url("/api/v1/devices"), headers=wrong) as response:
+                statuses.append(response.status)
+        assert statuses[0] == 401
+        assert statuses[-1] == 429
+        async with client.get(console.url("/ui/login")) as page:
+            token = re.search(r'name="csrf" value="([^"]+)"', await page.text())
+        assert token is not None
+        form = {"csrf": token.group(1), "name": "ops", "password": OPERATOR_PASSWORD}
+        async with client.post(
+            console.url("/ui/login"), data=form, allow_redirects=False
+        ) as response:
+            assert response.status == 429
