@@ -65,11 +65,14 @@ def device_context(node: Served, version: ssl.TLSVersion | None = None) -> ssl.S
 
 
 def poll(
-    node: Served, context: ssl.SSLContext, session: ssl.SSLSession | None
+    node: Served,
+    context: ssl.SSLContext,
+    session: ssl.SSLSession | None,
+    listener: str = "devices",
 ) -> tuple[ssl.SSLSession | None, bool, bytes]:
     """One poll over a new connection offering ``session``: the session to offer next time,
     whether this one was resumed, and the server certificate (DER) it was made with."""
-    address = urlsplit(node.urls["devices"])
+    address = urlsplit(node.urls[listener])
     assert address.hostname is not None
     assert address.port is not None
     with (
@@ -80,7 +83,9 @@ def poll(
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-        assert data.startswith(b"HTTP/1.1 200"), data[:200]
+        # The listener that asks for no certificate answers this poll with its own refusal;
+        # only the TLS layer matters there.
+        assert data.startswith(b"HTTP/1.1 200" if listener == "devices" else b"HTTP/1.1 "), data
         certificate = sock.getpeercert(binary_form=True)
         assert certificate is not None
         # A TLS 1.3 server sends its tickets after the handshake: read with the response.
@@ -160,6 +165,26 @@ def test_ticket_under_an_unknown_key_is_a_full_handshake(node: Served) -> None:
         assert not reused
         assert session is not None
     assert node_handshake_failures(node) == failures_before
+
+
+def test_a_session_resumes_only_on_the_listener_that_made_it(node: Served) -> None:
+    """A device proven on the listener that asks for certificates must not carry that proof to
+    another listener by resumption (OpenSSL does not verify the certificate again), nor a
+    session from the listener that asks for none skip the certificate check: each listener has
+    its own ticket key."""
+    context = device_context(node)
+    proven, _reused, _certificate = poll(node, context, None, "devices")
+    claimed, _reused, _certificate = poll(node, context, None, "devices_claimed")
+    for _ in range(10):
+        _session, reused, _certificate = poll(node, context, proven, "devices_claimed")
+        assert not reused
+        _session, reused, _certificate = poll(node, context, claimed, "devices")
+        assert not reused
+    # Each on its own listener does resume.
+    _session, reused, _certificate = poll(node, context, proven, "devices")
+    assert reused
+    _session, reused, _certificate = poll(node, context, claimed, "devices_claimed")
+    assert reused
 
 
 def node_handshake_failures(node: Served) -> float:

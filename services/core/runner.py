@@ -10,9 +10,10 @@ overstays). SIGHUP: reload TLS certificates
 for new connections. A worker that dies unexpectedly is restarted after a short pause.
 
 TLS session resumption across workers: the master builds every listener's server context before
-it forks, with one session-ticket key for the whole node (``core/ticketkeys.py``), and every
-context rebuilt on SIGHUP (in the workers, and in the master for workers it starts later) keeps
-that key. A device's ticket therefore resumes on every worker, before and after a reload.
+it forks, with a session-ticket key per listener for the whole node (``core/ticketkeys.py``), and
+every context rebuilt on SIGHUP (in the workers, and in the master for workers it starts later)
+keeps it. A device's ticket therefore resumes on every worker, before and after a reload (and on
+no other listener).
 
 With ``workers = 1`` everything runs in the master process (what the tests and the demo use).
 """
@@ -135,12 +136,20 @@ def check_tls(listeners: Mapping[str, ListenerSettings]) -> None:
 
 
 def build_holders(listeners: Mapping[str, ListenerSettings]) -> dict[str, ContextHolder]:
-    """Every TLS listener's context holder, all with one new session-ticket key (see the module
-    docstring); built once per node, before any worker starts."""
+    """Every TLS listener's context holder, each with a new session-ticket key of its own (see
+    the module docstring); built once per node, before any worker starts.
+
+    One key per listener, never one for all: Python gives every context the same session id
+    context, and OpenSSL does not verify a client certificate again when a session resumes, so
+    a ticket from a listener that trusts one CA (or asks for no certificate) must not resume on
+    a listener that trusts another."""
     files = {name: tls_files(listener) for name, listener in listeners.items()}
     present = {name: item for name, item in files.items() if item is not None}
     keys = node_ticket_keys(next(iter(present.values()), None))
-    return {name: ContextHolder(item, keys) for name, item in present.items()}
+    return {
+        name: ContextHolder(item, keys.another() if keys is not None else None)
+        for name, item in present.items()
+    }
 
 
 def tls_files(listener: ListenerSettings) -> TlsFiles | None:

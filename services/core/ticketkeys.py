@@ -124,6 +124,10 @@ class TicketKeys:
         prove(keys, make_context)
         return keys
 
+    def another(self) -> TicketKeys:
+        """A new random key through the same proven binding (e.g. for another listener)."""
+        return TicketKeys(self._binding, secrets.token_bytes(KEY_LENGTH))
+
     def apply(self, context: ssl.SSLContext) -> None:
         """Make ``context`` issue and accept tickets under this key (before it is used)."""
         pointer = _ssl_ctx(self._binding, context)

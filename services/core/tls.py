@@ -10,9 +10,10 @@ Connections are accepted by our own loop and handed to the event loop's TLS with
 an exception, logged with the peer address and reason; the handshake has a deadline; the context
 can be swapped for new connections while open ones keep theirs; slow request headers are cut off.
 
-Session resumption: every context of a node gets the same session-ticket key
-(``core/ticketkeys.py``), so a device resumes its session on whichever worker the kernel hands its
-connection to, before and after a certificate reload. Where that key cannot be set safely, the
+Session resumption: every context of a listener, in every worker of the node, gets the same
+session-ticket key (``core/ticketkeys.py``; each listener its own), so a device resumes its
+session on whichever worker the kernel hands its connection to, before and after a certificate
+reload. Where that key cannot be set safely, the
 runner builds the contexts before forking and the workers share OpenSSL's own key until a reload.
 """
 
@@ -83,8 +84,9 @@ def build_server_context(files: TlsFiles, keys: TicketKeys | None = None) -> ssl
 
 
 def node_ticket_keys(files: TlsFiles | None) -> TicketKeys | None:
-    """A new session-ticket key for every context of this node, proven with ``files`` (one
-    listener's certificate); None, with a warning saying why, where it cannot be set."""
+    """A new session-ticket key, proven with ``files`` (one listener's certificate); its
+    ``another()`` gives each further listener a key of its own. None, with a warning saying
+    why, where keys cannot be set."""
     if files is None:
         return None
     try:
