@@ -1,6 +1,6 @@
-"""Explicit TLS session-ticket keys, so that every server context of a node encrypts and accepts
-the same session tickets: every worker process, and every context rebuilt by a certificate
-reload (SIGHUP).
+"""Explicit TLS session-ticket keys, so that every server context of a listener encrypts and
+accepts the same session tickets: in every worker process of the node, and every context rebuilt
+by a certificate reload (SIGHUP). Each listener has a key of its own (runner.build_holders).
 
 Python's ``ssl`` has no API for ticket keys. OpenSSL has one, ``SSL_CTX_set_tlsext_ticket_keys``
 (a macro over ``SSL_CTX_ctrl``), reached here with ctypes on the very libssl that ``_ssl`` is
@@ -12,9 +12,9 @@ pointer, then checks it against the ``SSL *`` of a connection object made from t
 ``SSL_get_SSL_CTX``, asks OpenSSL for the key length it expects, and only then sets a key and
 proves with in-memory handshakes, on this Python and this OpenSSL, that a TLS 1.2 and a TLS 1.3
 session issued by one context resumes on another context with the same key, and that a ticket
-under an unknown key gets a full handshake (never an error). If any step fails, ``load`` returns
-no keys and says why; the runner then still shares OpenSSL's own random key by building the
-contexts before the workers fork, until a reload.
+under an unknown key gets a full handshake (never an error). If any step fails, ``load`` raises
+TicketKeyError saying why; the runner then still shares OpenSSL's own random keys by building
+the contexts before the workers fork, until a reload.
 
 OpenSSL takes one key at a time this way (the callback that would accept a previous key as well
 is out of ctypes' safe reach), so a new key makes the tickets under the old one fall back to a
@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 # OpenSSL 1.1.0+ (include/openssl/ssl.h, ssl/s3_lib.c): a 16-byte key name, a 32-byte HMAC key
-# and a 32-byte AES key, set and read through SSL_CTX_ctrl with these commands.
+# and a 32-byte AES key, set through SSL_CTX_ctrl with this command (which, given no buffer,
+# answers the length it expects).
 KEY_LENGTH = 80
-_SSL_CTRL_GET_TLSEXT_TICKET_KEYS = 58
 _SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
 
 
