@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -42,6 +43,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         tmp_path_factory.mktemp("resumption") / "var",
         "--workers",
         "2",
+        # Nobody reads the node's output until it stops: one access-log line per poll would
+        # fill the pipe (64 KiB) and block the workers' logging, and with it their loops.
+        "--set",
+        "logging.access_log=false",
         "--set",
         'listeners.metrics.host="127.0.0.1"',
         "--set",
@@ -248,6 +253,49 @@ def test_sessions_still_resume_after_a_certificate_reload(node: Served) -> None:
     assert certificate == new_certificate
     _session, reused, _certificate = poll(node, context, fresh)
     assert reused
+
+
+def test_a_worker_started_after_a_reload_has_the_new_certificate_and_the_key(
+    node: Served,
+) -> None:
+    """The master reloads its own contexts on SIGHUP too: a worker it starts later (after a
+    crash) serves the current certificate and resumes the node's sessions."""
+    context = device_context(node)
+    session, _reused, certificate = poll(node, context, None)
+    new_certificate = reissue_server_certificate(node)
+    node.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    streak = 0
+    while streak < 20:
+        assert time.monotonic() < deadline, "the workers did not reload the certificate"
+        _fresh, _reused, certificate = poll(node, context, None)
+        streak = streak + 1 if certificate == new_certificate else 0
+    master = psutil.Process(node.process.pid)
+    workers = {child.pid for child in master.children()}
+    master.children()[0].kill()
+    deadline = time.monotonic() + 30
+    while True:
+        started = {child.pid for child in master.children()} - workers
+        if started and len(master.children()) == 2:
+            break
+        assert time.monotonic() < deadline, "the master did not start a new worker"
+        time.sleep(0.1)
+    (replacement,) = started
+    before = per_worker_handshakes(node)
+    count = 100
+    resumed, session = polls_resumed(node, context, session, count)
+    assert resumed >= 0.99 * count, f"{resumed} of {count} resumed with a new worker"
+    after = per_worker_handshakes(node)
+    served = [
+        pid
+        for pid, values in after.items()
+        if values.get("yes", 0.0) > before.get(pid, {}).get("yes", 0.0)
+    ]
+    assert len(served) == 2, (before, after)
+    assert str(replacement) in served
+    for _ in range(20):
+        _fresh, _reused, certificate = poll(node, context, None)
+        assert certificate == new_certificate
 
 
 # --------------------------------------------------------------------------- every Python
