@@ -102,6 +102,11 @@ def test_polls_scenario_runs_with_baselines(tmp_path: Path) -> None:
         "pbxfront poll in sync, RSA 4096, resumed TLS",
     ):
         assert 0 < rows[name]["resumed_tls_sessions"] < rows[name]["requests"], name
+        assert rows[name]["offered_tls_sessions"] < rows[name]["requests"], name
+    # Every worker resumes every worker's sessions (issue 18): all that were offered.
+    pbxfront = rows["pbxfront poll in sync, RSA 4096, resumed TLS"]
+    assert pbxfront["resumed_tls_sessions"] == pbxfront["offered_tls_sessions"]
+    assert "resumed" in report["table"].splitlines()[0]
     assert rows["pbxfront poll in sync, RSA 4096"]["resumed_tls_sessions"] == 0
 
 
@@ -114,6 +119,26 @@ def test_storm_scenario_fetches_every_device_once(tmp_path: Path) -> None:
     assert storm["errors"] == 0
     assert storm["met"] is True
     assert rows["nginx static staging.txt"]["requests"] == 12
+
+
+@requires_nginx
+def test_resumed_storm_after_a_restart(tmp_path: Path) -> None:
+    """Devices that polled once reconnect offering their session after the server restarted:
+    nginx resumes them all (its ticket key file), pbxfront none (its key lives as long as the
+    node), and without a restart pbxfront resumes them all."""
+    report = bench(tmp_path, "storm", "--devices", "12", "--tls-resumption")
+    rows = {row["name"]: row for row in report["rows"]}
+    nginx = rows["nginx static staging.txt after a restart, resumed TLS"]
+    restarted = rows["pbxfront storm after a restart, 12 devices, resumed TLS"]
+    kept = rows["pbxfront storm, 12 devices, resumed TLS, no restart"]
+    for row in (nginx, restarted, kept):
+        assert row["requests"] == 12, row
+        assert row["errors"] == 0, row["error_samples"]
+        assert row["offered_tls_sessions"] == 12, row
+    assert nginx["resumed_tls_sessions"] == 12
+    assert restarted["resumed_tls_sessions"] == 0
+    assert kept["resumed_tls_sessions"] == 12
+    assert restarted["baseline"] == nginx["name"]
 
 
 def test_percentiles_are_nearest_rank() -> None:

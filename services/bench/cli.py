@@ -79,7 +79,8 @@ def register(
     bench.add_argument(
         "--tls-resumption",
         action="store_true",
-        help="polls: also measure new connections that resume the device's TLS session",
+        help="polls: also measure new connections that resume the device's TLS session; "
+        "storm: also the storm of devices that reconnect with their session after a restart",
     )
     bench.add_argument("--json", metavar="FILE", help="also write the results here")
 

@@ -19,7 +19,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 # What a generator process is handed (LoadSpec, or the LDAP generator's own).
 S = TypeVar("S")
@@ -71,8 +71,14 @@ class LoadResult:
     latencies: array[float] = field(default_factory=lambda: array("d"))
     statuses: dict[int, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
-    # Connections whose TLS session was resumed (spec.resume).
+    # Connections whose TLS session was resumed (spec.resume), of those that offered one.
     resumed: int = 0
+    offered: int = 0
+
+    @property
+    def resumed_share(self) -> float:
+        """Resumed connections of those that offered a session (NaN when none did)."""
+        return self.resumed / self.offered if self.offered else float("nan")
 
     @property
     def rate(self) -> float:
@@ -90,6 +96,7 @@ class LoadResult:
         self.requests += other.requests
         self.errors += other.errors
         self.resumed += other.resumed
+        self.offered += other.offered
         self.elapsed = max(self.elapsed, other.elapsed)
         self.latencies.extend(other.latencies)
         for status, count in other.statuses.items():
@@ -305,6 +312,7 @@ def _run_resuming(spec: LoadSpec, index: int) -> LoadResult:
                     time.sleep(scheduled - begin)
                 begin = scheduled
             context = client.context(call.certificate)
+            offered = call.certificate in sessions
             try:
                 with socket.create_connection((target.host, target.port), spec.timeout) as raw:
                     assert context is not None
@@ -329,6 +337,7 @@ def _run_resuming(spec: LoadSpec, index: int) -> LoadResult:
             with lock:
                 result.requests += 1
                 result.resumed += bool(resumed)
+                result.offered += offered
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 if 200 <= status < 400:
                     result.latencies.append(elapsed)
@@ -344,6 +353,126 @@ def _run_resuming(spec: LoadSpec, index: int) -> LoadResult:
         thread.join()
     result.elapsed = time.perf_counter() - started
     return result
+
+
+def _connect_once(
+    target: Target,
+    context: ssl.SSLContext,
+    request: bytes,
+    session: ssl.SSLSession | None,
+    timeout: float,
+) -> tuple[int, ssl.SSLSession | None, bool]:
+    """One request over a new connection offering ``session``: status, session, resumed."""
+    with (
+        socket.create_connection((target.host, target.port), timeout) as raw,
+        context.wrap_socket(raw, server_hostname=target.host, session=session) as sock,
+    ):
+        sock.sendall(request)
+        with sock.makefile("rb") as stream:
+            status = _read_response_sync(stream)
+        return status, sock.session, bool(sock.session_reused)
+
+
+def _storm_resuming_main(spec: LoadSpec, index: int, barrier: Any) -> LoadResult:
+    """The resumed storm in one generator process: every device of its share polls once and
+    keeps its TLS session; then (``barrier``, twice: all hold sessions, the server restarted)
+    every device reconnects once offering it. Only that second round is measured."""
+    client = _Client(spec)
+    result = LoadResult()
+    share = list(spec.calls[index :: spec.processes])
+    # One client context per device, kept: a session only resumes with the context it came from.
+    contexts: dict[int, ssl.SSLContext] = {}
+    sessions: dict[int, ssl.SSLSession] = {}
+    lock = threading.Lock()
+
+    def round_of(measured: bool) -> None:
+        pending = iter(range(len(share)))
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    number = next(pending, None)
+                if number is None:
+                    return
+                call = share[number]
+                begin = time.perf_counter()
+                try:
+                    context = contexts.get(number)
+                    if context is None:
+                        context = contexts[number] = _device_context(spec, call.certificate)
+                    offered = sessions.get(number) if measured else None
+                    status, session, resumed = _connect_once(
+                        spec.target,
+                        context,
+                        client.request_bytes(call, False),
+                        offered,
+                        spec.timeout,
+                    )
+                except (OSError, ValueError, ssl.SSLError) as error:
+                    with lock:
+                        result.errors += 1
+                        if len(result.error_samples) < 5:
+                            when = "after" if measured else "before"
+                            result.error_samples.append(
+                                f"{when} the restart: {type(error).__name__}: {error}"
+                            )
+                    continue
+                elapsed = time.perf_counter() - begin
+                with lock:
+                    if session is not None and not measured:
+                        sessions[number] = session
+                    if not measured:
+                        continue
+                    result.requests += 1
+                    result.offered += offered is not None
+                    result.resumed += resumed
+                    result.statuses[status] = result.statuses.get(status, 0) + 1
+                    if 200 <= status < 400:
+                        result.latencies.append(elapsed)
+                    else:
+                        result.errors += 1
+
+        threads = [threading.Thread(target=worker) for _ in range(spec.concurrency)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    round_of(measured=False)
+    barrier.wait()  # every process holds its devices' sessions
+    barrier.wait()  # the server has restarted
+    started = time.perf_counter()
+    round_of(measured=True)
+    result.elapsed = time.perf_counter() - started
+    return result
+
+
+def _device_context(spec: LoadSpec, certificate: Path | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(spec.target.ca) if spec.target.ca else None)
+    if certificate is not None and spec.key is not None:
+        context.load_cert_chain(str(certificate), str(spec.key))
+    return context
+
+
+def run_resumed_storm(spec: LoadSpec, restart: Callable[[], None]) -> LoadResult:
+    """Blocking: every device polls once and keeps its session, ``restart()`` runs (the server
+    restarts, or nothing), then every device reconnects once offering its session; the result
+    is that reconnect round's."""
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(spec.processes) as pool:
+        # Bounded: a generator process that dies before the barrier must not hang the bench.
+        barrier = manager.Barrier(spec.processes + 1, timeout=900)
+        pending = pool.starmap_async(
+            _storm_resuming_main, [(spec, i, barrier) for i in range(spec.processes)]
+        )
+        barrier.wait()
+        restart()
+        barrier.wait()
+        parts = pending.get()
+    total = LoadResult()
+    for part in parts:
+        total.merge(part)
+    return total
 
 
 def _process_main(spec: LoadSpec, index: int) -> LoadResult:

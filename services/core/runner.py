@@ -9,6 +9,12 @@ node is in (what is left then is cancelled, the pool terminated; the master kill
 overstays). SIGHUP: reload TLS certificates
 for new connections. A worker that dies unexpectedly is restarted after a short pause.
 
+TLS session resumption across workers: the master builds every listener's server context before
+it forks, with a session-ticket key per listener for the whole node (``core/ticketkeys.py``), and
+every context rebuilt on SIGHUP (in the workers, and in the master for workers it starts later)
+keeps it. A device's ticket therefore resumes on every worker, before and after a reload (and on
+no other listener).
+
 With ``workers = 1`` everything runs in the master process (what the tests and the demo use).
 """
 
@@ -47,6 +53,7 @@ from services.core.tls import (
     TlsFiles,
     bind_socket,
     build_server_context,
+    node_ticket_keys,
 )
 
 log = logging.getLogger(__name__)
@@ -128,6 +135,23 @@ def check_tls(listeners: Mapping[str, ListenerSettings]) -> None:
             build_server_context(files)
 
 
+def build_holders(listeners: Mapping[str, ListenerSettings]) -> dict[str, ContextHolder]:
+    """Every TLS listener's context holder, each with a new session-ticket key of its own (see
+    the module docstring); built once per node, before any worker starts.
+
+    One key per listener, never one for all: Python gives every context the same session id
+    context, and OpenSSL does not verify a client certificate again when a session resumes, so
+    a ticket from a listener that trusts one CA (or asks for no certificate) must not resume on
+    a listener that trusts another."""
+    files = {name: tls_files(listener) for name, listener in listeners.items()}
+    present = {name: item for name, item in files.items() if item is not None}
+    keys = node_ticket_keys(next(iter(present.values()), None))
+    return {
+        name: ContextHolder(item, keys.another() if keys is not None else None)
+        for name, item in present.items()
+    }
+
+
 def tls_files(listener: ListenerSettings) -> TlsFiles | None:
     if not listener.tls:
         return None
@@ -147,8 +171,12 @@ async def start_node(
     listeners: Mapping[str, ListenerSettings],
     factories: ServiceFactories,
     sockets: Mapping[str, socket.socket] | None = None,
+    holders: Mapping[str, ContextHolder] | None = None,
 ) -> Node:
-    """Build and start one application per listener. ``sockets`` are pre-bound ones to use."""
+    """Build and start one application per listener. ``sockets`` are pre-bound ones to use,
+    ``holders`` the TLS contexts to use (from ``build_holders``; built here when missing)."""
+    if holders is None:
+        holders = build_holders(listeners)
     node = Node()
     metrics = Metrics()
     resources = Resources(pool, metrics)
@@ -163,7 +191,9 @@ async def start_node(
             await node.revocations.start(pool)
         for name, listener in listeners.items():
             if _stream_service(listener) is not None:
-                await _start_stream(node, settings, resources, name, listener, factories, sockets)
+                await _start_stream(
+                    node, settings, resources, name, listener, factories, sockets, holders
+                )
                 continue
             services: dict[str, web.Application] = {}
             for service in listener.services:
@@ -201,8 +231,7 @@ async def start_node(
                 await app.cleanup()
                 raise
             node.runners.append(runner)
-            files = tls_files(listener)
-            holder = ContextHolder(files) if files is not None else None
+            holder = holders.get(name)
             if holder is not None:
                 node.holders.append(holder)
                 metrics.add_certificate("server", name, holder.files.certificate)
@@ -261,6 +290,7 @@ async def _start_stream(
     listener: ListenerSettings,
     factories: ServiceFactories,
     sockets: Mapping[str, socket.socket] | None,
+    holders: Mapping[str, ContextHolder],
 ) -> None:
     """Hand a listener's socket to its stream service (config validation keeps it alone there)."""
     service_name = _stream_service(listener)
@@ -277,8 +307,7 @@ async def _start_stream(
             raise ConfigError(f"listeners.{name}.services: {service_name!r} is not a stream")
         service = built
         node.streams[service_name] = service
-    files = tls_files(listener)
-    holder = ContextHolder(files) if files is not None else None
+    holder = holders.get(name)
     if holder is not None:
         node.holders.append(holder)
     sock = (sockets or {}).get(name) or bind_socket(listener.host, listener.port, reuse_port=False)
@@ -307,6 +336,7 @@ async def serve_forever(
     dsn: str,
     sockets: Mapping[str, socket.socket] | None,
     on_ready: Callable[[Node], None],
+    holders: Mapping[str, ContextHolder] | None = None,
 ) -> None:
     """One process's life: pool, listeners, wait for a signal, graceful stop."""
     from services.core.db import create_pool
@@ -325,7 +355,7 @@ async def serve_forever(
     pool = await create_pool(dsn, settings.database)
     deadline: float | None = None
     try:
-        node = await start_node(settings, pool, listeners, factories, sockets)
+        node = await start_node(settings, pool, listeners, factories, sockets, holders)
         node_holder.append(node)
         on_ready(node)
         await stop.wait()
@@ -373,6 +403,7 @@ def run_node(
     """Blocking: serve until SIGTERM/SIGINT. Returns the exit status."""
     import uvloop
 
+    holders = build_holders(listeners)
     if workers <= 1:
 
         def ready(node: Node) -> None:
@@ -381,10 +412,10 @@ def run_node(
             announce(node.addresses)
             sd_notify("READY=1")
 
-        uvloop.run(serve_forever(settings, listeners, factories, dsn, None, ready))
+        uvloop.run(serve_forever(settings, listeners, factories, dsn, None, ready, holders))
         sd_notify("STOPPING=1")
         return 0
-    return _run_workers(settings, listeners, factories, dsn, workers, ready_file, announce)
+    return _run_workers(settings, listeners, factories, dsn, workers, ready_file, announce, holders)
 
 
 def _run_workers(
@@ -395,6 +426,7 @@ def _run_workers(
     workers: int,
     ready_file: Path | None,
     announce: Callable[[Mapping[str, str]], None],
+    holders: Mapping[str, ContextHolder],
 ) -> int:
     import uvloop
 
@@ -433,7 +465,8 @@ def _run_workers(
             def ready(node: Node) -> None:
                 os.write(ready_write, b"r")
 
-            uvloop.run(serve_forever(settings, resolved, factories, dsn, sockets, ready))
+            # The master's contexts, and with them its session-ticket key (module docstring).
+            uvloop.run(serve_forever(settings, resolved, factories, dsn, sockets, ready, holders))
         except BaseException:
             log.exception("worker %d failed", os.getpid())
             code = 1
@@ -480,6 +513,10 @@ def _run_workers(
                 kill_at = time.monotonic() + settings.limits.shutdown_timeout + 1.0
             stopping = True
             sd_notify("STOPPING=1")
+        if signum == signal.SIGHUP:
+            # Workers started after this (a restart) must not come up with the old certificates.
+            for holder in holders.values():
+                holder.reload()
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)

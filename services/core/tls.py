@@ -9,6 +9,12 @@ Connections are accepted by our own loop and handed to the event loop's TLS with
 ``connect_accepted_socket``. That gives what ``create_server(ssl=…)`` hides: a failed handshake is
 an exception, logged with the peer address and reason; the handshake has a deadline; the context
 can be swapped for new connections while open ones keep theirs; slow request headers are cut off.
+
+Session resumption: every context of a listener, in every worker of the node, gets the same
+session-ticket key (``core/ticketkeys.py``; each listener its own), so a device resumes its
+session on whichever worker the kernel hands its connection to, before and after a certificate
+reload. Where that key cannot be set safely, the
+runner builds the contexts before forking and the workers share OpenSSL's own key until a reload.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from aiohttp import web
 
 from services.core.guard import AcceptLoop, ConnectionGuard, Ticket, peer_text
 from services.core.revocation import Revocations, log_refused
+from services.core.ticketkeys import TicketKeyError, TicketKeys
 
 if typing.TYPE_CHECKING:
     from services.core.metrics import Metrics
@@ -51,7 +58,8 @@ class TlsFiles:
     request_client_certificate: bool = False
 
 
-def build_server_context(files: TlsFiles) -> ssl.SSLContext:
+def build_server_context(files: TlsFiles, keys: TicketKeys | None = None) -> ssl.SSLContext:
+    """A listener's server context; with ``keys``, it issues and accepts tickets under them."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     for path in (files.certificate, files.key, *files.client_ca):
@@ -70,21 +78,42 @@ def build_server_context(files: TlsFiles) -> ssl.SSLContext:
                 context.load_verify_locations(cafile=str(ca_path))
             except (ssl.SSLError, OSError) as error:
                 raise TlsConfigError(f"{ca_path}: cannot load trust anchors: {error}") from None
+    if keys is not None:
+        keys.apply(context)
     return context
 
 
-class ContextHolder:
-    """The current server context of one listener; ``reload()`` swaps it for new connections."""
+def node_ticket_keys(files: TlsFiles | None) -> TicketKeys | None:
+    """A new session-ticket key, proven with ``files`` (one listener's certificate); its
+    ``another()`` gives each further listener a key of its own. None, with a warning saying
+    why, where keys cannot be set."""
+    if files is None:
+        return None
+    try:
+        return TicketKeys.load(lambda: build_server_context(files))
+    except TicketKeyError as error:
+        log.warning(
+            "TLS session tickets: no shared ticket key on this Python/OpenSSL (%s); the "
+            "workers share OpenSSL's own key until a certificate reload",
+            error,
+        )
+        return None
 
-    def __init__(self, files: TlsFiles) -> None:
+
+class ContextHolder:
+    """The current server context of one listener; ``reload()`` swaps it for new connections.
+    Every context it builds uses ``keys`` (when given), so tickets survive a reload."""
+
+    def __init__(self, files: TlsFiles, keys: TicketKeys | None = None) -> None:
         self.files = files
-        self.context = build_server_context(files)
+        self.keys = keys
+        self.context = build_server_context(files, keys)
 
     def reload(self) -> bool:
         """Rebuild from the files; on error keep the old context and log why."""
         try:
-            self.context = build_server_context(self.files)
-        except TlsConfigError as error:
+            self.context = build_server_context(self.files, self.keys)
+        except (TlsConfigError, TicketKeyError) as error:
             log.error("TLS reload failed, keeping the previous certificates: %s", error)
             return False
         log.info("TLS certificates reloaded from %s", self.files.certificate)
