@@ -67,6 +67,12 @@ class Served:
     urls: dict[str, str]
     data_dir: Path
     args: list[str]
+    # What serve printed; a file, not a pipe nobody reads while it runs (a full pipe would
+    # block the node's logging mid-test).
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
 
     @property
     def ca(self) -> Path:
@@ -79,29 +85,32 @@ class Served:
 
 def start(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
     ready = data_dir.parent / f"{data_dir.name}-ready.json"
+    log = data_dir.parent / f"{data_dir.name}-serve.log"
     args = zero_ports(data_dir)
-    process = subprocess.Popen(
-        [*PBXFRONT, "serve", *args, "--ready-file", str(ready), *extra],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [*PBXFRONT, "serve", *args, "--ready-file", str(ready), *extra],
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
     deadline = time.monotonic() + 90
     while not ready.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            output = process.communicate()[0]
-            raise AssertionError(f"serve did not become ready:\n{output}")
+            process.wait()
+            raise AssertionError(f"serve did not become ready:\n{log.read_text()}")
         time.sleep(0.1)
     urls = {name: item["url"] for name, item in json.loads(ready.read_text()).items()}
-    return Served(process, urls, data_dir, args)
+    return Served(process, urls, data_dir, args, log)
 
 
 def stop(served: Served) -> str:
     served.process.send_signal(signal.SIGTERM)
-    output, _ = served.process.communicate(timeout=30)
+    served.process.wait(timeout=30)
+    output = served.output()
     assert served.process.returncode == 0, output
     return output
 
@@ -307,8 +316,8 @@ def test_systemd_notify_workers_and_graceful_stop(tmp_path: Path) -> None:
             assert status == 200
         served.process.send_signal(signal.SIGTERM)
         assert receiver.recv(100) == b"STOPPING=1"
-        output, _ = served.process.communicate(timeout=30)
-        assert served.process.returncode == 0, output
+        served.process.wait(timeout=30)
+        assert served.process.returncode == 0, served.output()
         assert not any(worker.is_running() for worker in workers)
     finally:
         receiver.close()
