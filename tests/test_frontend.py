@@ -3,6 +3,7 @@ a subprocess, the admin API over real TLS, and stored backups checked against th
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import dataclasses
@@ -22,6 +23,7 @@ import pytest
 from services.backup.handlers import ContentCpu
 from services.backup.normalize import Normalizer, prepare
 from services.backup.repository import BackupRepository, InventoryDevice, Upload
+from services.core import pki
 from services.core.auth import AccountRepository, Role
 from services.core.config import FrontendPlanSettings, Settings
 from services.core.identity import DeviceIdentity, Proof
@@ -50,7 +52,12 @@ from services.update.provisioning import (
 )
 from services.update.repository import PollRecord, UpdateRepository
 from services.update.scripts import ScriptStore, SecretRequired
-from tests.conftest import SessionPki, admin_listener
+from tests.conftest import SessionPki, admin_listener, until
+from tests.test_lifecycle import INTERVAL, POLLS_TO_CONVERGE
+from tests.test_lifecycle import Frontend as LifecycleFrontend
+
+# The real node of the lifecycle tests (a fixture, re-exported so pytest finds it here).
+from tests.test_lifecycle import frontend as frontend
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "inventory.example.toml"
@@ -865,3 +872,76 @@ async def test_backups_checked_for_session_borders_firmware_and_trust_list(
     await record_poll(pool, PBX_MAC, "135400")
     await store(pool, PBX_MAC, "IPVA-a8-5a-38", pbx + f"mod cmd X509 add-trusted {TRUST_ROOT}\n")
     assert await findings(pool, SETTINGS) == []
+
+
+# --- the Frontend gateway's lifecycle with the plan in its script ------------------------------
+
+
+async def test_the_frontend_gateway_converges_with_its_plan(
+    frontend: LifecycleFrontend, pool: asyncpg.Pool
+) -> None:
+    """The device model walks the Frontend gateway factory-new -> redirect -> staging -> update
+    against a real node, the plan's lines in its script: in sync like every device, and a new
+    CPE makes it run its script once more, with no reset loop."""
+    await apply(pool, GATEWAY_INVENTORY)
+
+    def certificate() -> tuple[Path, Path]:
+        ca = pki.load_issued(frontend.pki.ca, frontend.pki.ca.parent / "ca.key")
+        paths = (
+            frontend.scripts.parent / f"{FRONTEND_HARDWARE_ID}.pem",
+            frontend.scripts.parent / f"{FRONTEND_HARDWARE_ID}.key",
+        )
+        pki.write_pem_files(
+            pki.issue_certificate(ca, common_name=FRONTEND_HARDWARE_ID, server=False), *paths
+        )
+        return paths
+
+    paths = await asyncio.to_thread(certificate)
+    await frontend.register(FRONTEND_MAC)
+    device = dataclasses.replace(
+        frontend.factory_new(),
+        mac=FRONTEND_MAC,
+        hardware_id=FRONTEND_HARDWARE_ID,
+        device_type="IPVA",
+        certificate=paths,
+    )
+    redirected = await device.poll()
+    assert "staging.txt" in device.url, redirected.text
+
+    async def node_knows_the_gateway() -> bool:
+        # A probe (a copy of the device) until the node's snapshot has the applied inventory.
+        outcome = await dataclasses.replace(device).poll()
+        return f"{FRONTEND_HARDWARE_ID} ({FRONTEND_MAC}), customer Kuenkel00001" in outcome.text
+
+    await until(node_knows_the_gateway, timeout=10)
+    first_update: list[str] = []
+    for _ in range(POLLS_TO_CONVERGE):
+        outcome = await device.poll()
+        assert outcome.status == 200, outcome.text
+        if "update.txt for" in outcome.text and not first_update:
+            first_update = outcome.commands
+        if device.converged(INTERVAL, frontend.update_url) and outcome.changes == []:
+            break
+    assert device.converged(INTERVAL, frontend.update_url), device
+    assert "config add H323 /ras-port-alt 1819" in first_update
+    assert device.settings["H323 /ras-port-alt"] == "1819"
+    assert device.settings["NAT0 /map"].startswith("tcp,8001,10.0.1.1,443 /map tcp,9001,")
+    assert sum(c.startswith("mod cmd FLASHDIR0 add-item ") for c in first_update) == 3
+
+    # A new phone: its SessionBorder object reaches the gateway with the next poll, once.
+    await apply(
+        pool,
+        GATEWAY_INVENTORY
+        + '[[devices]]\nmac = "00-90-33-01-02-06"\ntype = "IP232"\nclass = "phone"\n'
+        'customer = "Kuenkel00001"\ncpe_id = "Kuenkel00001-004"\n',
+    )
+
+    async def new_object_sent() -> bool:
+        outcome = await device.poll()
+        return any("(cn=Kuenkel00001-004)" in c for c in outcome.commands)
+
+    await until(new_object_sent, timeout=10)
+    again = await device.poll()
+    assert again.changes == [], again.text
+    assert device.converged(INTERVAL, frontend.update_url)
+    device.assert_no_reset_loop()
