@@ -3,6 +3,7 @@ a subprocess, the admin API over real TLS, and stored backups checked against th
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import dataclasses
@@ -22,11 +23,13 @@ import pytest
 from services.backup.handlers import ContentCpu
 from services.backup.normalize import Normalizer, prepare
 from services.backup.repository import BackupRepository, InventoryDevice, Upload
+from services.core import pki
 from services.core.auth import AccountRepository, Role
-from services.core.config import FrontendPlanSettings
+from services.core.config import FrontendPlanSettings, Settings
+from services.core.identity import DeviceIdentity, Proof
 from services.core.inventory import Inventory, apply_inventory, parse_inventory
 from services.events.repository import EventRepository
-from services.frontend.backups import check_backups
+from services.frontend.backups import check_backups, session_borders
 from services.frontend.context import PlanCache, context_additions
 from services.frontend.plan import (
     FrontendPlan,
@@ -38,7 +41,23 @@ from services.frontend.plan import (
     scheme_port,
 )
 from services.frontend.repository import FrontendRepository
-from tests.conftest import SessionPki, admin_listener
+from services.serve import frontend_plan_additions
+from services.update.provisioning import (
+    Lifecycle,
+    PollArguments,
+    Snapshot,
+    Urls,
+    look_up,
+    reply_for,
+)
+from services.update.repository import PollRecord, UpdateRepository
+from services.update.scripts import ScriptStore, SecretRequired
+from tests.conftest import SessionPki, admin_listener, until
+from tests.test_lifecycle import INTERVAL, POLLS_TO_CONVERGE
+from tests.test_lifecycle import Frontend as LifecycleFrontend
+
+# The real node of the lifecycle tests (a fixture, re-exported so pytest finds it here).
+from tests.test_lifecycle import frontend as frontend
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "inventory.example.toml"
@@ -380,8 +399,15 @@ async def test_api_plan_json_csv_and_roles(api: tuple[str, Any]) -> None:
 
 FRONTEND_MAC = "009033fe0001"
 PBX_MAC = "009033a85a38"
+# The example's three phones as SessionBorder objects, in the form frontend.txt sends ([NC]).
+SESSION_BORDERS = "".join(
+    f"mod cmd FLASHDIR0 add-item 101 (cn=Kuenkel00001-00{n})(h323={hardware_id})(node=root)"
+    f"(pbx=<sessionborder int-name='Kuenkel00001-00{n}' int-pbx-pwd='true'/>)\r\n"
+    for n, hardware_id in ((1, "IP232-01-02-03"), (2, "IP222-01-02-04"), (3, "IP112-01-02-05"))
+)
 GOOD_FRONTEND = (
     "config change H323 /gk-id sb1 /ras-port-alt 1819\r\nconfig change PBX0 /nopwd 0\r\n"
+    + SESSION_BORDERS
 )
 GOOD_PBX = (
     "config change NTP0 /server 10.0.0.10\r\n"
@@ -413,7 +439,8 @@ async def findings(pool: asyncpg.Pool, settings: FrontendPlanSettings) -> list[s
         inventory = await repository.inventory()
         plan = build_plan(inventory, "sb1", settings)
         backups = await repository.latest_backups([FRONTEND_MAC, PBX_MAC])
-    return [f"{f.code}: {f}" for f in check_backups(plan, inventory, backups, settings)]
+        builds = await repository.reported_builds([FRONTEND_MAC, PBX_MAC])
+    return [f"{f.code}: {f}" for f in check_backups(plan, inventory, backups, settings, builds)]
 
 
 async def test_backups_checked_against_the_plan(pool: asyncpg.Pool, database_url: str) -> None:
@@ -434,7 +461,9 @@ async def test_backups_checked_against_the_plan(pool: asyncpg.Pool, database_url
     assert await findings(pool, settings) == []
     # Drift: the Frontend lost its alternate RAS port and allows registrations without
     # password; the PBX points myPBX at another directory and takes time from elsewhere.
-    await store(pool, FRONTEND_MAC, "IPVA-fe-00-01", "config change PBX0 /nopwd 5\r\n")
+    await store(
+        pool, FRONTEND_MAC, "IPVA-fe-00-01", "config change PBX0 /nopwd 5\r\n" + SESSION_BORDERS
+    )
     await store(
         pool,
         PBX_MAC,
@@ -534,9 +563,8 @@ config add PBX0 /ldap-default-addr {{ ldap_default.addr }} /ldap-default-port \
 
 
 def test_context_additions_render_through_the_script_renderer(tmp_path: Path) -> None:
-    from services.core.identity import DeviceIdentity, Proof
-    from services.update.provisioning import Snapshot, Urls, template_context
-    from services.update.scripts import ScriptStore, Secret, SecretRequired
+    from services.update.provisioning import template_context
+    from services.update.scripts import Secret
 
     (tmp_path / "update.txt").write_text(TEMPLATE)
     store = ScriptStore(tmp_path)
@@ -590,3 +618,330 @@ def test_context_additions_render_through_the_script_renderer(tmp_path: Path) ->
     assert context_additions(plan, example, phone_device, lambda n, v: v) == {
         "nat": {"https": 8001, "ldaps": 9001}
     }
+
+
+# --- the default script tree with the plan -----------------------------------------------------
+
+FRONTEND_HARDWARE_ID = "IPVA-fe-00-01"
+# The example inventory with its Frontend gateway (an IPVA of class gateway) in it.
+GATEWAY_INVENTORY = EXAMPLE.read_text().replace(
+    "[frontends.variables]\n", f'[frontends.variables]\nfrontend-mac = "{FRONTEND_MAC}"\n'
+) + (
+    f'[[devices]]\nmac = "{FRONTEND_MAC}"\ntype = "IPVA"\nclass = "gateway"\n'
+    f'customer = "Kuenkel00001"\nhardware_id = "{FRONTEND_HARDWARE_ID}"\nname = "Frontend sb1"\n'
+)
+# With the seed's Metadir as the shared directory map.
+DIRECTORY = dataclasses.replace(
+    SETTINGS,
+    shared_maps=(*SETTINGS.shared_maps, "metadir tcp 7714 10.0.0.20 714"),
+    directory_map="metadir",
+)
+PHONE_MAC = "009033010203"
+
+
+def rendered(
+    text: str,
+    mac: str,
+    phase: str = "update",
+    *,
+    settings: FrontendPlanSettings = DIRECTORY,
+    proof: Proof = Proof.PROVEN,
+) -> str:
+    """What the shipped staging_scripts/ send ``mac``: the update service's pipeline with the
+    plan as template data, composed as ``pbxfront serve`` composes it."""
+    inventory = parse_inventory(text, "test.toml")
+    snapshot = Snapshot.build(1, inventory)
+    device = snapshot.by_mac[mac]
+    scripts = ScriptStore(ROOT / "staging_scripts")
+    scripts.refresh()
+    assert not scripts.problems
+    identity = DeviceIdentity(proof, device.mac, device.hardware_id, device.device_type)
+    context = look_up(
+        snapshot,
+        device,
+        identity,
+        PollArguments(),
+        phase,
+        Urls("https://192.0.2.10"),
+        Lifecycle(),
+        additions=frontend_plan_additions(Settings(frontend_plan=settings)),
+    )
+    reply = reply_for(scripts, context, lambda build, name: False)
+    assert reply.status == 200
+    return reply.text.replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize(
+    ("mac", "hardware_id"),
+    [(FRONTEND_MAC, FRONTEND_HARDWARE_ID), (PBX_MAC, "IPVA-a8-5a-38")],
+    ids=["gateway", "pbx"],
+)
+def test_frontend_and_pbx_scripts_match_golden_files(mac: str, hardware_id: str) -> None:
+    text = rendered(GATEWAY_INVENTORY, mac)
+    path = GOLDEN / f"{hardware_id}.update.txt"
+    if os.environ.get("PBXFRONT_REGENERATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"no golden file {path}: regenerate (see above)"
+    assert text == path.read_text(), f"{path} differs: review and regenerate if intended"
+
+
+def test_the_default_tree_renders_the_plan() -> None:
+    gateway = rendered(GATEWAY_INVENTORY, FRONTEND_MAC).splitlines()
+    assert "config add H323 /ras-port-alt 1819" in gateway
+    (nat,) = [line for line in gateway if line.startswith("config change NAT0 ")]
+    assert nat.split(" /map ")[1:] == [
+        "tcp,8001,10.0.1.1,443",
+        "tcp,9001,10.0.1.1,636",
+        "udp,7465,10.0.0.3,464",
+        "udp,7464,10.0.0.2,464",
+        "udp,7089,10.0.0.3,88",
+        "udp,7088,10.0.0.2,88",
+        "tcp,7714,10.0.0.20,714",
+    ]
+    borders = [line for line in gateway if line.startswith("mod cmd FLASHDIR0 add-item ")]
+    # What the backup check reads back is what the plan says (the gateway itself is no CPE).
+    assert session_borders(borders) == {
+        "Kuenkel00001-001": "IP232-01-02-03",
+        "Kuenkel00001-002": "IP222-01-02-04",
+        "Kuenkel00001-003": "IP112-01-02-05",
+    }
+    for line in borders:
+        assert "int-addr='10.0.1.1' int-pbx-pwd='true' pwd='change-me-registration'" in line
+    # Registration passwords go only to a gateway that proved who it is.
+    with pytest.raises(SecretRequired):
+        rendered(GATEWAY_INVENTORY, FRONTEND_MAC, proof=Proof.CLAIMED)
+
+    pbx = rendered(GATEWAY_INVENTORY, PBX_MAC)
+    assert (
+        "(pbx=<config critical='true' store-phone-config='true' access='@kuenkel.example'><phone>"
+        "<loc cc='49' ac='7031' ntp='0' itp='00' pbx='73009'/><ldap id='2' tls='1' port='9001'/>"
+        "<ldap id='3' enable='1' tls='1' mode='basic' addr='192.0.2.10' port='7714' "
+        "dn='Kuenkel00001' base='dc=Kuenkel00001' attr='sn,givenName,company' "
+        "phone='telephoneNumber:D,mobile:M,:@'/></phone></config>)" in pbx
+    )
+    assert "config add PBX0 /ldap-default-addr 10.0.0.20 /ldap-default-port 714" in pbx
+    assert "change-me-registration" not in pbx
+    # Without a directory map: no ldap id 3, no ldap-default line.
+    plain = rendered(GATEWAY_INVENTORY, PBX_MAC, settings=SETTINGS)
+    assert "<ldap id='2' tls='1' port='9001'/></phone>" in plain
+    assert "ldap-default" not in plain
+
+    # A phone gets none of it, only its alternate RAS port in staging.
+    phone_update = rendered(GATEWAY_INVENTORY, PHONE_MAC)
+    assert "FLASHDIR0" not in phone_update
+    assert "ras-port" not in phone_update
+    assert "config add H323 /ras-port 1819" in rendered(GATEWAY_INVENTORY, PHONE_MAC, "staging")
+
+
+def test_each_nc_part_is_switched_off_by_a_variable() -> None:
+    off = GATEWAY_INVENTORY.replace(
+        "[frontends.variables]\n",
+        '[frontends.variables]\nfe-ras-port-alt = "off"\nfe-nat-maps = "off"\n'
+        'fe-sessionborders = "off"\n',
+    ).replace(
+        "\n[customers.variables]\n",
+        '\n[customers.variables]\npbx-config-template = "off"\npbx-ldap-default = "off"\n',
+    )
+    gateway = rendered(off, FRONTEND_MAC)
+    assert "ras-port-alt" not in gateway
+    assert "NAT0" not in gateway
+    assert "FLASHDIR0" not in gateway
+    pbx = rendered(off, PBX_MAC)
+    assert "FLASHDIR0" not in pbx
+    assert "ldap-default" not in pbx
+    # With nothing secret left, a claimed gateway gets its script.
+    assert "config add UP1 /no-dhcp" in rendered(off, FRONTEND_MAC, proof=Proof.CLAIMED)
+    phones_off = GATEWAY_INVENTORY.replace('h-rasport = "1819"', 'h-rasport = "off"')
+    assert "ras-port" not in rendered(phones_off, PHONE_MAC, "staging")
+    # The directory login in the template only when the provider asks for it (seed: critical).
+    with_password = GATEWAY_INVENTORY.replace(
+        "\n[customers.variables]\n", '\n[customers.variables]\npbx-template-ldap-password = "on"\n'
+    )
+    assert "dn='Kuenkel00001' pw='change-me-registration' base=" in rendered(with_password, PBX_MAC)
+    with pytest.raises(SecretRequired):
+        rendered(with_password, PBX_MAC, proof=Proof.CLAIMED)
+
+
+# --- backups against the plan: SessionBorder objects, firmware, trust list ---------------------
+
+TRUST_ROOT = "3082010a0282010100c0ffee" * 4
+
+
+def checked_inventory(*extra: str) -> str:
+    """The gateway inventory with a firmware target for IPVAs and a trust list."""
+    variables = (
+        f'[frontends.variables]\ntrust-root = "{TRUST_ROOT}"\n'
+        'trust-command = "mod cmd X509 add-trusted"\n' + "".join(extra)
+    )
+    return GATEWAY_INVENTORY.replace("[frontends.variables]\n", variables) + (
+        '\n[device_types.IPVA.variables]\nfw-prot = "135400"\n'
+    )
+
+
+async def record_poll(pool: asyncpg.Pool, mac: str, prot: str) -> None:
+    await UpdateRepository(pool).record_polls(
+        [
+            PollRecord(
+                mac,
+                "10.0.0.50",
+                Proof.PROVEN.value,
+                "update",
+                None,
+                prot,
+                None,
+                None,
+                None,
+                None,
+                True,
+            )
+        ],
+        [1],
+    )
+
+
+async def test_backups_checked_for_session_borders_firmware_and_trust_list(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    text = checked_inventory()
+    await apply(pool, text)
+    await record_poll(pool, FRONTEND_MAC, "135400")
+    await record_poll(pool, PBX_MAC, "135312")
+    # The gateway keeps everything its scripts sent (staging with the trust list, update with
+    # the plan): nothing is wrong with it.
+    gateway = rendered(text, FRONTEND_MAC, "staging", settings=SETTINGS) + rendered(
+        text, FRONTEND_MAC, settings=SETTINGS
+    )
+    assert f"mod cmd X509 add-trusted {TRUST_ROOT}" in gateway
+    await store(pool, FRONTEND_MAC, FRONTEND_HARDWARE_ID, gateway)
+    # The PBX never got the trust list and runs an older build.
+    pbx = "config change NTP0 /server 10.0.0.10\n" + rendered(text, PBX_MAC, settings=SETTINGS)
+    await store(pool, PBX_MAC, "IPVA-a8-5a-38", pbx)
+    found = await findings(pool, SETTINGS)
+    assert [f.split(":")[0] for f in found] == ["firmware", "trust-list"]
+    assert "runs firmware build 135312 (PROT of its last poll), the target is 135400" in found[0]
+    assert "customer Kuenkel00001 PBX IPVA-a8-5a-38" in found[1]
+
+    # The gateway lost one object, has one nobody planned and one registering under a wrong
+    # name; the hex DER as a device may print it (upper case, colons) still counts.
+    lines = gateway.replace(
+        TRUST_ROOT, ":".join(TRUST_ROOT.upper()[i : i + 2] for i in range(0, len(TRUST_ROOT), 2))
+    )
+    lines = "\n".join(line for line in lines.splitlines() if "(cn=Kuenkel00001-003)" not in line)
+    lines = lines.replace("(h323=IP222-01-02-04)", "(h323=IP222-ff-ff-ff)")
+    lines += (
+        "\nmod cmd FLASHDIR0 add-item 101 (cn=Kuenkel00009-001)(h323=IP232-09-09-09)(node=root)"
+        "(pbx=<sessionborder int-name='Kuenkel00009-001'/>)\n"
+    )
+    await store(pool, FRONTEND_MAC, FRONTEND_HARDWARE_ID, lines)
+    found = await findings(pool, SETTINGS)
+    assert [f.split(":")[0] for f in found] == [
+        "sessionborder-missing",
+        "sessionborder-extra",
+        "sessionborder-external-name",
+        "firmware",
+        "trust-list",
+    ]
+    assert "1 SessionBorder object(s) missing: Kuenkel00001-003" in found[0]
+    assert "not in the plan: Kuenkel00009-001" in found[1]
+    assert "Kuenkel00001-002 registers as IP222-ff-ff-ff, not IP222-01-02-04" in found[2]
+
+    # Recorded, and shown per device in `devices list` (table and JSON).
+    result = pbxfront(database_url, "frontend", "check", "--backups", "--record")
+    assert result.returncode == 1
+    assert "recorded 5 new finding(s)" in result.stderr
+    listing = pbxfront(database_url, "devices", "list")
+    assert listing.returncode == 0, listing.stderr
+    header, *rows = listing.stdout.splitlines()
+    column = header.index("FINDINGS")
+    by_mac = {row.split()[0]: row[column:].split()[0] for row in rows}
+    assert by_mac[PBX_MAC] == "firmware,trust-list"
+    assert by_mac[FRONTEND_MAC] == (
+        "sessionborder-external-name,sessionborder-extra,sessionborder-missing"
+    )
+    assert by_mac[PHONE_MAC] == "-"
+    as_json = pbxfront(database_url, "devices", "list", "--json")
+    statuses = {s["mac"]: s for s in json.loads(as_json.stdout)}
+    assert statuses[PBX_MAC]["findings"] == ["firmware", "trust-list"]
+
+    # A provider that configures SessionBorder objects some other way switches the check off
+    # with the template part.
+    await apply(pool, checked_inventory('fe-sessionborders = "off"\n'))
+    assert [f.split(":")[0] for f in await findings(pool, SETTINGS)] == ["firmware", "trust-list"]
+    # Restaged and upgraded, the PBX is as planned.
+    await record_poll(pool, PBX_MAC, "135400")
+    await store(pool, PBX_MAC, "IPVA-a8-5a-38", pbx + f"mod cmd X509 add-trusted {TRUST_ROOT}\n")
+    assert await findings(pool, SETTINGS) == []
+
+
+# --- the Frontend gateway's lifecycle with the plan in its script ------------------------------
+
+
+async def test_the_frontend_gateway_converges_with_its_plan(
+    frontend: LifecycleFrontend, pool: asyncpg.Pool
+) -> None:
+    """The device model walks the Frontend gateway factory-new -> redirect -> staging -> update
+    against a real node, the plan's lines in its script: in sync like every device, and a new
+    CPE makes it run its script once more, with no reset loop."""
+    await apply(pool, GATEWAY_INVENTORY)
+
+    def certificate() -> tuple[Path, Path]:
+        ca = pki.load_issued(frontend.pki.ca, frontend.pki.ca.parent / "ca.key")
+        paths = (
+            frontend.scripts.parent / f"{FRONTEND_HARDWARE_ID}.pem",
+            frontend.scripts.parent / f"{FRONTEND_HARDWARE_ID}.key",
+        )
+        pki.write_pem_files(
+            pki.issue_certificate(ca, common_name=FRONTEND_HARDWARE_ID, server=False), *paths
+        )
+        return paths
+
+    paths = await asyncio.to_thread(certificate)
+    await frontend.register(FRONTEND_MAC)
+    device = dataclasses.replace(
+        frontend.factory_new(),
+        mac=FRONTEND_MAC,
+        hardware_id=FRONTEND_HARDWARE_ID,
+        device_type="IPVA",
+        certificate=paths,
+    )
+    redirected = await device.poll()
+    assert "staging.txt" in device.url, redirected.text
+
+    async def node_knows_the_gateway() -> bool:
+        # A probe (a copy of the device) until the node's snapshot has the applied inventory.
+        outcome = await dataclasses.replace(device).poll()
+        return f"{FRONTEND_HARDWARE_ID} ({FRONTEND_MAC}), customer Kuenkel00001" in outcome.text
+
+    await until(node_knows_the_gateway, timeout=10)
+    first_update: list[str] = []
+    for _ in range(POLLS_TO_CONVERGE):
+        outcome = await device.poll()
+        assert outcome.status == 200, outcome.text
+        if "update.txt for" in outcome.text and not first_update:
+            first_update = outcome.commands
+        if device.converged(INTERVAL, frontend.update_url) and outcome.changes == []:
+            break
+    assert device.converged(INTERVAL, frontend.update_url), device
+    assert "config add H323 /ras-port-alt 1819" in first_update
+    assert device.settings["H323 /ras-port-alt"] == "1819"
+    assert device.settings["NAT0 /map"].startswith("tcp,8001,10.0.1.1,443 /map tcp,9001,")
+    assert sum(c.startswith("mod cmd FLASHDIR0 add-item ") for c in first_update) == 3
+
+    # A new phone: its SessionBorder object reaches the gateway with the next poll, once.
+    await apply(
+        pool,
+        GATEWAY_INVENTORY
+        + '[[devices]]\nmac = "00-90-33-01-02-06"\ntype = "IP232"\nclass = "phone"\n'
+        'customer = "Kuenkel00001"\ncpe_id = "Kuenkel00001-004"\n',
+    )
+
+    async def new_object_sent() -> bool:
+        outcome = await device.poll()
+        return any("(cn=Kuenkel00001-004)" in c for c in outcome.commands)
+
+    await until(new_object_sent, timeout=10)
+    again = await device.poll()
+    assert again.changes == [], again.text
+    assert device.converged(INTERVAL, frontend.update_url)
+    device.assert_no_reset_loop()

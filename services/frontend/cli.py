@@ -77,9 +77,10 @@ async def backup_findings(
             if plan.frontend_mac:
                 macs.append(plan.frontend_mac)
             backups = await repository.latest_backups(macs)
+            builds = await repository.reported_builds(macs)
             findings += [
                 (frontend.id, f)
-                for f in check_backups(plan, inventory, backups, settings.frontend_plan)
+                for f in check_backups(plan, inventory, backups, settings.frontend_plan, builds)
             ]
     return findings
 

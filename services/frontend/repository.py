@@ -1,7 +1,8 @@
 """SQL of the Frontend plan: the inventory snapshot and the latest stored config backups.
 
-The backup tables belong to the backup service (``migrations/005_backup.sql``); this reads them
-only (a service tells another something through PostgreSQL, never an import).
+The backup tables belong to the backup service (``migrations/005_backup.sql``), ``device_status``
+to the update service (``003_update.sql``); this reads them only (a service tells another
+something through PostgreSQL, never an import).
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ class FrontendRepository:
             )
             for row in rows
         }
+
+    async def reported_builds(self, macs: Sequence[str]) -> dict[str, str | None]:
+        """The firmware build (PROT) each of ``macs`` reported on its last poll, by MAC; a device
+        that never polled is absent."""
+        rows = await self._connection.fetch(
+            "SELECT mac, prot FROM device_status WHERE mac = ANY($1::text[])", list(macs)
+        )
+        return {row["mac"]: row["prot"] for row in rows}
 
     async def record_findings(
         self, frontend: str, findings: Sequence[NewFinding], now: datetime

@@ -538,11 +538,16 @@ def _age(moment: datetime | None) -> str:
 
 async def devices_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     stale = 3 * 60 * settings.update.poll_interval if args.stale else None
-    statuses = await UpdateRepository(pool).statuses(
-        customer=args.customer, stale_after_seconds=stale
-    )
+    repository = UpdateRepository(pool)
+    statuses = await repository.statuses(customer=args.customer, stale_after_seconds=stale)
+    # What `frontend check --backups --record` found wrong in each device's latest backup.
+    findings = await repository.backup_findings()
     if args.json:
-        print(json.dumps([s.as_json() for s in statuses], indent=2))
+        print(
+            json.dumps(
+                [{**s.as_json(), "findings": findings.get(s.mac, [])} for s in statuses], indent=2
+            )
+        )
         return 0
     header = (
         "MAC",
@@ -555,6 +560,7 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
         "SYNC",
         "FIRMWARE",
         "SCRIPTS",
+        "FINDINGS",
         "ADDRESS",
     )
     rows: list[tuple[str, ...]] = [header]
@@ -577,6 +583,7 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
                 sync,
                 firmware,
                 f"v{s.script_version}" if s.script_version is not None else "-",
+                ",".join(findings.get(s.mac, [])) or "-",
                 s.source_address or "-",
             )
         )

@@ -300,6 +300,18 @@ class UpdateRepository:
         )
         return [DeviceStatus(**dict(row)) for row in rows]
 
+    async def backup_findings(self) -> dict[str, list[str]]:
+        """The codes of the Frontend plan's findings (``frontend check --backups --record``,
+        table ``frontend_findings``) about each device's latest stored backup, by MAC; a device
+        whose latest backup has none (or was not checked yet) is absent."""
+        rows = await self._db.fetch(
+            """SELECT f.mac, array_agg(f.code ORDER BY f.code) AS codes
+               FROM frontend_findings f
+               JOIN backup_devices b ON b.mac = f.mac AND b.latest_version = f.version_id
+               GROUP BY f.mac"""
+        )
+        return {row["mac"]: list(row["codes"]) for row in rows}
+
     async def fleet(self, query: FleetQuery) -> tuple[list[FleetRow], int]:
         """One page of the fleet (inventory devices with status, firmware build and certificate
         roll-out state) and how many devices match in all. Filtering, sorting and paging happen
