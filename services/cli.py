@@ -205,6 +205,43 @@ def cmd_db_status(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_db_backup(args: argparse.Namespace) -> int:
+    from services.core.db import BackupError, backup_database, database_dsn
+
+    settings = _settings(args)
+    file = Path(args.file)
+
+    async def run() -> int:
+        async with database_dsn(settings) as dsn:
+            try:
+                tools = await backup_database(dsn, file)
+            except BackupError as error:
+                raise UsageError(f"db backup: {error}") from None
+        size = await asyncio.to_thread(lambda: file.stat().st_size)
+        print(f"wrote {file} ({size} bytes, {tools.pg_dump})")
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_db_restore(args: argparse.Namespace) -> int:
+    from services.core.db import BackupError, database_dsn, restore_database
+
+    settings = _settings(args)
+    file = Path(args.file)
+
+    async def run() -> int:
+        async with database_dsn(settings) as dsn:
+            try:
+                tools = await restore_database(dsn, file, force=args.force)
+            except BackupError as error:
+                raise UsageError(f"db restore: {error}") from None
+        print(f"restored {file} ({tools.pg_restore}); 'pbxfront db status' shows its schema")
+        return 0
+
+    return asyncio.run(run())
+
+
 async def _print_status(pool: asyncpg.Pool) -> int:
     from services.core.db import migration_status
 
@@ -507,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=cmd_serve)
 
-    database = commands.add_parser("db", help="database schema").add_subparsers(
+    database = commands.add_parser("db", help="database schema, backup and restore").add_subparsers(
         dest="action", required=True
     )
     migrate = database.add_parser("migrate", parents=[common], help="apply pending migrations")
@@ -516,8 +553,29 @@ def build_parser() -> argparse.ArgumentParser:
         "status", parents=[common], help="list migrations (exit 1 if any pending)"
     )
     status.set_defaults(handler=cmd_db_status)
+    backup = database.add_parser(
+        "backup",
+        parents=[common],
+        help="write the whole database to FILE (pg_dump custom format; serve may keep running)",
+    )
+    backup.add_argument(
+        "file", metavar="FILE", help="the backup file to write (replaced if it exists)"
+    )
+    backup.set_defaults(handler=cmd_db_backup)
+    restore = database.add_parser(
+        "restore",
+        parents=[common],
+        help="replace the database with a 'db backup' file (all or nothing; stop serve first)",
+    )
+    restore.add_argument("file", metavar="FILE", help="a file written by 'pbxfront db backup'")
+    restore.add_argument(
+        "--force",
+        action="store_true",
+        help="restore even while other sessions (a running serve) use the database",
+    )
+    restore.set_defaults(handler=cmd_db_restore)
 
-    from services.core import inventory_cli
+    from services.core.inventory import cli as inventory_cli
 
     inventory_cli.register(commands, common, _bind)
 

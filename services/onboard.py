@@ -9,12 +9,14 @@ Frontend) in ONE transaction with an audit row each. Every bad row is reported a
 "unchanged"; a MAC that is already a device with other data, or a CPE id another device holds,
 is an error naming it.
 
-``pbxfront devices replace OLD NEW`` moves customer, CPE id, name, class and device-layer
-variables from OLD to NEW, moves the redirect mapping and resets the certificate roll-out state
-(the per-device update and certificate state of OLD is removed with it; NEW starts fresh). The
-backup history stays stored under OLD's MAC (the backup tables key on the MAC and do not reference
-the inventory), readable with ``pbxfront backups versions OLD``; the audit row
-``device.replace`` links OLD and NEW so it stays findable.
+``pbxfront devices replace OLD NEW`` (RMA) moves customer, CPE id, name, class and device-layer
+variables from OLD to NEW, moves the redirect mapping, the backup history (every stored version of
+OLD becomes NEW's, so NEW's first backup is compared with OLD's last) and the certificate
+roll-out: a device OLD had in the roll-out stays in it as NEW, from the query step (OLD's
+certificate, request and chain belong to OLD's hardware). OLD's update state goes with OLD (NEW
+stages afresh); certificates issued to OLD stay valid and are listed for ``pbxfront ca revoke``.
+One transaction, one audit row ``device.replace`` on NEW naming OLD and what moved. Refused when
+NEW is in the inventory or has stored backups of another customer.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ import dataclasses
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
+from services.backup.repository import BackupRepository
+from services.ca.repository import CaRepository
 from services.core import audit, errors
 from services.core.api import Endpoint, json_response, pool_of, request_actor
 from services.core.auth import Role
@@ -43,6 +48,8 @@ from services.core.identity import IdentityError, normalize_device_type, normali
 from services.core.inventory import DEVICE_CLASSES, Device, InventoryError, InventoryRepository
 from services.redirect.handover import check_mapping
 from services.redirect.repository import RedirectRepository
+from services.update.repository import RolloutRepository
+from services.update.rollout import RolloutState
 
 REQUIRED = ("mac", "type", "customer", "cpe_id")
 OPTIONAL = ("class", "name", "frontend", "url")
@@ -330,6 +337,14 @@ async def replace(
         if await inventory.get_device(new_mac) is not None:
             raise OnboardError([f"new_mac: {new_mac} is already in the inventory"])
         variables = await inventory.list_variables("device", old_mac)
+        backups = BackupRepository(connection)
+        held = await backups.device(new_mac)
+        if held is not None and held.customer != old.customer:
+            raise OnboardError(
+                [f"new_mac: {new_mac} has stored backups of customer {held.customer}"]
+            )
+        rollouts = RolloutRepository(connection)
+        certificate_state = await rollouts.lock(old_mac)
         new = Device(
             new_mac,
             device_type or old.device_type,
@@ -339,16 +354,41 @@ async def replace(
             old.cpe_id,
             old.name,
         )
-        # OLD goes first: its CPE id must be free; its update and certificate state cascade.
+        # OLD goes first: its CPE id must be free; its update state cascades (NEW stages anew).
         await inventory.delete_device(old_mac)
         try:
             await inventory.upsert_device(new)
         except InventoryError as error:
             raise OnboardError(error.problems) from None
+        stored = await inventory.get_device(new_mac)
+        assert stored is not None  # written just above, in this transaction
         for variable in variables:
             await inventory.set_variable(
                 "device", new_mac, variable.name, variable.value, variable.secret
             )
+        carried: dict[str, Any] | None = None
+        if certificate_state is not None:
+            # The roll-out goes on for NEW from its first step: what OLD's certificate, request
+            # or chain were belongs to OLD's hardware, so NEW is asked for its certificates at
+            # its next poll (one it already has from our RootCA makes it current at once).
+            now = datetime.now(UTC)
+            await rollouts.save(
+                RolloutState(
+                    mac=new_mac,
+                    state="querying",
+                    started_at=certificate_state.started_at,
+                    updated_at=now,
+                )
+            )
+            carried = {"from": certificate_state.state, "to": "querying"}
+        old_certificates = [
+            record.serial
+            for record in await CaRepository(connection).issued(include_revoked=False)
+            if record.device_mac == old_mac and record.not_after > datetime.now(UTC)
+        ]
+        moved_versions = await backups.move_device(
+            old_mac, new_mac, hardware_id=stored.hardware_id, device_type=stored.device_type
+        )
         redirect = RedirectRepository(connection)
         moved: dict[str, Any] | None = None
         mapping = await redirect.get(old_mac)
@@ -364,7 +404,10 @@ async def replace(
             "cpe_id": old.cpe_id,
             "variables": sorted(v.name for v in variables),
             "mapping": moved,
-            "backups": f"kept under {old_mac}",
+            "backups": {"versions": len(moved_versions), "ids": moved_versions},
+            "certificate_rollout": carried,
+            # Still valid, issued to OLD: for `pbxfront ca revoke` once OLD is out of service.
+            "old_certificates": old_certificates,
         }
         await audit.record(
             connection,
@@ -372,7 +415,10 @@ async def replace(
             action="device.replace",
             object_type="device",
             object_id=new_mac,
-            before=dataclasses.asdict(old),
+            before={
+                **dataclasses.asdict(old),
+                "certificate_rollout": certificate_state.state if certificate_state else None,
+            },
             after=summary,
         )
     return summary
@@ -442,11 +488,19 @@ async def cmd_replace(args: argparse.Namespace, _settings: Settings, pool: async
     except OnboardError as error:
         raise UsageError("\n".join(error.problems)) from None
     mapping = "moved" if summary["mapping"] else "none"
+    carried = summary["certificate_rollout"]
+    rollout = f"from {carried['from']}, asks NEW for its certificates" if carried else "none"
     print(
         f"{summary['new']} replaces {summary['old']} for customer {summary['customer']} "
         f"(cpe_id {summary['cpe_id']}, {len(summary['variables'])} variable(s), "
-        f"redirect mapping {mapping}); backups stay under {summary['old']}"
+        f"redirect mapping {mapping}, {summary['backups']['versions']} backup version(s) "
+        f"moved, certificate roll-out {rollout})"
     )
+    for serial in summary["old_certificates"]:
+        print(
+            f"note: certificate {serial} issued to {summary['old']} is still valid; "
+            f"pbxfront ca revoke {serial} once the old device is out of service"
+        )
     return 0
 
 

@@ -150,6 +150,7 @@ def console_sources() -> Sources:
         fleet_sorts=update.FLEET_SORT_NAMES,
         device_types=update.device_types,
         device_status=update.device_status,
+        status_history=update.status_history,
         certificate=update.certificate,
         render_script=update.render_script,
         restage=update.restage,
@@ -230,7 +231,7 @@ def with_demo_tls(settings: Settings, demo: DemoFiles) -> Settings:
 
 async def apply_demo_inventory(settings: Settings, pool: asyncpg.Pool) -> None:
     from services.core.audit import Actor
-    from services.core.inventory_apply import apply_sources, read_sources
+    from services.core.inventory.apply import apply_sources, read_sources
 
     if settings.demo.inventory is None:
         return

@@ -9,7 +9,7 @@ import contextlib
 import asyncpg
 from aiohttp import web
 
-from services.core.batch import BackgroundBatches
+from services.core.batch import BackgroundBatches, Fold
 from services.core.periodic import PeriodicJob
 from tests.conftest import until
 
@@ -61,6 +61,34 @@ async def test_close_writes_the_rest_and_a_full_backlog_drops_the_newest(
         batches.add(n, pool)
     await batches.close()
     assert await stored(pool) == [0, 1, 2]
+
+
+async def insert_pairs(connection: asyncpg.Connection, pairs: list[tuple[str, int]]) -> None:
+    await connection.executemany("INSERT INTO fold_test (k, n) VALUES ($1, $2)", pairs)
+
+
+def add_up(earlier: tuple[str, int], later: tuple[str, int]) -> tuple[str, int]:
+    return later[0], earlier[1] + later[1]
+
+
+async def test_folded_records_are_one_row_each_also_across_a_failed_write(
+    pool: asyncpg.Pool,
+) -> None:
+    batches = BackgroundBatches[tuple[str, int]](
+        "test", insert_pairs, interval=3600, max_pending=2, fold=Fold(lambda p: p[0], add_up)
+    )
+    for pair in [("a", 1), ("b", 10), ("a", 2), ("c", 100)]:
+        batches.add(pair, pool)
+    # The table does not exist yet: the batch stays queued, folded, without the dropped "c".
+    assert await batches.flush() == 0
+    await pool.execute("CREATE TABLE fold_test (k text, n integer)")
+    # What arrives after the failure folds into the records kept from it; "d" has no room.
+    batches.add(("b", 20), pool)
+    batches.add(("d", 1000), pool)
+    assert await batches.flush() == 2
+    rows = await pool.fetch("SELECT k, n FROM fold_test ORDER BY k")
+    assert [(row["k"], row["n"]) for row in rows] == [("a", 3), ("b", 30)]
+    await batches.close()
 
 
 async def test_periodic_job_survives_failures_and_stops_without_cancelling(

@@ -220,3 +220,42 @@ def test_console_scenario_pages_the_fleet_with_a_session(tmp_path: Path) -> None
     assert rows["pbxfront no-op at 20/s"]["statuses"] == {
         "200": rows["pbxfront no-op at 20/s"]["requests"]
     }
+
+
+def test_plan_scenario_plans_a_seeded_fleet_against_a_same_run_baseline(tmp_path: Path) -> None:
+    output = tmp_path / "result.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "bench",
+            "plan",
+            "--devices",
+            "120",
+            "--repeats",
+            "2",
+            "--set",
+            f'data_dir="{tmp_path}"',
+            "--json",
+            str(output),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    report: dict[str, Any] = json.loads(output.read_text())
+    assert report["table"] in result.stdout
+    rows = {row["name"]: row for row in report["rows"]}
+    assert set(rows) == {"render live update.txt, 120 devices", "scripts plan, 120 devices"}
+    plan = rows["scripts plan, 120 devices"]
+    assert plan["runs"] == 2
+    assert len(plan["seconds"]) == 2
+    assert plan["baseline"] == "render live update.txt, 120 devices"
+    assert plan["ratio"] > 0
+    assert plan["goal"] == "<= 10 s"
+    # 120 devices are 3 customers of 50; every tenth customer (only the first here) changes.
+    assert plan["detail"] == "50 devices of 1 customer(s) changed, with diffs"

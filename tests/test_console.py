@@ -7,6 +7,7 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import importlib.metadata
 import logging
 import re
 import secrets
@@ -39,8 +40,16 @@ from services.core.inventory import (
 from services.core.runner import Node, start_node
 from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
+from services.events.repository import EventRepository
 from services.serve import service_factories
-from services.update.repository import FLEET_SORTS, FleetQuery, PollRecord, UpdateRepository
+from services.update.repository import (
+    FLEET_SORTS,
+    FleetQuery,
+    PollRecord,
+    RolloutRepository,
+    UpdateRepository,
+)
+from services.update.rollout import RolloutState
 from tests.conftest import DEVICE_A, DEVICE_B, SessionPki, curl, curl_with_headers, peer_program
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -133,6 +142,37 @@ class Console:
         )
         return status
 
+    async def post_event(self, form: str) -> int:
+        """One event as DEVICE_A sends it (its client certificate), e.g. ``type=syslog&...``."""
+        certificate, key = self.pki.devices[DEVICE_A]
+        status, _ = await curl(
+            "--cacert",
+            str(self.pki.ca),
+            "--cert",
+            str(certificate),
+            "--key",
+            str(key),
+            "--data",
+            form,
+            f"{self.devices}/events",
+        )
+        return status
+
+    async def api(self, path: str) -> Any:
+        """The admin API's JSON for ``path`` (as the admin, Basic auth), to compare pages with."""
+        credentials = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+        async with (
+            self.session() as client,
+            client.get(self.url(path), headers={"Authorization": f"Basic {credentials}"}) as r,
+        ):
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async def audit_rows(self, action: str) -> list[dict[str, Any]]:
+        """The audit trail's rows for one console action, as the admin API lists them."""
+        listed = await self.api("/api/v1/audit?limit=1000")
+        return [e for e in listed["entries"] if e["action"] == action]
+
     async def upload_contacts(self, content: str) -> int:
         folder = self.tmp / secrets.token_hex(4)
         await asyncio.to_thread(folder.mkdir)
@@ -178,13 +218,6 @@ async def console(
         await apply_inventory(
             connection, read_inventory_file(repo_root / "config" / "inventory.example.toml")
         )
-    settings = Settings(
-        update=UpdateSettings(
-            scripts_dir=repo_root / "staging_scripts", firmware_dir=tmp_path / "firmware"
-        ),
-        backup=BackupSettings(prune_interval=0.0),
-        admin=AdminSettings(console_login_failure_burst=3, console_login_failure_per_second=0.01),
-    )
     tls = ListenerSettings(
         port=0,
         services=("admin",),
@@ -201,6 +234,15 @@ async def console(
             client_ca=(session_pki.ca,),
         ),
     }
+    settings = Settings(
+        update=UpdateSettings(
+            scripts_dir=repo_root / "staging_scripts", firmware_dir=tmp_path / "firmware"
+        ),
+        backup=BackupSettings(prune_interval=0.0),
+        # The System page lists them.
+        listeners=listeners,
+        admin=AdminSettings(console_login_failure_burst=3, console_login_failure_per_second=0.01),
+    )
     node = await start_node(settings, pool, listeners, service_factories())
     yield Console(node, pool, session_pki, tmp_path)
     await node.stop()
@@ -422,7 +464,7 @@ async def test_directory_reader_sees_only_the_directory(console: Console) -> Non
         assert "Directory test search" in text
 
 
-async def test_secrets_only_for_admins(console: Console) -> None:
+async def test_secrets_only_for_admins(console: Console, caplog: pytest.LogCaptureFixture) -> None:
     assert await console.put_backup(CONFIG_1) == 201
     assert await console.put_backup(CONFIG_2) == 201
     diff = f"/ui/devices/{MAC_A}/diff"
@@ -434,10 +476,31 @@ async def test_secrets_only_for_admins(console: Console) -> None:
         assert "********" in text
         async with client.get(console.url(diff + "?show_secrets=1")) as response:
             assert response.status == 403
+    caplog.set_level(logging.INFO, logger="pbxfront.security")
+    device = f"/ui/devices/{MAC_A}"
+    async with console.session() as client:
+        await _logged_in(console, client, "ops", OPERATOR_PASSWORD)
+        async with client.get(console.url(device)) as response:
+            assert "change-me-pbx-password" not in await response.text()
+        async with client.get(console.url(device + "?show_secrets=1")) as response:
+            assert response.status == 403
+    assert not [r for r in caplog.records if "secrets-shown" in r.getMessage()]
     async with console.session() as client:
         await _logged_in(console, client, "admin", ADMIN_PASSWORD)
         async with client.get(console.url(diff + "?show_secrets=1")) as response:
             assert "topsecret123" in await response.text()
+        async with client.get(console.url(device + "?show_secrets=1")) as response:
+            assert "change-me-pbx-password" in await response.text()
+    # Each look at the secrets is one line in the security log: who, which device, which
+    # versions; the secret itself never.
+    shown = [r.getMessage() for r in caplog.records if "secrets-shown" in r.getMessage()]
+    assert len(shown) == 2
+    assert all("account=admin" in line and f"device={MAC_A}" in line for line in shown)
+    assert "versions=" in shown[0]
+    forbidden = [r.getMessage() for r in caplog.records if "forbidden" in r.getMessage()]
+    assert any("account=ops" in line for line in forbidden)
+    assert all("topsecret123" not in r.getMessage() for r in caplog.records)
+    assert all("change-me-pbx-password" not in r.getMessage() for r in caplog.records)
 
 
 # --- fleet -------------------------------------------------------------------------------------
@@ -733,6 +796,14 @@ async def test_contacts_rollback_and_directory_search(console: Console) -> None:
         ) as response:
             assert response.status == 400
             assert "version: must be a whole number" in await response.text()
+    # One audit row, for the rollback that happened; the refused ones left none.
+    rows = await console.audit_rows("console.contacts-rollback")
+    assert len(rows) == 1
+    assert (rows[0]["object_type"], rows[0]["object_id"]) == ("customer", "Kuenkel00001")
+    assert rows[0]["before"] == {"contacts_version": 2}
+    assert rows[0]["after"] == {"contacts_version": 1}
+    assert rows[0]["actor"] == "ops (console)"
+    assert rows[0]["origin"] == "127.0.0.1"
 
 
 async def test_adopt_an_unknown_device(console: Console) -> None:
@@ -776,3 +847,375 @@ async def test_adopt_an_unknown_device(console: Console) -> None:
         DEVICE_B,
     )
     assert await UnknownDeviceRepository(console.pool).sightings(UPDATE_SERVICE) == []
+
+
+async def test_login_failures_share_the_nodes_budget(console: Console) -> None:
+    """Console logins and the admin API count failures in one guard per node: an address that
+    spent the node's budget guessing API passwords cannot move over to the login form."""
+    async with console.session() as client:
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"ops:a wrong password").decode()}
+        statuses = []
+        for _ in range(25):
+            async with client.get(console.url("/api/v1/devices"), headers=wrong) as response:
+                statuses.append(response.status)
+        assert statuses[0] == 401
+        assert statuses[-1] == 429
+        async with client.get(console.url("/ui/login")) as page:
+            token = re.search(r'name="csrf" value="([^"]+)"', await page.text())
+        assert token is not None
+        form = {"csrf": token.group(1), "name": "ops", "password": OPERATOR_PASSWORD}
+        async with client.post(
+            console.url("/ui/login"), data=form, allow_redirects=False
+        ) as response:
+            assert response.status == 429
+
+    # The adoption is in the audit trail once (the refused attempts left nothing), with the
+    # device as it was created.
+    rows = await console.audit_rows("console.adopt")
+    assert len(rows) == 1
+    assert (rows[0]["object_type"], rows[0]["object_id"]) == ("device", "0090330a0b0c")
+    assert rows[0]["actor"] == "ops (console)"
+    assert rows[0]["before"] is None
+    assert {k: rows[0]["after"][k] for k in ("mac", "customer", "device_type", "device_class")} == {
+        "mac": "0090330a0b0c",
+        "customer": "Kuenkel00001",
+        "device_type": "IP222",
+        "device_class": "phone",
+    }
+
+
+# --- pages against the API ---------------------------------------------------------------------
+
+
+def _poll(mac: str, **changes: Any) -> PollRecord:
+    values: dict[str, Any] = {
+        "mac": mac,
+        "source_address": "198.51.100.7",
+        "proof": "proven",
+        "phase": "update",
+        "version": "13r2",
+        "prot": "13r2 sr5",
+        "boot": None,
+        "device_check": "abc",
+        "cfg": None,
+        "hash_sent": "abc",
+        "in_sync": True,
+    }
+    return PollRecord(**{**values, **changes})
+
+
+async def _cells(row: Any) -> dict[str, str]:
+    """A table row's cells by their data-label."""
+    cells = row.locator("td[data-label]")
+    found: dict[str, str] = {}
+    for index in range(await cells.count()):
+        cell = cells.nth(index)
+        found[str(await cell.get_attribute("data-label"))] = (await cell.inner_text()).strip()
+    return found
+
+
+async def test_pages_show_what_the_api_returns(browser: Any, console: Console) -> None:
+    await UpdateRepository(console.pool).record_polls([_poll(MAC_A)], [3])
+    assert await console.post_alarm("Registration+lost") == 201
+    assert await console.post_event("type=syslog&severity=info&text=Config+saved") == 201
+    context, requested = await _context(browser, console)
+    page = await context.new_page()
+    await _login(page, console, "ops", OPERATOR_PASSWORD)
+
+    # Fleet: every row as /api/v1/status has the device.
+    api_devices = {d["mac"]: d for d in (await console.api("/api/v1/status"))["devices"]}
+    await page.goto(console.url("/ui/fleet?sort=hardware_id"))
+    rows = page.locator("#fleet tbody tr")
+    assert await rows.count() == len(api_devices) == 4
+    for index in range(await rows.count()):
+        shown = await _cells(rows.nth(index))
+        href = await rows.nth(index).locator("td[data-label='Hardware id'] a").get_attribute("href")
+        expected = api_devices[str(href).rsplit("/", 1)[1]]
+        assert shown["Customer"] == expected["customer"]
+        assert shown["Type"] == expected["device_type"]
+        assert shown["Hardware id"].split()[0] == expected["hardware_id"]
+        assert shown["Proof"] == (expected["proof"] or "-")
+        assert shown["Phase"] == (expected["phase"] or "-")
+        assert shown["In sync"] == ("yes" if expected["in_sync"] else "no")
+        assert shown["Firmware"] == (expected["prot"] or "-")
+
+    # Device: the status card is the API's status of that device.
+    status = await console.api(f"/api/v1/devices/{MAC_A}/status")
+    await page.goto(console.url(f"/ui/devices/{MAC_A}"))
+    assert (await page.inner_text("h1")).startswith(status["hardware_id"])
+    field = page.locator("#status [data-field]")
+    shown = {
+        str(await field.nth(i).get_attribute("data-field")): (await field.nth(i).inner_text())
+        for i in range(await field.count())
+    }
+    assert shown["polls"] == str(status["polls"]) == "3"
+    assert shown["source_address"] == status["source_address"]
+    assert shown["proof"] == status["proof"]
+    assert shown["phase"] == status["phase"]
+    assert shown["prot"] == status["prot"]
+    assert shown["version"] == status["version"]
+    assert shown["hash_sent"] == status["hash_sent"]
+    assert shown["in_sync"] == "yes"
+    assert status["in_sync"] is True
+    stamp = await page.get_attribute("#status [data-field=last_seen]", "title")
+    assert stamp == status["last_seen"][:19].replace("T", " ") + " UTC"
+
+    # Customer: its name, Frontend and devices as the API has them.
+    customer = await console.api("/api/v1/customers/Kuenkel00001")
+    its_devices = (await console.api("/api/v1/status?customer=Kuenkel00001"))["devices"]
+    await page.goto(console.url("/ui/customers/Kuenkel00001"))
+    assert await page.inner_text("#customer-name") == customer["name"]
+    assert await page.inner_text("#customer-frontend") == customer["frontend"]
+    listed = page.locator("#devices tbody td[data-label='Hardware id']")
+    assert sorted(await listed.all_inner_texts()) == sorted(d["hardware_id"] for d in its_devices)
+
+    # Events: the latest events in the API's order, and the active alarm.
+    api_events = (await console.api("/api/v1/events"))["events"]
+    assert [e["text"] for e in api_events] == ["Config saved", "Registration lost"]
+    await page.goto(console.url("/ui/events"))
+    latest = page.locator("#latest tbody tr")
+    assert await latest.count() == len(api_events)
+    for index, event in enumerate(api_events):
+        shown = await _cells(latest.nth(index))
+        assert event["text"] in shown["Text"]
+        assert shown["Device"] == event["device_hardware_id"]
+        assert shown["Customer"] == event["customer"]
+    api_alarms = (await console.api("/api/v1/events?active=1"))["events"]
+    alarms = page.locator("table.events").first.locator("tbody tr")
+    assert await alarms.count() == len(api_alarms) == 1
+    assert api_alarms[0]["text"] in await alarms.inner_text()
+    assert {_origin(url) for url in requested} == {console.base}
+    await context.close()
+
+
+async def test_events_page_filters(browser: Any, console: Console) -> None:
+    assert await console.post_alarm("Registration+lost") == 201
+    assert await console.post_event("type=syslog&severity=info&text=Config+saved") == 201
+    assert await console.post_event("type=syslog&severity=warning&text=Fan+slow") == 201
+    context, requested = await _context(browser, console)
+    page = await context.new_page()
+    await _login(page, console, "ops", OPERATOR_PASSWORD)
+    await page.goto(console.url("/ui/events"))
+
+    async def latest() -> list[str]:
+        texts = await page.locator("#latest tbody td[data-label='Text']").all_inner_texts()
+        return [str(text).strip() for text in texts]
+
+    async def api(query: str) -> list[str]:
+        events = (await console.api(f"/api/v1/events?{query}"))["events"]
+        return [f"{e['code']} {e['text']}" if e["code"] else e["text"] for e in events]
+
+    assert await latest() == await api("") == ["Fan slow", "Config saved", "1234 Registration lost"]
+    # Severity: warning and worse (syslog 4) drops the info line.
+    await page.select_option("select[name=severity]", "4")
+    await page.click("form.filters button")
+    assert urlsplit(page.url).query.startswith("customer=&device=&severity=4")
+    assert await latest() == await api("severity=4") == ["Fan slow", "1234 Registration lost"]
+    # Active alarms only, on top of that.
+    await page.check("input[name=active]")
+    await page.click("form.filters button")
+    assert await latest() == await api("severity=4&active=1") == ["1234 Registration lost"]
+    # The device by its hardware id, then a customer with no events.
+    await page.goto(console.url("/ui/events"))
+    await page.fill("input[name=device]", "IP232-01-02-03")
+    await page.click("form.filters button")
+    assert await latest() == await api("device=IP232-01-02-03")
+    assert len(await latest()) == 3
+    await page.fill("input[name=device]", "")
+    await page.fill("input[name=customer]", "Nobody0001")
+    await page.click("form.filters button")
+    assert await api("customer=Nobody0001") == []
+    assert "No events." in await page.inner_text("#latest")
+    # The form shows the filters it applied.
+    assert await page.input_value("input[name=customer]") == "Nobody0001"
+    response = await page.goto(console.url("/ui/events?severity=9"))
+    assert response is not None
+    assert response.status == 400
+    assert "severity: must be 0..7" in await page.inner_text("body")
+    assert {_origin(url) for url in requested} == {console.base}
+    await context.close()
+
+
+async def test_certificate_reset_in_the_browser_and_the_audit_trail(
+    browser: Any, console: Console
+) -> None:
+    rollouts = RolloutRepository(console.pool)
+    await rollouts.save(
+        RolloutState(mac=MAC_A, state="error", attempts=3, error="device refused the request")
+    )
+    context, requested = await _context(browser, console)
+    page = await context.new_page()
+    await _login(page, console, "ops", OPERATOR_PASSWORD)
+    await page.goto(console.url(f"/ui/devices/{MAC_A}"))
+    api = await console.api(f"/api/v1/devices/{MAC_A}/certificate")
+    assert api["rollout"]["state"] == "error"
+    assert await page.inner_text("#certificate [data-field=state]") == "error"
+    assert "device refused the request" in await page.inner_text("#certificate")
+    await page.click("#certificate-reset")
+    assert "Certificate roll-out reset" in await page.inner_text("p.notice")
+    assert (await rollouts.statuses(mac=MAC_A))[0].rollout is None
+    assert (await console.api(f"/api/v1/devices/{MAC_A}/certificate"))["rollout"] is None
+    assert "No certificate roll-out" in await page.inner_text("section.cards")
+    await _screenshot(page, "device-certificate-reset")
+    # Again: nothing to reset, said so; the attempt is in the trail too.
+    await page.click("#certificate-reset")
+    assert "no certificate roll-out to reset" in await page.inner_text("p.notice")
+    rows = await console.audit_rows("console.certificate-reset")
+    assert [(r["object_type"], r["object_id"], r["actor"]) for r in rows] == [
+        ("device", MAC_A, "ops (console)"),
+        ("device", MAC_A, "ops (console)"),
+    ]
+    assert rows[0]["before"]["state"] == "error"
+    assert rows[0]["before"]["attempts"] == 3
+    assert rows[0]["after"] == {"certificate_rollout": None}
+    assert rows[1]["before"] is None
+    assert {_origin(url) for url in requested} == {console.base}
+    await context.close()
+
+
+# --- status history ----------------------------------------------------------------------------
+
+
+async def _history(pool: asyncpg.Pool, rows: int) -> list[dict[str, Any]]:
+    """The device's history once it has ``rows`` rows (the status writer flushes every 50 ms;
+    bounded wait, no fixed sleep)."""
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while True:
+        found = [c.as_json() for c in await UpdateRepository(pool).status_history(MAC_A)]
+        if len(found) >= rows or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
+async def test_device_page_shows_the_status_history(browser: Any, console: Console) -> None:
+    certificate, key = console.pki.devices[DEVICE_A]
+
+    async def poll(arguments: str) -> int:
+        status, _ = await curl(
+            "--cacert",
+            str(console.pki.ca),
+            "--cert",
+            str(certificate),
+            "--key",
+            str(key),
+            f"{console.devices}/DRIVE/CF0/update/update.txt?sn={MAC_A}&type=IP232&{arguments}",
+        )
+        return status
+
+    # Real polls through the devices listener and the batched status writer.
+    assert await poll("ver=13r2&PROT=13r2+sr5") == 200
+    first = await _history(console.pool, 1)
+    assert [(h["proof"], h["phase"], h["prot"], h["polls"]) for h in first] == [
+        ("proven", "update", "13r2 sr5", 1)
+    ]
+    # The same poll again changes nothing that the history records: no row per poll.
+    assert await poll("ver=13r2&PROT=13r2+sr5") == 200
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while (await UpdateRepository(console.pool).statuses(mac=MAC_A))[0].polls < 2:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    assert len(await _history(console.pool, 1)) == 1
+    # New firmware: a row.
+    assert await poll("ver=14r1&PROT=14r1+sr2") == 200
+    history = await _history(console.pool, 2)
+    assert [h["prot"] for h in history] == ["14r1 sr2", "13r2 sr5"]
+    assert history[0]["polls"] == 3
+
+    context, requested = await _context(browser, console)
+    page = await context.new_page()
+    await _login(page, console, "ops", OPERATOR_PASSWORD)
+    await page.goto(console.url(f"/ui/devices/{MAC_A}"))
+    rows = page.locator("#history tbody tr")
+    assert await rows.count() == len(history)
+    for index, change in enumerate(history):
+        shown = await _cells(rows.nth(index))
+        assert shown["Firmware"] == change["prot"]
+        assert shown["Polls"] == str(change["polls"])
+        assert shown["Proof"] == change["proof"]
+        assert shown["Phase"] == change["phase"]
+        assert shown["In sync"] == ("yes" if change["in_sync"] else "no")
+        assert shown["Address"] == change["source_address"]
+    await _screenshot(page, "device-history")
+    # A device that never polled says so.
+    await page.goto(console.url("/ui/devices/009033a85a38"))
+    assert "No status recorded yet" in await page.inner_text("body")
+    assert {_origin(url) for url in requested} == {console.base}
+    await context.close()
+
+
+async def test_status_history_is_kept_per_change_and_pruned_per_device(
+    console: Console,
+) -> None:
+    repository = UpdateRepository(console.pool)
+    other = "009033a85a38"
+    for build in range(5):
+        async with console.pool.acquire() as connection, connection.transaction():
+            writer = UpdateRepository(connection)
+            await writer.record_polls(
+                [_poll(MAC_A, prot=f"build {build}"), _poll(other, prot="steady")], [1, 1]
+            )
+            added = await writer.record_history([MAC_A, other], keep=3)
+        # The other device's status stays the same after its first row.
+        assert added == (2 if build == 0 else 1)
+    kept = await repository.status_history(MAC_A)
+    assert [c.prot for c in kept] == ["build 4", "build 3", "build 2"]
+    assert [c.polls for c in kept] == [5, 4, 3]
+    assert [c.prot for c in await repository.status_history(other)] == ["steady"]
+    # An error, then in sync again, are changes too.
+    for changes in ({"last_error": "script: no update.txt for IP232"}, {}):
+        await repository.record_polls([_poll(MAC_A, prot="build 4", **changes)], [1])
+        assert await repository.record_history([MAC_A], keep=3) == 1
+    newest = await repository.status_history(MAC_A)
+    assert [c.last_error for c in newest] == [None, "script: no update.txt for IP232", None]
+    # The history goes with the device.
+    await InventoryRepository(console.pool).delete_device(MAC_A)
+    assert await repository.status_history(MAC_A) == []
+
+
+# --- system ------------------------------------------------------------------------------------
+
+
+async def test_system_page_nodes_destinations_migrations_version(
+    browser: Any, console: Console
+) -> None:
+    assert await console.post_alarm("Registration+lost") == 201
+    assert await console.post_event("type=syslog&severity=info&text=Config+saved") == 201
+    # A syslog destination another node forwards to, two events behind.
+    async with console.pool.acquire() as connection:
+        await EventRepository(connection).ensure_cursor(
+            "central", "udp://127.0.0.1:5514", from_end=False, holder="node-b:4242"
+        )
+        address = await connection.fetchval("SELECT COALESCE(host(inet_client_addr()), 'local')")
+    context, requested = await _context(browser, console)
+    page = await context.new_page()
+    await _login(page, console, "ops", OPERATOR_PASSWORD)
+    await page.goto(console.url("/ui/system"))
+    heading = await page.inner_text("h1")
+    assert heading.startswith("System")
+    assert f"pbxfront {importlib.metadata.version('pbxfront')}" in heading
+    # The nodes sharing the database, from PostgreSQL's own view of its sessions.
+    clients = page.locator("#clients tbody tr")
+    assert await clients.count() >= 1
+    this = await _cells(clients.filter(has_text="this node"))
+    assert this["Address"].split()[0] == address
+    assert int(this["Sessions"]) >= 1
+    # This node's listeners as configured.
+    body = await page.inner_text("body")
+    assert "update, backup, events, contacts" in body
+    # Syslog destinations with their backlog, as the events API has them.
+    api = (await console.api("/api/v1/events/destinations"))["destinations"]
+    assert [(d["name"], d["backlog"], d["holder"]) for d in api] == [("central", 2, "node-b:4242")]
+    shown = await _cells(page.locator("#destinations tbody tr"))
+    assert (shown["Name"], shown["Backlog"], shown["Forwarded by"]) == (
+        "central",
+        "2",
+        "node-b:4242",
+    )
+    # Every migration, applied.
+    names = await page.locator("#migrations td[data-label='Name']").all_inner_texts()
+    assert "device_status_history" in names
+    applied = await page.locator("#migrations td[data-label='Applied']").all_inner_texts()
+    assert all(text.endswith("UTC") for text in applied)
+    await _screenshot(page, "system")
+    assert {_origin(url) for url in requested} == {console.base}
+    await context.close()

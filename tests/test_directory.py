@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -22,6 +23,7 @@ from services.core.auth import AccountRepository, Role
 from services.core.config import (
     ConfigError,
     DirectorySettings,
+    LimitSettings,
     ListenerSettings,
     Settings,
     load_settings,
@@ -29,9 +31,10 @@ from services.core.config import (
 from services.core.inventory import apply_inventory, parse_inventory
 from services.core.resources import Resources
 from services.core.runner import Node, ServiceFactories, start_node
+from services.directory import ber, protocol
 from services.directory import cli as directory_cli
-from services.directory import protocol
 from services.directory.app import create_service
+from services.directory.backend import bind_target
 from services.directory.dn import escape, parse
 from services.directory.filters import (
     And,
@@ -47,7 +50,7 @@ from services.directory.filters import (
 )
 from services.directory.index import Contact, CustomerDirectory, CustomerRecord, ascii_fold
 from services.directory.numbers import NumberingPlan, display, normalize_query, variants
-from services.directory.server import DirectoryServer, bind_target
+from services.directory.server import DirectoryServer
 from tests.conftest import SessionPki, peer_program, run_wired_cli, until
 
 # ldap3 2.9 imports names pyasn1 0.6 deprecated (tagMap, typeMap); the suite turns warnings into
@@ -223,8 +226,12 @@ async def start_site(pool: asyncpg.Pool, session_pki: SessionPki) -> AsyncIterat
     await AccountRepository(pool).add("operator", frozenset({Role.OPERATOR}), READER_PASSWORD)
     nodes: list[Node] = []
 
-    async def start(handshake_timeout: float = 10.0, **directory: Any) -> Site:
-        settings = Settings(directory=DirectorySettings(**directory))
+    async def start(
+        handshake_timeout: float = 10.0, limits: LimitSettings | None = None, **directory: Any
+    ) -> Site:
+        settings = Settings(
+            directory=DirectorySettings(**directory), limits=limits or LimitSettings()
+        )
         listeners = directory_listeners(session_pki, handshake_timeout)
         node = await start_node(settings, pool, listeners, FACTORIES)
         nodes.append(node)
@@ -467,6 +474,56 @@ async def test_failed_binds_are_rate_limited_per_address(start_site: Any) -> Non
     assert "too many failed binds" in right.stderr
 
 
+async def test_failed_binds_are_limited_per_name_across_addresses(start_site: Any) -> None:
+    """Guessing one customer's password from many addresses: after the name's burst, binds as
+    it are refused from new addresses, while the address it binds from as usual keeps working."""
+    limits = LimitSettings(auth_account_failure_burst=3, auth_account_failure_per_second=0.01)
+    site: Site = await start_site(limits=limits, bind_failure_burst=100)
+
+    async def bind(password: str, source: str) -> int:
+        connection = connect(site, KUENKEL, password, source)
+        await in_thread(connection.bind)
+        code = int(connection.result["result"])
+        await in_thread(connection.unbind)
+        return code
+
+    assert await bind(KUENKEL_PASSWORD, "127.0.0.1") == 0  # the customer's usual address
+    for n in range(3):
+        assert await bind("wrong", f"127.0.0.{10 + n}") == 49
+    # The name's budget is spent: a new address is refused even with the right password ...
+    assert await bind(KUENKEL_PASSWORD, "127.0.0.20") == 53
+    # ... the usual address is not, and another customer is not affected.
+    assert await bind(KUENKEL_PASSWORD, "127.0.0.1") == 0
+    other = connect(site, OTHER, OTHER_PASSWORD, "127.0.0.20")
+    assert await in_thread(other.bind), other.result
+    await in_thread(other.unbind)
+
+
+async def test_directory_reader_binds_wait_for_the_nodes_password_checks(
+    start_site: Any,
+) -> None:
+    """argon2 checks of directory-reader binds share the node's bound (limits.hash_*): over it,
+    a bind is answered busy at once instead of queueing without limit."""
+    site: Site = await start_site(
+        limits=LimitSettings(hash_concurrency=1, hash_queue=1), bind_failure_burst=1000
+    )
+    gate = site.server.hashing
+    assert (gate.concurrency, gate.queue) == (1, 1)
+    connections = [connect(site, "uid=reader,ou=accounts", f"wrong {n}") for n in range(12)]
+    loop = asyncio.get_running_loop()
+    # A thread per client, so all twelve binds arrive together (the default executor has few).
+    with concurrent.futures.ThreadPoolExecutor(len(connections)) as threads:
+        try:
+            await asyncio.gather(*(loop.run_in_executor(threads, c.bind) for c in connections))
+        finally:
+            await asyncio.gather(*(loop.run_in_executor(threads, c.unbind) for c in connections))
+    codes = sorted(int(c.result["result"]) for c in connections)
+    assert set(codes) <= {49, 51}
+    assert 51 in codes  # busy: the node's checks were all taken
+    assert gate.peak == 1
+    assert gate.refused == codes.count(51)
+
+
 async def test_ldaps_with_the_session_certificate(site: Site) -> None:
     outcome = await ldapsearch(
         site.secure,
@@ -618,9 +675,17 @@ async def test_quirk_profile_gigaset_ascii_national(site: Site) -> None:
 # --- ldap3, the second client ------------------------------------------------------------------
 
 
-def connect(site: Site, user: str | None = KUENKEL, password: str | None = KUENKEL_PASSWORD) -> Any:
+def connect(
+    site: Site,
+    user: str | None = KUENKEL,
+    password: str | None = KUENKEL_PASSWORD,
+    source: str | None = None,
+) -> Any:
+    """An ldap3 connection, from ``source`` (another loopback address) if given."""
     server = ldap3.Server("127.0.0.1", port=site.port(), get_info=ldap3.NONE)
-    return ldap3.Connection(server, user=user, password=password, raise_exceptions=False)
+    return ldap3.Connection(
+        server, user=user, password=password, raise_exceptions=False, source_address=source
+    )
 
 
 async def in_thread(function: Any, *arguments: Any, **keywords: Any) -> Any:
@@ -736,22 +801,22 @@ def decode_all(data: bytes) -> list[Any]:
 
 
 def bind_request(message_id: int, name: str, password: str) -> bytes:
-    body = protocol.integer(3) + protocol.octets(name) + protocol.octets(password, 0x80)
-    return protocol.message(message_id, protocol.element(0x60, body))
+    body = ber.integer(3) + ber.octets(name) + ber.octets(password, 0x80)
+    return protocol.message(message_id, ber.element(0x60, body))
 
 
 def search_request(message_id: int, base: str, search_filter: bytes) -> bytes:
     body = (
-        protocol.octets(base)
-        + protocol.integer(2, 0x0A)
-        + protocol.integer(0, 0x0A)
-        + protocol.integer(0)
-        + protocol.integer(0)
-        + protocol.element(0x01, b"\x00")
+        ber.octets(base)
+        + ber.integer(2, 0x0A)
+        + ber.integer(0, 0x0A)
+        + ber.integer(0)
+        + ber.integer(0)
+        + ber.element(0x01, b"\x00")
         + search_filter
-        + protocol.element(0x30, b"")
+        + ber.element(0x30, b"")
     )
-    return protocol.message(message_id, protocol.element(0x63, body))
+    return protocol.message(message_id, ber.element(0x63, body))
 
 
 def notice(messages: list[Any]) -> tuple[int, str]:
@@ -783,11 +848,11 @@ async def test_oversized_message_is_refused(start_site: Any) -> None:
 
 
 async def test_deeply_nested_filter_is_refused_not_recursed(site: Site) -> None:
-    inner = protocol.element(0x87, b"cn")  # (cn=*)
+    inner = ber.element(0x87, b"cn")  # (cn=*)
     for _ in range(5000):
-        inner = protocol.element(0xA2, inner)  # (!...)
+        inner = ber.element(0xA2, inner)  # (!...)
     data = bind_request(1, KUENKEL, KUENKEL_PASSWORD) + search_request(2, f"dc={KUENKEL}", inner)
-    data += protocol.message(3, protocol.element(0x42, b""))  # unbind
+    data += protocol.message(3, ber.element(0x42, b""))  # unbind
     messages = decode_all(await exchange(site, data))
     assert int(messages[0]["protocolOp"]["bindResponse"]["resultCode"]) == 0
     done = messages[1]["protocolOp"]["searchResDone"]
@@ -796,12 +861,12 @@ async def test_deeply_nested_filter_is_refused_not_recursed(site: Site) -> None:
 
 
 async def test_malformed_search_is_answered_and_the_session_continues(site: Site) -> None:
-    bad_filter = protocol.element(0xA3, protocol.octets("cn"))  # equality without a value
+    bad_filter = ber.element(0xA3, ber.octets("cn"))  # equality without a value
     data = (
         bind_request(1, KUENKEL, KUENKEL_PASSWORD)
         + search_request(2, f"dc={KUENKEL}", bad_filter)
-        + search_request(3, f"dc={KUENKEL}", protocol.element(0x87, b"mobile"))
-        + protocol.message(4, protocol.element(0x42, b""))
+        + search_request(3, f"dc={KUENKEL}", ber.element(0x87, b"mobile"))
+        + protocol.message(4, ber.element(0x42, b""))
     )
     messages = decode_all(await exchange(site, data))
     assert int(messages[1]["protocolOp"]["searchResDone"]["resultCode"]) == 2
@@ -970,10 +1035,10 @@ def test_responses_decode_with_the_rfc_asn1() -> None:
     assert bytes(attributes[0]["vals"][0]).decode() == "Jürgen Müller"
     assert len(bytes(attributes[1]["vals"][0])) == 150
     assert int(done["messageID"]) == 7
-    with pytest.raises(protocol.ProtocolError):
+    with pytest.raises(ber.ProtocolError):
         protocol.decode_message(b"\x30\x84\xff\xff\xff\xff", 16)
-    with pytest.raises(protocol.ProtocolError):
-        protocol.header_length(b"\x04\x00")
+    with pytest.raises(ber.ProtocolError):
+        ber.header_length(b"\x04\x00")
 
 
 def test_filter_strings_parse_as_clients_send_them() -> None:
@@ -1047,31 +1112,29 @@ async def test_root_dse_and_searches_before_bind(site: Site) -> None:
     ("operation", "reason"),
     [
         # A bind whose name is an INTEGER.
-        (protocol.element(0x60, protocol.integer(3) + protocol.integer(7) + b"\x80\x00"), "name"),
+        (ber.element(0x60, ber.integer(3) + ber.integer(7) + b"\x80\x00"), "name"),
         # A bind without authentication.
-        (protocol.element(0x60, protocol.integer(3) + protocol.octets("x")), "bind request"),
+        (ber.element(0x60, ber.integer(3) + ber.octets("x")), "bind request"),
         # A bind with an authentication choice that does not exist.
         (
-            protocol.element(0x60, protocol.integer(3) + protocol.octets("x") + b"\x85\x00"),
+            ber.element(0x60, ber.integer(3) + ber.octets("x") + b"\x85\x00"),
             "authentication",
         ),
         # A search with seven fields.
-        (protocol.element(0x63, protocol.octets("dc=x") * 7), "eight fields"),
+        (ber.element(0x63, ber.octets("dc=x") * 7), "eight fields"),
         # A substring filter whose part is neither initial, any nor final.
         (
             search_request(
                 2,
                 "dc=x",
-                protocol.element(
-                    0xA4, protocol.octets("cn") + protocol.element(0x30, protocol.octets("a", 0x85))
-                ),
+                ber.element(0xA4, ber.octets("cn") + ber.element(0x30, ber.octets("a", 0x85))),
             )[5:],
             "substring part",
         ),
         # A filter choice that does not exist.
-        (search_request(2, "dc=x", protocol.element(0xAB, b""))[5:], "filter choice"),
+        (search_request(2, "dc=x", ber.element(0xAB, b""))[5:], "filter choice"),
         # Not UTF-8.
-        (search_request(2, "dc=x", protocol.element(0x87, b"\xff"))[5:], "not UTF-8"),
+        (search_request(2, "dc=x", ber.element(0x87, b"\xff"))[5:], "not UTF-8"),
     ],
 )
 def test_malformed_binds_and_searches_are_protocol_errors(operation: bytes, reason: str) -> None:

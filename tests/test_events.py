@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import ssl
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -1063,7 +1064,9 @@ async def test_cli_tail_follows_new_events(site: Site, repo_root: Path, database
         "PBXFRONT_CONFIG": "",
     }
     process = await asyncio.create_subprocess_exec(
-        str(repo_root / ".venv" / "bin" / "pbxfront"),
+        sys.executable,
+        "-m",
+        "services.cli",
         "events",
         "tail",
         "-f",
@@ -1074,15 +1077,29 @@ async def test_cli_tail_follows_new_events(site: Site, repo_root: Path, database
         env=environment,
     )
     try:
-        await asyncio.sleep(2.0)  # let it start listening
         session = await site.session()
+        assert process.stdout is not None
+        reading = asyncio.ensure_future(process.stdout.readline())
+        # Events sent before `tail -f` is following are not shown (-n 0): send one every so
+        # often until the first arrives; from there on every event follows, in order.
+        sent = -1
+        while sent < 40 and not reading.done():
+            sent += 1
+            async with session.post(
+                site.claimed + f"/events?sn={MAC_A}", data=f"text=followed {sent}", headers=SENDER
+            ) as response:
+                assert response.status == 201
+            await asyncio.wait([reading], timeout=0.5)
+        line = await asyncio.wait_for(reading, 5)
+        first = int(line.split(b"followed ")[1].split()[0])
         async with session.post(
-            site.claimed + f"/events?sn={MAC_A}", data="text=followed", headers=SENDER
+            site.claimed + f"/events?sn={MAC_A}", data="text=followed last", headers=SENDER
         ) as response:
             assert response.status == 201
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), 20)
-        assert b"followed" in line
+        expected = [f"followed {n}" for n in range(first + 1, sent + 1)] + ["followed last"]
+        for text in expected:
+            line = await asyncio.wait_for(process.stdout.readline(), 10)
+            assert text.encode() in line, (text, line)
     finally:
         process.terminate()
         await process.wait()
@@ -1123,7 +1140,9 @@ key = "{session_pki.server_key}"
     async def serve() -> tuple[asyncio.subprocess.Process, str]:
         ready.unlink(missing_ok=True)
         process = await asyncio.create_subprocess_exec(
-            str(repo_root / ".venv" / "bin" / "pbxfront"),
+            sys.executable,
+            "-m",
+            "services.cli",
             "serve",
             "--config",
             str(config),

@@ -31,7 +31,7 @@ from services.core.inventory import (
     render_inventory,
     restore_customer,
 )
-from services.core.inventory_apply import Sources, apply_sources, read_sources
+from services.core.inventory.apply import Sources, apply_sources, read_sources
 from tests.conftest import SessionPki, admin_listener
 
 ROOT = Path(__file__).resolve().parent.parent

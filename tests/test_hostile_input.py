@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
+import psutil
 import pytest
 
 from services.contacts.domain import neutralise_formula
@@ -663,9 +664,16 @@ async def test_contacts_upload_of_millions_of_columns_is_refused_early(site: Sit
         assert response.status != 413
 
 
-def digest_header(challenge: str, algorithm: str, method: str, uri: str, count: int) -> str:
+def digest_header(
+    challenge: str,
+    algorithm: str,
+    method: str,
+    uri: str,
+    count: int,
+    password: str = SENDER_PASSWORD,
+) -> str:
     nonce = challenge.split('nonce="', 1)[1].split('"', 1)[0]
-    ha1 = compute_ha1(algorithm, "sender", REALM, SENDER_PASSWORD)
+    ha1 = compute_ha1(algorithm, "sender", REALM, password)
     response = compute_response(
         algorithm, ha1, nonce=nonce, nonce_count=f"{count:08x}", cnonce="c1", method=method, uri=uri
     )
@@ -701,3 +709,77 @@ async def test_digest_offers_sha256_first_and_md5_only_where_configured(
         headers={"Authorization": sha},
     ) as response:
         assert response.status == 201
+
+
+async def test_digest_guessing_is_limited_like_basic(start_site: SiteFactory) -> None:
+    """Wrong Digest responses are failed authentications in the node's guard: after the burst
+    the address gets 429 (right or wrong), the real device from another address is served."""
+    site = await start_site(LimitSettings(auth_failure_burst=5, auth_failure_per_second=0.01))
+    attacker = await site.session("127.0.0.1")
+    device = await site.session("127.0.0.2")
+
+    async def challenge(session: aiohttp.ClientSession) -> str:
+        async with session.put(site.devices + BACKUP, data=b"x") as response:
+            assert response.status in (401, 429)
+            found = [c for c in response.headers.getall("WWW-Authenticate", []) if "SHA-256" in c]
+        return found[0] if found else ""
+
+    first = await challenge(attacker)
+    statuses = []
+    for count in range(1, 9):
+        guess = digest_header(first, "SHA-256", "PUT", BACKUP, count, password=f"guess {count}")
+        async with attacker.put(
+            site.devices + BACKUP, data=b"x", headers={"Authorization": guess}
+        ) as response:
+            statuses.append(response.status)
+    assert statuses[:4] == [401] * 4
+    assert statuses[-3:] == [429] * 3
+    right = digest_header(await challenge(device), "SHA-256", "PUT", BACKUP, 1)
+    async with device.put(
+        site.devices + BACKUP,
+        data=b"config change UP1 /poll 15\r\n",
+        headers={"Authorization": right},
+    ) as response:
+        assert response.status == 201, await response.text()
+
+
+async def test_six_concurrent_wide_uploads_stay_within_a_memory_bound(site: Site) -> None:
+    """Six uploads at once of a file with three million empty columns (over 1 GB together
+    before the column and cell bounds): all refused, the resident memory of this process (the
+    server and the six clients sending 3 MB each) sampled throughout grows by less than the
+    stated 400 MB (about 180 MB measured), and a legitimate upload is served afterwards."""
+    process = psutil.Process()
+    operator = basic("operator", OPERATOR_PASSWORD)
+    wide = b'"Surname","Business Phone"' + b"," * 3_000_000 + b"\r\n"
+    before = process.memory_info().rss
+    peak = before
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, process.memory_info().rss)
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.create_task(sample())
+    sessions = [await site.session() for _ in range(6)]
+
+    async def upload(session: aiohttp.ClientSession) -> int:
+        async with session.put(
+            site.devices + CONTACTS, data=io.BytesIO(wide), headers=operator
+        ) as response:
+            await response.read()
+            return response.status
+
+    try:
+        statuses = await asyncio.gather(*(upload(s) for s in sessions))
+    finally:
+        sampling = False
+        await sampler
+    assert statuses == [413] * 6
+    grown = (peak - before) / 2**20
+    assert grown < 400, f"resident memory grew by {grown:.0f} MB"
+    async with sessions[0].put(
+        site.devices + CONTACTS + "?dry-run=1", data=SEED_CSV, headers=operator
+    ) as response:
+        assert response.status == 200, await response.text()

@@ -32,6 +32,7 @@ from services.core.inventory import (
     resolve_variables,
     validate_inventory,
 )
+from services.core.inventory.variables import LayeredVariables
 from tests.conftest import until
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "inventory.example.toml"
@@ -457,6 +458,55 @@ async def test_variables_resolve_in_layers(pool: asyncpg.Pool, example: Inventor
         assert await repository.set_variable("device", "00:90:33:01:02:05", "h-rasport", "2000")
         old_phone = await resolve_variables(connection, devices[IP112])
         assert (old_phone["h-rasport"].value, old_phone["h-rasport"].scope) == ("2000", IP112)
+
+
+async def test_the_query_and_the_in_memory_path_resolve_alike(pool: asyncpg.Pool) -> None:
+    """core.inventory.variables has two paths (one query for a device, the in-memory index the
+    services use); every layer sets overlapping names, and both agree for every device."""
+    frontends = [Frontend(f"sb{n}", f"192.0.2.{n}", f"10.0.0.{n}", n) for n in (1, 2)]
+    customers = [
+        Customer(f"Cust{n:05d}", f"sb{n % 2 + 1}", f"Customer {n}", f"c{n}.example", "49", "7031")
+        for n in range(3)
+    ]
+    types = ("IP232", "IP222", "IPVA")
+    classes = ("phone", "phone", "pbx")
+    devices = [
+        Device(f"0090330000{n:02x}", types[n % 3], classes[n % 3], customers[n % 3].id)
+        for n in range(9)
+    ]
+    scopes = {
+        "global": [""],
+        "frontend": [f.id for f in frontends],
+        "customer": [c.id for c in customers],
+        "device_class": ["phone", "pbx"],
+        "device_type": list(types),
+        "device": [d.mac for d in devices[::2]],
+    }
+    variables = [
+        Variable(layer, scope, f"v{name}", f"{layer}:{scope}:{name}", secret=name == 0)
+        for rank, (layer, layer_scopes) in enumerate(scopes.items())
+        for scope in layer_scopes
+        # Each layer sets the names from its rank on: every name is set by several layers.
+        for name in range(rank, 7)
+    ]
+    inventory = validate_inventory(
+        Inventory(tuple(frontends), tuple(customers), tuple(devices), tuple(variables))
+    )
+    layered = LayeredVariables(inventory.variables)
+    by_id = {c.id: c for c in inventory.customers}
+    async with pool.acquire() as connection:
+        await apply_inventory(connection, inventory)
+        for device in inventory.devices:
+            queried = await resolve_variables(connection, device)
+            in_memory = layered.for_device(device, by_id[device.customer])
+            assert queried == in_memory, device.mac
+            assert set(queried) == {f"v{n}" for n in range(7)}
+    # The most specific layer wins: a device-layer value where one is set, else its type's.
+    first = inventory.devices[0]
+    resolved = layered.for_device(first, by_id[first.customer])
+    assert resolved["v6"].layer == "device"
+    assert resolved["v4"].layer == "device_type"
+    assert resolved["v0"].secret
 
 
 async def test_concurrent_appliers_serialise(pool: asyncpg.Pool, example: Inventory) -> None:

@@ -169,6 +169,9 @@ async def test_factory_new_to_in_sync_then_firmware_script_change_restage(
     assert device.provision == 0
     assert device.url == frontend.update_url
     assert device.check
+    # Every poll's `scfg` line made the device upload its configuration; each was taken.
+    assert device.uploads
+    assert all(status in (200, 201, 204) for status in device.uploads), device.uploads
     staged_resets = device.resets
 
     # Firmware roll-out: the script is current, so the reply has the firmware lines only; the
@@ -240,6 +243,31 @@ async def test_phpus_leftover_arguments_are_normalised_once(frontend: Frontend) 
     assert device.converged(INTERVAL, frontend.update_url)
     again = await device.poll()
     assert "mod cmd UP1 provision 0" not in again.commands
+
+
+async def test_a_device_polling_phpus_update_php_moves_over_without_running_its_script(
+    frontend: Frontend,
+) -> None:
+    """Migration from PHPUS (protocol.md §10): a device whose update URL still names PHPUS's
+    update.php, in provision mode, is moved to update.txt, leaves fast polling and converges,
+    with its CHECK left valid (no reset)."""
+    await frontend.register(MAC_A)
+    device = frontend.factory_new()
+    await walk_to_sync(frontend, device, POLLS_TO_CONVERGE + 1)
+    check, resets = device.check, device.resets
+    device.url = (
+        f"https://127.0.0.1:{frontend.port}/DRIVE/CF0/update/update.php"
+        "?sn=#m&hwid=#h&type=#t&ip=#i&phase=update&polling=5"
+    )
+    device.provision, device.poll_minutes = 5, 1
+    moved = await device.poll()
+    assert moved.status == 200, moved.text
+    assert "mod cmd UP1 provision 0" in moved.commands
+    assert not moved.reset
+    assert device.url == frontend.update_url
+    assert await walk_to_sync(frontend, device, 2) == 1
+    assert (device.check, device.resets) == (check, resets)
+    device.assert_no_reset_loop()
 
 
 @pytest.mark.parametrize("hour", [None, 3], ids=["no-clock", "outside-window"])

@@ -9,21 +9,30 @@ import dataclasses
 import json
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 import pytest
 
+from services.ca.repository import CaRepository
+from services.core import pki
 from services.core.auth import AccountRepository, Role
 from services.core.inventory import (
+    Device,
     InventoryRepository,
     apply_inventory,
     read_inventory_file,
 )
 from services.redirect.handover import check_mapping
 from services.redirect.repository import RedirectRepository
-from tests.conftest import SessionPki, admin_listener, until
+from services.update.repository import RolloutRepository
+from services.update.rollout import RolloutState
+from tests.conftest import DEVICE_B, DEVICE_C, SessionPki, admin_listener, until
+from tests.test_backup import ADMIN_PASSWORD as BACKUP_ADMIN_PASSWORD
+from tests.test_backup import OPERATOR_PASSWORD, SiteFactory
+from tests.test_backup import start_site as start_site
 from tests.test_update import MAC_A, running_frontend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,3 +305,149 @@ async def test_auto_adopt_a_proven_device_named_by_its_mapping(
             return (await fe.device().poll()).status == 200
 
         await until(configured)
+
+
+OLD_MAC, NEW_MAC = "009033010204", "0090330a0b0c"  # DEVICE_C (in the example), DEVICE_B (not)
+CONFIG = "config change PHONE /name Desk\nconfig change NTP0 /server 10.0.0.1\n"
+
+
+async def test_replace_moves_backup_history_and_certificate_rollout(
+    start_site: SiteFactory, pool: asyncpg.Pool, database_url: str
+) -> None:
+    site = await start_site()
+    # OLD sent two configs; its certificate roll-out is done and a certificate was issued to it.
+    assert (await site.put(CONFIG, device=DEVICE_C, name=f"{DEVICE_C}.txt"))[0] in (200, 201)
+    changed = CONFIG + "config change NTP1 /server 10.0.0.2\n"
+    assert (await site.put(changed, device=DEVICE_C, name=f"{DEVICE_C}.txt"))[0] in (200, 201)
+    old_versions = [v.id for v in await site.versions(OLD_MAC)]
+    assert len(old_versions) == 2
+    ca = pki.create_root_ca(country="DE", organization="pbxfront test", key_bits=2048)
+    issued = pki.issue_certificate(ca, common_name=DEVICE_C, server=False)
+    async with pool.acquire() as connection:
+        await CaRepository(connection).record(
+            issued.certificate, ca_fingerprint="ab" * 32, kind="device", device_mac=OLD_MAC
+        )
+    now = datetime.now(UTC)
+    await RolloutRepository(pool).save(
+        RolloutState(
+            mac=OLD_MAC,
+            state="current",
+            device_subject=f"CN={DEVICE_C}",
+            device_issuer="CN=pbxfront test",
+            queried_at=now,
+            started_at=now - timedelta(days=30),
+        )
+    )
+
+    code, out, err = await pbxfront(database_url, "devices", "replace", OLD_MAC, NEW_MAC)
+    assert code == 0, err
+    assert "2 backup version(s) moved" in out
+    assert "certificate roll-out from current, asks NEW for its certificates" in out
+    assert f"pbxfront ca revoke {format(issued.certificate.serial_number, 'x')}" in out
+
+    # The history is NEW's now: CLI, API and WebDAV.
+    code, out, err = await pbxfront(database_url, "backups", "versions", NEW_MAC, "--json")
+    assert code == 0, err
+    assert [v["id"] for v in json.loads(out)] == sorted(old_versions, reverse=True)
+    session = await site.session()
+    operator = basic("operator", OPERATOR_PASSWORD)
+    api = f"{site.admin}/api/v1/backups/devices"
+    async with session.get(f"{api}/{NEW_MAC}/versions", headers=operator) as response:
+        assert response.status == 200
+        page = await response.json()
+    assert [v["id"] for v in page["versions"]] == sorted(old_versions, reverse=True)
+    async with session.get(f"{api}/{OLD_MAC}/versions", headers=operator) as response:
+        assert response.status == 404
+    async with session.request(
+        "PROPFIND",
+        f"{site.admin}/dav/backups/{KUENKEL}/{NEW_MAC}/",
+        headers={**basic("admin", BACKUP_ADMIN_PASSWORD), "Depth": "1"},
+    ) as response:
+        assert response.status == 207
+        assert (await response.text()).count("<D:href>") == 3  # the folder and two versions
+
+    # NEW sending OLD's last config continues the history: no new version; a change is one,
+    # compared with OLD's last.
+    status, _ = await site.put(changed, device=DEVICE_B, name=f"{DEVICE_B}.txt")
+    assert status in (200, 201)
+    assert [v.id for v in await site.versions(NEW_MAC)] == sorted(old_versions, reverse=True)
+    status, _ = await site.put(
+        changed + "config change NTP2 /server 10.0.0.3\n", device=DEVICE_B, name=f"{DEVICE_B}.txt"
+    )
+    assert status == 201
+    latest = (await site.versions(NEW_MAC))[0]
+    assert (latest.lines_added, latest.lines_removed) == (1, 0)
+
+    # The roll-out goes on for NEW from the query; OLD's row went with OLD.
+    (carried,) = await RolloutRepository(pool).statuses(mac=NEW_MAC)
+    assert carried.rollout is not None
+    assert carried.rollout.state == "querying"
+    assert carried.rollout.device_subject is None
+    assert carried.rollout.started_at is not None
+    assert carried.rollout.started_at < now - timedelta(days=29)
+    assert (
+        await pool.fetchval("SELECT count(*) FROM certificate_rollouts WHERE mac = $1", OLD_MAC)
+        == 0
+    )
+    row = await pool.fetchrow(
+        "SELECT before, after FROM audit_log WHERE action = 'device.replace' AND object_id = $1",
+        NEW_MAC,
+    )
+    assert row is not None
+    before, after = row["before"], row["after"]
+    assert before["certificate_rollout"] == "current"
+    assert after["certificate_rollout"] == {"from": "current", "to": "querying"}
+    assert after["backups"] == {"versions": 2, "ids": sorted(old_versions)}
+
+
+async def test_replace_refuses_a_new_device_with_another_customers_backups(
+    start_site: SiteFactory, pool: asyncpg.Pool, database_url: str
+) -> None:
+    site = await start_site()
+    assert (await site.put(CONFIG, device=DEVICE_C, name=f"{DEVICE_C}.txt"))[0] in (200, 201)
+    # NEW's MAC once sent backups for another customer (a device since removed from it).
+    inventory = InventoryRepository(pool)
+    kuenkel = await inventory.get_customer(KUENKEL)
+    assert kuenkel is not None
+    await inventory.upsert_customer(dataclasses.replace(kuenkel, id=OTHER, name="Other"))
+    await inventory.upsert_device(Device(NEW_MAC, "IP222", "phone", OTHER))
+    assert (await site.put(CONFIG, device=DEVICE_B, name=f"{DEVICE_B}.txt"))[0] in (200, 201)
+    assert await inventory.delete_device(NEW_MAC)
+    audit_rows = await pool.fetchval("SELECT count(*) FROM audit_log")
+
+    code, _out, err = await pbxfront(database_url, "devices", "replace", OLD_MAC, NEW_MAC)
+    assert code == 2
+    assert f"new_mac: {NEW_MAC} has stored backups of customer {OTHER}" in err
+    # Nothing changed.
+    assert await inventory.get_device(OLD_MAC) is not None
+    assert len(await site.versions(OLD_MAC)) == 1
+    assert len(await site.versions(NEW_MAC)) == 1
+    assert await pool.fetchval("SELECT count(*) FROM audit_log") == audit_rows
+
+
+async def test_replace_merges_backups_new_sent_for_the_same_customer(
+    start_site: SiteFactory, pool: asyncpg.Pool, database_url: str
+) -> None:
+    site = await start_site()
+    inventory = InventoryRepository(pool)
+    # NEW was tried out for this customer first (a backup), then taken out again.
+    await inventory.upsert_device(Device(NEW_MAC, "IP222", "phone", KUENKEL))
+    assert (await site.put(CONFIG, device=DEVICE_B, name=f"{DEVICE_B}.txt"))[0] == 201
+    assert await inventory.delete_device(NEW_MAC)
+    changed = CONFIG + "config change NTP1 /server 10.0.0.2\n"
+    assert (await site.put(changed, device=DEVICE_C, name=f"{DEVICE_C}.txt"))[0] == 201
+    (new_first,) = [v.id for v in await site.versions(NEW_MAC)]
+    (old_latest,) = [v.id for v in await site.versions(OLD_MAC)]
+
+    code, out, err = await pbxfront(database_url, "devices", "replace", OLD_MAC, NEW_MAC)
+    assert code == 0, err
+    assert "1 backup version(s) moved" in out
+    assert [v.id for v in await site.versions(NEW_MAC)] == [old_latest, new_first]
+    row = await pool.fetchrow(
+        "SELECT latest_version, puts FROM backup_devices WHERE mac = $1", NEW_MAC
+    )
+    assert row is not None
+    assert (row["latest_version"], row["puts"]) == (old_latest, 2)
+    assert await pool.fetchval("SELECT count(*) FROM backup_devices WHERE mac = $1", OLD_MAC) == 0
+    # The next backup is compared with the newest of the merged history.
+    assert (await site.put(changed, device=DEVICE_B, name=f"{DEVICE_B}.txt"))[0] == 200

@@ -118,6 +118,12 @@ def test_literal_template_syntax_in_a_plain_script(tmp_path: Path) -> None:
     assert "config change A /b #(h-domain)\r\n" in reply
     assert RAW_MARKER not in reply
     assert f"check ser {script_hash(phpus)}" in reply
+    # Valid template syntax meant literally: rendering names the file, the line and the fix.
+    literal = tree(tmp_path / "literal", {**BASE, "part.txt": "config change A /text {{x}}\n"})
+    with pytest.raises(ScriptError, match=r"'x' is undefined") as raised:
+        update_reply(literal)
+    assert RAW_MARKER in str(raised.value)
+    assert "part.txt:1" in str(raised.value)
 
 
 def test_lone_cr_line_ends_hash_like_phpus_and_are_reported(tmp_path: Path) -> None:

@@ -606,14 +606,19 @@ async def test_unknown_lookups_are_rate_limited_and_bounded(
 async def test_a_claimed_staging_poll_cannot_clear_a_restage(frontend: Frontend) -> None:
     device = frontend.device()
     await device.poll()
-    await status_of(frontend.pool, MAC_A, polls(1))
+    before = await status_of(frontend.pool, MAC_A, polls(1))
     assert await UpdateRepository(frontend.pool).request_restage(MAC_A)
     stranger = frontend.device(certificate=False, script="staging.txt")
+    # A stranger claiming the device's MAC, reporting other firmware from another address.
+    stranger.prot, stranger.boot, stranger.ip = "999999", "999", "198.51.100.7"
     result = await stranger.poll()
     assert result.status == 200
     assert "Kuenkel00001" not in result.text.splitlines()[0]  # the header names no customer
     status = await status_of(frontend.pool, MAC_A, lambda s: s["claimed_seen"] is not None)
     assert status["restage_requested"] is True
+    # What only the proven device may change stays as it left it.
+    for field in ("proof", "last_seen", "source_address", "prot", "boot", "phase", "polls"):
+        assert status[field] == before[field], field
     assert status["proof"] == "proven"
     back = await device.poll()
     assert "/DRIVE/CF0/update/staging.txt" in device.url

@@ -19,7 +19,7 @@ from services.core.api import (
     int_query,
     json_body,
     json_response,
-    openapi_document,
+    openapi_handler,
     pool_of,
     request_actor,
 )
@@ -351,9 +351,11 @@ async def delete_variable(request: web.Request) -> web.Response:
 # --- the table ---------------------------------------------------------------------------------
 
 
-async def openapi(request: web.Request) -> web.Response:
-    endpoints: list[Endpoint] = request.app[ENDPOINTS_KEY]
-    return json_response(openapi_document("pbxfront admin API", "1", endpoints))
+def _endpoints(request: web.Request) -> list[Endpoint]:
+    return request.app[ENDPOINTS_KEY]
+
+
+openapi = openapi_handler("pbxfront admin API", _endpoints)
 
 
 OBJECT = {"type": "object"}

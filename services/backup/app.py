@@ -12,6 +12,7 @@ Two applications:
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -31,18 +32,21 @@ from services.backup.handlers import (
     PRUNE_KEY,
     REDACTION_KEY,
     SETTINGS_KEY,
+    UNCHANGED_KEY,
     backup_resource,
 )
 from services.backup.normalize import Normalizer
-from services.backup.repository import BackupRepository, Version
+from services.backup.repository import BackupRepository, SeenUnchanged, Version
 from services.backup.retention import Policy, policy_for, versions_to_delete
 from services.core.api import VERIFIED_CACHE_KEY, add_endpoints
 from services.core.auth import VerifiedCache
+from services.core.batch import BackgroundBatches, Fold
 from services.core.config import Settings
 from services.core.db import acquire
 from services.core.deviceauth import DeviceAuth
 from services.core.digest import PostgresNonceCounter
 from services.core.http import SERVICE_NAME_KEY
+from services.core.inventory.variables import LayeredVariables, customer_scopes
 from services.core.periodic import PeriodicJob
 from services.core.phpus import route_paths as phpus_route_paths
 from services.core.resources import Resources
@@ -106,11 +110,12 @@ async def run_maintenance(
             log.info("backup maintenance: another node is running it")
             return MaintenanceReport(ran=False, dry_run=dry_run)
         try:
-            global_layer, customer_layers = await repository.policy_variables()
+            variables, frontends = await repository.policy_variables()
+            layered = LayeredVariables(variables)
 
             def policy(customer_id: str) -> Policy:
-                variables = {**global_layer, **customer_layers.get(customer_id, {})}
-                return policy_for(defaults, variables)
+                scopes = customer_scopes(customer_id, frontends.get(customer_id, ""))
+                return policy_for(defaults, layered.values(scopes))
 
             for mac, owner in await repository.devices_with_versions(1, customer):
                 owner_policy = policy(owner)
@@ -176,6 +181,18 @@ def create_app(settings: Settings, resources: Resources) -> web.Application:
     app[DEVICE_AUTH_KEY] = DeviceAuth(
         settings.backup.digest_algorithms, settings.backup.digest_nonce_lifetime
     )
+    unchanged = BackgroundBatches[SeenUnchanged](
+        "backup unchanged uploads",
+        _record_unchanged,
+        fold=Fold(key=lambda seen: seen.device.mac, merge=_fold_unchanged),
+    )
+    app[UNCHANGED_KEY] = unchanged
+
+    async def close_unchanged(_app: web.Application) -> AsyncIterator[None]:
+        yield
+        await unchanged.close()
+
+    app.cleanup_ctx.append(close_unchanged)
     # Every backup.prune_interval seconds, one node of the cluster at a time (advisory lock).
     job = PeriodicJob(
         "backup maintenance",
@@ -194,6 +211,14 @@ def create_app(settings: Settings, resources: Resources) -> web.Application:
         app.router.add_put(path, phpus.backup)
         app.router.add_post(path, phpus.backup)
     return app
+
+
+async def _record_unchanged(connection: asyncpg.Connection, seen: list[SeenUnchanged]) -> None:
+    await BackupRepository(connection).record_unchanged(seen)
+
+
+def _fold_unchanged(earlier: SeenUnchanged, later: SeenUnchanged) -> SeenUnchanged:
+    return SeenUnchanged(later.device, later.version_id, later.at, earlier.puts + later.puts)
 
 
 def create_archive_app(settings: Settings) -> web.Application:

@@ -19,13 +19,14 @@ import asyncpg
 
 from services.backup.app import run_maintenance
 from services.backup.diff import Redaction, redact_content
-from services.backup.handlers import parse_device, render_diff, versions_to_compare
+from services.backup.handlers import render_diff, versions_to_compare
 from services.backup.normalize import Normalizer
 from services.backup.repository import BackupDevice, BackupRepository
 from services.core import audit, errors
 from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
+from services.core.identity import parse_device
 
 security_log = logging.getLogger("pbxfront.security")
 

@@ -44,6 +44,7 @@ from services.backup.repository import (
     BackupDevice,
     BackupRepository,
     InventoryDevice,
+    SeenUnchanged,
     StoreResult,
     Upload,
     Version,
@@ -54,11 +55,12 @@ from services.core.api import (
     current_account,
     int_query,
     json_response,
-    openapi_document,
+    openapi_handler,
     pool_of,
     request_actor,
 )
 from services.core.auth import Role
+from services.core.batch import BackgroundBatches
 from services.core.config import Settings
 from services.core.db import acquire
 from services.core.deviceauth import DeviceAuth
@@ -71,6 +73,7 @@ from services.core.identity import (
     identify,
     normalize_hardware_id,
     normalize_mac,
+    parse_device,
     parse_hardware_id,
     printable,
 )
@@ -90,6 +93,8 @@ NORMALIZER_KEY = web.AppKey("backup_normalizer", Normalizer)
 REDACTION_KEY = web.AppKey("backup_redaction", Redaction)
 # Event-sender credentials (Basic, Digest): core.deviceauth, shared with the events service.
 DEVICE_AUTH_KEY = web.AppKey("backup_device_auth", DeviceAuth)
+# Uploads that repeat the latest version: answered at once, recorded in batches (app.py).
+UNCHANGED_KEY: web.AppKey[BackgroundBatches[SeenUnchanged]] = web.AppKey("backup_unchanged")
 # Called with the pool on every request: starts the periodic maintenance once (app.py).
 
 
@@ -258,12 +263,14 @@ async def put_backup(request: web.Request) -> web.Response:
         content_sha256 = await asyncio.to_thread(lambda: hashlib.sha256(content).digest())
     else:
         content_sha256 = hashlib.sha256(content).digest()
-    async with acquire(pool_of(request)) as connection:
-        seen = await BackupRepository(connection).seen_unchanged(
-            uploader.device, now, content_sha256=content_sha256
-        )
-    if seen is not None:
-        return _stored_reply(uploader, classify(content), StoreResult(False, seen))
+    pool = pool_of(request)
+    async with acquire(pool) as connection:
+        latest = await BackupRepository(connection).latest_content(uploader.device.mac)
+    if latest is not None and latest[1] == content_sha256:
+        # Already stored and committed: what is left to record (seen at, put count) waits for
+        # the next batch instead of a transaction of its own.
+        request.app[UNCHANGED_KEY].add(SeenUnchanged(uploader.device, latest[0], now), pool)
+        return _stored_reply(uploader, classify(content), StoreResult(False, latest[0]))
     normalizer = request.app[NORMALIZER_KEY]
     if len(content) > _THREAD_THRESHOLD:
         prepared = await asyncio.to_thread(prepare, content, normalizer)
@@ -279,7 +286,7 @@ async def put_backup(request: web.Request) -> web.Response:
         account=uploader.account,
         source_address=request.remote,
     )
-    async with acquire(pool_of(request)) as connection:
+    async with acquire(pool) as connection:
         result = await BackupRepository(connection).store_if_changed(
             upload, now, ContentCpu(normalizer)
         )
@@ -289,7 +296,8 @@ async def put_backup(request: web.Request) -> web.Response:
 def _stored_reply(uploader: Uploader, encoding: str, result: StoreResult) -> web.Response:
     device = uploader.device
     if not result.changed:
-        log.info(
+        # Most uploads; the access log has each request.
+        log.debug(
             "backup of %s (%s): unchanged, same as version %d",
             device.hardware_id,
             uploader.proof,
@@ -328,15 +336,6 @@ def _stored_reply(uploader: Uploader, encoding: str, result: StoreResult) -> web
 
 READERS = frozenset({Role.ADMIN, Role.OPERATOR})
 ADMINS = frozenset({Role.ADMIN})
-
-
-def parse_device(value: str) -> tuple[str | None, str | None]:
-    """A MAC (any notation) or a hardware id -> (mac, hardware id); Invalid otherwise."""
-    with contextlib.suppress(IdentityError):
-        return normalize_mac(value), None
-    with contextlib.suppress(IdentityError):
-        return None, normalize_hardware_id(value)
-    raise errors.Invalid(f"device: not a MAC or hardware id: '{printable(value)}'")
 
 
 async def _device(repository: BackupRepository, value: str) -> BackupDevice:
@@ -538,8 +537,7 @@ async def prune(request: web.Request) -> web.Response:
     return json_response(report)
 
 
-async def openapi(request: web.Request) -> web.Response:
-    return json_response(openapi_document("pbxfront backup archive API", "1", ENDPOINTS))
+openapi = openapi_handler("pbxfront backup archive API", lambda _request: ENDPOINTS)
 
 
 OBJECT = {"type": "object"}

@@ -18,6 +18,7 @@ import asyncpg
 from services.backup.diff import DiffStat
 from services.backup.normalize import PreparedContent
 from services.backup.retention import POLICY_VARIABLES, VersionStamp
+from services.core.inventory.model import Variable
 
 ALERT_CHANNEL = "pbxfront_backup_alert"
 # Retention and staleness run on one node at a time (session-level advisory lock).
@@ -31,6 +32,17 @@ class InventoryDevice:
     device_type: str
     customer: str
     allow_anonymous_backup: bool
+
+
+@dataclass(frozen=True)
+class SeenUnchanged:
+    """Uploads of one device that repeated its latest version byte for byte (written in
+    batches: services/backup/app.py)."""
+
+    device: InventoryDevice
+    version_id: int
+    at: datetime
+    puts: int = 1
 
 
 @dataclass(frozen=True)
@@ -239,6 +251,41 @@ class BackupRepository:
             content_sha256,
         )
         return seen
+
+    async def latest_content(self, mac: str) -> tuple[int, bytes] | None:
+        """(id, content SHA-256) of the device's latest version; a read, nothing locked."""
+        row = await self._db.fetchrow(
+            """SELECT v.id, v.content_sha256 FROM backup_devices d
+               JOIN backup_versions v ON v.id = d.latest_version WHERE d.mac = $1""",
+            mac,
+        )
+        return (row["id"], bytes(row["content_sha256"])) if row is not None else None
+
+    async def record_unchanged(self, seen: Sequence[SeenUnchanged]) -> None:
+        """What :meth:`seen_unchanged` records, for many devices in two statements."""
+        await self._db.execute(
+            """UPDATE backup_versions v SET last_seen_at = greatest(v.last_seen_at, s.at),
+                   unchanged_puts = v.unchanged_puts + s.puts
+               FROM unnest($1::bigint[], $2::timestamptz[], $3::int[]) AS s(id, at, puts)
+               WHERE v.id = s.id""",
+            [item.version_id for item in seen],
+            [item.at for item in seen],
+            [item.puts for item in seen],
+        )
+        await self._db.execute(
+            """UPDATE backup_devices d SET hardware_id = s.hardware_id, customer = s.customer,
+                   device_type = s.device_type, last_put_at = greatest(d.last_put_at, s.at),
+                   last_unchanged_at = s.at, puts = d.puts + s.puts, stale_alerted_at = NULL
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                           $6::int[]) AS s(mac, hardware_id, customer, device_type, at, puts)
+               WHERE d.mac = s.mac""",
+            [item.device.mac for item in seen],
+            [item.device.hardware_id for item in seen],
+            [item.device.customer for item in seen],
+            [item.device.device_type for item in seen],
+            [item.at for item in seen],
+            [item.puts for item in seen],
+        )
 
     async def store_if_changed(
         self, upload: Upload, now: datetime, work: ContentWork
@@ -472,21 +519,18 @@ class BackupRepository:
 
     # --- retention and staleness ---------------------------------------------------------------
 
-    async def policy_variables(self) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-        """The backup policy variables: (global layer, customer id -> customer layer)."""
+    async def policy_variables(self) -> tuple[list[Variable], dict[str, str]]:
+        """The backup policy variables of the layers a customer has (global, frontend,
+        customer), and the customers with their Frontends, to resolve them per customer."""
         rows = await self._db.fetch(
-            """SELECT layer, scope, name, value FROM variables
-               WHERE name = ANY($1::text[]) AND layer IN ('global', 'customer')""",
+            """SELECT layer, scope, name, value, secret FROM variables
+               WHERE name = ANY($1::text[]) AND layer IN ('global', 'frontend', 'customer')""",
             list(POLICY_VARIABLES),
         )
-        global_layer: dict[str, str] = {}
-        customers: dict[str, dict[str, str]] = {}
-        for row in rows:
-            if row["layer"] == "global":
-                global_layer[row["name"]] = row["value"]
-            else:
-                customers.setdefault(row["scope"], {})[row["name"]] = row["value"]
-        return global_layer, customers
+        customers = await self._db.fetch("SELECT id, frontend FROM customers")
+        return [Variable(**dict(row)) for row in rows], {
+            row["id"]: row["frontend"] for row in customers
+        }
 
     async def try_maintenance_lock(self) -> bool:
         """Take the cluster-wide maintenance lock (session level) if nobody holds it."""
@@ -511,6 +555,54 @@ class BackupRepository:
             customer,
         )
         return [(row["mac"], row["customer"]) for row in rows]
+
+    async def move_device(
+        self, old_mac: str, new_mac: str, *, hardware_id: str, device_type: str
+    ) -> list[int]:
+        """A replaced device's history (RMA): every version of ``old_mac`` becomes one of
+        ``new_mac`` (ids, times and contents unchanged), merged with any ``new_mac`` already
+        has; the latest by receive time is the one the next PUT of ``new_mac`` is compared
+        with. Both rows are locked first, so a concurrent PUT waits. Run it inside the caller's
+        transaction; the moved version ids, oldest first (empty: ``old_mac`` had none)."""
+        async with self._db.transaction():
+            rows = await self._db.fetch(
+                "SELECT mac FROM backup_devices WHERE mac = ANY($1::text[]) ORDER BY mac "
+                "FOR UPDATE",
+                [old_mac, new_mac],
+            )
+            if old_mac not in {row["mac"] for row in rows}:
+                return []
+            await self._db.execute(
+                """
+                INSERT INTO backup_devices AS d (mac, hardware_id, customer, device_type,
+                    first_put_at, last_put_at, last_unchanged_at, puts, stale_alerted_at)
+                SELECT $2, $3, customer, $4, first_put_at, last_put_at, last_unchanged_at, puts,
+                       stale_alerted_at
+                FROM backup_devices WHERE mac = $1
+                ON CONFLICT (mac) DO UPDATE SET
+                    hardware_id = EXCLUDED.hardware_id, customer = EXCLUDED.customer,
+                    device_type = EXCLUDED.device_type,
+                    first_put_at = least(d.first_put_at, EXCLUDED.first_put_at),
+                    last_put_at = greatest(d.last_put_at, EXCLUDED.last_put_at),
+                    puts = d.puts + EXCLUDED.puts
+                """,
+                old_mac,
+                new_mac,
+                hardware_id,
+                device_type,
+            )
+            moved = await self._db.fetch(
+                "UPDATE backup_versions SET mac = $2 WHERE mac = $1 RETURNING id", old_mac, new_mac
+            )
+            await self._db.execute(
+                """UPDATE backup_devices SET latest_version = (
+                       SELECT id FROM backup_versions WHERE mac = $1
+                       ORDER BY received_at DESC, id DESC LIMIT 1)
+                   WHERE mac = $1""",
+                new_mac,
+            )
+            await self._db.execute("DELETE FROM backup_devices WHERE mac = $1", old_mac)
+        return sorted(row["id"] for row in moved)
 
     async def prune_device(
         self,

@@ -22,6 +22,7 @@ DEFAULT_DEVICES = {
     "directory": 100,
     "events": 1000,
     "console": 100_000,
+    "plan": 10000,
 }
 # Requests per second of each scenario's fixed-rate runs.
 DEFAULT_RATE = {
@@ -34,6 +35,7 @@ DEFAULT_RATE = {
     "directory": 500.0,
     "events": 0.0,
     "console": 20.0,
+    "plan": 0.0,
 }
 
 
@@ -74,6 +76,7 @@ def register(
     bench.add_argument(
         "--versions", type=int, default=10_000, help="archive: versions per device (of --devices)"
     )
+    bench.add_argument("--repeats", type=int, default=3, help="plan: runs of each measurement")
     bench.add_argument("--no-nginx", action="store_true", help="skip the nginx baseline")
     bench.add_argument(
         "--tls-resumption",
@@ -106,7 +109,14 @@ def register(
         def log(message: str) -> None:
             print(message, file=sys.stderr, flush=True)
 
-        report = run_scenario(args.scenario, options, log)
+        if args.scenario == "plan":
+            from services.bench.plan import run_plan_scenario
+
+            report = run_plan_scenario(
+                options.work_dir, options.scripts_dir, options.devices, args.repeats, log
+            )
+        else:
+            report = run_scenario(args.scenario, options, log)
         print(f"\npbxfront bench {args.scenario} on {report['machine']}\n")
         print(report["table"])
         results = options.work_dir / "results"

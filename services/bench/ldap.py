@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.bench.load import LoadResult, run_spread
-from services.directory.protocol import element, integer, message, octets
+from services.directory.ber import element, integer, octets
+from services.directory.protocol import message
 
-# --- requests (BER as the directory service writes it: services/directory/protocol.py) --------
+# --- requests (BER as the directory service writes it: services/directory/ber.py) -------------
 
 
 def equality(attribute: str, value: str) -> bytes:

@@ -6,6 +6,9 @@ so browsers and phones trust everything after importing one root. The CA key and
 live in files (``[ca]`` settings); what was issued and revoked lives in PostgreSQL, so every
 node serves the same CRL (``GET /DRIVE/CF0/update/ca.crl`` on the device listener).
 
+``pbxfront ca queue`` shows the signing requests nodes without the CA key queued for the signing
+node (``ca.signer``), their age, and whether a signing node is working the queue.
+
 Passphrases never come from argv: ``ca.passphrase_file`` or ``PBXFRONT_CA_PASSPHRASE`` for the
 CA key, ``--p12-passphrase-file`` or ``PBXFRONT_P12_PASSPHRASE`` for PKCS#12 bundles.
 """
@@ -27,13 +30,14 @@ import asyncpg
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from services.ca.repository import CaRepository, serial_hex
+from services.ca.repository import CaRepository, SigningQueueRepository, serial_hex
 from services.core import audit, pki
 from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.core.identity import IdentityError, normalize_mac
-from services.core.inventory import LAYERS, load_inventory
+from services.core.inventory import load_inventory
+from services.core.inventory.variables import LayeredVariables, device_scopes
 
 CA_PASSPHRASE_ENV = "PBXFRONT_CA_PASSPHRASE"  # noqa: S105 - a variable name
 P12_PASSPHRASE_ENV = "PBXFRONT_P12_PASSPHRASE"  # noqa: S105 - a variable name
@@ -143,25 +147,13 @@ async def _audit_certificate(
 # --- issue -------------------------------------------------------------------------------------
 
 
-def _resolve(inventory: Any, mac: str) -> tuple[Any, Any, Any, dict[str, str]]:
+def _inventory_device(inventory: Any, mac: str) -> tuple[Any, Any, Any, dict[str, str]]:
     device = next((d for d in inventory.devices if d.mac == mac), None)
     if device is None:
         raise UsageError(f"no device {mac} in the inventory")
     customer = next(c for c in inventory.customers if c.id == device.customer)
     frontend = next(f for f in inventory.frontends if f.id == customer.frontend)
-    scopes = {
-        "global": "",
-        "frontend": frontend.id,
-        "customer": customer.id,
-        "device_class": device.device_class,
-        "device_type": device.device_type,
-        "device": device.mac,
-    }
-    values: dict[str, str] = {}
-    for layer in LAYERS:
-        for variable in inventory.variables:
-            if variable.layer == layer and variable.scope == scopes[layer]:
-                values[variable.name] = variable.value
+    values = LayeredVariables(inventory.variables).values(device_scopes(device, customer))
     return device, customer, frontend, values
 
 
@@ -176,7 +168,7 @@ async def _device_request(
             raise UsageError(str(error)) from None
         async with pool.acquire() as connection:
             inventory = await load_inventory(connection)
-        device, _customer, frontend, values = _resolve(inventory, mac)
+        device, _customer, frontend, values = _inventory_device(inventory, mac)
         # The seed: a device with an internal address only gets the address of the NAT router
         # it is reached through as its external one; for pbxfront's devices that is the Frontend.
         external = args.external or values.get("cert-external") or frontend.public_address
@@ -414,6 +406,72 @@ def _write_public(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+async def ca_queue(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    """The signing queue (ca.signer): requests nodes without the CA key queued, their age, and
+    whether a signing node is working it. Exit 1 when requests wait and no signing node was
+    seen recently (for monitoring)."""
+    repository = SigningQueueRepository(pool)
+    requests = await repository.requests(include_done=args.all, limit=args.limit)
+    signers = await repository.signers()
+    # A signing node sweeps every ca.queue_interval seconds; three missed sweeps: down.
+    recent = max(3 * settings.ca.queue_interval, 60.0)
+    alive = [s for s in signers if s.age <= recent]
+    waiting = [r for r in requests if r.state == "waiting"]
+    # A request only a signing node holding its RootCA can sign.
+    served = {s.ca_fingerprint for s in alive}
+    orphaned = [r for r in waiting if r.ca_fingerprint not in served]
+    stuck = bool(orphaned)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "requests": [r.as_json() for r in requests],
+                    "signers": [
+                        {**s.__dict__, "seen_at": s.seen_at.isoformat(), "alive": s in alive}
+                        for s in signers
+                    ],
+                    "waiting": len(waiting),
+                    "oldest_waiting_seconds": max((r.age for r in waiting), default=None),
+                    "signing_node_alive": bool(alive),
+                    "waiting_without_signer": len(orphaned),
+                },
+                indent=2,
+            )
+        )
+        return 1 if stuck else 0
+    for request in requests:
+        device = request.hardware_id or request.mac
+        line = (
+            f"{request.id:>6}  {request.state:<8} {device}  CN={request.common_name}  "
+            f"queued by {request.requested_by} {request.requested_at:%Y-%m-%d %H:%M:%S}"
+        )
+        if request.state == "waiting":
+            line += f"  waiting {request.age:.0f} s"
+            if request in orphaned:
+                line += f"  (RootCA {request.ca_fingerprint[:16]}…: no signing node holds it)"
+        else:
+            line += f"  after {request.age:.0f} s by {request.signed_by or '-'}"
+            line += f"  serial {request.serial}" if request.serial else ""
+            line += f"  ({request.error})" if request.error else ""
+        print(line)
+    if waiting:
+        print(f"{len(waiting)} waiting, the oldest for {max(r.age for r in waiting):.0f} s")
+    else:
+        print("no request waiting")
+    for signer in signers:
+        state = "working" if signer in alive else "NOT SEEN recently (down?)"
+        print(
+            f"signing node {signer.node}: last sweep {signer.age:.0f} s ago, RootCA "
+            f"{signer.ca_fingerprint[:16]}…  {state}"
+        )
+    if stuck:
+        print(
+            f"{len(orphaned)} request(s) wait for a signing node that is not running: no node "
+            'holding their RootCA key (ca.signer = "sign") swept the queue recently'
+        )
+    return 1 if stuck else 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 
 
@@ -501,6 +559,19 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
     revoke.add_argument("serial", metavar="SERIAL")
     revoke.add_argument("--reason", choices=pki.REVOCATION_REASONS, default="unspecified")
     revoke.set_defaults(handler=bind(ca_revoke))
+
+    queue = actions.add_parser(
+        "queue",
+        parents=[common],
+        help="signing requests waiting for the signing node (ca.signer), their age; exit 1 when "
+        "requests wait and no signing node was seen",
+    )
+    queue.add_argument("--all", action="store_true", help="also signed, failed, dropped ones")
+    queue.add_argument(
+        "--limit", type=int, default=100, help="at most this many requests (default %(default)s)"
+    )
+    queue.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    queue.set_defaults(handler=bind(ca_queue))
 
     export = actions.add_parser(
         "export-trust", parents=[common], help="the RootCA as PEM (browsers), DER, hex (devices)"

@@ -1,4 +1,6 @@
-"""SQL of the provider CA: the certificates it issued and their revocations (migration 008).
+"""SQL of the provider CA: the certificates it issued and their revocations (migration 008), and
+the signing queue of nodes without the CA key (migration 023; the update service queues and
+signs, ``pbxfront ca queue`` reads here).
 
 Every node reads the same rows, so every node serves the same CRL. The update service's roll-out
 records the certificates it signs into the same table through its own repository (a service
@@ -144,3 +146,77 @@ class CaRepository:
             RevokedEntry(int(row["serial"], 16), row["revoked_at"], row["revocation_reason"])
             for row in rows
         ]
+
+
+@dataclass(frozen=True)
+class QueuedRequest:
+    """A device's signing request in ``ca_signing_requests`` (``age`` in seconds: how long it
+    waited, or waits)."""
+
+    id: int
+    mac: str
+    hardware_id: str | None
+    common_name: str
+    ca_fingerprint: str
+    state: str
+    requested_by: str
+    requested_at: datetime
+    age: float
+    signed_by: str | None
+    done_at: datetime | None
+    serial: str | None
+    error: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        for key in ("requested_at", "done_at"):
+            value = data[key]
+            data[key] = value.isoformat() if value is not None else None
+        return data
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A signing node as it last reported (``age``: seconds since)."""
+
+    node: str
+    ca_fingerprint: str
+    seen_at: datetime
+    age: float
+
+
+class SigningQueueRepository:
+    """``ca_signing_requests`` and ``ca_signers``, read-only here."""
+
+    def __init__(self, connection: asyncpg.Connection | asyncpg.Pool) -> None:
+        self._db = connection
+
+    async def requests(
+        self, *, include_done: bool = False, limit: int = 100
+    ) -> list[QueuedRequest]:
+        """Waiting requests, oldest first; with ``include_done`` also the latest finished ones."""
+        rows = await self._db.fetch(
+            """
+            SELECT q.id, q.mac, d.hardware_id, q.common_name, q.ca_fingerprint, q.state,
+                   q.requested_by, q.requested_at,
+                   extract(epoch FROM COALESCE(q.done_at, now()) - q.requested_at)::float8 AS age,
+                   q.signed_by, q.done_at, q.serial, q.error
+            FROM ca_signing_requests q LEFT JOIN devices d ON d.mac = q.mac
+            WHERE q.state = 'waiting' OR $1
+            ORDER BY q.state <> 'waiting', q.requested_at DESC, q.id DESC
+            LIMIT $2
+            """,
+            include_done,
+            limit,
+        )
+        found = [QueuedRequest(**dict(row)) for row in rows]
+        waiting = sorted((r for r in found if r.state == "waiting"), key=lambda r: r.requested_at)
+        return waiting + [r for r in found if r.state != "waiting"]
+
+    async def signers(self) -> list[Signer]:
+        rows = await self._db.fetch(
+            """SELECT node, ca_fingerprint, seen_at,
+                      extract(epoch FROM now() - seen_at)::float8 AS age
+               FROM ca_signers ORDER BY seen_at DESC"""
+        )
+        return [Signer(**dict(row)) for row in rows]

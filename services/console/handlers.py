@@ -18,11 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+import asyncpg
 import jinja2
 from aiohttp import web
 
 from services.console import security
-from services.console.repository import SessionRepository
+from services.console.repository import SessionRepository, database_clients
 from services.console.security import DIRECTORY, OPERATORS, require
 from services.console.state import (
     COOKIE_KEY,
@@ -351,12 +352,16 @@ async def adopt(request: web.Request) -> web.StreamResponse:
     if device_class not in DEVICE_CLASSES:
         raise _bad("device_class", f"must be one of {', '.join(DEVICE_CLASSES)}")
     device_type = str(form.get("type", "")).strip().upper() or None
-    problem = await _sources(request).adopt(
-        _pool(request), mac, customer, device_class, device_type
-    )
-    if problem is not None:
-        raise web.HTTPUnprocessableEntity(text=f"{problem}\n")
-    await _action_log(request, "adopt", mac)
+
+    async def run(connection: asyncpg.Connection) -> Audited:
+        created, problem = await _sources(request).adopt(
+            connection, mac, customer, device_class, device_type
+        )
+        if problem is not None:
+            raise web.HTTPUnprocessableEntity(text=f"{problem}\n")
+        return None, created
+
+    await _audited(request, "adopt", "device", mac, run)
     raise web.HTTPSeeOther(f"{PREFIX}/devices/{mac}?done=adopted")
 
 
@@ -398,6 +403,7 @@ async def device(request: web.Request) -> web.Response:
         )
     elif script.get("text"):
         script["text"] = _redact(script["text"], script["secrets"])
+    history = await sources.status_history(pool, mac, 50)
     certificate = await sources.certificate(pool, mac)
     versions = await sources.backup_versions(pool, mac, 20)
     events = await sources.events(pool, {"device": (mac, None), "limit": 20})
@@ -408,6 +414,7 @@ async def device(request: web.Request) -> web.Response:
         "device.html",
         mac=mac,
         status=status,
+        history=history,
         device=asdict(inventory) if inventory is not None else {},
         script=script,
         phase=phase,
@@ -488,35 +495,60 @@ async def device_diff(request: web.Request) -> web.Response:
     )
 
 
-async def _action_log(request: web.Request, action: str, target: str) -> None:
-    """One console action: a line in the security log and a row in the audit log
-    (services/core/audit.py; its own transaction right after the action, which the console
-    runs through the services' own functions)."""
+# (before, after) of an action's audit row.
+Audited = tuple[Any, Any]
+
+
+async def _audited(
+    request: web.Request,
+    action: str,
+    object_type: str,
+    object_id: str,
+    run: Callable[[asyncpg.Connection], Awaitable[Audited]],
+) -> Audited:
+    """One console action and its audit row in ONE transaction: both commit or neither.
+
+    ``run`` does the action on the connection it is given (through the owning service's
+    function) and returns the object before and after; a refusal it raises (an HTTP error)
+    rolls the transaction back, so a refused action leaves no row. The security log gets its
+    ``console-action`` line once the transaction has committed."""
     account = request[SESSION_KEY].account.name
-    security_event(request, "console-action", account=account, action=action, target=target)
     async with acquire(_pool(request)) as connection, connection.transaction():
+        before, after = await run(connection)
         await audit.record(
             connection,
             actor=audit.Actor(f"{account} (console)", request.remote or "unknown"),
             action=f"console.{action}",
-            object_type="customer" if action == "contacts-rollback" else "device",
-            object_id=target,
+            object_type=object_type,
+            object_id=object_id,
+            before=before,
+            after=after,
         )
+    security_event(request, "console-action", account=account, action=action, target=object_id)
+    return before, after
 
 
 async def restage(request: web.Request) -> web.StreamResponse:
     mac = _mac(request)
-    if not await _sources(request).restage(_pool(request), mac):
-        raise web.HTTPNotFound(text=f"no device {mac} in the inventory\n")
-    await _action_log(request, "restage", mac)
+
+    async def run(connection: asyncpg.Connection) -> Audited:
+        if not await _sources(request).restage(connection, mac):
+            raise web.HTTPNotFound(text=f"no device {mac} in the inventory\n")
+        return None, {"restage_requested": True}
+
+    await _audited(request, "restage", "device", mac, run)
     raise web.HTTPSeeOther(f"{PREFIX}/devices/{mac}?done=restage")
 
 
 async def certificate_reset(request: web.Request) -> web.StreamResponse:
     mac = _mac(request)
-    reset = await _sources(request).certificate_reset(_pool(request), mac)
-    await _action_log(request, "certificate-reset", mac)
-    done = "certificate-reset" if reset else "certificate-none"
+
+    async def run(connection: asyncpg.Connection) -> Audited:
+        rollout = await _sources(request).certificate_reset(connection, mac)
+        return rollout, {"certificate_rollout": None}
+
+    before, _after = await _audited(request, "certificate-reset", "device", mac, run)
+    done = "certificate-reset" if before is not None else "certificate-none"
     raise web.HTTPSeeOther(f"{PREFIX}/devices/{mac}?done={done}")
 
 
@@ -562,13 +594,20 @@ async def contacts_rollback(request: web.Request) -> web.StreamResponse:
     raw = str(form.get("version", ""))
     if not re.fullmatch(r"\d{1,9}", raw):
         raise _bad("version", "must be a whole number")
-    problem = await _sources(request).contacts_rollback(_pool(request), customer_id, int(raw))
-    if problem is not None:
-        status, why = problem
-        if status == 404:
-            raise web.HTTPNotFound(text=f"{why}\n")
-        raise web.HTTPConflict(text=f"{why}\n")
-    await _action_log(request, "contacts-rollback", f"{customer_id} v{raw}")
+    version = int(raw)
+
+    async def run(connection: asyncpg.Connection) -> Audited:
+        previous, problem = await _sources(request).contacts_rollback(
+            connection, customer_id, version
+        )
+        if problem is not None:
+            status, why = problem
+            if status == 404:
+                raise web.HTTPNotFound(text=f"{why}\n")
+            raise web.HTTPConflict(text=f"{why}\n")
+        return {"contacts_version": previous}, {"contacts_version": version}
+
+    await _audited(request, "contacts-rollback", "customer", customer_id, run)
     raise web.HTTPSeeOther(f"{PREFIX}/customers/{customer_id}?done=rollback")
 
 
@@ -701,7 +740,7 @@ async def backups(request: web.Request) -> web.Response:
 
 
 async def firmware(request: web.Request) -> web.Response:
-    store = await _sources(request).firmware_store(request.app[SETTINGS_KEY])
+    store = await _sources(request).firmware_store(request.app[SETTINGS_KEY], _pool(request))
     builds = await _sources(request).firmware_builds(_pool(request))
     return render(request, "firmware.html", store=store, builds=builds)
 
@@ -720,12 +759,14 @@ async def system(request: web.Request) -> web.Response:
         frontends = await InventoryRepository(connection).list_frontends()
         migrations = await migration_status(connection, request.app[MIGRATIONS_KEY])
         server_version = await connection.fetchval("SHOW server_version")
+        clients = await database_clients(connection)
     destinations = await _sources(request).event_destinations(pool)
     return render(
         request,
         "system.html",
         frontends=[asdict(f) for f in frontends],
         this_frontend=settings.frontend,
+        clients=[asdict(c) for c in clients],
         migrations=migrations,
         destinations=destinations,
         version=_version(),

@@ -1,5 +1,6 @@
-"""SQL of the console: its server-side sessions (migration 012). Everything else the console
-shows comes from the owning services' repositories, handed in by services/serve.py."""
+"""SQL of the console: its server-side sessions (migration 012) and who else uses the database
+(PostgreSQL's pg_stat_activity, for the System page). Everything else the console shows comes
+from the owning services' repositories, handed in by services/serve.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,35 @@ from datetime import datetime
 import asyncpg
 
 from services.core.auth import Account, Role
+
+
+@dataclass(frozen=True)
+class DatabaseClient:
+    """pbxfront's sessions on this database from one client address: the nodes (``serve``) and
+    running commands sharing it. Sessions name themselves ``pbxfront`` (services/core/db.py);
+    two processes on one host share a row."""
+
+    address: str
+    sessions: int
+    active: int
+    connected_since: datetime
+    this_node: bool
+
+
+async def database_clients(connection: asyncpg.Connection) -> list[DatabaseClient]:
+    """From pg_stat_activity, grouped by client address (``local`` for a Unix socket)."""
+    rows = await connection.fetch(
+        """
+        SELECT COALESCE(host(client_addr), 'local') AS address, count(*) AS sessions,
+               count(*) FILTER (WHERE state = 'active') AS active,
+               min(backend_start) AS connected_since,
+               bool_or(pid = pg_backend_pid()) AS this_node
+        FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name = 'pbxfront'
+        GROUP BY 1 ORDER BY 1
+        """
+    )
+    return [DatabaseClient(**dict(row)) for row in rows]
 
 
 @dataclass(frozen=True)

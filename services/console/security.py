@@ -29,7 +29,9 @@ from services.console.state import (
     SETTINGS_KEY,
     VERIFIED_KEY,
 )
-from services.core.auth import AccountRepository, Role, secrets_equal
+from services.core import errors
+from services.core.auth import Role, secrets_equal, verify_login
+from services.core.authguard import auth_guard
 from services.core.db import POOL_KEY, acquire
 from services.core.http import security_event
 
@@ -177,24 +179,38 @@ async def check_login(request: web.Request) -> tuple[str, str]:
         raise LoginRefused(400, "password: required")
     by_address = request.app[ADDRESS_LIMITER_KEY]
     by_account = request.app[ACCOUNT_LIMITER_KEY]
+    # The node's guard too (core.authguard): failures anywhere on the node count here, and a
+    # console login's failures count there.
+    guard = auth_guard(request)
     account_key = name.lower()
-    if not by_address.allows(request.remote) or not by_account.allows(account_key):
+    node_refusal = guard.limiter.check(request.remote, name)
+    if (
+        node_refusal is not None
+        or not by_address.allows(request.remote)
+        or not by_account.allows(account_key)
+    ):
         retry = max(
             by_address.retry_after(request.remote) if not by_address.allows(request.remote) else 0,
             by_account.retry_after(account_key) if not by_account.allows(account_key) else 0,
+            node_refusal.retry_after if node_refusal is not None else 0,
         )
         security_event(request, "console-login-limited", account=name)
         raise LoginRefused(429, f"too many failed logins: try again in {retry} s", retry)
     pool = request.config_dict[POOL_KEY]
-    async with acquire(pool) as connection:
-        account = await AccountRepository(connection).verify(
-            name, password, request.app[VERIFIED_KEY]
-        )
+    try:
+        # The argon2 check waits for its turn with every other check of the node and holds no
+        # database connection meanwhile.
+        account = await verify_login(pool, name, password, request.app[VERIFIED_KEY], guard.hashing)
+    except errors.Busy:
+        raise LoginRefused(503, "too many logins at once: try again in a moment", 1) from None
     if account is None:
         by_address.spend(request.remote)
         by_account.spend(account_key)
+        guard.limiter.failed(request.remote, name)
+        guard.failures.inc()
         security_event(request, "console-login-failed", account=name)
         raise LoginRefused(401, "wrong name or password")
+    guard.limiter.succeeded(request.remote, account.name)
     if not account.has_any(CONSOLE_ROLES):
         security_event(request, "forbidden", account=account.name, path=request.path)
         raise LoginRefused(

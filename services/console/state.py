@@ -18,6 +18,8 @@ from services.core.ratelimit import AddressLimiter
 
 # A source is an async function taking the pool (and, where the owner needs them, the settings)
 # and plain values, returning plain values; None where this node does not offer that part.
+# An action (restage, certificate_reset, adopt, contacts_rollback) takes a connection in the
+# console's transaction instead, so the action and its audit row commit together.
 Source = Callable[..., Awaitable[Any]]
 
 
@@ -29,6 +31,7 @@ class Sources:
     fleet_sorts: tuple[str, ...]
     device_types: Source
     device_status: Source
+    status_history: Source
     certificate: Source
     render_script: Source
     restage: Source

@@ -18,13 +18,17 @@ async def versions(pool: asyncpg.Pool, customer_id: str) -> list[dict[str, Any]]
     return [v.as_json() for v in found]
 
 
-async def rollback(pool: asyncpg.Pool, customer_id: str, to: int) -> tuple[int, str] | None:
-    """Make version ``to`` current again; None when done, else (404 or 409, why not)."""
-    async with pool.acquire() as connection:
-        try:
-            await ContactsRepository(connection).rollback(customer_id, to)
-        except errors.NotFound as error:
-            return 404, str(error)
-        except errors.Conflict as error:
-            return 409, str(error)
-    return None
+async def rollback(
+    connection: asyncpg.Connection, customer_id: str, to: int
+) -> tuple[int | None, tuple[int, str] | None]:
+    """Make version ``to`` current again, in the caller's transaction (the console writes its
+    audit row in the same one): (the version current before, None) when done, else
+    (None, (404 or 409, why not)) and nothing changed."""
+    try:
+        async with connection.transaction():
+            previous, _current = await ContactsRepository(connection).rollback(customer_id, to)
+    except errors.NotFound as error:
+        return None, (404, str(error))
+    except errors.Conflict as error:
+        return None, (409, str(error))
+    return previous, None

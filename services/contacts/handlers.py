@@ -42,7 +42,7 @@ from services.core.api import (
     Endpoint,
     current_account,
     json_response,
-    openapi_document,
+    openapi_handler,
     pool_of,
     request_actor,
 )
@@ -482,8 +482,7 @@ async def api_rollback(request: web.Request) -> web.Response:
     return json_response({"customer": customer_id, "previous": previous, "current": current})
 
 
-async def openapi(request: web.Request) -> web.Response:
-    return json_response(openapi_document("pbxfront contacts API", "1", ENDPOINTS))
+openapi = openapi_handler("pbxfront contacts API", lambda _request: ENDPOINTS)
 
 
 OBJECT = {"type": "object"}

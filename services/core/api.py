@@ -219,6 +219,18 @@ def openapi_document(title: str, version: str, endpoints: Sequence[Endpoint]) ->
     }
 
 
+def openapi_handler(
+    title: str, endpoints: Callable[[web.Request], Sequence[Endpoint]]
+) -> ApiHandler:
+    """The handler of an API's ``openapi.json``: the document of ``endpoints(request)`` (looked
+    up per request, so the list may name this handler itself)."""
+
+    async def openapi(request: web.Request) -> web.Response:
+        return json_response(openapi_document(title, "1", endpoints(request)))
+
+    return openapi
+
+
 def pool_of(request: web.Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.config_dict[POOL_KEY]
     return pool

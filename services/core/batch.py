@@ -4,6 +4,9 @@ For what a request produces but need not wait for (a hand-over log line, a poll'
 request answers at once and one transaction per interval writes everything queued meanwhile.
 What a client asked to be stored does not belong here: its 2xx waits for its own commit.
 
+Records of one thing may be folded (``Fold``): a device's polls within an interval become one
+record, so a batch has a row per device rather than per poll and nothing is lost by folding.
+
 If PostgreSQL is unreachable the records stay queued (up to ``max_pending``, then the newest are
 dropped with an error in the log) and are written when it is back. On shutdown the rest is
 written. A crash loses at most one interval's records.
@@ -13,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -28,15 +33,32 @@ T = TypeVar("T")
 Write = Callable[[asyncpg.Connection, list[T]], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Fold(Generic[T]):
+    """Queued records with the same ``key`` become one: ``merge(earlier, later)``."""
+
+    key: Callable[[T], Hashable]
+    merge: Callable[[T, T], T]
+
+
 class BackgroundBatches(Generic[T]):
     def __init__(
-        self, what: str, write: Write[T], *, interval: float = 0.05, max_pending: int = 100_000
+        self,
+        what: str,
+        write: Write[T],
+        *,
+        interval: float = 0.05,
+        max_pending: int = 100_000,
+        fold: Fold[T] | None = None,
     ) -> None:
         self._what = what
         self._write = write
         self._interval = interval
         self._max_pending = max_pending
-        self._pending: list[T] = []
+        self._fold = fold
+        # Insertion-ordered; without a fold every record has a key of its own.
+        self._pending: dict[Hashable, T] = {}
+        self._serial = itertools.count()
         self._wake = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
         self._task: asyncio.Task[None] | None = None
@@ -48,7 +70,11 @@ class BackgroundBatches(Generic[T]):
         if self._task is None and not self._stopping:
             self._pool = pool
             self._task = asyncio.get_running_loop().create_task(self._run())
-        if len(self._pending) >= self._max_pending:
+        key = self._fold.key(item) if self._fold else next(self._serial)
+        earlier = self._pending.get(key)
+        if earlier is not None and self._fold is not None:
+            self._pending[key] = self._fold.merge(earlier, item)
+        elif len(self._pending) >= self._max_pending:
             self._dropped += 1
             if self._dropped == 1 or self._dropped % 10_000 == 0:
                 log.error(
@@ -58,7 +84,8 @@ class BackgroundBatches(Generic[T]):
                     self._dropped,
                 )
             return
-        self._pending.append(item)
+        else:
+            self._pending[key] = item
         if self._interval <= 0:
             self._wake.set()
 
@@ -66,15 +93,28 @@ class BackgroundBatches(Generic[T]):
         """Write what is queued now; the number written (0 when it stays queued)."""
         if not self._pending or self._pool is None:
             return 0
-        batch, self._pending = self._pending, []
+        batch, self._pending = self._pending, {}
         try:
             async with acquire(self._pool) as connection, connection.transaction():
-                await self._write(connection, batch)
+                await self._write(connection, list(batch.values()))
         except (DatabaseUnavailable, OSError, asyncpg.PostgresError) as error:
             log.warning("%s: %d record(s) not written yet: %s", self._what, len(batch), error)
-            self._pending[:0] = batch[: max(0, self._max_pending - len(self._pending))]
+            self._requeue(batch)
             return 0
         return len(batch)
+
+    def _requeue(self, batch: dict[Hashable, T]) -> None:
+        """Put a failed batch back ahead of what was queued meanwhile (folded into it)."""
+        queued = batch
+        for key, item in self._pending.items():
+            earlier = queued.get(key)
+            if earlier is not None and self._fold is not None:
+                queued[key] = self._fold.merge(earlier, item)
+            else:
+                queued[key] = item
+        if len(queued) > self._max_pending:
+            queued = dict(itertools.islice(queued.items(), self._max_pending))
+        self._pending = queued
 
     async def _run(self) -> None:
         # Never cancelled (a cancelled pool.acquire can lose a connection and the pool's close

@@ -230,6 +230,19 @@ class UpdateSettings:
     # Seconds between batched writes of device status (one statement for all polls since the
     # last); 0 writes as soon as a poll is answered.
     status_flush_interval: float = dataclasses.field(default=0.05, metadata=_check(_range(0, 60)))
+    # Where firmware comes from: "files" (firmware_dir on this node, `pbxfront firmware add` on
+    # each node) or "database" (added once on any node, stored in PostgreSQL, served by every
+    # node from firmware_cache_dir after a SHA-256 check).
+    firmware_source: str = dataclasses.field(
+        default="files", metadata=_check(_choice("files", "database"))
+    )
+    # firmware_source = "database": this node's copies; empty: <data_dir>/firmware-cache.
+    firmware_cache_dir: Path | None = None
+    # Seconds after which a cached firmware file is hashed again before it is served (it is
+    # always hashed when its size, time or inode changed).
+    firmware_verify_interval: float = dataclasses.field(
+        default=3600.0, metadata=_check(_range(1, 10**7))
+    )
     # Where devices' scripts come from: "files" (scripts_dir on this node, re-read on change) or
     # "database" (the version published with `pbxfront scripts publish`, the same on every node).
     scripts_source: str = dataclasses.field(
@@ -680,6 +693,14 @@ class CaSettings:
     max_attempts: int = dataclasses.field(default=10, metadata=_check(_range(1, 1000)))
     # Days the CRL served on the device listener is valid (re-signed on demand before then).
     crl_valid_days: int = dataclasses.field(default=7, metadata=_check(_range(1, 365)))
+    # Who signs device requests of the roll-out: "sign" (this node holds the key: signs its own
+    # and every queued request), "queue" (no key here: requests wait in PostgreSQL for a signing
+    # node), "auto" ("sign" when the key file exists, else "queue").
+    signer: str = dataclasses.field(
+        default="auto", metadata=_check(_choice("auto", "sign", "queue"))
+    )
+    # Seconds between sweeps of the signing queue on a signing node (NOTIFY wakes it sooner).
+    queue_interval: float = dataclasses.field(default=30.0, metadata=_check(_range(0.1, 3600)))
 
     def paths(self, data_dir: Path) -> tuple[Path, Path]:
         """(certificate, key) with the defaults under ``data_dir`` filled in."""

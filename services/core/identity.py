@@ -11,12 +11,15 @@ Identifiers are normalised before anything else sees them and never reach a file
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from services.core import errors
 
 _MAC_SEPARATORS = re.compile(r"[-:.\s]")
 _MAC = re.compile(r"[0-9a-f]{12}")
@@ -84,6 +87,16 @@ def parse_hardware_id(value: str) -> HardwareId:
 
 def normalize_hardware_id(value: str) -> str:
     return str(parse_hardware_id(value))
+
+
+def parse_device(value: str) -> tuple[str | None, str | None]:
+    """A device named by its MAC (any notation) or hardware id -> (mac, hardware id), one of them
+    None; errors.Invalid (a 400 naming the field) otherwise."""
+    with contextlib.suppress(IdentityError):
+        return normalize_mac(value), None
+    with contextlib.suppress(IdentityError):
+        return None, normalize_hardware_id(value)
+    raise errors.Invalid(f"device: not a MAC or hardware id: '{printable(value)}'")
 
 
 def normalize_device_type(value: str) -> str:

@@ -10,4 +10,4 @@ from services.directory.server import DirectoryServer
 
 def create_service(settings: Settings, metrics: Metrics | None = None) -> DirectoryServer:
     """One per process; the runner starts it on every listener that names "directory"."""
-    return DirectoryServer(settings.directory, metrics)
+    return DirectoryServer(settings.directory, metrics, settings.limits)

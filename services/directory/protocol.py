@@ -1,4 +1,4 @@
-"""LDAPv3 messages (RFC 4511) in BER: framing, request decoding, response encoding.
+"""LDAPv3 messages (RFC 4511): request decoding and response encoding, over ``ber``.
 
 Requests come from the network. A hand-written walk over the message's TLV structure first
 checks that every length is definite and fits and that nothing is nested deeper than the filter
@@ -24,6 +24,16 @@ from pyasn1.codec.ber import decoder  # type: ignore[import-untyped]
 from pyasn1.error import PyAsn1Error  # type: ignore[import-untyped]
 from pyasn1.type import namedtype, tag, univ  # type: ignore[import-untyped]
 
+from services.directory.ber import (
+    ProtocolError,
+    TooDeep,
+    check_structure,
+    children,
+    element,
+    integer,
+    octets,
+    tlv,
+)
 from services.directory.filters import (
     And,
     Equality,
@@ -97,11 +107,6 @@ NOTICE_OF_DISCONNECTION = "1.3.6.1.4.1.1466.20036"
 WHO_AM_I = "1.3.6.1.4.1.4203.1.11.3"
 START_TLS = "1.3.6.1.4.1.1466.20037"
 MAX_INT = 2**31 - 1
-
-
-class ProtocolError(Exception):
-    """The bytes are not an LDAP message we can answer; the session ends with a notice of
-    disconnection (RFC 4511 §4.1.1: no reply to a PDU that cannot be parsed)."""
 
 
 class OperationError(Exception):
@@ -226,87 +231,11 @@ class Message:
     error: OperationError | None = field(default=None, compare=False)
 
 
-# --- framing and structure -----------------------------------------------------------------------
-
-
-def _length(data: bytes | bytearray, offset: int, end: int) -> tuple[int, int]:
-    """(content length, offset of the content) of the length octets at ``offset``."""
-    if offset >= end:
-        raise ProtocolError("truncated length")
-    first = data[offset]
-    if first < 0x80:
-        return first, offset + 1
-    count = first & 0x7F
-    if count == 0:
-        raise ProtocolError("indefinite length is not allowed in LDAP (RFC 4511 §5.1)")
-    if count > 4 or offset + 1 + count > end:
-        raise ProtocolError("bad length")
-    return int.from_bytes(data[offset + 1 : offset + 1 + count], "big"), offset + 1 + count
-
-
-def header_length(prefix: bytes) -> int | None:
-    """How many bytes the message starting with ``prefix`` has in total, or None if more of its
-    header is needed. Raises ProtocolError when it is not an LDAPMessage at all."""
-    if not prefix:
-        return None
-    if prefix[0] != 0x30:
-        raise ProtocolError("an LDAP message starts with a SEQUENCE")
-    if len(prefix) < 2:
-        return None
-    first = prefix[1]
-    needed = 2 if first < 0x80 else 2 + (first & 0x7F)
-    if first == 0x80:
-        raise ProtocolError("indefinite length is not allowed in LDAP (RFC 4511 §5.1)")
-    if first & 0x7F > 4 and first >= 0x80:
-        raise ProtocolError("bad length")
-    if len(prefix) < needed:
-        return None
-    length, start = _length(prefix, 1, len(prefix))
-    return start + length
-
-
-def _tlv(data: bytes, offset: int, end: int) -> tuple[int, int, int]:
-    """(tag byte, content start, content end) of the element at ``offset``."""
-    if offset >= end:
-        raise ProtocolError("truncated element")
-    identifier = data[offset]
-    if identifier & 0x1F == 0x1F:
-        raise ProtocolError("multi-byte tags are not used in LDAP")
-    length, start = _length(data, offset + 1, end)
-    if start + length > end:
-        raise ProtocolError("an element is longer than what contains it")
-    return identifier, start, start + length
-
-
-def check_structure(data: bytes, start: int, end: int, max_depth: int) -> int:
-    """Walk every element between ``start`` and ``end``; return the deepest nesting of
-    constructed elements. Iterative, so depth is limited here and not by Python's stack."""
-    deepest = 0
-    stack = [end]
-    offset = start
-    while stack:
-        if offset >= stack[-1]:
-            if offset > stack[-1]:
-                raise ProtocolError("an element is longer than what contains it")
-            stack.pop()
-            continue
-        identifier, content, after = _tlv(data, offset, stack[-1])
-        if identifier & 0x20:
-            if len(stack) > max_depth:
-                raise OperationError(
-                    ResultCode.UNWILLING_TO_PERFORM, f"nested deeper than {max_depth} levels"
-                )
-            deepest = max(deepest, len(stack))
-            # Walk the child's content; the parent resumes at ``after`` once it is popped.
-            stack.append(after)
-            offset = content
-        else:
-            offset = after
-    return deepest
+# --- the envelope ----------------------------------------------------------------------------
 
 
 def _message_id(data: bytes, start: int, end: int) -> tuple[int, int]:
-    identifier, content, after = _tlv(data, start, end)
+    identifier, content, after = tlv(data, start, end)
     if identifier != 0x02 or not 1 <= after - content <= 5:
         raise ProtocolError("a message starts with its INTEGER message id")
     value = int.from_bytes(data[content:after], "big", signed=True)
@@ -317,11 +246,11 @@ def _message_id(data: bytes, start: int, end: int) -> tuple[int, int]:
 
 def decode_message(data: bytes, max_filter_depth: int) -> Message:
     """One complete LDAPMessage (as framed by :func:`header_length`) into a :class:`Message`."""
-    identifier, content, end = _tlv(data, 0, len(data))
+    identifier, content, end = tlv(data, 0, len(data))
     if identifier != 0x30 or end != len(data):
         raise ProtocolError("not one LDAP message")
     message_id, offset = _message_id(data, content, end)
-    op, op_content, op_end = _tlv(data, offset, end)
+    op, op_content, op_end = tlv(data, offset, end)
     controls: tuple[Control, ...] = ()
     if op_end < end:
         controls = _controls(data[op_end:end])
@@ -329,7 +258,10 @@ def decode_message(data: bytes, max_filter_depth: int) -> Message:
     try:
         # Message, operation, filter choice: three levels before the filter's own nesting, plus
         # two inside a substring filter.
-        check_structure(data, content, end, max_filter_depth + 6)
+        try:
+            check_structure(data, content, end, max_filter_depth + 6)
+        except TooDeep as error:
+            raise OperationError(ResultCode.UNWILLING_TO_PERFORM, str(error)) from None
         request = _request(op, operation, op_content - offset, max_filter_depth)
     except OperationError as error:
         return Message(message_id, op, None, controls, error)
@@ -384,16 +316,6 @@ def _malformed(what: str) -> OperationError:
     return OperationError(ResultCode.PROTOCOL_ERROR, f"malformed request: {what}")
 
 
-def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    children = []
-    offset = start
-    while offset < end:
-        child = _tlv(data, offset, end)
-        children.append(child)
-        offset = child[2]
-    return children
-
-
 def _string(data: bytes, element: tuple[int, int, int], tag_byte: int, what: str) -> str:
     identifier, start, end = element
     if identifier != tag_byte:
@@ -412,7 +334,7 @@ def _integer(data: bytes, element: tuple[int, int, int], tag_byte: int, what: st
 
 
 def _bind(data: bytes, start: int, end: int) -> BindRequest:
-    fields = _children(data, start, end)
+    fields = children(data, start, end)
     if len(fields) != 3:
         raise _malformed("a bind request has version, name and authentication")
     version = _integer(data, fields[0], 0x02, "version")
@@ -421,7 +343,7 @@ def _bind(data: bytes, start: int, end: int) -> BindRequest:
     if identifier == 0x80:
         return BindRequest(version, name, _string(data, fields[2], 0x80, "password"))
     if identifier == 0xA3:
-        sasl = _children(data, auth_start, auth_end)
+        sasl = children(data, auth_start, auth_end)
         if not 1 <= len(sasl) <= 2 or sasl[0][0] != 0x04:
             raise _malformed("SASL credentials")
         mechanism = data[sasl[0][1] : sasl[0][2]].decode("utf-8", "replace")
@@ -430,7 +352,7 @@ def _bind(data: bytes, start: int, end: int) -> BindRequest:
 
 
 def _search(data: bytes, start: int, end: int, max_depth: int) -> SearchRequest:
-    fields = _children(data, start, end)
+    fields = children(data, start, end)
     if len(fields) != 8:
         raise _malformed("a search request has eight fields")
     base = _string(data, fields[0], 0x04, "baseObject")
@@ -450,7 +372,7 @@ def _search(data: bytes, start: int, end: int, max_depth: int) -> SearchRequest:
         raise _malformed("attributes is not a SEQUENCE")
     attributes = tuple(
         _string(data, item, 0x04, "attribute")
-        for item in _children(data, fields[7][1], fields[7][2])
+        for item in children(data, fields[7][1], fields[7][2])
     )
     return SearchRequest(
         base=base,
@@ -471,18 +393,18 @@ def _filter(data: bytes, element: tuple[int, int, int], max_depth: int, depth: i
             raise OperationError(
                 ResultCode.UNWILLING_TO_PERFORM, f"filter nested deeper than {max_depth} levels"
             )
-        children = tuple(
-            _filter(data, child, max_depth, depth + 1) for child in _children(data, start, end)
+        operands = tuple(
+            _filter(data, child, max_depth, depth + 1) for child in children(data, start, end)
         )
         if kind == "not":
-            if len(children) != 1:
+            if len(operands) != 1:
                 raise OperationError(ResultCode.PROTOCOL_ERROR, "not takes exactly one filter")
-            return Not(children[0])
-        if not children:
+            return Not(operands[0])
+        if not operands:
             raise OperationError(ResultCode.PROTOCOL_ERROR, f"empty {kind} filter")
-        return And(children) if kind == "and" else Or(children)
+        return And(operands) if kind == "and" else Or(operands)
     if identifier in (0xA3, 0xA5, 0xA6, 0xA8):
-        parts = _children(data, start, end)
+        parts = children(data, start, end)
         if len(parts) != 2:
             raise _malformed("an attribute value assertion has two parts")
         attribute = _string(data, parts[0], 0x04, "attributeDesc")
@@ -496,11 +418,11 @@ def _filter(data: bytes, element: tuple[int, int, int], max_depth: int, depth: i
     if identifier == 0x87:
         return Present(_string(data, element, 0x87, "present"))
     if identifier == 0xA4:
-        parts = _children(data, start, end)
+        parts = children(data, start, end)
         if len(parts) != 2 or parts[1][0] != 0x30:
             raise _malformed("a substring filter has a type and a SEQUENCE of parts")
         attribute = _string(data, parts[0], 0x04, "type")
-        pieces = _children(data, parts[1][1], parts[1][2])
+        pieces = children(data, parts[1][1], parts[1][2])
         if not pieces:
             raise OperationError(ResultCode.PROTOCOL_ERROR, "a substring filter without parts")
         initial: str | None = None
@@ -522,7 +444,7 @@ def _filter(data: bytes, element: tuple[int, int, int], max_depth: int, depth: i
                 middle.append(text)
         return Substrings(attribute, initial, tuple(middle), final)
     if identifier == 0xA9:
-        rule = {part[0]: part for part in _children(data, start, end)}
+        rule = {part[0]: part for part in children(data, start, end)}
         if 0x83 not in rule or not set(rule) <= {0x81, 0x82, 0x83, 0x84}:
             raise _malformed("extensibleMatch")
         if 0x81 in rule or 0x82 not in rule:
@@ -556,28 +478,7 @@ def _request(op: int, raw: bytes, header: int, max_filter_depth: int) -> Request
     raise ProtocolError(f"unknown operation tag 0x{op:02x}")
 
 
-# --- response encoding (DER subset of BER) -----------------------------------------------------
-
-
-def _der_length(length: int) -> bytes:
-    if length < 0x80:
-        return bytes((length,))
-    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(octets),)) + octets
-
-
-def element(identifier: int, content: bytes) -> bytes:
-    return bytes((identifier,)) + _der_length(len(content)) + content
-
-
-def integer(value: int, identifier: int = 0x02) -> bytes:
-    size = max(1, (value.bit_length() + 8) // 8)
-    return element(identifier, value.to_bytes(size, "big", signed=True))
-
-
-def octets(value: str | bytes, identifier: int = 0x04) -> bytes:
-    raw = value.encode("utf-8") if isinstance(value, str) else value
-    return element(identifier, raw)
+# --- responses -------------------------------------------------------------------------------
 
 
 def message(message_id: int, operation: bytes) -> bytes:

@@ -1,15 +1,12 @@
 """The LDAP server: listeners, connections, and the four operations a phone directory needs.
 
+The connection keeps framing, limits and result codes; what a bind proves and what a search
+finds is the backend's (``backend.CustomerDirectories``).
+
 One :class:`DirectoryServer` per process serves every listener naming "directory" (the runner's
 :class:`~services.core.runner.StreamService`); all of them share one in-memory cache. A
 connection reads one message at a time and answers it before reading the next, so an abandon
 always arrives after the operation it names has been answered and has nothing left to stop.
-
-Who sees what: a customer binds as itself (``dc=<id>``, ``cn=<id>,dc=<id>`` or just ``<id>``)
-with its registration password and sees only ``dc=<id>``; an account with the directory-reader
-role binds as ``uid=<account>,ou=accounts`` and sees every customer. Another customer's subtree
-is answered exactly like one that does not exist (noSuchObject), so a bind learns nothing about
-other customers, not even whether they exist.
 """
 
 from __future__ import annotations
@@ -17,38 +14,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import socket
 import ssl
 import time
 import typing
-from collections.abc import AsyncGenerator, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
+from functools import partial
 
 import asyncpg
 
-from services.core.auth import AccountRepository, Role, VerifiedCache, secrets_equal
-from services.core.config import DirectorySettings, ListenerSettings
+from services.core import errors
+from services.core.auth import HashGate, VerifiedCache
+from services.core.authguard import AuthGuard
+from services.core.config import DirectorySettings, LimitSettings, ListenerSettings
 from services.core.db import DatabaseUnavailable
 from services.core.guard import AcceptLoop, ConnectionGuard, Ticket, peer_address, peer_text
 from services.core.identity import printable
 from services.core.metrics import Metrics
-from services.core.ratelimit import AddressLimiter
+from services.core.ratelimit import AuthLimiter
 from services.core.tls import ContextHolder, start_connection
-from services.directory import dn as dn_syntax
 from services.directory import protocol as ldap
+from services.directory.backend import (
+    Backend,
+    CustomerDirectories,
+    Identity,
+    Refusal,
+    bind_target,
+)
+from services.directory.ber import ProtocolError, header_length
 from services.directory.cache import DirectoryCache
-from services.directory.filters import Filter, canonical, matches
-from services.directory.index import CustomerDirectory, Entry, base_dn
-from services.directory.protocol import Op, ResultCode, Scope
+from services.directory.filters import Filter, canonical
+from services.directory.index import CustomerDirectory, Entry
+from services.directory.protocol import Op, ResultCode
 
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("pbxfront.security")
-
-ACCOUNTS_DN = "ou=accounts"
-# Compared against when a customer does not exist or has no password, so that an unknown
-# customer and a wrong password cost the same.
-_NO_PASSWORD = secrets.token_urlsafe(24)
 
 RESPONSE_FOR: dict[int, Op] = {
     Op.BIND_REQUEST: Op.BIND_RESPONSE,
@@ -58,35 +58,6 @@ RESPONSE_FOR: dict[int, Op] = {
 }
 # Entries encoded before they are written out together.
 _BATCH = 64
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who a connection is bound as."""
-
-    dn: str
-    # The customer it may see; None for a directory reader (every customer).
-    customer: str | None
-
-
-def bind_target(name: str) -> tuple[str, str] | None:
-    """("customer", id) or ("account", name) for the bind DN forms we accept, else None."""
-    if "=" not in name:
-        return ("customer", name.strip()) if name.strip() else None
-    try:
-        rdns = dn_syntax.parse(name)
-    except dn_syntax.DnError:
-        return None
-    if len(rdns) == 1 and rdns[0][0] == "dc":
-        return "customer", rdns[0][1]
-    if len(rdns) == 2 and rdns[1][0] == "dc" and rdns[0][0] == "cn":
-        if rdns[0][1].lower() == rdns[1][1].lower():
-            return "customer", rdns[1][1]
-        return None
-    accounts = len(rdns) == 2 and rdns[1][0] == "ou" and rdns[1][1].lower() == "accounts"
-    if accounts and rdns[0][0] in ("uid", "cn"):
-        return "account", rdns[0][1]
-    return None
 
 
 def select(
@@ -106,13 +77,37 @@ def select(
 class DirectoryServer:
     """The directory service on any number of listeners in this process."""
 
-    def __init__(self, settings: DirectorySettings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: DirectorySettings,
+        metrics: Metrics | None = None,
+        limits: LimitSettings | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.limiter = AddressLimiter(settings.bind_failure_burst, settings.bind_failure_per_second)
+        limits = limits if limits is not None else LimitSettings()
+        # Failed binds per address (directory.bind_failure_*) and per bind name, with the
+        # node's rule for accounts (limits.auth_account_*: an account under attack stays
+        # usable from the addresses it binds from).
+        self.limiter = AuthLimiter(
+            address_burst=settings.bind_failure_burst,
+            address_per_second=settings.bind_failure_per_second,
+            account_burst=limits.auth_account_failure_burst,
+            account_per_second=limits.auth_account_failure_per_second,
+            trusted_seconds=limits.auth_trusted_seconds,
+        )
+        # argon2 checks of directory-reader binds wait their turn with every other check of
+        # the node (limits.hash_concurrency, limits.hash_queue).
+        guard = (
+            metrics.shared("auth_guard", partial(AuthGuard, limits))
+            if metrics is not None
+            else AuthGuard(limits)
+        )
+        self.hashing: HashGate = guard.hashing
         self.verified = VerifiedCache()
         self._pool: asyncpg.Pool | None = None
         self._cache: DirectoryCache | None = None
+        self._backend: CustomerDirectories | None = None
         self._listeners: list[_Listener] = []
 
     def count(self, operation: str, code: ResultCode) -> None:
@@ -128,9 +123,9 @@ class DirectoryServer:
         return self._cache
 
     @property
-    def pool(self) -> asyncpg.Pool:
-        assert self._pool is not None, "the directory has not been started"
-        return self._pool
+    def backend(self) -> Backend:
+        assert self._backend is not None, "the directory has not been started"
+        return self._backend
 
     async def start(
         self,
@@ -147,6 +142,7 @@ class DirectoryServer:
                 pool, self.settings.number_format, preload=self.settings.preload
             )
             self._cache.start()
+            self._backend = CustomerDirectories(self._cache, pool, self.verified, self.hashing)
         port = sock.getsockname()[1]
         accepting = _Listener(self, sock, tls, listener.handshake_timeout, f"directory:{port}")
         accepting.start()
@@ -160,32 +156,6 @@ class DirectoryServer:
         self._listeners.clear()
         if self._cache is not None:
             await self._cache.close()
-
-    async def authenticate(self, name: str, password: str) -> Identity | None:
-        target = bind_target(name)
-        if target is None:
-            secrets_equal(password, _NO_PASSWORD)
-            return None
-        kind, value = target
-        if kind == "customer":
-            record = await self.cache.customer(value)
-            expected = record.registration_password if record is not None else None
-            right = secrets_equal(password, expected or _NO_PASSWORD)
-            if record is None or not expected or not right:
-                return None
-            return Identity(base_dn(record.id), record.id)
-        account = await AccountRepository(self.pool).verify(value, password, self.verified)
-        if account is None or not account.has_any(frozenset({Role.DIRECTORY_READER})):
-            return None
-        return Identity(f"uid={dn_syntax.escape(account.name)},{ACCOUNTS_DN}", None)
-
-    async def visible(self, identity: Identity | None) -> list[str]:
-        """The customer ids whose subtree ``identity`` may see, in order."""
-        if identity is None:
-            return []
-        if identity.customer is not None:
-            return [identity.customer]
-        return sorted(record.id for record in (await self.cache.customers()).values())
 
 
 class _Listener:
@@ -330,14 +300,14 @@ class _Connection:
                     f"message larger than {self.settings.max_message_bytes} bytes",
                 )
                 return
-            except ldap.ProtocolError as error:
+            except ProtocolError as error:
                 await self._disconnect(ResultCode.PROTOCOL_ERROR, str(error))
                 return
             if data is None:
                 return
             try:
                 message = ldap.decode_message(data, self.settings.max_filter_depth)
-            except ldap.ProtocolError as error:
+            except ProtocolError as error:
                 await self._disconnect(ResultCode.PROTOCOL_ERROR, str(error))
                 return
             if not await self._handle(message):
@@ -364,7 +334,7 @@ class _Connection:
             return None
         async with asyncio.timeout(self.settings.read_timeout):
             data = bytearray(first)
-            while (total := ldap.header_length(bytes(data))) is None:
+            while (total := header_length(bytes(data))) is None:
                 data += await self.reader.readexactly(1)
             if total > self.settings.max_message_bytes:
                 raise _TooLarge
@@ -465,19 +435,29 @@ class _Connection:
             await answer(ResultCode.UNWILLING_TO_PERFORM, "a bind needs a password")
             return
         limiter = self.server.limiter
-        if not limiter.allows(self.address):
+        target = bind_target(request.name)
+        account = f"{target[0]}:{target[1].lower()}" if target is not None else None
+        refusal = limiter.check(self.address, account)
+        if refusal is not None:
             security_log.warning(
-                "pbxfront security: ldap-bind-refused from %s reason=rate-limited", self.address
+                "pbxfront security: ldap-bind-refused from %s name=%s reason=rate-limited scope=%s",
+                self.address,
+                printable(request.name, 80),
+                refusal.scope,
             )
             await answer(
                 ResultCode.UNWILLING_TO_PERFORM,
-                f"too many failed binds from this address; retry in "
-                f"{limiter.retry_after(self.address)} s",
+                f"too many failed binds from this {refusal.scope}; retry in "
+                f"{refusal.retry_after} s",
             )
             return
-        identity = await self.server.authenticate(request.name, request.password)
+        try:
+            identity = await self.server.backend.bind(request.name, request.password)
+        except errors.Busy as busy:
+            await answer(ResultCode.BUSY, str(busy))
+            return
         if identity is None:
-            limiter.spend(self.address)
+            limiter.failed(self.address, account)
             security_log.warning(
                 "pbxfront security: ldap-bind-failed from %s name=%s",
                 self.address,
@@ -485,6 +465,8 @@ class _Connection:
             )
             await answer(ResultCode.INVALID_CREDENTIALS, "invalid credentials")
             return
+        if account is not None:
+            limiter.succeeded(self.address, account)
         self.identity = identity
         self.bind_deadline = None
         await answer(ResultCode.SUCCESS)
@@ -518,84 +500,11 @@ class _Connection:
         await self._send(ldap.result(mid, Op.SEARCH_RESULT_DONE, code, text, matched))
 
     async def _search(self, mid: int, request: ldap.SearchRequest) -> None:
-        try:
-            rdns = dn_syntax.parse(request.base)
-        except dn_syntax.DnError as error:
-            await self._done(mid, ResultCode.INVALID_DN_SYNTAX, str(error))
-            return
-        if not rdns and request.scope == Scope.BASE:
-            entry = await self._root_dse()
-            found = [entry] if matches(request.filter, entry.match) else []
-            await self._answer(mid, request, _aiter(found))
-            return
-        if self.identity is None:
-            await self._done(
-                mid,
-                ResultCode.INSUFFICIENT_ACCESS_RIGHTS,
-                "bind as the customer id with its registration password first",
-            )
-            return
-        if not rdns:
-            customers = await self.server.visible(self.identity)
-            await self._answer(mid, request, self._everywhere(customers, request))
-            return
-        kind, customer_id = rdns[-1]
-        visible = self.identity.customer is None or (
-            self.identity.customer.lower() == customer_id.lower()
-        )
-        directory = await self.server.cache.directory(customer_id) if visible else None
-        if kind != "dc" or len(rdns) > 2 or directory is None:
-            await self._done(mid, ResultCode.NO_SUCH_OBJECT, "no such entry")
-            return
-        if len(rdns) == 1:
-            if request.scope == Scope.BASE:
-                base = directory.base
-                found = [base] if matches(request.filter, base.match) else []
-                await self._answer(mid, request, _aiter(found))
-                return
-            found_here = directory.search(request.filter, include_base=request.scope == Scope.SUB)
-            await self._answer(mid, request, _aiter(found_here))
-            return
-        name, value = rdns[0]
-        position = directory.by_uid.get(value) if name == "uid" else None
-        if position is None:
-            await self._done(
-                mid, ResultCode.NO_SUCH_OBJECT, "no such entry", matched=directory.base.dn
-            )
-            return
-        entry = directory.entries[position]
-        single = (
-            [entry] if request.scope != Scope.ONE and matches(request.filter, entry.match) else []
-        )
-        await self._answer(mid, request, _aiter(single))
-
-    async def _everywhere(
-        self, customers: list[str], request: ldap.SearchRequest
-    ) -> AsyncGenerator[Entry, None]:
-        """Base "" with scope one (the customers' entries) or sub (everything visible)."""
-        for customer_id in customers:
-            directory = await self.server.cache.directory(customer_id)
-            if directory is None:
-                continue
-            if request.scope == Scope.ONE:
-                if matches(request.filter, directory.base.match):
-                    yield directory.base
-                continue
-            for entry in directory.search(request.filter, include_base=True):
-                yield entry
-
-    async def _root_dse(self) -> Entry:
-        contexts = [base_dn(customer) for customer in await self.server.visible(self.identity)]
-        shown = [
-            ("objectClass", ["top"]),
-            ("namingContexts", contexts),
-            ("supportedLDAPVersion", ["3"]),
-            ("supportedExtension", [ldap.WHO_AM_I]),
-            ("vendorName", ["pbxfront"]),
-        ]
-        attributes = [(name, name.lower(), values) for name, values in shown if values]
-        match = {name.lower(): tuple(v.casefold() for v in values) for name, values in shown}
-        return Entry(match, dn="", fixed=attributes)
+        outcome = await self.server.backend.search(self.identity, request)
+        if isinstance(outcome, Refusal):
+            await self._done(mid, outcome.code, outcome.text, outcome.matched)
+        else:
+            await self._answer(mid, request, outcome)
 
     async def _answer(
         self, mid: int, request: ldap.SearchRequest, entries: AsyncGenerator[Entry, None]
@@ -632,11 +541,6 @@ class _Connection:
         batch.append(ldap.result(mid, Op.SEARCH_RESULT_DONE, code, text))
         self.server.count("search", code)
         await self._send(b"".join(batch))
-
-
-async def _aiter(entries: Iterable[Entry]) -> AsyncGenerator[Entry, None]:
-    for entry in entries:
-        yield entry
 
 
 def search_directory(directory: CustomerDirectory, node: Filter, limit: int) -> list[Entry]:

@@ -16,7 +16,6 @@ repeat of an active alarm (counted on it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections import OrderedDict
@@ -28,7 +27,7 @@ import asyncpg
 from aiohttp import web
 
 from services.core import errors
-from services.core.api import Endpoint, int_query, json_response, openapi_document, pool_of
+from services.core.api import Endpoint, int_query, json_response, openapi_handler, pool_of
 from services.core.auth import Role
 from services.core.config import Settings
 from services.core.db import acquire
@@ -40,6 +39,7 @@ from services.core.identity import (
     identify,
     normalize_hardware_id,
     normalize_mac,
+    parse_device,
     printable,
 )
 from services.core.periodic import PeriodicJob
@@ -324,14 +324,6 @@ def parse_since(value: str, now: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def parse_device(value: str) -> tuple[str | None, str | None]:
-    with contextlib.suppress(IdentityError):
-        return normalize_mac(value), None
-    with contextlib.suppress(IdentityError):
-        return None, normalize_hardware_id(value)
-    raise errors.Invalid(f"device: not a MAC or hardware id: '{printable(value)}'")
-
-
 @dataclass(frozen=True)
 class Filters:
     device: tuple[str | None, str | None] | None = None
@@ -467,8 +459,7 @@ async def prune(request: web.Request) -> web.Response:
     return json_response({"ran": deleted is not None, "deleted": deleted or 0})
 
 
-async def openapi(request: web.Request) -> web.Response:
-    return json_response(openapi_document("pbxfront events API", "1", ENDPOINTS))
+openapi = openapi_handler("pbxfront events API", lambda _request: ENDPOINTS)
 
 
 OBJECT = {"type": "object"}

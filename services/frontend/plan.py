@@ -37,7 +37,13 @@ from dataclasses import dataclass, field
 
 from services.core.config import FrontendPlanSettings, parse_shared_map
 from services.core.identity import IdentityError, normalize_mac
-from services.core.inventory import LAYERS, Customer, Device, Frontend, Inventory
+from services.core.inventory import Customer, Device, Frontend, Inventory
+from services.core.inventory.variables import (
+    LayeredVariables,
+    customer_scopes,
+    device_scopes,
+    frontend_scopes,
+)
 
 # Update variables the plan reads (customer layer unless said otherwise).
 PBX_ADDRESS_VARIABLE = "h-pbxip"
@@ -136,45 +142,6 @@ class FrontendPlan:
 
 class UnknownFrontend(LookupError):
     pass
-
-
-# --- variables ---------------------------------------------------------------------------------
-
-
-class _Variables:
-    """The inventory's variables by (layer, scope); the same layering as the update service."""
-
-    def __init__(self, inventory: Inventory) -> None:
-        self._scoped: dict[tuple[str, str], dict[str, str]] = {}
-        for variable in inventory.variables:
-            self._scoped.setdefault((variable.layer, variable.scope), {})[variable.name] = (
-                variable.value
-            )
-
-    def resolve(self, scopes: Mapping[str, str]) -> dict[str, str]:
-        resolved: dict[str, str] = {}
-        for layer in LAYERS:
-            if layer in scopes:
-                resolved.update(self._scoped.get((layer, scopes[layer]), {}))
-        return resolved
-
-    def frontend(self, frontend: Frontend) -> dict[str, str]:
-        return self.resolve({"global": "", "frontend": frontend.id})
-
-    def customer(self, customer: Customer) -> dict[str, str]:
-        return self.resolve({"global": "", "frontend": customer.frontend, "customer": customer.id})
-
-    def device(self, device: Device, customer: Customer) -> dict[str, str]:
-        return self.resolve(
-            {
-                "global": "",
-                "frontend": customer.frontend,
-                "customer": customer.id,
-                "device_class": device.device_class,
-                "device_type": device.device_type,
-                "device": device.mac,
-            }
-        )
 
 
 # --- the plan ----------------------------------------------------------------------------------
@@ -327,7 +294,7 @@ def _session_borders(
 def _ras_port_alt(
     customers: Sequence[Customer],
     devices: Sequence[Device],
-    variables: _Variables,
+    variables: LayeredVariables,
     frontend: Frontend,
     violations: list[Violation],
 ) -> int | None:
@@ -337,7 +304,7 @@ def _ras_port_alt(
         customer = by_id.get(device.customer)
         if customer is None or device.device_class != "phone":
             continue
-        value = variables.device(device, customer).get(RAS_PORT_VARIABLE)
+        value = variables.values(device_scopes(device, customer)).get(RAS_PORT_VARIABLE)
         port = _port(value) if value else None
         if port is not None and port != DEFAULT_RAS_PORT:
             ports.setdefault(port, []).append(device.hardware_id)
@@ -406,11 +373,14 @@ def build_plan(
     frontend = next((f for f in inventory.frontends if f.id == frontend_id), None)
     if frontend is None:
         raise UnknownFrontend(frontend_id)
-    variables = _Variables(inventory)
+    variables = LayeredVariables(inventory.variables)
     violations: list[Violation] = []
     customers = [c for c in inventory.customers if c.frontend == frontend.id]
-    plans = [_customer_plan(c, variables.customer(c), settings, violations) for c in customers]
-    frontend_variables = variables.frontend(frontend)
+    plans = [
+        _customer_plan(c, variables.values(customer_scopes(c.id, c.frontend)), settings, violations)
+        for c in customers
+    ]
+    frontend_variables = variables.values(frontend_scopes(frontend.id))
     shared = _shared_maps(settings, frontend_variables, violations)
     frontend_mac = None
     if raw_mac := frontend_variables.get(FRONTEND_MAC_VARIABLE):

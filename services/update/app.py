@@ -17,10 +17,10 @@ from services.core.phpus import route_paths as phpus_route_paths
 from services.core.ratelimit import AddressLimiter
 from services.core.resources import Resources
 from services.update import canary, certificates, handlers, phpus_route
-from services.update.firmware import FirmwareStore
 from services.update.gauges import count_polls, devices_source
 from services.update.provisioning import Adopter, BodyCache, ContextAdditions, Lifecycle
 from services.update.scripts import ScriptStore
+from services.update.shared_firmware import firmware_source
 from services.update.state import (
     ADDITIONS_KEY,
     ADOPTER_KEY,
@@ -52,7 +52,7 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
     folder = app[SETTINGS_KEY].update.scripts_source == "files"
     if folder:
         await asyncio.to_thread(store.refresh)
-    await asyncio.to_thread(firmware.refresh)
+    await firmware.refresh()
     for name, problem in store.problems.items():
         log.error("scripts: %s: %s", name, problem)
 
@@ -62,8 +62,8 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
             try:
                 if folder and await asyncio.to_thread(store.refresh):
                     log.info("scripts reloaded from %s", store.root)
-                if await asyncio.to_thread(firmware.refresh):
-                    log.info("firmware store changed: %s", firmware.firm)
+                if await firmware.refresh():
+                    log.info("firmware store changed: %s", firmware.where)
             except Exception:  # keep watching; the old scripts stay in use
                 log.exception("scripts: reload failed")
 
@@ -72,6 +72,7 @@ async def script_reloader(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await firmware.close()
 
 
 def create_app(
@@ -85,7 +86,7 @@ def create_app(
     resources.metrics.add_source("devices", devices_source(settings.update.poll_interval))
     app[SETTINGS_KEY] = settings
     app[STORE_KEY] = ScriptStore(settings.update.scripts_dir, settings.update.grace_seconds)
-    app[FIRMWARE_KEY] = FirmwareStore(settings.update.firmware_dir)
+    app[FIRMWARE_KEY] = firmware_source(settings, resources.pool)
     app[SNAPSHOTS_KEY] = SnapshotCache()
     app[BODIES_KEY] = BodyCache()
     app[STATUS_KEY] = StatusWriter(settings.update.status_flush_interval)
@@ -115,6 +116,8 @@ def create_app(
         certificates.FAILURE_BURST, certificates.FAILURE_RATE
     )
     app.cleanup_ctx.append(certificates.authority_ctx)
+    # ca.signer: a node holding the CA key signs what nodes without it queued.
+    app.cleanup_ctx.append(certificates.signer_ctx(resources.pool))
     prefix = "/DRIVE/CF0/update"
     app.router.add_get(f"{prefix}/staging.txt", handlers.staging)
     app.router.add_get(f"{prefix}/update.txt", handlers.update)

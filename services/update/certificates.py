@@ -5,7 +5,8 @@ and the CRL (``GET /DRIVE/CF0/update/ca.crl``).
 The RootCA comes from the ``[ca]`` files; a key file readable by others, a wrong passphrase or a
 certificate that is no CA stops the service from starting (the message names the file). Without
 a RootCA file the CRL answers 404 and no roll-out runs (``ca.rollout = true`` without one also
-refuses to start).
+refuses to start). A node with the certificate but not the key (``ca.signer``) queues checked
+requests for the signing node and serves the CRL that node stored (signing.py).
 
 The upload path is write-only and only for devices proven by their client certificate whose
 certificate names the device the path and arguments name; failures are rate-limited per
@@ -20,14 +21,13 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import asyncpg
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from services.core import errors
@@ -54,14 +54,14 @@ from services.core.pki import (
     certificate_names,
     certificate_to_hex_der,
     hex_to_bytes,
+    load_certificate,
     load_certificate_authority,
     load_signing_request,
     read_passphrase,
-    sign_public_key,
 )
 from services.core.ratelimit import AddressLimiter
 from services.core.scriptlines import comment, to_crlf
-from services.update import rollout
+from services.update import rollout, signing
 from services.update.provisioning import Snapshot
 from services.update.repository import RolloutRepository
 from services.update.state import SETTINGS_KEY, SNAPSHOTS_KEY
@@ -78,9 +78,12 @@ FAILURE_RATE = 0.2
 
 @dataclass
 class Authority:
-    """The loaded RootCA (None: no CA file) and this node's CRL cache."""
+    """The loaded RootCA and this node's CRL cache: ``issued`` with its key (this node signs),
+    ``queued`` its certificate alone (requests are queued for the signing node, signing.py),
+    neither: no CA file."""
 
     issued: IssuedCertificate | None = None
+    queued: x509.Certificate | None = None
     crl: bytes | None = None
     crl_built: float = 0.0
     warned: bool = False
@@ -96,9 +99,15 @@ class Authority:
         return found
 
     @property
+    def present(self) -> bool:
+        return self.issued is not None or self.queued is not None
+
+    @property
     def certificate(self) -> x509.Certificate:
-        assert self.issued is not None
-        return self.issued.certificate
+        if self.issued is not None:
+            return self.issued.certificate
+        assert self.queued is not None
+        return self.queued
 
     @property
     def fingerprint(self) -> str:
@@ -131,6 +140,23 @@ def load_authority(settings: Settings) -> Authority:
                 "`pbxfront ca init` or set ca.certificate and ca.key"
             )
         return Authority()
+    signer = settings.ca.signer
+    if signer == "auto":
+        signer = "sign" if key_path.exists() else "queue"
+    if signer == "queue":
+        certificate = load_certificate(certificate_path)
+        try:
+            is_ca = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
+            raise PkiError(f"{certificate_path}: not a CA certificate (basicConstraints CA:TRUE)")
+        log.info(
+            "provider RootCA %s loaded without its key (ca.signer): signing requests are "
+            "queued for the signing node",
+            certificate.subject.rfc4514_string(),
+        )
+        return Authority(queued=certificate)
     passphrase = read_passphrase(settings.ca.passphrase_file, os.environ.get(CA_PASSPHRASE_ENV))
     issued = load_certificate_authority(certificate_path, key_path, passphrase)
     log.info("provider RootCA %s loaded", issued.certificate.subject.rfc4514_string())
@@ -140,6 +166,25 @@ def load_authority(settings: Settings) -> Authority:
 async def authority_ctx(app: web.Application) -> AsyncIterator[None]:
     app[AUTHORITY_KEY] = await asyncio.to_thread(load_authority, app[SETTINGS_KEY])
     yield
+
+
+def signer_ctx(
+    pool: asyncpg.Pool | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The cleanup_ctx (after :func:`authority_ctx`) that works the signing queue from node
+    start when this node holds the CA key."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        issued = app[AUTHORITY_KEY].issued
+        worker = None
+        if pool is not None and issued is not None:
+            worker = signing.SigningWorker(pool, issued, app[SETTINGS_KEY].ca)
+            worker.start()
+        yield
+        if worker is not None:
+            await worker.close()
+
+    return context
 
 
 # --- the poll ----------------------------------------------------------------------------------
@@ -162,7 +207,7 @@ async def poll_lines(
     variables = snapshot.resolve(device)
     if not rollout.rollout_enabled(variables, settings.ca):
         return []
-    if authority.issued is None:
+    if not authority.present:
         if not authority.warned:
             authority.warned = True
             log.warning(
@@ -309,7 +354,7 @@ async def _upload(request: web.Request) -> web.Response:
         raise errors.Invalid("mode: query or vardump")
     body = await _read_body(request)
     authority = request.app[AUTHORITY_KEY]
-    if authority.issued is None:
+    if not authority.present:
         raise errors.NotFound("no provider RootCA on this Frontend")
     pool = pool_of(request)
     async with acquire(pool) as connection:
@@ -348,7 +393,7 @@ async def _upload(request: web.Request) -> web.Response:
                 outcome = _Outcome(200, "no request error")
         else:
             updated, outcome = await _signing_request(
-                repository, authority, settings, state, device, body, now
+                connection, repository, authority, settings, state, device, body, now
             )
         if updated != state:
             await repository.save(updated)
@@ -368,6 +413,7 @@ async def _upload(request: web.Request) -> web.Response:
 
 
 async def _signing_request(
+    connection: asyncpg.Connection,
     repository: RolloutRepository,
     authority: Authority,
     settings: Settings,
@@ -386,9 +432,6 @@ async def _signing_request(
         signing_request = load_signing_request(der)
     except PkiError as error:
         raise errors.Invalid(str(error)) from None
-    public_key = signing_request.public_key()
-    # load_signing_request accepts RSA and EC keys only.
-    assert isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
     requested = certificate_names(signing_request)
     plan = state.plan
     if not requested.same_as(plan):
@@ -400,20 +443,25 @@ async def _signing_request(
             state, state="refused", error=rollout.bounded_error(message), updated_at=now
         )
         return updated, _Outcome(403, rollout.bounded_error(message), security="csr-refused")
-    assert authority.issued is not None
+    if authority.issued is None:
+        # No key here (ca.signer): the signing node signs it; a later poll installs it.
+        updated = await signing.enqueue_request(
+            connection,
+            state,
+            ca_fingerprint=authority.fingerprint,
+            der=der,
+            plan=plan,
+            now=now,
+        )
+        log.info(
+            "certificate roll-out of %s: request queued for the signing node", device.hardware_id
+        )
+        return updated, _Outcome(
+            200, "signing request queued; the certificate comes with a later poll"
+        )
     try:
         certificate = await asyncio.to_thread(
-            sign_public_key,
-            authority.issued,
-            public_key,
-            common_name=plan.common_name,
-            organization=authority.subject(NameOID.ORGANIZATION_NAME),
-            country=authority.subject(NameOID.COUNTRY_NAME),
-            dns_names=plan.dns_names,
-            ip_addresses=plan.ip_addresses,
-            valid_days=settings.ca.device_valid_days,
-            server=True,
-            client=True,
+            signing.sign_device_request, authority.issued, signing_request, plan, settings.ca
         )
     except PkiError as error:
         # The CA itself cannot issue (expired, ...): stop until an operator acts.
@@ -443,13 +491,25 @@ async def _signing_request(
 async def crl(request: web.Request) -> web.Response:
     """The RootCA's CRL (DER), the same on every node (revocations live in PostgreSQL)."""
     authority = request.app[AUTHORITY_KEY]
-    if authority.issued is None:
+    if not authority.present:
         return _reply(404, "no provider RootCA on this Frontend")
     now = time.monotonic()
+    if authority.issued is None and (
+        authority.crl is None or now - authority.crl_built > CRL_CACHE_SECONDS
+    ):
+        # No key here: the CRL the signing node stored (signing.publish_crl).
+        async with acquire(pool_of(request)) as connection:
+            stored = await signing.SigningQueueRepository(connection).stored_crl(
+                authority.fingerprint
+            )
+        if stored is None:
+            return _reply(503, "no signing node has stored a CRL yet (ca.signer)")
+        authority.crl, authority.crl_built = stored, now
     if authority.crl is None or now - authority.crl_built > CRL_CACHE_SECONDS:
         async with acquire(pool_of(request)) as connection:
             revoked = await RolloutRepository(connection).revoked(authority.fingerprint)
         issued = authority.issued
+        assert issued is not None
         # Seconds since 1970 as the CRL number: increases with every new CRL on any node.
         number = int(datetime.now(UTC).timestamp())
         try:

@@ -25,11 +25,16 @@ from services.core.unknown import UnknownDeviceRepository
 from services.update.canary import CanaryRepository, Rollout, advance, parse_waves
 from services.update.firmware import (
     FirmwareError,
+    FirmwareSource,
     FirmwareStore,
+    check_build,
+    check_file_name,
     device_model,
     firmware_file_name,
     model_names,
 )
+from services.update.plan import ScriptPlan
+from services.update.problems import Problems
 from services.update.provisioning import (
     STAGING,
     UPDATE,
@@ -38,12 +43,20 @@ from services.update.provisioning import (
     PollArguments,
     Snapshot,
     Urls,
-    check_scripts,
+    check_tree,
     look_up,
     reply_for,
 )
 from services.update.repository import RolloutRepository, UpdateRepository
+from services.update.rollout import RolloutState
 from services.update.scripts import ScriptError, ScriptStore, SecretRequired, read_tree_files
+from services.update.shared_firmware import (
+    SharedFirmwareRepository,
+    add_file,
+    cache_dir,
+    file_sha256,
+    firmware_source,
+)
 from services.update.versions import ScriptVersionRepository
 
 
@@ -62,11 +75,11 @@ def _base_url(settings: Settings, given: str | None) -> str:
     return "https://frontend.invalid"
 
 
-async def _stores(settings: Settings) -> tuple[ScriptStore, FirmwareStore]:
+async def _stores(settings: Settings, pool: asyncpg.Pool) -> tuple[ScriptStore, FirmwareSource]:
     store = ScriptStore(settings.update.scripts_dir)
-    firmware = FirmwareStore(settings.update.firmware_dir)
+    firmware = firmware_source(settings, pool)
     await asyncio.to_thread(store.refresh)
-    await asyncio.to_thread(firmware.refresh)
+    await firmware.refresh()
     return store, firmware
 
 
@@ -81,27 +94,33 @@ def _mac(value: str) -> str:
 
 
 # A check another package contributes to `scripts check` (composed by services/cli.py): its
-# problems, one line each.
+# problems, one line each ("where: what", e.g. "frontend sb1: port 9007 used twice").
 ExtraCheck = Callable[[Settings, asyncpg.Pool], Awaitable[list[str]]]
 
 
 async def _checked(
     settings: Settings, pool: asyncpg.Pool, extra_checks: Sequence[ExtraCheck]
-) -> tuple[ScriptStore, Snapshot, list[str]]:
+) -> tuple[ScriptStore, Snapshot, Problems]:
     """The scripts folder checked for every device (and by the composed extra checks)."""
-    store, firmware = await _stores(settings)
+    store, firmware = await _stores(settings, pool)
     snapshot = await _snapshot(pool)
-    problems = check_scripts(
-        store,
-        snapshot,
-        Urls(_base_url(settings, None)),
-        poll_minutes=settings.update.poll_interval,
-        firmware_available=firmware.listed,
-        extra_commands=settings.update.extra_commands,
-        lifecycle=Lifecycle.from_settings(settings.update),
+    problems = await asyncio.to_thread(
+        functools.partial(
+            check_tree,
+            store,
+            snapshot,
+            Urls(_base_url(settings, None)),
+            poll_minutes=settings.update.poll_interval,
+            firmware_available=firmware.listed,
+            extra_commands=settings.update.extra_commands,
+            lifecycle=Lifecycle.from_settings(settings.update),
+            firmware_dir=settings.update.firmware_dir,
+        )
     )
     for extra in extra_checks:
-        problems += await extra(settings, pool)
+        for line in await extra(settings, pool):
+            where, separator, what = line.partition(": ")
+            problems.add(where if separator else "check", "check", what if separator else line)
     return store, snapshot, problems
 
 
@@ -111,26 +130,45 @@ async def scripts_check(
     pool: asyncpg.Pool,
     extra_checks: Sequence[ExtraCheck] = (),
 ) -> int:
+    """Every problem of the scripts folder once, with the devices it affects."""
     store, snapshot, problems = await _checked(settings, pool, extra_checks)
-    for problem in problems:
-        print(problem)
+    devices = len(snapshot.inventory.devices)
+    if args.json:
+        report = {
+            "ok": not problems,
+            "files": len(store.sources),
+            "devices": devices,
+            "problems": problems.as_json(),
+        }
+        print(json.dumps(report, indent=2))
+        return 1 if problems else 0
+    for line in problems.lines():
+        print(line)
     if problems:
         print(f"{len(problems)} problem(s)", file=sys.stderr)
         return 1
-    devices = len(snapshot.inventory.devices)
     print(f"ok: {len(store.sources)} script files, {devices} devices, staging.txt and update.txt")
     return 0
 
 
-async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    """Which devices' replies a pending script tree changes (services/update/plan.py)."""
+async def compute_plan(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    *,
+    scripts: Path | None = None,
+    customer: str | None = None,
+    base_url: str | None = None,
+) -> tuple[ScriptPlan, bool]:
+    """The plan `scripts plan` shows (services/update/plan.py) and whether a pending tree was
+    planned (False: the live tree against the hashes last sent). `pbxfront bench plan` times
+    exactly this."""
     from services.update.plan import plan_scripts
     from services.update.versions import PublishedScripts
 
-    live, firmware = await _stores(settings)
+    live, firmware = await _stores(settings, pool)
     pending: ScriptStore | None = None
-    if args.scripts:
-        pending = ScriptStore(Path(args.scripts))
+    if scripts is not None:
+        pending = ScriptStore(scripts)
         await asyncio.to_thread(pending.refresh)
     if settings.update.scripts_source == "database":
         # Devices get the published version: plan the files (or --scripts) against it.
@@ -140,19 +178,31 @@ async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: async
                 pending = pending or live
                 live = await PublishedScripts(settings.update.scripts_dir).get(connection, current)
     snapshot = await _snapshot(pool)
-    statuses = await UpdateRepository(pool).statuses(customer=args.customer, limit=10**9)
+    statuses = await UpdateRepository(pool).statuses(customer=customer, limit=10**9)
     devices = [snapshot.by_mac[s.mac] for s in statuses if s.mac in snapshot.by_mac]
     plan = await asyncio.to_thread(
         plan_scripts,
         pending or live,
         live if pending is not None else None,
         snapshot,
-        Urls(_base_url(settings, args.base_url)),
+        Urls(_base_url(settings, base_url)),
         poll_minutes=settings.update.poll_interval,
         hashes_sent={s.mac: s.hash_sent for s in statuses},
         reported_builds={s.mac: (s.prot, s.boot) for s in statuses},
         firmware_available=firmware.listed,
         devices=devices,
+    )
+    return plan, pending is not None
+
+
+async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    """Which devices' replies a pending script tree changes (services/update/plan.py)."""
+    plan, planned_pending = await compute_plan(
+        settings,
+        pool,
+        scripts=Path(args.scripts) if args.scripts else None,
+        customer=args.customer,
+        base_url=args.base_url,
     )
     if args.json:
         rows = [
@@ -169,7 +219,11 @@ async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: async
         ]
         print(
             json.dumps(
-                {"devices": plan.devices, "changes": rows, "problems": plan.problem_lines()},
+                {
+                    "devices": plan.devices,
+                    "changes": rows,
+                    "problems": plan.problems.as_json(),
+                },
                 indent=2,
             )
         )
@@ -183,7 +237,7 @@ async def scripts_plan(args: argparse.Namespace, settings: Settings, pool: async
         print(change.headline().replace("~", "F", 1))
     for line in plan.problem_lines():
         print(f"! {line}")
-    if pending is None:
+    if not planned_pending:
         print("(against the hash each device was last sent; --scripts DIR plans a pending tree)")
     print(plan.summary())
     return 1 if plan.problems else 0
@@ -199,10 +253,11 @@ async def scripts_publish(
     serves (update.scripts_source = "database"); refused while the check finds a problem."""
     _store, _snapshot_checked, problems = await _checked(settings, pool, extra_checks)
     files, unreadable = await asyncio.to_thread(read_tree_files, settings.update.scripts_dir)
-    problems += [f"{settings.update.scripts_dir / name}: {why}" for name, why in unreadable.items()]
+    for name, why in unreadable.items():
+        problems.add(str(settings.update.scripts_dir / name), "file", why)
     if problems:
-        for problem in problems:
-            print(problem)
+        for line in problems.lines():
+            print(line)
         raise UsageError(f"not published: {len(problems)} problem(s) (pbxfront scripts check)")
     async with pool.acquire() as connection, connection.transaction():
         version, created = await ScriptVersionRepository(connection).publish(
@@ -277,7 +332,7 @@ async def scripts_rollback(args: argparse.Namespace, settings: Settings, pool: a
 
 
 async def rollouts_start(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    _store, firmware = await _stores(settings)
+    _store, firmware = await _stores(settings, pool)
     if (args.version is None) == (args.firmware is None):
         raise UsageError("give a script VERSION, or --firmware TYPE --build BUILD")
     if args.firmware is not None and not args.build:
@@ -290,7 +345,7 @@ async def rollouts_start(args: argparse.Namespace, settings: Settings, pool: asy
                 if not firmware.listed(args.build, firmware_file_name(args.kind, args.firmware)):
                     print(
                         f"note: firmware/firm/{args.build}/"
-                        f"{firmware_file_name(args.kind, args.firmware)} is not in this node's "
+                        f"{firmware_file_name(args.kind, args.firmware)} is not in the firmware "
                         "store (pbxfront firmware add)"
                     )
                 rollout = await repository.start_firmware(
@@ -437,7 +492,7 @@ def _operator() -> str:
 
 async def scripts_render(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     mac = _mac(args.device)
-    store, firmware = await _stores(settings)
+    store, firmware = await _stores(settings, pool)
     snapshot = await _snapshot(pool)
     device = snapshot.by_mac.get(mac)
     if device is None:
@@ -610,13 +665,22 @@ async def devices_certificates(
                 (r.device_issuer or "-") if r else "-",
                 f"{r.device_not_after:%Y-%m-%d}" if r and r.device_not_after else "-",
                 _age(r.updated_at) if r else "-",
-                (r.error or "") if r else "",
+                _certificate_note(r),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
     return 0
+
+
+def _certificate_note(rollout: RolloutState | None) -> str:
+    if rollout is None:
+        return ""
+    if rollout.state == "queued":
+        # ca.signer: the UPDATED column is how long it has waited.
+        return "request waits for the signing node (pbxfront ca queue)"
+    return rollout.error or ""
 
 
 async def devices_certificate_reset(
@@ -637,7 +701,6 @@ async def devices_certificate_reset(
 
 
 async def firmware_add(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    store = FirmwareStore(settings.update.firmware_dir)
     model = device_model(args.type)
     none = settings.update.firmware_none if args.kind == "prot" else settings.update.boot_none
     if model in none and not args.name:
@@ -650,8 +713,22 @@ async def firmware_add(args: argparse.Namespace, settings: Settings, pool: async
         settings.update.firmware_names if args.kind == "prot" else settings.update.boot_names
     )
     name = args.name or firmware_file_name(args.kind, args.type, overrides)
+    shared = settings.update.firmware_source == "database"
     try:
-        added = await asyncio.to_thread(store.add, Path(args.file), args.build, name)
+        if shared:
+            stored, replaced = await add_file(
+                pool,
+                Path(args.file),
+                args.build,
+                name,
+                by=_operator(),
+                device_type=args.type.upper(),
+            )
+            where, sha256, size = f"firm/{args.build}/{name}", stored.sha256, stored.size
+        else:
+            store = FirmwareStore(settings.update.firmware_dir)
+            added = await asyncio.to_thread(store.add, Path(args.file), args.build, name)
+            where, sha256, size, replaced = str(added.path), added.sha256, added.size, None
     except FirmwareError as error:
         raise UsageError(str(error)) from None
     async with pool.acquire() as connection, connection.transaction():
@@ -661,9 +738,12 @@ async def firmware_add(args: argparse.Namespace, settings: Settings, pool: async
             action="firmware.add",
             object_type="firmware",
             object_id=f"{args.build}/{name}",
-            after={"sha256": added.sha256, "size": added.size, "type": args.type.upper()},
+            before={"sha256": replaced} if replaced else None,
+            after={"sha256": sha256, "size": size, "type": args.type.upper()},
         )
-    print(f"{added.path}  sha256 {added.sha256}  {added.size} bytes")
+    print(f"{where}  sha256 {sha256}  {size} bytes")
+    if shared:
+        print("stored in the database: every Frontend on it serves this file")
     print(
         f'policy: set update variable fw-{args.kind} = "{args.build}" on the device_type '
         f"layer of {args.type.upper()} (or narrower) to roll it out"
@@ -672,9 +752,114 @@ async def firmware_add(args: argparse.Namespace, settings: Settings, pool: async
 
 
 async def firmware_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    if settings.update.firmware_source == "database":
+        files = await SharedFirmwareRepository(pool).files(with_caches=True)
+        if args.json:
+            print(json.dumps([f.as_json() for f in files], indent=2))
+            return 0
+        for shared in files:
+            cached = ", ".join(shared.cached_on) or "no node yet"
+            print(
+                f"{shared.build}/{shared.name}  {shared.size} bytes  sha256 {shared.sha256}  "
+                f"added {shared.added_at:%Y-%m-%d %H:%M} by {shared.added_by}  cached on: {cached}"
+            )
+        return 0
     store = FirmwareStore(settings.update.firmware_dir)
-    for item in await asyncio.to_thread(store.list):
+    local = await asyncio.to_thread(store.list)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"build": f.build, "name": f.name, "sha256": f.sha256, "size": f.size}
+                    for f in local
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    for item in local:
         print(f"{item.build}/{item.name}  {item.size} bytes  sha256 {item.sha256}")
+    return 0
+
+
+async def firmware_import(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    """Store every file of this node's firmware_dir in the database (moving to
+    ``update.firmware_source = "database"``); files already there with the same content are
+    left as they are."""
+    store = FirmwareStore(settings.update.firmware_dir)
+    local = await asyncio.to_thread(store.list)
+    if not local:
+        print(f"{store.firm}: no files listed in any SHA256SUMS")
+        return 1
+    known = {(f.build, f.name): f.sha256 for f in await SharedFirmwareRepository(pool).files()}
+    failed = 0
+    for item in local:
+        if known.get((item.build, item.name)) == item.sha256:
+            print(f"{item.build}/{item.name}: already stored")
+            continue
+        sha256, size = await asyncio.to_thread(file_sha256, item.path)
+        if sha256 != item.sha256:
+            # A damaged local copy is never shared.
+            print(
+                f"{item.path}: SHA-256 {sha256} is not the {item.sha256} SHA256SUMS lists; skipped"
+            )
+            failed += 1
+            continue
+        try:
+            stored, replaced = await SharedFirmwareRepository(pool).store(
+                item.path, sha256, size, item.build, item.name, by=_operator(), device_type=None
+            )
+        except FirmwareError as error:
+            raise UsageError(str(error)) from None
+        async with pool.acquire() as connection, connection.transaction():
+            await audit.record(
+                connection,
+                actor=audit.cli_actor(),
+                action="firmware.add",
+                object_type="firmware",
+                object_id=f"{item.build}/{item.name}",
+                before={"sha256": replaced} if replaced else None,
+                after={"sha256": stored.sha256, "size": stored.size, "imported": True},
+            )
+        print(f"{item.build}/{item.name}  sha256 {stored.sha256}  {stored.size} bytes  stored")
+    if settings.update.firmware_source != "database":
+        print('set update.firmware_source = "database" on every node to serve the stored files')
+    return 1 if failed else 0
+
+
+async def firmware_remove(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    try:
+        check_build(args.build)
+        check_file_name(args.name)
+    except FirmwareError as error:
+        raise UsageError(str(error)) from None
+    sha256: str | None
+    if settings.update.firmware_source == "database":
+        removed = await SharedFirmwareRepository(pool).remove(args.build, args.name)
+        sha256 = removed.sha256 if removed is not None else None
+    else:
+        store = FirmwareStore(settings.update.firmware_dir)
+        before = await asyncio.to_thread(store.find, args.build, args.name)
+        sha256 = before.sha256 if before is not None else None
+        if not await asyncio.to_thread(store.remove, args.build, args.name):
+            sha256 = None
+    if sha256 is None:
+        print(f"firm/{args.build}/{args.name}: not in the firmware store")
+        return 1
+    async with pool.acquire() as connection, connection.transaction():
+        await audit.record(
+            connection,
+            actor=audit.cli_actor(),
+            action="firmware.remove",
+            object_type="firmware",
+            object_id=f"{args.build}/{args.name}",
+            before={"sha256": sha256},
+        )
+    print(f"firm/{args.build}/{args.name}: removed (sha256 {sha256})")
+    if settings.update.firmware_source == "database":
+        print(
+            f"every node drops its cached copy at its next check (this node: {cache_dir(settings)})"
+        )
     return 0
 
 
@@ -690,8 +875,9 @@ def register(
     check = script_actions.add_parser(
         "check",
         parents=[common],
-        help="render every script for every device; list problems as file:line: message",
+        help="render every script for every device; each problem once with the devices it affects",
     )
+    check.add_argument("--json", action="store_true", help="every affected device, as JSON")
     check.set_defaults(handler=bind(functools.partial(scripts_check, extra_checks=extra_checks)))
     plan = script_actions.add_parser(
         "plan",
@@ -862,5 +1048,22 @@ def register(
         "--name", help="file name in the store (default ip<model>.bin/boot<model>.bin)"
     )
     add.set_defaults(handler=bind(firmware_add))
-    listing = firmware_actions.add_parser("list", parents=[common], help="files in the store")
+    listing = firmware_actions.add_parser(
+        "list",
+        parents=[common],
+        help="files in the store (firmware_source = database: and which nodes have them cached)",
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON instead of lines")
     listing.set_defaults(handler=bind(firmware_list))
+    importing = firmware_actions.add_parser(
+        "import",
+        parents=[common],
+        help="store every file of this node's firmware_dir in the database (shared firmware)",
+    )
+    importing.set_defaults(handler=bind(firmware_import))
+    remove = firmware_actions.add_parser(
+        "remove", parents=[common], help="take a file out of the store (devices get 404)"
+    )
+    remove.add_argument("build", metavar="BUILD", help="the build folder, e.g. 13r2sr7")
+    remove.add_argument("name", metavar="FILE", help="the file name, e.g. ip232.bin")
+    remove.set_defaults(handler=bind(firmware_remove))

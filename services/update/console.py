@@ -36,6 +36,7 @@ from services.update.repository import (
     UpdateRepository,
 )
 from services.update.scripts import ScriptError, ScriptStore, SecretRequired
+from services.update.shared_firmware import SharedFirmwareRepository, firmware_source
 from services.update.state import SnapshotCache
 
 FLEET_SORT_NAMES = tuple(FLEET_SORTS)
@@ -72,6 +73,12 @@ async def device_status(pool: asyncpg.Pool, settings: Settings, mac: str) -> dic
     return data
 
 
+async def status_history(pool: asyncpg.Pool, mac: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The device's recorded status changes, newest first (migration 028)."""
+    changes = await UpdateRepository(pool).status_history(mac, limit)
+    return [dataclasses.asdict(change) for change in changes]
+
+
 async def certificate(pool: asyncpg.Pool, mac: str) -> dict[str, Any] | None:
     statuses = await RolloutRepository(pool).statuses(mac=mac)
     if not statuses or statuses[0].rollout is None:
@@ -79,12 +86,21 @@ async def certificate(pool: asyncpg.Pool, mac: str) -> dict[str, Any] | None:
     return dict(statuses[0].rollout.as_json())
 
 
-async def restage(pool: asyncpg.Pool, mac: str) -> bool:
-    return await UpdateRepository(pool).request_restage(mac)
+async def restage(connection: asyncpg.Connection, mac: str) -> bool:
+    """Mark the device for staging again, in the caller's transaction (the console writes its
+    audit row in the same one); False when it is not in the inventory."""
+    return await UpdateRepository(connection).request_restage(mac)
 
 
-async def certificate_reset(pool: asyncpg.Pool, mac: str) -> bool:
-    return await RolloutRepository(pool).reset(mac)
+async def certificate_reset(connection: asyncpg.Connection, mac: str) -> dict[str, Any] | None:
+    """Forget the device's certificate roll-out, in the caller's transaction; the roll-out as
+    it was (None when there was none)."""
+    rollouts = RolloutRepository(connection)
+    # Held until the caller commits: a poll answered meanwhile cannot advance it in between.
+    before = await rollouts.lock(mac)
+    if before is None or not await rollouts.reset(mac):
+        return None
+    return dict(before.as_json())
 
 
 async def unknown_devices(pool: asyncpg.Pool, limit: int = 200) -> list[dict[str, Any]]:
@@ -93,31 +109,34 @@ async def unknown_devices(pool: asyncpg.Pool, limit: int = 200) -> list[dict[str
 
 
 async def adopt(
-    pool: asyncpg.Pool,
+    connection: asyncpg.Connection,
     mac: str,
     customer: str,
     device_class: str,
     device_type: str | None,
-) -> str | None:
+) -> tuple[dict[str, Any] | None, str | None]:
     """Take a device that polled but is not in the inventory into it, as
-    ``pbxfront devices adopt`` does. None when done, else the reason (names the field)."""
-    if await InventoryRepository(pool).get_device(mac) is not None:
-        return f"mac: {mac} is in the inventory already"
-    unknown = UnknownDeviceRepository(pool)
+    ``pbxfront devices adopt`` does, in the caller's transaction. (the device as created, None)
+    when done, else (None, the reason naming the field); nothing is written then."""
+    inventory = InventoryRepository(connection)
+    if await inventory.get_device(mac) is not None:
+        return None, f"mac: {mac} is in the inventory already"
+    unknown = UnknownDeviceRepository(connection)
     sighting = await unknown.find(UPDATE_SERVICE, mac)
     device_type = device_type or (sighting.device_type if sighting else None)
     if not device_type:
-        return "type: the device has not polled with its type; give one"
+        return None, "type: the device has not polled with its type; give one"
     device = Device(mac=mac, device_type=device_type, device_class=device_class, customer=customer)
-    async with pool.acquire() as connection:
-        try:
-            created = await InventoryRepository(connection).upsert_device(device)
-        except InventoryError as error:
-            return "; ".join(error.problems)
+    try:
+        async with connection.transaction():
+            created = await inventory.upsert_device(device)
+    except InventoryError as error:
+        return None, "; ".join(error.problems)
     if not created:
-        return f"mac: {mac} is in the inventory already"
+        return None, f"mac: {mac} is in the inventory already"
     await unknown.forget(UPDATE_SERVICE, [mac])
-    return None
+    stored = await inventory.get_device(mac)
+    return (dataclasses.asdict(stored) if stored is not None else None), None
 
 
 async def render_script(
@@ -129,9 +148,9 @@ async def render_script(
     if phase not in (STAGING, UPDATE):
         raise ValueError(f"phase: must be {STAGING} or {UPDATE}")
     store = ScriptStore(settings.update.scripts_dir)
-    firmware = FirmwareStore(settings.update.firmware_dir)
+    firmware = firmware_source(settings, pool)
     await asyncio.to_thread(store.refresh)
-    await asyncio.to_thread(firmware.refresh)
+    await firmware.refresh()
     async with pool.acquire() as connection:
         snapshot = await SnapshotCache().get(connection)
     device = snapshot.by_mac.get(mac)
@@ -180,8 +199,16 @@ async def render_script(
     }
 
 
-async def firmware_store(settings: Settings) -> list[dict[str, Any]]:
-    """The files of the firmware store (build, name, sha256, size)."""
+async def firmware_store(
+    settings: Settings, pool: asyncpg.Pool | None = None
+) -> list[dict[str, Any]]:
+    """The files of the firmware store (build, name, sha256, size): the shared one in
+    PostgreSQL with ``update.firmware_source = "database"``, else this node's folder."""
+    if settings.update.firmware_source == "database" and pool is not None:
+        shared = await SharedFirmwareRepository(pool).files()
+        return [
+            {"build": f.build, "name": f.name, "sha256": f.sha256, "size": f.size} for f in shared
+        ]
     store = FirmwareStore(settings.update.firmware_dir)
     files = await asyncio.to_thread(store.list)
     return [{"build": f.build, "name": f.name, "sha256": f.sha256, "size": f.size} for f in files]

@@ -1,5 +1,9 @@
 """The firmware store on this node's disk: ``<firmware_dir>/firm/<build>/<file>`` (seed layout).
 
+This is ``update.firmware_source = "files"``; with ``"database"`` the files live in PostgreSQL
+and every node serves them from a verified local cache (shared_firmware.py). Both are a
+:class:`FirmwareSource` to the update service.
+
 Files are added with ``pbxfront firmware add`` and recorded with their SHA-256 in the build's
 ``SHA256SUMS``. Devices may read only files listed there; names are checked against a strict
 pattern before they become a path, and the resolved path must stay inside the store (no ``..``,
@@ -8,6 +12,8 @@ no absolute paths, no symlinks out).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -160,6 +166,26 @@ class FirmwareStore:
         os.replace(writer.name, directory / name)
         manifest = self._manifest(build)
         manifest[name] = digest.hexdigest()
+        self._write_manifest(directory, manifest)
+        found = self.find(build, name)
+        assert found is not None
+        return found
+
+    def remove(self, build: str, name: str) -> bool:
+        """Take a file out of the store (manifest first, so it is never listed without its
+        file). False when it was not there."""
+        check_build(build)
+        check_file_name(name)
+        directory = self.firm / build
+        manifest = self._manifest(build)
+        if manifest.pop(name, None) is None:
+            return False
+        self._write_manifest(directory, manifest)
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+        return True
+
+    def _write_manifest(self, directory: Path, manifest: Mapping[str, str]) -> None:
         text = "".join(f"{sha}  {file}\n" for file, sha in sorted(manifest.items()))
         with tempfile.NamedTemporaryFile(
             dir=directory, prefix=".manifest-", delete=False
@@ -167,9 +193,6 @@ class FirmwareStore:
             manifest_writer.write(text.encode("ascii"))
         os.chmod(manifest_writer.name, 0o644)
         os.replace(manifest_writer.name, directory / MANIFEST)
-        found = self.find(build, name)
-        assert found is not None
-        return found
 
     def list(self) -> list[FirmwareFile]:
         files: list[FirmwareFile] = []
@@ -183,3 +206,48 @@ class FirmwareStore:
                 if found is not None:
                     files.append(found)
         return files
+
+
+class FirmwareUnavailable(Exception):
+    """The file is listed but cannot be served right now (not cached and the database is
+    unreachable); the device tries again at its next poll."""
+
+
+class FirmwareSource:
+    """Where the update service serves firmware from: this node's store (:class:`LocalFirmware`)
+    or the one in PostgreSQL (``shared_firmware.SharedFirmware``)."""
+
+    where = ""
+
+    def listed(self, build: str, name: str) -> bool:
+        """In memory: was the file in the store at the last refresh()?"""
+        raise NotImplementedError
+
+    async def refresh(self) -> bool:
+        """Re-read the list of files; True if it changed."""
+        raise NotImplementedError
+
+    async def find(self, build: str, name: str) -> FirmwareFile | None:
+        """The file to serve, checked; None when it is not in the store. Raises
+        :class:`FirmwareUnavailable` when it is listed but cannot be had now."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Finish (or stop) work in progress; the application is shutting down."""
+
+
+class LocalFirmware(FirmwareSource):
+    """``update.firmware_source = "files"``: the :class:`FirmwareStore` of this node."""
+
+    def __init__(self, store: FirmwareStore) -> None:
+        self.store = store
+        self.where = str(store.firm)
+
+    def listed(self, build: str, name: str) -> bool:
+        return self.store.listed(build, name)
+
+    async def refresh(self) -> bool:
+        return await asyncio.to_thread(self.store.refresh)
+
+    async def find(self, build: str, name: str) -> FirmwareFile | None:
+        return await asyncio.to_thread(self.store.find, build, name)

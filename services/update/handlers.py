@@ -6,7 +6,6 @@ Devices read every reply line as a command, so even errors are answered as ``#``
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import re
@@ -18,12 +17,13 @@ from aiohttp import web
 from services.core.db import POOL_KEY, acquire
 from services.core.http import query_arguments, security_event
 from services.core.identity import DeviceIdentity, identify, printable
-from services.core.inventory import ResolvedVariable
+from services.core.inventory import Device, ResolvedVariable
 from services.core.scriptlines import comment, to_crlf
 from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
 from services.update import certificates
 from services.update.canary import CanaryState
+from services.update.firmware import FirmwareUnavailable
 from services.update.provisioning import (
     STAGING,
     UPDATE,
@@ -119,7 +119,37 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
         )
     if device is None:
         return await _unknown(request, pool, snapshot, store, identity, arguments, phase)
-    context = look_up(
+    context = _look_up(request, snapshot, device, identity, arguments, phase, restage)
+    context = _with_canary(context, canary)
+    context = dataclasses.replace(
+        context, firmware_attempts=await _firmware_attempts(pool, context)
+    )
+    if phase == UPDATE and not context.restage:
+        # The certificate roll-out (protocol.md §9) is a step of its own: its lines go first.
+        rollout = await certificates.poll_lines(
+            request, pool, snapshot, device, identity, context.urls.base
+        )
+        context = dataclasses.replace(context, rollout=rollout)
+    reply = _reply(request, store, context)
+    if reply.error and reply.status == 200:
+        log.error("%s.txt for %s: %s", phase, device.mac, reply.error)
+    await _record(request, pool, snapshot, context, reply, restage, store.version)
+    return web.Response(
+        status=reply.status, text=reply.text, content_type="text/plain", charset="utf-8"
+    )
+
+
+def _look_up(
+    request: web.Request,
+    snapshot: Snapshot,
+    device: Device,
+    identity: DeviceIdentity,
+    arguments: PollArguments,
+    phase: str,
+    restage: bool,
+) -> PollContext:
+    """The poll's context: the device, its customer and variables (resolved once), its phase."""
+    return look_up(
         snapshot,
         device,
         identity,
@@ -130,28 +160,33 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
         restage=restage,
         additions=typing.cast("ContextAdditions | None", request.app[ADDITIONS_KEY]),
     )
-    override = canary.firmware_for(device.mac)
-    if override is not None:
-        # A firmware roll-out's wave: its build instead of the inventory's (canary.py).
-        name, build = override
-        variable = ResolvedVariable(name, build, False, "rollout", str(canary.rollout_id))
-        context = dataclasses.replace(context, variables={**context.variables, name: variable})
-    context = dataclasses.replace(
-        context, firmware_attempts=await _firmware_attempts(pool, context)
-    )
-    if phase == UPDATE and not context.restage:
-        context = dataclasses.replace(
-            context,
-            rollout=await certificates.poll_lines(
-                request, pool, snapshot, device, identity, context.urls.base
-            ),
-        )
-    reply = _reply(request, store, context)
-    if reply.error and reply.status == 200:
-        log.error("%s.txt for %s: %s", phase, device.mac, reply.error)
+
+
+def _with_canary(context: PollContext, canary: CanaryState) -> PollContext:
+    """A firmware roll-out's wave gets its build instead of the inventory's (canary.py)."""
+    override = canary.firmware_for(context.device.mac)
+    if override is None:
+        return context
+    name, build = override
+    variable = ResolvedVariable(name, build, False, "rollout", str(canary.rollout_id))
+    return dataclasses.replace(context, variables={**context.variables, name: variable})
+
+
+async def _record(
+    request: web.Request,
+    pool: asyncpg.Pool,
+    snapshot: Snapshot,
+    context: PollContext,
+    reply: Reply,
+    restage: bool,
+    script_version: int | None,
+) -> None:
+    """What the poll leaves behind: a pending restage served by staging is done; the status
+    row (batched)."""
+    device, identity, arguments = context.device, context.identity, context.arguments
     customer = snapshot.customers[device.customer]
     trusted = identity.proven or customer.allow_claimed_secrets
-    if phase == STAGING and restage and reply.status == 200:
+    if context.phase == STAGING and restage and reply.status == 200:
         async with acquire(pool) as connection:
             await UpdateRepository(connection).clear_restage(device.mac, trusted=trusted)
         request.app[WATCH_KEY].restage.discard(device.mac)
@@ -160,7 +195,7 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
             mac=device.mac,
             source_address=request.remote,
             proof=identity.proof.value,
-            phase=phase,
+            phase=context.phase,
             version=arguments.version,
             prot=arguments.prot,
             boot=arguments.boot,
@@ -172,12 +207,9 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
             trusted=trusted,
             firmware_suspect=reply.firmware_suspect,
             firmware_stuck=reply.firmware_stuck,
-            script_version=store.version,
+            script_version=script_version,
         ),
         pool,
-    )
-    return web.Response(
-        status=reply.status, text=reply.text, content_type="text/plain", charset="utf-8"
     )
 
 
@@ -338,9 +370,13 @@ async def _unknown(
 
 async def firmware(request: web.Request) -> web.StreamResponse:
     store = request.app[FIRMWARE_KEY]
-    found = await asyncio.to_thread(
-        store.find, request.match_info["build"], request.match_info["file"]
-    )
+    try:
+        found = await store.find(request.match_info["build"], request.match_info["file"])
+    except FirmwareUnavailable as error:
+        log.warning("firmware: %s", error)
+        response = comment_reply(503, "firmware not available right now; try again later")
+        response.headers["Retry-After"] = "30"
+        return response
     if found is None:
         return comment_reply(404, "no such firmware file")
     return web.FileResponse(found.path, headers={"Content-Type": "application/octet-stream"})

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.core.identity import DeviceIdentity, Proof
-from services.core.inventory import Device
+from services.core.inventory import Device, ResolvedVariable
+from services.update.problems import Problems
 from services.update.provisioning import (
     UPDATE,
     PolicyError,
@@ -30,6 +31,7 @@ from services.update.provisioning import (
     Urls,
     firmware_targets,
     template_context,
+    template_line,
 )
 from services.update.scripts import (
     ScriptError,
@@ -73,23 +75,12 @@ class DevicePlan:
 class ScriptPlan:
     devices: int = 0
     changes: list[DevicePlan] = field(default_factory=list)
-    # problem -> the hardware ids it affects, in inventory order
-    problems: dict[str, list[str]] = field(default_factory=dict)
+    # Each problem once, with the devices it affects in inventory order.
+    problems: Problems = field(default_factory=Problems)
     firmware_only: list[DevicePlan] = field(default_factory=list)
 
-    def problem(self, text: str, device: Device) -> None:
-        affected = self.problems.setdefault(text, [])
-        if device.hardware_id not in affected:
-            affected.append(device.hardware_id)
-
     def problem_lines(self) -> list[str]:
-        lines = []
-        for text, affected in self.problems.items():
-            shown = ", ".join(affected[:5]) + (
-                f" and {len(affected) - 5} more" if len(affected) > 5 else ""
-            )
-            lines.append(f"{text} ({len(affected)} device(s): {shown})")
-        return lines
+        return self.problems.lines(shown=5)
 
     def summary(self) -> str:
         text = f"{len(self.changes)} of {self.devices} device(s) get a changed script"
@@ -100,9 +91,11 @@ class ScriptPlan:
         return text
 
 
-def _secrets(snapshot: Snapshot, device: Device) -> list[str]:
+def _secrets(
+    snapshot: Snapshot, device: Device, variables: Mapping[str, ResolvedVariable]
+) -> list[str]:
     customer = snapshot.customers[device.customer]
-    values = [item.value for item in snapshot.resolve(device).values() if item.secret]
+    values = [item.value for item in variables.values() if item.secret]
     values += [v for v in (customer.registration_password, customer.login_password) if v]
     # Longest first, so a secret containing another is replaced whole.
     return sorted({v for v in values if v}, key=len, reverse=True)
@@ -118,21 +111,28 @@ def redact_lines(lines: Iterable[str], secrets: Sequence[str]) -> list[str]:
 
 
 def render_update(
-    store: ScriptStore, context: Mapping[str, Any], variables: Mapping[str, Any]
+    store: ScriptStore,
+    context: Mapping[str, Any],
+    variables: Mapping[str, Any],
+    loaded: set[str] | None = None,
 ) -> Rendered:
     """The update script body for a :func:`device_context`; ScriptError, SecretRequired as
-    rendering raises them."""
-    lines = script_lines(store.render(f"{UPDATE}.txt", context, variables))
+    rendering raises them. ``loaded`` collects the template names the rendering asked for."""
+    lines = script_lines(store.render(f"{UPDATE}.txt", context, variables, loaded))
     return Rendered(tuple(lines), script_hash("\n".join(lines)))
 
 
 def device_context(
-    snapshot: Snapshot, device: Device, urls: Urls, poll_minutes: int
+    snapshot: Snapshot,
+    device: Device,
+    urls: Urls,
+    poll_minutes: int,
+    variables: Mapping[str, ResolvedVariable] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """What the device's update poll renders with, as a proven device (one context serves both
-    trees: it depends on the inventory only)."""
+    trees: it depends on the inventory only); ``variables``: the device's, resolved already."""
     identity = DeviceIdentity(Proof.PROVEN, device.mac, device.hardware_id, device.device_type)
-    return template_context(snapshot, device, identity, UPDATE, urls, poll_minutes)
+    return template_context(snapshot, device, identity, UPDATE, urls, poll_minutes, variables)
 
 
 def plan_scripts(
@@ -146,12 +146,28 @@ def plan_scripts(
     reported_builds: Mapping[str, tuple[str | None, str | None]],
     firmware_available: Callable[[str, str], bool],
     devices: Iterable[Device] | None = None,
+    reuse: bool = True,
 ) -> ScriptPlan:
     """The plan (see the module docstring); pure apart from rendering. ``reported_builds``:
-    MAC -> (PROT, BOOT) the device last polled with."""
+    MAC -> (PROT, BOOT) the device last polled with.
+
+    A device whose pending rendering asked only for files the live tree holds alike (or lacks
+    alike) renders the same from the live tree: that second rendering is skipped (``reuse``;
+    the result is the same either way, only faster)."""
     plan = ScriptPlan()
+    same: dict[str, bool] = {}
+
+    def unchanged(names: Iterable[str]) -> bool:
+        assert live is not None
+        for name in names:
+            if name not in same:
+                same[name] = pending.same_file(live, name)
+            if not same[name]:
+                return False
+        return True
+
     for name, problem in sorted(pending.problems.items()):
-        plan.problems.setdefault(f"{pending.root / name}: {problem}", [])
+        plan.problems.add(str(pending.root / name), "file", problem)
     for device in snapshot.inventory.devices if devices is None else devices:
         plan.devices += 1
         variables = snapshot.resolve(device)
@@ -163,26 +179,42 @@ def plan_scripts(
                 if current == target.build:
                     continue
                 if not firmware_available(target.build, target.file_name):
-                    plan.problem(
-                        f"firmware/firm/{target.build}/{target.file_name}: missing "
-                        f"(fw-{target.kind})",
+                    plan.problems.add(
+                        f"firmware/firm/{target.build}/{target.file_name}",
+                        "firmware",
+                        f"missing (fw-{target.kind})",
                         device,
                     )
                 firmware.append(f"{target.kind} {current or 'unknown'} -> {target.build}")
         except PolicyError as error:
-            plan.problem(f"variables: {error}", device)
-        context, update_variables = device_context(snapshot, device, urls, poll_minutes)
+            plan.problems.add("variables", "variables", str(error), device)
+        context, update_variables = device_context(snapshot, device, urls, poll_minutes, variables)
+        loaded: set[str] = set()
         try:
-            after = render_update(pending, context, update_variables)
-        except (ScriptError, SecretRequired) as error:
-            plan.problem(f"{pending.root}: update.txt: {error}", device)
+            after = render_update(pending, context, update_variables, loaded)
+        except ScriptError as error:
+            location = error.location or str(pending.root / "update.txt")
+            if error.variable is not None:
+                # As scripts check does: the template line naming it, the same for every device.
+                wanted = f"#({error.variable})"
+
+                def names_it(line: str, wanted: str = wanted) -> bool:
+                    return wanted in line
+
+                location = template_line(pending, loaded, names_it) or location
+            plan.problems.add(location, "render", f"{error.message} (rendering update.txt)", device)
+            continue
+        except SecretRequired as error:
+            plan.problems.add(str(pending.root / "update.txt"), "render", str(error), device)
             continue
         before_lines: tuple[str, ...] | None = None
         if live is not None:
-            try:
-                base = render_update(live, context, update_variables)
-            except (ScriptError, SecretRequired):
-                base = None
+            base: Rendered | None = after
+            if not (reuse and unchanged(loaded)):
+                try:
+                    base = render_update(live, context, update_variables)
+                except (ScriptError, SecretRequired):
+                    base = None
             before = base.digest if base is not None else None
             before_lines = base.lines if base is not None else ()
         else:
@@ -195,7 +227,7 @@ def plan_scripts(
             continue
         diff: tuple[str, ...] = ()
         if before_lines is not None:
-            secrets = _secrets(snapshot, device)
+            secrets = _secrets(snapshot, device, variables)
             diff = tuple(
                 difflib.unified_diff(
                     redact_lines(before_lines, secrets),

@@ -28,11 +28,11 @@ Fast polling is the server's, whatever the templates contain.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -40,16 +40,16 @@ import asyncpg
 from services.core.config import UpdateSettings
 from services.core.identity import DeviceIdentity, Proof, printable
 from services.core.inventory import (
-    LAYERS,
     Customer,
     Device,
     Frontend,
     Inventory,
     ResolvedVariable,
-    Variable,
 )
+from services.core.inventory.variables import LayeredVariables
 from services.core.scriptlines import comment, to_crlf
 from services.update.firmware import device_model, firmware_file_name, model_names
+from services.update.problems import Problems
 from services.update.scripts import (
     LONE_CR,
     ScriptError,
@@ -171,13 +171,10 @@ class Snapshot:
     by_hardware_id: Mapping[str, Device]
     customers: Mapping[str, Customer]
     frontends: Mapping[str, Frontend]
-    variables: Mapping[tuple[str, str], Sequence[Variable]]
+    variables: LayeredVariables
 
     @classmethod
     def build(cls, version: int, inventory: Inventory) -> Snapshot:
-        scoped: dict[tuple[str, str], list[Variable]] = {}
-        for variable in inventory.variables:
-            scoped.setdefault((variable.layer, variable.scope), []).append(variable)
         return cls(
             version,
             inventory,
@@ -185,7 +182,7 @@ class Snapshot:
             {d.hardware_id.lower(): d for d in inventory.devices},
             {c.id: c for c in inventory.customers},
             {f.id: f for f in inventory.frontends},
-            scoped,
+            LayeredVariables(inventory.variables),
         )
 
     def find(self, identity: DeviceIdentity) -> Device | None:
@@ -196,23 +193,8 @@ class Snapshot:
         return None
 
     def resolve(self, device: Device) -> dict[str, ResolvedVariable]:
-        """global < frontend < customer < device_class < device_type < device; later wins."""
-        customer = self.customers[device.customer]
-        scopes = {
-            "global": "",
-            "frontend": customer.frontend,
-            "customer": customer.id,
-            "device_class": device.device_class,
-            "device_type": device.device_type,
-            "device": device.mac,
-        }
-        resolved: dict[str, ResolvedVariable] = {}
-        for layer in LAYERS:
-            for variable in self.variables.get((layer, scopes[layer]), ()):
-                resolved[variable.name] = ResolvedVariable(
-                    variable.name, variable.value, variable.secret, variable.layer, variable.scope
-                )
-        return resolved
+        """The device's variables (core.inventory.variables: later layers win)."""
+        return self.variables.for_device(device, self.customers[device.customer])
 
 
 @dataclass(frozen=True)
@@ -396,7 +378,9 @@ def template_context(
         name: Secret(name, item.value, secrets_allowed) if item.secret else item.value
         for name, item in resolved.items()
     }
-    customer_view = dataclasses.asdict(customer)
+    # Flat dataclasses of plain values: a shallow copy is what asdict() gives, without its
+    # deep copies (which cost more than the rendering over a whole fleet).
+    customer_view = dict(vars(customer))
     for secret in ("registration_password", "login_password"):
         value = customer_view[secret]
         customer_view[secret] = (
@@ -413,7 +397,7 @@ def template_context(
             "name": device.name,
         },
         "customer": customer_view,
-        "frontend": dataclasses.asdict(frontend),
+        "frontend": dict(vars(frontend)),
         "vars": update_variables,
         "proven": identity.proven,
         "secrets_allowed": secrets_allowed,
@@ -737,7 +721,7 @@ def render_unknown(
         variable.name: Secret(variable.name, variable.value, False)
         if variable.secret
         else variable.value
-        for variable in snapshot.variables.get(("global", ""), ())
+        for variable in snapshot.variables.resolve({"global": ""}).values()
     }
     context = {
         "device": {
@@ -778,22 +762,143 @@ def check_scripts(
     lifecycle: Lifecycle | None = None,
     additions: ContextAdditions | None = None,
 ) -> list[str]:
-    """Render every script for every inventory device as a proven device; return problems as
-    ``file:line: message`` lines (empty: all good). Used by ``pbxfront scripts check``."""
-    problems = [
-        f"{store.root / name}: {problem}"
-        for name, problem in sorted({**store.problems, **store.held_problems}.items())
-    ]
-    problems += [
-        f"{store.root / name}: not served yet: {why}"
-        for name, why in sorted(store.pending.items())
-        if name not in store.held_problems
-    ]
+    """:func:`check_tree` as lines, one per problem (empty: all good)."""
+    return check_tree(
+        store,
+        snapshot,
+        urls,
+        poll_minutes=poll_minutes,
+        firmware_available=firmware_available,
+        extra_commands=extra_commands,
+        lifecycle=lifecycle,
+        additions=additions,
+    ).lines()
+
+
+def template_line(
+    store: ScriptStore, names: Iterable[str], wanted: Callable[[str], bool]
+) -> str | None:
+    """``file:line`` of the first line of the templates ``names`` that ``wanted`` accepts (name
+    order), if any."""
+    for name in sorted(names):
+        source = store.sources.get(name)
+        if source is None:
+            continue
+        for number, line in enumerate(source.text.split("\n"), start=1):
+            if wanted(line.strip()):
+                return f"{store.root / name}:{number}"
+    return None
+
+
+def check_tree(
+    store: ScriptStore,
+    snapshot: Snapshot,
+    urls: Urls,
+    *,
+    poll_minutes: int,
+    firmware_available: Callable[[str, str], bool],
+    extra_commands: Sequence[str] = (),
+    lifecycle: Lifecycle | None = None,
+    additions: ContextAdditions | None = None,
+    firmware_dir: Path | None = None,
+) -> Problems:
+    """Render every script for every inventory device as a proven device; every problem once,
+    with the devices it affects (services/update/problems.py). Used by ``pbxfront scripts
+    check`` and ``scripts publish``. ``firmware_dir``: the store missing files are named in
+    (default: ``firmware/`` next to the scripts folder)."""
+    problems = Problems()
+    for name, problem in sorted({**store.problems, **store.held_problems}.items()):
+        problems.add(str(store.root / name), "file", problem)
+    for name, why in sorted(store.pending.items()):
+        if name not in store.held_problems:
+            problems.add(str(store.root / name), "not-served", f"not served yet: {why}")
     for phase in (STAGING, UPDATE):
         if not store.has(f"{phase}.txt"):
-            problems.append(f"{store.root / (phase + '.txt')}: missing")
+            problems.add(str(store.root / (phase + ".txt")), "file", "missing")
     if problems:
         return problems
+    for name, source in sorted(store.sources.items()):
+        if LONE_CR in source.text:
+            problems.add(
+                str(store.root / name),
+                "line-ends",
+                "lone CR line ends: each CR-separated run is one line (as PHPUS reads it); "
+                "convert the file to LF or CRLF line ends",
+            )
+    # Rendered lines map back to a line of the templates that rendering used where one holds
+    # them literally; looked up once per set of templates.
+    locations: dict[tuple[str, str, frozenset[str]], str] = {}
+
+    def located(phase: str, key: str, used: set[str], wanted: Callable[[str], bool]) -> str:
+        cache_key = (phase, key, frozenset(used))
+        if cache_key not in locations:
+            found = template_line(store, used, wanted)
+            locations[cache_key] = found or f"{store.root / phase}.txt (rendered)"
+        return locations[cache_key]
+
+    firmware_root = firmware_dir if firmware_dir is not None else store.root.parent / "firmware"
+    for device in snapshot.inventory.devices:
+        identity = DeviceIdentity(Proof.PROVEN, device.mac, device.hardware_id, device.device_type)
+        variables = snapshot.resolve(device)
+        try:
+            for target in firmware_targets(device, variables, urls, lifecycle):
+                if not firmware_available(target.build, target.file_name):
+                    problems.add(
+                        f"{firmware_root}/firm/{target.build}/{target.file_name}",
+                        "firmware",
+                        f"missing (fw-{target.kind})",
+                        device,
+                    )
+            maintenance_line(variables)
+            poll_interval(variables, poll_minutes)
+        except PolicyError as error:
+            problems.add("variables", "variables", str(error), device)
+        for phase in (STAGING, UPDATE):
+            context, update_variables = template_context(
+                snapshot, device, identity, phase, urls, poll_minutes, variables, additions
+            )
+            used: set[str] = set()
+            try:
+                body = store.render(f"{phase}.txt", context, update_variables, used)
+            except ScriptError as error:
+                location = error.location or f"{store.root / phase}.txt"
+                if error.variable is not None:
+                    # The rendered line differs from device to device; the template line that
+                    # names the variable does not.
+                    wanted = f"#({error.variable})"
+
+                    def names_it(line: str, wanted: str = wanted) -> bool:
+                        return wanted in line
+
+                    location = located(phase, wanted, used, names_it)
+                problems.add(
+                    location,
+                    "render",
+                    f"{error.message} (rendering {phase}.txt)",
+                    device,
+                )
+                continue
+            if phase == UPDATE and _FAST_POLL.search(body):
+                location = located(
+                    phase, "fast-poll", used, lambda line: bool(_FAST_POLL.match(line))
+                )
+                problems.add(
+                    location,
+                    "fast-poll",
+                    "update.txt sets /poll 1 (fast polling); pbxfront turns fast polling on "
+                    "and off itself, drop the line",
+                    device,
+                )
+            for _number, line in unknown_commands(body, extra_commands):
+                text = line.strip()
+                location = located(phase, text, used, text.__eq__)
+                problems.add(
+                    location,
+                    "unknown-command",
+                    f"unknown command in {phase}.txt: {printable(line, 80)}",
+                    device,
+                )
+    return problems
     seen: set[str] = set()
     for name, source in sorted(store.sources.items()):
         if LONE_CR in source.text:

@@ -83,6 +83,61 @@ class DeviceStatus:
         return data
 
 
+# Status changes kept per device (device_status_history, migration 028).
+HISTORY_KEEP = 50
+
+# A row for each device whose status differs from its newest history row; then the rows beyond
+# the newest $2 + 1 of those devices go. (The DELETE sees the table as it was before this
+# statement, so "newest $2 old rows" plus the one just added is the kept $2 + 1.)
+_RECORD_HISTORY = """
+WITH changed AS (
+    SELECT s.mac, s.last_seen, s.polls, s.source_address, s.proof, s.phase, s.in_sync, s.prot,
+           s.hash_sent, s.last_error
+    FROM device_status s
+    LEFT JOIN LATERAL (
+        SELECT h.id, h.proof, h.phase, h.in_sync, h.prot, h.hash_sent, h.last_error
+        FROM device_status_history h WHERE h.mac = s.mac ORDER BY h.id DESC LIMIT 1
+    ) newest ON true
+    WHERE s.mac = ANY($1::text[]) AND s.polls > 0
+      AND (newest.id IS NULL
+           OR (s.proof, s.phase, s.in_sync, s.prot, s.hash_sent, s.last_error)
+              IS DISTINCT FROM (newest.proof, newest.phase, newest.in_sync, newest.prot,
+                                newest.hash_sent, newest.last_error))
+), added AS (
+    INSERT INTO device_status_history
+        (mac, at, polls, source_address, proof, phase, in_sync, prot, hash_sent, last_error)
+    SELECT mac, last_seen, polls, source_address, proof, phase, in_sync, prot, hash_sent,
+           last_error
+    FROM changed
+    RETURNING mac
+), pruned AS (
+    DELETE FROM device_status_history h USING changed c
+    WHERE h.mac = c.mac
+      AND h.id <= (SELECT o.id FROM device_status_history o WHERE o.mac = c.mac
+                   ORDER BY o.id DESC OFFSET $2 LIMIT 1)
+)
+SELECT count(*) FROM added
+"""
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """One row of a device's status history: its status as of the poll that changed it."""
+
+    at: datetime
+    polls: int
+    source_address: str | None
+    proof: str
+    phase: str
+    in_sync: bool
+    prot: str | None
+    hash_sent: str | None
+    last_error: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "at": self.at.isoformat()}
+
+
 class UpdateRepository:
     def __init__(self, connection: asyncpg.Connection | asyncpg.Pool) -> None:
         self._db = connection
@@ -123,6 +178,28 @@ class UpdateRepository:
                 [r.script_version for r in chosen],
                 [r.suspect_polls for r in chosen],
             )
+
+    async def record_history(self, macs: Sequence[str], keep: int = HISTORY_KEEP) -> int:
+        """After a status write: a ``device_status_history`` row (migration 028) for each of
+        ``macs`` whose status differs from its newest row (proof, phase, in sync, firmware,
+        script hash sent, last error), and only the newest ``keep`` rows per such device kept.
+        One statement; the number of rows added."""
+        if keep < 1:
+            raise ValueError("keep: at least 1")
+        added = await self._db.fetchval(_RECORD_HISTORY, list(macs), keep - 1)
+        return int(added or 0)
+
+    async def status_history(self, mac: str, limit: int = HISTORY_KEEP) -> list[StatusChange]:
+        """The device's recorded status changes, newest first."""
+        rows = await self._db.fetch(
+            """
+            SELECT at, polls, source_address, proof, phase, in_sync, prot, hash_sent, last_error
+            FROM device_status_history WHERE mac = $1 ORDER BY id DESC LIMIT $2
+            """,
+            mac,
+            limit,
+        )
+        return [StatusChange(**dict(row)) for row in rows]
 
     async def clear_restage(self, mac: str, *, trusted: bool) -> None:
         """A staging poll answered: the restage is done now, not when the batched status write

@@ -10,7 +10,8 @@ Spread over successive update polls of a device proven by its current certificat
 3. ``fetching``: each poll asks for ``X509/REQUESTERROR`` and ``X509/REQUEST``; the request
    upload is checked against the plan (CN and SANs exactly, key size, self-signature) and signed
    (``signed``), or refused (``refused``: logged, never signed); an error text stops the flow
-   (``error``).
+   (``error``). A node without the CA key queues the checked request (``queued``) for the
+   signing node, which moves it to ``signed`` (signing.py).
 4. ``signed``: the poll pushes the chain as ``X509/REQUESTRESPONSE/0000n``, cleans up the
    request and key variables and asks for the certificates again (``installing``), whose upload
    confirms ``current``.
@@ -287,6 +288,12 @@ def poll_step(
             )
         fetches = (header, fetch_line(base, ERROR_VARIABLE), fetch_line(base, REQUEST_VARIABLE))
         return Step(fetches, moved(attempts=state.attempts + 1))
+    if state.state == "queued":
+        # ca.signer: the request waits in PostgreSQL for the signing node, however long.
+        since = f" since {state.updated_at:%Y-%m-%d %H:%M:%S} UTC" if state.updated_at else ""
+        return Step(
+            (header, comment(f"signing request waiting for the signing node{since}")), state
+        )
     if state.state == "signed":
         lines = (
             header,

@@ -19,7 +19,7 @@ import re
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,10 +52,14 @@ _TRIM = " \t\n\r\0\x0b"
 class ScriptError(Exception):
     """A script cannot be rendered. ``location`` is ``file:line`` when known."""
 
-    def __init__(self, message: str, location: str | None = None) -> None:
+    def __init__(
+        self, message: str, location: str | None = None, variable: str | None = None
+    ) -> None:
         super().__init__(f"{location}: {message}" if location else message)
         self.message = message
         self.location = location
+        # An undefined #(name) update variable: its name (the location is a rendered line).
+        self.variable = variable
 
 
 class SecretRequired(Exception):
@@ -184,6 +188,42 @@ class _MemoryLoader(jinja2.BaseLoader):
         return sorted(self._store.sources)
 
 
+class _RecordingEnvironment(ImmutableSandboxedEnvironment):
+    """Notes every template name a render asks for, found or not (includes, imports, extends
+    all come through here), while the rendering thread has a recorder set: the names a rendered
+    text can depend on (``scripts plan`` renders a device only once where they are unchanged)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.recorder = threading.local()
+
+    def _record(self, name: object) -> None:
+        names: set[str] | None = getattr(self.recorder, "names", None)
+        if names is not None and isinstance(name, str):
+            names.add(name)
+
+    def get_template(
+        self,
+        name: str | jinja2.Template,
+        parent: str | None = None,
+        globals: MutableMapping[str, Any] | None = None,
+    ) -> jinja2.Template:
+        self._record(name)
+        return super().get_template(name, parent, globals)
+
+    def select_template(
+        self,
+        names: Iterable[str | jinja2.Template],
+        parent: str | None = None,
+        globals: MutableMapping[str, Any] | None = None,
+    ) -> jinja2.Template:
+        if not isinstance(names, jinja2.Undefined):
+            names = list(names)
+            for name in names:
+                self._record(name)
+        return super().select_template(names, parent, globals)
+
+
 def _finalize(value: Any) -> Any:
     if isinstance(value, Secret):
         return value.reveal()
@@ -203,7 +243,7 @@ class ScriptStore:
         # Bumped whenever the files change; part of every cache key built on rendered scripts.
         self.generation = 0
         self._lock = threading.Lock()
-        self.environment = ImmutableSandboxedEnvironment(
+        self.environment = _RecordingEnvironment(
             loader=_MemoryLoader(self),
             undefined=jinja2.StrictUndefined,
             autoescape=False,
@@ -223,6 +263,7 @@ class ScriptStore:
         self._loaded = False
         # The published version served (install()), None while serving the folder.
         self.version: int | None = None
+        self._display_names: dict[str, str] = {}
 
     def refresh(self, now: float | None = None) -> bool:
         """Re-read changed files (blocking: run in a thread). True if the served tree changed.
@@ -381,11 +422,28 @@ class ScriptStore:
     def has(self, name: str) -> bool:
         return name in self.sources
 
-    def render(self, name: str, context: Mapping[str, Any], variables: Mapping[str, Any]) -> str:
-        """Render ``name`` with ``context``, then expand ``#(name)`` from ``variables``.
+    def same_file(self, other: ScriptStore, name: str) -> bool:
+        """Whether ``name`` renders the same from both stores: the same text (or both lack
+        it, with the same problem)."""
+        mine, theirs = self.sources.get(name), other.sources.get(name)
+        if mine is None or theirs is None:
+            return mine is theirs and self.problems.get(name) == other.problems.get(name)
+        return mine.text == theirs.text and mine.raw == theirs.raw
+
+    def render(
+        self,
+        name: str,
+        context: Mapping[str, Any],
+        variables: Mapping[str, Any],
+        loaded: set[str] | None = None,
+    ) -> str:
+        """Render ``name`` with ``context``, then expand ``#(name)`` from ``variables``;
+        ``loaded`` collects every template name the rendering asked for.
 
         Raises ScriptError (with ``file:line``) or SecretRequired; never returns a partial script.
         """
+        recorder = self.environment.recorder
+        recorder.names = loaded
         try:
             template = self.environment.get_template(name)
             text = template.render(context)
@@ -397,6 +455,11 @@ class ScriptStore:
         except jinja2.TemplateNotFound as error:
             where = _template_location(self.root)
             raise ScriptError(f"template {error.name!r} not found", where) from None
+        except jinja2.UndefinedError as error:
+            # A literal {{name}} of a PHPUS script reads as an undefined template name.
+            where = _template_location(self.root)
+            hint = f"; if the file is meant literally (PHPUS), make {RAW_MARKER} its first line"
+            raise ScriptError((error.message or str(error)) + hint, where) from None
         except (jinja2.TemplateError, ScriptError) as error:
             where = _template_location(self.root)
             raise ScriptError(error.message or str(error), where) from None
@@ -404,7 +467,17 @@ class ScriptStore:
             raise ScriptError(
                 f"{type(error).__name__}: {error}", _template_location(self.root)
             ) from None
-        return expand_update_variables(text, variables, _display(name, self.root))
+        finally:
+            recorder.names = None
+        return expand_update_variables(text, variables, self._display_name(name))
+
+    def _display_name(self, name: str) -> str:
+        """``name`` as error locations show it (resolving the path costs file system calls on
+        every render otherwise)."""
+        shown = self._display_names.get(name)
+        if shown is None:
+            shown = self._display_names[name] = _display(name, self.root)
+        return shown
 
 
 def _display(path: str, root: Path) -> str:
@@ -439,7 +512,9 @@ def expand_update_variables(text: str, variables: Mapping[str, Any], source: str
         if name not in variables:
             line = text.count("\n", 0, match.start()) + 1
             raise ScriptError(
-                f"update variable #({name}) is not defined", f"{source} (rendered line {line})"
+                f"update variable #({name}) is not defined",
+                f"{source} (rendered line {line})",
+                variable=name,
             )
         value = variables[name]
         return value.reveal() if isinstance(value, Secret) else str(value)

@@ -13,7 +13,7 @@ from services.core.inventory import inventory_version, load_inventory
 from services.core.listen import PoolListener
 from services.core.ratelimit import AddressLimiter
 from services.update.canary import CanaryState
-from services.update.firmware import FirmwareStore
+from services.update.firmware import FirmwareSource
 from services.update.provisioning import BodyCache, Lifecycle, Snapshot
 from services.update.repository import UpdateRepository
 from services.update.scripts import ScriptStore
@@ -126,7 +126,7 @@ class ChangeWatch:
 
 SETTINGS_KEY = web.AppKey("update_settings", Settings)
 STORE_KEY = web.AppKey("update_scripts", ScriptStore)
-FIRMWARE_KEY = web.AppKey("update_firmware", FirmwareStore)
+FIRMWARE_KEY = web.AppKey("update_firmware", FirmwareSource)
 SNAPSHOTS_KEY = web.AppKey("update_snapshots", SnapshotCache)
 BODIES_KEY = web.AppKey("update_bodies", BodyCache)
 WATCH_KEY = web.AppKey("update_watch", ChangeWatch)

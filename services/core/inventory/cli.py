@@ -1,5 +1,5 @@
 """``pbxfront inventory …`` and ``pbxfront audit``: the operator commands over the inventory
-(``services.core.inventory_apply``) and the audit log (``services.core.audit``).
+(``services.core.inventory.apply``) and the audit log (``services.core.audit``).
 
 ``inventory apply`` prints the plan first. Removals (only with ``--prune``) need a confirmation:
 a ``y`` on a terminal, or ``--yes``; without a terminal and without ``--yes`` it refuses and
@@ -31,7 +31,7 @@ from services.core.inventory import (
     render_inventory,
     restore_customer,
 )
-from services.core.inventory_apply import apply_sources, read_sources, refusal
+from services.core.inventory.apply import apply_sources, read_sources, refusal
 
 
 def _problems(error: InventoryError) -> int:

@@ -36,8 +36,11 @@ import asyncpg
 
 from services.core import audit
 from services.core.identity import printable
-from services.core.inventory import (
-    _DEFERRABLE,
+from services.core.inventory.archive import _archive_customers, _purge_customers, archived_ids
+from services.core.inventory.checks import validate_inventory
+from services.core.inventory.diff import diff_inventory
+from services.core.inventory.fileformat import parse_inventory_scoped
+from services.core.inventory.model import (
     Change,
     Customer,
     Device,
@@ -46,17 +49,9 @@ from services.core.inventory import (
     InventoryError,
     Scope,
     Variable,
-    _archive_customers,
-    _integrity_problem,
-    _load,
-    _lock,
-    _purge_customers,
-    _write_changes,
-    archived_ids,
-    diff_inventory,
-    parse_inventory_scoped,
-    validate_inventory,
 )
+from services.core.inventory.rows import _DEFERRABLE, _integrity_problem, _load, _lock
+from services.core.inventory.store import _write_changes
 
 API_OWNER = "api"
 _SHARED_LAYERS = ("global", "device_class", "device_type")
