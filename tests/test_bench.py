@@ -230,6 +230,23 @@ def test_events_scenario_stores_and_forwards_every_event(tmp_path: Path) -> None
     assert forwarding["errors"] == 0
 
 
+def test_console_scenario_pages_the_fleet_with_a_session(tmp_path: Path) -> None:
+    report = bench(tmp_path, "console", "--devices", "300", "--duration", "0.5", "--rate", "20")
+    rows = {row["name"]: row for row in report["rows"]}
+    kinds = ("first page", "deep pages", "search", "filters", "sorts", "mix")
+    assert set(rows) == {"pbxfront no-op at 20/s"} | {f"fleet at 20/s, {kind}" for kind in kinds}
+    for kind in kinds:
+        row = rows[f"fleet at 20/s, {kind}"]
+        assert row["requests"] > 0, kind
+        assert row["errors"] == 0, (kind, row["error_samples"])
+        # Every answer was the page itself, never the login form's redirect.
+        assert set(row["statuses"]) == {"200"}, kind
+        assert row["goal"] == "p99 <= 300 ms", kind
+    assert rows["pbxfront no-op at 20/s"]["statuses"] == {
+        "200": rows["pbxfront no-op at 20/s"]["requests"]
+    }
+
+
 def test_plan_scenario_plans_a_seeded_fleet_against_a_same_run_baseline(tmp_path: Path) -> None:
     output = tmp_path / "result.json"
     result = subprocess.run(

@@ -42,7 +42,13 @@ from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
 from services.events.repository import EventRepository
 from services.serve import service_factories
-from services.update.repository import FleetQuery, PollRecord, RolloutRepository, UpdateRepository
+from services.update.repository import (
+    FLEET_SORTS,
+    FleetQuery,
+    PollRecord,
+    RolloutRepository,
+    UpdateRepository,
+)
 from services.update.rollout import RolloutState
 from tests.conftest import DEVICE_A, DEVICE_B, SessionPki, curl, curl_with_headers, peer_program
 
@@ -689,6 +695,65 @@ async def test_fleet_query_filters_both_paths(console: Console) -> None:
     stale, count = await repository.fleet(FleetQuery(stale=True))
     assert count == 3
     assert MAC_A not in {r.mac for r in stale}
+
+
+async def test_fleet_query_agrees_with_a_plain_reading(console: Console) -> None:
+    """Every sort, both directions, paged, and searches long and short (the trigram index of
+    migration 024 and the plain scan) give what reading all devices in Python gives."""
+    await _seed_fleet(console.pool, 120)
+    repository = UpdateRepository(console.pool)
+    await repository.record_polls(
+        [
+            PollRecord(
+                mac=f"0090340{index:05x}",
+                source_address=f"198.51.100.{index}",
+                proof="proven" if index % 3 else "claimed",
+                phase="update" if index % 4 else "staging",
+                version=None,
+                prot=f"13r{index % 3} sr1",
+                boot=None,
+                device_check=None,
+                cfg=None,
+                hash_sent=None,
+                in_sync=bool(index % 5),
+            )
+            for index in range(0, 120, 2)
+        ],
+        [1] * 60,
+    )
+    everything, total = await repository.fleet(FleetQuery(limit=1000))
+    assert total == len(everything) == 124
+    fields = {"type": "device_type", "firmware": "prot", "certificate": "certificate_state"}
+    for sort in FLEET_SORTS:
+        field = fields.get(sort, sort)
+
+        def order(row: Any, field: str = field) -> tuple[Any, ...]:
+            # Ascending: by the value, NULLs last, then by MAC; descending is the exact reverse.
+            value = getattr(row, field)
+            return (1, row.mac) if value is None else (0, value, row.mac)
+
+        ascending = [r.mac for r in sorted(everything, key=order)]
+        for descending in (False, True):
+            pages: list[str] = []
+            for offset in range(0, 124, 50):
+                page, count = await repository.fleet(
+                    FleetQuery(sort=sort, descending=descending, limit=50, offset=offset)
+                )
+                assert count == 124
+                pages += [r.mac for r in page]
+            assert pages == (ascending[::-1] if descending else ascending), (sort, descending)
+    for term in ("a8", "5", "seat 004", "ip222-0", "0090340", "198.51.100.1", "50%_", "00003"):
+        rows, count = await repository.fleet(FleetQuery(search=term, limit=200))
+
+        def matches(row: Any, term: str = term) -> bool:
+            text = " ".join(
+                (row.mac, row.hardware_id, row.customer, row.cpe_id or "", row.name or "")
+            ).lower()
+            address = all(c in "0123456789.:" for c in term)
+            return term in text or (address and term in (row.source_address or ""))
+
+        assert {r.mac for r in rows} == {r.mac for r in everything if matches(r)}, term
+        assert count == len(rows), term
 
 
 CONTACTS_1 = (

@@ -21,6 +21,7 @@ DEFAULT_DEVICES = {
     "contacts": 100,
     "directory": 100,
     "events": 1000,
+    "console": 100_000,
     "plan": 10000,
 }
 # Requests per second of each scenario's fixed-rate runs.
@@ -33,6 +34,7 @@ DEFAULT_RATE = {
     "contacts": 0.0,
     "directory": 500.0,
     "events": 0.0,
+    "console": 20.0,
     "plan": 0.0,
 }
 

@@ -1480,6 +1480,13 @@ async def _version_range(dsn: str, mac: str) -> tuple[int, int]:
         await connection.close()
 
 
+def _console(options: BenchOptions, log: Any) -> list[Row]:
+    # Its own module (it imports this one).
+    from services.bench.console import scenario_console
+
+    return scenario_console(options, log)
+
+
 SCENARIOS = {
     "polls": scenario_polls,
     "storm": scenario_storm,
@@ -1489,6 +1496,7 @@ SCENARIOS = {
     "contacts": scenario_contacts,
     "directory": scenario_directory,
     "events": scenario_events,
+    "console": _console,
 }
 
 
