@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -637,3 +638,51 @@ async def test_scripts_get_the_frontend_plan_as_template_data(frontend: Frontend
         return "config change LDAP0 /port 9001" in (await device.poll()).commands
 
     await until(served, timeout=5)
+
+
+async def test_firmware_add_names_files_as_phpus_and_refuses_models_without_firmware(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`pbxfront firmware add` as an operator runs it: the file name follows PHPUS's rule for
+    the type (ipva.bin for IPVA, ip29.bin for IP29-4), a per-model override wins, and a model
+    on update.firmware_none is refused unless a name is given."""
+    image = tmp_path / "image.bin"
+    image.write_bytes(b"\x7fFIRMWARE" * 100)
+    store = tmp_path / "firmware"
+
+    async def add(*args: str) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.cli",
+            "firmware",
+            "add",
+            str(image),
+            "--build",
+            "135312",
+            *args,
+            "--set",
+            f'update.firmware_dir="{store}"',
+            "--set",
+            'update.firmware_names=["mypbxa=mypbx.apk"]',
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PBXFRONT_DATABASE__URL": database_url, "PBXFRONT_CONFIG": ""},
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        return process.returncode or 0, out.decode()
+
+    for device_type, expected in (
+        ("IPVA", "ipva.bin"),
+        ("IP29-4", "ip29.bin"),
+        ("myPBXa", "mypbx.apk"),
+    ):
+        code, out = await add("--type", device_type)
+        assert code == 0, out
+        assert (store / "firm" / "135312" / expected).read_bytes() == image.read_bytes(), out
+    code, out = await add("--type", "SWPHONE")
+    assert code == 2
+    assert "this model gets no firmware (update.firmware_none)" in out
+    assert not list((store / "firm" / "135312").glob("swphone*"))
+    code, out = await add("--type", "SWPHONE", "--name", "swphone.bin")
+    assert code == 0, out
