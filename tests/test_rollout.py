@@ -27,6 +27,7 @@ from services.core import pki
 from services.core.config import CaSettings, ListenerSettings, Settings, UpdateSettings
 from services.core.inventory import InventoryRepository, apply_inventory, read_inventory_file
 from services.core.runner import Node, start_node
+from services.core.tls import TlsConfigError
 from services.serve import service_factories
 from services.update.repository import RolloutRepository
 from services.update.rollout import (
@@ -102,7 +103,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 async def start_frontend(
-    pool: asyncpg.Pool, session_pki: SessionPki, data_dir: Path, ca: CaSettings
+    pool: asyncpg.Pool,
+    session_pki: SessionPki,
+    data_dir: Path,
+    ca: CaSettings,
+    *,
+    trust_provider_root: bool = True,
 ) -> Node:
     repo_root = REPO_ROOT
     scripts = data_dir / "staging_scripts"
@@ -128,7 +134,9 @@ async def start_frontend(
         "devices": dataclasses.replace(
             claimed,
             request_client_certificate=True,
-            client_ca=(session_pki.ca, data_dir / "ca" / "root.pem"),
+            client_ca=(session_pki.ca, data_dir / "ca" / "root.pem")
+            if trust_provider_root
+            else (session_pki.ca,),
         ),
         "claimed": claimed,
     }
@@ -526,8 +534,15 @@ async def test_ca_key_readable_by_others_refuses_to_start(
 async def test_roll_out_without_a_ca_refuses_to_start(
     pool: asyncpg.Pool, session_pki: SessionPki, tmp_path: Path
 ) -> None:
-    with pytest.raises(pki.PkiError, match=r"ca\.rollout = true needs the RootCA"):
+    # The listener trusts the provider RootCA's file, which does not exist either: the node
+    # refuses to start, naming that file (TLS contexts are built first, before any fork).
+    with pytest.raises(TlsConfigError, match=r"ca/root\.pem: no such file"):
         await start_frontend(pool, session_pki, tmp_path, CaSettings(rollout=True))
+    # A listener that does not trust it: the roll-out itself says what it misses.
+    with pytest.raises(pki.PkiError, match=r"ca\.rollout = true needs the RootCA"):
+        await start_frontend(
+            pool, session_pki, tmp_path, CaSettings(rollout=True), trust_provider_root=False
+        )
 
 
 # --- the decisions, without HTTP ---------------------------------------------------------------
