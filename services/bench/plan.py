@@ -32,6 +32,7 @@ from typing import Any
 
 import asyncpg
 
+from services.bench.scenarios import BENCH_VARIABLES, aligned
 from services.core.config import DatabaseSettings, Settings, load_settings
 from services.core.db import EmbeddedPostgres, create_pool, migrate
 from services.core.inventory import Customer, Device, Frontend, Inventory, Variable, apply_inventory
@@ -95,15 +96,8 @@ def plan_inventory(devices: int) -> Inventory:
     every layer the plan resolves."""
     customers = max(1, (devices + DEVICES_PER_CUSTOMER - 1) // DEVICES_PER_CUSTOMER)
     variables = [
-        Variable("global", "", "h-domain", "hoster.tld"),
-        Variable("global", "", "h-kerberos1ip", "10.0.0.2"),
-        Variable("global", "", "h-kerberos2ip", "10.0.0.3"),
-        Variable("global", "", "h-poll", "15"),
+        *BENCH_VARIABLES,
         Variable("global", "", "bench-dial", "0"),
-        Variable("frontend", "sb1", "h-ntp", "192.0.2.10"),
-        Variable("frontend", "sb1", "h-sbcextip", "192.0.2.10"),
-        Variable("frontend", "sb1", "h-sbcindex", "1"),
-        Variable("device_class", "phone", "h-rasport", "1819"),
         Variable("device_type", "IP232", "bench-keys", "standard"),
     ]
     for c in range(customers):
@@ -300,10 +294,7 @@ def render_table(rows: Sequence[Timing]) -> str:
                 verdict,
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines
-    )
+    return aligned(lines)
 
 
 def run_plan_scenario(

@@ -198,17 +198,21 @@ def bench_inventory(devices: int) -> Inventory:
             )
             for i in range(devices)
         ),
-        variables=(
-            Variable("global", "", "h-domain", "hoster.tld"),
-            Variable("global", "", "h-kerberos1ip", "10.0.0.2"),
-            Variable("global", "", "h-kerberos2ip", "10.0.0.3"),
-            Variable("global", "", "h-poll", "15"),
-            Variable("frontend", "sb1", "h-ntp", "192.0.2.10"),
-            Variable("frontend", "sb1", "h-sbcextip", "192.0.2.10"),
-            Variable("frontend", "sb1", "h-sbcindex", "1"),
-            Variable("device_class", "phone", "h-rasport", "1819"),
-        ),
+        variables=BENCH_VARIABLES,
     )
+
+
+# The seed's update variables for the bench Frontend sb1 (the scripts render with them).
+BENCH_VARIABLES = (
+    Variable("global", "", "h-domain", "hoster.tld"),
+    Variable("global", "", "h-kerberos1ip", "10.0.0.2"),
+    Variable("global", "", "h-kerberos2ip", "10.0.0.3"),
+    Variable("global", "", "h-poll", "15"),
+    Variable("frontend", "sb1", "h-ntp", "192.0.2.10"),
+    Variable("frontend", "sb1", "h-sbcextip", "192.0.2.10"),
+    Variable("frontend", "sb1", "h-sbcindex", "1"),
+    Variable("device_class", "phone", "h-rasport", "1819"),
+)
 
 
 # --- the environment ---------------------------------------------------------------------------
@@ -1535,7 +1539,12 @@ def render_table(rows: Sequence[Row]) -> str:
         if resuming:
             cells = (*cells, f"{result.resumed_share:.1%}" if result.offered else "")
         lines.append((*cells, row.goal, verdict))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return aligned(lines)
+
+
+def aligned(lines: Sequence[tuple[str, ...]]) -> str:
+    """Rows of cells as a plain-text table, each column as wide as its widest cell."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join(
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines
     )

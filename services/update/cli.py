@@ -707,6 +707,22 @@ async def devices_certificate_reset(
 # --- firmware ----------------------------------------------------------------------------------
 
 
+async def _audit_firmware_added(
+    pool: asyncpg.Pool, object_id: str, replaced: str | None, after: dict[str, object]
+) -> None:
+    """The audit row of a stored firmware file (``replaced``: the SHA-256 it took over from)."""
+    async with pool.acquire() as connection, connection.transaction():
+        await audit.record(
+            connection,
+            actor=audit.cli_actor(),
+            action="firmware.add",
+            object_type="firmware",
+            object_id=object_id,
+            before={"sha256": replaced} if replaced else None,
+            after=after,
+        )
+
+
 async def firmware_add(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     model = device_model(args.type)
     none = settings.update.firmware_none if args.kind == "prot" else settings.update.boot_none
@@ -738,16 +754,12 @@ async def firmware_add(args: argparse.Namespace, settings: Settings, pool: async
             where, sha256, size, replaced = str(added.path), added.sha256, added.size, None
     except FirmwareError as error:
         raise UsageError(str(error)) from None
-    async with pool.acquire() as connection, connection.transaction():
-        await audit.record(
-            connection,
-            actor=audit.cli_actor(),
-            action="firmware.add",
-            object_type="firmware",
-            object_id=f"{args.build}/{name}",
-            before={"sha256": replaced} if replaced else None,
-            after={"sha256": sha256, "size": size, "type": args.type.upper()},
-        )
+    await _audit_firmware_added(
+        pool,
+        f"{args.build}/{name}",
+        replaced,
+        {"sha256": sha256, "size": size, "type": args.type.upper()},
+    )
     print(f"{where}  sha256 {sha256}  {size} bytes")
     if shared:
         print("stored in the database: every Frontend on it serves this file")
@@ -818,16 +830,12 @@ async def firmware_import(args: argparse.Namespace, settings: Settings, pool: as
             )
         except FirmwareError as error:
             raise UsageError(str(error)) from None
-        async with pool.acquire() as connection, connection.transaction():
-            await audit.record(
-                connection,
-                actor=audit.cli_actor(),
-                action="firmware.add",
-                object_type="firmware",
-                object_id=f"{item.build}/{item.name}",
-                before={"sha256": replaced} if replaced else None,
-                after={"sha256": stored.sha256, "size": stored.size, "imported": True},
-            )
+        await _audit_firmware_added(
+            pool,
+            f"{item.build}/{item.name}",
+            replaced,
+            {"sha256": stored.sha256, "size": stored.size, "imported": True},
+        )
         print(f"{item.build}/{item.name}  sha256 {stored.sha256}  {stored.size} bytes  stored")
     if settings.update.firmware_source != "database":
         print('set update.firmware_source = "database" on every node to serve the stored files')
