@@ -87,7 +87,8 @@ def register(
     bench.add_argument("--json", metavar="FILE", help="also write the results here")
 
     def handler(args: argparse.Namespace) -> int:
-        from services.bench.scenarios import BenchOptions, run_scenario
+        from services.bench.environment import BenchOptions
+        from services.bench.scenarios import run_scenario
 
         settings = settings_of(args)
         options = BenchOptions(

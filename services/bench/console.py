@@ -1,6 +1,6 @@
 """``pbxfront bench console``: the operator console's fleet page over a large inventory.
 
-The bench Frontend (scenarios.environment) runs with an admin listener carrying the console and
+The bench Frontend (environment.environment) runs with an admin listener carrying the console and
 the no-op endpoint. Once it is up, ``options.devices`` devices (100,000 by default) with status
 rows, certificate roll-outs, several customers, types and firmware builds are written straight
 into the tables (a few set-based statements, as seed.py does; the inventory's own write path
@@ -32,15 +32,9 @@ from urllib.parse import urlencode
 
 import asyncpg
 
+from services.bench.environment import BenchOptions, add_operator, environment, listener
 from services.bench.load import Call, LoadSpec, Target, run_load
-from services.bench.scenarios import (
-    BenchOptions,
-    Row,
-    _fixed_rate,
-    _server_files,
-    environment,
-    measure,
-)
+from services.bench.measure import Row, fixed_rate, measure
 
 # The fleet's devices: MACs under a prefix no other bench device uses, customers of their own.
 MAC_PREFIX = "0091"
@@ -368,27 +362,19 @@ def _pages_only(row: Row) -> Row:
 
 
 def scenario_console(options: BenchOptions, log: Any) -> list[Row]:
-    from services.core.auth import AccountRepository, Role
-
     devices = options.devices
     password = secrets.token_urlsafe(18)
-    certificate, key = _server_files(options)
-    listener = (
-        '[listeners.admin]\nhost = "127.0.0.1"\nport = 0\nservices = ["admin", "noop"]\n'
-        f'tls = true\ncertificate = "{certificate}"\nkey = "{key}"\n\n'
-    )
+    admin = listener("admin", ["admin", "noop"], options)
 
     async def prepare(connection: asyncpg.Connection) -> None:
-        accounts = AccountRepository(connection)
-        await accounts.remove(ACCOUNT)  # an earlier run's, with another password
-        await accounts.add(ACCOUNT, frozenset({Role.OPERATOR}), password)
+        await add_operator(connection, ACCOUNT, password)
 
     # The environment's own inventory is one device (no certificates, no script hashes for
     # the fleet: the console never polls); the fleet goes in once the server is up, straight
     # into the tables, and out again at the end so other scenarios start from their own.
     frontend = dataclasses.replace(options, devices=1)
     rows: list[Row] = []
-    with environment(frontend, log, listeners=listener, prepare=prepare) as env:
+    with environment(frontend, log, listeners=admin, prepare=prepare) as env:
         log(f"console: loading {devices:,} devices with status ...")
         asyncio.run(_with_connection(env.dsn, devices))
         try:
@@ -424,7 +410,7 @@ def scenario_console(options: BenchOptions, log: Any) -> list[Row]:
             )
             for kind in ("first page", "deep pages", "search", "filters", "sorts", "mix"):
                 row = measure(env, f"fleet at {rate}, {kind}", "pbxfront", spec(drawn[kind]), log)
-                rows.append(_pages_only(_fixed_rate(row, options.rate, GOAL_P99_MS)))
+                rows.append(_pages_only(fixed_rate(row, options.rate, GOAL_P99_MS)))
         finally:
             asyncio.run(_with_connection(env.dsn, None))
     return rows

@@ -49,7 +49,7 @@ class Call:
 class LoadSpec:
     target: Target
     calls: Sequence[Call]
-    # The private key shared by the simulated devices' certificates (see scenarios.py).
+    # The private key shared by the simulated devices' certificates (see environment.py).
     key: Path | None = None
     duration: float = 10.0
     processes: int = 2

@@ -32,7 +32,8 @@ from typing import Any
 
 import asyncpg
 
-from services.bench.scenarios import BENCH_VARIABLES, aligned
+from services.bench.environment import BENCH_VARIABLES
+from services.bench.measure import aligned
 from services.core.config import DatabaseSettings, Settings, load_settings
 from services.core.db import EmbeddedPostgres, create_pool, migrate
 from services.core.inventory import Customer, Device, Frontend, Inventory, Variable, apply_inventory
@@ -301,7 +302,7 @@ def run_plan_scenario(
     work_dir: Path, scripts_dir: Path, devices: int, repeats: int, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """The report ``pbxfront bench`` prints and stores (the shape of the other scenarios')."""
-    from services.bench.scenarios import machine_description
+    from services.bench.measure import machine_description
 
     rows = scenario_plan(work_dir, scripts_dir, devices, repeats, log)
     return {

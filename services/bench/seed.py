@@ -267,6 +267,12 @@ async def directory_contacts(
     await connection.execute("ANALYZE contact_entries")
 
 
+async def clear_events(connection: asyncpg.Connection) -> None:
+    """No events and no forwarding cursors of an earlier run (the events scenario counts what
+    its own run stored and forwarded)."""
+    await connection.execute("TRUNCATE events, event_destinations")
+
+
 async def events_stored(connection: asyncpg.Connection) -> int:
     """Events the bench's Frontend has committed (the events scenario's durable count)."""
     count: int = await connection.fetchval("SELECT count(*) FROM events")
