@@ -13,7 +13,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.core import db, pki
 from services.core.commands import Bind, Handler, Work
-from services.core.config import DatabaseSettings, Settings
+from services.core.config import DatabaseSettings, ListenerSettings, Settings
 from services.core.errors import UsageError
+from services.core.runner import Node, start_node
 
 TEMPLATE_DATABASE = "pbxfront_template"
 
@@ -201,6 +202,21 @@ def run_wired_cli(
     return status
 
 
+REGENERATE_GOLDEN = "PBXFRONT_REGENERATE_GOLDEN"
+
+
+def assert_golden(path: Path, actual: str) -> None:
+    """``actual`` must equal the golden file ``path`` (compared as text, UTF-8). With
+    PBXFRONT_REGENERATE_GOLDEN=1 in the environment the file is rewritten first: review the
+    change with git diff. The one golden-file switch of the suite."""
+    if os.environ.get(REGENERATE_GOLDEN) == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(actual, encoding="utf-8")
+    assert path.exists(), f"no golden file {path}: run with {REGENERATE_GOLDEN}=1 and review"
+    expected = path.read_text(encoding="utf-8")
+    assert actual == expected, f"{path} differs ({REGENERATE_GOLDEN}=1 rewrites it); now:\n{actual}"
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A loopback port the OS considers free now, for peers (rsyslogd, slapd) that cannot be
     told to take port 0 and report it."""
@@ -298,6 +314,39 @@ def session_pki(tmp_path_factory: pytest.TempPathFactory) -> SessionPki:
     )
 
 
+def tls_listener(
+    pki: SessionPki, *services: str, client_certificates: bool = False, **changes: Any
+) -> ListenerSettings:
+    """A TLS listener on an OS-chosen loopback port with the session's server certificate for
+    ``services``; ``client_certificates`` asks for (and verifies against the RootCA) a device
+    certificate, as the device listeners of a Frontend do."""
+    listener = ListenerSettings(
+        port=0,
+        services=services,
+        tls=True,
+        certificate=pki.server_certificate,
+        key=pki.server_key,
+        **changes,
+    )
+    if client_certificates:
+        return dataclasses.replace(listener, request_client_certificate=True, client_ca=(pki.ca,))
+    return listener
+
+
+async def start_services(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    listeners: Mapping[str, ListenerSettings],
+    sockets: Mapping[str, socket.socket] | None = None,
+) -> Node:
+    """A node composed exactly as `pbxfront serve` composes it: every service from
+    ``serve.service_factories()``, on ``listeners``. The one harness the service tests share,
+    so what they exercise is what ships."""
+    from services.serve import service_factories
+
+    return await start_node(settings, pool, listeners, service_factories(), sockets=sockets)
+
+
 @contextlib.asynccontextmanager
 async def admin_listener(
     pool: asyncpg.Pool, pki: SessionPki, settings: Settings | None = None
@@ -306,18 +355,7 @@ async def admin_listener(
     verifies it: (base URL, session)."""
     import ssl
 
-    from services.core.config import ListenerSettings
-    from services.core.runner import start_node
-    from services.serve import service_factories
-
-    listener = ListenerSettings(
-        port=0,
-        services=("admin",),
-        tls=True,
-        certificate=pki.server_certificate,
-        key=pki.server_key,
-    )
-    node = await start_node(settings or Settings(), pool, {"admin": listener}, service_factories())
+    node = await start_services(settings or Settings(), pool, {"admin": tls_listener(pki, "admin")})
     context = ssl.create_default_context(cafile=str(pki.ca))
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:

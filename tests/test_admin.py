@@ -17,12 +17,11 @@ from services.admin.handlers import ENDPOINTS
 from services.core.auth import AccountRepository, Role
 from services.core.config import ListenerSettings, Settings
 from services.core.inventory import apply_inventory, read_inventory_file
-from services.core.runner import Node, start_node
+from services.core.runner import Node
 from services.frontend.api import ENDPOINTS as FRONTEND_ENDPOINTS
 from services.onboard import ENDPOINTS as ONBOARD_ENDPOINTS
-from services.serve import service_factories
 from services.update.admin_api import ENDPOINTS as UPDATE_ENDPOINTS
-from tests.conftest import SessionPki
+from tests.conftest import SessionPki, start_services
 
 ADMIN_PASSWORD = "correct horse battery"
 SENDER_PASSWORD = "sender password 123"
@@ -64,7 +63,7 @@ async def api(pool: asyncpg.Pool, session_pki: SessionPki, repo_root: Any) -> As
             key=session_pki.server_key,
         )
     }
-    node = await start_node(Settings(), pool, listeners, service_factories())
+    node = await start_services(Settings(), pool, listeners)
     context = ssl.create_default_context(cafile=str(session_pki.ca))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
         yield Api(node.addresses["admin"], session, node)

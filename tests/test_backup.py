@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,9 +23,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 
-from services.backup.app import create_app, create_archive_app, run_maintenance
+from services.backup.app import run_maintenance
 from services.backup.cli import register
 from services.backup.diff import Redaction, Side, unified_diff
 from services.backup.handlers import ContentCpu
@@ -38,17 +36,25 @@ from services.core.config import (
     AdminSettings,
     BackupSettings,
     DatabaseSettings,
-    ListenerSettings,
     Settings,
     UpdateSettings,
 )
 from services.core.digest import NonceSigner, compute_response, load_secret
-from services.core.http import mount_service
 from services.core.inventory import InventoryRepository, apply_inventory, read_inventory_file
-from services.core.resources import Resources
-from services.core.runner import Node, start_node
+from services.core.runner import Node
 from services.core.senderscope import SenderScopeRepository
-from tests.conftest import DEVICE_A, DEVICE_B, DEVICE_C, SessionPki, curl, service_cli, until
+from tests.conftest import (
+    DEVICE_A,
+    DEVICE_B,
+    DEVICE_C,
+    SessionPki,
+    assert_golden,
+    curl,
+    service_cli,
+    start_services,
+    tls_listener,
+    until,
+)
 
 MAC_A = "009033010203"
 MAC_C = "009033010204"
@@ -81,28 +87,6 @@ def volatile_only_change(config: str) -> str:
 
 def basic(name: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
-
-
-def backup_factory(settings: Settings, resources: Resources) -> web.Application:
-    return create_app(settings, resources)
-
-
-def update_factory(settings: Settings, resources: Resources) -> web.Application:
-    from services.update.app import create_app as create_update_app
-
-    return create_update_app(settings, resources)
-
-
-def admin_factory(settings: Settings, _resources: Resources) -> web.Application:
-    """What serve.py's admin factory does: the admin API with the backup archive inside."""
-    from services.admin.app import create_app as create_admin_app
-
-    app = create_admin_app(settings)
-    mount_service(app, create_archive_app(settings))
-    return app
-
-
-FACTORIES = {"backup": backup_factory, "update": update_factory, "admin": admin_factory}
 
 
 @dataclass
@@ -198,21 +182,12 @@ async def start_site(
             ),
             backup=BackupSettings(**{"prune_interval": 0.0, **backup}),
         )
-        claimed = ListenerSettings(
-            port=0,
-            services=("backup", "update"),
-            tls=True,
-            certificate=session_pki.server_certificate,
-            key=session_pki.server_key,
-        )
         listeners = {
-            "devices": dataclasses.replace(
-                claimed, request_client_certificate=True, client_ca=(session_pki.ca,)
-            ),
-            "claimed": claimed,
-            "admin": dataclasses.replace(claimed, services=("admin",)),
+            "devices": tls_listener(session_pki, "backup", "update", client_certificates=True),
+            "claimed": tls_listener(session_pki, "backup", "update"),
+            "admin": tls_listener(session_pki, "admin"),
         }
-        node = await start_node(settings, pool, listeners, FACTORIES)
+        node = await start_services(settings, pool, listeners)
         site = Site(node, pool, session_pki, settings, tmp_path)
         sites.append(site)
         return site
@@ -420,17 +395,8 @@ async def test_database_down_is_503(
 ) -> None:
     site = await start_site()
     own_pool = await db.create_pool(database_url, DatabaseSettings(pool_max_size=2))
-    listeners = {
-        "devices": ListenerSettings(
-            port=0,
-            services=("backup",),
-            certificate=session_pki.server_certificate,
-            key=session_pki.server_key,
-            request_client_certificate=True,
-            client_ca=(session_pki.ca,),
-        )
-    }
-    node = await start_node(site.settings, own_pool, listeners, FACTORIES)
+    listeners = {"devices": tls_listener(session_pki, "backup", client_certificates=True)}
+    node = await start_services(site.settings, own_pool, listeners)
     try:
         await own_pool.close()
         session = await site.session(DEVICE_A)
@@ -1008,13 +974,7 @@ async def test_openapi_of_the_archive(site: Site) -> None:
 
 
 def golden(name: str, actual: str) -> None:
-    """Compare with tests/golden/backup/<name>; PBXFRONT_UPDATE_GOLDEN=1 rewrites the file
-    (review the change with git diff)."""
-    path = GOLDEN / name
-    if os.environ.get("PBXFRONT_UPDATE_GOLDEN") == "1":
-        path.write_text(actual, encoding="utf-8")
-    expected = path.read_text(encoding="utf-8")
-    assert actual == expected, f"{path} differs; the new text is:\n{actual}"
+    assert_golden(GOLDEN / name, actual)
 
 
 OLD = (GOLDEN / "old.txt").read_bytes() if (GOLDEN / "old.txt").exists() else b""

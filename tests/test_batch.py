@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import asyncpg
+import pytest
 from aiohttp import web
 
 from services.core.batch import BackgroundBatches, Fold
@@ -35,12 +37,15 @@ async def test_records_are_written_in_one_batch_after_the_interval(pool: asyncpg
     await batches.close()
 
 
-async def test_a_failing_write_keeps_the_records_until_it_succeeds(pool: asyncpg.Pool) -> None:
+async def test_a_failing_write_keeps_the_records_until_it_succeeds(
+    pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
     batches = BackgroundBatches[int]("test", insert, interval=0.02)
     # The table does not exist yet: every attempt fails and the records stay queued.
-    for n in range(5):
-        batches.add(n, pool)
-    await asyncio.sleep(0.2)
+    with caplog.at_level(logging.WARNING, logger="services.core.batch"):
+        for n in range(5):
+            batches.add(n, pool)
+        await until(lambda: sum("not written yet" in r.getMessage() for r in caplog.records) >= 3)
     assert await batches.flush() == 0
     await pool.execute("CREATE TABLE batch_test (n integer)")
     batches.add(5, pool)

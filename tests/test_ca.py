@@ -18,9 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from services.core import pki
 from services.core.config import ListenerSettings, Settings
-from services.core.runner import start_node
-from services.serve import service_factories
-from tests.conftest import curl
+from tests.conftest import curl, start_services
 
 ROOT = Path(__file__).resolve().parent.parent
 PBXFRONT = [sys.executable, "-m", "services.cli"]
@@ -292,7 +290,7 @@ async def test_curl_trusting_only_the_exported_root_reaches_a_listener(
         certificate=tmp_path / "tls" / "localhost-chain.pem",
         key=tmp_path / "tls" / "localhost.key",
     )
-    node = await start_node(Settings(), pool, {"devices": listener}, service_factories())
+    node = await start_services(Settings(), pool, {"devices": listener})
     try:
         port = node.addresses["devices"].rsplit(":", 1)[1]
         for url in (f"https://127.0.0.1:{port}/healthz", f"https://localhost:{port}/healthz"):

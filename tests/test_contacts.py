@@ -22,9 +22,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 
-from services.contacts.app import create_admin_app, create_app
 from services.contacts.cli import register
 from services.contacts.domain import Difference, Entry, check_upload, difference, render_ldif
 from services.contacts.numbers import Normalizer, NumberError, NumberPlan
@@ -34,14 +32,20 @@ from services.core.auth import AccountRepository, Role
 from services.core.config import (
     ContactsSettings,
     LimitSettings,
-    ListenerSettings,
     Settings,
 )
-from services.core.http import mount_service
 from services.core.inventory import apply_inventory, read_inventory_file
-from services.core.resources import Resources
-from services.core.runner import Node, ServiceFactories, start_node
-from tests.conftest import SessionPki, curl, free_port, peer_program, service_cli, until
+from services.core.runner import Node
+from tests.conftest import (
+    SessionPki,
+    curl,
+    free_port,
+    peer_program,
+    service_cli,
+    start_services,
+    tls_listener,
+    until,
+)
 
 DATA = Path(__file__).resolve().parent / "data" / "contacts"
 GERMAN = DATA / "outlook-de-cp1252.csv"
@@ -61,21 +65,6 @@ SEED_CSV = (
 
 def basic(name: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
-
-
-def admin_factory(settings: Settings, _resources: Resources) -> web.Application:
-    """What serve.py's admin factory does for contacts: the admin API with ours inside."""
-    from services.admin.app import create_app as create_admin_root
-
-    app = create_admin_root(settings)
-    mount_service(app, create_admin_app(settings))
-    return app
-
-
-FACTORIES: ServiceFactories = {
-    "contacts": lambda settings, _resources: create_app(settings),
-    "admin": admin_factory,
-}
 
 
 @dataclass
@@ -158,18 +147,11 @@ async def start_site(
 
     async def start(limits: LimitSettings | None = None, **contacts: Any) -> Site:
         settings = Settings(contacts=ContactsSettings(**contacts), limits=limits or LimitSettings())
-        listener = ListenerSettings(
-            port=0,
-            services=("contacts",),
-            tls=True,
-            certificate=session_pki.server_certificate,
-            key=session_pki.server_key,
-        )
         listeners = {
-            "devices": listener,
-            "admin": dataclasses.replace(listener, services=("admin",)),
+            "devices": tls_listener(session_pki, "contacts"),
+            "admin": tls_listener(session_pki, "admin"),
         }
-        node = await start_node(settings, pool, listeners, FACTORIES)
+        node = await start_services(settings, pool, listeners)
         site = Site(node, pool, session_pki, tmp_path)
         sites.append(site)
         return site

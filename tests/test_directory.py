@@ -51,7 +51,7 @@ from services.directory.filters import (
 from services.directory.index import Contact, CustomerDirectory, CustomerRecord, ascii_fold
 from services.directory.numbers import NumberingPlan, display, normalize_query, variants
 from services.directory.server import DirectoryServer
-from tests.conftest import SessionPki, peer_program, run_wired_cli, until
+from tests.conftest import SessionPki, peer_program, run_wired_cli, start_services, until
 
 # ldap3 2.9 imports names pyasn1 0.6 deprecated (tagMap, typeMap); the suite turns warnings into
 # errors, and this one is ldap3's to fix.
@@ -196,9 +196,6 @@ class Site:
         return int(self.node.addresses[name].rsplit(":", 1)[1])
 
 
-FACTORIES: ServiceFactories = {"directory": lambda settings, _resources: create_service(settings)}
-
-
 def directory_listeners(
     pki: SessionPki, handshake_timeout: float = 10.0
 ) -> dict[str, ListenerSettings]:
@@ -233,7 +230,7 @@ async def start_site(pool: asyncpg.Pool, session_pki: SessionPki) -> AsyncIterat
             directory=DirectorySettings(**directory), limits=limits or LimitSettings()
         )
         listeners = directory_listeners(session_pki, handshake_timeout)
-        node = await start_node(settings, pool, listeners, FACTORIES)
+        node = await start_services(settings, pool, listeners)
         nodes.append(node)
         site = Site(node, pool, session_pki)
         await until(lambda: site.server.cache.live)

@@ -25,7 +25,6 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 
 from services.core import db
 from services.core.auth import AccountRepository, Role
@@ -35,16 +34,14 @@ from services.core.config import (
     DatabaseSettings,
     EventsSettings,
     LimitSettings,
-    ListenerSettings,
     Settings,
     UpdateSettings,
 )
-from services.core.http import mount_service
 from services.core.inventory import apply_inventory, read_inventory_file
 from services.core.resources import Resources
-from services.core.runner import Node, start_node
+from services.core.runner import Node
 from services.core.senderscope import SenderScopeRepository
-from services.events.app import create_admin_app, create_app
+from services.events.app import create_app
 from services.events.cli import register
 from services.events.parse import parse_event
 from services.events.repository import EventRepository, NewEvent
@@ -65,6 +62,8 @@ from tests.conftest import (
     free_port,
     peer_program,
     service_cli,
+    start_services,
+    tls_listener,
     until,
 )
 
@@ -365,21 +364,6 @@ async def rsyslog(tmp_path: Path) -> AsyncIterator[Rsyslog]:
 # --- a site: the events service on real listeners ----------------------------------------------
 
 
-def events_factory(settings: Settings, resources: Resources) -> web.Application:
-    return create_app(settings, resources)
-
-
-def admin_factory(settings: Settings, _resources: Resources) -> web.Application:
-    from services.admin.app import create_app as create_admin
-
-    app = create_admin(settings)
-    mount_service(app, create_admin_app(settings))
-    return app
-
-
-FACTORIES = {"events": events_factory, "admin": admin_factory}
-
-
 async def curl(*args: str) -> tuple[int, str, str]:
     """(status, body as text without its final newline, response headers)."""
     status, body, headers = await curl_with_headers(*args)
@@ -441,10 +425,20 @@ async def start_site(
             connection, read_inventory_file(repo_root / "config" / "inventory.example.toml")
         )
     sites: list[Site] = []
+    own_pools: list[asyncpg.Pool] = []
 
     async def start(
-        site_pool: asyncpg.Pool | None = None, limits: LimitSettings | None = None, **events: Any
+        site_pool: asyncpg.Pool | None = None,
+        limits: LimitSettings | None = None,
+        warm_pool: int = 0,
+        **events: Any,
     ) -> Site:
+        """``warm_pool``: the node gets a pool of its own with that many connections opened up
+        front (pool_min_size = pool_max_size)."""
+        if warm_pool:
+            sizes = DatabaseSettings(pool_min_size=warm_pool, pool_max_size=warm_pool)
+            site_pool = await db.create_pool(database_url, sizes)
+            own_pools.append(site_pool)
         settings = Settings(
             limits=limits or LimitSettings(),
             database=DatabaseSettings(url=database_url),
@@ -463,21 +457,12 @@ async def start_site(
                 }
             ),
         )
-        claimed = ListenerSettings(
-            port=0,
-            services=("events",),
-            tls=True,
-            certificate=session_pki.server_certificate,
-            key=session_pki.server_key,
-        )
         listeners = {
-            "devices": dataclasses.replace(
-                claimed, request_client_certificate=True, client_ca=(session_pki.ca,)
-            ),
-            "claimed": claimed,
-            "admin": dataclasses.replace(claimed, services=("admin",)),
+            "devices": tls_listener(session_pki, "events", client_certificates=True),
+            "claimed": tls_listener(session_pki, "events"),
+            "admin": tls_listener(session_pki, "admin"),
         }
-        node = await start_node(settings, site_pool or pool, listeners, FACTORIES)
+        node = await start_services(settings, site_pool or pool, listeners)
         site = Site(node, pool, session_pki, settings)
         sites.append(site)
         return site
@@ -487,6 +472,8 @@ async def start_site(
         for session in site.sessions:
             await session.close()
         await site.node.stop()
+    for own in own_pools:
+        await own.close()
 
 
 @pytest.fixture
@@ -714,7 +701,9 @@ async def test_get_log_format(site: Site) -> None:
 
 
 async def test_concurrent_requests_are_all_committed(start_site: SiteFactory) -> None:
-    site = await start_site(commit_window=0.02)
+    # Connections opened up front: what is tested is the commit of concurrent events, not how
+    # fast a busy machine opens new connections within database.acquire_timeout.
+    site = await start_site(warm_pool=5, commit_window=0.02)
     session = await site.session()
 
     async def post(number: int) -> int:
@@ -786,18 +775,8 @@ async def test_database_down_is_503(
 ) -> None:
     site = await start_site()
     own_pool = await db.create_pool(database_url, DatabaseSettings(pool_max_size=2))
-    node = await start_node(
-        site.settings,
-        own_pool,
-        {
-            "claimed": ListenerSettings(
-                port=0,
-                services=("events",),
-                certificate=session_pki.server_certificate,
-                key=session_pki.server_key,
-            )
-        },
-        FACTORIES,
+    node = await start_services(
+        site.settings, own_pool, {"claimed": tls_listener(session_pki, "events")}
     )
     try:
         session = await site.session()

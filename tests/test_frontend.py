@@ -52,7 +52,7 @@ from services.update.provisioning import (
 )
 from services.update.repository import PollRecord, UpdateRepository
 from services.update.scripts import ScriptStore, SecretRequired
-from tests.conftest import SessionPki, admin_listener, until
+from tests.conftest import SessionPki, admin_listener, assert_golden, until
 from tests.test_lifecycle import INTERVAL, POLLS_TO_CONVERGE
 from tests.test_lifecycle import Frontend as LifecycleFrontend
 
@@ -539,12 +539,7 @@ def test_plan_matches_golden_files(form: str) -> None:
         text = json.dumps(plan_json(plan), indent=2) + "\n"
     else:
         text = plan_csv(plan).replace("\r\n", "\n")
-    path = GOLDEN / f"plan-sb1.{form}"
-    if os.environ.get("PBXFRONT_REGENERATE_GOLDEN"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"no golden file {path}: regenerate (see above)"
-    assert text == path.read_text(), f"{path} differs: review and regenerate if intended"
+    assert_golden(GOLDEN / f"plan-sb1.{form}", text)
 
 
 # --- template data -----------------------------------------------------------------------------
@@ -678,12 +673,7 @@ def rendered(
 )
 def test_frontend_and_pbx_scripts_match_golden_files(mac: str, hardware_id: str) -> None:
     text = rendered(GATEWAY_INVENTORY, mac)
-    path = GOLDEN / f"{hardware_id}.update.txt"
-    if os.environ.get("PBXFRONT_REGENERATE_GOLDEN"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"no golden file {path}: regenerate (see above)"
-    assert text == path.read_text(), f"{path} differs: review and regenerate if intended"
+    assert_golden(GOLDEN / f"{hardware_id}.update.txt", text)
 
 
 def test_the_default_tree_renders_the_plan() -> None:

@@ -7,7 +7,6 @@ and review the diff before committing it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from services.update.provisioning import (
     reply_for,
 )
 from services.update.scripts import ScriptStore
+from tests.conftest import assert_golden
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "update"
@@ -64,9 +64,4 @@ def test_rendered_scripts_match_golden_files(
     )
     assert reply.status == 200
     text = reply.text.replace("\r\n", "\n")
-    path = GOLDEN / f"{device.hardware_id}.{phase}.txt"
-    if os.environ.get("PBXFRONT_REGENERATE_GOLDEN"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"no golden file {path}: regenerate (see module docstring)"
-    assert text == path.read_text(), f"{path} differs: review and regenerate if intended"
+    assert_golden(GOLDEN / f"{device.hardware_id}.{phase}.txt", text)

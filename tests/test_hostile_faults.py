@@ -48,8 +48,15 @@ from services.core.config import (
 from services.core.inventory import apply_inventory, parse_inventory
 from services.core.runner import Node, start_node
 from services.core.senderscope import SenderScopeRepository
-from services.serve import service_factories
-from tests.conftest import DEVICE_A, DEVICE_C, SessionPki, curl, run_wired_cli, until
+from tests.conftest import (
+    DEVICE_A,
+    DEVICE_C,
+    SessionPki,
+    curl,
+    run_wired_cli,
+    start_services,
+    until,
+)
 from tests.test_directory import (
     INVENTORY,
     KUENKEL,
@@ -116,7 +123,7 @@ async def directory_node(pool: asyncpg.Pool) -> AsyncIterator[Node]:
     await put_contacts(pool, KUENKEL, KUENKEL_CONTACTS)
     settings = Settings(directory=DirectorySettings(bind_timeout=1.5, max_connections=1000))
     listeners = {"plain": ListenerSettings(port=0, services=("directory",), tls=False)}
-    node = await start_node(settings, pool, listeners, service_factories())
+    node = await start_services(settings, pool, listeners)
     server: Any = node.streams["directory"]
     await until(lambda: server.cache.live)
     yield node

@@ -45,10 +45,9 @@ from services.core.digest import REALM, compute_ha1, compute_response
 from services.core.http import log_address
 from services.core.inventory import apply_inventory, read_inventory_file
 from services.core.ratelimit import AuthLimiter
-from services.core.runner import Node, start_node
+from services.core.runner import Node
 from services.core.senderscope import SenderScopeRepository
-from services.serve import service_factories
-from tests.conftest import SessionPki
+from tests.conftest import SessionPki, start_services
 
 pytestmark = pytest.mark.hostile
 
@@ -189,7 +188,7 @@ async def start_site(
             key=session_pki.server_key,
         )
         listeners = {"devices": devices, "admin": dataclasses.replace(devices, services=("admin",))}
-        node = await start_node(settings, pool, listeners, service_factories())
+        node = await start_services(settings, pool, listeners)
         site = Site(node, session_pki)
         sites.append(site)
         return site
@@ -546,7 +545,7 @@ async def test_metrics_on_a_listener_of_their_own(
     pool: asyncpg.Pool, session_pki: SessionPki
 ) -> None:
     listener = ListenerSettings(host="127.0.0.1", port=0, tls=False, services=("metrics",))
-    node = await start_node(Settings(), pool, {"scrape": listener}, service_factories())
+    node = await start_services(Settings(), pool, {"scrape": listener})
     try:
         async with (
             aiohttp.ClientSession() as session,

@@ -30,11 +30,10 @@ from services.core.inventory import (
     parse_inventory,
     read_inventory_file,
 )
-from services.core.runner import Node, start_node
-from services.serve import service_factories
+from services.core.runner import Node
 from services.update import phpus
 from services.update.scripts import RAW_MARKER, ScriptStore, script_hash, script_lines
-from tests.conftest import DEVICE_A, SessionPki, until
+from tests.conftest import DEVICE_A, SessionPki, start_services, until
 
 MAC_A = "009033010203"  # IP232-01-02-03 in config/inventory.example.toml
 MAC_IP222 = "009033010204"
@@ -493,7 +492,7 @@ async def site(
         ),
         "claimed": claimed,
     }
-    node = await start_node(settings, pool, listeners, service_factories())
+    node = await start_services(settings, pool, listeners)
     yield Site(node, pool, source, session_pki)
     await node.stop()
 
@@ -723,7 +722,7 @@ async def test_suffix_path_reaches_the_route(
         certificate=session_pki.server_certificate,
         key=session_pki.server_key,
     )
-    node = await start_node(settings, pool, {"devices": listener}, service_factories())
+    node = await start_services(settings, pool, {"devices": listener})
     try:
         context = ssl.create_default_context(cafile=str(session_pki.ca))
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:

@@ -23,10 +23,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 from yarl import URL
 
-from services.admin.app import create_app as admin_app
 from services.core import errors
 from services.core.config import (
     ListenerSettings,
@@ -34,17 +32,13 @@ from services.core.config import (
     Settings,
     UpdateSettings,
 )
-from services.core.http import mount_service
 from services.core.identity import DeviceIdentity, Proof
 from services.core.inventory import apply_inventory, read_inventory_file
 from services.core.ratelimit import AddressLimiter
-from services.core.resources import Resources
-from services.core.runner import Node, ServiceFactories, start_node
+from services.core.runner import Node
 from services.core.tls import bind_socket
 from services.core.unknown import REDIRECT, UnknownDeviceRepository
 from services.redirect import cli as redirect_cli
-from services.redirect.app import create_api_app, create_device_app
-from services.redirect.app import create_app as redirect_app
 from services.redirect.handover import (
     DeviceKey,
     DeviceTarget,
@@ -64,9 +58,15 @@ from services.redirect.signing import (
     sign,
     string_to_sign,
 )
-from services.update.app import create_app as update_app
 from services.update.repository import UpdateRepository
-from tests.conftest import DEVICE_A, SessionPki, run_wired_cli, until
+from tests.conftest import (
+    DEVICE_A,
+    SessionPki,
+    run_wired_cli,
+    start_services,
+    tls_listener,
+    until,
+)
 from tests.simulator import SimulatedDevice
 
 MAC_A = "009033010203"  # DEVICE_A, IP232-01-02-03
@@ -77,11 +77,6 @@ STAGING_SB1_ENCODED = (
     "https%3A%2F%2F192.0.2.10%2FDRIVE%2FCF0%2Fupdate%2Fstaging.txt"
     "%3Fsn%3D%23m%26hwid%3D%23h%26type%3D%23t%26ip%3D%23i"
 )
-
-FACTORIES: ServiceFactories = {
-    "redirect": lambda settings, _resources: redirect_app(settings),
-    "update": update_app,
-}
 
 
 # --- a running redirect service ---------------------------------------------------------------
@@ -198,19 +193,11 @@ class Redirect:
 
 
 def listeners(pki: SessionPki) -> dict[str, ListenerSettings]:
-    tls = ListenerSettings(
-        port=0,
-        services=("redirect",),
-        tls=True,
-        certificate=pki.server_certificate,
-        key=pki.server_key,
-    )
+    """The device part on a plain and an mTLS listener, the provider API on the admin one."""
     return {
         "redirect": ListenerSettings(port=0, services=("redirect",), tls=False),
-        "redirect_tls": dataclasses.replace(
-            tls, request_client_certificate=True, client_ca=(pki.ca,)
-        ),
-        "admin": tls,
+        "redirect_tls": tls_listener(pki, "redirect", client_certificates=True),
+        "admin": tls_listener(pki, "admin"),
     }
 
 
@@ -218,7 +205,7 @@ def listeners(pki: SessionPki) -> dict[str, ListenerSettings]:
 async def running(
     pool: asyncpg.Pool, pki: SessionPki, settings: Settings | None = None
 ) -> AsyncIterator[Redirect]:
-    node = await start_node(settings or Settings(), pool, listeners(pki), FACTORIES)
+    node = await start_services(settings or Settings(), pool, listeners(pki))
     context = ssl.create_default_context(cafile=str(pki.ca))
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
@@ -966,23 +953,10 @@ async def test_cli(
 async def test_composition_api_on_admin_listener_devices_on_redirect_listener(
     pool: asyncpg.Pool, session_pki: SessionPki, inventory: None
 ) -> None:
-    """The composition proposed for serve.py: the provider API inside the admin application,
-    only the device part on the public redirect listener."""
-
-    def admin_with_redirect_api(settings: Settings, _resources: Resources) -> web.Application:
-        app = admin_app(settings)
-        mount_service(app, create_api_app(settings))
-        return app
-
-    factories: ServiceFactories = {
-        "admin": admin_with_redirect_api,
-        "redirect": lambda settings, _resources: create_device_app(settings),
-    }
-    split = {
-        "redirect": ListenerSettings(port=0, services=("redirect",), tls=False),
-        "admin": dataclasses.replace(listeners(session_pki)["admin"], services=("admin",)),
-    }
-    node = await start_node(Settings(), pool, split, factories)
+    """serve.py's composition: the provider API inside the admin application, only the device
+    part on the public redirect listener."""
+    split = {key: value for key, value in listeners(session_pki).items() if key != "redirect_tls"}
+    node = await start_services(Settings(), pool, split)
     context = ssl.create_default_context(cafile=str(session_pki.ca))
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
@@ -1057,9 +1031,7 @@ async def test_factory_new_device_walks_to_in_sync(
     all_listeners["devices"] = dataclasses.replace(
         all_listeners["redirect_tls"], services=("update",)
     )
-    node = await start_node(
-        settings, pool, all_listeners, FACTORIES, sockets={"devices": devices_socket}
-    )
+    node = await start_services(settings, pool, all_listeners, sockets={"devices": devices_socket})
     try:
         await RedirectRepository(pool).register(
             "local",

@@ -22,7 +22,7 @@ from services.core.config import DatabaseSettings, LimitSettings, ListenerSettin
 from services.core.http import query_arguments
 from services.core.resources import Resources
 from services.core.runner import Node, start_node
-from tests.conftest import DEVICE_A, DEVICE_B, SessionPki
+from tests.conftest import DEVICE_A, DEVICE_B, SessionPki, until
 
 
 def probe_app(_settings: Settings, _resources: Resources) -> web.Application:
@@ -36,6 +36,7 @@ def probe_app(_settings: Settings, _resources: Resources) -> web.Application:
         )
 
     async def slow(request: web.Request) -> web.Response:
+        SLOW_STARTED.append(request.path)
         await asyncio.sleep(float(request.query.get("seconds", "0.5")))
         return web.Response(text="done")
 
@@ -51,6 +52,7 @@ def probe_app(_settings: Settings, _resources: Resources) -> web.Application:
 
 
 FACTORIES = {"probe": probe_app}
+SLOW_STARTED: list[str] = []  # one entry per /slow request the probe has begun to handle
 
 
 def listeners(pki: SessionPki) -> dict[str, ListenerSettings]:
@@ -254,8 +256,9 @@ async def test_graceful_stop_finishes_requests_in_flight(
     running = await start_node(SETTINGS, pool, listeners(session_pki), FACTORIES)
     url = running.addresses["plain"] + "/slow?seconds=0.5"
     async with aiohttp.ClientSession() as session:
+        started = len(SLOW_STARTED)
         request = asyncio.create_task(session.get(url))
-        await asyncio.sleep(0.2)
+        await until(lambda: len(SLOW_STARTED) > started)
         await running.stop()
         response = await request
         assert response.status == 200
