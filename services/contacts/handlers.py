@@ -251,64 +251,27 @@ def _checked_and_compared(
 
 
 async def put_contacts(request: web.Request) -> web.Response:
+    """A customer's upload, top to bottom: who, the body, its check against the current
+    version, the verdict (pure), then the store."""
     settings = request.app[SETTINGS_KEY].contacts
     customer_id = check_customer_id(request.match_info["customer"])
     dry_run = _flag(request, "dry-run", "dry_run")
     _refuse_if_limited(request)
     uploader = await identify_uploader(request, customer_id)
-    limit = settings.max_body_bytes
-    try:
-        content = await read_body(request, limit, "contacts.csv")
-    except UploadAborted as error:
-        log.info(
-            "contacts upload of %s aborted after a partial body: %s; nothing changed",
-            customer_id,
-            printable(str(error)),
-        )
-        raise errors.Invalid("upload aborted; nothing was changed") from None
-    if not content:
-        raise errors.Unprocessable("the file is empty: upload an Outlook or seed contacts.csv")
-    plan = number_plan(uploader.customer, settings)
+    content = await _upload_body(request, customer_id, settings.max_body_bytes)
     async with acquire(pool_of(request)) as connection:
         current_version, current = await ContactsRepository(connection).current_entries(customer_id)
     async with request.app[CHECKS_KEY].semaphore:
         checked, diff = await asyncio.to_thread(
-            _checked_and_compared, content, plan, settings, current
+            _checked_and_compared,
+            content,
+            number_plan(uploader.customer, settings),
+            settings,
+            current,
         )
-    share = checked.rejected_share()
-    if not checked.entries or share > settings.max_rejected_share:
-        reason = (
-            "no valid contact in the file"
-            if not checked.entries
-            else f"{share:.0%} of the contacts are invalid (at most "
-            f"{settings.max_rejected_share:.0%} allowed)"
-        )
-        kept = f"version {current_version} stays current" if current_version else "nothing stored"
-        log.info("contacts upload of %s refused: %s", customer_id, reason)
-        report = Report(
-            customer_id, "refused", checked, f"refused: {reason}; {kept}", difference=diff
-        )
-        return _answer(request, report, 422)
-    if dry_run:
-        report = Report(
-            customer_id,
-            "dry-run",
-            checked,
-            "dry run: nothing was changed",
-            version=current_version,
-            difference=diff,
-        )
-        return _answer(request, report, 200)
-    if current_version is not None and diff.empty:
-        report = Report(
-            customer_id,
-            "unchanged",
-            checked,
-            f"unchanged: version {current_version} stays current",
-            version=current_version,
-            difference=diff,
-        )
-        return _answer(request, report, 200)
+    verdict = _verdict(customer_id, checked, diff, current_version, settings, dry_run)
+    if verdict is not None:
+        return _answer(request, *verdict)
     new = NewVersion(
         customer=customer_id,
         uploaded_by=uploader.name,
@@ -331,15 +294,59 @@ async def put_contacts(request: web.Request) -> web.Response:
         diff.changed,
         diff.removed,
     )
-    report = Report(
-        customer_id,
-        "stored",
-        checked,
-        f"stored as version {version}, now current",
-        version=version,
-        difference=diff,
-    )
+    message = f"stored as version {version}, now current"
+    report = Report(customer_id, "stored", checked, message, version=version, difference=diff)
     return _answer(request, report, 201)
+
+
+async def _upload_body(request: web.Request, customer_id: str, limit: int) -> bytes:
+    """The uploaded file, whole; an aborted or empty upload is refused with nothing changed."""
+    try:
+        content = await read_body(request, limit, "contacts.csv")
+    except UploadAborted as error:
+        log.info(
+            "contacts upload of %s aborted after a partial body: %s; nothing changed",
+            customer_id,
+            printable(str(error)),
+        )
+        raise errors.Invalid("upload aborted; nothing was changed") from None
+    if not content:
+        raise errors.Unprocessable("the file is empty: upload an Outlook or seed contacts.csv")
+    return content
+
+
+def _verdict(
+    customer_id: str,
+    checked: CheckedUpload,
+    diff: Difference,
+    current_version: int | None,
+    settings: ContactsSettings,
+    dry_run: bool,
+) -> tuple[Report, int] | None:
+    """The answer when the upload is not stored (refused, dry run, unchanged); None to store."""
+    share = checked.rejected_share()
+    if not checked.entries or share > settings.max_rejected_share:
+        reason = (
+            "no valid contact in the file"
+            if not checked.entries
+            else f"{share:.0%} of the contacts are invalid (at most "
+            f"{settings.max_rejected_share:.0%} allowed)"
+        )
+        kept = f"version {current_version} stays current" if current_version else "nothing stored"
+        log.info("contacts upload of %s refused: %s", customer_id, reason)
+        message = f"refused: {reason}; {kept}"
+        return Report(customer_id, "refused", checked, message, difference=diff), 422
+    if dry_run:
+        message = "dry run: nothing was changed"
+        return Report(
+            customer_id, "dry-run", checked, message, version=current_version, difference=diff
+        ), 200
+    if current_version is not None and diff.empty:
+        message = f"unchanged: version {current_version} stays current"
+        return Report(
+            customer_id, "unchanged", checked, message, version=current_version, difference=diff
+        ), 200
+    return None
 
 
 async def get_contacts(request: web.Request) -> web.Response:

@@ -385,76 +385,100 @@ def _search(data: bytes, start: int, end: int, max_depth: int) -> SearchRequest:
     )
 
 
-def _filter(data: bytes, element: tuple[int, int, int], max_depth: int, depth: int) -> Filter:
-    identifier, start, end = element
+Element = tuple[int, int, int]  # identifier, start and end of its contents
+
+
+def _filter(data: bytes, element: Element, max_depth: int, depth: int) -> Filter:
+    """One filter (RFC 4511 §4.5.1.7), by its CHOICE tag."""
+    identifier = element[0]
     if identifier in (0xA0, 0xA1, 0xA2):
-        kind = ("and", "or", "not")[identifier & 0x0F]
-        if depth >= max_depth:
-            raise OperationError(
-                ResultCode.UNWILLING_TO_PERFORM, f"filter nested deeper than {max_depth} levels"
-            )
-        operands = tuple(
-            _filter(data, child, max_depth, depth + 1) for child in children(data, start, end)
-        )
-        if kind == "not":
-            if len(operands) != 1:
-                raise OperationError(ResultCode.PROTOCOL_ERROR, "not takes exactly one filter")
-            return Not(operands[0])
-        if not operands:
-            raise OperationError(ResultCode.PROTOCOL_ERROR, f"empty {kind} filter")
-        return And(operands) if kind == "and" else Or(operands)
+        return _boolean_filter(data, element, max_depth, depth)
     if identifier in (0xA3, 0xA5, 0xA6, 0xA8):
-        parts = children(data, start, end)
-        if len(parts) != 2:
-            raise _malformed("an attribute value assertion has two parts")
-        attribute = _string(data, parts[0], 0x04, "attributeDesc")
-        assertion = _string(data, parts[1], 0x04, "assertionValue")
-        if identifier == 0xA5:
-            return GreaterOrEqual(attribute, assertion)
-        if identifier == 0xA6:
-            return LessOrEqual(attribute, assertion)
-        # Approximate matching is left to the server (RFC 4517 §4.2.1): we treat it as equality.
-        return Equality(attribute, assertion)
+        return _assertion_filter(data, element)
     if identifier == 0x87:
         return Present(_string(data, element, 0x87, "present"))
     if identifier == 0xA4:
-        parts = children(data, start, end)
-        if len(parts) != 2 or parts[1][0] != 0x30:
-            raise _malformed("a substring filter has a type and a SEQUENCE of parts")
-        attribute = _string(data, parts[0], 0x04, "type")
-        pieces = children(data, parts[1][1], parts[1][2])
-        if not pieces:
-            raise OperationError(ResultCode.PROTOCOL_ERROR, "a substring filter without parts")
-        initial: str | None = None
-        final: str | None = None
-        middle: list[str] = []
-        for position, piece in enumerate(pieces):
-            if piece[0] not in (0x80, 0x81, 0x82):
-                raise _malformed("a substring part is initial, any or final")
-            text = _string(data, piece, piece[0], "substring")
-            if piece[0] == 0x80:
-                if position != 0:
-                    raise OperationError(ResultCode.PROTOCOL_ERROR, "initial must come first")
-                initial = text
-            elif piece[0] == 0x82:
-                if position != len(pieces) - 1:
-                    raise OperationError(ResultCode.PROTOCOL_ERROR, "final must come last")
-                final = text
-            else:
-                middle.append(text)
-        return Substrings(attribute, initial, tuple(middle), final)
+        return _substrings_filter(data, element)
     if identifier == 0xA9:
-        rule = {part[0]: part for part in children(data, start, end)}
-        if 0x83 not in rule or not set(rule) <= {0x81, 0x82, 0x83, 0x84}:
-            raise _malformed("extensibleMatch")
-        if 0x81 in rule or 0x82 not in rule:
-            # No matching rules beyond each attribute's own equality: Undefined (RFC 4511
-            # §4.5.1.7.7), which matches nothing.
-            return Undefined()
-        return Equality(
-            _string(data, rule[0x82], 0x82, "type"), _string(data, rule[0x83], 0x83, "value")
-        )
+        return _extensible_filter(data, element)
     raise _malformed(f"unknown filter choice 0x{identifier:02x}")
+
+
+def _boolean_filter(data: bytes, element: Element, max_depth: int, depth: int) -> Filter:
+    identifier, start, end = element
+    kind = ("and", "or", "not")[identifier & 0x0F]
+    if depth >= max_depth:
+        raise OperationError(
+            ResultCode.UNWILLING_TO_PERFORM, f"filter nested deeper than {max_depth} levels"
+        )
+    operands = tuple(
+        _filter(data, child, max_depth, depth + 1) for child in children(data, start, end)
+    )
+    if kind == "not":
+        if len(operands) != 1:
+            raise OperationError(ResultCode.PROTOCOL_ERROR, "not takes exactly one filter")
+        return Not(operands[0])
+    if not operands:
+        raise OperationError(ResultCode.PROTOCOL_ERROR, f"empty {kind} filter")
+    return And(operands) if kind == "and" else Or(operands)
+
+
+def _assertion_filter(data: bytes, element: Element) -> Filter:
+    identifier, start, end = element
+    parts = children(data, start, end)
+    if len(parts) != 2:
+        raise _malformed("an attribute value assertion has two parts")
+    attribute = _string(data, parts[0], 0x04, "attributeDesc")
+    assertion = _string(data, parts[1], 0x04, "assertionValue")
+    if identifier == 0xA5:
+        return GreaterOrEqual(attribute, assertion)
+    if identifier == 0xA6:
+        return LessOrEqual(attribute, assertion)
+    # Approximate matching is left to the server (RFC 4517 §4.2.1): we treat it as equality.
+    return Equality(attribute, assertion)
+
+
+def _substrings_filter(data: bytes, element: Element) -> Filter:
+    _, start, end = element
+    parts = children(data, start, end)
+    if len(parts) != 2 or parts[1][0] != 0x30:
+        raise _malformed("a substring filter has a type and a SEQUENCE of parts")
+    attribute = _string(data, parts[0], 0x04, "type")
+    pieces = children(data, parts[1][1], parts[1][2])
+    if not pieces:
+        raise OperationError(ResultCode.PROTOCOL_ERROR, "a substring filter without parts")
+    initial: str | None = None
+    final: str | None = None
+    middle: list[str] = []
+    for position, piece in enumerate(pieces):
+        if piece[0] not in (0x80, 0x81, 0x82):
+            raise _malformed("a substring part is initial, any or final")
+        text = _string(data, piece, piece[0], "substring")
+        if piece[0] == 0x80:
+            if position != 0:
+                raise OperationError(ResultCode.PROTOCOL_ERROR, "initial must come first")
+            initial = text
+        elif piece[0] == 0x82:
+            if position != len(pieces) - 1:
+                raise OperationError(ResultCode.PROTOCOL_ERROR, "final must come last")
+            final = text
+        else:
+            middle.append(text)
+    return Substrings(attribute, initial, tuple(middle), final)
+
+
+def _extensible_filter(data: bytes, element: Element) -> Filter:
+    _, start, end = element
+    rule = {part[0]: part for part in children(data, start, end)}
+    if 0x83 not in rule or not set(rule) <= {0x81, 0x82, 0x83, 0x84}:
+        raise _malformed("extensibleMatch")
+    if 0x81 in rule or 0x82 not in rule:
+        # No matching rules beyond each attribute's own equality: Undefined (RFC 4511
+        # §4.5.1.7.7), which matches nothing.
+        return Undefined()
+    return Equality(
+        _string(data, rule[0x82], 0x82, "type"), _string(data, rule[0x83], 0x83, "value")
+    )
 
 
 def _request(op: int, raw: bytes, header: int, max_filter_depth: int) -> Request:

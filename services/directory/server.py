@@ -410,30 +410,17 @@ class _Connection:
         if self.identity is not None:
             self.bind_deadline = time.monotonic() + self.settings.bind_timeout
         self.identity = None
+        code, text = await self._bind_outcome(request)
+        if code is ResultCode.SUCCESS:
+            self.bind_deadline = None
+        self.server.count("bind", code)
+        await self._send(ldap.result(mid, Op.BIND_RESPONSE, code, text))
 
-        async def answer(code: ResultCode, text: str = "") -> None:
-            self.server.count("bind", code)
-            await self._send(ldap.result(mid, Op.BIND_RESPONSE, code, text))
-
-        if request.version != 3:
-            await answer(ResultCode.PROTOCOL_ERROR, "only LDAPv3 is supported")
-            return
-        if request.password is None:
-            await answer(
-                ResultCode.AUTH_METHOD_NOT_SUPPORTED,
-                "SASL is not supported: use a simple bind with the customer id",
-            )
-            return
-        if not request.name and not request.password:
-            await answer(
-                ResultCode.INAPPROPRIATE_AUTHENTICATION,
-                "anonymous bind refused: bind as the customer id with its registration password",
-            )
-            return
-        if not request.password:
-            # RFC 4513 §5.1.2: a name without a password is an "unauthenticated" bind.
-            await answer(ResultCode.UNWILLING_TO_PERFORM, "a bind needs a password")
-            return
+    async def _bind_outcome(self, request: ldap.BindRequest) -> tuple[ResultCode, str]:
+        """Check the bind's form, then its rate limit, then the backend; sets the identity."""
+        refused = _bind_form_refusal(request)
+        if refused is not None:
+            return refused
         limiter = self.server.limiter
         target = bind_target(request.name)
         account = f"{target[0]}:{target[1].lower()}" if target is not None else None
@@ -445,17 +432,13 @@ class _Connection:
                 printable(request.name, 80),
                 refusal.scope,
             )
-            await answer(
-                ResultCode.UNWILLING_TO_PERFORM,
-                f"too many failed binds from this {refusal.scope}; retry in "
-                f"{refusal.retry_after} s",
+            return ResultCode.UNWILLING_TO_PERFORM, (
+                f"too many failed binds from this {refusal.scope}; retry in {refusal.retry_after} s"
             )
-            return
         try:
-            identity = await self.server.backend.bind(request.name, request.password)
+            identity = await self.server.backend.bind(request.name, request.password or "")
         except errors.Busy as busy:
-            await answer(ResultCode.BUSY, str(busy))
-            return
+            return ResultCode.BUSY, str(busy)
         if identity is None:
             limiter.failed(self.address, account)
             security_log.warning(
@@ -463,13 +446,11 @@ class _Connection:
                 self.address,
                 printable(request.name, 80),
             )
-            await answer(ResultCode.INVALID_CREDENTIALS, "invalid credentials")
-            return
+            return ResultCode.INVALID_CREDENTIALS, "invalid credentials"
         if account is not None:
             limiter.succeeded(self.address, account)
         self.identity = identity
-        self.bind_deadline = None
-        await answer(ResultCode.SUCCESS)
+        return ResultCode.SUCCESS, ""
 
     # --- extended --------------------------------------------------------------------------
 
@@ -551,3 +532,24 @@ def search_directory(directory: CustomerDirectory, node: Filter, limit: int) -> 
             break
         found.append(entry)
     return found
+
+
+def _bind_form_refusal(request: ldap.BindRequest) -> tuple[ResultCode, str] | None:
+    """Why a bind is refused before any credential is looked at (version, SASL, anonymous,
+    unauthenticated), or None."""
+    if request.version != 3:
+        return ResultCode.PROTOCOL_ERROR, "only LDAPv3 is supported"
+    if request.password is None:
+        return (
+            ResultCode.AUTH_METHOD_NOT_SUPPORTED,
+            "SASL is not supported: use a simple bind with the customer id",
+        )
+    if not request.name and not request.password:
+        return (
+            ResultCode.INAPPROPRIATE_AUTHENTICATION,
+            "anonymous bind refused: bind as the customer id with its registration password",
+        )
+    if not request.password:
+        # RFC 4513 §5.1.2: a name without a password is an "unauthenticated" bind.
+        return ResultCode.UNWILLING_TO_PERFORM, "a bind needs a password"
+    return None

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -44,7 +44,7 @@ from services.core.identity import (
     parse_hardware_id,
     printable,
 )
-from services.core.inventory import Device
+from services.core.inventory import Device, ResolvedVariable
 from services.core.pki import (
     CertificateNames,
     IssuedCertificate,
@@ -201,20 +201,8 @@ async def poll_lines(
     """The roll-out's lines for this update poll (empty when it does not take part)."""
     settings = request.app[SETTINGS_KEY]
     authority = request.app[AUTHORITY_KEY]
-    if not identity.proven or not (settings.ca.rollout or authority.mentioned(snapshot)):
-        # The common case costs nothing: no roll-out anywhere, or a claimed device.
-        return []
-    variables = snapshot.resolve(device)
-    if not rollout.rollout_enabled(variables, settings.ca):
-        return []
-    if not authority.present:
-        if not authority.warned:
-            authority.warned = True
-            log.warning(
-                "certificate roll-out is on for %s but there is no RootCA "
-                "(pbxfront ca init); skipped",
-                device.hardware_id,
-            )
+    variables = _taking_part(settings, authority, snapshot, device, identity)
+    if variables is None:
         return []
     customer = snapshot.customers[device.customer]
     frontend = snapshot.frontends[customer.frontend]
@@ -323,35 +311,12 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def _upload(request: web.Request) -> web.Response:
+    """A device's report in a certificate roll-out, top to bottom: who, what it reports, the
+    roll-out step (in one transaction), then the log and the answer."""
     settings = request.app[SETTINGS_KEY]
     query = query_arguments(request)
-    peercert = request.transport.get_extra_info("peercert") if request.transport else None
-    identity = identify(peercert, query)
-    name = request.match_info["name"]
-    if not identity.proven:
-        security_event(request, "forbidden", path=request.path, reason="no device certificate")
-        raise errors.Forbidden("only a device proven by its certificate may upload here")
-    if not _named(identity, name):
-        security_event(
-            request,
-            "identity-conflict",
-            device=identity.describe(),
-            claimed=printable(name, 40),
-            path=request.path,
-        )
-        raise errors.Forbidden(f"the certificate names {identity.describe()}, not this path")
-    mode = query.get("mode")
-    variable = query.get("var")
-    if mode == "query":
-        if query.get("id") != rollout.QUERY_ID:
-            raise errors.Invalid(f"mode=query: expects id={rollout.QUERY_ID}")
-    elif mode == "vardump":
-        if variable not in (rollout.REQUEST_VARIABLE, rollout.ERROR_VARIABLE):
-            raise errors.Invalid(
-                f"var: {rollout.REQUEST_VARIABLE} or {rollout.ERROR_VARIABLE} only"
-            )
-    else:
-        raise errors.Invalid("mode: query or vardump")
+    identity = _proven_uploader(request, query)
+    mode, variable = _upload_mode(query)
     body = await _read_body(request)
     authority = request.app[AUTHORITY_KEY]
     if not authority.present:
@@ -362,7 +327,6 @@ async def _upload(request: web.Request) -> web.Response:
     device = snapshot.find(identity)
     if device is None:
         raise errors.Forbidden(f"device {identity.describe()} is not in the inventory")
-
     now = datetime.now(UTC)
     async with acquire(pool) as connection, transaction(connection):
         repository = RolloutRepository(connection)
@@ -370,27 +334,9 @@ async def _upload(request: web.Request) -> web.Response:
         if state is None:
             raise errors.Conflict("no certificate roll-out is in progress for this device")
         if mode == "query":
-            try:
-                report = rollout.parse_query_report(body)
-            except rollout.RolloutInputError as error:
-                raise errors.Invalid(f"certificate list: {error}") from None
-            updated = rollout.after_query(
-                state,
-                report,
-                ca_common_name=authority.subject(NameOID.COMMON_NAME) or "",
-                renew_days=settings.ca.renew_days,
-                now=now,
-            )
-            outcome = _Outcome(200, f"certificates of {device.hardware_id}: {updated.state}")
+            updated, outcome = _after_query(authority, settings, state, device, body, now)
         elif variable == rollout.ERROR_VARIABLE:
-            value = rollout.parse_vardump(body, rollout.ERROR_VARIABLE)
-            if value:
-                error_text = rollout.bounded_error(f"device: {value}")
-                updated = replace(state, state="error", error=error_text, updated_at=now)
-                outcome = _Outcome(200, "request error recorded; the roll-out stops")
-            else:
-                updated = state
-                outcome = _Outcome(200, "no request error")
+            updated, outcome = _after_error_report(state, body, now)
         else:
             updated, outcome = await _signing_request(
                 connection, repository, authority, settings, state, device, body, now
@@ -410,6 +356,76 @@ async def _upload(request: web.Request) -> web.Response:
     if outcome.status >= 400:
         raise errors.Forbidden(outcome.message)
     return _reply(outcome.status, outcome.message)
+
+
+def _proven_uploader(request: web.Request, query: Mapping[str, str]) -> DeviceIdentity:
+    """The device proven by its certificate, which must be the one the path names."""
+    peercert = request.transport.get_extra_info("peercert") if request.transport else None
+    identity = identify(peercert, query)
+    name = request.match_info["name"]
+    if not identity.proven:
+        security_event(request, "forbidden", path=request.path, reason="no device certificate")
+        raise errors.Forbidden("only a device proven by its certificate may upload here")
+    if not _named(identity, name):
+        security_event(
+            request,
+            "identity-conflict",
+            device=identity.describe(),
+            claimed=printable(name, 40),
+            path=request.path,
+        )
+        raise errors.Forbidden(f"the certificate names {identity.describe()}, not this path")
+    return identity
+
+
+def _upload_mode(query: Mapping[str, str]) -> tuple[str, str | None]:
+    """What the device reports: its certificate list (mode=query) or a variable (vardump)."""
+    mode = query.get("mode")
+    variable = query.get("var")
+    if mode == "query":
+        if query.get("id") != rollout.QUERY_ID:
+            raise errors.Invalid(f"mode=query: expects id={rollout.QUERY_ID}")
+    elif mode == "vardump":
+        if variable not in (rollout.REQUEST_VARIABLE, rollout.ERROR_VARIABLE):
+            raise errors.Invalid(
+                f"var: {rollout.REQUEST_VARIABLE} or {rollout.ERROR_VARIABLE} only"
+            )
+    else:
+        raise errors.Invalid("mode: query or vardump")
+    return mode, variable
+
+
+def _after_query(
+    authority: Authority,
+    settings: Settings,
+    state: rollout.RolloutState,
+    device: Device,
+    body: bytes,
+    now: datetime,
+) -> tuple[rollout.RolloutState, _Outcome]:
+    try:
+        report = rollout.parse_query_report(body)
+    except rollout.RolloutInputError as error:
+        raise errors.Invalid(f"certificate list: {error}") from None
+    updated = rollout.after_query(
+        state,
+        report,
+        ca_common_name=authority.subject(NameOID.COMMON_NAME) or "",
+        renew_days=settings.ca.renew_days,
+        now=now,
+    )
+    return updated, _Outcome(200, f"certificates of {device.hardware_id}: {updated.state}")
+
+
+def _after_error_report(
+    state: rollout.RolloutState, body: bytes, now: datetime
+) -> tuple[rollout.RolloutState, _Outcome]:
+    value = rollout.parse_vardump(body, rollout.ERROR_VARIABLE)
+    if not value:
+        return state, _Outcome(200, "no request error")
+    error_text = rollout.bounded_error(f"device: {value}")
+    updated = replace(state, state="error", error=error_text, updated_at=now)
+    return updated, _Outcome(200, "request error recorded; the roll-out stops")
 
 
 async def _signing_request(
@@ -459,9 +475,27 @@ async def _signing_request(
         return updated, _Outcome(
             200, "signing request queued; the certificate comes with a later poll"
         )
+    return await _sign_here(
+        repository, authority, authority.issued, settings, state, device, signing_request, now
+    )
+
+
+async def _sign_here(
+    repository: RolloutRepository,
+    authority: Authority,
+    issuer: IssuedCertificate,
+    settings: Settings,
+    state: rollout.RolloutState,
+    device: Device,
+    signing_request: x509.CertificateSigningRequest,
+    now: datetime,
+) -> tuple[rollout.RolloutState, _Outcome]:
+    """Sign the request with this node's RootCA key and record the certificate."""
+    plan = state.plan
+    assert plan is not None  # checked by the caller (state "fetching" has a plan)
     try:
         certificate = await asyncio.to_thread(
-            signing.sign_device_request, authority.issued, signing_request, plan, settings.ca
+            signing.sign_device_request, issuer, signing_request, plan, settings.ca
         )
     except PkiError as error:
         # The CA itself cannot issue (expired, ...): stop until an operator acts.
@@ -483,6 +517,32 @@ async def _signing_request(
         updated_at=now,
     )
     return updated, _Outcome(200, f"signed: serial {serial}, installed at the next poll")
+
+
+def _taking_part(
+    settings: Settings,
+    authority: Authority,
+    snapshot: Snapshot,
+    device: Device,
+    identity: DeviceIdentity,
+) -> Mapping[str, ResolvedVariable] | None:
+    """The device's variables when it takes part in a roll-out now, else None."""
+    if not identity.proven or not (settings.ca.rollout or authority.mentioned(snapshot)):
+        # The common case costs nothing: no roll-out anywhere, or a claimed device.
+        return None
+    variables = snapshot.resolve(device)
+    if not rollout.rollout_enabled(variables, settings.ca):
+        return None
+    if not authority.present:
+        if not authority.warned:
+            authority.warned = True
+            log.warning(
+                "certificate roll-out is on for %s but there is no RootCA "
+                "(pbxfront ca init); skipped",
+                device.hardware_id,
+            )
+        return None
+    return variables
 
 
 # --- CRL ---------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -233,78 +233,125 @@ def poll_step(
     """Advance a device's roll-out by one update poll. ``plan`` is what its certificate must
     carry (None with ``plan_problem`` when the inventory's values are unusable)."""
     state = current or RolloutState(mac=mac, state="querying", attempts=0, started_at=now)
-    header = comment(f"certificate roll-out: {state.state}")
-
-    def moved(**changes: Any) -> RolloutState:
-        return dataclasses.replace(state, updated_at=now, **changes)
-
+    poll = _Poll(state, base, plan, plan_problem, organization, country, settings, now)
     if state.state in STOPPED:
         note = comment(f"certificate roll-out stopped: {state.error or state.state}")
-        return Step((header, note), state)
-    if state.state == "current":
-        due = state.queried_at is None or now - state.queried_at >= timedelta(
-            hours=settings.recheck_hours
-        )
-        if not due:
-            return Step((), state)
-        return Step((header, query_line(base)), moved(state="querying", attempts=1))
-    if state.state in ("querying", "installing"):
-        if state.attempts >= settings.max_attempts:
-            return Step(
-                (header,),
-                moved(
-                    state="error",
-                    error=f"the device did not upload its certificates after "
-                    f"{state.attempts} polls ({state.state})",
-                ),
-            )
-        return Step((header, query_line(base)), moved(attempts=state.attempts + 1))
-    if state.state == "requesting":
-        if plan is None:
-            return Step((header,), moved(state="error", error=plan_problem or "no plan"))
-        line = create_request_line(
-            plan, organization=organization, country=country, key_bits=settings.request_key_bits
-        )
-        return Step(
-            (header, comment(f"create a signing request for {plan.describe()}"), line),
-            moved(
-                state="fetching",
-                attempts=0,
-                common_name=plan.common_name,
-                dns_names=plan.dns_names,
-                ip_addresses=plan.ip_addresses,
-                error=None,
-            ),
-        )
-    if state.state == "fetching":
-        if state.attempts >= settings.max_attempts:
-            return Step(
-                (header,),
-                moved(
-                    state="error",
-                    error=f"the device did not upload a signing request after "
-                    f"{state.attempts} polls",
-                ),
-            )
-        fetches = (header, fetch_line(base, ERROR_VARIABLE), fetch_line(base, REQUEST_VARIABLE))
-        return Step(fetches, moved(attempts=state.attempts + 1))
-    if state.state == "queued":
-        # ca.signer: the request waits in PostgreSQL for the signing node, however long.
-        since = f" since {state.updated_at:%Y-%m-%d %H:%M:%S} UTC" if state.updated_at else ""
-        return Step(
-            (header, comment(f"signing request waiting for the signing node{since}")), state
-        )
-    if state.state == "signed":
-        lines = (
-            header,
-            comment(f"install certificate {state.serial}"),
-            *response_lines(state.chain_hex),
-            f"vars del {REQUEST_VARIABLE}",
-            f"vars del {KEY_VARIABLE}",
-            query_line(base),
-        )
-        return Step(lines, moved(state="installing", attempts=1))
-    raise AssertionError(f"unknown roll-out state {state.state!r}")  # pragma: no cover
+        return Step((poll.header, note), state)
+    step = _STEPS.get(state.state)
+    if step is None:  # pragma: no cover
+        raise AssertionError(f"unknown roll-out state {state.state!r}")
+    return step(poll)
+
+
+@dataclass(frozen=True)
+class _Poll:
+    """One poll's view of a roll-out: its state and what the next step may need."""
+
+    state: RolloutState
+    base: str
+    plan: CertificateNames | None
+    plan_problem: str | None
+    organization: str | None
+    country: str | None
+    settings: CaSettings
+    now: datetime
+
+    @property
+    def header(self) -> str:
+        return comment(f"certificate roll-out: {self.state.state}")
+
+    def moved(self, **changes: Any) -> RolloutState:
+        return dataclasses.replace(self.state, updated_at=self.now, **changes)
+
+    def given_up(self, waiting_for: str, note: str = "") -> Step | None:
+        """The error step once the device has had its attempts, else None."""
+        if self.state.attempts < self.settings.max_attempts:
+            return None
+        error = f"the device did not upload {waiting_for} after {self.state.attempts} polls{note}"
+        return Step((self.header,), self.moved(state="error", error=error))
+
+
+def _step_current(poll: _Poll) -> Step:
+    queried_at = poll.state.queried_at
+    recheck = timedelta(hours=poll.settings.recheck_hours)
+    if queried_at is not None and poll.now - queried_at < recheck:
+        return Step((), poll.state)
+    return Step((poll.header, query_line(poll.base)), poll.moved(state="querying", attempts=1))
+
+
+def _step_querying(poll: _Poll) -> Step:
+    given_up = poll.given_up("its certificates", f" ({poll.state.state})")
+    if given_up is not None:
+        return given_up
+    return Step((poll.header, query_line(poll.base)), poll.moved(attempts=poll.state.attempts + 1))
+
+
+def _step_requesting(poll: _Poll) -> Step:
+    plan = poll.plan
+    if plan is None:
+        return Step((poll.header,), poll.moved(state="error", error=poll.plan_problem or "no plan"))
+    line = create_request_line(
+        plan,
+        organization=poll.organization,
+        country=poll.country,
+        key_bits=poll.settings.request_key_bits,
+    )
+    return Step(
+        (poll.header, comment(f"create a signing request for {plan.describe()}"), line),
+        poll.moved(
+            state="fetching",
+            attempts=0,
+            common_name=plan.common_name,
+            dns_names=plan.dns_names,
+            ip_addresses=plan.ip_addresses,
+            error=None,
+        ),
+    )
+
+
+def _step_fetching(poll: _Poll) -> Step:
+    given_up = poll.given_up("a signing request")
+    if given_up is not None:
+        return given_up
+    fetches = (
+        poll.header,
+        fetch_line(poll.base, ERROR_VARIABLE),
+        fetch_line(poll.base, REQUEST_VARIABLE),
+    )
+    return Step(fetches, poll.moved(attempts=poll.state.attempts + 1))
+
+
+def _step_queued(poll: _Poll) -> Step:
+    # ca.signer: the request waits in PostgreSQL for the signing node, however long.
+    updated_at = poll.state.updated_at
+    since = f" since {updated_at:%Y-%m-%d %H:%M:%S} UTC" if updated_at else ""
+    return Step(
+        (poll.header, comment(f"signing request waiting for the signing node{since}")),
+        poll.state,
+    )
+
+
+def _step_signed(poll: _Poll) -> Step:
+    lines = (
+        poll.header,
+        comment(f"install certificate {poll.state.serial}"),
+        *response_lines(poll.state.chain_hex),
+        f"vars del {REQUEST_VARIABLE}",
+        f"vars del {KEY_VARIABLE}",
+        query_line(poll.base),
+    )
+    return Step(lines, poll.moved(state="installing", attempts=1))
+
+
+_STEPS: dict[str, Callable[[_Poll], Step]] = {
+    "current": _step_current,
+    "querying": _step_querying,
+    "installing": _step_querying,
+    "requesting": _step_requesting,
+    "fetching": _step_fetching,
+    "queued": _step_queued,
+    "signed": _step_signed,
+}
 
 
 def needs_certificate(
