@@ -26,6 +26,7 @@ from services.core.inventory import (
     apply_inventory,
     read_inventory_file,
 )
+from services.core.metrics import METRICS_KEY
 from services.core.runner import Node, start_node
 from services.core.tls import bind_socket
 from services.redirect.handover import check_mapping
@@ -224,6 +225,71 @@ async def test_factory_new_to_in_sync_then_firmware_script_change_restage(
     # Staging set the NTP server back; the first update after it ran the script again.
     assert device.settings["NTP0 /server"] == "10.0.0.9"
     assert device.resets == staged_resets + 2 + 2  # two firmware roll-outs, one restage
+    device.assert_no_reset_loop()
+
+
+async def test_without_h_poll_the_setting_is_the_interval(frontend: Frontend) -> None:
+    # An inventory without h-poll: the default global.txt and the first update reply both use
+    # update.poll_interval (15) instead of failing to render.
+    async with frontend.pool.acquire() as connection:
+        assert await InventoryRepository(connection).delete_variable("global", "", "h-poll")
+    await frontend.register(MAC_A)
+    device = frontend.factory_new()
+    assert await walk_to_sync(frontend, device, POLLS_TO_CONVERGE) == POLLS_TO_CONVERGE
+    assert device.poll_minutes == UpdateSettings().poll_interval
+    device.assert_no_reset_loop()
+
+
+async def test_a_script_that_cannot_render_answers_comments_and_normal_polling(
+    frontend: Frontend,
+) -> None:
+    await frontend.register(MAC_A)
+    device = frontend.factory_new()
+    await device.poll()  # redirect
+    staging = await device.poll()
+    assert staging.status == 200
+    assert device.provision > 0
+    assert device.poll_minutes == 1
+    # The operator breaks the device's variables before its first update.
+    await frontend.set_variable("device", MAC_A, "h-poll", "every hour")
+    broken = await device.poll()
+    assert broken.status == 200, broken.text
+    assert "cannot be rendered" in broken.text
+    assert not broken.reset
+    assert "iresetn" not in broken.commands
+    assert not any(c.startswith(("mod cmd UP1 check", "config change")) for c in broken.commands)
+    # Not left polling every minute while it waits for the fix, and never a 5xx loop.
+    assert device.converged(UpdateSettings().poll_interval, frontend.update_url), device
+    repository = UpdateRepository(frontend.pool)
+
+    async def error_recorded() -> bool:
+        statuses = await repository.statuses(mac=MAC_A)
+        return bool(statuses) and "h-poll" in (statuses[0].last_error or "")
+
+    await until(error_recorded)
+    # The device got a 200; the operator's metrics count each such poll as an error.
+    # One registry per process, shared by its listeners.
+    registries = {
+        id(r.app[METRICS_KEY].registry): r.app[METRICS_KEY].registry
+        for r in frontend.node.runners
+        if METRICS_KEY in r.app
+    }.values()
+    errors = sum(
+        registry.get_sample_value(
+            "pbxfront_update_polls_total", {"kind": "update", "result": "error"}
+        )
+        or 0
+        for registry in registries
+    )
+    assert errors == 1
+    again = await device.poll()
+    assert again.status == 200
+    assert again.commands == []
+    await frontend.set_variable("device", MAC_A, "h-poll", "20")
+    fixed = await device.poll()
+    assert fixed.status == 200
+    assert any(c.startswith("mod cmd UP1 check ser ") for c in fixed.commands)
+    assert device.poll_minutes == 20
     device.assert_no_reset_loop()
 
 

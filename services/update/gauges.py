@@ -62,7 +62,14 @@ def devices_source(poll_interval_minutes: int) -> Source:
     return source
 
 
+class UnrenderedReply(web.Response):
+    """A 200 of comments to a device whose script cannot be rendered: the device must not
+    retry into a loop, the operator's metrics count an error."""
+
+
 def _result(response: web.StreamResponse) -> str:
+    if isinstance(response, UnrenderedReply):
+        return "error"
     if response.status >= 500:
         return "error"
     if response.status >= 400:

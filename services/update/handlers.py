@@ -24,6 +24,7 @@ from services.core.unknown import UnknownDeviceRepository
 from services.update import certificates
 from services.update.canary import CanaryState
 from services.update.firmware import FirmwareUnavailable
+from services.update.gauges import UnrenderedReply
 from services.update.provisioning import (
     STAGING,
     UPDATE,
@@ -39,6 +40,7 @@ from services.update.provisioning import (
     names_build,
     render_unknown,
     reply_for,
+    unrenderable,
 )
 from services.update.repository import PollRecord, UpdateRepository
 from services.update.scripts import ScriptError, ScriptStore, SecretRequired
@@ -134,9 +136,8 @@ async def _poll(request: web.Request, phase: str) -> web.Response:
     if reply.error and reply.status == 200:
         log.error("%s.txt for %s: %s", phase, device.mac, reply.error)
     await _record(request, pool, snapshot, context, reply, restage, store.version)
-    return web.Response(
-        status=reply.status, text=reply.text, content_type="text/plain", charset="utf-8"
-    )
+    kind = UnrenderedReply if reply.unrendered else web.Response
+    return kind(status=reply.status, text=reply.text, content_type="text/plain", charset="utf-8")
 
 
 def _look_up(
@@ -281,7 +282,7 @@ async def scripts_for(
 
 def _reply(request: web.Request, store: ScriptStore, context: PollContext) -> Reply:
     firmware = request.app[FIRMWARE_KEY]
-    device, identity, phase = context.device, context.identity, context.phase
+    device, identity = context.device, context.identity
     try:
         return reply_for(store, context, firmware.listed, request.app[BODIES_KEY])
     except SecretRequired as error:
@@ -298,19 +299,7 @@ def _reply(request: web.Request, store: ScriptStore, context: PollContext) -> Re
             error=str(error),
         )
     except (ScriptError, PolicyError) as error:
-        log.error("%s.txt for %s cannot be rendered: %s", phase, device.mac, error)
-        return Reply(
-            500,
-            to_crlf(
-                [
-                    comment(
-                        f"pbxfront: {phase}.txt cannot be rendered for "
-                        "this device; the operator's log says why"
-                    )
-                ]
-            ),
-            error=str(error),
-        )
+        return unrenderable(context, str(error))  # _poll logs the error
 
 
 async def _unknown(

@@ -273,6 +273,8 @@ class Reply:
     # for it were sent (attempt counted) or, past update.firmware_attempts, withheld (stuck).
     firmware_suspect: str | None = None
     firmware_stuck: str | None = None
+    # The device's script could not be rendered: the reply is comments (and normal polling).
+    unrendered: bool = False
 
 
 class PolicyError(Exception):
@@ -349,6 +351,15 @@ def poll_interval(variables: Mapping[str, ResolvedVariable], default: int) -> in
     return int(item.value)
 
 
+def _interval_or(variables: Mapping[str, ResolvedVariable], default: int) -> int:
+    """``poll_minutes`` for the templates: the device's interval; an unusable ``h-poll`` is
+    the poll's PolicyError (decide), so a preview shows the setting instead."""
+    try:
+        return poll_interval(variables, default)
+    except PolicyError:
+        return default
+
+
 # More template data a composition supplies (serve.py: the Frontend plan's ``nat``,
 # ``config_template``, ``ldap_default``, ``frontend_plan``): (snapshot, device, secret wrapper)
 # -> keys. A pure function of the inventory, so rendered bodies stay cacheable.
@@ -402,7 +413,7 @@ def template_context(
         "proven": identity.proven,
         "secrets_allowed": secrets_allowed,
         "phase": phase,
-        "poll_minutes": poll_minutes,
+        "poll_minutes": _interval_or(resolved, poll_minutes),
         "urls": urls,
     }
     if additions is not None:
@@ -705,6 +716,26 @@ def reply_for(
 ) -> Reply:
     """decide, then render: the whole reply for one poll (raises like both)."""
     return render(store, context, decide(context, firmware_available), bodies)
+
+
+def unrenderable(context: PollContext, error: str) -> Reply:
+    """The reply when the device's script cannot be rendered (an operator's template or
+    variable error): a 200 of comments, never a 5xx the device would retry into a loop and
+    never part of a script. A device that staging left polling fast is still brought back to
+    its normal interval, so it waits for the fix at the pace it should."""
+    lines = [
+        comment(
+            f"pbxfront: {context.phase}.txt cannot be rendered for this device; "
+            "the operator's log says why"
+        )
+    ]
+    if context.phase == UPDATE and context.arguments.fast_polling_left_on:
+        try:
+            interval = poll_interval(context.variables, context.lifecycle.poll_minutes)
+        except PolicyError:
+            interval = context.lifecycle.poll_minutes
+        lines += [*_fast_polling_off(interval, context.urls), "config write", "config activate"]
+    return Reply(200, to_crlf(lines), error=error, unrendered=True)
 
 
 def render_unknown(
