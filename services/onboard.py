@@ -47,7 +47,7 @@ from services.core.errors import UsageError
 from services.core.identity import IdentityError, normalize_device_type, normalize_mac, printable
 from services.core.inventory import DEVICE_CLASSES, Device, InventoryError, InventoryRepository
 from services.redirect.handover import check_mapping
-from services.redirect.repository import RedirectRepository
+from services.redirect.repository import MappingRepository
 from services.update.repository import RolloutRepository
 from services.update.rollout import RolloutState
 
@@ -231,7 +231,7 @@ async def onboard(
     try:
         async with acquire(pool) as connection, connection.transaction():
             inventory = InventoryRepository(connection, actor=actor)
-            redirect = RedirectRepository(connection)
+            redirect = MappingRepository(connection)
             for row in rows:
                 device = Device(
                     row.mac,
@@ -389,7 +389,7 @@ async def replace(
         moved_versions = await backups.move_device(
             old_mac, new_mac, hardware_id=stored.hardware_id, device_type=stored.device_type
         )
-        redirect = RedirectRepository(connection)
+        redirect = MappingRepository(connection)
         moved: dict[str, Any] | None = None
         mapping = await redirect.get(old_mac)
         if mapping is not None:
@@ -431,7 +431,7 @@ async def auto_adopt(pool: asyncpg.Pool, mac: str, device_type: str, origin: str
     stays unknown, for ``pbxfront devices adopt``)."""
     actor = audit.Actor("auto-adopt", printable(origin, 80))
     async with acquire(pool) as connection, connection.transaction():
-        mapping = await RedirectRepository(connection).get(mac)
+        mapping = await MappingRepository(connection).get(mac)
         # Facts are stored with the "r-" prefix (redirect.handover.check_facts).
         facts = mapping.facts if mapping is not None else {}
         customer = facts.get("r-customer") or facts.get("customer")

@@ -30,7 +30,7 @@ from services.core.metrics import METRICS_KEY
 from services.core.runner import Node, start_node
 from services.core.tls import bind_socket
 from services.redirect.handover import check_mapping
-from services.redirect.repository import RedirectRepository
+from services.redirect.repository import MappingRepository
 from services.serve import service_factories
 from services.update.cli import register
 from services.update.firmware import FirmwareStore
@@ -79,7 +79,7 @@ class Frontend:
         )
 
     async def register(self, mac: str) -> None:
-        await RedirectRepository(self.pool).register("local", check_mapping(mac, "sb1"), "test")
+        await MappingRepository(self.pool).register("local", check_mapping(mac, "sb1"), "test")
 
     async def set_variable(self, layer: str, scope: str, name: str, value: str) -> None:
         await self.set_variables((layer, scope, name, value))

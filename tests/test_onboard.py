@@ -26,7 +26,7 @@ from services.core.inventory import (
     read_inventory_file,
 )
 from services.redirect.handover import check_mapping
-from services.redirect.repository import RedirectRepository
+from services.redirect.repository import MappingRepository
 from services.update.repository import RolloutRepository
 from services.update.rollout import RolloutState
 from tests.conftest import DEVICE_B, DEVICE_C, SessionPki, admin_listener, until
@@ -145,7 +145,7 @@ async def test_onboard_csv_all_or_nothing(
         "Desk 1",
         "IP232-11-00-01",
     )
-    mapping = await RedirectRepository(fleet).get("009033110001")
+    mapping = await MappingRepository(fleet).get("009033110001")
     assert mapping is not None
     assert (mapping.provider, mapping.frontend) == ("local", "sb1")
     actions = [
@@ -204,7 +204,7 @@ async def test_replace_moves_cpe_id_variables_and_mapping(
     assert variables["h-ext"] == ("201", False)
     assert variables["h-sip-pw"] == ("s3cret", True)
     assert not await inventory.list_variables("device", "009033110001")
-    redirect = RedirectRepository(fleet)
+    redirect = MappingRepository(fleet)
     assert await redirect.get("009033110001") is None
     moved = await redirect.get("009033220001")
     assert moved is not None
@@ -261,7 +261,7 @@ async def test_onboard_api(fleet: asyncpg.Pool, api: tuple[str, aiohttp.ClientSe
         assert response.status == 201, await response.text()
         body = await response.json()
     assert body["devices"] == [{"mac": "009033110001", "device": "created", "mapping": "created"}]
-    assert await RedirectRepository(fleet).get("009033110001") is not None
+    assert await MappingRepository(fleet).get("009033110001") is not None
     assert await InventoryRepository(fleet).get_device("009033110001") is not None
 
     async with session.post(url, json=rows[:1]) as response:
@@ -279,7 +279,7 @@ async def test_auto_adopt_a_proven_device_named_by_its_mapping(
     async with running_frontend(pool, session_pki, repo_root, tmp_path, auto_adopt=True) as fe:
         inventory = InventoryRepository(pool)
         assert await inventory.delete_device(MAC_A)
-        await RedirectRepository(pool).register(
+        await MappingRepository(pool).register(
             "local", check_mapping(MAC_A, "sb1", None, {"customer": KUENKEL}), "tester"
         )
         # Only claimed (no client certificate): stays unknown.

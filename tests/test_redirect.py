@@ -50,7 +50,13 @@ from services.redirect.handover import (
     handover_script,
     parse_import,
 )
-from services.redirect.repository import Handover, RedirectRepository
+from services.redirect.repository import (
+    ApiKeyRepository,
+    Handover,
+    HandoverRepository,
+    MappingRepository,
+    ProviderRepository,
+)
 from services.redirect.signing import (
     SCOPES,
     authorization,
@@ -119,8 +125,20 @@ class Redirect:
         return self.node.addresses["admin"]
 
     @property
-    def repository(self) -> RedirectRepository:
-        return RedirectRepository(self.pool)
+    def providers(self) -> ProviderRepository:
+        return ProviderRepository(self.pool)
+
+    @property
+    def keys(self) -> ApiKeyRepository:
+        return ApiKeyRepository(self.pool)
+
+    @property
+    def mappings(self) -> MappingRepository:
+        return MappingRepository(self.pool)
+
+    @property
+    def handovers(self) -> HandoverRepository:
+        return HandoverRepository(self.pool)
 
     async def device(self, url: str, certificate: str | None = None) -> Response:
         """A GET as a device makes it: with its client certificate when given."""
@@ -134,10 +152,9 @@ class Redirect:
             return Response(response.status, await response.text(), dict(response.headers))
 
     async def key(self, provider: str, scopes: tuple[str, ...] = SCOPES) -> Key:
-        repository = self.repository
-        if await repository.get_provider(provider) is None:
-            await repository.upsert_provider(provider, provider.title(), {})
-        key_id, secret = await repository.add_key(provider, scopes, None)
+        if await self.providers.get_provider(provider) is None:
+            await self.providers.upsert_provider(provider, provider.title(), {})
+        key_id, secret = await self.keys.add_key(provider, scopes, None)
         return Key(key_id, secret, provider)
 
     async def api(
@@ -240,7 +257,7 @@ async def register(
     url: str | None = None,
     facts: Mapping[str, str] | None = None,
 ) -> None:
-    await service.repository.register(
+    await service.mappings.register(
         provider, check_mapping(mac, frontend, url, dict(facts or {})), "test"
     )
 
@@ -248,7 +265,7 @@ async def register(
 # --- the device side ---------------------------------------------------------------------------
 
 
-async def logged_handovers(repository: RedirectRepository, mac: str, count: int) -> list[Handover]:
+async def logged_handovers(repository: HandoverRepository, mac: str, count: int) -> list[Handover]:
     """The hand-over log of ``mac`` once it holds ``count`` lines (it is written in batches a
     moment after the answer)."""
     found: list[Handover] = []
@@ -263,7 +280,7 @@ async def logged_handovers(repository: RedirectRepository, mac: str, count: int)
 
 
 async def test_handover_script_exact_lines(redirect: Redirect) -> None:
-    await redirect.repository.upsert_provider("local", "this installation", {"r-site": "hq"})
+    await redirect.providers.upsert_provider("local", "this installation", {"r-site": "hq"})
     await register(redirect, MAC_A, facts={"type": "IP232"})
     response = await redirect.device(f"{redirect.http}/redirect.php?sn=00-90-33-01-02-03")
     assert response.status == 200
@@ -282,14 +299,14 @@ async def test_handover_script_exact_lines(redirect: Redirect) -> None:
     for path in ("/init?sn=009033010203", "/provisioning/init?SN=009033010203"):
         again = await redirect.device(redirect.http + path)
         assert again.text == response.text, path
-    handovers = await logged_handovers(redirect.repository, MAC_A, 3)
+    handovers = await logged_handovers(redirect.handovers, MAC_A, 3)
     assert {(h.proof, h.source_address, h.target) for h in handovers} == {
         ("claimed", "127.0.0.1", STAGING_SB1)
     }
 
 
 async def test_mapping_fact_overrides_provider_fact_and_explicit_url(redirect: Redirect) -> None:
-    await redirect.repository.upsert_provider("local", "x", {"r-type": "generic", "r-a": "1"})
+    await redirect.providers.upsert_provider("local", "x", {"r-type": "generic", "r-a": "1"})
     await register(
         redirect,
         MAC_A,
@@ -314,7 +331,7 @@ async def test_proven_by_certificate_without_arguments(redirect: Redirect) -> No
     response = await redirect.device(f"{redirect.https}/init", certificate=DEVICE_A)
     assert response.status == 200, response.text
     assert f"config add UP1 /url {STAGING_SB1_ENCODED}" in response.text.split("\r\n")
-    (handover,) = await logged_handovers(redirect.repository, MAC_A, 1)
+    (handover,) = await logged_handovers(redirect.handovers, MAC_A, 1)
     assert handover.proof == "proven"
     # Without a certificate and without arguments nothing tells who asks.
     anonymous = await redirect.device(f"{redirect.https}/init")
@@ -338,7 +355,7 @@ async def test_certificate_contradicting_sn_is_403_and_logged(
     assert any(
         "identity-conflict" in r.getMessage() and MAC_C in r.getMessage() for r in caplog.records
     )
-    assert await redirect.repository.handovers(MAC_C) == []
+    assert await redirect.handovers.handovers(MAC_C) == []
 
 
 async def test_hardware_id_inside_ver(redirect: Redirect) -> None:
@@ -598,9 +615,9 @@ async def test_signed_requests_expired_replayed_tampered(
     assert elsewhere.status == 401
     wrong = await redirect.api(key, "GET", "/api/v1/redirect/whoami", secret="rs_wrong")
     assert wrong.status == 401
-    assert await redirect.repository.get(MAC_A) is None
+    assert await redirect.mappings.get(MAC_A) is None
     # A revoked key is refused.
-    assert await redirect.repository.revoke_key(key.key_id)
+    assert await redirect.keys.revoke_key(key.key_id)
     assert (await redirect.api(key, "GET", "/api/v1/redirect/whoami")).status == 401
 
 
@@ -672,7 +689,7 @@ async def test_register_get_move_deregister(redirect: Redirect) -> None:
     assert invalid.status == 400
     assert (await redirect.api(key, "DELETE", device)).status == 204
     assert (await redirect.api(key, "GET", device)).status == 404
-    history = await redirect.repository.history(MAC_A)
+    history = await redirect.mappings.history(MAC_A)
     assert [(h.action, h.provider, h.actor) for h in history] == [
         ("register", "acme", f"key:{key.key_id}"),
         ("move", "acme", f"key:{key.key_id}"),
@@ -705,7 +722,7 @@ async def test_ownership_conflict_and_foreign_devices_look_unknown(redirect: Red
         assert (await redirect.api(other, method, path)).status == 404, (method, path)
     moved = await redirect.api(other, "POST", device + "/move", {"frontend": "sb1"})
     assert moved.status == 404
-    stored = await redirect.repository.get(MAC_A)
+    stored = await redirect.mappings.get(MAC_A)
     assert stored is not None
     assert (stored.provider, stored.url) == ("acme", None)
 
@@ -733,7 +750,7 @@ async def test_transfer_needs_a_token_from_the_owner(redirect: Redirect) -> None
     assert (await redirect.api(acme, "GET", device)).status == 404
     back = await redirect.api(acme, "PUT", device, {"frontend": "sb1", "transfer_token": token})
     assert back.status == 409
-    history = await redirect.repository.history(MAC_A)
+    history = await redirect.mappings.history(MAC_A)
     assert [(h.action, h.provider, h.previous_provider) for h in history] == [
         ("register", "acme", None),
         ("transfer", "other", "acme"),
@@ -750,8 +767,8 @@ async def test_transfer_needs_a_token_from_the_owner(redirect: Redirect) -> None
 
 async def test_expired_transfer_token_is_refused(redirect: Redirect) -> None:
     await register(redirect, MAC_A, provider="local")
-    await redirect.repository.upsert_provider("acme", "Acme", {})
-    issued = await redirect.repository.issue_transfer_token(MAC_A, None, None, 60)
+    await redirect.providers.upsert_provider("acme", "Acme", {})
+    issued = await redirect.mappings.issue_transfer_token(MAC_A, None, None, 60)
     assert issued is not None
     token, _ = issued
     async with redirect.pool.acquire() as connection:
@@ -759,8 +776,8 @@ async def test_expired_transfer_token_is_refused(redirect: Redirect) -> None:
             "UPDATE redirect_transfer_tokens SET expires_at = now() - interval '1 second'"
         )
     with pytest.raises(errors.Conflict, match="owned_by_other_provider"):
-        await redirect.repository.register("acme", check_mapping(MAC_A, "sb1"), "test", token)
-    assert await redirect.repository.purge_expired() == 1
+        await redirect.mappings.register("acme", check_mapping(MAC_A, "sb1"), "test", token)
+    assert await redirect.keys.purge_expired() == 1
 
 
 # --- bulk import ---------------------------------------------------------------------------------
@@ -804,7 +821,7 @@ async def test_bulk_import_csv_per_row_results_and_idempotence(redirect: Redirec
     assert "without spaces" in results[7]["message"]
     assert results[8]["error"] == "invalid"
     assert "expected name=value" in results[8]["message"]
-    stored = await redirect.repository.get(MAC_A)
+    stored = await redirect.mappings.get(MAC_A)
     assert stored is not None
     assert dict(stored.facts) == {"r-site": "hq", "r-type": "IP232"}
     # Running the same import again changes nothing.
@@ -816,12 +833,12 @@ async def test_bulk_import_csv_per_row_results_and_idempotence(redirect: Redirec
         0,
         0,
     )
-    assert len(await redirect.repository.history(MAC_A)) == 1
+    assert len(await redirect.mappings.history(MAC_A)) == 1
     # JSON, and an update of the row imported before.
     rows = {"devices": [{"sn": MAC_A, "url": "https://x.example/s.txt"}, {"mac": 5}, "x"]}
     updated = await redirect.api(key, "POST", "/api/v1/redirect/import", rows)
     assert [r["result"] for r in updated.json()["results"]] == ["updated", "error", "error"]
-    assert [h.action for h in await redirect.repository.history(MAC_A)] == ["register", "update"]
+    assert [h.action for h in await redirect.mappings.history(MAC_A)] == ["register", "update"]
 
 
 async def test_bulk_import_of_the_maximum_and_413_beyond(redirect: Redirect) -> None:
@@ -1033,7 +1050,7 @@ async def test_factory_new_device_walks_to_in_sync(
     )
     node = await start_services(settings, pool, all_listeners, sockets={"devices": devices_socket})
     try:
-        await RedirectRepository(pool).register(
+        await MappingRepository(pool).register(
             "local",
             check_mapping(MAC_A, "sb1"),
             "test",
@@ -1072,7 +1089,7 @@ async def test_factory_new_device_walks_to_in_sync(
             return len(statuses) == 1 and statuses[0].in_sync and statuses[0].proof == "proven"
 
         await until(recorded_in_sync, timeout=10)
-        (handover,) = await logged_handovers(RedirectRepository(pool), MAC_A, 1)
+        (handover,) = await logged_handovers(HandoverRepository(pool), MAC_A, 1)
         assert handover.proof == ("proven" if first_url.startswith("https") else "claimed")
     finally:
         await node.stop()

@@ -34,7 +34,7 @@ from services.redirect.handlers import (
     add_api_routes,
     add_device_routes,
 )
-from services.redirect.repository import Handover, RedirectRepository
+from services.redirect.repository import Handover, HandoverRepository
 
 
 def create_device_app(settings: Settings) -> web.Application:
@@ -52,7 +52,7 @@ def create_device_app(settings: Settings) -> web.Application:
 
 
 async def _write_handovers(connection: asyncpg.Connection, handovers: list[Handover]) -> None:
-    await RedirectRepository(connection).record_handovers(handovers)
+    await HandoverRepository(connection).record_handovers(handovers)
 
 
 async def _handover_log_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -35,7 +35,14 @@ from services.redirect.handover import (
     parse_import,
     target_url,
 )
-from services.redirect.repository import MappingRecord, RedirectRepository, audit_import
+from services.redirect.repository import (
+    ApiKeyRepository,
+    HandoverRepository,
+    MappingRecord,
+    MappingRepository,
+    ProviderRepository,
+    audit_import,
+)
 from services.redirect.signing import check_scopes
 
 ACTOR = "cli"
@@ -96,7 +103,7 @@ async def register_device(args: argparse.Namespace, settings: Settings, pool: as
     provider = check_provider_id(args.provider)
     token = _read_token(args.transfer_token_file) if args.transfer_token_file else None
     async with pool.acquire() as connection, connection.transaction():
-        outcome, record = await RedirectRepository(connection).register(
+        outcome, record = await MappingRepository(connection).register(
             provider, wanted, ACTOR, token
         )
         if outcome.value != "unchanged":
@@ -110,7 +117,7 @@ async def move_device(args: argparse.Namespace, settings: Settings, pool: asyncp
     frontend = check_frontend_id(args.frontend) if args.frontend else None
     url = check_url(args.url) if args.url else None
     async with pool.acquire() as connection, connection.transaction():
-        record = await RedirectRepository(connection).move(mac, None, frontend, url, ACTOR)
+        record = await MappingRepository(connection).move(mac, None, frontend, url, ACTOR)
         if record is not None:
             await _audit(connection, "redirect.move", mac, record.as_json())
     if record is None:
@@ -124,7 +131,7 @@ async def deregister_device(
 ) -> int:
     mac = check_mac(args.mac)
     async with pool.acquire() as connection, connection.transaction():
-        deregistered = await RedirectRepository(connection).deregister(mac, None, ACTOR)
+        deregistered = await MappingRepository(connection).deregister(mac, None, ACTOR)
         if deregistered:
             await _audit(connection, "redirect.deregister", mac, None)
     if not deregistered:
@@ -135,10 +142,10 @@ async def deregister_device(
 
 async def show_device(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     mac = check_mac(args.mac)
-    repository = RedirectRepository(pool)
-    record = await repository.get(mac)
-    history = await repository.history(mac)
-    handovers = await repository.handovers(mac)
+    mappings = MappingRepository(pool)
+    record = await mappings.get(mac)
+    history = await mappings.history(mac)
+    handovers = await HandoverRepository(pool).handovers(mac)
     if record is None and not history:
         raise UsageError(f"no device {mac} is registered and none ever was")
     if args.json:
@@ -178,7 +185,7 @@ async def show_device(args: argparse.Namespace, settings: Settings, pool: asyncp
 
 
 async def list_devices(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    records = await RedirectRepository(pool).list_mappings(
+    records = await MappingRepository(pool).list_mappings(
         args.provider, args.frontend, limit=args.limit
     )
     if args.json:
@@ -206,7 +213,7 @@ async def import_devices(args: argparse.Namespace, settings: Settings, pool: asy
     )
     rows = parse_import(body, content_type, settings.redirect.import_max_rows)
     async with pool.acquire() as connection, connection.transaction():
-        results = await RedirectRepository(connection).import_mappings(provider, rows, ACTOR)
+        results = await MappingRepository(connection).import_mappings(provider, rows, ACTOR)
         await audit_import(connection, audit.cli_actor(), provider, results)
     if args.json:
         print(json.dumps([r.as_json() for r in results], indent=2))
@@ -226,7 +233,7 @@ async def transfer_token(args: argparse.Namespace, settings: Settings, pool: asy
     mac = check_mac(args.mac)
     to_provider = check_provider_id(args.to) if args.to else None
     async with pool.acquire() as connection, connection.transaction():
-        issued = await RedirectRepository(connection).issue_transfer_token(
+        issued = await MappingRepository(connection).issue_transfer_token(
             mac, None, to_provider, settings.redirect.transfer_token_lifetime
         )
         if issued is not None:
@@ -281,7 +288,7 @@ async def providers_add(args: argparse.Namespace, settings: Settings, pool: asyn
     name = clean_text(args.name or provider)
     facts = parse_fact_assignments(args.fact)
     async with pool.acquire() as connection, connection.transaction():
-        created = await RedirectRepository(connection).upsert_provider(provider, name, facts)
+        created = await ProviderRepository(connection).upsert_provider(provider, name, facts)
         await audit.record(
             connection,
             actor=audit.cli_actor(),
@@ -295,7 +302,7 @@ async def providers_add(args: argparse.Namespace, settings: Settings, pool: asyn
 
 
 async def providers_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    providers = await RedirectRepository(pool).list_providers()
+    providers = await ProviderRepository(pool).list_providers()
     if args.json:
         print(json.dumps([p.as_json() for p in providers], indent=2))
         return 0
@@ -312,7 +319,7 @@ async def keys_add(args: argparse.Namespace, settings: Settings, pool: asyncpg.P
     scopes = check_scopes(args.scope)
     description = clean_text(args.description) if args.description else None
     async with pool.acquire() as connection, connection.transaction():
-        key_id, secret = await RedirectRepository(connection).add_key(provider, scopes, description)
+        key_id, secret = await ApiKeyRepository(connection).add_key(provider, scopes, description)
         await audit.record(
             connection,
             actor=audit.cli_actor(),
@@ -331,7 +338,7 @@ async def keys_add(args: argparse.Namespace, settings: Settings, pool: asyncpg.P
 
 
 async def keys_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    keys = await RedirectRepository(pool).list_keys(args.provider)
+    keys = await ApiKeyRepository(pool).list_keys(args.provider)
     if args.json:
         print(json.dumps([k.as_json() for k in keys], indent=2))
         return 0
@@ -352,7 +359,7 @@ async def keys_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.
 
 async def keys_revoke(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     async with pool.acquire() as connection, connection.transaction():
-        revoked = await RedirectRepository(connection).revoke_key(args.key_id)
+        revoked = await ApiKeyRepository(connection).revoke_key(args.key_id)
         if revoked:
             await audit.record(
                 connection,

@@ -57,9 +57,11 @@ from services.redirect.handover import (
     target_url,
 )
 from services.redirect.repository import (
+    ApiKeyRepository,
     Handover,
+    HandoverRepository,
     MappingRecord,
-    RedirectRepository,
+    MappingRepository,
     audit_import,
 )
 from services.redirect.signing import (
@@ -137,8 +139,7 @@ async def device_request(request: web.Request) -> web.Response:
         retry = limiter.retry_after(address)
         return _text(429, rate_limited_reply(), {"Retry-After": str(retry)})
     async with acquire(pool_of(request)) as connection:
-        repository = RedirectRepository(connection)
-        found = choose_mapping(await repository.targets(key), key)
+        found = choose_mapping(await MappingRepository(connection).targets(key), key)
         target = _device_target(found, settings)
         if found is None or target is None:
             # Every miss spends a token, so a miss of any kind looks the same to a scanner.
@@ -209,7 +210,7 @@ async def verify_signature(request: web.Request) -> Caller:
         raise
     body = await request.read()
     async with acquire(pool_of(request)) as connection:
-        repository = RedirectRepository(connection)
+        repository = ApiKeyRepository(connection)
         key = await repository.api_key(header.key_id)
         if key is None:
             # The same work as a real check, so unknown keys cannot be told apart by timing.
@@ -324,7 +325,7 @@ async def list_devices(request: web.Request) -> web.Response:
     offset = int_query(request, "offset", 0, 0, 10**9)
     settings = request.app[SETTINGS_KEY]
     async with acquire(pool_of(request)) as connection:
-        records = await RedirectRepository(connection).list_mappings(
+        records = await MappingRepository(connection).list_mappings(
             caller.provider, frontend, limit=limit, offset=offset
         )
     return json_response(
@@ -340,12 +341,13 @@ async def get_device(request: web.Request) -> web.Response:
     caller = caller_of(request)
     mac = _device(request)
     async with acquire(pool_of(request)) as connection:
-        repository = RedirectRepository(connection)
-        record = await repository.get(mac, caller.provider)
+        record = await MappingRepository(connection).get(mac, caller.provider)
         if record is None:
             raise _no_mapping(mac)
         handovers = [
-            h.as_json() for h in await repository.handovers(mac, 5) if h.provider == caller.provider
+            h.as_json()
+            for h in await HandoverRepository(connection).handovers(mac, 5)
+            if h.provider == caller.provider
         ]
     data = mapping_json(record, request.app[SETTINGS_KEY])
     data["handovers"] = handovers
@@ -370,7 +372,7 @@ async def put_device(request: web.Request) -> web.Response:
         raise errors.Invalid("transfer_token: must be a string")
     wanted = check_mapping(mac, body.get("frontend"), body.get("url"), body.get("facts"))
     async with acquire(pool_of(request)) as connection, connection.transaction():
-        outcome, record = await RedirectRepository(connection).register(
+        outcome, record = await MappingRepository(connection).register(
             caller.provider, wanted, caller.actor, token
         )
         if outcome.value != "unchanged":
@@ -392,7 +394,7 @@ async def move_device(request: web.Request) -> web.Response:
     if frontend is None and url is None:
         raise errors.Invalid("frontend: a Frontend id or a url is required")
     async with acquire(pool_of(request)) as connection, connection.transaction():
-        record = await RedirectRepository(connection).move(
+        record = await MappingRepository(connection).move(
             mac, caller.provider, frontend, url, caller.actor
         )
         if record is not None:
@@ -406,9 +408,7 @@ async def delete_device(request: web.Request) -> web.Response:
     caller = caller_of(request)
     mac = _device(request)
     async with acquire(pool_of(request)) as connection, connection.transaction():
-        deleted = await RedirectRepository(connection).deregister(
-            mac, caller.provider, caller.actor
-        )
+        deleted = await MappingRepository(connection).deregister(mac, caller.provider, caller.actor)
         if deleted:
             await _audit(request, connection, "redirect.deregister", mac)
     if not deleted:
@@ -420,7 +420,7 @@ async def device_history(request: web.Request) -> web.Response:
     caller = caller_of(request)
     mac = _device(request)
     async with acquire(pool_of(request)) as connection:
-        entries = await RedirectRepository(connection).history(mac, caller.provider)
+        entries = await MappingRepository(connection).history(mac, caller.provider)
     if not entries:
         raise _no_mapping(mac)
     return json_response({"mac": mac, "history": [e.as_json() for e in entries]})
@@ -436,7 +436,7 @@ async def transfer_token(request: web.Request) -> web.Response:
     to_provider = None if body.get("to") in (None, "") else check_provider_id(body["to"])
     lifetime = request.app[SETTINGS_KEY].redirect.transfer_token_lifetime
     async with acquire(pool_of(request)) as connection, connection.transaction():
-        issued = await RedirectRepository(connection).issue_transfer_token(
+        issued = await MappingRepository(connection).issue_transfer_token(
             mac, caller.provider, to_provider, lifetime
         )
         if issued is not None:
@@ -456,7 +456,7 @@ async def import_devices(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY].redirect
     rows = parse_import(await request.read(), request.content_type, settings.import_max_rows)
     async with acquire(pool_of(request)) as connection, connection.transaction():
-        results = await RedirectRepository(connection).import_mappings(
+        results = await MappingRepository(connection).import_mappings(
             caller.provider, rows, caller.actor
         )
         await audit_import(connection, audit_actor(request), caller.provider, results)

@@ -1,5 +1,5 @@
-"""SQL of the redirect service: providers and their API keys, nonces, mappings, transfer tokens,
-history, hand-overs, unknown devices (tables in ``core/migrations/004_redirect.sql``).
+"""The mappings (MAC -> provider, Frontend, URL), their history and transfer tokens, and what a
+redirect poll looks up (tables in ``core/migrations/004_redirect.sql``).
 
 Contracts:
 
@@ -9,18 +9,15 @@ Contracts:
 - Every committed change of a mapping writes one ``redirect_history`` row in the same
   transaction; an unchanged registration writes nothing.
 - ``provider=None`` on the mapping methods means "the operator" (CLI): any owner's mapping.
-- Secrets: an API key's secret is returned only by :meth:`RedirectRepository.add_key` (to show
-  once) and to the signature check (:meth:`RedirectRepository.api_key`); transfer tokens are
-  stored as SHA-256 and returned once by :meth:`RedirectRepository.issue_transfer_token`.
+- Secrets: transfer tokens are stored as SHA-256 and returned once by
+  :meth:`MappingRepository.issue_transfer_token`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
@@ -36,119 +33,20 @@ from services.redirect.handover import (
     Outcome,
     RowError,
     RowResult,
-    StoredMapping,
     owned_by_other_provider,
     plan_import,
     plan_registration,
 )
-from services.redirect.signing import new_key_id, new_secret, new_transfer_token, token_digest
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-@dataclass(frozen=True)
-class Provider:
-    id: str
-    name: str
-    facts: Mapping[str, str]
-    created_at: datetime
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "facts": dict(self.facts),
-            "created_at": _iso(self.created_at),
-        }
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    id: str
-    provider: str
-    secret: str = field(repr=False)
-    scopes: tuple[str, ...]
-    description: str | None
-    created_at: datetime
-    last_used_at: datetime | None
-    revoked_at: datetime | None
-
-    def as_json(self) -> dict[str, Any]:
-        """Never the secret."""
-        return {
-            "id": self.id,
-            "provider": self.provider,
-            "scopes": list(self.scopes),
-            "description": self.description,
-            "created_at": _iso(self.created_at),
-            "last_used_at": _iso(self.last_used_at),
-            "revoked_at": _iso(self.revoked_at),
-        }
-
-
-@dataclass(frozen=True)
-class MappingRecord:
-    mac: str
-    provider: str
-    frontend: str | None
-    url: str | None
-    facts: Mapping[str, str]
-    created_at: datetime
-    updated_at: datetime
-    # The Frontend as the inventory has it now (None when it is not there).
-    public_address: str | None
-    frontend_index: int | None
-
-    def stored(self) -> StoredMapping:
-        return StoredMapping(self.mac, self.provider, self.frontend, self.url, self.facts)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "mac": self.mac,
-            "provider": self.provider,
-            "frontend": self.frontend,
-            "url": self.url,
-            "facts": dict(self.facts),
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-        }
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    mac: str
-    at: datetime
-    action: str
-    provider: str
-    previous_provider: str | None
-    frontend: str | None
-    url: str | None
-    facts: Mapping[str, str] | None
-    actor: str
-
-    def as_json(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
-        data["at"] = _iso(self.at)
-        data["facts"] = dict(self.facts) if self.facts is not None else None
-        return data
-
-
-@dataclass(frozen=True)
-class Handover:
-    mac: str
-    provider: str
-    at: datetime
-    source_address: str | None
-    proof: str
-    target: str
-
-    def as_json(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
-        data["at"] = _iso(self.at)
-        return data
-
+from services.redirect.repository.providers import require_provider
+from services.redirect.repository.records import (
+    HistoryEntry,
+    MappingRecord,
+    facts_of,
+    mapping_of,
+    stored_of,
+    target_of,
+)
+from services.redirect.signing import new_transfer_token, token_digest
 
 _SELECT_MAPPINGS = """
     SELECT m.mac, m.provider, m.frontend, m.url, m.facts, m.created_at, m.updated_at,
@@ -178,163 +76,17 @@ _INSERT_HISTORY = """
 """
 
 
-def _facts(value: Any) -> dict[str, str]:
-    if isinstance(value, str):  # a connection without the jsonb codec
-        value = json.loads(value)
-    return {str(k): str(v) for k, v in (value or {}).items()}
+async def check_frontend(connection: asyncpg.Connection, frontend: str | None) -> None:
+    if (
+        frontend is not None
+        and await InventoryRepository(connection).get_frontend(frontend) is None
+    ):
+        raise errors.Unprocessable(f"frontend: no Frontend {frontend} in the inventory")
 
 
-def _mapping(row: Mapping[str, Any]) -> MappingRecord:
-    return MappingRecord(
-        row["mac"],
-        row["provider"],
-        row["frontend"],
-        row["url"],
-        _facts(row["facts"]),
-        row["created_at"],
-        row["updated_at"],
-        row["public_address"],
-        row["frontend_index"],
-    )
-
-
-def _target(row: Mapping[str, Any]) -> DeviceTarget:
-    return DeviceTarget(
-        row["mac"],
-        row["provider"],
-        row["frontend"],
-        row["url"],
-        _facts(row["facts"]),
-        _facts(row["provider_facts"]),
-        row["public_address"],
-        row["frontend_index"],
-    )
-
-
-def _api_key(row: Mapping[str, Any]) -> ApiKey:
-    return ApiKey(
-        row["id"],
-        row["provider"],
-        row["secret"],
-        tuple(row["scopes"]),
-        row["description"],
-        row["created_at"],
-        row["last_used_at"],
-        row["revoked_at"],
-    )
-
-
-class RedirectRepository:
+class MappingRepository:
     def __init__(self, connection: asyncpg.Connection | asyncpg.Pool) -> None:
         self._db = connection
-
-    # --- providers ------------------------------------------------------------------------------
-
-    async def upsert_provider(self, provider_id: str, name: str, facts: Mapping[str, str]) -> bool:
-        """Create a provider or replace its name and facts; True if created."""
-        inserted: bool = await self._db.fetchval(
-            """
-            INSERT INTO redirect_providers AS p (id, name, facts) VALUES ($1, $2, $3)
-            ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, facts = EXCLUDED.facts,
-                                           updated_at = now()
-            RETURNING (xmax = 0)
-            """,
-            provider_id,
-            name,
-            dict(facts),
-        )
-        return inserted
-
-    async def get_provider(self, provider_id: str) -> Provider | None:
-        row = await self._db.fetchrow(
-            "SELECT id, name, facts, created_at FROM redirect_providers WHERE id = $1",
-            provider_id,
-        )
-        if row is None:
-            return None
-        return Provider(row["id"], row["name"], _facts(row["facts"]), row["created_at"])
-
-    async def list_providers(self) -> list[Provider]:
-        rows = await self._db.fetch(
-            "SELECT id, name, facts, created_at FROM redirect_providers ORDER BY id"
-        )
-        return [Provider(r["id"], r["name"], _facts(r["facts"]), r["created_at"]) for r in rows]
-
-    async def _require_provider(self, connection: asyncpg.Connection, provider: str) -> None:
-        if not await connection.fetchval(
-            "SELECT true FROM redirect_providers WHERE id = $1", provider
-        ):
-            raise errors.Invalid(f"provider: no provider {provider}")
-
-    # --- API keys and nonces ---------------------------------------------------------------------
-
-    async def add_key(
-        self, provider: str, scopes: Sequence[str], description: str | None
-    ) -> tuple[str, str]:
-        """A new key for ``provider``: (key id, secret). The secret is not shown again."""
-        key_id, secret = new_key_id(), new_secret()
-        async with transaction(self._db) as connection:
-            await self._require_provider(connection, provider)
-            await connection.execute(
-                """INSERT INTO redirect_api_keys (id, provider, secret, scopes, description)
-                   VALUES ($1, $2, $3, $4, $5)""",
-                key_id,
-                provider,
-                secret,
-                list(scopes),
-                description,
-            )
-        return key_id, secret
-
-    async def api_key(self, key_id: str) -> ApiKey | None:
-        """A key that is not revoked (its provider's), with its secret, for the signature check."""
-        row = await self._db.fetchrow(
-            "SELECT * FROM redirect_api_keys WHERE id = $1 AND revoked_at IS NULL", key_id
-        )
-        return _api_key(row) if row is not None else None
-
-    async def list_keys(self, provider: str | None = None) -> list[ApiKey]:
-        rows = await self._db.fetch(
-            """SELECT * FROM redirect_api_keys WHERE $1::text IS NULL OR provider = $1
-               ORDER BY provider, created_at, id""",
-            provider,
-        )
-        return [_api_key(row) for row in rows]
-
-    async def revoke_key(self, key_id: str) -> bool:
-        status: str = await self._db.execute(
-            "UPDATE redirect_api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
-            key_id,
-        )
-        return status == "UPDATE 1"
-
-    async def use_nonce(self, key_id: str, nonce: str, expires_at: datetime) -> bool:
-        """Remember a nonce until ``expires_at``; False if the key used it before (a replay)."""
-        async with transaction(self._db) as connection:
-            inserted = await connection.fetchval(
-                """INSERT INTO redirect_nonces (key_id, nonce, expires_at) VALUES ($1, $2, $3)
-                   ON CONFLICT DO NOTHING RETURNING true""",
-                key_id,
-                nonce,
-                expires_at,
-            )
-            if inserted:
-                await connection.execute(
-                    """UPDATE redirect_api_keys SET last_used_at = now() WHERE id = $1
-                       AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')""",
-                    key_id,
-                )
-        return bool(inserted)
-
-    async def purge_expired(self) -> int:
-        """Forget expired nonces and transfer tokens (safe on any number of nodes at once)."""
-        nonces: str = await self._db.execute("DELETE FROM redirect_nonces WHERE expires_at < now()")
-        tokens: str = await self._db.execute(
-            "DELETE FROM redirect_transfer_tokens WHERE expires_at < now()"
-        )
-        return int(nonces.split()[-1]) + int(tokens.split()[-1])
-
-    # --- the device side -------------------------------------------------------------------------
 
     async def targets(self, key: DeviceKey) -> list[DeviceTarget]:
         """Mappings that may be ``key``'s: by MAC, or by the MAC's last three bytes when only the
@@ -346,26 +98,7 @@ class RedirectRepository:
                 _SELECT_TARGETS + " WHERE right(m.mac, 6) = $1 ORDER BY m.mac LIMIT 16",
                 key.suffix,
             )
-        return [_target(row) for row in rows]
-
-    async def record_handovers(self, handovers: Sequence[Handover]) -> None:
-        """Log hand-overs (written in batches by the device app, see core/batch.py)."""
-        await self._db.executemany(
-            """INSERT INTO redirect_handovers (mac, provider, at, source_address, proof, target)
-               VALUES ($1, $2, $3, $4, $5, $6)""",
-            [(h.mac, h.provider, h.at, h.source_address, h.proof, h.target) for h in handovers],
-        )
-
-    async def handovers(self, mac: str, limit: int = 20) -> list[Handover]:
-        rows = await self._db.fetch(
-            """SELECT mac, provider, at, source_address, proof, target FROM redirect_handovers
-               WHERE mac = $1 ORDER BY id DESC LIMIT $2""",
-            mac,
-            limit,
-        )
-        return [Handover(**dict(row)) for row in rows]
-
-    # --- mappings --------------------------------------------------------------------------------
+        return [target_of(row) for row in rows]
 
     async def get(self, mac: str, provider: str | None = None) -> MappingRecord | None:
         """The mapping of ``mac``; with ``provider``, only if that provider owns it (another
@@ -375,7 +108,7 @@ class RedirectRepository:
             mac,
             provider,
         )
-        return _mapping(row) if row is not None else None
+        return mapping_of(row) if row is not None else None
 
     async def list_mappings(
         self,
@@ -395,14 +128,7 @@ class RedirectRepository:
             limit,
             offset,
         )
-        return [_mapping(row) for row in rows]
-
-    async def _check_frontend(self, connection: asyncpg.Connection, frontend: str | None) -> None:
-        if (
-            frontend is not None
-            and await InventoryRepository(connection).get_frontend(frontend) is None
-        ):
-            raise errors.Unprocessable(f"frontend: no Frontend {frontend} in the inventory")
+        return [mapping_of(row) for row in rows]
 
     async def register(
         self,
@@ -418,20 +144,14 @@ class RedirectRepository:
         provider. A used token is spent; a transfer voids the device's other tokens.
         """
         async with transaction(self._db) as connection:
-            await self._require_provider(connection, provider)
-            await self._check_frontend(connection, wanted.frontend)
+            await require_provider(connection, provider)
+            await check_frontend(connection, wanted.frontend)
             row = await connection.fetchrow(
                 "SELECT mac, provider, frontend, url, facts FROM redirect_mappings "
                 "WHERE mac = $1 FOR UPDATE",
                 wanted.mac,
             )
-            existing = (
-                StoredMapping(
-                    row["mac"], row["provider"], row["frontend"], row["url"], _facts(row["facts"])
-                )
-                if row is not None
-                else None
-            )
+            existing = stored_of(row) if row is not None else None
             token_ok = False
             if existing is not None and existing.provider != provider and transfer_token:
                 token_ok = bool(
@@ -488,7 +208,7 @@ class RedirectRepository:
                     )
                 await UnknownDeviceRepository(connection).forget(REDIRECT, [wanted.mac])
             stored = await connection.fetchrow(_SELECT_MAPPINGS + " WHERE m.mac = $1", wanted.mac)
-        return outcome, _mapping(stored)
+        return outcome, mapping_of(stored)
 
     async def move(
         self,
@@ -501,7 +221,7 @@ class RedirectRepository:
         """Point an existing mapping elsewhere (facts kept); None if there is none (of
         ``provider``'s)."""
         async with transaction(self._db) as connection:
-            await self._check_frontend(connection, frontend)
+            await check_frontend(connection, frontend)
             row = await connection.fetchrow(
                 """UPDATE redirect_mappings SET frontend = $3, url = $4, updated_at = now()
                    WHERE mac = $1 AND ($2::text IS NULL OR provider = $2)
@@ -521,11 +241,11 @@ class RedirectRepository:
                 None,
                 frontend,
                 url,
-                _facts(row["facts"]),
+                facts_of(row["facts"]),
                 actor,
             )
             stored = await connection.fetchrow(_SELECT_MAPPINGS + " WHERE m.mac = $1", mac)
-        return _mapping(stored)
+        return mapping_of(stored)
 
     async def deregister(self, mac: str, provider: str | None, actor: str) -> bool:
         """Remove a mapping (its transfer tokens go with it); False if there is none."""
@@ -547,7 +267,7 @@ class RedirectRepository:
                 None,
                 row["frontend"],
                 row["url"],
-                _facts(row["facts"]),
+                facts_of(row["facts"]),
                 actor,
             )
         return True
@@ -560,7 +280,7 @@ class RedirectRepository:
         token = new_transfer_token()
         async with transaction(self._db) as connection:
             if to_provider is not None:
-                await self._require_provider(connection, to_provider)
+                await require_provider(connection, to_provider)
             expires_at = await connection.fetchval(
                 """INSERT INTO redirect_transfer_tokens
                        (token_sha256, mac, issued_by, to_provider, expires_at)
@@ -588,7 +308,7 @@ class RedirectRepository:
             provider,
         )
         return [
-            HistoryEntry(**{**dict(row), "facts": _facts(row["facts"]) if row["facts"] else None})
+            HistoryEntry(**{**dict(row), "facts": facts_of(row["facts"]) if row["facts"] else None})
             for row in rows
         ]
 
@@ -603,19 +323,14 @@ class RedirectRepository:
         """
         macs = [row.mapping.mac for row in rows if row.mapping is not None]
         async with transaction(self._db) as connection:
-            await self._require_provider(connection, provider)
+            await require_provider(connection, provider)
             frontends = {f.id for f in await InventoryRepository(connection).list_frontends()}
             stored = await connection.fetch(
                 "SELECT mac, provider, frontend, url, facts FROM redirect_mappings "
                 "WHERE mac = ANY($1::text[])",
                 macs,
             )
-            existing = {
-                r["mac"]: StoredMapping(
-                    r["mac"], r["provider"], r["frontend"], r["url"], _facts(r["facts"])
-                )
-                for r in stored
-            }
+            existing = {r["mac"]: stored_of(r) for r in stored}
             results, writes = plan_import(rows, existing, provider, frontends)
             if not writes:
                 return results
