@@ -35,7 +35,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from services.backup.repository import BackupRepository
+from services.backup.repository import ArchiveRepository, MaintenanceRepository
 from services.ca.repository import CaRepository
 from services.core import audit, errors
 from services.core.api import Endpoint, json_response, pool_of, request_actor
@@ -337,7 +337,7 @@ async def replace(
         if await inventory.get_device(new_mac) is not None:
             raise OnboardError([f"new_mac: {new_mac} is already in the inventory"])
         variables = await inventory.list_variables("device", old_mac)
-        backups = BackupRepository(connection)
+        backups = ArchiveRepository(connection)
         held = await backups.device(new_mac)
         if held is not None and held.customer != old.customer:
             raise OnboardError(
@@ -386,7 +386,7 @@ async def replace(
             for record in await CaRepository(connection).issued(include_revoked=False)
             if record.device_mac == old_mac and record.not_after > datetime.now(UTC)
         ]
-        moved_versions = await backups.move_device(
+        moved_versions = await MaintenanceRepository(connection).move_device(
             old_mac, new_mac, hardware_id=stored.hardware_id, device_type=stored.device_type
         )
         redirect = MappingRepository(connection)

@@ -29,7 +29,12 @@ from services.backup.cli import register
 from services.backup.diff import Redaction, Side, unified_diff
 from services.backup.handlers import ContentCpu
 from services.backup.normalize import Normalizer, prepare
-from services.backup.repository import BackupRepository, InventoryDevice, Upload
+from services.backup.repository import (
+    ArchiveRepository,
+    IntakeRepository,
+    InventoryDevice,
+    Upload,
+)
 from services.core import db
 from services.core.auth import AccountRepository, Role
 from services.core.config import (
@@ -143,7 +148,7 @@ class Site:
 
     async def versions(self, mac: str = MAC_A) -> list[Any]:
         async with self.pool.acquire() as connection:
-            return await BackupRepository(connection).versions(mac, limit=1000)
+            return await ArchiveRepository(connection).versions(mac, limit=1000)
 
     async def session(self, certificate: str | None = None) -> aiohttp.ClientSession:
         context = ssl.create_default_context(cafile=str(self.pki.ca))
@@ -229,7 +234,7 @@ async def test_same_config_twice_is_one_version_a_change_is_two(site: Site) -> N
     assert [v.id for v in versions] == [2, 1]
     assert (versions[0].lines_added, versions[0].lines_removed) == (1, 1)
     async with site.pool.acquire() as connection:
-        repository = BackupRepository(connection)
+        repository = ArchiveRepository(connection)
         assert await repository.content(versions[0].content_sha256) == changed.encode()
         device = await repository.device(MAC_A)
         stored_contents = await connection.fetchval("SELECT count(*) FROM backup_contents")
@@ -277,7 +282,7 @@ async def test_change_raises_an_alert_with_diffstat_and_notify(
     finally:
         await listener.close()
     async with site.pool.acquire() as connection:
-        alerts = await BackupRepository(connection).alerts()
+        alerts = await ArchiveRepository(connection).alerts()
     assert [a.id for a in alerts] == [int(notified[0])]
     alert = alerts[0]
     assert (alert.kind, alert.mac, alert.customer) == ("changed", MAC_A, "Kuenkel00001")
@@ -646,7 +651,7 @@ async def test_chunked_upload_is_stored(site: Site) -> None:
     status, _ = await site.put(CONFIG_1, extra=("-H", "Transfer-Encoding: chunked"))
     assert status == 201
     async with site.pool.acquire() as connection:
-        content = await BackupRepository(connection).content(
+        content = await ArchiveRepository(connection).content(
             (await site.versions())[0].content_sha256
         )
     assert content == CONFIG_1.encode()
@@ -724,7 +729,7 @@ async def test_concurrent_puts_of_one_device(site: Site) -> None:
     versions = await site.versions()
     assert len(versions) == 12
     async with site.pool.acquire() as connection:
-        repository = BackupRepository(connection)
+        repository = ArchiveRepository(connection)
         stored = {await repository.content(v.content_sha256) for v in versions}
 
         async def every_put_counted() -> bool:
@@ -757,7 +762,7 @@ async def store_at(pool: asyncpg.Pool, moment: datetime, text: str, mac: str = M
         None,
     )
     async with pool.acquire() as connection:
-        result = await BackupRepository(connection).store_if_changed(
+        result = await IntakeRepository(connection).store_if_changed(
             upload, moment, ContentCpu(normalizer)
         )
     assert result.changed
@@ -815,7 +820,7 @@ async def test_retention_with_a_controlled_clock(
 
 async def all_versions(pool: asyncpg.Pool) -> list[Any]:
     async with pool.acquire() as connection:
-        return await BackupRepository(connection).versions(MAC_A, limit=100000)
+        return await ArchiveRepository(connection).versions(MAC_A, limit=100000)
 
 
 async def test_prune_runs_on_one_node_at_a_time(
@@ -840,13 +845,13 @@ async def test_stale_backup_alert(pool: asyncpg.Pool, start_site: SiteFactory) -
     report = await run_maintenance(pool, settings, start + timedelta(hours=25), dry_run=True)
     assert report.stale_alerts == [MAC_A]
     async with pool.acquire() as connection:
-        assert await BackupRepository(connection).alerts() == []
+        assert await ArchiveRepository(connection).alerts() == []
     report = await run_maintenance(pool, settings, start + timedelta(hours=25))
     assert report.stale_alerts == [MAC_A]
     # Once until the next PUT.
     assert (await run_maintenance(pool, settings, start + timedelta(hours=30))).stale_alerts == []
     async with pool.acquire() as connection:
-        alerts = await BackupRepository(connection).alerts()
+        alerts = await ArchiveRepository(connection).alerts()
     assert [(a.kind, a.mac) for a in alerts] == [("stale", MAC_A)]
     assert "no PUT since 2024-06-01T00:00:00+00:00" in alerts[0].message
 
@@ -865,12 +870,12 @@ async def test_restarted_node_raises_the_stale_alert_without_any_request(
             "UPDATE backup_devices SET last_put_at = now() - interval '2 hours' WHERE mac = $1",
             MAC_A,
         )
-        assert await BackupRepository(connection).alerts() == []
+        assert await ArchiveRepository(connection).alerts() == []
     second = await start_site(stale_after_hours=1.0, prune_interval=0.2)
 
     async def stale_alerts() -> list[str]:
         async with pool.acquire() as connection:
-            alerts = await BackupRepository(connection).alerts()
+            alerts = await ArchiveRepository(connection).alerts()
         return [alert.mac for alert in alerts if alert.kind == "stale"]
 
     async def alerted() -> bool:

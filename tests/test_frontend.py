@@ -22,7 +22,11 @@ import pytest
 
 from services.backup.handlers import ContentCpu
 from services.backup.normalize import Normalizer, prepare
-from services.backup.repository import BackupRepository, InventoryDevice, Upload
+from services.backup.repository import (
+    IntakeRepository,
+    InventoryDevice,
+    Upload,
+)
 from services.core import pki
 from services.core.auth import AccountRepository, Role
 from services.core.config import FrontendPlanSettings, Settings
@@ -428,7 +432,7 @@ async def store(pool: asyncpg.Pool, mac: str, hardware_id: str, text: str) -> No
         None,
     )
     async with pool.acquire() as connection:
-        await BackupRepository(connection).store_if_changed(
+        await IntakeRepository(connection).store_if_changed(
             upload, datetime.now(UTC), ContentCpu(normalizer)
         )
 

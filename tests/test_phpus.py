@@ -22,7 +22,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from services.backup.repository import BackupRepository
+from services.backup.repository import ArchiveRepository
 from services.core.config import ListenerSettings, Settings, UpdateSettings
 from services.core.inventory import (
     InventoryRepository,
@@ -662,14 +662,14 @@ async def test_mode_backup_put_and_post_are_stored(site: Site, method: str) -> N
 
     async def repeat_counted() -> bool:
         # The second upload was the same configuration: counted in the next batch.
-        found = await BackupRepository(site.pool).versions(MAC_A)
+        found = await ArchiveRepository(site.pool).versions(MAC_A)
         return [v.unchanged_puts for v in found] == [1]
 
     await until(repeat_counted)
-    versions = await BackupRepository(site.pool).versions(MAC_A)
+    versions = await ArchiveRepository(site.pool).versions(MAC_A)
     assert versions[0].upload_name == "update.php"
     assert versions[0].proof == "certificate"
-    assert await BackupRepository(site.pool).content(versions[0].content_sha256) == config
+    assert await ArchiveRepository(site.pool).content(versions[0].content_sha256) == config
 
 
 async def test_mode_backup_without_proof_is_refused(site: Site) -> None:
@@ -681,7 +681,7 @@ async def test_mode_backup_without_proof_is_refused(site: Site) -> None:
         ) as response,
     ):
         assert response.status == 401, await response.text()
-    assert await BackupRepository(site.pool).versions(MAC_A) == []
+    assert await ArchiveRepository(site.pool).versions(MAC_A) == []
 
 
 def test_phpus_paths_setting_and_routes() -> None:

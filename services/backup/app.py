@@ -36,7 +36,12 @@ from services.backup.handlers import (
     backup_resource,
 )
 from services.backup.normalize import Normalizer
-from services.backup.repository import BackupRepository, SeenUnchanged, Version
+from services.backup.repository import (
+    IntakeRepository,
+    MaintenanceRepository,
+    SeenUnchanged,
+    Version,
+)
 from services.backup.retention import Policy, policy_for, versions_to_delete
 from services.core.api import VERIFIED_CACHE_KEY, add_endpoints
 from services.core.auth import VerifiedCache
@@ -105,7 +110,7 @@ async def run_maintenance(
     defaults = Policy.defaults(settings.backup)
     report = MaintenanceReport(ran=True, dry_run=dry_run)
     async with acquire(pool) as connection:
-        repository = BackupRepository(connection)
+        repository = MaintenanceRepository(connection)
         if not dry_run and not await repository.try_maintenance_lock():
             log.info("backup maintenance: another node is running it")
             return MaintenanceReport(ran=False, dry_run=dry_run)
@@ -214,7 +219,7 @@ def create_app(settings: Settings, resources: Resources) -> web.Application:
 
 
 async def _record_unchanged(connection: asyncpg.Connection, seen: list[SeenUnchanged]) -> None:
-    await BackupRepository(connection).record_unchanged(seen)
+    await IntakeRepository(connection).record_unchanged(seen)
 
 
 def _fold_unchanged(earlier: SeenUnchanged, later: SeenUnchanged) -> SeenUnchanged:

@@ -21,7 +21,10 @@ from services.backup.app import run_maintenance
 from services.backup.diff import Redaction, redact_content
 from services.backup.handlers import render_diff, versions_to_compare
 from services.backup.normalize import Normalizer
-from services.backup.repository import BackupDevice, BackupRepository
+from services.backup.repository import (
+    ArchiveRepository,
+    BackupDevice,
+)
 from services.core import audit, errors
 from services.core.commands import Bind
 from services.core.config import Settings
@@ -47,7 +50,7 @@ def _table(rows: list[tuple[str, ...]]) -> None:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
 
 
-async def _device(repository: BackupRepository, value: str) -> BackupDevice:
+async def _device(repository: ArchiveRepository, value: str) -> BackupDevice:
     try:
         mac, hardware_id = parse_device(value)
     except errors.Invalid as error:
@@ -87,7 +90,7 @@ async def _secrets_shown(pool: asyncpg.Pool, device: BackupDevice, versions: str
 async def backups_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     now = datetime.now(UTC)
     async with pool.acquire() as connection:
-        devices = await BackupRepository(connection).devices(customer=args.customer, limit=100000)
+        devices = await ArchiveRepository(connection).devices(customer=args.customer, limit=100000)
     if args.json:
         print(json.dumps([d.as_json(now) for d in devices], indent=2))
         return 0
@@ -112,7 +115,7 @@ async def backups_list(args: argparse.Namespace, settings: Settings, pool: async
 
 async def backups_versions(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     async with pool.acquire() as connection:
-        repository = BackupRepository(connection)
+        repository = ArchiveRepository(connection)
         device = await _device(repository, args.device)
         versions = await repository.versions(device.mac, limit=args.limit, before=args.before)
     if args.json:
@@ -139,7 +142,7 @@ async def backups_versions(args: argparse.Namespace, settings: Settings, pool: a
 
 async def backups_show(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     async with pool.acquire() as connection:
-        repository = BackupRepository(connection)
+        repository = ArchiveRepository(connection)
         device = await _device(repository, args.device)
         wanted = _version_argument(args.version) or device.latest_version
         version = await repository.version(device.mac, wanted) if wanted is not None else None
@@ -162,7 +165,7 @@ async def backups_show(args: argparse.Namespace, settings: Settings, pool: async
 async def backups_diff(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     backup = settings.backup
     async with pool.acquire() as connection:
-        repository = BackupRepository(connection)
+        repository = ArchiveRepository(connection)
         device = await _device(repository, args.device)
         try:
             pair = await versions_to_compare(
@@ -222,7 +225,7 @@ async def backups_prune(args: argparse.Namespace, settings: Settings, pool: asyn
 
 async def backups_alerts(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     async with pool.acquire() as connection:
-        alerts = await BackupRepository(connection).alerts(limit=args.limit)
+        alerts = await ArchiveRepository(connection).alerts(limit=args.limit)
     if args.json:
         print(json.dumps([a.as_json() for a in alerts], indent=2))
         return 0

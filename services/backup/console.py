@@ -14,7 +14,7 @@ import asyncpg
 
 from services.backup.diff import Redaction, redact_content
 from services.backup.normalize import BINARY, decode, printable_text, split_lines
-from services.backup.repository import BackupRepository
+from services.backup.repository import ArchiveRepository
 from services.core.config import Settings
 
 
@@ -24,7 +24,7 @@ def _redaction(settings: Settings) -> Redaction:
 
 async def versions(pool: asyncpg.Pool, mac: str, limit: int = 50) -> list[dict[str, Any]]:
     async with pool.acquire() as connection:
-        found = await BackupRepository(connection).versions(mac, limit=limit)
+        found = await ArchiveRepository(connection).versions(mac, limit=limit)
     return [v.as_json() for v in found]
 
 
@@ -46,7 +46,7 @@ async def diff_sides(
     version against the one before. None when the device has fewer than two versions or an
     id is not one of its versions."""
     async with pool.acquire() as connection:
-        repository = BackupRepository(connection)
+        repository = ArchiveRepository(connection)
         device = await repository.device(mac)
         if device is None or device.latest_version is None:
             return None
@@ -80,7 +80,7 @@ async def overview(pool: asyncpg.Pool, settings: Settings) -> dict[str, Any]:
     now = datetime.now(UTC)
     older_than = now - timedelta(hours=settings.backup.stale_after_hours)
     async with pool.acquire() as connection:
-        repository = BackupRepository(connection)
+        repository = ArchiveRepository(connection)
         recent = await repository.recent_versions(50)
         alerts = await repository.alerts(limit=50)
         stale = await repository.stale_overview(older_than, 200)

@@ -21,7 +21,11 @@ from xml.sax.saxutils import escape
 from aiohttp import web
 
 from services.backup.normalize import BINARY
-from services.backup.repository import BackupDevice, BackupRepository, Version
+from services.backup.repository import (
+    ArchiveRepository,
+    BackupDevice,
+    Version,
+)
 from services.core import errors
 from services.core.api import authenticate, pool_of
 from services.core.auth import Role
@@ -129,7 +133,7 @@ class _Resource:
     def __init__(self, segments: list[str]) -> None:
         self.segments = segments
 
-    async def entries(self, repository: BackupRepository, depth: int) -> list[Entry]:
+    async def entries(self, repository: ArchiveRepository, depth: int) -> list[Entry]:
         segments = self.segments
         if not segments:
             entries = [Entry(PREFIX + "/", "backups", collection=True)]
@@ -156,7 +160,7 @@ class _Resource:
         version = await self._version(repository, device, segments[2])
         return [_version_entry(customer, device.mac, version)]
 
-    async def _devices(self, repository: BackupRepository, customer: str) -> list[BackupDevice]:
+    async def _devices(self, repository: ArchiveRepository, customer: str) -> list[BackupDevice]:
         if not _CUSTOMER.fullmatch(customer):
             raise errors.NotFound("no such collection")
         devices = await repository.devices(customer=customer, limit=1_000_000)
@@ -164,14 +168,14 @@ class _Resource:
             raise errors.NotFound("no such collection")
         return devices
 
-    async def _device(self, repository: BackupRepository, customer: str, mac: str) -> BackupDevice:
+    async def _device(self, repository: ArchiveRepository, customer: str, mac: str) -> BackupDevice:
         device = await repository.device(mac) if _MAC.fullmatch(mac) else None
         if device is None or device.customer != customer:
             raise errors.NotFound("no such collection")
         return device
 
     async def _version(
-        self, repository: BackupRepository, device: BackupDevice, name: str
+        self, repository: ArchiveRepository, device: BackupDevice, name: str
     ) -> Version:
         received_at = parse_file_name(name)
         version = await repository.version_at(device.mac, received_at) if received_at else None
@@ -224,12 +228,12 @@ async def dav(request: web.Request) -> web.StreamResponse:
         if request.can_read_body:
             await request.read()  # the requested properties do not change the answer
         async with acquire(pool_of(request)) as connection:
-            entries = await resource.entries(BackupRepository(connection), int(depth_header))
+            entries = await resource.entries(ArchiveRepository(connection), int(depth_header))
         return web.Response(
             status=207, text=multistatus(entries), content_type="application/xml", charset="utf-8"
         )
     async with acquire(pool_of(request)) as connection:
-        repository = BackupRepository(connection)
+        repository = ArchiveRepository(connection)
         entries = await resource.entries(repository, 1)
         if len(resource.segments) < 3:
             listing = "".join(

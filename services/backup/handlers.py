@@ -41,8 +41,9 @@ from services.backup.diff import (
 )
 from services.backup.normalize import BINARY, Normalizer, classify, compress, prepare
 from services.backup.repository import (
+    ArchiveRepository,
     BackupDevice,
-    BackupRepository,
+    IntakeRepository,
     InventoryDevice,
     SeenUnchanged,
     StoreResult,
@@ -168,7 +169,7 @@ async def _inventory_device(
     request: web.Request, identity: DeviceIdentity
 ) -> InventoryDevice | None:
     async with acquire(pool_of(request)) as connection:
-        return await BackupRepository(connection).inventory_device(
+        return await IntakeRepository(connection).inventory_device(
             identity.mac, identity.hardware_id
         )
 
@@ -265,7 +266,7 @@ async def put_backup(request: web.Request) -> web.Response:
         content_sha256 = hashlib.sha256(content).digest()
     pool = pool_of(request)
     async with acquire(pool) as connection:
-        latest = await BackupRepository(connection).latest_content(uploader.device.mac)
+        latest = await IntakeRepository(connection).latest_content(uploader.device.mac)
     if latest is not None and latest[1] == content_sha256:
         # Already stored and committed: what is left to record (seen at, put count) waits for
         # the next batch instead of a transaction of its own.
@@ -287,7 +288,7 @@ async def put_backup(request: web.Request) -> web.Response:
         source_address=request.remote,
     )
     async with acquire(pool) as connection:
-        result = await BackupRepository(connection).store_if_changed(
+        result = await IntakeRepository(connection).store_if_changed(
             upload, now, ContentCpu(normalizer)
         )
     return _stored_reply(uploader, prepared.encoding, result)
@@ -338,7 +339,7 @@ READERS = frozenset({Role.ADMIN, Role.OPERATOR})
 ADMINS = frozenset({Role.ADMIN})
 
 
-async def _device(repository: BackupRepository, value: str) -> BackupDevice:
+async def _device(repository: ArchiveRepository, value: str) -> BackupDevice:
     mac, hardware_id = parse_device(value)
     device = await repository.device(mac, hardware_id)
     if device is None:
@@ -393,7 +394,7 @@ async def list_devices(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", 1000, 1, 10000)
     offset = int_query(request, "offset", 0, 0, 10**9)
     async with acquire(pool_of(request)) as connection:
-        devices = await BackupRepository(connection).devices(
+        devices = await ArchiveRepository(connection).devices(
             customer=customer, limit=limit, offset=offset
         )
     now = datetime.now(UTC)
@@ -404,7 +405,7 @@ async def list_devices(request: web.Request) -> web.Response:
 
 async def get_device(request: web.Request) -> web.Response:
     async with acquire(pool_of(request)) as connection:
-        device = await _device(BackupRepository(connection), request.match_info["device"])
+        device = await _device(ArchiveRepository(connection), request.match_info["device"])
     return json_response(device.as_json(datetime.now(UTC)))
 
 
@@ -413,7 +414,7 @@ async def list_versions(request: web.Request) -> web.Response:
     before_raw = request.query.get("before", "")
     before = _version_id(before_raw, "before") if before_raw else None
     async with acquire(pool_of(request)) as connection:
-        repository = BackupRepository(connection)
+        repository = ArchiveRepository(connection)
         device = await _device(repository, request.match_info["device"])
         versions = await repository.versions(device.mac, limit=limit, before=before)
     next_before = versions[-1].id if len(versions) == limit else None
@@ -428,7 +429,7 @@ async def list_versions(request: web.Request) -> web.Response:
 
 
 async def _load_version(
-    repository: BackupRepository, device: BackupDevice, version_id: int | None
+    repository: ArchiveRepository, device: BackupDevice, version_id: int | None
 ) -> tuple[Version, bytes]:
     wanted = version_id if version_id is not None else device.latest_version
     version = await repository.version(device.mac, wanted) if wanted is not None else None
@@ -440,7 +441,7 @@ async def _load_version(
 async def get_version(request: web.Request) -> web.Response:
     redaction = request.app[REDACTION_KEY]
     async with acquire(pool_of(request)) as connection:
-        repository = BackupRepository(connection)
+        repository = ArchiveRepository(connection)
         device = await _device(repository, request.match_info["device"])
         version_id = _version_id(request.match_info["version"], "version")
         version, content = await _load_version(repository, device, version_id)
@@ -460,7 +461,7 @@ class DiffRequest:
 
 
 async def versions_to_compare(
-    repository: BackupRepository,
+    repository: ArchiveRepository,
     device: BackupDevice,
     old_id: int | None,
     new_id: int | None,
@@ -494,7 +495,7 @@ def render_diff(
 async def get_diff(request: web.Request) -> web.Response:
     all_lines = _flag(request, "all_lines")
     async with acquire(pool_of(request)) as connection:
-        repository = BackupRepository(connection)
+        repository = ArchiveRepository(connection)
         device = await _device(repository, request.match_info["device"])
         old_id = _version_id(request.query.get("from", ""), "from")
         new_id = _version_id(request.query.get("to", ""), "to")
@@ -519,7 +520,7 @@ async def list_alerts(request: web.Request) -> web.Response:
     after_raw = request.query.get("after", "")
     after = _version_id(after_raw, "after") if after_raw else None
     async with acquire(pool_of(request)) as connection:
-        alerts = await BackupRepository(connection).alerts(limit=limit, after=after)
+        alerts = await ArchiveRepository(connection).alerts(limit=limit, after=after)
     return json_response({"alerts": [a.as_json() for a in alerts]})
 
 
