@@ -40,7 +40,7 @@ from services.core.inventory import (
 from services.core.runner import Node, start_node
 from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
-from services.events.repository import EventRepository
+from services.events.delivery import DeliveryRepository
 from services.serve import service_factories
 from services.update.repository import (
     FLEET_SORTS,
@@ -1162,7 +1162,7 @@ async def test_system_page_nodes_destinations_migrations_version(
     assert await console.post_event("type=syslog&severity=info&text=Config+saved") == 201
     # A syslog destination another node forwards to, two events behind.
     async with console.pool.acquire() as connection:
-        await EventRepository(connection).ensure_cursor(
+        await DeliveryRepository(connection).ensure_cursor(
             "central", "udp://127.0.0.1:5514", from_end=False, holder="node-b:4242"
         )
         address = await connection.fetchval("SELECT COALESCE(host(inet_client_addr()), 'local')")

@@ -43,6 +43,7 @@ from services.core.runner import Node
 from services.core.senderscope import SenderScopeRepository
 from services.events.app import create_app
 from services.events.cli import register
+from services.events.delivery import DeliveryRepository
 from services.events.parse import parse_event
 from services.events.repository import EventRepository, NewEvent
 from services.events.retention import run_retention
@@ -904,7 +905,7 @@ async def test_forwarding_over_tls_with_certificate_verification(
         await until(lambda: len(server.ids()) == 25, timeout=20)
         assert server.ids() == [r["id"] for r in await site.rows()]
         async with site.pool.acquire() as connection:
-            cursors = {c.name: c for c in await EventRepository(connection).cursors()}
+            cursors = {c.name: c for c in await DeliveryRepository(connection).cursors()}
         assert cursors["wrong"].delivered_id == 0
         assert "certificate verify failed" in (cursors["wrong"].last_error or "")
     finally:
@@ -913,7 +914,7 @@ async def test_forwarding_over_tls_with_certificate_verification(
 
 async def destination_delivered(site: Site, count: int) -> bool:
     async with site.pool.acquire() as connection:
-        cursors = await EventRepository(connection).cursors()
+        cursors = await DeliveryRepository(connection).cursors()
     return bool(cursors) and cursors[0].delivered_id == count and cursors[0].backlog == 0
 
 

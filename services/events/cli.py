@@ -20,6 +20,7 @@ from services.core import errors
 from services.core.commands import Bind
 from services.core.config import Settings
 from services.core.identity import printable
+from services.events.delivery import DeliveryRepository
 from services.events.handlers import Filters, event_json
 from services.events.repository import NOTIFY_CHANNEL, EventRepository
 from services.events.retention import run_retention
@@ -155,7 +156,7 @@ async def events_destinations(
     args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool
 ) -> int:
     async with pool.acquire() as connection:
-        cursors = await EventRepository(connection).cursors()
+        cursors = await DeliveryRepository(connection).cursors()
     now = datetime.now(UTC)
     if args.json:
         data: list[dict[str, Any]] = [

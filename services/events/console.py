@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 
+from services.events.delivery import DeliveryRepository
 from services.events.repository import EventRepository
 
 _FIELDS = (
@@ -42,7 +43,7 @@ async def events(pool: asyncpg.Pool, filters: dict[str, Any]) -> list[dict[str, 
 async def destinations(pool: asyncpg.Pool) -> list[dict[str, Any]]:
     """Syslog destinations with what they still have to deliver."""
     async with pool.acquire() as connection:
-        cursors = await EventRepository(connection).cursors()
+        cursors = await DeliveryRepository(connection).cursors()
     result: list[dict[str, Any]] = []
     for cursor in cursors:
         oldest: datetime | None = cursor.oldest_undelivered_at

@@ -31,6 +31,7 @@ import asyncpg
 
 from services.core.config import EventsSettings
 from services.core.identity import printable
+from services.events.delivery import DeliveryRepository
 from services.events.repository import NOTIFY_CHANNEL, EventRepository
 from services.events.syslog import Destination, as_outgoing, format_event, octet_counted
 
@@ -223,7 +224,7 @@ class Forwarder:
         return self.destination.name
 
     async def _hold_and_forward(self, connection: asyncpg.Connection) -> None:
-        repository = EventRepository(connection)
+        repository = DeliveryRepository(connection)
         while not await repository.try_forward_lock(self._name):
             if self._closed:
                 return
@@ -246,7 +247,7 @@ class Forwarder:
             self.destination.describe(),
             delivered + 1,
         )
-        await self._pump(repository, delivered)
+        await self._pump(repository, EventRepository(connection), delivered)
 
     async def _open(self) -> Sender:
         if self.destination.scheme == "udp":
@@ -254,13 +255,15 @@ class Forwarder:
         context = await tls_context(self.destination) if self.destination.scheme == "tls" else None
         return await StreamSender.open(self.destination, context)
 
-    async def _problem(self, repository: EventRepository, message: str) -> None:
+    async def _problem(self, repository: DeliveryRepository, message: str) -> None:
         if message != self._last_error:
             log.warning("events forwarding to %s: %s", self._name, message)
             await repository.record_error(self._name, message)
         self._last_error = message
 
-    async def _pump(self, repository: EventRepository, delivered: int) -> None:
+    async def _pump(
+        self, repository: DeliveryRepository, events: EventRepository, delivered: int
+    ) -> None:
         settings = self._settings
         position = delivered
         in_flight: collections.deque[tuple[float, int, int]] = collections.deque()
@@ -293,8 +296,8 @@ class Forwarder:
                     # The backup service tells of changed and stale configs through PostgreSQL;
                     # whichever forwarder runs first imports them, the others find nothing.
                     self._alerts_waiting = False
-                    await repository.import_backup_alerts(datetime.now(UTC))
-                    while await repository.import_audit(datetime.now(UTC)) >= 1000:
+                    await events.import_backup_alerts(datetime.now(UTC))
+                    while await events.import_audit(datetime.now(UTC)) >= 1000:
                         pass  # a large apply: import all of it before forwarding on
                 rows = await repository.pending(
                     position, settings.forward_batch, settings.forward_repeats
@@ -322,7 +325,7 @@ class Forwarder:
                 now = time.monotonic()
                 if now - refreshed > 1.0:
                     refreshed = now
-                    await self._refresh_status(repository, delivered)
+                    await self._refresh_status(repository, events, delivered)
                 if not rows:
                     wait = settings.confirm_delay / 2 if in_flight else 1.0
                     with contextlib.suppress(TimeoutError):
@@ -333,7 +336,7 @@ class Forwarder:
 
     async def _confirm(
         self,
-        repository: EventRepository,
+        repository: DeliveryRepository,
         sender: Sender,
         in_flight: collections.deque[tuple[float, int, int]],
         delivered: int,
@@ -350,9 +353,11 @@ class Forwarder:
         self.status.delivered_id = last
         return last
 
-    async def _refresh_status(self, repository: EventRepository, delivered: int) -> None:
+    async def _refresh_status(
+        self, repository: DeliveryRepository, events: EventRepository, delivered: int
+    ) -> None:
         self.status.delivered_id = delivered
-        self.status.newest_id = await repository.newest_id()
+        self.status.newest_id = await events.newest_id()
         self.status.oldest_undelivered_at = (
             await repository.oldest_after(delivered) if self.status.newest_id > delivered else None
         )

@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncpg
 
 from services.core.metrics import Metrics, seconds_since
-from services.events.repository import EventRepository
+from services.events.delivery import DeliveryRepository
 
 
 async def destinations_source(connection: asyncpg.Connection, metrics: Metrics) -> None:
-    for cursor in await EventRepository(connection).cursors():
+    for cursor in await DeliveryRepository(connection).cursors():
         metrics.events_backlog.labels(cursor.name).set(cursor.backlog)
         metrics.events_oldest.labels(cursor.name).set(seconds_since(cursor.oldest_undelivered_at))
         metrics.events_delivered.labels(cursor.name).set(cursor.delivered_total)

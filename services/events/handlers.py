@@ -44,6 +44,7 @@ from services.core.identity import (
 )
 from services.core.periodic import PeriodicJob
 from services.core.ratelimit import QuotaLimiter, limiter_key
+from services.events.delivery import DeliveryRepository
 from services.events.forward import ForwardStatus
 from services.events.parse import ALARM_SEVERITIES, SYSLOG_LEVELS, parse_event
 from services.events.repository import DeviceRef, EventRepository, NewEvent
@@ -425,7 +426,7 @@ async def get_raw(request: web.Request) -> web.Response:
 
 async def list_destinations(request: web.Request) -> web.Response:
     async with acquire(pool_of(request)) as connection:
-        cursors = await EventRepository(connection).cursors()
+        cursors = await DeliveryRepository(connection).cursors()
     now = datetime.now(UTC)
     return json_response(
         {
