@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from services.core.pki.files import (
     _directory_lock,
@@ -26,6 +25,8 @@ from services.core.pki.files import (
 from services.core.pki.issuing import (
     _is_ca,
     _issued_by,
+    _root_common_name,
+    _root_subject,
     create_root_ca,
     issue_certificate,
 )
@@ -112,15 +113,9 @@ def ensure_demo_pki(
         name: (devices_directory / f"{name}.pem", devices_directory / f"{name}.key")
         for name in device_names
     }
-    ca_common_name = f"{organization} Device Certification Authority"
+    ca_common_name = _root_common_name(organization)
     _validate_text("organization (in the CA common name)", ca_common_name, _MAX_COMMON_NAME)
-    ca_subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COUNTRY_NAME, country_code),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-            x509.NameAttribute(NameOID.COMMON_NAME, ca_common_name),
-        ]
-    )
+    ca_subject = _root_subject(country_code, organization, ca_common_name)
 
     _make_directory(directory)
     with _directory_lock(directory):

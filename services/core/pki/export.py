@@ -29,7 +29,7 @@ def certificate_der(certificate: x509.Certificate) -> bytes:
 
 def certificate_to_hex_der(certificate: x509.Certificate) -> str:
     """Lowercase hex of the DER certificate, the form device scripts use (protocol.md §9)."""
-    return certificate.public_bytes(serialization.Encoding.DER).hex()
+    return certificate_der(certificate).hex()
 
 
 def load_der_certificate(der: bytes) -> x509.Certificate:

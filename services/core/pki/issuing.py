@@ -64,18 +64,12 @@ def create_root_ca(
     country_code = _validate_country(country)
     _validate_text("organization", organization, _MAX_ORGANIZATION)
     if common_name is None:
-        common_name = f"{organization} Device Certification Authority"
+        common_name = _root_common_name(organization)
     _validate_text("common_name", common_name, _MAX_COMMON_NAME)
     _validate_valid_days(valid_days)
     current = _aware(now)
     key = generate_key(key_type, key_bits, curve)
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COUNTRY_NAME, country_code),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
+    subject = _root_subject(country_code, organization, common_name)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -103,6 +97,22 @@ def create_root_ca(
     )
     certificate = builder.sign(private_key=key, algorithm=hashes.SHA256())
     return IssuedCertificate(certificate=certificate, key=key)
+
+
+def _root_common_name(organization: str) -> str:
+    """The RootCA's default common name (the seed's "<hoster> Device Certification Authority")."""
+    return f"{organization} Device Certification Authority"
+
+
+def _root_subject(country_code: str, organization: str, common_name: str) -> x509.Name:
+    """``C=<country>, O=<organization>, CN=<common_name>``: the RootCA's subject (and issuer)."""
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, country_code),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def issue_certificate(

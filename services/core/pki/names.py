@@ -96,17 +96,8 @@ def device_certificate_names(
 
 def certificate_names(item: x509.Certificate | x509.CertificateSigningRequest) -> CertificateNames:
     """The common name and subjectAltNames a certificate or signing request carries."""
-    attributes = item.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    common_name = ""
-    if attributes:
-        value = attributes[0].value
-        common_name = value if isinstance(value, str) else value.decode("utf-8", "replace")
-    try:
-        extension = item.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        names: list[x509.GeneralName] = []
-    else:
-        names = list(extension.value)
+    common_name = _common_name(item) or ""
+    names = _certificate_sans(item)
     dns_names = tuple(name.value for name in names if isinstance(name, x509.DNSName))
     ip_addresses = tuple(str(name.value) for name in names if isinstance(name, x509.IPAddress))
     return CertificateNames(common_name, dns_names, ip_addresses)
@@ -183,7 +174,9 @@ def _split_server_names(server_names: Sequence[str]) -> tuple[list[str], list[st
     return dns_names, ip_addresses
 
 
-def _certificate_sans(certificate: x509.Certificate) -> list[x509.GeneralName]:
+def _certificate_sans(
+    certificate: x509.Certificate | x509.CertificateSigningRequest,
+) -> list[x509.GeneralName]:
     try:
         extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
@@ -197,7 +190,7 @@ def _san_sets(names: Sequence[x509.GeneralName]) -> tuple[frozenset[str], frozen
     return dns_names, ip_addresses
 
 
-def _common_name(certificate: x509.Certificate) -> str | None:
+def _common_name(certificate: x509.Certificate | x509.CertificateSigningRequest) -> str | None:
     attributes = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not attributes:
         return None
