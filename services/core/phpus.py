@@ -34,7 +34,7 @@ def route_paths(paths: Iterable[str]) -> list[str]:
     routes: list[str] = []
     for path in paths:
         prefix, _, file_name = path.rpartition("/")
-        # The configuration allows no braces in a path (core.config._PHPUS_PATH).
+        # The configuration allows no braces in a path (core.config.devices._PHPUS_PATH).
         name = "{name:" + re.escape(file_name) + "}"
         if prefix.startswith("*"):
             routes.append("/{phpus_prefix:.*}" + prefix[1:] + "/" + name)

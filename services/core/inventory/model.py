@@ -19,7 +19,7 @@ INVENTORY_LOCK_ID = 0x70627869  # "pbxi"
 LAYERS = ("global", "frontend", "customer", "device_class", "device_type", "device")
 DEVICE_CLASSES = ("phone", "gateway", "pbx")
 
-# Same rule as settings.frontend in core/config.py.
+# Same rule as settings.frontend in core/config/load.py (validate).
 _FRONTEND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 # protocol.md §8: customer ids are "safe" ASCII; CPE ids are built from them. Never a path.
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
