@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core.config import Settings, cli_overrides, config_files_from_env, load_settings
+from services.update.provisioning.context import BUILD_PATTERN, HOURS_PATTERN
 from services.update.scripts import MAX_SCRIPT_BYTES, RAW_MARKER
 
 CONFIG_FILE = "config.xml"
@@ -56,8 +57,6 @@ IMPORT_FOLDER = "phpus"
 ENVIRONMENT_VARIABLE = "phpus-env"
 _SCRIPT_NAME = re.compile(r"([^-]+)-(.+)-([^-]+)\.txt")
 _DEVICE_SCRIPT = re.compile(r"[0-9a-f]{12}|[0-9a-f]{2}(?:_[0-9a-f]{2}){5}")
-_HOURS = re.compile(r"\d{1,2}(,\d{1,2})*")
-_BUILD = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MODEL = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # What the script store refuses (scripts.ScriptStore: control characters other than TAB/CR/LF).
@@ -613,7 +612,7 @@ def inventory_fragment(config: PhpusConfig, source: Path, findings: Findings) ->
     allow = config.times.get("allow")
     if allow is not None:
         hours = allow.replace(" ", "")
-        if _HOURS.fullmatch(hours) and all(int(h) <= 23 for h in hours.split(",")):
+        if HOURS_PATTERN.fullmatch(hours) and all(int(h) <= 23 for h in hours.split(",")):
             lines += [
                 "# times/@allow: the hours devices may run their script (from the final phase on).",
                 f"update-allow = {_toml(hours)}",
@@ -642,7 +641,7 @@ def inventory_fragment(config: PhpusConfig, source: Path, findings: Findings) ->
             continue
         if build == "firmware" and kind == "boot":
             build = config.firmware
-        if not build.isdigit() or not _BUILD.fullmatch(build):
+        if not build.isdigit() or not BUILD_PATTERN.fullmatch(build):
             findings.warning(
                 source / CONFIG_FILE,
                 f"master/@{label} is {build!r} (PHPUS asks the master device's box_info): "
