@@ -1,39 +1,11 @@
-"""The Frontend plan: what the seed configures by hand on a Frontend, computed from the inventory.
-
-Seed sources (``seed/howto-hosting-with-v10.txt``):
-
-- "Frontend/NAT": inbound NAT maps for HTTPS and LDAPS to each customer PBX, 2 per customer,
-  about 290 per Frontend, about 20 reserved for shared services (Metadir, fax, reporting), so
-  about 135 customers. The numbering scheme: 4-digit external ports, the first digit the service
-  (8 HTTPS, 9 LDAPS to the PBX), the other three the last octet of the PBX's internal address:
-  ``9007 -> 10.0.0.7:636``.
-- "Kerberos": the shared UDP maps 7088/7089/7464/7465 to the Kerberos servers.
-- "Frontend/NAT": a UDP NAT port range at least as large as the number of customer PBXs, not
-  overlapping the UDP-RTP range (16384-32767 by default).
-- "Frontend/PBX" and "Configuration of customer related objects": one SessionBorder object per
-  potential CPE: Long Name and "Registration to internal PBX" name = CPE id, "Registration from
-  external" name = hardware id, Password = the customer registration password, PBX Password
-  ticked.
-- "Alternate RAS port": the Frontend listens for RAS on the port the phones use
-  (``config add H323 /ras-port-alt xxxx``).
-
-**The encoding rule.** Three digits hold 000-255, so every IPv4 last octet fits and the port stays
-at most 9255. What the scheme cannot encode: an address that is not an IPv4 address (a host
-name, IPv6), and two customer PBXs of one Frontend whose addresses share the last octet
-(10.0.0.7 and 10.0.1.7 would both be 9007: one customer's phones would reach the other's PBX).
-So the customer PBXs of one Frontend need distinct last octets, in practice one /24 per Frontend.
-
-Everything here is a plain function of an :class:`Inventory` and the settings; no I/O.
-"""
+"""Building a Frontend's plan from the inventory: each customer's ports and objects, the shared
+maps, and every clash named as a violation."""
 
 from __future__ import annotations
 
-import csv
-import io
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from services.core.config import FrontendPlanSettings, parse_shared_map
 from services.core.identity import IdentityError, normalize_mac
@@ -44,107 +16,23 @@ from services.core.inventory.variables import (
     device_scopes,
     frontend_scopes,
 )
-
-# Update variables the plan reads (customer layer unless said otherwise).
-PBX_ADDRESS_VARIABLE = "h-pbxip"
-HTTPS_PORT_VARIABLE = "h-httpsport"
-LDAPS_PORT_VARIABLE = "h-ldapport"
-# The phones' RAS port (device_class phone in the example inventory).
-RAS_PORT_VARIABLE = "h-rasport"
-# Frontend layer: the MAC of the Frontend gateway itself, whose backups are checked.
-FRONTEND_MAC_VARIABLE = "frontend-mac"
-# H.225 RAS's registered port: a phone on it needs no alternate port on the Frontend.
-DEFAULT_RAS_PORT = 1719
-# CPE get SessionBorder objects; the customer PBX is in the provider's network.
-CPE_CLASSES = ("phone", "gateway")
-MASK = "***"
-
-_VARIABLE_REFERENCE = re.compile(r"#\(([^)]*)\)")
-
-
-@dataclass(frozen=True)
-class NatMap:
-    protocol: str  # tcp | udp
-    external_port: int
-    address: str
-    internal_port: int
-    # https | ldaps for a customer's maps, the shared map's name otherwise.
-    service: str
-    customer: str | None = None
-    # Where the external port came from: "scheme", "variable h-ldapport" or "settings".
-    source: str = "scheme"
-
-
-@dataclass(frozen=True)
-class SessionBorder:
-    """One SessionBorder object on the Frontend (seed "Configuration of customer related
-    objects")."""
-
-    customer: str
-    mac: str
-    long_name: str  # = CPE id
-    internal_name: str  # "Registration to internal PBX" name = CPE id
-    external_name: str  # "Registration from external" name = hardware id
-    internal_pbx: str | None  # the customer PBX's address
-    password: str | None = field(repr=False)  # the customer registration password
-    pbx_password: bool = True
-
-
-@dataclass(frozen=True)
-class Violation:
-    code: str
-    subject: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.subject}: {self.message} [{self.code}]"
-
-
-@dataclass(frozen=True)
-class Budget:
-    maps_used: int
-    maps_limit: int
-    shared_maps: int
-    shared_reserve: int
-    customers: int
-    customers_limit: int
-
-
-@dataclass(frozen=True)
-class CustomerPlan:
-    id: str
-    pbx_address: str | None
-    registration_password_set: bool
-    maps: tuple[NatMap, ...]
-
-
-@dataclass(frozen=True)
-class FrontendPlan:
-    frontend: Frontend
-    customers: tuple[CustomerPlan, ...]
-    shared_maps: tuple[NatMap, ...]
-    session_borders: tuple[SessionBorder, ...]
-    udp_nat_first: int
-    udp_nat_last: int
-    rtp_first: int
-    rtp_last: int
-    ras_port_alt: int | None
-    budget: Budget
-    # Everything that makes this plan wrong or unusable, each named (see check_plan).
-    violations: tuple[Violation, ...]
-    frontend_mac: str | None = None
-    directory_map: NatMap | None = None
-
-    @property
-    def maps(self) -> tuple[NatMap, ...]:
-        return tuple(m for c in self.customers for m in c.maps) + self.shared_maps
-
-
-class UnknownFrontend(LookupError):
-    pass
-
-
-# --- the plan ----------------------------------------------------------------------------------
+from services.frontend.plan.model import (
+    CPE_CLASSES,
+    DEFAULT_RAS_PORT,
+    FRONTEND_MAC_VARIABLE,
+    HTTPS_PORT_VARIABLE,
+    LDAPS_PORT_VARIABLE,
+    PBX_ADDRESS_VARIABLE,
+    RAS_PORT_VARIABLE,
+    VARIABLE_REFERENCE,
+    Budget,
+    CustomerPlan,
+    FrontendPlan,
+    NatMap,
+    SessionBorder,
+    UnknownFrontend,
+    Violation,
+)
 
 
 def scheme_port(digit: int, address: str) -> int:
@@ -238,7 +126,7 @@ def _shared_maps(
     maps: list[NatMap] = []
     for text in settings.shared_maps:
         name, protocol, external, address, internal = parse_shared_map(text)
-        reference = _VARIABLE_REFERENCE.fullmatch(address)
+        reference = VARIABLE_REFERENCE.fullmatch(address)
         if reference:
             value = variables.get(reference.group(1))
             if not value:
@@ -510,198 +398,3 @@ def build_plan(
         frontend_mac=frontend_mac,
         directory_map=directory,
     )
-
-
-# --- rendering ---------------------------------------------------------------------------------
-
-
-def _password(border: SessionBorder, show_secrets: bool) -> str | None:
-    if border.password is None:
-        return None
-    return border.password if show_secrets else MASK
-
-
-def _map_json(nat: NatMap) -> dict[str, object]:
-    return {
-        "protocol": nat.protocol,
-        "external_port": nat.external_port,
-        "address": nat.address,
-        "internal_port": nat.internal_port,
-        "service": nat.service,
-        "customer": nat.customer,
-        "source": nat.source,
-    }
-
-
-def plan_json(plan: FrontendPlan, *, show_secrets: bool = False) -> dict[str, object]:
-    frontend = plan.frontend
-    return {
-        "frontend": {
-            "id": frontend.id,
-            "public_address": frontend.public_address,
-            "internal_address": frontend.internal_address,
-            "index": frontend.index,
-        },
-        "nat_maps": [_map_json(m) for m in plan.maps],
-        "customers": [
-            {
-                "id": c.id,
-                "pbx_address": c.pbx_address,
-                "registration_password_set": c.registration_password_set,
-                "nat_maps": {m.service: m.external_port for m in c.maps},
-            }
-            for c in plan.customers
-        ],
-        "session_borders": [
-            {
-                "customer": b.customer,
-                "mac": b.mac,
-                "long_name": b.long_name,
-                "internal_name": b.internal_name,
-                "external_name": b.external_name,
-                "internal_pbx": b.internal_pbx,
-                "password": _password(b, show_secrets),
-                "password_set": b.password is not None,
-                "pbx_password": b.pbx_password,
-            }
-            for b in plan.session_borders
-        ],
-        "udp_nat": {"first": plan.udp_nat_first, "last": plan.udp_nat_last},
-        "rtp": {"first": plan.rtp_first, "last": plan.rtp_last},
-        "ras_port_alt": plan.ras_port_alt,
-        "budget": {
-            "maps": {"used": plan.budget.maps_used, "limit": plan.budget.maps_limit},
-            "shared_maps": {"used": plan.budget.shared_maps, "limit": plan.budget.shared_reserve},
-            "customers": {"used": plan.budget.customers, "limit": plan.budget.customers_limit},
-        },
-        "violations": [
-            {"code": v.code, "subject": v.subject, "message": v.message} for v in plan.violations
-        ],
-    }
-
-
-CSV_COLUMNS = (
-    "kind",
-    "customer",
-    "name",
-    "protocol",
-    "external_port",
-    "address",
-    "internal_port",
-    "external_name",
-    "password",
-    "pbx_password",
-    "used",
-    "limit",
-)
-
-
-def plan_rows(plan: FrontendPlan, *, show_secrets: bool = False) -> list[dict[str, object]]:
-    """One row per NAT map, SessionBorder object, the UDP NAT range and each budget line, with
-    :data:`CSV_COLUMNS`: kind nat | sessionborder | udp-nat | budget | violation."""
-    rows: list[dict[str, object]] = []
-    for nat in plan.maps:
-        rows.append(
-            {
-                "kind": "nat",
-                "customer": nat.customer or "",
-                "name": nat.service,
-                "protocol": nat.protocol,
-                "external_port": nat.external_port,
-                "address": nat.address,
-                "internal_port": nat.internal_port,
-            }
-        )
-    for border in plan.session_borders:
-        rows.append(
-            {
-                "kind": "sessionborder",
-                "customer": border.customer,
-                "name": border.long_name,
-                "address": border.internal_pbx or "",
-                "external_name": border.external_name,
-                "password": _password(border, show_secrets) or "",
-                "pbx_password": "yes" if border.pbx_password else "no",
-            }
-        )
-    rows.append(
-        {
-            "kind": "udp-nat",
-            "protocol": "udp",
-            "external_port": f"{plan.udp_nat_first}-{plan.udp_nat_last}",
-            "used": plan.budget.customers,
-            "limit": plan.udp_nat_last - plan.udp_nat_first + 1,
-        }
-    )
-    budget = plan.budget
-    for name, used, limit in (
-        ("maps", budget.maps_used, budget.maps_limit),
-        ("shared_maps", budget.shared_maps, budget.shared_reserve),
-        ("customers", budget.customers, budget.customers_limit),
-    ):
-        rows.append({"kind": "budget", "name": name, "used": used, "limit": limit})
-    for violation in plan.violations:
-        rows.append({"kind": "violation", "name": str(violation)})
-    return [{column: row.get(column, "") for column in CSV_COLUMNS} for row in rows]
-
-
-def plan_text(plan: FrontendPlan, *, show_secrets: bool = False) -> str:
-    frontend = plan.frontend
-    lines = [
-        f"Frontend {frontend.id} (public {frontend.public_address}, internal "
-        f"{frontend.internal_address})",
-        "",
-        "NAT port maps (inbound):",
-        f"  {'proto':<7}{'external':<10}{'internal':<24}{'service':<14}customer",
-    ]
-    for nat in plan.maps:
-        target = f"{nat.address}:{nat.internal_port}"
-        owner = nat.customer or "(shared)"
-        note = f"  ({nat.source})" if nat.source.startswith("variable") else ""
-        lines.append(
-            f"  {nat.protocol:<7}{nat.external_port:<10}{target:<24}{nat.service:<14}{owner}{note}"
-        )
-    lines += [
-        "",
-        f"UDP NAT port range: {plan.udp_nat_first}-{plan.udp_nat_last} "
-        f"({plan.udp_nat_last - plan.udp_nat_first + 1} ports for {plan.budget.customers} "
-        f"customer PBXs; UDP-RTP {plan.rtp_first}-{plan.rtp_last})",
-    ]
-    if plan.ras_port_alt is not None:
-        lines.append(
-            f"Alternate RAS port: {plan.ras_port_alt} "
-            f"(config add H323 /ras-port-alt {plan.ras_port_alt})"
-        )
-    else:
-        lines.append("Alternate RAS port: none (no phone uses one)")
-    lines += [
-        "",
-        "SessionBorder objects (PBX Password ticked on every one):",
-        f"  {'Long Name = internal name':<28}{'external name':<20}{'password':<12}"
-        f"{'internal PBX':<16}customer",
-    ]
-    for border in plan.session_borders:
-        password = _password(border, show_secrets) or "(none)"
-        lines.append(
-            f"  {border.long_name:<28}{border.external_name:<20}{password:<12}"
-            f"{border.internal_pbx or '-':<16}{border.customer}"
-        )
-    budget = plan.budget
-    lines += [
-        "",
-        f"Budget: NAT maps {budget.maps_used} of {budget.maps_limit} (shared "
-        f"{budget.shared_maps} of {budget.shared_reserve} reserved), customers "
-        f"{budget.customers} of {budget.customers_limit}",
-    ]
-    if plan.violations:
-        lines += ["", f"Violations ({len(plan.violations)}):"]
-        lines += [f"  {v}" for v in plan.violations]
-    return "\n".join(lines) + "\n"
-
-
-def plan_csv(plan: FrontendPlan, *, show_secrets: bool = False) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
-    writer.writeheader()
-    writer.writerows(plan_rows(plan, show_secrets=show_secrets))
-    return out.getvalue()
