@@ -330,7 +330,7 @@ def test_an_embedded_backup_restores_into_debian_postgres(
 
 
 def test_the_password_goes_to_pg_dump_by_environment_not_argv() -> None:
-    from services.core.db import _libpq_target
+    from services.core.db.dump import _libpq_target
 
     target, environment = _libpq_target("postgresql://pbxfront:s%40cret@db.internal:5433/pbx")
     assert target == "postgresql://pbxfront@db.internal:5433/pbx"
