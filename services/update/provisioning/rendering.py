@@ -166,8 +166,22 @@ def render(
     decision: Decision,
     bodies: BodyCache | None = None,
 ) -> Reply:
-    """The reply text for a decision. Raises ScriptError or SecretRequired; never half."""
-    device, urls, lifecycle = context.device, context.urls, context.lifecycle
+    """The reply text for a decision, in PHPUS's order (the package docstring): who and why,
+    then a restage, or the lines of every poll, the script body and the phase's ending.
+    Raises ScriptError or SecretRequired; never half."""
+    lines = _preamble(store, context, decision)
+    if decision.restage:
+        return Reply(200, to_crlf([*lines, *_restage(context)]))
+    lines += _every_poll(context, decision)
+    body = body_lines(store, context, bodies)
+    if context.phase == STAGING:
+        return _reply(decision, [*lines, *body, *_staging_end(context)])
+    return _update_end(context, decision, lines, body)
+
+
+def _preamble(store: ScriptStore, context: PollContext, decision: Decision) -> list[str]:
+    """Comments: for whom, the decision's notes, script changes not served yet."""
+    device = context.device
     who = f"customer {device.customer}, " if context.identity.proven else ""
     lines = [
         comment(
@@ -178,20 +192,27 @@ def render(
     lines += [comment(note) for note in decision.notes]
     pending = sorted(store.pending.items())[:5]
     lines += [comment(f"script change not served yet: {name}: {why}") for name, why in pending]
-    if decision.restage:
-        lines += [
-            comment("restaging requested by an operator: back to staging.txt"),
-            *_fast_polling_on(lifecycle, urls.staging),
-            "config write",
-            "config activate",
-            "iresetn",
-        ]
-        return Reply(200, to_crlf(lines))
+    return lines
+
+
+def _restage(context: PollContext) -> list[str]:
+    return [
+        comment("restaging requested by an operator: back to staging.txt"),
+        *_fast_polling_on(context.lifecycle, context.urls.staging),
+        "config write",
+        "config activate",
+        "iresetn",
+    ]
+
+
+def _every_poll(context: PollContext, decision: Decision) -> list[str]:
+    """What comes before the script whatever its hash: backup, window, roll-out, firmware."""
+    lines: list[str] = []
     if decision.backup:
         # PHPUS order (protocol.md §5): the backup line goes out on every poll, outside the
         # run-once hash and before the maintenance window; the backup service keeps a version
         # only when the configuration changed. Update variable backup = "off" stops it.
-        lines += [comment("configuration backup"), f"mod cmd UP0 scfg {urls.backup}"]
+        lines += [comment("configuration backup"), f"mod cmd UP0 scfg {context.urls.backup}"]
     if decision.times is not None:
         lines += [comment("maintenance window"), decision.times]
     lines += context.rollout
@@ -204,42 +225,55 @@ def render(
                 f"mod cmd UP0 {target.kind} {target.url} ser {target.build}",
             ]
         lines.append("iresetn")
-    body = body_lines(store, context, bodies)
+    return lines
 
-    def reply(text_lines: list[str], **fields: Any) -> Reply:
-        return Reply(
-            200,
-            to_crlf(text_lines),
-            firmware_suspect=decision.firmware_suspect,
-            firmware_stuck=decision.firmware_stuck,
-            error=decision.problem,
-            **fields,
-        )
 
-    if context.phase == STAGING:
-        lines += [
-            *body,
-            comment("staging done: continue with update.txt, polling fast until then"),
-            *_fast_polling_on(lifecycle, urls.update_after_staging(lifecycle.provision_minutes)),
-            "config write",
-            "config activate",
-            "iresetn",
-        ]
-        return reply(lines)
+def _reply(decision: Decision, lines: list[str], **fields: Any) -> Reply:
+    return Reply(
+        200,
+        to_crlf(lines),
+        firmware_suspect=decision.firmware_suspect,
+        firmware_stuck=decision.firmware_stuck,
+        error=decision.problem,
+        **fields,
+    )
+
+
+def _staging_end(context: PollContext) -> list[str]:
+    lifecycle = context.lifecycle
+    return [
+        comment("staging done: continue with update.txt, polling fast until then"),
+        *_fast_polling_on(
+            lifecycle, context.urls.update_after_staging(lifecycle.provision_minutes)
+        ),
+        "config write",
+        "config activate",
+        "iresetn",
+    ]
+
+
+def _update_end(
+    context: PollContext, decision: Decision, lines: list[str], body: list[str]
+) -> Reply:
+    """update.txt: the body only when CHECK is not its hash (or right after staging), fast
+    polling off when it was on, the run-once guard."""
     digest = script_hash("\n".join(body))
-    leave = _fast_polling_off(decision.interval, urls) if decision.leave_fast_polling else []
+    leave = (
+        _fast_polling_off(decision.interval, context.urls) if decision.leave_fast_polling else []
+    )
     check_current = (
         context.arguments.check is not None and context.arguments.check.lower() == digest
     )
     if check_current and not context.arguments.staged:
-        lines.append(comment(f"nothing to do: CHECK {digest} is current"))
+        lines = [*lines, comment(f"nothing to do: CHECK {digest} is current")]
         if leave:
             lines += [*leave, "config write", "config activate"]
-        return reply(lines, hash_sent=digest, in_sync=True)
+        return _reply(decision, lines, hash_sent=digest, in_sync=True)
     # A device skips what follows a check line naming its current serial (protocol.md §2), so
     # the run after staging of a current script goes without it, or its reset would be lost.
     check = [] if check_current else [f"mod cmd UP1 check ser {digest}"]
-    lines += [
+    lines = [
+        *lines,
         *body,
         comment("end of script"),
         *leave,
@@ -248,7 +282,7 @@ def render(
         *check,
         "iresetn",
     ]
-    return reply(lines, hash_sent=digest, in_sync=False)
+    return _reply(decision, lines, hash_sent=digest, in_sync=False)
 
 
 def reply_for(
