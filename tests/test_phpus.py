@@ -585,6 +585,20 @@ async def test_polling_zero_only_moves(site: Site) -> None:
     assert "mod cmd UP1 provision 0" not in commands
 
 
+async def test_an_unusable_h_poll_is_named_and_the_setting_used(site: Site) -> None:
+    async with site.pool.acquire() as connection:
+        await InventoryRepository(connection).set_variable("device", MAC_A, "h-poll", "0", False)
+
+    async def moved() -> bool:
+        status, text = await _get(site, f"/update.php?{ARGUMENTS}&phase=update&polling=0")
+        return status == 200 and "h-poll = '0' (device layer)" in text
+
+    await until(moved)
+    _status, text = await _get(site, f"/update.php?{ARGUMENTS}&phase=update&polling=0")
+    assert f"config add UP1 /poll {UpdateSettings().poll_interval}" in _commands(text)
+    assert "using 15" in text
+
+
 @pytest.mark.parametrize(
     ("query", "remark"),
     [

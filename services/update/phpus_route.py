@@ -33,11 +33,12 @@ from aiohttp import web
 from services.core.db import POOL_KEY, acquire
 from services.core.http import query_arguments, security_event
 from services.core.identity import DeviceIdentity, identify, printable
+from services.core.inventory import Device, ResolvedVariable
 from services.core.phpus import mode_refusal
 from services.core.scriptlines import comment, rawurlencode, to_crlf
 from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
-from services.update.provisioning import Urls
+from services.update.provisioning import PolicyError, Urls, poll_interval
 from services.update.state import SETTINGS_KEY, SNAPSHOTS_KEY, UNKNOWN_LIMITER_KEY
 
 log = logging.getLogger(__name__)
@@ -103,15 +104,6 @@ def public_base(request: web.Request) -> str:
     return f"{request.scheme}://{host}"
 
 
-def poll_interval(value: str | None, default: int) -> tuple[int, str | None]:
-    """The device's interval from its ``h-poll`` (minutes, 1..1440), else ``default``."""
-    if value is None or value == "":
-        return default, None
-    if value.isdigit() and 1 <= int(value) <= 1440:
-        return int(value), None
-    return default, f"h-poll = {printable(value, 40)} is not minutes 1..1440; using {default}"
-
-
 def move_lines(
     urls: Urls, interval: int, *, fast_polling_off: bool, remarks: tuple[str, ...] = ()
 ) -> list[str]:
@@ -175,6 +167,7 @@ def _reply(status: int, lines: list[str]) -> web.Response:
 
 
 async def poll(request: web.Request) -> web.Response:
+    """PHPUS's update.php: identify, look the device up, move it to update.txt (or say why not)."""
     query = query_arguments(request)
     arguments = PhpusArguments.parse(query)
     refusal = mode_refusal(arguments.mode, request.method if request.method != "HEAD" else "GET")
@@ -190,7 +183,6 @@ async def poll(request: web.Request) -> web.Response:
                 comment("use a client certificate or keep ?sn=#m&hwid=#h in the update.php URL"),
             ],
         )
-    settings = request.app[SETTINGS_KEY]
     pool = request.config_dict[POOL_KEY]
     key = identity.mac or identity.hardware_id or "-"
     async with acquire(pool) as connection:
@@ -198,15 +190,48 @@ async def poll(request: web.Request) -> web.Response:
     device = snapshot.find(identity)
     if device is None:
         return await _unknown(request, pool, identity, key, query)
-
     variables = snapshot.resolve(device)
-    hpoll = variables.get("h-poll")
-    interval, interval_remark = poll_interval(
-        hpoll.value if hpoll is not None else None, settings.update.poll_interval
+    interval, remarks = _interval_and_remarks(
+        arguments, device, variables, request.app[SETTINGS_KEY].update.poll_interval
     )
+    header = [
+        comment(
+            f"pbxfront: PHPUS update.php for {device.hardware_id} ({device.mac}), customer "
+            f"{device.customer}, identity {identity.proof.value}"
+            + (f", PHPUS phase {arguments.phase}" if arguments.phase else "")
+        ),
+        comment("moving to pbxfront's update.txt; the script is not re-run (CHECK stays valid)"),
+    ]
+    log.info(
+        "PHPUS device %s (%s) moved to update.txt (phase %s, polling %s)",
+        device.mac,
+        identity.proof.value,
+        arguments.phase or "-",
+        "-" if arguments.polling is None else arguments.polling,
+    )
+    lines = move_lines(
+        Urls(public_base(request)),
+        interval,
+        fast_polling_off=arguments.polling != 0,
+        remarks=tuple(remarks),
+    )
+    return _reply(200, header + lines)
+
+
+def _interval_and_remarks(
+    arguments: PhpusArguments,
+    device: Device,
+    variables: dict[str, ResolvedVariable],
+    default: int,
+) -> tuple[int, list[str]]:
+    """The device's interval (``h-poll``, else the setting; the same rule as update.txt) and
+    what the reply says about the poll's arguments and the device's variables."""
     remarks = list(arguments.remarks)
-    if interval_remark is not None:
-        remarks.append(interval_remark)
+    try:
+        interval = poll_interval(variables, default)
+    except PolicyError as error:
+        interval = default
+        remarks.append(f"{printable(str(error), 120)}; using {default}")
     wanted_environment = variables.get(PHPUS_ENVIRONMENT_VARIABLE)
     if (
         arguments.environment is not None
@@ -227,26 +252,4 @@ async def poll(request: web.Request) -> web.Response:
             PHPUS_ENVIRONMENT_VARIABLE,
             wanted_environment.value,
         )
-    urls = Urls(public_base(request))
-    header = [
-        comment(
-            f"pbxfront: PHPUS update.php for {device.hardware_id} ({device.mac}), customer "
-            f"{device.customer}, identity {identity.proof.value}"
-            + (f", PHPUS phase {arguments.phase}" if arguments.phase else "")
-        ),
-        comment("moving to pbxfront's update.txt; the script is not re-run (CHECK stays valid)"),
-    ]
-    log.info(
-        "PHPUS device %s (%s) moved to update.txt (phase %s, polling %s)",
-        device.mac,
-        identity.proof.value,
-        arguments.phase or "-",
-        "-" if arguments.polling is None else arguments.polling,
-    )
-    return _reply(
-        200,
-        header
-        + move_lines(
-            urls, interval, fast_polling_off=arguments.polling != 0, remarks=tuple(remarks)
-        ),
-    )
+    return interval, remarks
