@@ -81,50 +81,37 @@ def plan_import(
     writes: list[MappingInput] = []
     first_row: dict[str, int] = {}
     for item in rows:
-        if item.mapping is None:
-            message = item.problem or "invalid row"
-            results.append(RowResult(item.row, item.mac, Outcome.ERROR, RowError.INVALID, message))
-            continue
         wanted = item.mapping
-        if wanted.mac in first_row:
-            results.append(
-                RowResult(
-                    item.row,
-                    wanted.mac,
-                    Outcome.ERROR,
-                    RowError.DUPLICATE,
-                    f"same device as row {first_row[wanted.mac]}",
+        refused = _row_refusal(item, first_row, known_frontends)
+        if refused is None and wanted is not None:
+            try:
+                outcome = plan_registration(
+                    existing.get(wanted.mac), provider, wanted, transfer_allowed=False
                 )
-            )
-            continue
-        first_row[wanted.mac] = item.row
-        if wanted.frontend is not None and wanted.frontend not in known_frontends:
-            results.append(
-                RowResult(
-                    item.row,
-                    wanted.mac,
-                    Outcome.ERROR,
-                    RowError.UNKNOWN_FRONTEND,
-                    f"no Frontend {wanted.frontend} in the inventory",
-                )
-            )
-            continue
-        try:
-            outcome = plan_registration(
-                existing.get(wanted.mac), provider, wanted, transfer_allowed=False
-            )
-        except errors.Conflict as conflict:
-            results.append(
-                RowResult(
-                    item.row,
-                    wanted.mac,
-                    Outcome.ERROR,
-                    RowError.OWNED_BY_OTHER_PROVIDER,
-                    str(conflict),
-                )
-            )
+            except errors.Conflict as conflict:
+                refused = RowError.OWNED_BY_OTHER_PROVIDER, str(conflict)
+        if refused is not None or wanted is None:
+            error, message = refused or (RowError.INVALID, "invalid row")
+            mac = wanted.mac if wanted is not None else item.mac
+            results.append(RowResult(item.row, mac, Outcome.ERROR, error, message))
             continue
         results.append(RowResult(item.row, wanted.mac, outcome))
         if outcome in (Outcome.CREATED, Outcome.UPDATED):
             writes.append(wanted)
     return results, writes
+
+
+def _row_refusal(
+    item: ImportRow, first_row: dict[str, int], known_frontends: set[str]
+) -> tuple[RowError, str] | None:
+    """Why a row cannot be planned at all (invalid, a duplicate MAC, an unknown Frontend);
+    records the first row of each MAC."""
+    wanted = item.mapping
+    if wanted is None:
+        return RowError.INVALID, item.problem or "invalid row"
+    if wanted.mac in first_row:
+        return RowError.DUPLICATE, f"same device as row {first_row[wanted.mac]}"
+    first_row[wanted.mac] = item.row
+    if wanted.frontend is not None and wanted.frontend not in known_frontends:
+        return RowError.UNKNOWN_FRONTEND, f"no Frontend {wanted.frontend} in the inventory"
+    return None

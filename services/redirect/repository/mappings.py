@@ -16,7 +16,7 @@ Contracts:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -33,6 +33,7 @@ from services.redirect.handover import (
     Outcome,
     RowError,
     RowResult,
+    StoredMapping,
     owned_by_other_provider,
     plan_import,
     plan_registration,
@@ -82,6 +83,75 @@ async def check_frontend(connection: asyncpg.Connection, frontend: str | None) -
         and await InventoryRepository(connection).get_frontend(frontend) is None
     ):
         raise errors.Unprocessable(f"frontend: no Frontend {frontend} in the inventory")
+
+
+async def _spend_token(
+    connection: asyncpg.Connection, token: str, existing: StoredMapping, provider: str
+) -> bool:
+    """Whether ``token`` is a valid transfer token of the owner for ``provider``; spent if so."""
+    return bool(
+        await connection.fetchval(
+            """DELETE FROM redirect_transfer_tokens
+               WHERE token_sha256 = $1 AND mac = $2 AND issued_by = $3
+                 AND expires_at > now()
+                 AND (to_provider IS NULL OR to_provider = $4)
+               RETURNING true""",
+            token_digest(token),
+            existing.mac,
+            existing.provider,
+            provider,
+        )
+    )
+
+
+async def _write(
+    connection: asyncpg.Connection,
+    provider: str,
+    wanted: MappingInput,
+    actor: str,
+    existing: StoredMapping | None,
+    planned: Outcome,
+) -> Outcome:
+    """Write a planned registration with its history row; the outcome as committed (another
+    writer may have created the mapping since it was read)."""
+    expected_owner = existing.provider if existing is not None else provider
+    written = await connection.fetchrow(
+        _UPSERT_MAPPING,
+        wanted.mac,
+        provider,
+        wanted.frontend,
+        wanted.url,
+        dict(wanted.facts),
+        expected_owner,
+    )
+    if written is None:  # created by another provider since we looked
+        raise owned_by_other_provider(wanted.mac)
+    outcome = planned
+    if written["inserted"]:
+        outcome = Outcome.CREATED
+    elif outcome is Outcome.CREATED:  # the same provider created it meanwhile
+        outcome = Outcome.UPDATED
+    action = {
+        Outcome.CREATED: "register",
+        Outcome.UPDATED: "update",
+        Outcome.TRANSFERRED: "transfer",
+    }[outcome]
+    previous = existing.provider if existing is not None else None
+    await connection.execute(
+        _INSERT_HISTORY,
+        wanted.mac,
+        action,
+        provider,
+        previous if outcome is Outcome.TRANSFERRED else None,
+        wanted.frontend,
+        wanted.url,
+        dict(wanted.facts),
+        actor,
+    )
+    if outcome is Outcome.TRANSFERRED:
+        await connection.execute("DELETE FROM redirect_transfer_tokens WHERE mac = $1", wanted.mac)
+    await UnknownDeviceRepository(connection).forget(REDIRECT, [wanted.mac])
+    return outcome
 
 
 class MappingRepository:
@@ -154,59 +224,10 @@ class MappingRepository:
             existing = stored_of(row) if row is not None else None
             token_ok = False
             if existing is not None and existing.provider != provider and transfer_token:
-                token_ok = bool(
-                    await connection.fetchval(
-                        """DELETE FROM redirect_transfer_tokens
-                           WHERE token_sha256 = $1 AND mac = $2 AND issued_by = $3
-                             AND expires_at > now()
-                             AND (to_provider IS NULL OR to_provider = $4)
-                           RETURNING true""",
-                        token_digest(transfer_token),
-                        wanted.mac,
-                        existing.provider,
-                        provider,
-                    )
-                )
+                token_ok = await _spend_token(connection, transfer_token, existing, provider)
             outcome = plan_registration(existing, provider, wanted, transfer_allowed=token_ok)
             if outcome is not Outcome.UNCHANGED:
-                expected_owner = existing.provider if existing is not None else provider
-                written = await connection.fetchrow(
-                    _UPSERT_MAPPING,
-                    wanted.mac,
-                    provider,
-                    wanted.frontend,
-                    wanted.url,
-                    dict(wanted.facts),
-                    expected_owner,
-                )
-                if written is None:  # created by another provider since we looked
-                    raise owned_by_other_provider(wanted.mac)
-                if written["inserted"]:
-                    outcome = Outcome.CREATED
-                elif outcome is Outcome.CREATED:  # the same provider created it meanwhile
-                    outcome = Outcome.UPDATED
-                action = {
-                    Outcome.CREATED: "register",
-                    Outcome.UPDATED: "update",
-                    Outcome.TRANSFERRED: "transfer",
-                }[outcome]
-                previous = existing.provider if existing is not None else None
-                await connection.execute(
-                    _INSERT_HISTORY,
-                    wanted.mac,
-                    action,
-                    provider,
-                    previous if outcome is Outcome.TRANSFERRED else None,
-                    wanted.frontend,
-                    wanted.url,
-                    dict(wanted.facts),
-                    actor,
-                )
-                if outcome is Outcome.TRANSFERRED:
-                    await connection.execute(
-                        "DELETE FROM redirect_transfer_tokens WHERE mac = $1", wanted.mac
-                    )
-                await UnknownDeviceRepository(connection).forget(REDIRECT, [wanted.mac])
+                outcome = await _write(connection, provider, wanted, actor, existing, outcome)
             stored = await connection.fetchrow(_SELECT_MAPPINGS + " WHERE m.mac = $1", wanted.mac)
         return outcome, mapping_of(stored)
 
@@ -353,16 +374,7 @@ class MappingRepository:
                 [json.dumps(dict(w.facts)) for w in writes],
             )
             inserted = {r["mac"]: bool(r["inserted"]) for r in written}
-            for result in results:
-                if result.mac is None or result.result not in (Outcome.CREATED, Outcome.UPDATED):
-                    continue
-                if result.mac not in inserted:
-                    conflict = owned_by_other_provider(result.mac)
-                    result.result = Outcome.ERROR
-                    result.error = RowError.OWNED_BY_OTHER_PROVIDER
-                    result.message = str(conflict)
-                else:
-                    result.result = Outcome.CREATED if inserted[result.mac] else Outcome.UPDATED
+            _settle(results, inserted)
             done = [w for w in writes if w.mac in inserted]
             await connection.execute(
                 """
@@ -383,6 +395,20 @@ class MappingRepository:
                 REDIRECT, [w.mac for w in done if inserted[w.mac]]
             )
         return results
+
+
+def _settle(results: Sequence[RowResult], inserted: Mapping[str, bool]) -> None:
+    """The planned writes' results as committed: created or updated, or taken by another
+    provider between the read and the write (not written)."""
+    for result in results:
+        if result.mac is None or result.result not in (Outcome.CREATED, Outcome.UPDATED):
+            continue
+        if result.mac not in inserted:
+            result.result = Outcome.ERROR
+            result.error = RowError.OWNED_BY_OTHER_PROVIDER
+            result.message = str(owned_by_other_provider(result.mac))
+        else:
+            result.result = Outcome.CREATED if inserted[result.mac] else Outcome.UPDATED
 
 
 async def audit_import(
