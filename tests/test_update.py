@@ -22,10 +22,12 @@ import pytest
 from services.core.config import ListenerSettings, Settings, UpdateSettings
 from services.core.inventory import InventoryRepository, apply_inventory, read_inventory_file
 from services.core.runner import Node, start_node
+from services.core.unknown import REDIRECT as REDIRECT_SERVICE
 from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
 from services.serve import service_factories
 from services.update.firmware import FirmwareStore
+from services.update.gauges import DeviceGaugeRepository
 from services.update.repository import UpdateRepository
 from services.update.scripts import script_hash
 from tests.conftest import DEVICE_A, DEVICE_B, DEVICE_C, SessionPki, until
@@ -688,3 +690,22 @@ async def test_firmware_add_names_files_as_phpus_and_refuses_models_without_firm
     assert not list((store / "firm" / "135312").glob("swphone*"))
     code, out = await add("--type", "SWPHONE", "--name", "swphone.bin")
     assert code == 0, out
+
+
+async def test_the_unknown_devices_gauge_counts_update_sightings_only(frontend: Frontend) -> None:
+    async with frontend.pool.acquire() as connection:
+        sightings = UnknownDeviceRepository(connection)
+        for service, key in ((REDIRECT_SERVICE, "009033aa0001"), (UPDATE_SERVICE, "009033aa0002")):
+            await sightings.record(
+                service,
+                key,
+                mac=key,
+                hardware_id=None,
+                device_type="IP232",
+                source_address="127.0.0.1",
+                proof="claimed",
+                version=None,
+            )
+        states, _expiry = await DeviceGaugeRepository(connection).states(2700.0)
+    # The redirect's sighting is a device not registered with a provider, not one that polled.
+    assert states["unknown"] == 1

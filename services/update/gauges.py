@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from services.core.metrics import Metrics, Source
+from services.core.unknown import UPDATE
 
 DEVICE_STATES = ("in_sync", "out_of_sync", "stale", "unknown")
 
@@ -24,7 +25,8 @@ class DeviceGaugeRepository:
 
     async def states(self, stale_after_seconds: float) -> tuple[dict[str, int], datetime | None]:
         """Inventory devices by state (stale: not seen for ``stale_after_seconds`` or never,
-        as ``devices list --stale``), unknown devices that polled, and when the first device
+        as ``devices list --stale``), unknown devices that polled update.txt (not the
+        redirect's sightings), and when the first device
         certificate runs out (the newest unrevoked one of every device counts)."""
         row = await self._db.fetchrow(
             """
@@ -36,7 +38,7 @@ class DeviceGaugeRepository:
             SELECT count(*) FILTER (WHERE recent AND in_sync) AS in_sync,
                    count(*) FILTER (WHERE recent AND NOT in_sync) AS out_of_sync,
                    count(*) FILTER (WHERE recent IS NOT TRUE) AS stale,
-                   (SELECT count(*) FROM unknown_devices) AS unknown,
+                   (SELECT count(*) FROM unknown_devices WHERE service = $2) AS unknown,
                    (SELECT min(latest) FROM (
                         SELECT max(not_after) AS latest FROM ca_certificates
                         WHERE kind = 'device' AND revoked_at IS NULL AND device_mac IS NOT NULL
@@ -44,6 +46,7 @@ class DeviceGaugeRepository:
             FROM seen
             """,
             stale_after_seconds,
+            UPDATE,
         )
         assert row is not None
         return {state: int(row[state]) for state in DEVICE_STATES}, row["device_expiry"]
