@@ -711,6 +711,21 @@ class CaSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class TlsSettings:
+    """TLS session-ticket keys shared by every node through PostgreSQL (core/ticketstore.py)."""
+
+    # Hours a listener's shared ticket key is used before a node replaces it. Tickets under the
+    # old key then get a full handshake (once per device): OpenSSL takes one key (README, TLS).
+    ticket_key_rotation_hours: float = dataclasses.field(
+        default=24.0, metadata=_check(_range(0.01, 8760))
+    )
+    # Seconds between a node's checks of the shared key (to take a new one, or rotate it).
+    ticket_key_check_seconds: float = dataclasses.field(
+        default=60.0, metadata=_check(_range(0.1, 3600))
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     # The directory every relative path of these settings is resolved against (data_dir,
     # scripts, firmware, certificates ...). Empty: relative paths stay relative to the working
@@ -723,6 +738,7 @@ class Settings:
     frontend: str = "sb1"
     # Worker processes per node; 0 = one per CPU core.
     workers: int = dataclasses.field(default=0, metadata=_check(_range(0, 256)))
+    tls: TlsSettings = TlsSettings()
     database: DatabaseSettings = DatabaseSettings()
     listeners: dict[str, ListenerSettings] = dataclasses.field(default_factory=dict)
     limits: LimitSettings = LimitSettings()

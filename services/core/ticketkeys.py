@@ -24,6 +24,7 @@ full handshake. Stdlib only, so the tests can prove it under every installed Pyt
 from __future__ import annotations
 
 import ctypes
+import hmac
 import secrets
 import ssl
 import sys
@@ -127,6 +128,15 @@ class TicketKeys:
     def another(self) -> TicketKeys:
         """A new random key through the same proven binding (e.g. for another listener)."""
         return TicketKeys(self._binding, secrets.token_bytes(KEY_LENGTH))
+
+    def of(self, key: bytes) -> TicketKeys:
+        """``key`` (e.g. the one PostgreSQL shares, core/ticketstore.py) through the same proven
+        binding; TicketKeyError when it is not KEY_LENGTH bytes."""
+        return TicketKeys(self._binding, key)
+
+    def matches(self, key: bytes) -> bool:
+        """Whether this is ``key`` (compared in constant time)."""
+        return hmac.compare_digest(self._key, key)
 
     def apply(self, context: ssl.SSLContext) -> None:
         """Make ``context`` issue and accept tickets under this key (before it is used)."""
