@@ -423,7 +423,9 @@ def run_node(
 
     holders = build_holders(listeners)
     # Before any worker forks: every one starts with the keys the cluster shares.
-    asyncio.run(adopt_shared_keys(dsn, holders, settings.tls))
+    asyncio.run(
+        adopt_shared_keys(dsn, holders, settings.tls, 2 * settings.database.connect_timeout + 10)
+    )
     if workers <= 1:
 
         def ready(node: Node) -> None:

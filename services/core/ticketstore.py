@@ -27,9 +27,9 @@ reconnects after a rotation are full handshakes (tests/test_ticket_store.py meas
 default 24 h that is one full handshake per device per day, the same as a restart used to cost.
 
 A damaged row (NULL, not KEY_LENGTH bytes, one repeated byte such as a zeroed key) is refused
-with one error line naming the listener (never the key) and ignored: the node keeps the key it
-has; the next rotation, or deleting the row, replaces it. The key is never logged: log lines name
-the listener and the key's creation time only.
+with an error line naming the listener (never the key; not repeated at every check) and ignored:
+the node keeps the key it has; the next rotation, or deleting the row, replaces it. The key is
+never logged: log lines name the listener and the key's creation time only.
 
 Where ticket keys cannot be set at all (TicketKeyError at start), none of this runs: the node
 keeps today's behaviour (OpenSSL's own key per node, shared by its workers until a reload).
@@ -37,6 +37,7 @@ keeps today's behaviour (OpenSSL's own key per node, shared by its workers until
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import secrets
@@ -46,6 +47,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from services.core.config import TlsSettings
+from services.core.db import acquire
 from services.core.periodic import PeriodicJob
 from services.core.ticketkeys import KEY_LENGTH, TicketKeyError
 from services.core.tls import ContextHolder, TlsConfigError
@@ -137,12 +139,17 @@ class TicketKeyWatcher:
         return PeriodicJob(
             "TLS ticket key check",
             self._settings.ticket_key_check_seconds if self.active else 0,
-            self.check,
+            self._check_pooled,
             pool,
             first_run=0,
         )
 
-    async def check(self, connection: asyncpg.Connection | asyncpg.Pool) -> list[str]:
+    async def _check_pooled(self, pool: asyncpg.Pool) -> None:
+        # A database outage is one warning per check (PeriodicJob), the keys stay as they are.
+        async with acquire(pool) as connection:
+            await self.check(connection)
+
+    async def check(self, connection: asyncpg.Connection) -> list[str]:
         """Take the shared keys; the names of the listeners whose key changed."""
         stored = await TicketKeyRepository(connection).current(
             sorted(self._holders), self._settings.ticket_key_rotation_hours
@@ -190,16 +197,25 @@ class TicketKeyWatcher:
 
 
 async def adopt_shared_keys(
-    dsn: str, holders: Mapping[str, ContextHolder], settings: TlsSettings
+    dsn: str, holders: Mapping[str, ContextHolder], settings: TlsSettings, wait: float
 ) -> None:
-    """Blocking caller's one-off (the master before it forks): set the shared keys into
-    ``holders``, over one connection of its own. A damaged row leaves that listener with the
-    node's own random key (logged); a database error propagates."""
+    """The master's one-off before it forks: set the shared keys into ``holders``, over one
+    connection of its own, within ``wait`` seconds. A damaged row, or a database that does not
+    answer, leaves the listeners with the node's own random keys (logged); the workers' checks
+    take the shared ones as soon as they can."""
     watcher = TicketKeyWatcher(holders, settings)
     if not watcher.active:
         return
-    connection = await asyncpg.connect(dsn)
     try:
-        await watcher.check(connection)
-    finally:
-        await connection.close()
+        async with asyncio.timeout(wait):
+            connection = await asyncpg.connect(dsn)
+            try:
+                await watcher.check(connection)
+            finally:
+                await connection.close()
+    except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+        log.warning(
+            "TLS ticket keys: the shared keys could not be read (%s); starting with this "
+            "node's own until the workers' next check",
+            error,
+        )
