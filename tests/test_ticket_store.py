@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import functools
 import json
 import shutil
 import socket
@@ -123,6 +124,10 @@ def client(node_a: Served) -> ssl.SSLContext:
     """The devices' client context (a session is only offered through the context it came
     from; the nodes share node A's CA)."""
     return device_context(node_a)
+
+
+def took(node: Served, key: StoredKey, processes: int) -> bool:
+    return applied(node, key) == processes
 
 
 def resumed_on(
@@ -281,6 +286,38 @@ def test_a_damaged_key_row_is_refused_and_the_nodes_keep_their_key(
     wait_for(lambda: applied(node_a, fresh) == 2, "node A takes the new key")
     wait_for(lambda: applied(node_b, fresh) == 1, "node B takes the new key")
     assert resumed_on(node_b, client, first_session(node_a, client)) == 10
+
+
+def test_a_node_starting_on_a_damaged_row_serves_with_its_own_key(
+    tmp_path: Path, node_a: Served, node_b: Served, database: str, client: ssl.SSLContext
+) -> None:
+    """No good key to take at start: the node says so, serves with a key of its own (full
+    handshakes for tickets from the others, never an error) and takes the shared key once the
+    row is good again."""
+    sql(
+        database,
+        "UPDATE tls_ticket_keys SET key = 'not a key', created_at = now() "
+        "WHERE listener = 'devices'",
+    )
+    data_dir = tmp_path / "var"
+    shutil.copytree(node_a.data_dir / "pki", data_dir / "pki")
+    node_c = serve(data_dir, database)
+    try:
+        assert "refused: the key has 9 bytes, not 80" in node_c.output()
+        from_a = first_session(node_a, client)
+        assert resumed_on(node_c, client, from_a, 3) == 0
+        sql(database, "DELETE FROM tls_ticket_keys WHERE listener = 'devices'")
+        wait_for(
+            lambda: bool(sql(database, "SELECT 1 FROM tls_ticket_keys WHERE listener = 'devices'")),
+            "a new row",
+        )
+        fresh = stored(database)
+        for node, processes in ((node_a, 2), (node_b, 1), (node_c, 1)):
+            wait_for(functools.partial(took, node, fresh, processes), f"{node.urls} takes it")
+        assert resumed_on(node_c, client, first_session(node_a, client), 3) == 3
+    finally:
+        output = stop(node_c)
+    assert_no_key_in(output, [key for key in SEEN_KEYS if refusal(key) is None])
 
 
 def test_a_ticket_resumes_after_a_restart(tmp_path: Path) -> None:
