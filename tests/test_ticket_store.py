@@ -320,6 +320,36 @@ def test_a_node_starting_on_a_damaged_row_serves_with_its_own_key(
     assert_no_key_in(output, [key for key in SEEN_KEYS if refusal(key) is None])
 
 
+def test_a_node_of_stream_listeners_only_follows_the_shared_key(
+    tmp_path: Path, node_a: Served, database: str
+) -> None:
+    """``--only directory``: no HTTP application whose cleanup_ctx could run the check; the node
+    runs it itself, takes a rotated key and stops cleanly."""
+    data_dir = tmp_path / "var"
+    shutil.copytree(node_a.data_dir / "pki", data_dir / "pki")
+    node = serve(data_dir, database, "--only", "directory")
+    try:
+        before = stored(database, "directory_tls")
+        sql(
+            database,
+            "UPDATE tls_ticket_keys SET created_at = now() - interval '25 hours' "
+            "WHERE listener = 'directory_tls'",
+        )
+        wait_for(
+            lambda: stored(database, "directory_tls").created_at > before.created_at,
+            "the rotation",
+        )
+        after = stored(database, "directory_tls")
+        line = (
+            "TLS ticket key of listener directory_tls now the shared one created "
+            f"{after.created_at.isoformat()}"
+        )
+        wait_for(lambda: log_count(node, line) == 1, "the directory node takes the new key")
+    finally:
+        output = stop(node)
+    assert_no_key_in(output, [key for key in SEEN_KEYS if refusal(key) is None])
+
+
 def test_a_ticket_resumes_after_a_restart(tmp_path: Path) -> None:
     """The plain single Frontend (embedded PostgreSQL in its data directory, 2 workers): a
     ticket from before ``serve`` restarted resumes after it, on both workers' contexts."""
