@@ -29,7 +29,9 @@ default 24 h that is one full handshake per device per day, the same as a restar
 A damaged row (NULL, not KEY_LENGTH bytes, one repeated byte such as a zeroed key) is refused
 with an error line naming the listener (never the key; not repeated at every check) and ignored:
 the node keeps the key it has; the next rotation, or deleting the row, replaces it. The key is
-never logged: log lines name the listener and the key's creation time only.
+never logged: log lines name the listener and the key's creation time only. Whoever reads the
+table (or a database backup) can decrypt the tickets under the current key: it is as secret as
+nginx's key file.
 
 Where ticket keys cannot be set at all (TicketKeyError at start), none of this runs: the node
 keeps today's behaviour (OpenSSL's own key per node, shared by its workers until a reload).
