@@ -228,7 +228,7 @@ class Environment:
 
     def restart_pbxfront(self) -> None:
         """Stop ``pbxfront serve`` and start it again on the same ports (a new process: new
-        TLS contexts, new session-ticket key)."""
+        TLS contexts, with the session-ticket keys kept in PostgreSQL)."""
         assert self.serve_config is not None
         _stop_process(self.serve, signal.SIGTERM, 30)
         ports = [

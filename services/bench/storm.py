@@ -60,9 +60,9 @@ def scenario_storm(options: BenchOptions, log: Any) -> list[Row]:
 
 def _resumed_storms(env: Environment, spec: Callable[[Target], LoadSpec], log: Any) -> list[Row]:
     """Issue 18: every device polled once before and offers its TLS session when it reconnects
-    after the server restarted. nginx keeps its sessions through its ticket key file; pbxfront's
-    ticket key lives as long as the node (no key shared across restarts yet), and the row says
-    what that costs. The same storm without a restart shows what a kept key would give."""
+    after the server restarted. nginx keeps its sessions through its ticket key file, pbxfront
+    through the ticket keys it shares in PostgreSQL (core/ticketstore.py). The same storm
+    without a restart shows what the restart itself costs."""
     devices = env.options.devices
     log(f"storm after a restart: {devices} devices reconnect offering their TLS session:")
     rows: list[Row] = []

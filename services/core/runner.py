@@ -10,9 +10,12 @@ overstays). SIGHUP: reload TLS certificates
 for new connections. A worker that dies unexpectedly is restarted after a short pause.
 
 TLS session resumption across workers: the master builds every listener's server context before
-it forks, with a session-ticket key per listener for the whole node (``core/ticketkeys.py``), and
-every context rebuilt on SIGHUP (in the workers, and in the master for workers it starts later)
-keeps it. A device's ticket therefore resumes on every worker, before and after a reload (and on
+it forks, with a session-ticket key per listener (``core/ticketkeys.py``) that every node on the
+database shares and keeps across restarts (``core/ticketstore.py``: the master takes the keys
+from PostgreSQL before it forks, each worker checks them every ``tls.ticket_key_check_seconds``
+and rebuilds its contexts on a new or rotated key), and every context rebuilt on SIGHUP (in the
+workers, and in the master for workers it starts later) keeps it. A device's ticket therefore
+resumes on every worker, before and after a reload and a restart, and on every Frontend (and on
 no other listener).
 
 With ``workers = 1`` everything runs in the master process (what the tests and the demo use).
@@ -46,6 +49,7 @@ from services.core.http import AccessLogger, create_listener_app
 from services.core.metrics import Metrics, enable_multiprocess, node_collector, process_exited
 from services.core.resources import Resources
 from services.core.revocation import Revocations, RevocationWatcher
+from services.core.ticketstore import TicketKeyWatcher, adopt_shared_keys
 from services.core.tls import (
     ContextHolder,
     GuardedSite,
@@ -108,6 +112,9 @@ class Node:
     guards: dict[str, ConnectionGuard] = field(default_factory=dict)
     # Revoked client certificates, for the listeners that ask for them (core/revocation.py).
     revocations: RevocationWatcher | None = None
+    # Background work of a node whose listeners are all stream services (no HTTP application
+    # whose cleanup_ctx could run it): the ticket key check.
+    background: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     def reload_tls(self) -> bool:
         """Reload every listener's certificates; False if any kept its old ones."""
@@ -124,6 +131,7 @@ class Node:
         if self.revocations is not None:
             watcher, self.revocations = self.revocations, None
             await watcher.close()
+        await self.background.aclose()
 
 
 def check_tls(listeners: Mapping[str, ListenerSettings]) -> None:
@@ -181,6 +189,9 @@ async def start_node(
     metrics = Metrics()
     resources = Resources(pool, metrics)
     collector_started = False
+    # The shared ticket keys (core/ticketstore.py): checked by the first HTTP application.
+    key_watcher = TicketKeyWatcher(holders, settings.tls)
+    key_job = key_watcher.job(pool) if key_watcher.active and pool is not None else None
     ca_certificate = settings.ca.paths(settings.data_dir)[0]
     if await asyncio.to_thread(ca_certificate.is_file):
         metrics.add_certificate("ca", "root", ca_certificate)
@@ -212,6 +223,9 @@ async def start_node(
                 collector_started = True
                 job = node_collector(metrics, pool, settings.admin.metrics_interval)
                 app.cleanup_ctx.append(job.context)
+            if key_job is not None:
+                app.cleanup_ctx.append(key_job.context)
+                key_job = None
             if pool is not None:
                 app.cleanup_ctx.append(pool_ctx(pool))
             runner = web.AppRunner(
@@ -261,6 +275,10 @@ async def start_node(
             )
             await site.start()
             node.addresses[name] = site.name
+        if key_job is not None:
+            # Only stream listeners: the same cleanup_ctx, run by the node itself.
+            job_context = contextlib.asynccontextmanager(key_job.context)
+            await node.background.enter_async_context(job_context(web.Application()))
     except BaseException:
         await node.stop()
         raise
@@ -404,6 +422,10 @@ def run_node(
     import uvloop
 
     holders = build_holders(listeners)
+    # Before any worker forks: every one starts with the keys the cluster shares.
+    asyncio.run(
+        adopt_shared_keys(dsn, holders, settings.tls, 2 * settings.database.connect_timeout + 10)
+    )
     if workers <= 1:
 
         def ready(node: Node) -> None:

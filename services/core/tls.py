@@ -13,7 +13,8 @@ can be swapped for new connections while open ones keep theirs; slow request hea
 Session resumption: every context of a listener, in every worker of the node, gets the same
 session-ticket key (``core/ticketkeys.py``; each listener its own), so a device resumes its
 session on whichever worker the kernel hands its connection to, before and after a certificate
-reload. Where that key cannot be set safely, the
+reload; the key is shared through PostgreSQL with every node and kept across restarts
+(``core/ticketstore.py``). Where that key cannot be set safely, the
 runner builds the contexts before forking and the workers share OpenSSL's own key until a reload.
 """
 
@@ -108,9 +109,25 @@ class ContextHolder:
         self.files = files
         self.keys = keys
         self.context = build_server_context(files, keys)
+        # Counts reloads, so a rekey() that built its context meanwhile builds it again.
+        self._generation = 0
+
+    async def rekey(self, keys: TicketKeys) -> None:
+        """Use ``keys`` from now on (a key shared through PostgreSQL, core/ticketstore.py): new
+        connections get a context built with them, open ones keep theirs, later reloads keep
+        them. The context is built in a thread (it reads the certificate files). Raises
+        TlsConfigError / TicketKeyError and keeps the current context and key."""
+        while True:
+            generation = self._generation
+            context = await asyncio.to_thread(build_server_context, self.files, keys)
+            if generation == self._generation:
+                break
+        self.keys = keys
+        self.context = context
 
     def reload(self) -> bool:
         """Rebuild from the files; on error keep the old context and log why."""
+        self._generation += 1
         try:
             self.context = build_server_context(self.files, self.keys)
         except (TlsConfigError, TicketKeyError) as error:

@@ -45,6 +45,7 @@ from services.core.config.node import (
     LimitSettings,
     ListenerSettings,
     LoggingSettings,
+    TlsSettings,
 )
 from services.core.config.provider import (
     DEFAULT_SHARED_MAPS,
@@ -78,6 +79,7 @@ __all__ = [
     "LoggingSettings",
     "RedirectSettings",
     "Settings",
+    "TlsSettings",
     "UpdateSettings",
     "cli_overrides",
     "config_files_from_env",

@@ -37,6 +37,7 @@ from services.core.config.node import (
     LimitSettings,
     ListenerSettings,
     LoggingSettings,
+    TlsSettings,
 )
 from services.core.config.provider import (
     CaSettings,
@@ -76,6 +77,7 @@ class Settings:
     frontend: str = "sb1"
     # Worker processes per node; 0 = one per CPU core.
     workers: int = dataclasses.field(default=0, metadata=_check(_range(0, 256)))
+    tls: TlsSettings = TlsSettings()
     database: DatabaseSettings = DatabaseSettings()
     listeners: dict[str, ListenerSettings] = dataclasses.field(default_factory=dict)
     limits: LimitSettings = LimitSettings()

@@ -34,6 +34,22 @@ STREAM_SCHEMES = {"directory": ("ldap", "ldaps")}
 
 
 @dataclasses.dataclass(frozen=True)
+class TlsSettings:
+    """TLS session-ticket keys shared by every node through PostgreSQL (core/ticketstore.py)."""
+
+    # Hours a listener's shared ticket key is used before a node replaces it. Tickets under the
+    # old key then get a full handshake (once per device): OpenSSL takes one key (README,
+    # Production).
+    ticket_key_rotation_hours: float = dataclasses.field(
+        default=24.0, metadata=_check(_range(0.01, 8760))
+    )
+    # Seconds between a node's checks of the shared key (to take a new one, or rotate it).
+    ticket_key_check_seconds: float = dataclasses.field(
+        default=60.0, metadata=_check(_range(0.1, 3600))
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class DatabaseSettings:
     # Empty: start the embedded PostgreSQL under <data_dir>/postgres (pgserver).
     url: str = ""
