@@ -1,5 +1,5 @@
 """What the update command groups share: the inventory snapshot, the stores, the base URL,
-MAC parsing, the operator's name and ages."""
+MAC parsing, the operator's name, ages and tables."""
 
 from __future__ import annotations
 
@@ -62,3 +62,10 @@ def _age(moment: datetime | None) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit} ago"
     return f"{seconds}s ago"
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    """``rows`` (the header first) as columns, each as wide as its widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())

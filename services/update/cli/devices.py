@@ -15,7 +15,7 @@ from services.core.errors import UsageError
 from services.core.inventory import Device, InventoryError, InventoryRepository
 from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
-from services.update.cli.common import _age, _mac
+from services.update.cli.common import _age, _mac, _table
 from services.update.repository import RolloutRepository, UpdateRepository
 from services.update.rollout import RolloutState
 
@@ -71,9 +71,7 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
                 s.source_address or "-",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    _table(rows)
     if args.unknown:
         unknown = await UnknownDeviceRepository(pool).sightings(UPDATE_SERVICE)
         print(f"\nunknown devices that polled ({len(unknown)}):")
@@ -159,9 +157,7 @@ async def devices_certificates(
                 _certificate_note(r),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    _table(rows)
     return 0
 
 
