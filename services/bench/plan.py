@@ -183,7 +183,7 @@ def _settings(dsn: str, live: Path, firmware: Path) -> Settings:
 
 async def _baseline(settings: Settings, pool: asyncpg.Pool) -> int:
     """Render every device's update script from the live tree once; how many rendered."""
-    from services.update.cli import _snapshot, _stores
+    from services.update.cli.common import _snapshot, _stores
     from services.update.plan import device_context, render_update
     from services.update.provisioning import Urls
 

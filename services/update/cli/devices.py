@@ -1,0 +1,235 @@
+"""``pbxfront devices …``: status table, restage, adopt, certificate roll-out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import asyncpg
+
+from services.core import audit
+from services.core.commands import Bind
+from services.core.config import Settings
+from services.core.errors import UsageError
+from services.core.inventory import Device, InventoryError, InventoryRepository
+from services.core.unknown import UPDATE as UPDATE_SERVICE
+from services.core.unknown import UnknownDeviceRepository
+from services.update.cli.common import _age, _mac, _table
+from services.update.repository import RolloutRepository, UpdateRepository
+from services.update.rollout import RolloutState
+
+
+async def devices_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    stale = 3 * 60 * settings.update.poll_interval if args.stale else None
+    repository = UpdateRepository(pool)
+    statuses = await repository.statuses(customer=args.customer, stale_after_seconds=stale)
+    # What `frontend check --backups --record` found wrong in each device's latest backup.
+    findings = await repository.backup_findings()
+    if args.json:
+        print(
+            json.dumps(
+                [{**s.as_json(), "findings": findings.get(s.mac, [])} for s in statuses], indent=2
+            )
+        )
+        return 0
+    header = (
+        "MAC",
+        "HARDWARE ID",
+        "CUSTOMER",
+        "TYPE",
+        "LAST SEEN",
+        "PROOF",
+        "PHASE",
+        "SYNC",
+        "FIRMWARE",
+        "SCRIPTS",
+        "FINDINGS",
+        "ADDRESS",
+    )
+    rows: list[tuple[str, ...]] = [header]
+    for s in statuses:
+        sync = "yes" if s.in_sync else ("restage" if s.restage_requested else "no")
+        if s.last_error:
+            sync = "error"
+        # A device whose ver names the wanted build while PROT/BOOT does not: firmware lines
+        # withheld after update.firmware_attempts (issue #14).
+        firmware = f"stuck:{s.firmware_stuck}" if s.firmware_stuck else (s.prot or "-")
+        rows.append(
+            (
+                s.mac,
+                s.hardware_id,
+                s.customer,
+                s.device_type,
+                _age(s.last_seen),
+                s.proof or "-",
+                s.phase or "-",
+                sync,
+                firmware,
+                f"v{s.script_version}" if s.script_version is not None else "-",
+                ",".join(findings.get(s.mac, [])) or "-",
+                s.source_address or "-",
+            )
+        )
+    _table(rows)
+    if args.unknown:
+        unknown = await UnknownDeviceRepository(pool).sightings(UPDATE_SERVICE)
+        print(f"\nunknown devices that polled ({len(unknown)}):")
+        for item in unknown:
+            print(
+                f"  {item.mac or '-'}  {item.hardware_id or '-'}  {item.device_type or '-'}  "
+                f"{_age(item.last_seen)}  {item.polls} polls  {item.source_address or '-'}"
+            )
+    return 0
+
+
+async def devices_restage(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    mac = _mac(args.mac)
+    async with pool.acquire() as connection, connection.transaction():
+        if not await UpdateRepository(connection).request_restage(mac):
+            raise UsageError(f"no device {mac} in the inventory")
+        await audit.record(
+            connection,
+            actor=audit.cli_actor(),
+            action="device.restage",
+            object_type="device",
+            object_id=mac,
+        )
+    print(f"{mac}: will be sent through staging.txt at its next poll")
+    return 0
+
+
+async def devices_adopt(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
+    """Take a device that polled but is not in the inventory into it (the seed's ZCD)."""
+    mac = _mac(args.mac)
+    unknown = UnknownDeviceRepository(pool)
+    sighting = await unknown.find(UPDATE_SERVICE, mac)
+    device_type = args.type or (sighting.device_type if sighting else None)
+    if device_type is None:
+        raise UsageError(f"{mac} has not polled with its type; give --type")
+    device = Device(
+        mac=mac,
+        device_type=device_type,
+        device_class=args.device_class,
+        customer=args.customer,
+        cpe_id=args.cpe_id,
+        name=args.name,
+    )
+    async with pool.acquire() as connection:
+        try:
+            created = await InventoryRepository(connection, actor=audit.cli_actor()).upsert_device(
+                device
+            )
+        except InventoryError as error:
+            raise UsageError("; ".join(error.problems)) from None
+    if not created:
+        raise UsageError(f"{mac} is in the inventory already")
+    await unknown.forget(UPDATE_SERVICE, [mac])
+    print(f"{mac}: adopted for customer {args.customer} as {device_type} {args.device_class}")
+    print(
+        "note: `pbxfront inventory apply --prune` of the file owning this customer removes "
+        "devices it does not list; add it there too (`pbxfront inventory export`)"
+    )
+    return 0
+
+
+async def devices_certificates(
+    args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool
+) -> int:
+    """The certificate roll-out per device (protocol.md §9): state, issuer, expiry, error."""
+    statuses = await RolloutRepository(pool).statuses(customer=args.customer)
+    if args.json:
+        print(json.dumps([s.as_json() for s in statuses], indent=2))
+        return 0
+    header = ("MAC", "HARDWARE ID", "CUSTOMER", "ROLL-OUT", "ISSUER", "EXPIRES", "UPDATED", "NOTE")
+    rows: list[tuple[str, ...]] = [header]
+    for s in statuses:
+        r = s.rollout
+        rows.append(
+            (
+                s.mac,
+                s.hardware_id,
+                s.customer,
+                r.state if r else "-",
+                (r.device_issuer or "-") if r else "-",
+                f"{r.device_not_after:%Y-%m-%d}" if r and r.device_not_after else "-",
+                _age(r.updated_at) if r else "-",
+                _certificate_note(r),
+            )
+        )
+    _table(rows)
+    return 0
+
+
+def _certificate_note(rollout: RolloutState | None) -> str:
+    if rollout is None:
+        return ""
+    if rollout.state == "queued":
+        # ca.signer: the UPDATED column is how long it has waited.
+        return "request waits for the signing node (pbxfront ca queue)"
+    return rollout.error or ""
+
+
+async def devices_certificate_reset(
+    args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool
+) -> int:
+    mac = _mac(args.mac)
+    repository = RolloutRepository(pool)
+    if not await repository.statuses(mac=mac):
+        raise UsageError(f"no device {mac} in the inventory")
+    if await repository.reset(mac):
+        print(f"{mac}: certificate roll-out reset; its next update poll starts over")
+    else:
+        print(f"{mac}: no certificate roll-out to reset")
+    return 0
+
+
+def register(
+    commands: Any,
+    common: argparse.ArgumentParser,
+    bind: Bind,
+) -> None:
+    """The ``pbxfront devices …`` sub-commands."""
+    devices = commands.add_parser("devices", help="device status as seen by the update service")
+    device_actions = devices.add_subparsers(dest="action", required=True)
+    listing = device_actions.add_parser("list", parents=[common], help="status table")
+    listing.add_argument(
+        "--stale", action="store_true", help="only devices not seen for 3 poll intervals (or never)"
+    )
+    listing.add_argument("--customer", metavar="ID")
+    listing.add_argument("--unknown", action="store_true", help="also devices not in the inventory")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=bind(devices_list))
+    restage = device_actions.add_parser(
+        "restage", parents=[common], help="send a device through staging again"
+    )
+    restage.add_argument("mac", metavar="MAC")
+    restage.set_defaults(handler=bind(devices_restage))
+    adopt = device_actions.add_parser(
+        "adopt", parents=[common], help="add a device that polled but is not in the inventory"
+    )
+    adopt.add_argument("mac", metavar="MAC")
+    adopt.add_argument("--customer", required=True)
+    adopt.add_argument(
+        "--class", dest="device_class", choices=("phone", "gateway", "pbx"), default="phone"
+    )
+    adopt.add_argument("--type", help="default: the type it polled with")
+    adopt.add_argument("--cpe-id")
+    adopt.add_argument("--name")
+    adopt.set_defaults(handler=bind(devices_adopt))
+
+    certificates = device_actions.add_parser(
+        "certificates",
+        parents=[common],
+        help="certificate roll-out per device: state, issuer, expiry (see [ca] rollout)",
+    )
+    certificates.add_argument("--customer", metavar="ID")
+    certificates.add_argument("--json", action="store_true")
+    certificates.set_defaults(handler=bind(devices_certificates))
+    certificate_reset = device_actions.add_parser(
+        "certificate-reset",
+        parents=[common],
+        help="forget a device's roll-out (after an error or a refused request)",
+    )
+    certificate_reset.add_argument("mac", metavar="MAC")
+    certificate_reset.set_defaults(handler=bind(devices_certificate_reset))
