@@ -239,74 +239,11 @@ async def onboard(
             inventory = InventoryRepository(connection, actor=actor)
             redirect = MappingRepository(connection)
             for row in rows:
-                device = Device(
-                    row.mac,
-                    row.device_type,
-                    row.device_class,
-                    row.customer,
-                    "",
-                    row.cpe_id,
-                    row.name,
-                )
-                customer = await inventory.get_customer(row.customer)
-                if customer is None:
-                    problems.append(f"{row.where}: customer: no customer {printable(row.customer)}")
-                    continue
-                existing = await inventory.get_device(row.mac)
-                if existing is not None:
-                    if existing.customer != row.customer:
-                        problems.append(
-                            f"{row.where}: mac: {row.mac} is already a device of customer "
-                            f"{existing.customer}"
-                        )
-                        continue
-                    wanted = dataclasses.replace(device, hardware_id=existing.hardware_id)
-                    if existing != wanted:
-                        differ = [
-                            f.name
-                            for f in dataclasses.fields(Device)
-                            if getattr(existing, f.name) != getattr(wanted, f.name)
-                        ]
-                        problems.append(
-                            f"{row.where}: mac: {row.mac} is already onboarded with other "
-                            f"{', '.join(differ)}"
-                        )
-                        continue
-                frontend = row.frontend
-                if frontend is None and row.url is None:
-                    frontend = customer.frontend
-                try:
-                    mapping = check_mapping(row.mac, frontend, row.url)
-                except errors.Invalid as error:
-                    problems.append(f"{row.where}: {error}")
-                    continue
-                try:
-                    created = await inventory.upsert_device(device)
-                except InventoryError as error:
-                    label = f"device {row.mac}"
-                    problems.extend(f"{row.where}: {_strip(p, label)}" for p in error.problems)
-                    continue
-                try:
-                    outcome, record = await redirect.register(provider, mapping, actor.name)
-                except errors.DomainError as error:
-                    problems.append(f"{row.where}: redirect: {error}")
-                    continue
-                result = Result(
-                    row.mac, "created" if created else "unchanged", outcome.value.lower()
-                )
-                results.append(result)
-                if created or result.mapping != "unchanged":
-                    await audit.record(
-                        connection,
-                        actor=actor,
-                        action="device.onboard",
-                        object_type="device",
-                        object_id=row.mac,
-                        after={
-                            "device": dataclasses.asdict(device),
-                            "mapping": record.as_json(),
-                        },
-                    )
+                outcome = await _onboard_row(connection, inventory, redirect, row, provider, actor)
+                if isinstance(outcome, Result):
+                    results.append(outcome)
+                else:
+                    problems.extend(outcome)
             if problems:
                 raise OnboardError(problems)
             if dry_run:
@@ -314,6 +251,71 @@ async def onboard(
     except _DryRun:
         pass
     return results
+
+
+async def _onboard_row(
+    connection: asyncpg.Connection,
+    inventory: InventoryRepository,
+    redirect: MappingRepository,
+    row: Row,
+    provider: str,
+    actor: audit.Actor,
+) -> Result | list[str]:
+    """One row: the device in the inventory and its redirect mapping (audited when either
+    changed), or the row's problems."""
+    device = Device(
+        row.mac, row.device_type, row.device_class, row.customer, "", row.cpe_id, row.name
+    )
+    customer = await inventory.get_customer(row.customer)
+    if customer is None:
+        return [f"{row.where}: customer: no customer {printable(row.customer)}"]
+    existing = await inventory.get_device(row.mac)
+    if existing is not None:
+        problem = _already_onboarded(existing, device, row)
+        if problem is not None:
+            return [problem]
+    frontend = row.frontend
+    if frontend is None and row.url is None:
+        frontend = customer.frontend
+    try:
+        mapping = check_mapping(row.mac, frontend, row.url)
+    except errors.Invalid as error:
+        return [f"{row.where}: {error}"]
+    try:
+        created = await inventory.upsert_device(device)
+    except InventoryError as error:
+        label = f"device {row.mac}"
+        return [f"{row.where}: {_strip(p, label)}" for p in error.problems]
+    try:
+        outcome, record = await redirect.register(provider, mapping, actor.name)
+    except errors.DomainError as error:
+        return [f"{row.where}: redirect: {error}"]
+    result = Result(row.mac, "created" if created else "unchanged", outcome.value.lower())
+    if created or result.mapping != "unchanged":
+        await audit.record(
+            connection,
+            actor=actor,
+            action="device.onboard",
+            object_type="device",
+            object_id=row.mac,
+            after={"device": dataclasses.asdict(device), "mapping": record.as_json()},
+        )
+    return result
+
+
+def _already_onboarded(existing: Device, device: Device, row: Row) -> str | None:
+    """Why a row cannot onboard a device the inventory already has (None: the same device)."""
+    if existing.customer != row.customer:
+        return f"{row.where}: mac: {row.mac} is already a device of customer {existing.customer}"
+    wanted = dataclasses.replace(device, hardware_id=existing.hardware_id)
+    if existing == wanted:
+        return None
+    differ = [
+        f.name
+        for f in dataclasses.fields(Device)
+        if getattr(existing, f.name) != getattr(wanted, f.name)
+    ]
+    return f"{row.where}: mac: {row.mac} is already onboarded with other {', '.join(differ)}"
 
 
 async def replace(
