@@ -146,7 +146,7 @@ def console_sources() -> Sources:
     from services.update import console as update
 
     return Sources(
-        fleet=update.fleet,
+        fleet=update.FleetPages().fleet,
         fleet_sorts=update.FLEET_SORT_NAMES,
         device_types=update.device_types,
         device_status=update.device_status,

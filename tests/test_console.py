@@ -42,6 +42,7 @@ from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
 from services.events.delivery import DeliveryRepository
 from services.serve import service_factories
+from services.update.console import FleetPages
 from services.update.repository import (
     FLEET_SORTS,
     FleetQuery,
@@ -50,7 +51,15 @@ from services.update.repository import (
     UpdateRepository,
 )
 from services.update.rollout import RolloutState
-from tests.conftest import DEVICE_A, DEVICE_B, SessionPki, curl, curl_with_headers, peer_program
+from tests.conftest import (
+    DEVICE_A,
+    DEVICE_B,
+    SessionPki,
+    curl,
+    curl_with_headers,
+    peer_program,
+    until,
+)
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -724,6 +733,7 @@ async def test_fleet_query_agrees_with_a_plain_reading(console: Console) -> None
     everything, total = await repository.fleet(FleetQuery(limit=1000))
     assert total == len(everything) == 124
     fields = {"type": "device_type", "firmware": "prot", "certificate": "certificate_state"}
+    pages_from_one_reading = FleetPages()
     for sort in FLEET_SORTS:
         field = fields.get(sort, sort)
 
@@ -742,6 +752,17 @@ async def test_fleet_query_agrees_with_a_plain_reading(console: Console) -> None
                 assert count == 124
                 pages += [r.mac for r in page]
             assert pages == (ascending[::-1] if descending else ascending), (sort, descending)
+            # The console cuts a status sort's pages from one reading of the order: the same.
+            cut: list[str] = []
+            for offset in range(0, 124, 50):
+                cut_rows, count = await pages_from_one_reading.fleet(
+                    console.pool,
+                    Settings(),
+                    {"sort": sort, "descending": descending, "limit": 50, "offset": offset},
+                )
+                assert count == 124
+                cut += [row["mac"] for row in cut_rows]
+            assert cut == pages, (sort, descending)
     for term in ("a8", "5", "seat 004", "ip222-0", "0090340", "198.51.100.1", "50%_", "00003"):
         rows, count = await repository.fleet(FleetQuery(search=term, limit=200))
 
@@ -754,6 +775,53 @@ async def test_fleet_query_agrees_with_a_plain_reading(console: Console) -> None
 
         assert {r.mac for r in rows} == {r.mac for r in everything if matches(r)}, term
         assert count == len(rows), term
+
+
+async def test_a_status_sort_is_cut_from_one_reading_at_most_order_seconds_old(
+    console: Console,
+) -> None:
+    repository = UpdateRepository(console.pool)
+
+    async def poll(mac: str, prot: str) -> None:
+        record = PollRecord(
+            mac=mac,
+            source_address="198.51.100.9",
+            proof="proven",
+            phase="update",
+            version=None,
+            prot=prot,
+            boot=None,
+            device_check=None,
+            cfg=None,
+            hash_sent=None,
+            in_sync=True,
+        )
+        await repository.record_polls([record], [1])
+
+    everything, _ = await repository.fleet(FleetQuery(limit=1000))
+    first, second = sorted(r.mac for r in everything)[:2]
+    await poll(first, "0001")
+    await poll(second, "0002")
+    filters = {"sort": "firmware", "descending": False, "limit": 2, "offset": 0}
+    pages = FleetPages(order_seconds=3600)
+    rows, _ = await pages.fleet(console.pool, Settings(), filters)
+    assert [r["mac"] for r in rows] == [first, second]
+    await poll(first, "0003")
+    # Within order_seconds the order is the one read; the rows themselves are read fresh.
+    rows, _ = await pages.fleet(console.pool, Settings(), filters)
+    assert [(r["mac"], r["prot"]) for r in rows] == [(first, "0003"), (second, "0002")]
+    # Once it is due, the page that notices is served from the old order while the new one is
+    # read; the next page has it.
+    pages.order_seconds = 0
+    await pages.fleet(console.pool, Settings(), filters)
+
+    async def reordered() -> bool:
+        rows, _ = await pages.fleet(console.pool, Settings(), filters)
+        return [r["mac"] for r in rows] == [second, first]
+
+    await until(reordered, timeout=5)
+    direct, _ = await repository.fleet(FleetQuery(sort="firmware", limit=2))
+    assert [r.mac for r in direct] == [second, first]
 
 
 CONTACTS_1 = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -73,6 +74,34 @@ class FleetRepository(Repository):
             for row in rows
             if row["mac"] is not None
         ], total
+
+    async def fleet_order(self, sort: str, descending: bool) -> str:
+        """Every inventory device's MAC in the order :meth:`fleet` pages ``sort`` in (the sort
+        column, nulls last ascending and first descending, then the MAC), as one text of the
+        MACs one after the other, for a console that cuts many pages from one reading
+        (update/console.py). One value, so 100,000 devices cost no row decoding."""
+        joins = _FleetStatement(FleetQuery(sort=sort)).joins
+        direction = "DESC" if descending else "ASC"
+        nulls = "NULLS LAST" if not descending else "NULLS FIRST"
+        order: str | None = await self._db.fetchval(
+            f"""SELECT string_agg(d.mac, '' ORDER BY {FLEET_SORTS[sort]} {direction} {nulls},
+                                  d.mac {direction})
+                FROM devices d {joins}"""  # noqa: S608
+        )
+        return order or ""
+
+    async def fleet_rows(self, macs: Sequence[str], stale_after_seconds: float) -> list[FleetRow]:
+        """The fleet page's rows of ``macs``, in their order (a device removed since is left
+        out)."""
+        rows = await self._db.fetch(
+            f"""SELECT {_FLEET_COLUMNS}
+                FROM unnest($2::text[]) WITH ORDINALITY AS m(mac, position)
+                JOIN devices d ON d.mac = m.mac {_FLEET_JOINS}
+                ORDER BY m.position""",  # noqa: S608
+            stale_after_seconds,
+            list(macs),
+        )
+        return [FleetRow(**dict(row)) for row in rows]
 
     async def device_types(self) -> list[str]:
         """The device types in the inventory (for the fleet page's filter)."""
