@@ -26,7 +26,7 @@ import pytest
 
 from services.backup.app import run_maintenance
 from services.backup.cli import register
-from services.backup.diff import Redaction, Side, unified_diff
+from services.backup.diff import DiffStat, Redaction, Side, diffstat, unified_diff
 from services.backup.handlers import ContentCpu
 from services.backup.normalize import Normalizer, prepare
 from services.backup.repository import (
@@ -1168,3 +1168,22 @@ async def test_cli(
     assert "would delete 0 version(s) in total (dry run: nothing changed)" in out
     code, out = await run("backups", "alerts", "--json")
     assert json.loads(out)[0]["kind"] == "changed"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (b"a\nb\nc\n", b"a\nb\nc\n", DiffStat(0, 0)),
+        (b"a\nb\nc\n", b"x\nb\nc\n", DiffStat(1, 1)),
+        (b"a\nb\nc\n", b"a\nb\nx\n", DiffStat(1, 1)),
+        (b"a\nb\nc\n", b"a\nx\ny\nc\n", DiffStat(2, 1)),
+        (b"a\na\na\n", b"a\na\n", DiffStat(0, 1)),
+        (b"a\nb\n", b"b\na\nb\n", DiffStat(1, 0)),
+        (b"", b"a\nb\n", DiffStat(2, 0)),
+        (b"a\nb\n", b"", DiffStat(0, 2)),
+    ],
+)
+def test_diffstat_counts_only_the_lines_between_common_start_and_end(
+    old: bytes, new: bytes, expected: DiffStat
+) -> None:
+    assert diffstat(old, new, Normalizer.build()) == expected

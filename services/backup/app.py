@@ -28,6 +28,7 @@ from services.backup.handlers import (
     BACKUP_PREFIX,
     DEVICE_AUTH_KEY,
     ENDPOINTS,
+    LOOKUP_KEY,
     NORMALIZER_KEY,
     PRUNE_KEY,
     REDACTION_KEY,
@@ -35,6 +36,7 @@ from services.backup.handlers import (
     UNCHANGED_KEY,
     backup_resource,
 )
+from services.backup.lookup import IntakeLookup
 from services.backup.normalize import Normalizer
 from services.backup.repository import (
     IntakeRepository,
@@ -192,6 +194,7 @@ def create_app(settings: Settings, resources: Resources) -> web.Application:
         fold=Fold(key=lambda seen: seen.device.mac, merge=_fold_unchanged),
     )
     app[UNCHANGED_KEY] = unchanged
+    app[LOOKUP_KEY] = IntakeLookup()
 
     async def close_unchanged(_app: web.Application) -> AsyncIterator[None]:
         yield

@@ -23,7 +23,7 @@ from services.bench.measure import Row, compare, measure
 
 class SyslogSink:
     """A syslog receiver over TCP (RFC 6587 octet counting) in a thread of the bench: counts the
-    messages and notes when the first and the last arrived."""
+    messages and notes when the first and the last arrived (since :meth:`mark`)."""
 
     def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -55,6 +55,12 @@ class SyslogSink:
                     self.last = now
                     self.messages += 1
 
+    def mark(self) -> int:
+        """Start timing anew (what came before, e.g. the audit rows of the bench's inventory
+        forwarded at start-up, is not the intake's); the messages counted so far."""
+        self.first = self.last = None
+        return self.messages
+
     def close(self) -> None:
         self._listener.close()
 
@@ -73,7 +79,11 @@ def scenario_events(options: BenchOptions, log: Any) -> list[Row]:
         f'request_client_certificate = true\nclient_ca = ["{client_ca}"]\n',
     ) + (
         f'[events]\ndestinations = ["tcp://127.0.0.1:{sink.port}?name=bench"]\n'
-        "confirm_delay = 0.5\n\n"
+        "confirm_delay = 0.5\n"
+        # Over kept-alive connections 64 clients are 64 devices, each posting dozens of events
+        # a second: the per-device quota (600/min) would answer 429 after ten seconds. Set far
+        # above the load, it is still checked on every event but never binds.
+        "quota_events_per_minute = 10000000\nquota_bytes_per_minute = 1099511627776\n\n"
     )
 
     rows: list[Row] = []
@@ -98,23 +108,27 @@ def scenario_events(options: BenchOptions, log: Any) -> list[Row]:
             log("events: devices POST events over kept-alive connections:")
             baseline = measure(env, "pbxfront no-op POST, keep-alive", "pbxfront", spec(noop), log)
             rows.append(baseline)
+            before = with_connection(env.dsn, seed.events_stored)
+            forwarded_before = sink.mark()
             intake = measure(env, "events intake, keep-alive", "pbxfront", spec(calls), log)
+            intake_end = time.monotonic()
             rows.append(compare(intake, baseline, 0.7))
-            stored = with_connection(env.dsn, seed.events_stored)
+            stored = with_connection(env.dsn, seed.events_stored) - before
             # Forwarding ran alongside; give the backlog as long again as the intake took.
             deadline = time.monotonic() + max(30.0, intake.result.elapsed)
-            while sink.messages < stored and time.monotonic() < deadline:
+            while sink.messages - forwarded_before < stored and time.monotonic() < deadline:
                 time.sleep(0.2)
-            forwarded = LoadResult(requests=sink.messages, errors=max(0, stored - sink.messages))
+            messages = sink.messages - forwarded_before
+            forwarded = LoadResult(requests=messages, errors=max(0, stored - messages))
+            lag = ""
             if sink.first is not None and sink.last is not None:
                 forwarded.elapsed = max(sink.last - sink.first, 1e-3)
+                lag = f", the last {max(0.0, sink.last - intake_end):.1f} s after the intake"
             row = Row(f"syslog forwarding of {stored:,} events", forwarded, 0.0)
             row.goal = "keeps up with intake"
-            row.met = sink.messages >= stored and forwarded.rate >= 0.95 * intake.result.rate
-            log(
-                f"  forwarded {sink.messages:,} of {stored:,} stored events "
-                f"({forwarded.rate:,.0f}/s)"
-            )
+            row.met = messages >= stored and forwarded.rate >= 0.95 * intake.result.rate
+            rate = f"{forwarded.rate:,.0f}/s"
+            log(f"  forwarded {messages:,} of {stored:,} stored events ({rate}{lag})")
             rows.append(row)
     finally:
         sink.close()

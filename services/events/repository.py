@@ -9,6 +9,7 @@ It sends ``NOTIFY pbxfront_events`` with the newest id in the same transaction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ APPEND_LOCK_ID = 0x70627865
 RETENTION_LOCK_ID = 0x70627866
 FORWARD_LOCK_CLASS = 0x70627867
 NOTIFY_CHANNEL = "pbxfront_events"
+# A batch's transaction opens with the append lock in the same round trip (append()).
+_BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK_ID:d})"
 
 _COLUMNS = (
     "received_at, kind, event_time, time_flag, code, severity, syslog_severity, source, text, "
@@ -218,6 +221,20 @@ ORDER BY u.position
 RETURNING id
 """  # noqa: S608
 
+# A batch of plain events (no alarms) as one statement, so one round trip: outside a
+# transaction it commits on its own. The append lock comes first (every row of the insert's
+# input joins the lock's row and the input is sorted before the first id is drawn); the NOTIFY
+# is sent on that commit; the ids come back in batch order.
+_LOCKED_PLAIN_INSERT = f"""
+WITH append_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock({APPEND_LOCK_ID:d})),
+inserted AS (
+{_PLAIN_INSERT.replace("FROM unnest(", "FROM append_lock, unnest(", 1)}),
+announced AS MATERIALIZED (
+    SELECT pg_notify('{NOTIFY_CHANNEL}', max(id)::text) FROM inserted
+)
+SELECT id FROM inserted, announced ORDER BY id
+"""  # noqa: S608
+
 _SINGLE_VALUES = f"""
 SELECT $1::timestamptz, $2::text, $3::timestamptz, $4::text, $5::text, $6::text, $7::smallint,
        $8::text, $9::text, $10::text,
@@ -245,6 +262,11 @@ UPDATE events SET active = false, cleared_at = $2, cleared_by = $3
 WHERE alarm_key = $1 AND active
 RETURNING id
 """
+
+
+def _newest(results: Sequence[Stored], forward_repeats: bool) -> int:
+    """The newest id a batch gives the forwarders (0: none)."""
+    return max((r.id for r in results if not r.repeat or forward_repeats), default=0)
 
 
 class EventRepository:
@@ -314,22 +336,49 @@ class EventRepository:
         return len(rows)
 
     async def append(self, batch: Sequence[NewEvent], *, forward_repeats: bool) -> list[Stored]:
-        """Store ``batch`` in one transaction (see the module docstring); results in order."""
+        """Store ``batch`` in one transaction (see the module docstring); results in order.
+        Inside a caller's transaction (the imports) it is a savepoint of that one."""
+        if self._db.is_in_transaction():
+            async with self._db.transaction():
+                await self._db.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK_ID)
+                results = await self._insert_batch(batch, forward_repeats)
+                newest = _newest(results, forward_repeats)
+                if newest:
+                    await self._db.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(newest))
+            return results
+        # Every node's batches wait for the append lock, so each round trip from taking it to
+        # the commit is one the whole cluster waits for. Plain events: one statement that
+        # commits on its own (lock, rows, NOTIFY). With alarms: BEGIN goes with the lock and the
+        # NOTIFY with the COMMIT (simple-query strings of constants and an id). A failure rolls
+        # back; nothing of the batch stays.
+        if batch and all(event.parsed.kind not in (ALARM_SET, ALARM_CLEAR) for event in batch):
+            columns = list(zip(*(event.values() for event in batch), strict=True))
+            rows = await self._db.fetch(_LOCKED_PLAIN_INSERT, *(list(c) for c in columns))
+            return [Stored(row["id"], repeat=False) for row in rows]
+        await self._db.execute(_BEGIN_LOCKED)
+        try:
+            results = await self._insert_batch(batch, forward_repeats)
+            newest = _newest(results, forward_repeats)
+            notify = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '{newest:d}'); " if newest else ""
+            await self._db.execute(notify + "COMMIT")
+        except BaseException:
+            if not self._db.is_closed() and self._db.is_in_transaction():
+                with contextlib.suppress(Exception):
+                    await self._db.execute("ROLLBACK")
+            raise
+        return results
+
+    async def _insert_batch(self, batch: Sequence[NewEvent], forward_repeats: bool) -> list[Stored]:
         results: list[Stored] = []
-        async with self._db.transaction():
-            await self._db.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK_ID)
-            run: list[NewEvent] = []
-            for event in batch:
-                if event.parsed.kind in (ALARM_SET, ALARM_CLEAR):
-                    results.extend(await self._insert_plain(run))
-                    run = []
-                    results.append(await self._alarm(event, forward_repeats))
-                else:
-                    run.append(event)
-            results.extend(await self._insert_plain(run))
-            newest = max((r.id for r in results if not r.repeat or forward_repeats), default=0)
-            if newest:
-                await self._db.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(newest))
+        run: list[NewEvent] = []
+        for event in batch:
+            if event.parsed.kind in (ALARM_SET, ALARM_CLEAR):
+                results.extend(await self._insert_plain(run))
+                run = []
+                results.append(await self._alarm(event, forward_repeats))
+            else:
+                run.append(event)
+        results.extend(await self._insert_plain(run))
         return results
 
     async def _insert_plain(self, run: list[NewEvent]) -> list[Stored]:

@@ -70,29 +70,47 @@ class GroupWriter:
                 # Let concurrent requests join this transaction.
                 await asyncio.sleep(self._window)
             self._wake.clear()
-            while self._queue:
-                batch, self._queue = self._queue[: self._batch], self._queue[self._batch :]
-                await self._commit(batch)
+            await self._drain()
             if self._closed:
                 return
 
-    async def _commit(self, batch: list[Pending]) -> None:
+    def _take(self) -> list[Pending]:
+        batch, self._queue = self._queue[: self._batch], self._queue[self._batch :]
+        return batch
+
+    async def _drain(self) -> None:
+        """Commit what is queued, batch after batch, on one pooled connection: giving it back
+        costs the pool's reset (a round trip) that the next batch would wait for."""
         assert self._pool is not None
+        while self._queue:
+            batch = self._take()
+            try:
+                async with acquire(self._pool) as connection:
+                    while True:
+                        await self._commit(connection, batch)
+                        if not self._queue:
+                            break
+                        batch = self._take()
+            except DatabaseUnavailable as error:
+                # No connection, or it was lost under this batch (the pool replaces it).
+                log.warning(
+                    "events: %d event(s) not stored, database unavailable: %s", len(batch), error
+                )
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(DatabaseUnavailable(str(error)))
+
+    async def _commit(self, connection: asyncpg.Connection, batch: list[Pending]) -> None:
+        """Store one batch and answer its requests. A lost connection propagates (acquire()
+        turns it into DatabaseUnavailable); any other failure is this batch's alone."""
         events = [event for event, _ in batch]
         try:
-            async with acquire(self._pool) as connection:
-                results = await EventRepository(connection).append(
-                    events, forward_repeats=self._forward_repeats
-                )
-        except DatabaseUnavailable as error:
-            log.warning(
-                "events: %d event(s) not stored, database unavailable: %s", len(batch), error
+            results = await EventRepository(connection).append(
+                events, forward_repeats=self._forward_repeats
             )
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(DatabaseUnavailable(str(error)))
-            return
         except asyncpg.PostgresError as error:
+            if connection.is_closed():
+                raise
             if len(batch) == 1:
                 log.error("events: event refused by the database: %s", error)
                 if not batch[0][1].done():
@@ -102,8 +120,10 @@ class GroupWriter:
                 return
             log.warning("events: batch failed (%s); storing its events one by one", error)
             for item in batch:
-                await self._commit([item])
+                await self._commit(connection, [item])
             return
+        except (OSError, asyncpg.InterfaceError):
+            raise
         except Exception:  # a bug must not kill the writer: fail this batch, keep running
             log.exception("events: storing a batch failed")
             for _, future in batch:

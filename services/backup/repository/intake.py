@@ -12,12 +12,16 @@ import asyncpg
 from services.backup.diff import DiffStat
 from services.backup.repository.records import (
     InventoryDevice,
+    LatestVersion,
     SeenUnchanged,
     StoreResult,
     Upload,
     insert_alert,
     read_content,
 )
+
+# (MAC, hardware id) as a request names the device; either may be None.
+DeviceKey = tuple[str | None, str | None]
 
 
 class ContentWork(Protocol):
@@ -28,86 +32,62 @@ class ContentWork(Protocol):
     async def compress(self, content: bytes) -> bytes: ...
 
 
-# The common case in one statement: the upload equals the device's latest version (byte for
-# byte: $7, or after normalisation: $2), so only the counters move. Locks the device row like the
-# full path (concurrent uploads of one device stay in order); no row when the device is new or
-# its config changed.
-_SEEN_UNCHANGED = """
-WITH latest AS (
-    SELECT d.latest_version AS id FROM backup_devices d
-    JOIN backup_versions v ON v.id = d.latest_version
-    WHERE d.mac = $1 AND (v.content_sha256 = $7 OR v.normalized_sha256 = $2)
-    FOR UPDATE OF d
-), seen AS (
-    UPDATE backup_versions v SET last_seen_at = $3, unchanged_puts = v.unchanged_puts + 1
-    FROM latest WHERE v.id = latest.id
-    RETURNING v.id
-)
-UPDATE backup_devices d SET hardware_id = $4, customer = $5, device_type = $6, last_put_at = $3,
-    last_unchanged_at = $3, puts = d.puts + 1, stale_alerted_at = NULL
-FROM seen WHERE d.mac = $1
-RETURNING seen.id
-"""
-
-
 class IntakeRepository:
     """What a backup PUT reads and writes."""
 
     def __init__(self, connection: asyncpg.Connection) -> None:
         self._db = connection
 
-    async def inventory_device(
-        self, mac: str | None, hardware_id: str | None
-    ) -> InventoryDevice | None:
-        """The inventory device with this MAC (else this hardware id) and its customer's
-        anonymous-backup setting; None when the inventory has no such device. When both are
-        given they must name the same device."""
-        row = await self._db.fetchrow(
+    async def inventory_devices(
+        self, keys: Sequence[DeviceKey]
+    ) -> dict[DeviceKey, tuple[InventoryDevice, LatestVersion | None]]:
+        """The inventory devices with these (MAC, hardware id) keys (by MAC when given, else by
+        hardware id; both given must agree), with their customer's anonymous-backup setting and
+        their latest backup version (None before the first), in one read; nothing locked.
+        Unknown keys are absent."""
+        rows = await self._db.fetch(
             """
-            SELECT d.mac, d.hardware_id, d.device_type, d.customer, c.allow_anonymous_backup
-            FROM devices d JOIN customers c ON c.id = d.customer
-            WHERE CASE WHEN $1::text IS NOT NULL THEN d.mac = $1 ELSE d.hardware_id = $2 END
-              AND ($2::text IS NULL OR d.hardware_id = $2)
+            SELECT k.key_mac, k.key_hardware_id, d.mac, d.hardware_id, d.device_type,
+                   d.customer, c.allow_anonymous_backup, v.id AS latest_id, v.content_sha256,
+                   v.normalized_sha256
+            FROM unnest($1::text[], $2::text[]) AS k(key_mac, key_hardware_id)
+            CROSS JOIN LATERAL (
+                SELECT * FROM devices i
+                WHERE i.mac = k.key_mac
+                  AND (k.key_hardware_id IS NULL OR i.hardware_id = k.key_hardware_id)
+                UNION ALL
+                SELECT * FROM devices i
+                WHERE k.key_mac IS NULL AND i.hardware_id = k.key_hardware_id
+            ) d
+            JOIN customers c ON c.id = d.customer
+            LEFT JOIN backup_devices b ON b.mac = d.mac
+            LEFT JOIN backup_versions v ON v.id = b.latest_version
             """,
-            mac,
-            hardware_id,
+            [mac for mac, _ in keys],
+            [hardware_id for _, hardware_id in keys],
         )
-        return InventoryDevice(**dict(row)) if row is not None else None
-
-    async def seen_unchanged(
-        self,
-        device: InventoryDevice,
-        now: datetime,
-        *,
-        content_sha256: bytes | None = None,
-        normalized_sha256: bytes | None = None,
-    ) -> int | None:
-        """Record an upload that equals the device's latest version, byte for byte
-        (``content_sha256``) or after normalisation; that version's id, or None (nothing
-        written) when the upload differs or the device has none yet."""
-        seen: int | None = await self._db.fetchval(
-            _SEEN_UNCHANGED,
-            device.mac,
-            normalized_sha256,
-            now,
-            device.hardware_id,
-            device.customer,
-            device.device_type,
-            content_sha256,
-        )
-        return seen
-
-    async def latest_content(self, mac: str) -> tuple[int, bytes] | None:
-        """(id, content SHA-256) of the device's latest version; a read, nothing locked."""
-        row = await self._db.fetchrow(
-            """SELECT v.id, v.content_sha256 FROM backup_devices d
-               JOIN backup_versions v ON v.id = d.latest_version WHERE d.mac = $1""",
-            mac,
-        )
-        return (row["id"], bytes(row["content_sha256"])) if row is not None else None
+        found: dict[DeviceKey, tuple[InventoryDevice, LatestVersion | None]] = {}
+        for row in rows:
+            device = InventoryDevice(
+                row["mac"],
+                row["hardware_id"],
+                row["device_type"],
+                row["customer"],
+                row["allow_anonymous_backup"],
+            )
+            latest = None
+            if row["latest_id"] is not None:
+                latest = LatestVersion(
+                    row["latest_id"],
+                    bytes(row["content_sha256"]),
+                    bytes(row["normalized_sha256"]),
+                )
+            found[(row["key_mac"], row["key_hardware_id"])] = (device, latest)
+        return found
 
     async def record_unchanged(self, seen: Sequence[SeenUnchanged]) -> None:
-        """What :meth:`seen_unchanged` records, for many devices in two statements."""
+        """Record uploads that equalled their device's latest version (seen at, put counts),
+        for many devices in two statements."""
         await self._db.execute(
             """UPDATE backup_versions v SET last_seen_at = greatest(v.last_seen_at, s.at),
                    unchanged_puts = v.unchanged_puts + s.puts
@@ -145,9 +125,6 @@ class IntakeRepository:
         """
         device = upload.device
         prepared = upload.prepared
-        seen = await self.seen_unchanged(device, now, normalized_sha256=prepared.normalized_sha256)
-        if seen is not None:
-            return StoreResult(changed=False, version_id=seen)
         async with self._db.transaction():
             await self._db.execute(
                 """

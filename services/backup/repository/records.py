@@ -33,9 +33,18 @@ class InventoryDevice:
 
 
 @dataclass(frozen=True)
+class LatestVersion:
+    """What an upload is compared with: the device's latest version's id and hashes."""
+
+    id: int
+    content_sha256: bytes
+    normalized_sha256: bytes
+
+
+@dataclass(frozen=True)
 class SeenUnchanged:
-    """Uploads of one device that repeated its latest version byte for byte (written in
-    batches: services/backup/app.py)."""
+    """Uploads of one device that repeated its latest version, byte for byte or after
+    normalisation (written in batches: services/backup/app.py)."""
 
     device: InventoryDevice
     version_id: int
