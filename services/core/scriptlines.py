@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import quote
 
+from aiohttp import web
+
 from services.core.identity import printable
 
 
@@ -25,3 +27,15 @@ def comment(text: str) -> str:
 def to_crlf(lines: Iterable[str]) -> str:
     """protocol.md §1: one command per line, CRLF line ends."""
     return "".join(line.rstrip("\r\n") + "\r\n" for line in lines)
+
+
+def script_response(status: int, lines: Iterable[str]) -> web.Response:
+    """A device's answer: ``lines`` as CRLF text/plain in UTF-8."""
+    return web.Response(
+        status=status, text=to_crlf(lines), content_type="text/plain", charset="utf-8"
+    )
+
+
+def comment_reply(status: int, *messages: str) -> web.Response:
+    """A device's answer of ``#`` comments only (an error or a refusal it logs and ignores)."""
+    return script_response(status, (comment(message) for message in messages))

@@ -60,7 +60,7 @@ from services.core.pki import (
     read_passphrase,
 )
 from services.core.ratelimit import AddressLimiter
-from services.core.scriptlines import comment, to_crlf
+from services.core.scriptlines import comment, comment_reply
 from services.update import rollout, signing
 from services.update.provisioning import Snapshot
 from services.update.repository import RolloutRepository
@@ -244,15 +244,6 @@ async def poll_lines(
 # --- uploads -----------------------------------------------------------------------------------
 
 
-def _reply(status: int, *messages: str) -> web.Response:
-    return web.Response(
-        status=status,
-        text=to_crlf(comment(m) for m in messages),
-        content_type="text/plain",
-        charset="utf-8",
-    )
-
-
 def _named(identity: DeviceIdentity, name: str) -> bool:
     """Whether the path's name (``#m`` or ``#h`` as the device expanded it) is this device."""
     with contextlib.suppress(IdentityError):
@@ -355,7 +346,7 @@ async def _upload(request: web.Request) -> web.Response:
         )
     if outcome.status >= 400:
         raise errors.Forbidden(outcome.message)
-    return _reply(outcome.status, outcome.message)
+    return comment_reply(outcome.status, outcome.message)
 
 
 def _proven_uploader(request: web.Request, query: Mapping[str, str]) -> DeviceIdentity:
@@ -552,7 +543,7 @@ async def crl(request: web.Request) -> web.Response:
     """The RootCA's CRL (DER), the same on every node (revocations live in PostgreSQL)."""
     authority = request.app[AUTHORITY_KEY]
     if not authority.present:
-        return _reply(404, "no provider RootCA on this Frontend")
+        return comment_reply(404, "no provider RootCA on this Frontend")
     now = time.monotonic()
     if authority.issued is None and (
         authority.crl is None or now - authority.crl_built > CRL_CACHE_SECONDS
@@ -563,7 +554,7 @@ async def crl(request: web.Request) -> web.Response:
                 authority.fingerprint
             )
         if stored is None:
-            return _reply(503, "no signing node has stored a CRL yet (ca.signer)")
+            return comment_reply(503, "no signing node has stored a CRL yet (ca.signer)")
         authority.crl, authority.crl_built = stored, now
     if authority.crl is None or now - authority.crl_built > CRL_CACHE_SECONDS:
         async with acquire(pool_of(request)) as connection:
@@ -582,7 +573,7 @@ async def crl(request: web.Request) -> web.Response:
             )
         except PkiError as error:
             log.error("CRL cannot be signed: %s", error)
-            return _reply(503, "the CRL cannot be signed; the operator's log says why")
+            return comment_reply(503, "the CRL cannot be signed; the operator's log says why")
         authority.crl_built = now
     return web.Response(
         body=authority.crl,

@@ -18,9 +18,7 @@ from services.core.db import POOL_KEY, acquire
 from services.core.http import query_arguments, security_event
 from services.core.identity import DeviceIdentity, identify, printable
 from services.core.inventory import Device, ResolvedVariable
-from services.core.scriptlines import comment, to_crlf
-from services.core.unknown import UPDATE as UPDATE_SERVICE
-from services.core.unknown import UnknownDeviceRepository
+from services.core.scriptlines import comment, comment_reply, to_crlf
 from services.update import certificates
 from services.update.canary import CanaryState
 from services.update.firmware import FirmwareUnavailable
@@ -54,24 +52,15 @@ from services.update.state import (
     SETTINGS_KEY,
     SNAPSHOTS_KEY,
     STORE_KEY,
-    UNKNOWN_LIMITER_KEY,
     WATCH_KEY,
 )
 from services.update.status import STATUS_KEY
+from services.update.unknown import record_unknown
 from services.update.versions import ScriptVersionRepository
 
 log = logging.getLogger(__name__)
 
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
-
-
-def comment_reply(status: int, *messages: str) -> web.Response:
-    return web.Response(
-        status=status,
-        text=to_crlf(comment(m) for m in messages),
-        content_type="text/plain",
-        charset="utf-8",
-    )
 
 
 def base_url(request: web.Request) -> str:
@@ -314,26 +303,10 @@ async def _unknown(
     """A device not in the inventory: rate-limited per address (no enumerating the inventory by
     ``sn=``), recorded for ``devices adopt`` (bounded), answered without customer data."""
     settings = request.app[SETTINGS_KEY].update
-    limiter = request.app[UNKNOWN_LIMITER_KEY]
-    if not limiter.allows(request.remote):
-        security_event(request, "unknown-device-rate-limited", proof=identity.proof.value)
-        response = comment_reply(429, "too many polls for devices not in the inventory")
-        response.headers["Retry-After"] = str(limiter.retry_after(request.remote))
-        return response
-    limiter.spend(request.remote)
     key = identity.mac or identity.hardware_id or "-"
-    async with acquire(pool) as connection:
-        await UnknownDeviceRepository(connection).record(
-            UPDATE_SERVICE,
-            key,
-            mac=identity.mac,
-            hardware_id=identity.hardware_id,
-            device_type=identity.device_type,
-            source_address=request.remote,
-            proof=identity.proof.value,
-            version=arguments.version,
-            max_rows=settings.unknown_max_rows,
-        )
+    refused = await record_unknown(request, pool, identity, key, arguments.version)
+    if refused is not None:
+        return refused
     log.info("unknown device %s (%s) polled %s.txt", printable(key), identity.proof.value, phase)
     adopter = typing.cast("Adopter | None", request.app[ADOPTER_KEY])
     if settings.auto_adopt and adopter is not None and identity.proven and identity.mac:

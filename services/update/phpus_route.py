@@ -31,15 +31,14 @@ import asyncpg
 from aiohttp import web
 
 from services.core.db import POOL_KEY, acquire
-from services.core.http import query_arguments, security_event
+from services.core.http import query_arguments
 from services.core.identity import DeviceIdentity, identify, printable
 from services.core.inventory import Device, ResolvedVariable
 from services.core.phpus import mode_refusal
-from services.core.scriptlines import comment, rawurlencode, to_crlf
-from services.core.unknown import UPDATE as UPDATE_SERVICE
-from services.core.unknown import UnknownDeviceRepository
+from services.core.scriptlines import comment, rawurlencode, script_response
 from services.update.provisioning import PolicyError, Urls, poll_interval
-from services.update.state import SETTINGS_KEY, SNAPSHOTS_KEY, UNKNOWN_LIMITER_KEY
+from services.update.state import SETTINGS_KEY, SNAPSHOTS_KEY
+from services.update.unknown import record_unknown
 
 log = logging.getLogger(__name__)
 
@@ -134,36 +133,15 @@ async def _unknown(
 ) -> web.Response:
     """As the update service answers a device not in the inventory: rate-limited per address,
     recorded (bounded) for ``devices adopt``, the same 404 without customer data."""
-    settings = request.app[SETTINGS_KEY].update
-    limiter = request.app[UNKNOWN_LIMITER_KEY]
-    if not limiter.allows(request.remote):
-        security_event(request, "unknown-device-rate-limited", proof=identity.proof.value)
-        response = _reply(429, [comment("too many polls for devices not in the inventory")])
-        response.headers["Retry-After"] = str(limiter.retry_after(request.remote))
-        return response
-    limiter.spend(request.remote)
-    async with acquire(pool) as connection:
-        await UnknownDeviceRepository(connection).record(
-            UPDATE_SERVICE,
-            key,
-            mac=identity.mac,
-            hardware_id=identity.hardware_id,
-            device_type=identity.device_type,
-            source_address=request.remote,
-            proof=identity.proof.value,
-            version=printable(query.get("ver", ""), 200) or None,
-            max_rows=settings.unknown_max_rows,
-        )
+    refused = await record_unknown(
+        request, pool, identity, key, printable(query.get("ver", ""), 200) or None
+    )
+    if refused is not None:
+        return refused
     log.info(
         "unknown device %s (%s) polled PHPUS's update.php", printable(key), identity.proof.value
     )
-    return _reply(404, [comment(f"device {key} is not in this provider's inventory")])
-
-
-def _reply(status: int, lines: list[str]) -> web.Response:
-    return web.Response(
-        status=status, text=to_crlf(lines), content_type="text/plain", charset="utf-8"
-    )
+    return script_response(404, [comment(f"device {key} is not in this provider's inventory")])
 
 
 async def poll(request: web.Request) -> web.Response:
@@ -172,11 +150,11 @@ async def poll(request: web.Request) -> web.Response:
     arguments = PhpusArguments.parse(query)
     refusal = mode_refusal(arguments.mode, request.method if request.method != "HEAD" else "GET")
     if refusal is not None:
-        return _reply(400, [comment(f"pbxfront: {refusal}")])
+        return script_response(400, [comment(f"pbxfront: {refusal}")])
     peercert = request.transport.get_extra_info("peercert") if request.transport else None
     identity: DeviceIdentity = identify(peercert, query)
     if identity.mac is None and identity.hardware_id is None:
-        return _reply(
+        return script_response(
             400,
             [
                 comment("pbxfront cannot tell which device this is:"),
@@ -215,7 +193,7 @@ async def poll(request: web.Request) -> web.Response:
         fast_polling_off=arguments.polling != 0,
         remarks=tuple(remarks),
     )
-    return _reply(200, header + lines)
+    return script_response(200, header + lines)
 
 
 def _interval_and_remarks(

@@ -1,0 +1,49 @@
+"""Polls from devices not in the inventory, as update.txt/staging.txt and PHPUS's update.php
+both meet them: rate-limited per source address (nobody enumerates the inventory by ``sn=``) and
+recorded, bounded, for ``pbxfront devices adopt`` and the console's unknown-devices table."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from services.core.db import acquire
+from services.core.http import security_event
+from services.core.identity import DeviceIdentity
+from services.core.scriptlines import comment_reply
+from services.core.unknown import UPDATE as UPDATE_SERVICE
+from services.core.unknown import UnknownDeviceRepository
+from services.update.state import SETTINGS_KEY, UNKNOWN_LIMITER_KEY
+
+
+async def record_unknown(
+    request: web.Request,
+    pool: asyncpg.Pool,
+    identity: DeviceIdentity,
+    key: str,
+    version: str | None,
+) -> web.Response | None:
+    """None once the sighting of device ``key`` is recorded (at most update.unknown_max_rows
+    are kept); a 429 with Retry-After, recording nothing, when its address has polled too often
+    for unknown devices."""
+    settings = request.app[SETTINGS_KEY].update
+    limiter = request.app[UNKNOWN_LIMITER_KEY]
+    if not limiter.allows(request.remote):
+        security_event(request, "unknown-device-rate-limited", proof=identity.proof.value)
+        response = comment_reply(429, "too many polls for devices not in the inventory")
+        response.headers["Retry-After"] = str(limiter.retry_after(request.remote))
+        return response
+    limiter.spend(request.remote)
+    async with acquire(pool) as connection:
+        await UnknownDeviceRepository(connection).record(
+            UPDATE_SERVICE,
+            key,
+            mac=identity.mac,
+            hardware_id=identity.hardware_id,
+            device_type=identity.device_type,
+            source_address=request.remote,
+            proof=identity.proof.value,
+            version=version,
+            max_rows=settings.unknown_max_rows,
+        )
+    return None
