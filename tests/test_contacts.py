@@ -25,7 +25,7 @@ import pytest
 
 from services.contacts.cli import register
 from services.contacts.domain import Difference, Entry, check_upload, difference, render_ldif
-from services.contacts.numbers import Normalizer, NumberError, NumberPlan
+from services.contacts.numbers import Normalizer, NumberError
 from services.contacts.parse import read_table
 from services.core import errors
 from services.core.auth import AccountRepository, Role
@@ -35,6 +35,7 @@ from services.core.config import (
     Settings,
 )
 from services.core.inventory import apply_inventory, read_inventory_file
+from services.core.numbering import NumberingPlan
 from services.core.runner import Node
 from tests.conftest import (
     SessionPki,
@@ -677,7 +678,7 @@ async def test_ldif_loads_into_openldap_and_finds_names_and_numbers(
 # --- parsing and numbers on plain values -------------------------------------------------------
 
 
-PLAN = NumberPlan("49", "7031")
+PLAN = NumberingPlan("49", "7031")
 
 
 def test_encodings_and_delimiters() -> None:
@@ -724,7 +725,7 @@ def test_numbers() -> None:
             normalizer.normalize(bad)
     short = Normalizer(dataclasses.replace(PLAN, short_max_digits=3))
     assert short.normalize("123") == "123"
-    us = Normalizer(NumberPlan("1", "212", "011", "1"))
+    us = Normalizer(NumberingPlan("1", "212", "011", "1"))
     assert us.normalize("555 0100") == "+12125550100"
     assert us.normalize("1 (917) 555-0111") == "+19175550111"
     assert us.normalize("011 49 7031 730090") == "+497031730090"

@@ -29,6 +29,7 @@ from services.core.config import (
     load_settings,
 )
 from services.core.inventory import apply_inventory, parse_inventory
+from services.core.numbering import NumberingPlan
 from services.core.resources import Resources
 from services.core.runner import Node, ServiceFactories, start_node
 from services.directory import ber, protocol
@@ -49,7 +50,7 @@ from services.directory.filters import (
     parse_filter,
 )
 from services.directory.index import Contact, CustomerDirectory, CustomerRecord, ascii_fold
-from services.directory.numbers import NumberingPlan, display, normalize_query, variants
+from services.directory.numbers import display, normalize_query, variants
 from services.directory.server import DirectoryServer
 from tests.conftest import SessionPki, peer_program, run_wired_cli, start_services, until
 

@@ -45,14 +45,12 @@ from services.backup.repository import (
     Version,
 )
 from services.backup.retention import Policy, policy_for, versions_to_delete
-from services.core.api import VERIFIED_CACHE_KEY, add_endpoints
-from services.core.auth import VerifiedCache
+from services.core.api import endpoints_app
 from services.core.batch import BackgroundBatches, Fold
 from services.core.config import Settings
 from services.core.db import acquire
 from services.core.deviceauth import DeviceAuth
 from services.core.digest import PostgresNonceCounter
-from services.core.http import SERVICE_NAME_KEY
 from services.core.inventory.variables import LayeredVariables, customer_scopes
 from services.core.periodic import PeriodicJob
 from services.core.phpus import route_paths as phpus_route_paths
@@ -231,11 +229,8 @@ def _fold_unchanged(earlier: SeenUnchanged, later: SeenUnchanged) -> SeenUnchang
 
 def create_archive_app(settings: Settings) -> web.Application:
     """The operator side: ``/api/v1/backups/…`` and ``/dav/backups/…`` (admin listener)."""
-    app = web.Application()
+    app = endpoints_app("backup", ENDPOINTS)
     _shared_state(app, settings)
-    app[SERVICE_NAME_KEY] = "backup"
     app[PRUNE_KEY] = run_maintenance_json
-    app[VERIFIED_CACHE_KEY] = VerifiedCache()
-    add_endpoints(app, ENDPOINTS)
     dav.add_routes(app)
     return app

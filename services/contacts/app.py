@@ -21,10 +21,10 @@ from services.contacts.handlers import (
     contacts_resource,
     folder,
 )
-from services.core.api import VERIFIED_CACHE_KEY, add_endpoints
+from services.core.api import endpoints_app
 from services.core.auth import VerifiedCache
 from services.core.config import Settings
-from services.core.http import BODY_LIMIT_KEY, SERVICE_NAME_KEY
+from services.core.http import BODY_LIMIT_KEY
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -43,9 +43,6 @@ def create_app(settings: Settings) -> web.Application:
 
 def create_admin_app(settings: Settings) -> web.Application:
     """The operator side: ``/api/v1/contacts/…`` (admin listener)."""
-    app = web.Application()
+    app = endpoints_app("contacts", ENDPOINTS)
     app[SETTINGS_KEY] = settings
-    app[SERVICE_NAME_KEY] = "contacts"
-    app[VERIFIED_CACHE_KEY] = VerifiedCache()
-    add_endpoints(app, ENDPOINTS)
     return app

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.contacts.numbers import Normalizer, NumberError, NumberPlan
+from services.contacts.numbers import Normalizer, NumberError
 from services.contacts.parse import (
     DELIMITER_NAMES,
     FIELD_LABELS,
@@ -23,6 +23,7 @@ from services.contacts.parse import (
     record_fields,
 )
 from services.core import errors
+from services.core.numbering import NumberingPlan
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class CheckedUpload:
 
 def check_upload(
     content: bytes,
-    plan: NumberPlan,
+    plan: NumberingPlan,
     max_rows: int,
     *,
     max_columns: int = 512,

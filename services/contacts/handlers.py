@@ -35,7 +35,7 @@ from services.contacts.domain import (
     render_csv,
     render_ldif,
 )
-from services.contacts.numbers import SHORT_DIGITS_VARIABLE, NumberPlan
+from services.contacts.numbers import SHORT_DIGITS_VARIABLE
 from services.contacts.repository import ContactsRepository, Customer, NewVersion
 from services.core import audit, errors
 from services.core.api import (
@@ -58,6 +58,7 @@ from services.core.config import ContactsSettings, Settings
 from services.core.db import acquire
 from services.core.http import UploadAborted, query_arguments, read_body, security_event
 from services.core.identity import printable
+from services.core.numbering import NumberingPlan
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def check_customer_id(value: str) -> str:
     return value
 
 
-def number_plan(customer: Customer, settings: ContactsSettings) -> NumberPlan:
+def number_plan(customer: Customer, settings: ContactsSettings) -> NumberingPlan:
     short = settings.short_number_max_digits
     raw = (customer.short_digits_variable or "").strip()
     if raw:
@@ -116,7 +117,7 @@ def number_plan(customer: Customer, settings: ContactsSettings) -> NumberPlan:
                 "must be 0..15; ask your provider"
             )
         short = int(raw)
-    return NumberPlan(
+    return NumberingPlan(
         customer.country_code,
         customer.area_code,
         customer.international_prefix,
@@ -238,7 +239,7 @@ def _answer(request: web.Request, report: Report, status: int) -> web.Response:
 
 
 def _checked_and_compared(
-    content: bytes, plan: NumberPlan, settings: ContactsSettings, current: list[Entry]
+    content: bytes, plan: NumberingPlan, settings: ContactsSettings, current: list[Entry]
 ) -> tuple[CheckedUpload, Difference]:
     checked = check_upload(
         content,

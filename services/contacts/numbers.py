@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import phonenumbers
 
+from services.core.numbering import NumberingPlan
+
 # Separators people put into numbers; anything else (letters, "ext.", "#") is refused.
 _ALLOWED = re.compile(r"\+?[0-9 ()./\-\u00a0]+")
 _UNEXPECTED = re.compile(r"[^0-9 ()./\-\u00a0]")
@@ -30,15 +32,6 @@ _NOT_DIGIT = re.compile(r"\D")
 SHORT_DIGITS_VARIABLE = "contacts-short-digits"
 # Without a prefix, this many digits or fewer are an extension, never a number in the area code.
 EXTENSION_DIGITS = 4
-
-
-@dataclass(frozen=True)
-class NumberPlan:
-    country_code: str
-    area_code: str
-    international_prefix: str = "00"
-    national_prefix: str = "0"
-    short_max_digits: int = 0
 
 
 class NumberError(ValueError):
@@ -50,7 +43,7 @@ class Normalizer:
     """Normalises numbers for one plan, remembering each distinct input: exports repeat the
     company's numbers on many rows, and ``phonenumbers`` is the costly part of an upload."""
 
-    plan: NumberPlan
+    plan: NumberingPlan
     _cache: dict[str, str | NumberError] = field(default_factory=dict)
 
     def normalize(self, raw: str) -> str | None:
@@ -71,7 +64,7 @@ class Normalizer:
         return result
 
 
-def normalize_number(text: str, plan: NumberPlan) -> str:
+def normalize_number(text: str, plan: NumberingPlan) -> str:
     if re.search(r"[^\W\d_]", text):
         raise NumberError("letters in a number (write an extension as part of the number)")
     if not _ALLOWED.fullmatch(text):

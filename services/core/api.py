@@ -29,7 +29,7 @@ from services.core.auth import (
 )
 from services.core.authguard import auth_guard
 from services.core.db import POOL_KEY, acquire
-from services.core.http import security_event
+from services.core.http import SERVICE_NAME_KEY, security_event
 from services.core.inputs import loads_json
 
 ACCOUNT_KEY = web.RequestKey("account", Account)
@@ -107,6 +107,17 @@ def add_endpoints(app: web.Application, endpoints: Iterable[Endpoint]) -> None:
     for endpoint in endpoints:
         handler = endpoint.handler if endpoint.public else require(endpoint.roles, endpoint.handler)
         app.router.add_route(endpoint.method, endpoint.path, handler)
+
+
+def endpoints_app(service_name: str, endpoints: Iterable[Endpoint]) -> web.Application:
+    """A service's part of the admin API: its ``endpoints`` behind :func:`authenticate`, with
+    the cache of verified passwords they share; ``service_name`` labels its log lines and
+    metrics. The caller adds its settings and other state."""
+    app = web.Application()
+    app[SERVICE_NAME_KEY] = service_name
+    app[VERIFIED_CACHE_KEY] = VerifiedCache()
+    add_endpoints(app, endpoints)
+    return app
 
 
 def current_account(request: web.Request) -> Account:

@@ -15,6 +15,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from services.core.numbering import NumberingPlan
 from services.directory import dn as dn_syntax
 from services.directory.filters import (
     NUMBER_ATTRIBUTES,
@@ -27,7 +28,7 @@ from services.directory.filters import (
     matches,
     substring_parts,
 )
-from services.directory.numbers import NUMBER_FORMATS, NumberingPlan, display, variants
+from services.directory.numbers import NUMBER_FORMATS, display, variants
 
 CONTACT_CLASSES = ("top", "person", "organizationalPerson", "inetOrgPerson")
 BASE_CLASSES = ("top", "dcObject", "organization")

@@ -10,21 +10,12 @@ into the set of these forms for that customer's numbering plan; a search then is
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from services.core.numbering import NumberingPlan
 
 # What people and devices put between digits.
 _SEPARATORS = re.compile(r"[\s\-/().\u00a0]+")
 NUMBER_FORMATS = ("e164", "international", "national", "digits")
-
-
-@dataclass(frozen=True)
-class NumberingPlan:
-    """A customer's numbering plan (inventory customers table), digits only."""
-
-    country_code: str
-    area_code: str
-    international_prefix: str = "00"
-    national_prefix: str = "0"
 
 
 def normalize_query(text: str) -> str | None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import asyncpg
 
+from services.core.numbering import NumberingPlan
 from services.directory.index import Contact, CustomerRecord
-from services.directory.numbers import NumberingPlan
 
 # A variable of the customer layer wins over the global one (the update variables' layering,
 # restricted to the two layers that can speak about a whole customer).

@@ -22,12 +22,10 @@ from functools import partial
 
 from aiohttp import web
 
-from services.core.api import VERIFIED_CACHE_KEY, add_endpoints
-from services.core.auth import VerifiedCache
+from services.core.api import endpoints_app
 from services.core.config import Settings
 from services.core.db import database_dsn
 from services.core.deviceauth import DeviceAuth
-from services.core.http import SERVICE_NAME_KEY
 from services.core.metrics import Metrics
 from services.core.resources import Resources
 from services.events.forward import Forwarder, ForwardStatus
@@ -120,9 +118,6 @@ def create_app(settings: Settings, resources: Resources) -> web.Application:
 
 def create_admin_app(settings: Settings) -> web.Application:
     """``/api/v1/events/…`` on the admin listener."""
-    app = web.Application()
+    app = endpoints_app("events", ENDPOINTS)
     app[SETTINGS_KEY] = settings
-    app[SERVICE_NAME_KEY] = "events"
-    app[VERIFIED_CACHE_KEY] = VerifiedCache()
-    add_endpoints(app, ENDPOINTS)
     return app
