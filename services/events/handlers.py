@@ -29,6 +29,7 @@ from aiohttp import web
 from services.core import errors
 from services.core.api import Endpoint, int_query, json_response, openapi_handler, pool_of
 from services.core.auth import Role
+from services.core.batch import TurnBatcher
 from services.core.config import Settings
 from services.core.db import acquire
 from services.core.deviceauth import DeviceAuth
@@ -61,14 +62,13 @@ class DeviceCache:
     """Inventory lookups for certificate-proven devices, so the intake path costs no inventory
     query per request: answers are kept ``ttl`` seconds (a removed device is refused within
     ``ttl``), and the misses of concurrent requests are looked up together, one query per
-    event-loop turn."""
+    event-loop turn (``core.batch.TurnBatcher``)."""
 
     def __init__(self, ttl: float = 30.0, size: int = 50000) -> None:
         self._ttl = ttl
         self._size = size
         self._entries: OrderedDict[DeviceKey, tuple[float, DeviceRef | None]] = OrderedDict()
-        self._waiting: dict[DeviceKey, asyncio.Future[DeviceRef | None]] = {}
-        self._rounds: set[asyncio.Task[None]] = set()
+        self._batcher = TurnBatcher[DeviceKey, DeviceRef](self._known_devices)
 
     async def lookup(
         self, pool: asyncpg.Pool, mac: str | None, hardware_id: str | None
@@ -77,44 +77,21 @@ class DeviceCache:
         hit = self._entries.get(key)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        future = self._waiting.get(key)
-        if future is None:
-            loop = asyncio.get_running_loop()
-            if not self._waiting:
-                # The first miss of a round starts its lookup; later ones of the turn join it.
-                self._rounds.add(loop.create_task(self._resolve(pool)))
-            future = loop.create_future()
-            self._waiting[key] = future
-        return await asyncio.shield(future)
+        return await self._batcher.get(key, pool)
 
-    async def _resolve(self, pool: asyncpg.Pool) -> None:
-        try:
-            await self._lookup_round(pool)
-        finally:
-            task = asyncio.current_task()
-            if task is not None:
-                self._rounds.discard(task)
-
-    async def _lookup_round(self, pool: asyncpg.Pool) -> None:
-        await asyncio.sleep(0)  # let the requests of this turn add their keys
-        waiting, self._waiting = self._waiting, {}
-        try:
-            async with acquire(pool) as connection:
-                found = await EventRepository(connection).known_devices(list(waiting))
-        except Exception as error:  # every waiting request gets the failure (503 for the DB)
-            for future in waiting.values():
-                if not future.done():
-                    future.set_exception(error)
-            return
+    async def _known_devices(
+        self, pool: asyncpg.Pool, keys: list[DeviceKey]
+    ) -> dict[DeviceKey, DeviceRef]:
+        """One round's query; its answers (None too) are kept before the waiters get them."""
+        async with acquire(pool) as connection:
+            found = await EventRepository(connection).known_devices(keys)
         expires = time.monotonic() + self._ttl
-        for key, future in waiting.items():
-            device = found.get(key)
-            self._entries[key] = (expires, device)
+        for key in keys:
+            self._entries[key] = (expires, found.get(key))
             self._entries.move_to_end(key)
-            if not future.done():
-                future.set_result(device)
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
+        return found
 
 
 class EventQuota:
