@@ -1,5 +1,6 @@
-"""core/batch.py (records written in batches, kept while the write fails, flushed on close) and
-core/periodic.py (work repeated every so often)."""
+"""core/batch.py (records written in batches, kept while the write fails, flushed on close;
+lookups of one event-loop turn answered by one query) and core/periodic.py (work repeated every
+so often)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from services.core.batch import BackgroundBatches, Fold
+from services.core.batch import BackgroundBatches, Fold, TurnBatcher
 from services.core.periodic import PeriodicJob
 from tests.conftest import until
 
@@ -128,3 +129,75 @@ async def test_periodic_job_with_interval_zero_never_starts(pool: asyncpg.Pool) 
     assert not periodic.running
     with contextlib.suppress(StopAsyncIteration):
         await anext(context)
+
+
+class Tens:
+    """A lookup for TurnBatcher: ten times each positive key, read from PostgreSQL; the keys of
+    every query it ran, in order."""
+
+    def __init__(self, sql: str = "SELECT k, k * 10 AS v FROM unnest($1::int[]) AS k") -> None:
+        self.sql = sql
+        self.queries: list[list[int]] = []
+
+    async def __call__(self, pool: asyncpg.Pool, keys: list[int]) -> dict[int, int]:
+        self.queries.append(keys)
+        rows = await pool.fetch(self.sql + " WHERE k > 0", keys)
+        return {row["k"]: row["v"] for row in rows}
+
+
+async def test_the_lookups_of_one_turn_are_one_query(pool: asyncpg.Pool) -> None:
+    tens = Tens()
+    batcher = TurnBatcher[int, int](tens)
+    answers = await asyncio.gather(*(batcher.get(key, pool) for key in [3, 1, 2, 1, -5]))
+    # One query, each key once in the order first asked; a key it did not answer is None.
+    assert tens.queries == [[3, 1, 2, -5]]
+    assert answers == [30, 10, 20, 10, None]
+
+
+async def test_the_next_turn_starts_a_new_round(pool: asyncpg.Pool) -> None:
+    tens = Tens()
+    batcher = TurnBatcher[int, int](tens)
+    assert await batcher.get(1, pool) == 10
+    # Nothing is cached: the same key again is a new query.
+    assert list(await asyncio.gather(batcher.get(1, pool), batcher.get(2, pool))) == [10, 20]
+    assert tens.queries == [[1], [1, 2]]
+
+
+async def test_a_key_asked_while_the_query_runs_waits_for_the_next_round(
+    pool: asyncpg.Pool,
+) -> None:
+    tens = Tens("SELECT k, k * 10 AS v, pg_sleep(0.05) FROM unnest($1::int[]) AS k")
+    batcher = TurnBatcher[int, int](tens)
+    first = asyncio.ensure_future(batcher.get(1, pool))
+    await until(lambda: len(tens.queries) == 1)
+    assert await batcher.get(1, pool) == 10
+    assert await first == 10
+    assert tens.queries == [[1], [1]]
+
+
+async def test_a_failing_query_raises_in_every_waiter_of_its_round(pool: asyncpg.Pool) -> None:
+    tens = Tens("SELECT k, k / 0 AS v FROM unnest($1::int[]) AS k")
+    batcher = TurnBatcher[int, int](tens)
+    answers = await asyncio.gather(
+        *(batcher.get(key, pool) for key in [1, 2, 2]), return_exceptions=True
+    )
+    assert len(tens.queries) == 1
+    assert [type(answer) for answer in answers] == [asyncpg.DivisionByZeroError] * 3
+    # The next round is a query of its own.
+    tens.sql = "SELECT k, k * 10 AS v FROM unnest($1::int[]) AS k"
+    assert await batcher.get(2, pool) == 20
+
+
+async def test_a_cancelled_waiter_leaves_the_others_their_answers(pool: asyncpg.Pool) -> None:
+    tens = Tens("SELECT k, k * 10 AS v, pg_sleep(0.05) FROM unnest($1::int[]) AS k")
+    batcher = TurnBatcher[int, int](tens)
+
+    async def ask(key: int) -> int | None:
+        return await batcher.get(key, pool)
+
+    gone, same_key, other_key = (asyncio.ensure_future(ask(key)) for key in [1, 1, 2])
+    await until(lambda: len(tens.queries) == 1)
+    gone.cancel()
+    assert list(await asyncio.gather(same_key, other_key)) == [10, 20]
+    assert gone.cancelled()
+    assert tens.queries == [[1, 2]]

@@ -1,4 +1,7 @@
-"""Records that may wait a few milliseconds: queued in memory, written in batches by one task.
+"""Work of many requests done together: records written in batches, lookups answered per turn.
+
+``BackgroundBatches``: records that may wait a few milliseconds, queued in memory and written in
+batches by one task.
 
 For what a request produces but need not wait for (a hand-over log line, a poll's status): the
 request answers at once and one transaction per interval writes everything queued meanwhile.
@@ -10,6 +13,8 @@ record, so a batch has a row per device rather than per poll and nothing is lost
 If PostgreSQL is unreachable the records stay queued (up to ``max_pending``, then the newest are
 dropped with an error in the log) and are written when it is back. On shutdown the rest is
 written. A crash loses at most one interval's records.
+
+``TurnBatcher``: the lookups of one event-loop turn answered by one query (see its docstring).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -29,6 +34,8 @@ from services.core.db import DatabaseUnavailable, acquire
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R")
 
 Write = Callable[[asyncpg.Connection, list[T]], Awaitable[None]]
 
@@ -135,3 +142,63 @@ class BackgroundBatches(Generic[T]):
         if self._task is not None:
             await asyncio.wait([self._task], timeout=15)
         await self.flush()
+
+
+# The answers for some keys, read with a pool; a key without an answer is absent.
+Query = Callable[[asyncpg.Pool, list[K]], Awaitable[Mapping[K, R]]]
+
+
+class TurnBatcher(Generic[K, R]):
+    """The lookups of one event-loop turn answered by one query.
+
+    A round: the first ``get`` while none is waiting starts a task that yields once (so the
+    other requests of this turn add their keys), then calls ``query`` with that first call's
+    pool and every key asked meanwhile, each once, in the order first asked. Later ``get`` calls
+    of the turn join the round; one asking a key already waiting shares its answer. Once the
+    query has started, the next ``get`` starts a new round: nothing is cached, every answer is
+    read after its request asked.
+
+    Each waiter gets ``found.get(key)``: None for a key the query left out. An ``Exception`` from
+    the query (``DatabaseUnavailable``, a PostgreSQL error) is raised in every waiter of the
+    round. If the round's task itself ends by a ``BaseException`` (cancelled with the loop), every
+    waiter of the round is cancelled and the task re-raises. A waiter that is cancelled (its
+    request went away) leaves the round and the other waiters alone: each awaits its answer
+    through ``asyncio.shield``. Round tasks are kept referenced until done (the loop holds only
+    weak references).
+    """
+
+    def __init__(self, query: Query[K, R]) -> None:
+        self._query = query
+        self._waiting: dict[K, asyncio.Future[R | None]] = {}
+        self._rounds: set[asyncio.Task[None]] = set()
+
+    def get(self, key: K, pool: asyncpg.Pool) -> Awaitable[R | None]:
+        """The answer for ``key`` from this turn's round (to await)."""
+        future = self._waiting.get(key)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            if not self._waiting:
+                task = loop.create_task(self._round(pool))
+                self._rounds.add(task)
+                task.add_done_callback(self._rounds.discard)
+            future = loop.create_future()
+            self._waiting[key] = future
+        return asyncio.shield(future)
+
+    async def _round(self, pool: asyncpg.Pool) -> None:
+        await asyncio.sleep(0)  # let the requests of this turn add their keys
+        waiting, self._waiting = self._waiting, {}
+        try:
+            found = await self._query(pool, list(waiting))
+        except Exception as error:
+            for future in waiting.values():
+                if not future.done():
+                    future.set_exception(error)
+            return
+        except BaseException:
+            for future in waiting.values():
+                future.cancel()
+            raise
+        for key, future in waiting.items():
+            if not future.done():
+                future.set_result(found.get(key))

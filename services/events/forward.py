@@ -23,7 +23,7 @@ import os
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -164,6 +164,19 @@ async def tls_context(destination: Destination) -> ssl.SSLContext:
     return await asyncio.to_thread(ssl.create_default_context, cafile=cafile)
 
 
+@dataclass
+class _PumpState:
+    """How far one pump got: the cursor (``delivered``), what was sent after it (``position``,
+    ``in_flight``: sent at, last id, count) and the connection to the destination."""
+
+    delivered: int
+    position: int
+    in_flight: collections.deque[tuple[float, int, int]] = field(default_factory=collections.deque)
+    sender: Sender | None = None
+    backoff: float = 0.1
+    refreshed: float = 0.0
+
+
 class Forwarder:
     def __init__(
         self, destination: Destination, settings: EventsSettings, dsn: str, status: ForwardStatus
@@ -264,75 +277,100 @@ class Forwarder:
     async def _pump(
         self, repository: DeliveryRepository, events: EventRepository, delivered: int
     ) -> None:
-        settings = self._settings
-        position = delivered
-        in_flight: collections.deque[tuple[float, int, int]] = collections.deque()
-        sender: Sender | None = None
-        backoff = 0.1
-        refreshed = 0.0
+        state = _PumpState(delivered=delivered, position=delivered)
         try:
             while not self._closed:
-                if sender is None or not sender.alive:
-                    if sender is not None:
-                        sender.close()
-                        sender = None
-                        # Whatever was not yet confirmed goes again.
-                        position = delivered
-                        in_flight.clear()
-                        self.status.reconnects += 1
-                    try:
-                        sender = await self._open()
-                    except _NETWORK_ERRORS as error:
-                        await self._problem(repository, f"cannot connect: {error}")
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, settings.reconnect_max_delay)
-                        continue
-                    if self._last_error is not None:
-                        log.info("events forwarding to %s: connected again", self._name)
-                        self._last_error = None
-                    backoff = 0.1
+                sender = await self._connected(repository, state)
+                if sender is None:
+                    continue
                 self._wake.clear()
                 if self._alerts_waiting:
-                    # The backup service tells of changed and stale configs through PostgreSQL;
-                    # whichever forwarder runs first imports them, the others find nothing.
-                    self._alerts_waiting = False
-                    await events.import_backup_alerts(datetime.now(UTC))
-                    while await events.import_audit(datetime.now(UTC)) >= 1000:
-                        pass  # a large apply: import all of it before forwarding on
-                rows = await repository.pending(
-                    position, settings.forward_batch, settings.forward_repeats
+                    await self._import_alerts(events)
+                sent = await self._send_pending(repository, sender, state)
+                if sent is None:
+                    continue  # the sender is dead: reconnect and send again from the cursor
+                state.delivered = await self._confirm(
+                    repository, sender, state.in_flight, state.delivered
                 )
-                if rows:
-                    messages = [
-                        format_event(
-                            as_outgoing(row),
-                            message_format=self.destination.format,
-                            facility=settings.facility,
-                            max_bytes=settings.max_message_bytes,
-                        )
-                        for row in rows
-                    ]
-                    try:
-                        await sender.send(messages)
-                    except _NETWORK_ERRORS as error:
-                        await self._problem(repository, f"send failed: {printable(str(error))}")
-                        sender.alive = False
-                        continue
-                    position = rows[-1]["id"]
-                    in_flight.append((time.monotonic(), position, len(rows)))
-                    self.status.sent += len(rows)
-                delivered = await self._confirm(repository, sender, in_flight, delivered)
                 now = time.monotonic()
-                if now - refreshed > 1.0:
-                    refreshed = now
-                    await self._refresh_status(repository, events, delivered)
-                if not rows:
-                    wait = settings.confirm_delay / 2 if in_flight else 1.0
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
+                if now - state.refreshed > 1.0:
+                    state.refreshed = now
+                    await self._refresh_status(repository, events, state.delivered)
+                if not sent:
+                    await self._wait_for_news(state)
         finally:
-            if sender is not None:
-                sender.close()
+            if state.sender is not None:
+                state.sender.close()
+
+    async def _connected(self, repository: DeliveryRepository, state: _PumpState) -> Sender | None:
+        """The live sender, opened again (rewinding to the cursor) when the last one died; None
+        when it cannot connect (after the backoff)."""
+        if state.sender is not None and state.sender.alive:
+            return state.sender
+        if state.sender is not None:
+            state.sender.close()
+            state.sender = None
+            # Whatever was not yet confirmed goes again.
+            state.position = state.delivered
+            state.in_flight.clear()
+            self.status.reconnects += 1
+        try:
+            state.sender = await self._open()
+        except _NETWORK_ERRORS as error:
+            await self._problem(repository, f"cannot connect: {error}")
+            await asyncio.sleep(state.backoff)
+            state.backoff = min(state.backoff * 2, self._settings.reconnect_max_delay)
+            return None
+        if self._last_error is not None:
+            log.info("events forwarding to %s: connected again", self._name)
+            self._last_error = None
+        state.backoff = 0.1
+        return state.sender
+
+    async def _import_alerts(self, events: EventRepository) -> None:
+        # The backup service tells of changed and stale configs through PostgreSQL;
+        # whichever forwarder runs first imports them, the others find nothing.
+        self._alerts_waiting = False
+        await events.import_backup_alerts(datetime.now(UTC))
+        while await events.import_audit(datetime.now(UTC)) >= 1000:
+            pass  # a large apply: import all of it before forwarding on
+
+    async def _send_pending(
+        self, repository: DeliveryRepository, sender: Sender, state: _PumpState
+    ) -> int | None:
+        """Send the next batch after ``state.position``: how many events (0 when none is
+        pending), None when the send failed (the sender is then dead)."""
+        settings = self._settings
+        rows = await repository.pending(
+            state.position, settings.forward_batch, settings.forward_repeats
+        )
+        if not rows:
+            return 0
+        messages = [
+            format_event(
+                as_outgoing(row),
+                message_format=self.destination.format,
+                facility=settings.facility,
+                max_bytes=settings.max_message_bytes,
+            )
+            for row in rows
+        ]
+        try:
+            await sender.send(messages)
+        except _NETWORK_ERRORS as error:
+            await self._problem(repository, f"send failed: {printable(str(error))}")
+            sender.alive = False
+            return None
+        state.position = rows[-1]["id"]
+        state.in_flight.append((time.monotonic(), state.position, len(rows)))
+        self.status.sent += len(rows)
+        return len(rows)
+
+    async def _wait_for_news(self, state: _PumpState) -> None:
+        """Until a new event is announced, or it is time to confirm what is in flight."""
+        wait = self._settings.confirm_delay / 2 if state.in_flight else 1.0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
 
     async def _confirm(
         self,

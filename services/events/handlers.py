@@ -29,6 +29,7 @@ from aiohttp import web
 from services.core import errors
 from services.core.api import Endpoint, int_query, json_response, openapi_handler, pool_of
 from services.core.auth import Role
+from services.core.batch import TurnBatcher
 from services.core.config import Settings
 from services.core.db import acquire
 from services.core.deviceauth import DeviceAuth
@@ -46,8 +47,8 @@ from services.core.periodic import PeriodicJob
 from services.core.ratelimit import QuotaLimiter, limiter_key
 from services.events.delivery import DeliveryRepository
 from services.events.forward import ForwardStatus
-from services.events.parse import ALARM_SEVERITIES, SYSLOG_LEVELS, parse_event
-from services.events.repository import DeviceRef, EventRepository, NewEvent
+from services.events.parse import ALARM_SEVERITIES, SYSLOG_LEVELS, ParsedEvent, parse_event
+from services.events.repository import DeviceRef, EventRepository, NewEvent, Stored
 from services.events.retention import run_retention
 from services.events.writer import GroupWriter
 
@@ -61,14 +62,13 @@ class DeviceCache:
     """Inventory lookups for certificate-proven devices, so the intake path costs no inventory
     query per request: answers are kept ``ttl`` seconds (a removed device is refused within
     ``ttl``), and the misses of concurrent requests are looked up together, one query per
-    event-loop turn."""
+    event-loop turn (``core.batch.TurnBatcher``)."""
 
     def __init__(self, ttl: float = 30.0, size: int = 50000) -> None:
         self._ttl = ttl
         self._size = size
         self._entries: OrderedDict[DeviceKey, tuple[float, DeviceRef | None]] = OrderedDict()
-        self._waiting: dict[DeviceKey, asyncio.Future[DeviceRef | None]] = {}
-        self._rounds: set[asyncio.Task[None]] = set()
+        self._batcher = TurnBatcher[DeviceKey, DeviceRef](self._known_devices)
 
     async def lookup(
         self, pool: asyncpg.Pool, mac: str | None, hardware_id: str | None
@@ -77,44 +77,21 @@ class DeviceCache:
         hit = self._entries.get(key)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        future = self._waiting.get(key)
-        if future is None:
-            loop = asyncio.get_running_loop()
-            if not self._waiting:
-                # The first miss of a round starts its lookup; later ones of the turn join it.
-                self._rounds.add(loop.create_task(self._resolve(pool)))
-            future = loop.create_future()
-            self._waiting[key] = future
-        return await asyncio.shield(future)
+        return await self._batcher.get(key, pool)
 
-    async def _resolve(self, pool: asyncpg.Pool) -> None:
-        try:
-            await self._lookup_round(pool)
-        finally:
-            task = asyncio.current_task()
-            if task is not None:
-                self._rounds.discard(task)
-
-    async def _lookup_round(self, pool: asyncpg.Pool) -> None:
-        await asyncio.sleep(0)  # let the requests of this turn add their keys
-        waiting, self._waiting = self._waiting, {}
-        try:
-            async with acquire(pool) as connection:
-                found = await EventRepository(connection).known_devices(list(waiting))
-        except Exception as error:  # every waiting request gets the failure (503 for the DB)
-            for future in waiting.values():
-                if not future.done():
-                    future.set_exception(error)
-            return
+    async def _known_devices(
+        self, pool: asyncpg.Pool, keys: list[DeviceKey]
+    ) -> dict[DeviceKey, DeviceRef]:
+        """One round's query; its answers (None too) are kept before the waiters get them."""
+        async with acquire(pool) as connection:
+            found = await EventRepository(connection).known_devices(keys)
         expires = time.monotonic() + self._ttl
-        for key, future in waiting.items():
-            device = found.get(key)
-            self._entries[key] = (expires, device)
+        for key in keys:
+            self._entries[key] = (expires, found.get(key))
             self._entries.move_to_end(key)
-            if not future.done():
-                future.set_result(device)
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
+        return found
 
 
 class EventQuota:
@@ -221,6 +198,61 @@ def _named_device(
     return mac, hardware_id
 
 
+async def _read_event_body(
+    request: web.Request, settings: Settings, query: dict[str, str]
+) -> bytes:
+    limit = min(settings.events.max_body_bytes, settings.limits.max_body_bytes)
+    try:
+        body = await read_body(request, limit)
+    except UploadAborted:
+        raise errors.Invalid("body incomplete: nothing stored") from None
+    if not body.strip() and not any(k not in ("sn", "mac", "hwid", "type", "ip") for k in query):
+        raise errors.Invalid("nothing to store: POST the event as the body")
+    return body
+
+
+def _event_device(
+    sender: Sender, identity: DeviceIdentity, parsed: ParsedEvent
+) -> tuple[str | None, str | None]:
+    """(MAC, hardware id) the event is stored under: the proven device's, else the named one.
+    A body naming another device than the URL is noted in ``parsed.problems`` either way."""
+    named = _named_device(identity, parsed.device_mac, parsed.device_hardware_id, parsed.problems)
+    if sender.device is not None:
+        return sender.device.mac, sender.device.hardware_id
+    return named
+
+
+async def _authorize_account(
+    request: web.Request,
+    state: EventsState,
+    pool: asyncpg.Pool,
+    account: str,
+    mac: str | None,
+    hardware_id: str | None,
+) -> None:
+    """The account may send for the named device's customer (or for no device)."""
+    named = await state.devices.lookup(pool, mac, hardware_id) if mac or hardware_id else None
+    await state.auth.authorize(
+        request,
+        pool,
+        account,
+        named.customer if named is not None else None,
+        unbound_any_customer=state.settings.admin.unbound_senders_any_customer,
+    )
+
+
+def _stored_response(stored: Stored) -> web.Response:
+    if stored.repeat:
+        return web.Response(
+            status=200,
+            text=f"repeat of active alarm {stored.id} (repeats: {stored.repeats})\n",
+            content_type="text/plain",
+        )
+    return web.Response(
+        status=201, text=f"stored as event {stored.id}\n", content_type="text/plain"
+    )
+
+
 async def receive_event(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     pool = pool_of(request)
@@ -231,13 +263,7 @@ async def receive_event(request: web.Request) -> web.Response:
     sender = await identify_sender(request, state, pool, identity)
     quota = quota_key(sender, identity, request.remote)
     state.quota.check(quota, request.content_length or 0)
-    limit = min(settings.events.max_body_bytes, settings.limits.max_body_bytes)
-    try:
-        body = await read_body(request, limit)
-    except UploadAborted:
-        raise errors.Invalid("body incomplete: nothing stored") from None
-    if not body.strip() and not any(k not in ("sn", "mac", "hwid", "type", "ip") for k in query):
-        raise errors.Invalid("nothing to store: POST the event as the body")
+    body = await _read_event_body(request, settings, query)
     received_at = datetime.now(UTC)
     content_type = request.headers.get("Content-Type", "")[:200]
     parsed = parse_event(
@@ -251,23 +277,9 @@ async def receive_event(request: web.Request) -> web.Response:
     size = len(body) or len(request.query_string)
     state.quota.check(quota, size)
     state.quota.spend(quota, size)
-    if sender.device is not None:
-        mac: str | None = sender.device.mac
-        hardware_id: str | None = sender.device.hardware_id
-        _named_device(identity, parsed.device_mac, parsed.device_hardware_id, parsed.problems)
-    else:
-        mac, hardware_id = _named_device(
-            identity, parsed.device_mac, parsed.device_hardware_id, parsed.problems
-        )
+    mac, hardware_id = _event_device(sender, identity, parsed)
     if sender.account is not None:
-        named = await state.devices.lookup(pool, mac, hardware_id) if mac or hardware_id else None
-        await state.auth.authorize(
-            request,
-            pool,
-            sender.account,
-            named.customer if named is not None else None,
-            unbound_any_customer=settings.admin.unbound_senders_any_customer,
-        )
+        await _authorize_account(request, state, pool, sender.account, mac, hardware_id)
     event = NewEvent(
         received_at=received_at,
         parsed=parsed,
@@ -280,16 +292,7 @@ async def receive_event(request: web.Request) -> web.Response:
         content_type=printable(content_type, 200),
         raw=body if body else request.query_string.encode("utf-8", errors="replace"),
     )
-    stored = await state.writer.submit(event)
-    if stored.repeat:
-        return web.Response(
-            status=200,
-            text=f"repeat of active alarm {stored.id} (repeats: {stored.repeats})\n",
-            content_type="text/plain",
-        )
-    return web.Response(
-        status=201, text=f"stored as event {stored.id}\n", content_type="text/plain"
-    )
+    return _stored_response(await state.writer.submit(event))
 
 
 # --- admin API ---------------------------------------------------------------------------------

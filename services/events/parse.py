@@ -298,40 +298,14 @@ def parse_event(
     Unprocessable for a body no parser should walk (nesting deeper than
     ``core.inputs.MAX_DEPTH``, integers of more than ``core.inputs.MAX_INTEGER_DIGITS``)."""
     problems: list[str] = []
-    pairs, root_tag = body_fields(body, content_type, problems)
-    # URL arguments count too (the GET log format carries everything there); the body wins.
-    identity_arguments = {"sn", "mac", "hwid", "type", "ip"}
-    pairs = [(k, v) for k, v in query.items() if k not in identity_arguments] + pairs
-    fields: dict[str, str] = {}
-    for name, value in pairs:
-        if len(fields) >= MAX_FIELDS:
-            problems.append(f"more than {MAX_FIELDS} fields: the rest only in the raw body")
-            break
-        # PostgreSQL text cannot hold NUL; other controls are escaped for display as well.
-        fields[without_controls(_key(name)[:64])] = without_controls(_clip(value))
+    fields, root_tag = _event_fields(body, content_type, query, problems)
     # The GET/POST log line names the device in `from`; identity arguments of the URL are
     # handled by the caller (core.identity), not here.
     code = _pick(fields, "code")
     severity_raw = _pick(fields, "severity")
     kind = classify(_pick(fields, "kind"), root_tag, code, severity_raw)
     event_time = read_time(fields, received_at, problems)
-    severity: str | None = severity_raw
-    syslog_severity = EVENT_SEVERITY
-    if severity_raw is not None:
-        alarm = ALARM_SEVERITIES.get(_key(severity_raw))
-        level = _syslog_level(severity_raw)
-        if alarm is not None and kind != LOG:
-            severity, syslog_severity = alarm[0], alarm[1]
-        elif level is not None:
-            severity, syslog_severity = SYSLOG_LEVELS[level], level
-        elif alarm is not None:
-            severity, syslog_severity = alarm[0], alarm[1]
-        else:
-            problems.append(f"severity not known: {severity_raw[:40]}")
-    elif kind == ALARM_SET:
-        severity, syslog_severity = "Indeterminate", ALARM_SEVERITIES["indeterminate"][1]
-    if kind == ALARM_CLEAR:
-        syslog_severity = CLEAR_SEVERITY
+    severity, syslog_severity = _severity(severity_raw, kind, problems)
     if kind in (ALARM_SET, ALARM_CLEAR) and code is None:
         problems.append("alarm without a code")
     text = _pick(fields, "text")
@@ -359,6 +333,48 @@ def parse_event(
         remote_ip=_pick(fields, "remote_ip"),
         problems=problems,
     )
+
+
+def _event_fields(
+    body: bytes, content_type: str, query: Mapping[str, str], problems: list[str]
+) -> tuple[dict[str, str], str | None]:
+    """The fields of the URL and the body (the body wins), at most ``MAX_FIELDS``, with the
+    body's root tag (XML element or JSON object name)."""
+    pairs, root_tag = body_fields(body, content_type, problems)
+    # URL arguments count too (the GET log format carries everything there); the body wins.
+    identity_arguments = {"sn", "mac", "hwid", "type", "ip"}
+    pairs = [(k, v) for k, v in query.items() if k not in identity_arguments] + pairs
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if len(fields) >= MAX_FIELDS:
+            problems.append(f"more than {MAX_FIELDS} fields: the rest only in the raw body")
+            break
+        # PostgreSQL text cannot hold NUL; other controls are escaped for display as well.
+        fields[without_controls(_key(name)[:64])] = without_controls(_clip(value))
+    return fields, root_tag
+
+
+def _severity(severity_raw: str | None, kind: str, problems: list[str]) -> tuple[str | None, int]:
+    """(severity as stored, syslog severity): an alarm's word (Major) unless a log names a
+    syslog level; an alarm without one is Indeterminate, a clear has its own syslog severity."""
+    severity: str | None = severity_raw
+    syslog_severity = EVENT_SEVERITY
+    if severity_raw is not None:
+        alarm = ALARM_SEVERITIES.get(_key(severity_raw))
+        level = _syslog_level(severity_raw)
+        if alarm is not None and kind != LOG:
+            severity, syslog_severity = alarm[0], alarm[1]
+        elif level is not None:
+            severity, syslog_severity = SYSLOG_LEVELS[level], level
+        elif alarm is not None:
+            severity, syslog_severity = alarm[0], alarm[1]
+        else:
+            problems.append(f"severity not known: {severity_raw[:40]}")
+    elif kind == ALARM_SET:
+        severity, syslog_severity = "Indeterminate", ALARM_SEVERITIES["indeterminate"][1]
+    if kind == ALARM_CLEAR:
+        syslog_severity = CLEAR_SEVERITY
+    return severity, syslog_severity
 
 
 def without_controls(value: str) -> str:

@@ -233,6 +233,55 @@ def _shared_scopes(sources: Iterable[InventorySource]) -> tuple[bool, set[tuple[
     return everything, pairs
 
 
+@dataclass(frozen=True)
+class _Planning:
+    """What one plan checks against: the files, their union, who names each customer, and the
+    stored inventory by key with its owners."""
+
+    sources: Sources
+    names: frozenset[str]
+    union: Inventory
+    naming: Mapping[str, str]
+    owners: Mapping[str, str | None]
+    current_customers: Mapping[str, Customer]
+    current_devices: Mapping[str, Device]
+
+    def ours(self, owner: str | None) -> bool:
+        """An owner these files may change: none (unowned), one of them, or their folder."""
+        if owner is None or owner in self.names:
+            return True
+        return self.sources.prefix is not None and owner.startswith(self.sources.prefix)
+
+
+@dataclass
+class _Desired:
+    """The inventory an apply leads to, by key (stored items first, then the files' new ones)."""
+
+    frontends: dict[str, Frontend]
+    customers: dict[str, Customer]
+    devices: dict[str, Device]
+    variables: dict[str, Variable]
+
+    def inventory(self) -> Inventory:
+        return Inventory(
+            frontends=tuple(self.frontends.values()),
+            customers=tuple(self.customers.values()),
+            devices=tuple(self.devices.values()),
+            variables=tuple(self.variables.values()),
+        )
+
+
+@dataclass(frozen=True)
+class _PruneScope:
+    """What a prune may remove: these customers (their devices and variables), these Frontends,
+    and the shared layers the files set (all of them with ``shared``)."""
+
+    customers: set[str]
+    frontends: set[str]
+    every_shared: bool
+    shared_pairs: set[tuple[str, str]]
+
+
 def plan(
     current: Inventory,
     owners: Mapping[str, str | None],
@@ -246,27 +295,61 @@ def plan(
 ) -> tuple[InventoryPlan, Inventory]:
     """The plan and the inventory it leads to; pure. InventoryError lists every problem."""
     union, naming, problems = _merge_sources(sources.sources)
-    names = {source.name for source in sources.sources}
+    planning = _Planning(
+        sources=sources,
+        names=frozenset(source.name for source in sources.sources),
+        union=union,
+        naming=naming,
+        owners=owners,
+        current_customers={c.id: c for c in current.customers},
+        current_devices={d.mac: d for d in current.devices},
+    )
+    problems.extend(_customer_problems(planning, current, archived, claim=claim))
+    problems.extend(_device_problems(planning, claim=claim))
+    desired = _Desired(
+        frontends={f.id: f for f in current.frontends} | {f.id: f for f in union.frontends},
+        customers=dict(planning.current_customers) | {c.id: c for c in union.customers},
+        devices=dict(planning.current_devices) | {d.mac: d for d in union.devices},
+        variables={v.key: v for v in current.variables} | {v.key: v for v in union.variables},
+    )
+    if prune:
+        _prune(desired, planning, _prune_scope(planning, problems))
+    if problems:
+        raise InventoryError(problems)
+    inventory = validate_inventory(desired.inventory())
+    changes, claims = _changes_and_claims(current, inventory, naming, owners)
+    removed_customers = tuple(
+        c.key for c in changes if c.kind == "customer" and c.action == "remove"
+    )
+    removing = sum(1 for c in changes if c.action == "remove" and c.kind in ("customer", "device"))
+    result = InventoryPlan(
+        changes=tuple(changes),
+        claims=claims,
+        archived=() if purge else removed_customers,
+        purged=removed_customers if purge else (),
+        stored=len(current.customers) + len(current.devices),
+        removing=removing,
+        max_prune_share=max_prune_share,
+    )
+    return result, inventory
 
-    def ours(owner: str | None) -> bool:
-        if owner is None or owner in names:
-            return True
-        return sources.prefix is not None and owner.startswith(sources.prefix)
 
+def _customer_problems(
+    planning: _Planning, current: Inventory, archived: set[str], *, claim: bool
+) -> list[str]:
+    """The files' customers that are archived, owned by another source, or name no Frontend."""
+    problems: list[str] = []
     archived_lower = {customer_id.lower() for customer_id in archived}
-    current_customers = {c.id: c for c in current.customers}
-    current_devices = {d.mac: d for d in current.devices}
-    frontend_ids = {f.id for f in current.frontends} | {f.id for f in union.frontends}
-
-    for customer in union.customers:
-        where = naming[customer.id]
+    frontend_ids = {f.id for f in current.frontends} | {f.id for f in planning.union.frontends}
+    for customer in planning.union.customers:
+        where = planning.naming[customer.id]
         if customer.id.lower() in archived_lower:
             problems.append(
                 f"{where}: customer {customer.id}: archived; restore it first "
                 f"(pbxfront inventory restore {customer.id}) or purge it"
             )
-        owner = owners.get(customer.id)
-        if customer.id in current_customers and not ours(owner) and not claim:
+        owner = planning.owners.get(customer.id)
+        if customer.id in planning.current_customers and not planning.ours(owner) and not claim:
             problems.append(
                 f"{where}: customer {customer.id}: owned by {printable(str(owner))}; this file "
                 "may not change it (--claim takes it over)"
@@ -276,90 +359,109 @@ def plan(
                 f"{where}: customer {customer.id}: frontend: no frontend "
                 f"{customer.frontend!r} in the files or the database"
             )
-    named_customers = set(naming)
-    for device in union.devices:
-        stored = current_devices.get(device.mac)
-        if stored is None or stored.customer in named_customers:
+    return problems
+
+
+def _device_problems(planning: _Planning, *, claim: bool) -> list[str]:
+    """The files' devices stored under a customer they do not name, which another source owns."""
+    problems: list[str] = []
+    for device in planning.union.devices:
+        stored = planning.current_devices.get(device.mac)
+        if stored is None or stored.customer in planning.naming:
             continue
-        owner = owners.get(stored.customer)
-        if not ours(owner) and not claim:
+        owner = planning.owners.get(stored.customer)
+        if not planning.ours(owner) and not claim:
             problems.append(
                 f"device {device.mac}: belongs to customer {stored.customer}, owned by "
                 f"{printable(str(owner))}; this file may not move it (--claim takes it over)"
             )
+    return problems
 
-    frontends = {f.id: f for f in current.frontends} | {f.id: f for f in union.frontends}
-    customers = dict(current_customers) | {c.id: c for c in union.customers}
-    devices = dict(current_devices) | {d.mac: d for d in union.devices}
-    variables = {v.key: v for v in current.variables} | {v.key: v for v in union.variables}
 
-    if prune:
-        scope_customers = set(named_customers)
-        scope_customers |= {cid for cid, owner in owners.items() if owner and ours(owner)}
-        scope_frontends = {f.id for f in union.frontends}
-        for source in sources.sources:
-            if source.scope is None:
-                continue
-            scope_frontends |= set(source.scope.frontends)
-            for customer_id in source.scope.customers:
-                if customer_id in current_customers and not ours(owners.get(customer_id)):
-                    problems.append(
-                        f"{source.name}: scope: customer {customer_id}: owned by "
-                        f"{printable(str(owners.get(customer_id)))}; not in this file's scope"
-                    )
-                    continue
-                scope_customers.add(customer_id)
-        every_shared, shared_pairs = _shared_scopes(sources.sources)
-        union_customers = {c.id for c in union.customers}
-        union_devices = {d.mac for d in union.devices}
-        union_variables = {v.key for v in union.variables}
-        union_frontends = {f.id for f in union.frontends}
-        for customer_id in list(customers):
-            if customer_id in scope_customers and customer_id not in union_customers:
-                del customers[customer_id]
-        removed_devices: set[str] = set()
-        for mac in list(devices):
-            stored = current_devices.get(mac)
-            if (
-                stored is not None
-                and stored.customer in scope_customers
-                and mac not in union_devices
+def _prune_scope(planning: _Planning, problems: list[str]) -> _PruneScope:
+    """The customers the files name or own and their ``[scope]`` lists (a scope customer another
+    source owns is a problem), the Frontends they name or list, their shared layers."""
+    owners = planning.owners
+    customers = set(planning.naming)
+    customers |= {cid for cid, owner in owners.items() if owner and planning.ours(owner)}
+    frontends = {f.id for f in planning.union.frontends}
+    for source in planning.sources.sources:
+        if source.scope is None:
+            continue
+        frontends |= set(source.scope.frontends)
+        for customer_id in source.scope.customers:
+            if customer_id in planning.current_customers and not planning.ours(
+                owners.get(customer_id)
             ):
-                del devices[mac]
-                removed_devices.add(mac)
-        for frontend_id in list(frontends):
-            if frontend_id in scope_frontends and frontend_id not in union_frontends:
-                del frontends[frontend_id]
-        for key, variable in list(variables.items()):
-            if key in union_variables:
-                continue
-            layer, scope = variable.layer, variable.scope
-            stored_device = current_devices.get(scope) if layer == "device" else None
-            in_scope = (
-                (layer == "customer" and scope in scope_customers)
-                or (
-                    layer == "device"
-                    and (
-                        scope in removed_devices
-                        or (stored_device is not None and stored_device.customer in scope_customers)
-                    )
+                problems.append(
+                    f"{source.name}: scope: customer {customer_id}: owned by "
+                    f"{printable(str(owners.get(customer_id)))}; not in this file's scope"
                 )
-                or (layer == "frontend" and scope in scope_frontends)
-                or (layer in _SHARED_LAYERS and (every_shared or (layer, scope) in shared_pairs))
-            )
-            if in_scope:
-                del variables[key]
-    if problems:
-        raise InventoryError(problems)
+                continue
+            customers.add(customer_id)
+    every_shared, shared_pairs = _shared_scopes(planning.sources.sources)
+    return _PruneScope(customers, frontends, every_shared, shared_pairs)
 
-    desired = validate_inventory(
-        Inventory(
-            frontends=tuple(frontends.values()),
-            customers=tuple(customers.values()),
-            devices=tuple(devices.values()),
-            variables=tuple(variables.values()),
+
+def _prune(desired: _Desired, planning: _Planning, scope: _PruneScope) -> None:
+    """Remove from ``desired`` what is in the scope and in none of the files."""
+    union = planning.union
+    union_customers = {c.id for c in union.customers}
+    union_devices = {d.mac for d in union.devices}
+    union_variables = {v.key for v in union.variables}
+    union_frontends = {f.id for f in union.frontends}
+    for customer_id in list(desired.customers):
+        if customer_id in scope.customers and customer_id not in union_customers:
+            del desired.customers[customer_id]
+    removed_devices: set[str] = set()
+    for mac in list(desired.devices):
+        stored = planning.current_devices.get(mac)
+        if stored is not None and stored.customer in scope.customers and mac not in union_devices:
+            del desired.devices[mac]
+            removed_devices.add(mac)
+    for frontend_id in list(desired.frontends):
+        if frontend_id in scope.frontends and frontend_id not in union_frontends:
+            del desired.frontends[frontend_id]
+    for key, variable in list(desired.variables.items()):
+        if key not in union_variables and _variable_in_scope(
+            variable, planning.current_devices, removed_devices, scope
+        ):
+            del desired.variables[key]
+
+
+def _variable_in_scope(
+    variable: Variable,
+    current_devices: Mapping[str, Device],
+    removed_devices: set[str],
+    scope: _PruneScope,
+) -> bool:
+    layer, target = variable.layer, variable.scope
+    stored_device = current_devices.get(target) if layer == "device" else None
+    return (
+        (layer == "customer" and target in scope.customers)
+        or (
+            layer == "device"
+            and (
+                target in removed_devices
+                or (stored_device is not None and stored_device.customer in scope.customers)
+            )
+        )
+        or (layer == "frontend" and target in scope.frontends)
+        or (
+            layer in _SHARED_LAYERS
+            and (scope.every_shared or (layer, target) in scope.shared_pairs)
         )
     )
+
+
+def _changes_and_claims(
+    current: Inventory,
+    desired: Inventory,
+    naming: Mapping[str, str],
+    owners: Mapping[str, str | None],
+) -> tuple[list[Change], dict[str, str]]:
+    """The changes in order, and the customers whose owner becomes the file naming them; a
+    claim alone is a customer change of ``owner`` (customers stay in id order)."""
     changes = diff_inventory(current, desired)
     claims = {
         customer_id: name for customer_id, name in naming.items() if owners.get(customer_id) != name
@@ -379,20 +481,7 @@ def plan(
             + customer_changes
             + [c for c in changes if c.kind not in ("frontend", "customer")]
         )
-    removed_customers = tuple(
-        c.key for c in changes if c.kind == "customer" and c.action == "remove"
-    )
-    removing = sum(1 for c in changes if c.action == "remove" and c.kind in ("customer", "device"))
-    result = InventoryPlan(
-        changes=tuple(changes),
-        claims=claims,
-        archived=() if purge else removed_customers,
-        purged=removed_customers if purge else (),
-        stored=len(current.customers) + len(current.devices),
-        removing=removing,
-        max_prune_share=max_prune_share,
-    )
-    return result, desired
+    return changes, claims
 
 
 def _by_key(inventory: Inventory) -> dict[tuple[str, str], Any]:
@@ -444,36 +533,52 @@ async def apply_sources(
             )
             if dry_run:
                 return result
-            if expected is not None and tuple(expected) != result.changes:
-                raise InventoryError(
-                    [
-                        "the inventory changed since the plan was shown (another apply?); "
-                        "nothing was changed: run the command again"
-                    ]
+            _check_applicable(result, expected, force=force)
+            if result.changes:
+                await _write_plan(connection, result, current, desired, actor)
+                await _audit_plan(
+                    connection, actor, sources, result, current, desired, owners, prune
                 )
-            if result.too_large and not force:
-                raise InventoryError([_too_large(result)])
-            if not result.changes:
-                return result
-            await connection.execute(f"SET CONSTRAINTS {_DEFERRABLE} DEFERRED")
-            removed_devices = {
-                c.key for c in result.changes if c.kind == "device" and c.action == "remove"
-            }
-            await _archive_customers(
-                connection, current, result.archived, removed_devices, actor.name
-            )
-            await _purge_customers(connection, result.purged)
-            data_changes = [c for c in result.changes if c.fields != ("owner",)]
-            await _write_changes(connection, data_changes, current, desired)
-            if result.claims:
-                await connection.executemany(
-                    "UPDATE customers SET owner = $2 WHERE id = $1", list(result.claims.items())
-                )
-            await connection.execute(f"SET CONSTRAINTS {_DEFERRABLE} IMMEDIATE")
-            await _audit_plan(connection, actor, sources, result, current, desired, owners, prune)
     except asyncpg.IntegrityConstraintViolationError as error:
         raise InventoryError([_integrity_problem(error)]) from None
     return result
+
+
+def _check_applicable(
+    result: InventoryPlan, expected: Sequence[Change] | None, *, force: bool
+) -> None:
+    """InventoryError when the plan is not the one shown, or prunes too much without force."""
+    if expected is not None and tuple(expected) != result.changes:
+        raise InventoryError(
+            [
+                "the inventory changed since the plan was shown (another apply?); "
+                "nothing was changed: run the command again"
+            ]
+        )
+    if result.too_large and not force:
+        raise InventoryError([_too_large(result)])
+
+
+async def _write_plan(
+    connection: asyncpg.Connection,
+    result: InventoryPlan,
+    current: Inventory,
+    desired: Inventory,
+    actor: audit.Actor,
+) -> None:
+    """Archive or purge the removed customers, write the changes and the ownership claims; the
+    deferrable constraints are checked at the end, so rows can move in any order."""
+    await connection.execute(f"SET CONSTRAINTS {_DEFERRABLE} DEFERRED")
+    removed_devices = {c.key for c in result.changes if c.kind == "device" and c.action == "remove"}
+    await _archive_customers(connection, current, result.archived, removed_devices, actor.name)
+    await _purge_customers(connection, result.purged)
+    data_changes = [c for c in result.changes if c.fields != ("owner",)]
+    await _write_changes(connection, data_changes, current, desired)
+    if result.claims:
+        await connection.executemany(
+            "UPDATE customers SET owner = $2 WHERE id = $1", list(result.claims.items())
+        )
+    await connection.execute(f"SET CONSTRAINTS {_DEFERRABLE} IMMEDIATE")
 
 
 def _too_large(result: InventoryPlan) -> str:
