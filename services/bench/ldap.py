@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.bench.load import LoadResult, run_spread
+from services.bench.load import LoadResult, Pacer, run_spread
 from services.directory.ber import element, integer, octets
 from services.directory.protocol import message
 
@@ -112,16 +112,9 @@ async def _client(
     load: LdapLoad,
     own: list[Search],
     result: LoadResult,
-    started: float,
-    deadline: float,
-    slots: itertools.count[int],
-    rate: float | None,
+    pacer: Pacer,
 ) -> None:
-    def error(text: str) -> None:
-        result.errors += 1
-        if len(result.error_samples) < 5:
-            result.error_samples.append(text)
-
+    error = result.error
     reader, writer = await asyncio.open_connection(load.host, load.port)
     try:
         first = own[0]
@@ -131,16 +124,9 @@ async def _client(
             error(f"bind as {first.bind_name}: result {code}")
             return
         for number, search in enumerate(itertools.cycle(own), start=2):
-            begin = time.perf_counter()
-            if begin >= deadline:
+            begin = await pacer.turn()
+            if begin is None:
                 return
-            if rate is not None:
-                scheduled = started + next(slots) / rate
-                if scheduled >= deadline:
-                    return
-                if scheduled > begin:
-                    await asyncio.sleep(scheduled - begin)
-                begin = scheduled
             writer.write(message(number % 2**31 or 1, search.operation))
             try:
                 entries = 0
@@ -176,20 +162,14 @@ async def _run_process(load: LdapLoad, index: int) -> LoadResult:
     groups = list(by_customer.values())
     rate = load.rate / load.processes if load.rate else None
     started = time.perf_counter()
-    deadline = started + load.duration
-    slots = itertools.count()
+    pacer = Pacer(started, started + load.duration, rate)
     outcomes = await asyncio.gather(
-        *(
-            _client(load, groups[n % len(groups)], result, started, deadline, slots, rate)
-            for n in range(load.concurrency)
-        ),
+        *(_client(load, groups[n % len(groups)], result, pacer) for n in range(load.concurrency)),
         return_exceptions=True,
     )
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
-            result.errors += 1
-            if len(result.error_samples) < 5:
-                result.error_samples.append(f"{type(outcome).__name__}: {outcome}")
+            result.error(f"{type(outcome).__name__}: {outcome}")
     result.elapsed = time.perf_counter() - started
     return result
 

@@ -92,6 +92,22 @@ class LoadResult:
         index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
         return ordered[index] * 1000.0
 
+    def error(self, text: str) -> None:
+        """One failed request; the first five failures say why."""
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(text)
+
+    def answered(self, status: int, seconds: float, what: str) -> None:
+        """One request answered with HTTP ``status`` ``seconds`` after it began: a 2xx or 3xx
+        counts its latency, anything else is a failure naming ``what``."""
+        self.requests += 1
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if 200 <= status < 400:
+            self.latencies.append(seconds)
+        else:
+            self.error(f"HTTP {status} for {what}")
+
     def merge(self, other: LoadResult) -> None:
         self.requests += other.requests
         self.errors += other.errors
@@ -102,6 +118,46 @@ class LoadResult:
         for status, count in other.statuses.items():
             self.statuses[status] = self.statuses.get(status, 0) + count
         self.error_samples.extend(other.error_samples[: max(0, 5 - len(self.error_samples))])
+
+
+class Pacer:
+    """Open-loop pacing shared by one process's workers: requests begin at ``rate`` per second
+    in all from ``started`` (None: each as soon as its worker is free), none at or after
+    ``deadline`` (an unpaced run that is not ``bounded`` ignores it: a ``once`` run ends with
+    its calls). A request's time runs from its slot, not from when a busy worker got to it, so
+    a server that falls behind shows in the latencies."""
+
+    def __init__(
+        self, started: float, deadline: float, rate: float | None, *, bounded: bool = True
+    ) -> None:
+        self.started = started
+        self.deadline = deadline
+        self.rate = rate
+        self.bounded = bounded
+        self._slots = itertools.count()
+
+    def _slot(self) -> tuple[float | None, float]:
+        now = time.perf_counter()
+        if self.rate is None:
+            return (None if self.bounded and now >= self.deadline else now), now
+        if self.bounded and now >= self.deadline:
+            return None, now
+        scheduled = self.started + next(self._slots) / self.rate
+        return (None if scheduled >= self.deadline else scheduled), now
+
+    async def turn(self) -> float | None:
+        """When the worker's next request begins, once its slot has come; None: the run is over."""
+        slot, now = self._slot()
+        if slot is not None and slot > now:
+            await asyncio.sleep(slot - now)
+        return slot
+
+    def turn_blocking(self) -> float | None:
+        """:meth:`turn` for a worker thread."""
+        slot, now = self._slot()
+        if slot is not None and slot > now:
+            time.sleep(slot - now)
+        return slot
 
 
 class _Client:
@@ -175,6 +231,19 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
+def _process_rate(spec: LoadSpec) -> float | None:
+    """This process's share of the run's request rate (None: as fast as it can)."""
+    return spec.rate / spec.processes if spec.rate else None
+
+
+def _by_device(calls: Sequence[Call]) -> list[list[Call]]:
+    """The calls grouped by the device (client certificate) that makes them, in first-seen order."""
+    devices: dict[Path | None, list[Call]] = {}
+    for call in calls:
+        devices.setdefault(call.certificate, []).append(call)
+    return list(devices.values())
+
+
 async def _run_process(spec: LoadSpec, index: int) -> LoadResult:
     client = _Client(spec)
     result = LoadResult()
@@ -183,41 +252,23 @@ async def _run_process(spec: LoadSpec, index: int) -> LoadResult:
     if not share:
         return result
     cycle = iter(share) if spec.once else itertools.cycle(share)
-    rate = spec.rate / spec.processes if spec.rate else None
-    slots = itertools.count()
     started = time.perf_counter()
-    deadline = started + spec.duration
-
-    def record_error(message: str) -> None:
-        result.errors += 1
-        if len(result.error_samples) < 5:
-            result.error_samples.append(message)
-
+    pacer = Pacer(started, started + spec.duration, _process_rate(spec), bounded=not spec.once)
     # Over a kept-alive connection a client stays one device (its certificate proves it) and
     # cycles through that device's calls.
-    devices: dict[Path | None, list[Call]] = {}
-    for call in share:
-        devices.setdefault(call.certificate, []).append(call)
-    device_calls = list(devices.values())
+    device_calls = _by_device(share)
 
     async def worker(number: int) -> None:
         own = itertools.cycle(device_calls[number % len(device_calls)]) if spec.keepalive else None
         connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         try:
             while True:
-                if not spec.once and time.perf_counter() >= deadline:
-                    return
                 call = next(own) if own is not None else next(cycle, None)
                 if call is None:
                     return
-                begin = time.perf_counter()
-                if rate is not None:
-                    scheduled = started + next(slots) / rate
-                    if scheduled >= deadline:
-                        return
-                    if scheduled > begin:
-                        await asyncio.sleep(scheduled - begin)
-                    begin = scheduled
+                begin = await pacer.turn()
+                if begin is None:
+                    return
                 try:
                     async with asyncio.timeout(spec.timeout):
                         if connection is None:
@@ -235,17 +286,12 @@ async def _run_process(spec: LoadSpec, index: int) -> LoadResult:
                     ValueError,
                     ssl.SSLError,
                 ) as error:
-                    record_error(f"{type(error).__name__}: {error}")
+                    result.error(f"{type(error).__name__}: {error}")
                     if connection is not None:
                         connection[1].close()
                         connection = None
                     continue
-                result.requests += 1
-                result.statuses[status] = result.statuses.get(status, 0) + 1
-                if 200 <= status < 400:
-                    result.latencies.append(time.perf_counter() - begin)
-                else:
-                    record_error(f"HTTP {status} for {call.path}")
+                result.answered(status, time.perf_counter() - begin, call.path)
         finally:
             if connection is not None:
                 connection[1].close()
@@ -285,15 +331,10 @@ def _run_resuming(spec: LoadSpec, index: int) -> LoadResult:
     share = list(spec.calls[index :: spec.processes])
     if not share:
         return result
-    devices: dict[Path | None, list[Call]] = {}
-    for call in share:
-        devices.setdefault(call.certificate, []).append(call)
-    device_calls = list(devices.values())
-    rate = spec.rate / spec.processes if spec.rate else None
-    slots = itertools.count()
+    device_calls = _by_device(share)
     lock = threading.Lock()
     started = time.perf_counter()
-    deadline = started + spec.duration
+    pacer = Pacer(started, started + spec.duration, _process_rate(spec))
     target = spec.target
 
     def worker(number: int) -> None:
@@ -301,16 +342,9 @@ def _run_resuming(spec: LoadSpec, index: int) -> LoadResult:
         calls = itertools.cycle(device_calls[number % len(device_calls)])
         while True:
             call = next(calls)
-            begin = time.perf_counter()
-            if begin >= deadline:
+            begin = pacer.turn_blocking()
+            if begin is None:
                 return
-            if rate is not None:
-                scheduled = started + next(slots) / rate
-                if scheduled >= deadline:
-                    return
-                if scheduled > begin:
-                    time.sleep(scheduled - begin)
-                begin = scheduled
             context = client.context(call.certificate)
             offered = call.certificate in sessions
             try:
@@ -329,22 +363,13 @@ def _run_resuming(spec: LoadSpec, index: int) -> LoadResult:
                             sessions[call.certificate] = sock.session
             except (OSError, ValueError, ssl.SSLError) as error:
                 with lock:
-                    result.errors += 1
-                    if len(result.error_samples) < 5:
-                        result.error_samples.append(f"{type(error).__name__}: {error}")
+                    result.error(f"{type(error).__name__}: {error}")
                 continue
             elapsed = time.perf_counter() - begin
             with lock:
-                result.requests += 1
                 result.resumed += bool(resumed)
                 result.offered += offered
-                result.statuses[status] = result.statuses.get(status, 0) + 1
-                if 200 <= status < 400:
-                    result.latencies.append(elapsed)
-                else:
-                    result.errors += 1
-                    if len(result.error_samples) < 5:
-                        result.error_samples.append(f"HTTP {status} for {call.path}")
+                result.answered(status, elapsed, call.path)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(spec.concurrency)]
     for thread in threads:
@@ -409,13 +434,9 @@ def _storm_resuming_main(spec: LoadSpec, index: int, barrier: Any) -> LoadResult
                         spec.timeout,
                     )
                 except (OSError, ValueError, ssl.SSLError) as error:
+                    when = "after" if measured else "before"
                     with lock:
-                        result.errors += 1
-                        if len(result.error_samples) < 5:
-                            when = "after" if measured else "before"
-                            result.error_samples.append(
-                                f"{when} the restart: {type(error).__name__}: {error}"
-                            )
+                        result.error(f"{when} the restart: {type(error).__name__}: {error}")
                     continue
                 elapsed = time.perf_counter() - begin
                 with lock:
@@ -423,14 +444,9 @@ def _storm_resuming_main(spec: LoadSpec, index: int, barrier: Any) -> LoadResult
                         sessions[number] = session
                     if not measured:
                         continue
-                    result.requests += 1
                     result.offered += offered is not None
                     result.resumed += resumed
-                    result.statuses[status] = result.statuses.get(status, 0) + 1
-                    if 200 <= status < 400:
-                        result.latencies.append(elapsed)
-                    else:
-                        result.errors += 1
+                    result.answered(status, elapsed, call.path)
 
         threads = [threading.Thread(target=worker) for _ in range(spec.concurrency)]
         for thread in threads:

@@ -12,6 +12,7 @@ import hashlib
 import asyncpg
 
 from services.backup.normalize import compress
+from services.contacts.domain import ENTRY_COLUMNS
 
 
 def redirect_mac(index: int) -> str:
@@ -247,18 +248,7 @@ async def directory_contacts(
             await connection.copy_records_to_table(
                 "contact_entries",
                 records=rows,
-                columns=[
-                    "customer",
-                    "version",
-                    "line",
-                    "surname",
-                    "given_name",
-                    "company",
-                    "business_phone",
-                    "business_e164",
-                    "mobile_phone",
-                    "mobile_e164",
-                ],
+                columns=ENTRY_COLUMNS,
             )
         await connection.executemany(
             "INSERT INTO contact_current (customer, version) VALUES ($1, 1)",
