@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import typing
 
 import asyncpg
@@ -21,6 +20,7 @@ from services.core.inventory import Device, ResolvedVariable
 from services.core.scriptlines import comment, comment_reply, to_crlf
 from services.update import certificates
 from services.update.canary import CanaryState
+from services.update.device_requests import base_url, record_unknown
 from services.update.firmware import FirmwareUnavailable
 from services.update.gauges import UnrenderedReply
 from services.update.provisioning import (
@@ -55,24 +55,9 @@ from services.update.state import (
     WATCH_KEY,
 )
 from services.update.status import STATUS_KEY
-from services.update.unknown import record_unknown
 from services.update.versions import ScriptVersionRepository
 
 log = logging.getLogger(__name__)
-
-_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
-
-
-def base_url(request: web.Request) -> str:
-    """The configured public URL, else this request's scheme and (checked) Host."""
-    configured = request.app[SETTINGS_KEY].update.public_url
-    if configured:
-        return configured.rstrip("/")
-    host = request.host
-    if not _HOST.fullmatch(host):
-        sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        host = f"{sockname[0]}:{sockname[1]}" if sockname else "localhost"
-    return f"{request.scheme}://{host}"
 
 
 def device_identity(request: web.Request) -> DeviceIdentity:

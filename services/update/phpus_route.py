@@ -36,9 +36,9 @@ from services.core.identity import DeviceIdentity, identify, printable
 from services.core.inventory import Device, ResolvedVariable
 from services.core.phpus import mode_refusal
 from services.core.scriptlines import comment, rawurlencode, script_response
+from services.update.device_requests import base_url, record_unknown
 from services.update.provisioning import PolicyError, Urls, poll_interval
 from services.update.state import SETTINGS_KEY, SNAPSHOTS_KEY
-from services.update.unknown import record_unknown
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 _PHPUS_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
 # PHPUS's times@polling is minutes of fast polling; nothing sensible is above a day.
 _MAX_POLLING = 1440
-_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
 PHPUS_ENVIRONMENT_VARIABLE = "phpus-env"
 
 
@@ -88,19 +87,6 @@ class PhpusArguments:
             remarks.append(f"env={printable(environment, 40)} is not a PHPUS environment; ignored")
             environment = None
         return cls(mode, phase, polling, environment, tuple(remarks))
-
-
-def public_base(request: web.Request) -> str:
-    """update.public_url, else this request's scheme and (checked) Host, as the update
-    service writes its own URLs."""
-    configured = request.app[SETTINGS_KEY].update.public_url
-    if configured:
-        return configured.rstrip("/")
-    host = request.host
-    if not _HOST.fullmatch(host):
-        sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        host = f"{sockname[0]}:{sockname[1]}" if sockname else "localhost"
-    return f"{request.scheme}://{host}"
 
 
 def move_lines(
@@ -188,7 +174,7 @@ async def poll(request: web.Request) -> web.Response:
         "-" if arguments.polling is None else arguments.polling,
     )
     lines = move_lines(
-        Urls(public_base(request)),
+        Urls(base_url(request)),
         interval,
         fast_polling_off=arguments.polling != 0,
         remarks=tuple(remarks),

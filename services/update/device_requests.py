@@ -1,8 +1,11 @@
-"""Polls from devices not in the inventory, as update.txt/staging.txt and PHPUS's update.php
-both meet them: rate-limited per source address (nobody enumerates the inventory by ``sn=``) and
-recorded, bounded, for ``pbxfront devices adopt`` and the console's unknown-devices table."""
+"""What update.txt/staging.txt and PHPUS's update.php both do with a device's request: the
+public base URL of the scripts' own URLs, and polls from devices not in the inventory
+(rate-limited per source address, so nobody enumerates the inventory by ``sn=``, and recorded,
+bounded, for ``pbxfront devices adopt`` and the console's unknown-devices table)."""
 
 from __future__ import annotations
+
+import re
 
 import asyncpg
 from aiohttp import web
@@ -14,6 +17,20 @@ from services.core.scriptlines import comment_reply
 from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
 from services.update.state import SETTINGS_KEY, UNKNOWN_LIMITER_KEY
+
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
+
+
+def base_url(request: web.Request) -> str:
+    """update.public_url, else this request's scheme and (checked) Host."""
+    configured = request.app[SETTINGS_KEY].update.public_url
+    if configured:
+        return configured.rstrip("/")
+    host = request.host
+    if not _HOST.fullmatch(host):
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        host = f"{sockname[0]}:{sockname[1]}" if sockname else "localhost"
+    return f"{request.scheme}://{host}"
 
 
 async def record_unknown(
