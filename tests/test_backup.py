@@ -965,7 +965,7 @@ async def test_openapi_of_the_archive(site: Site) -> None:
     session = await site.session()
     async with session.get(f"{site.admin}/api/v1/backups/openapi.json") as response:
         document = await response.json()
-    from services.backup.handlers import ENDPOINTS
+    from services.backup.archive_api import ENDPOINTS
 
     documented = {(m.upper(), p) for p, item in document["paths"].items() for m in item}
     assert documented == {(e.method, e.path) for e in ENDPOINTS}

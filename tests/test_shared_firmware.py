@@ -27,7 +27,7 @@ from services.serve import service_factories
 from services.update import console
 from services.update.cli import register
 from services.update.firmware import FirmwareStore
-from services.update.shared_firmware import CHUNK_BYTES, SharedFirmwareRepository
+from services.update.repository import CHUNK_BYTES, SharedFirmwareRepository
 from tests.conftest import DEVICE_A, SessionPki, curl_with_headers, run_wired_cli, until
 from tests.simulator import SimulatedDevice
 

@@ -22,15 +22,14 @@ import asyncpg
 from aiohttp import web
 
 from services.backup import dav, phpus
+from services.backup.archive_api import ENDPOINTS, PRUNE_KEY
 from services.backup.diff import Redaction
 from services.backup.gauges import backups_source, count_puts
 from services.backup.handlers import (
     BACKUP_PREFIX,
     DEVICE_AUTH_KEY,
-    ENDPOINTS,
     LOOKUP_KEY,
     NORMALIZER_KEY,
-    PRUNE_KEY,
     REDACTION_KEY,
     SETTINGS_KEY,
     UNCHANGED_KEY,

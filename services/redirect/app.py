@@ -31,10 +31,9 @@ from services.redirect.handlers import (
     PURGE_KEY,
     SETTINGS_KEY,
     Periodic,
-    add_api_routes,
-    add_device_routes,
 )
 from services.redirect.repository import Handover, HandoverRepository
+from services.redirect.routes import add_api_routes, add_device_routes
 
 
 def create_device_app(settings: Settings) -> web.Application:

@@ -8,6 +8,8 @@ Provider API (``/api/v1/redirect/…``): every request is HMAC-signed (``signing
 of the provider, and each route needs one scope. A provider sees and changes only its own
 mappings; another provider's device answers exactly like an unknown one (404), except that
 registering it is refused with 409 ``owned_by_other_provider``.
+
+Which path and method reach which handler, with which scope: routes.py.
 """
 
 from __future__ import annotations
@@ -23,13 +25,7 @@ import asyncpg
 from aiohttp import web
 
 from services.core import audit, errors
-from services.core.api import (
-    Endpoint,
-    int_query,
-    json_response,
-    openapi_document,
-    pool_of,
-)
+from services.core.api import int_query, json_response, pool_of
 from services.core.batch import BackgroundBatches
 from services.core.config import Settings
 from services.core.db import acquire
@@ -39,7 +35,6 @@ from services.core.inputs import loads_json
 from services.core.ratelimit import AddressLimiter
 from services.core.unknown import REDIRECT, UnknownDeviceRepository
 from services.redirect.handover import (
-    DEVICE_PATHS,
     DeviceTarget,
     cannot_identify_reply,
     check_frontend_id,
@@ -65,7 +60,6 @@ from services.redirect.repository import (
     audit_import,
 )
 from services.redirect.signing import (
-    SCOPES,
     check_timestamp,
     parse_authorization,
     refused,
@@ -473,129 +467,3 @@ async def import_devices(request: web.Request) -> web.Response:
     return json_response(
         {"rows": len(results), **counts, "results": [r.as_json() for r in results]}
     )
-
-
-# --- the table ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProviderEndpoint:
-    method: str
-    path: str
-    handler: ApiHandler
-    # None: any valid key.
-    scope: str | None
-    summary: str
-    query: dict[str, str] | None = None
-    body: bool = False
-
-
-async def openapi(request: web.Request) -> web.Response:
-    document = openapi_document(
-        "pbxfront redirect provider API",
-        "1",
-        [
-            Endpoint(
-                e.method,
-                e.path,
-                e.handler,
-                frozenset(),
-                e.summary,
-                query=e.query or {},
-                body={"type": "object"} if e.body else None,
-                response={"type": "object"},
-                public=True,
-            )
-            for e in ENDPOINTS
-        ],
-    )
-    document["components"] = {
-        "securitySchemes": {
-            "hmac": {
-                "type": "apiKey",
-                "in": "header",
-                "name": "Authorization",
-                "description": "PBXFRONT-HMAC-SHA256 KeyId=…, Timestamp=…, Nonce=…, Signature=…",
-            }
-        }
-    }
-    for endpoint in ENDPOINTS:
-        operation = document["paths"][endpoint.path][endpoint.method.lower()]
-        operation["security"] = [{"hmac": []}]
-        operation["responses"]["401"] = {"description": "missing, expired or replayed signature"}
-        operation["responses"]["403"] = {"description": f"needs scope: {endpoint.scope or 'any'}"}
-    return json_response(document)
-
-
-DEVICE = "/api/v1/redirect/devices/{device}"
-
-ENDPOINTS: list[ProviderEndpoint] = [
-    ProviderEndpoint(
-        "GET", "/api/v1/redirect/whoami", whoami, None, "The key's provider and scopes"
-    ),
-    ProviderEndpoint(
-        "GET",
-        "/api/v1/redirect/devices",
-        list_devices,
-        "redirect:read",
-        "The provider's mappings",
-        query={
-            "frontend": "only devices sent to this Frontend",
-            "limit": "page size (1..10000)",
-            "offset": "rows to skip",
-        },
-    ),
-    ProviderEndpoint("GET", DEVICE, get_device, "redirect:read", "One mapping (by MAC or serial)"),
-    ProviderEndpoint(
-        "PUT",
-        DEVICE,
-        put_device,
-        "redirect:write",
-        "Register or update a mapping; with transfer_token, take one over",
-        body=True,
-    ),
-    ProviderEndpoint(
-        "POST",
-        DEVICE + "/move",
-        move_device,
-        "redirect:write",
-        "Point a mapping at another Frontend or URL",
-        body=True,
-    ),
-    ProviderEndpoint("DELETE", DEVICE, delete_device, "redirect:write", "Deregister a device"),
-    ProviderEndpoint(
-        "GET", DEVICE + "/history", device_history, "redirect:read", "The mapping's changes"
-    ),
-    ProviderEndpoint(
-        "POST",
-        DEVICE + "/transfer-token",
-        transfer_token,
-        "redirect:transfer",
-        "Issue a single-use token with which another provider may take the device over",
-        body=True,
-    ),
-    ProviderEndpoint(
-        "POST",
-        "/api/v1/redirect/import",
-        import_devices,
-        "redirect:write",
-        "Bulk register (CSV or JSON), one result per row",
-        body=True,
-    ),
-]
-
-
-def add_api_routes(app: web.Application) -> None:
-    unknown = [e.scope for e in ENDPOINTS if e.scope is not None and e.scope not in SCOPES]
-    if unknown:  # pragma: no cover - a programming error caught by every test run
-        raise ValueError(f"unknown scope {unknown[0]}")
-    app.router.add_get("/api/v1/redirect/openapi.json", openapi)
-    for endpoint in ENDPOINTS:
-        app.router.add_route(
-            endpoint.method, endpoint.path, signed(endpoint.scope, endpoint.handler)
-        )
-
-
-def add_device_routes(app: web.Application, settings: Settings) -> None:
-    for path in dict.fromkeys((*DEVICE_PATHS, *settings.redirect.extra_paths)):
-        app.router.add_get(path, device_request)

@@ -38,10 +38,11 @@ from services.update.repository import (
     FLEET_SORTS,
     FleetQuery,
     RolloutRepository,
+    SharedFirmwareRepository,
     UpdateRepository,
 )
 from services.update.scripts import ScriptError, ScriptStore, SecretRequired
-from services.update.shared_firmware import SharedFirmwareRepository, firmware_source
+from services.update.shared_firmware import firmware_source
 from services.update.state import SnapshotCache
 
 FLEET_SORT_NAMES = tuple(FLEET_SORTS)

@@ -18,7 +18,8 @@ the seed's ``firm/<build>/<file>`` layout):
   a node starting meanwhile reads it from ``index.json`` in the cache folder); a listed file
   that is not cached answers 503 until the database is back.
 
-SQL for these tables lives in :class:`SharedFirmwareRepository` (the aggregate of this module).
+The store's SQL lives in :class:`~services.update.repository.SharedFirmwareRepository`; this
+module is the nodes' side: ``pbxfront firmware add`` and each worker's checked cache.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,7 +42,7 @@ from typing import BinaryIO
 import asyncpg
 
 from services.core.config import Settings
-from services.core.db import DatabaseUnavailable, acquire, transaction
+from services.core.db import DatabaseUnavailable, acquire
 from services.update.firmware import (
     FirmwareError,
     FirmwareFile,
@@ -53,33 +53,19 @@ from services.update.firmware import (
     check_build,
     check_file_name,
 )
+from services.update.repository.shared_firmware import CHUNK_BYTES, SharedFile
+
+# `pbxfront firmware` (update/cli/firmware.py) imports the repository from here.
+from services.update.repository.shared_firmware import (
+    SharedFirmwareRepository as SharedFirmwareRepository,
+)
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20
 # Fetch attempts with no database are not retried sooner than this (per file, per worker).
 FETCH_RETRY_SECONDS = 5.0
 # Shutdown waits this long for a fetch in progress, then stops it (its temporary file goes).
 CLOSE_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class SharedFile:
-    build: str
-    name: str
-    sha256: str
-    size: int
-    added_at: datetime
-    added_by: str
-    device_type: str | None
-    cached_on: tuple[str, ...] = ()
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            **self.__dict__,
-            "added_at": self.added_at.isoformat(),
-            "cached_on": list(self.cached_on),
-        }
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
@@ -93,171 +79,8 @@ def file_sha256(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as reader:
-        while chunk := reader.read(CHUNK_BYTES):
-            yield chunk
-
-
 def _mtime_ns(moment: datetime) -> int:
     return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
-
-
-class SharedFirmwareRepository:
-    """``firmware_blobs``, ``firmware_chunks``, ``firmware_files``, ``firmware_state``,
-    ``firmware_caches``."""
-
-    def __init__(self, connection: asyncpg.Connection | asyncpg.Pool) -> None:
-        self._db = connection
-
-    async def version(self) -> int:
-        return int(await self._db.fetchval("SELECT version FROM firmware_state"))
-
-    async def files(self, *, with_caches: bool = False) -> list[SharedFile]:
-        rows = await self._db.fetch(
-            """
-            SELECT f.build, f.name, f.sha256, b.size, f.added_at, f.added_by, f.device_type,
-                   CASE WHEN $1 THEN ARRAY(
-                       SELECT c.frontend || ' ' || c.node FROM firmware_caches c
-                       WHERE c.sha256 = f.sha256 ORDER BY c.frontend, c.node)
-                   ELSE '{}'::text[] END AS cached_on
-            FROM firmware_files f JOIN firmware_blobs b USING (sha256)
-            ORDER BY f.build, f.name
-            """,
-            with_caches,
-        )
-        return [SharedFile(**{**dict(row), "cached_on": tuple(row["cached_on"])}) for row in rows]
-
-    async def store(
-        self,
-        source: Path,
-        sha256: str,
-        size: int,
-        build: str,
-        name: str,
-        *,
-        by: str,
-        device_type: str | None,
-    ) -> tuple[SharedFile, str | None]:
-        """Store ``source`` (whose SHA-256 and size the caller measured) as ``firm/<build>/
-        <name>``; its content only if no file has it yet. Returns (the file, the SHA-256 it
-        replaced or None). One transaction: other nodes see the file complete or not at all.
-        Raises FirmwareError when the file changed while it was stored."""
-        async with transaction(self._db) as connection:
-            chunks = (size + CHUNK_BYTES - 1) // CHUNK_BYTES
-            new = await connection.fetchval(
-                """INSERT INTO firmware_blobs (sha256, size, chunks) VALUES ($1, $2, $3)
-                   ON CONFLICT (sha256) DO NOTHING RETURNING sha256""",
-                sha256,
-                size,
-                chunks,
-            )
-            if new is not None:
-                digest = hashlib.sha256()
-                reader = _chunks(source)
-                seq = 0
-                while (chunk := await asyncio.to_thread(next, reader, None)) is not None:
-                    digest.update(chunk)
-                    await connection.execute(
-                        "INSERT INTO firmware_chunks (sha256, seq, data) VALUES ($1, $2, $3)",
-                        sha256,
-                        seq,
-                        chunk,
-                    )
-                    seq += 1
-                if digest.hexdigest() != sha256 or seq != chunks:
-                    raise FirmwareError(f"{source}: changed while it was stored; try again")
-            previous = await connection.fetchval(
-                "SELECT sha256 FROM firmware_files WHERE build = $1 AND name = $2 FOR UPDATE",
-                build,
-                name,
-            )
-            await connection.execute(
-                """
-                INSERT INTO firmware_files (build, name, sha256, added_by, device_type)
-                VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT (build, name) DO UPDATE SET sha256 = EXCLUDED.sha256,
-                    added_at = now(), added_by = EXCLUDED.added_by,
-                    device_type = EXCLUDED.device_type
-                """,
-                build,
-                name,
-                sha256,
-                by,
-                device_type,
-            )
-            if previous is not None and previous != sha256:
-                await self._drop_unused(connection, previous)
-            await self._changed(connection)
-            stored = await self._one(connection, build, name)
-            assert stored is not None
-            return stored, previous if previous != sha256 else None
-
-    async def remove(self, build: str, name: str) -> SharedFile | None:
-        """Take ``firm/<build>/<name>`` out of the store (its content too when no other file
-        has it). None when there is no such file."""
-        async with transaction(self._db) as connection:
-            found = await self._one(connection, build, name)
-            if found is None:
-                return None
-            await connection.execute(
-                "DELETE FROM firmware_files WHERE build = $1 AND name = $2", build, name
-            )
-            await self._drop_unused(connection, found.sha256)
-            await self._changed(connection)
-            return found
-
-    async def chunk(self, sha256: str, seq: int) -> bytes | None:
-        value = await self._db.fetchval(
-            "SELECT data FROM firmware_chunks WHERE sha256 = $1 AND seq = $2", sha256, seq
-        )
-        return bytes(value) if value is not None else None
-
-    async def record_cached(self, node: str, frontend: str, sha256: str) -> None:
-        """This node holds a checked copy (ignored when the content was removed meanwhile)."""
-        await self._db.execute(
-            """
-            INSERT INTO firmware_caches (node, frontend, sha256)
-            SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM firmware_blobs WHERE sha256 = $3)
-            ON CONFLICT (node, sha256) DO UPDATE SET cached_at = now(), frontend = $2
-            """,
-            node,
-            frontend,
-            sha256,
-        )
-
-    async def forget_cached(self, node: str, sha256: str) -> None:
-        await self._db.execute(
-            "DELETE FROM firmware_caches WHERE node = $1 AND sha256 = $2", node, sha256
-        )
-
-    async def _one(
-        self, connection: asyncpg.Connection, build: str, name: str
-    ) -> SharedFile | None:
-        row = await connection.fetchrow(
-            """
-            SELECT f.build, f.name, f.sha256, b.size, f.added_at, f.added_by, f.device_type
-            FROM firmware_files f JOIN firmware_blobs b USING (sha256)
-            WHERE f.build = $1 AND f.name = $2
-            """,
-            build,
-            name,
-        )
-        return SharedFile(**dict(row)) if row is not None else None
-
-    @staticmethod
-    async def _drop_unused(connection: asyncpg.Connection, sha256: str) -> None:
-        await connection.execute(
-            """DELETE FROM firmware_blobs b WHERE b.sha256 = $1
-               AND NOT EXISTS (SELECT 1 FROM firmware_files f WHERE f.sha256 = b.sha256)""",
-            sha256,
-        )
-
-    @staticmethod
-    async def _changed(connection: asyncpg.Connection) -> None:
-        await connection.execute(
-            "UPDATE firmware_state SET version = version + 1, changed_at = now()"
-        )
 
 
 async def add_file(

@@ -346,55 +346,81 @@ class MappingRepository:
         async with transaction(self._db) as connection:
             await require_provider(connection, provider)
             frontends = {f.id for f in await InventoryRepository(connection).list_frontends()}
-            stored = await connection.fetch(
-                "SELECT mac, provider, frontend, url, facts FROM redirect_mappings "
-                "WHERE mac = ANY($1::text[])",
-                macs,
-            )
-            existing = {r["mac"]: stored_of(r) for r in stored}
+            existing = await _stored_mappings(connection, macs)
             results, writes = plan_import(rows, existing, provider, frontends)
             if not writes:
                 return results
-            written = await connection.fetch(
-                """
-                INSERT INTO redirect_mappings AS m (mac, provider, frontend, url, facts)
-                SELECT w.mac, $1, w.frontend, w.url, w.facts::jsonb
-                FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
-                     AS w(mac, frontend, url, facts)
-                ON CONFLICT (mac) DO UPDATE SET
-                    frontend = EXCLUDED.frontend, url = EXCLUDED.url, facts = EXCLUDED.facts,
-                    updated_at = now()
-                WHERE m.provider = EXCLUDED.provider
-                RETURNING m.mac, (xmax = 0) AS inserted
-                """,
-                provider,
-                [w.mac for w in writes],
-                [w.frontend for w in writes],
-                [w.url for w in writes],
-                [json.dumps(dict(w.facts)) for w in writes],
-            )
-            inserted = {r["mac"]: bool(r["inserted"]) for r in written}
+            inserted = await _write_mappings(connection, provider, writes)
             _settle(results, inserted)
             done = [w for w in writes if w.mac in inserted]
-            await connection.execute(
-                """
-                INSERT INTO redirect_history (mac, action, provider, frontend, url, facts, actor)
-                SELECT h.mac, h.action, $1, h.frontend, h.url, h.facts::jsonb, $2
-                FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-                     AS h(mac, action, frontend, url, facts)
-                """,
-                provider,
-                actor,
-                [w.mac for w in done],
-                ["register" if inserted[w.mac] else "update" for w in done],
-                [w.frontend for w in done],
-                [w.url for w in done],
-                [json.dumps(dict(w.facts)) for w in done],
-            )
+            await _write_history(connection, provider, actor, done, inserted)
             await UnknownDeviceRepository(connection).forget(
                 REDIRECT, [w.mac for w in done if inserted[w.mac]]
             )
         return results
+
+
+async def _stored_mappings(
+    connection: asyncpg.Connection, macs: Sequence[str]
+) -> dict[str, StoredMapping]:
+    """The stored mappings of these MACs, whoever owns them (nothing locked)."""
+    stored = await connection.fetch(
+        "SELECT mac, provider, frontend, url, facts FROM redirect_mappings "
+        "WHERE mac = ANY($1::text[])",
+        macs,
+    )
+    return {r["mac"]: stored_of(r) for r in stored}
+
+
+async def _write_mappings(
+    connection: asyncpg.Connection, provider: str, writes: Sequence[MappingInput]
+) -> dict[str, bool]:
+    """Upsert the planned writes in one statement: MAC -> True (inserted) or False (updated).
+    A MAC that another provider owns by now is left alone and absent."""
+    written = await connection.fetch(
+        """
+        INSERT INTO redirect_mappings AS m (mac, provider, frontend, url, facts)
+        SELECT w.mac, $1, w.frontend, w.url, w.facts::jsonb
+        FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
+             AS w(mac, frontend, url, facts)
+        ON CONFLICT (mac) DO UPDATE SET
+            frontend = EXCLUDED.frontend, url = EXCLUDED.url, facts = EXCLUDED.facts,
+            updated_at = now()
+        WHERE m.provider = EXCLUDED.provider
+        RETURNING m.mac, (xmax = 0) AS inserted
+        """,
+        provider,
+        [w.mac for w in writes],
+        [w.frontend for w in writes],
+        [w.url for w in writes],
+        [json.dumps(dict(w.facts)) for w in writes],
+    )
+    return {r["mac"]: bool(r["inserted"]) for r in written}
+
+
+async def _write_history(
+    connection: asyncpg.Connection,
+    provider: str,
+    actor: str,
+    done: Sequence[MappingInput],
+    inserted: Mapping[str, bool],
+) -> None:
+    """One ``redirect_history`` row for each mapping written (``register`` or ``update``)."""
+    await connection.execute(
+        """
+        INSERT INTO redirect_history (mac, action, provider, frontend, url, facts, actor)
+        SELECT h.mac, h.action, $1, h.frontend, h.url, h.facts::jsonb, $2
+        FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+             AS h(mac, action, frontend, url, facts)
+        """,
+        provider,
+        actor,
+        [w.mac for w in done],
+        ["register" if inserted[w.mac] else "update" for w in done],
+        [w.frontend for w in done],
+        [w.url for w in done],
+        [json.dumps(dict(w.facts)) for w in done],
+    )
 
 
 def _settle(results: Sequence[RowResult], inserted: Mapping[str, bool]) -> None:
