@@ -182,9 +182,12 @@ def create_app(settings: Settings, resources: Resources) -> web.Application:
     app = web.Application(middlewares=[count_puts(resources.metrics)])
     resources.metrics.add_source("backups", backups_source)
     _shared_state(app, settings)
-    app[DEVICE_AUTH_KEY] = DeviceAuth(
-        settings.backup.digest_algorithms, settings.backup.digest_nonce_lifetime
+    pool = resources.require_pool("the backup service")
+    device_auth = DeviceAuth(
+        pool, settings.backup.digest_algorithms, settings.backup.digest_nonce_lifetime
     )
+    app[DEVICE_AUTH_KEY] = device_auth
+    app.cleanup_ctx.append(device_auth.context)
     unchanged = BackgroundBatches[SeenUnchanged](
         "backup unchanged uploads",
         _record_unchanged,
@@ -203,7 +206,7 @@ def create_app(settings: Settings, resources: Resources) -> web.Application:
         "backup maintenance",
         settings.backup.prune_interval,
         lambda pool: run_maintenance(pool, settings, datetime.now(UTC)),
-        resources.pool,
+        pool,
     )
     app.cleanup_ctx.append(job.context)
     # Every method on every path below the folder lands here: PUT stores, the rest is refused

@@ -181,9 +181,7 @@ async def identify_uploader(request: web.Request, identity: DeviceIdentity) -> U
         return Uploader(found[0], "certificate", latest=found[1])
     header = request.headers.get("Authorization")
     if header:
-        account = await request.app[DEVICE_AUTH_KEY].sender_account(
-            request, pool_of(request), header
-        )
+        account = await request.app[DEVICE_AUTH_KEY].sender_account(request, header)
         if identity.mac is None and identity.hardware_id is None:
             raise errors.Invalid(
                 "name the device: ?sn=#m&hwid=#h in the URL or a file name like #h.txt"
@@ -193,7 +191,6 @@ async def identify_uploader(request: web.Request, identity: DeviceIdentity) -> U
             raise _not_in_inventory(identity)
         await request.app[DEVICE_AUTH_KEY].authorize(
             request,
-            pool_of(request),
             account,
             found[0].customer,
             unbound_any_customer=request.app[SETTINGS_KEY].admin.unbound_senders_any_customer,
@@ -204,8 +201,7 @@ async def identify_uploader(request: web.Request, identity: DeviceIdentity) -> U
         if found is not None and found[0].allow_anonymous_backup:
             return Uploader(found[0], "anonymous", latest=found[1])
     # The same answer whether or not the device exists.
-    raise await request.app[DEVICE_AUTH_KEY].unauthenticated(
-        pool_of(request),
+    raise request.app[DEVICE_AUTH_KEY].unauthenticated(
         "a device certificate or the devices' HTTP client credentials are required",
     )
 

@@ -14,9 +14,8 @@ turn in the guard's hash gate.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 from aiohttp import web
@@ -49,43 +48,44 @@ BASIC_CHALLENGE = 'Basic realm="pbxfront", charset="UTF-8"'
 
 
 class DeviceAuth:
-    """Verifies event-sender credentials; one per service application.
+    """Verifies event-sender credentials; one per service application, built with the
+    application's pool. The Digest key lives in PostgreSQL: :meth:`context` (the application's
+    ``cleanup_ctx``) reads it when the application starts, before any request."""
 
-    The Digest authenticator is created on first use because its key lives in PostgreSQL and the
-    pool reaches a service only with its first request.
-    """
-
-    def __init__(self, algorithms: Sequence[str], nonce_lifetime: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, algorithms: Sequence[str], nonce_lifetime: float
+    ) -> None:
+        self._pool = pool
         self._algorithms = tuple(algorithms)
         self._nonce_lifetime = nonce_lifetime
         self._authenticator: DigestAuthenticator | None = None
-        self._lock = asyncio.Lock()
         self.basic_cache = VerifiedCache()
         self._scopes: dict[str, tuple[float, SenderScope]] = {}
 
-    async def authenticator(self, pool: asyncpg.Pool) -> DigestAuthenticator:
+    async def context(self, _app: web.Application) -> AsyncIterator[None]:
+        async with acquire(self._pool) as connection:
+            secret = await load_secret(connection)
+        self._authenticator = DigestAuthenticator(
+            NonceSigner(secret, self._nonce_lifetime), self._algorithms
+        )
+        yield
+
+    @property
+    def authenticator(self) -> DigestAuthenticator:
         if self._authenticator is None:
-            async with self._lock:
-                if self._authenticator is None:
-                    async with acquire(pool) as connection:
-                        secret = await load_secret(connection)
-                    self._authenticator = DigestAuthenticator(
-                        NonceSigner(secret, self._nonce_lifetime), self._algorithms
-                    )
+            raise RuntimeError("DeviceAuth is used before its application has started")
         return self._authenticator
 
-    async def challenges(self, pool: asyncpg.Pool, *, stale: bool = False) -> tuple[str, ...]:
-        authenticator = await self.authenticator(pool)
-        return (*authenticator.challenges(stale=stale), BASIC_CHALLENGE)
+    def challenges(self, *, stale: bool = False) -> tuple[str, ...]:
+        return (*self.authenticator.challenges(stale=stale), BASIC_CHALLENGE)
 
-    async def unauthenticated(self, pool: asyncpg.Pool, message: str) -> errors.Unauthenticated:
+    def unauthenticated(self, message: str) -> errors.Unauthenticated:
         """A 401 offering every challenge (raise it)."""
-        return errors.Unauthenticated(message, await self.challenges(pool))
+        return errors.Unauthenticated(message, self.challenges())
 
     async def authorize(
         self,
         request: web.Request,
-        pool: asyncpg.Pool,
         account: str,
         customer: str | None,
         *,
@@ -95,7 +95,7 @@ class DeviceAuth:
         customer of the device it writes for; None: not in the inventory), to every customer,
         or is unbound and ``unbound_any_customer`` (admin.unbound_senders_any_customer) says
         unbound accounts keep their old reach (``core.senderscope``)."""
-        scope = await self._scope(pool, account)
+        scope = await self._scope(account)
         if scope.allows(customer) or (not scope.bound and unbound_any_customer):
             return
         reason = "unbound" if not scope.bound else "other-customer"
@@ -109,21 +109,21 @@ class DeviceAuth:
             )
         raise errors.Forbidden(f"account {account} may not write for this device's customer")
 
-    async def _scope(self, pool: asyncpg.Pool, account: str) -> SenderScope:
+    async def _scope(self, account: str) -> SenderScope:
         """The account's bindings, cached for SCOPE_TTL seconds (a device sends often; a
         binding changes rarely and takes effect within that time on every node)."""
         now = time.monotonic()
         cached = self._scopes.get(account)
         if cached is not None and cached[0] > now:
             return cached[1]
-        async with acquire(pool) as connection:
+        async with acquire(self._pool) as connection:
             scope = await SenderScopeRepository(connection).scope(account)
         if len(self._scopes) > 10000:
             self._scopes.clear()
         self._scopes[account] = (now + SCOPE_TTL, scope)
         return scope
 
-    async def sender_account(self, request: web.Request, pool: asyncpg.Pool, header: str) -> str:
+    async def sender_account(self, request: web.Request, header: str) -> str:
         """The event-sender account whose Basic or Digest credentials ``header`` carries;
         Unauthenticated (with fresh challenges) otherwise, TooManyRequests when the address or
         the account failed too often."""
@@ -139,21 +139,19 @@ class DeviceAuth:
             # NUL or unencodable text never goes to PostgreSQL; it is a failed attempt.
             guard.refuse_if_limited(request)
             guard.failed(request, None, "malformed Digest credentials")
-            raise errors.Unauthenticated(
-                "Digest: malformed credentials", await self.challenges(pool)
-            )
+            raise errors.Unauthenticated("Digest: malformed credentials", self.challenges())
         basic = parse_basic(header) if digest is None else None
         claimed = digest.username if digest is not None else basic.name if basic else None
         guard.refuse_if_limited(request, claimed)
-        authenticator = await self.authenticator(pool)
+        authenticator = self.authenticator
         if digest is not None:
-            async with acquire(pool) as connection:
+            async with acquire(self._pool) as connection:
                 result = await authenticator.verify(
                     digest,
                     method=request.method,
                     uri=request.raw_path,
                     lookup=AccountRepository(connection).digest_ha1,
-                    counter=PostgresNonceCounter(pool),
+                    counter=PostgresNonceCounter(self._pool),
                 )
             if result.username is not None:
                 guard.succeeded(request, result.username)
@@ -162,17 +160,15 @@ class DeviceAuth:
             if not result.stale:
                 # A stale nonce with the right response is the normal renewal, not a failure.
                 guard.failed(request, result.claimed, reason)
-            raise errors.Unauthenticated(
-                f"Digest: {reason}", await self.challenges(pool, stale=result.stale)
-            )
+            raise errors.Unauthenticated(f"Digest: {reason}", self.challenges(stale=result.stale))
         if basic is not None:
             account = await verify_login(
-                pool, basic.name, basic.password, self.basic_cache, guard.hashing
+                self._pool, basic.name, basic.password, self.basic_cache, guard.hashing
             )
             if account is not None and Role.EVENT_SENDER in account.roles:
                 guard.succeeded(request, account.name)
                 return account.name
             guard.failed(request, basic.name, "wrong password or role")
-            raise errors.Unauthenticated("wrong credentials", await self.challenges(pool))
+            raise errors.Unauthenticated("wrong credentials", self.challenges())
         guard.failed(request, None, "malformed or unsupported credentials")
-        raise errors.Unauthenticated("unsupported credentials", await self.challenges(pool))
+        raise errors.Unauthenticated("unsupported credentials", self.challenges())

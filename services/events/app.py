@@ -20,6 +20,7 @@ import logging
 from collections.abc import AsyncIterator
 from functools import partial
 
+import asyncpg
 from aiohttp import web
 
 from services.core.api import endpoints_app
@@ -46,10 +47,9 @@ log = logging.getLogger(__name__)
 
 
 async def _writer_ctx(
-    state: EventsState, resources: Resources, _app: web.Application
+    state: EventsState, pool: asyncpg.Pool, _app: web.Application
 ) -> AsyncIterator[None]:
-    if resources.pool is not None:
-        state.writer.start(resources.pool)
+    state.writer.start(pool)
     yield
     await state.writer.close()
 
@@ -88,13 +88,14 @@ def create_app(settings: Settings, resources: Resources) -> web.Application:
     events = settings.events
     # Checked here so `serve` stops at start-up with a message naming the URL.
     targets = destinations(events.destinations)
+    pool = resources.require_pool("the events service")
     app = web.Application()
     app[SETTINGS_KEY] = settings
     statuses = [ForwardStatus(target.name) for target in targets]
-    retention = retention_job(settings, resources.pool)
+    retention = retention_job(settings, pool)
     state = EventsState(
         settings=settings,
-        auth=DeviceAuth(events.digest_algorithms, events.digest_nonce_lifetime),
+        auth=DeviceAuth(pool, events.digest_algorithms, events.digest_nonce_lifetime),
         writer=GroupWriter(
             window=events.commit_window,
             batch=events.commit_batch,
@@ -107,7 +108,8 @@ def create_app(settings: Settings, resources: Resources) -> web.Application:
     )
     app[STATE_KEY] = state
     resources.metrics.add_source("events destinations", destinations_source)
-    app.cleanup_ctx.append(partial(_writer_ctx, state, resources))
+    app.cleanup_ctx.append(state.auth.context)
+    app.cleanup_ctx.append(partial(_writer_ctx, state, pool))
     app.cleanup_ctx.append(partial(_forwarders_ctx, settings, targets, statuses))
     app.cleanup_ctx.append(retention.context)
     for path in events.paths:

@@ -168,10 +168,10 @@ async def identify_sender(
             return Sender("certificate", None, device)
     header = request.headers.get("Authorization")
     if header:
-        account = await state.auth.sender_account(request, pool, header)
+        account = await state.auth.sender_account(request, header)
         return Sender("credentials", account, None)
-    raise await state.auth.unauthenticated(
-        pool, "a device certificate or the devices' HTTP client credentials are required"
+    raise state.auth.unauthenticated(
+        "a device certificate or the devices' HTTP client credentials are required"
     )
 
 
@@ -234,7 +234,6 @@ async def _authorize_account(
     named = await state.devices.lookup(pool, mac, hardware_id) if mac or hardware_id else None
     await state.auth.authorize(
         request,
-        pool,
         account,
         named.customer if named is not None else None,
         unbound_any_customer=state.settings.admin.unbound_senders_any_customer,
