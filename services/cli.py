@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -32,6 +32,8 @@ from services.core.pki import PkiError
 from services.core.tls import TlsConfigError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DESCRIPTION = """\
 pbxfront: the services a hosted-PBX provider runs on its Frontends for innovaphone devices
@@ -70,13 +72,33 @@ def _settings(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> 
 
 
 def _with_database(
-    args: argparse.Namespace, work: Callable[[Settings, asyncpg.Pool], Awaitable[int]]
+    args: argparse.Namespace,
+    work: Callable[[Settings, asyncpg.Pool], Awaitable[int]],
+    *,
+    run_migrations: bool = True,
 ) -> int:
     settings = _settings(args)
 
     async def run() -> int:
-        async with open_database(settings) as pool:
+        async with open_database(settings, run_migrations=run_migrations) as pool:
             return await work(settings, pool)
+
+    return asyncio.run(run())
+
+
+def _with_dsn(args: argparse.Namespace, what: str, tool: Callable[[str], Awaitable[T]]) -> T:
+    """``tool(dsn)`` on the database of the settings (the embedded server started for it and
+    stopped after), for pg_dump and pg_restore; their failure is a usage error of ``what``."""
+    from services.core.db import BackupError, database_dsn
+
+    settings = _settings(args)
+
+    async def run() -> T:
+        async with database_dsn(settings) as dsn:
+            try:
+                return await tool(dsn)
+            except BackupError as error:
+                raise UsageError(f"{what}: {error}") from None
 
     return asyncio.run(run())
 
@@ -166,58 +188,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
-    async def work(_settings: Settings, pool: asyncpg.Pool) -> int:
-        # open_database already migrated; report the state.
-        return await _print_status(pool)
-
-    return _with_database(args, work)
+    # open_database already migrated; report the state.
+    return _with_database(args, lambda _settings, pool: _print_status(pool))
 
 
 def cmd_db_status(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-
-    async def run() -> int:
-        async with open_database(settings, run_migrations=False) as pool:
-            return await _print_status(pool)
-
-    return asyncio.run(run())
+    return _with_database(args, lambda _settings, pool: _print_status(pool), run_migrations=False)
 
 
 def cmd_db_backup(args: argparse.Namespace) -> int:
-    from services.core.db import BackupError, backup_database, database_dsn
+    from services.core.db import backup_database
 
-    settings = _settings(args)
     file = Path(args.file)
-
-    async def run() -> int:
-        async with database_dsn(settings) as dsn:
-            try:
-                tools = await backup_database(dsn, file)
-            except BackupError as error:
-                raise UsageError(f"db backup: {error}") from None
-        size = await asyncio.to_thread(lambda: file.stat().st_size)
-        print(f"wrote {file} ({size} bytes, {tools.pg_dump})")
-        return 0
-
-    return asyncio.run(run())
+    tools = _with_dsn(args, "db backup", lambda dsn: backup_database(dsn, file))
+    print(f"wrote {file} ({file.stat().st_size} bytes, {tools.pg_dump})")
+    return 0
 
 
 def cmd_db_restore(args: argparse.Namespace) -> int:
-    from services.core.db import BackupError, database_dsn, restore_database
+    from services.core.db import restore_database
 
-    settings = _settings(args)
     file = Path(args.file)
-
-    async def run() -> int:
-        async with database_dsn(settings) as dsn:
-            try:
-                tools = await restore_database(dsn, file, force=args.force)
-            except BackupError as error:
-                raise UsageError(f"db restore: {error}") from None
-        print(f"restored {file} ({tools.pg_restore}); 'pbxfront db status' shows its schema")
-        return 0
-
-    return asyncio.run(run())
+    tools = _with_dsn(args, "db restore", lambda dsn: restore_database(dsn, file, force=args.force))
+    print(f"restored {file} ({tools.pg_restore}); 'pbxfront db status' shows its schema")
+    return 0
 
 
 async def _print_status(pool: asyncpg.Pool) -> int:

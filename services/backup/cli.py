@@ -25,8 +25,19 @@ from services.backup.repository import (
     ArchiveRepository,
     BackupDevice,
 )
-from services.core import audit, errors
-from services.core.commands import Bind
+from services.core import errors
+from services.core.commands import (
+    CUSTOMER,
+    JSON,
+    Bind,
+    Commands,
+    age,
+    argument,
+    optional_number,
+    print_table,
+    record_audit,
+    usage_errors,
+)
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.core.identity import parse_device
@@ -34,27 +45,9 @@ from services.core.identity import parse_device
 security_log = logging.getLogger("pbxfront.security")
 
 
-def _age(moment: datetime | None, now: datetime) -> str:
-    if moment is None:
-        return "never"
-    seconds = int((now - moment).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
-
-
-def _table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-
-
 async def _device(repository: ArchiveRepository, value: str) -> BackupDevice:
-    try:
+    with usage_errors(errors.Invalid):
         mac, hardware_id = parse_device(value)
-    except errors.Invalid as error:
-        raise UsageError(str(error)) from None
     device = await repository.device(mac, hardware_id)
     if device is None:
         raise UsageError(f"no backups of {value}")
@@ -62,11 +55,9 @@ async def _device(repository: ArchiveRepository, value: str) -> BackupDevice:
 
 
 def _version_argument(value: str | None) -> int | None:
-    if value is None or value == "latest":
-        return None
-    if not value.isdigit():
-        raise UsageError(f"{value}: a version id (see `pbxfront backups versions`) or latest")
-    return int(value)
+    return optional_number(
+        value, "latest", "a version id (see `pbxfront backups versions`) or latest"
+    )
 
 
 async def _secrets_shown(pool: asyncpg.Pool, device: BackupDevice, versions: str) -> None:
@@ -77,13 +68,8 @@ async def _secrets_shown(pool: asyncpg.Pool, device: BackupDevice, versions: str
         versions,
     )
     async with pool.acquire() as connection, connection.transaction():
-        await audit.record(
-            connection,
-            actor=audit.cli_actor(),
-            action="backup.show-secrets",
-            object_type="backup",
-            object_id=device.mac,
-            after={"versions": versions},
+        await record_audit(
+            connection, "backup.show-secrets", "backup", device.mac, after={"versions": versions}
         )
 
 
@@ -104,12 +90,12 @@ async def backups_list(args: argparse.Namespace, settings: Settings, pool: async
                 d.hardware_id,
                 d.customer,
                 str(d.versions),
-                _age(d.last_put_at, now),
-                _age(d.last_changed_at, now),
+                age(d.last_put_at, now),
+                age(d.last_changed_at, now),
                 "yes" if d.stale_alerted_at else "-",
             )
         )
-    _table(rows)
+    print_table(rows)
     return 0
 
 
@@ -134,7 +120,7 @@ async def backups_versions(args: argparse.Namespace, settings: Settings, pool: a
                 v.encoding,
             )
         )
-    _table(rows)
+    print_table(rows)
     if len(versions) == args.limit:
         print(f"(more: --before {versions[-1].id})", file=sys.stderr)
     return 0
@@ -167,15 +153,13 @@ async def backups_diff(args: argparse.Namespace, settings: Settings, pool: async
     async with pool.acquire() as connection:
         repository = ArchiveRepository(connection)
         device = await _device(repository, args.device)
-        try:
+        with usage_errors(errors.NotFound):
             pair = await versions_to_compare(
                 repository,
                 device,
                 _version_argument(args.old),
                 _version_argument(args.new),
             )
-        except errors.NotFound as error:
-            raise UsageError(str(error)) from None
     if args.show_secrets:
         await _secrets_shown(pool, device, f"{pair.old[0].id},{pair.new[0].id}")
     text = render_diff(
@@ -236,57 +220,48 @@ async def backups_alerts(args: argparse.Namespace, settings: Settings, pool: asy
 
 
 def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
-
-    backups = commands.add_parser("backups", help="the config backup archive")
-    actions = backups.add_subparsers(dest="action", required=True)
-
-    listing = actions.add_parser(
-        "list", parents=[common], help="devices with their last backup and its age"
-    )
-    listing.add_argument("--customer", metavar="ID")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=bind(backups_list))
-
-    versions = actions.add_parser(
-        "versions", parents=[common], help="a device's versions, newest first"
-    )
-    versions.add_argument("device", metavar="DEVICE", help="MAC or hardware id")
-    versions.add_argument("--limit", type=int, default=50, metavar="N")
-    versions.add_argument("--before", type=int, metavar="ID", help="only versions older than ID")
-    versions.add_argument("--json", action="store_true")
-    versions.set_defaults(handler=bind(backups_versions))
-
-    show = actions.add_parser("show", parents=[common], help="one version as stored")
-    show.add_argument("device", metavar="DEVICE", help="MAC or hardware id")
-    show.add_argument("version", metavar="VERSION", nargs="?", help="version id (default latest)")
-    show.add_argument(
+    backups = Commands(commands, common, bind).group("backups", "the config backup archive")
+    device = argument("device", metavar="DEVICE", help="MAC or hardware id")
+    limit = argument("--limit", type=int, default=50, metavar="N")
+    show_secrets = argument(
         "--show-secrets", action="store_true", help="do not redact passwords (logged)"
     )
-    show.set_defaults(handler=bind(backups_show))
-
-    diff = actions.add_parser(
-        "diff", parents=[common], help="unified diff of two versions (default latest vs previous)"
+    backups.add("list", backups_list, "devices with their last backup and its age", CUSTOMER, JSON)
+    backups.add(
+        "versions",
+        backups_versions,
+        "a device's versions, newest first",
+        device,
+        limit,
+        argument("--before", type=int, metavar="ID", help="only versions older than ID"),
+        JSON,
     )
-    diff.add_argument("device", metavar="DEVICE", help="MAC or hardware id")
-    diff.add_argument("old", metavar="FROM", nargs="?", help="older version id")
-    diff.add_argument("new", metavar="TO", nargs="?", help="newer version id (default latest)")
-    diff.add_argument(
-        "--show-secrets", action="store_true", help="do not redact passwords (logged)"
+    backups.add(
+        "show",
+        backups_show,
+        "one version as stored",
+        device,
+        argument("version", metavar="VERSION", nargs="?", help="version id (default latest)"),
+        show_secrets,
     )
-    diff.add_argument(
-        "--all-lines", action="store_true", help="include the volatile lines (protocol.md §5)"
+    backups.add(
+        "diff",
+        backups_diff,
+        "unified diff of two versions (default latest vs previous)",
+        device,
+        argument("old", metavar="FROM", nargs="?", help="older version id"),
+        argument("new", metavar="TO", nargs="?", help="newer version id (default latest)"),
+        show_secrets,
+        argument(
+            "--all-lines", action="store_true", help="include the volatile lines (protocol.md §5)"
+        ),
     )
-    diff.set_defaults(handler=bind(backups_diff))
-
-    prune = actions.add_parser(
-        "prune", parents=[common], help="apply retention and raise stale alerts now"
+    backups.add(
+        "prune",
+        backups_prune,
+        "apply retention and raise stale alerts now",
+        argument("--dry-run", action="store_true", help="only show what would be deleted"),
+        CUSTOMER,
+        JSON,
     )
-    prune.add_argument("--dry-run", action="store_true", help="only show what would be deleted")
-    prune.add_argument("--customer", metavar="ID")
-    prune.add_argument("--json", action="store_true")
-    prune.set_defaults(handler=bind(backups_prune))
-
-    alerts = actions.add_parser("alerts", parents=[common], help="changed and stale alerts")
-    alerts.add_argument("--limit", type=int, default=50, metavar="N")
-    alerts.add_argument("--json", action="store_true")
-    alerts.set_defaults(handler=bind(backups_alerts))
+    backups.add("alerts", backups_alerts, "changed and stale alerts", limit, JSON)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import ipaddress
 import json
 import os
@@ -31,11 +32,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from services.ca.repository import CaRepository, SigningQueueRepository, serial_hex
-from services.core import audit, pki
-from services.core.commands import Bind
+from services.core import pki
+from services.core.commands import (
+    JSON,
+    Bind,
+    Commands,
+    argument,
+    device_mac,
+    print_table,
+    record_audit,
+)
 from services.core.config import Settings
 from services.core.errors import UsageError
-from services.core.identity import IdentityError, normalize_mac
 from services.core.inventory import load_inventory
 from services.core.inventory.variables import LayeredVariables, device_scopes
 
@@ -130,12 +138,11 @@ async def ca_init(args: argparse.Namespace, settings: Settings, pool: asyncpg.Po
 async def _audit_certificate(
     connection: asyncpg.Connection, action: str, certificate: x509.Certificate, kind: str
 ) -> None:
-    await audit.record(
+    await record_audit(
         connection,
-        actor=audit.cli_actor(),
-        action=action,
-        object_type="certificate",
-        object_id=serial_hex(certificate.serial_number),
+        action,
+        "certificate",
+        serial_hex(certificate.serial_number),
         after={
             "kind": kind,
             "subject": certificate.subject.rfc4514_string(),
@@ -162,10 +169,7 @@ async def _device_request(
 ) -> tuple[pki.CertificateNames, str | None]:
     """(names, device MAC) for `ca issue device`, from the inventory or the arguments."""
     if args.device:
-        try:
-            mac = normalize_mac(args.device)
-        except IdentityError as error:
-            raise UsageError(str(error)) from None
+        mac = device_mac(args.device)
         async with pool.acquire() as connection:
             inventory = await load_inventory(connection)
         device, _customer, frontend, values = _inventory_device(inventory, mac)
@@ -333,9 +337,7 @@ async def ca_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Po
                 sans,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    print_table(rows)
     return 0
 
 
@@ -346,12 +348,11 @@ async def ca_revoke(args: argparse.Namespace, settings: Settings, pool: asyncpg.
     async with pool.acquire() as connection, connection.transaction():
         record, newly = await CaRepository(connection).revoke(serial, args.reason)
         if record is not None and newly:
-            await audit.record(
+            await record_audit(
                 connection,
-                actor=audit.cli_actor(),
-                action="ca.revoke",
-                object_type="certificate",
-                object_id=serial,
+                "ca.revoke",
+                "certificate",
+                serial,
                 before={"kind": record.kind, "common_name": record.common_name},
                 after={"revoked": True, "reason": args.reason},
             )
@@ -493,89 +494,92 @@ def _issue_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
-    ca = commands.add_parser("ca", help="the provider RootCA and its certificates")
-    actions = ca.add_subparsers(dest="action", required=True)
-
-    init = actions.add_parser(
-        "init", parents=[common], help="create the RootCA (RSA 4096, 20 years, as the seed says)"
+    ca = Commands(commands, common, bind).group("ca", "the provider RootCA and its certificates")
+    ca.add(
+        "init",
+        ca_init,
+        "create the RootCA (RSA 4096, 20 years, as the seed says)",
+        argument("--country", required=True, help="two-letter code, e.g. DE"),
+        argument("--organization", required=True, help="the hoster's name"),
+        argument("--common-name", help='default: "<organization> Device Certification Authority"'),
+        functools.partial(_key_options, default_bits=4096),
+        argument("--valid-days", type=int, default=20 * 365, help="default 7300 (20 years)"),
     )
-    init.add_argument("--country", required=True, help="two-letter code, e.g. DE")
-    init.add_argument("--organization", required=True, help="the hoster's name")
-    init.add_argument(
-        "--common-name", help='default: "<organization> Device Certification Authority"'
-    )
-    _key_options(init, 4096)
-    init.add_argument("--valid-days", type=int, default=20 * 365, help="default 7300 (20 years)")
-    init.set_defaults(handler=bind(ca_init))
 
-    issue = actions.add_parser("issue", help="issue a certificate from the RootCA")
-    kinds = issue.add_subparsers(dest="kind", required=True)
-    device = kinds.add_parser(
+    issue = ca.group("issue", "issue a certificate from the RootCA", dest="kind")
+    issue.add(
         "device",
-        parents=[common],
-        help="CN = NetBIOS name; DNS/IP 1 = external, DNS/IP 2 = internal address",
+        ca_issue,
+        "CN = NetBIOS name; DNS/IP 1 = external, DNS/IP 2 = internal address",
+        argument("--device", metavar="MAC", help="an inventory device"),
+        argument("--common-name", help="default: the device's hardware id"),
+        argument(
+            "--external", help="default: update variable cert-external, else its Frontend's address"
+        ),
+        argument("--internal", help="default: update variable cert-internal"),
+        argument("--dns", help="DNS name 3 (default: update variable cert-dns)"),
+        _issue_options,
     )
-    device.add_argument("--device", metavar="MAC", help="an inventory device")
-    device.add_argument("--common-name", help="default: the device's hardware id")
-    device.add_argument(
-        "--external", help="default: update variable cert-external, else its Frontend's address"
+    issue.add(
+        "frontend",
+        ca_issue,
+        "a Frontend's FQDN (one certificate per cluster)",
+        argument("--fqdn", required=True),
+        argument("--dns", action="append", help="more DNS names (repeatable)"),
+        argument("--ip", action="append", help="IP addresses (repeatable)"),
+        argument(
+            "--frontend",
+            action="append",
+            metavar="ID",
+            help="add this inventory Frontend's public/internal address (repeatable: a cluster)",
+        ),
+        _issue_options,
     )
-    device.add_argument("--internal", help="default: update variable cert-internal")
-    device.add_argument("--dns", help="DNS name 3 (default: update variable cert-dns)")
-    _issue_options(device)
-    device.set_defaults(handler=bind(ca_issue))
-    frontend = kinds.add_parser(
-        "frontend", parents=[common], help="a Frontend's FQDN (one certificate per cluster)"
+    issue.add(
+        "wildcard",
+        ca_issue,
+        "*.<domain> for every device of a Frontend cluster",
+        argument("--domain", required=True, help="e.g. hoster.tld"),
+        _issue_options,
     )
-    frontend.add_argument("--fqdn", required=True)
-    frontend.add_argument("--dns", action="append", help="more DNS names (repeatable)")
-    frontend.add_argument("--ip", action="append", help="IP addresses (repeatable)")
-    frontend.add_argument(
-        "--frontend",
-        action="append",
-        metavar="ID",
-        help="add this inventory Frontend's public/internal address (repeatable: a cluster)",
-    )
-    _issue_options(frontend)
-    frontend.set_defaults(handler=bind(ca_issue))
-    wildcard = kinds.add_parser(
-        "wildcard", parents=[common], help="*.<domain> for every device of a Frontend cluster"
-    )
-    wildcard.add_argument("--domain", required=True, help="e.g. hoster.tld")
-    _issue_options(wildcard)
-    wildcard.set_defaults(handler=bind(ca_issue))
 
-    listing = actions.add_parser("list", parents=[common], help="certificates issued here")
-    listing.add_argument("--valid", action="store_true", help="hide revoked ones")
-    listing.add_argument(
-        "--all-cas", action="store_true", help="also those of earlier RootCAs (needs no CA file)"
+    ca.add(
+        "list",
+        ca_list,
+        "certificates issued here",
+        argument("--valid", action="store_true", help="hide revoked ones"),
+        argument(
+            "--all-cas",
+            action="store_true",
+            help="also those of earlier RootCAs (needs no CA file)",
+        ),
+        JSON,
     )
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=bind(ca_list))
-
-    revoke = actions.add_parser(
-        "revoke", parents=[common], help="revoke a certificate (the RootCA's serial retires it)"
+    ca.add(
+        "revoke",
+        ca_revoke,
+        "revoke a certificate (the RootCA's serial retires it)",
+        argument("serial", metavar="SERIAL"),
+        argument("--reason", choices=pki.REVOCATION_REASONS, default="unspecified"),
     )
-    revoke.add_argument("serial", metavar="SERIAL")
-    revoke.add_argument("--reason", choices=pki.REVOCATION_REASONS, default="unspecified")
-    revoke.set_defaults(handler=bind(ca_revoke))
-
-    queue = actions.add_parser(
+    ca.add(
         "queue",
-        parents=[common],
-        help="signing requests waiting for the signing node (ca.signer), their age; exit 1 when "
+        ca_queue,
+        "signing requests waiting for the signing node (ca.signer), their age; exit 1 when "
         "requests wait and no signing node was seen",
+        argument("--all", action="store_true", help="also signed, failed, dropped ones"),
+        argument(
+            "--limit",
+            type=int,
+            default=100,
+            help="at most this many requests (default %(default)s)",
+        ),
+        argument("--json", action="store_true", help="print JSON instead of lines"),
     )
-    queue.add_argument("--all", action="store_true", help="also signed, failed, dropped ones")
-    queue.add_argument(
-        "--limit", type=int, default=100, help="at most this many requests (default %(default)s)"
+    ca.add(
+        "export-trust",
+        ca_export_trust,
+        "the RootCA as PEM (browsers), DER, hex (devices)",
+        argument("--format", choices=("pem", "der", "hex"), default="pem"),
+        argument("--out", metavar="DIR", help="write root.pem, root.crt, root.hex there"),
     )
-    queue.add_argument("--json", action="store_true", help="print JSON instead of lines")
-    queue.set_defaults(handler=bind(ca_queue))
-
-    export = actions.add_parser(
-        "export-trust", parents=[common], help="the RootCA as PEM (browsers), DER, hex (devices)"
-    )
-    export.add_argument("--format", choices=("pem", "der", "hex"), default="pem")
-    export.add_argument("--out", metavar="DIR", help="write root.pem, root.crt, root.hex there")
-    export.set_defaults(handler=bind(ca_export_trust))

@@ -17,8 +17,17 @@ import asyncpg
 from services.contacts.domain import render_csv, render_ldif
 from services.contacts.handlers import check_customer_id, load_version
 from services.contacts.repository import ContactsRepository
-from services.core import audit, errors
-from services.core.commands import Bind
+from services.core import errors
+from services.core.commands import (
+    JSON,
+    Bind,
+    Commands,
+    argument,
+    optional_number,
+    print_table,
+    record_audit,
+    usage_errors,
+)
 from services.core.config import Settings
 from services.core.errors import UsageError
 
@@ -33,21 +42,15 @@ def _customer(value: str) -> str:
 
 
 def _version(value: str | None) -> int | None:
-    if value is None or value == "current":
-        return None
-    if not value.isdigit():
-        raise UsageError(f"{value}: a version number (see `pbxfront contacts history`)")
-    return int(value)
+    return optional_number(value, "current", "a version number (see `pbxfront contacts history`)")
 
 
 async def contacts_show(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     async with pool.acquire() as connection:
-        try:
+        with usage_errors(errors.NotFound):
             _, version, entries = await load_version(
                 ContactsRepository(connection), _customer(args.customer), _version(args.version)
             )
-        except errors.NotFound as error:
-            raise UsageError(str(error)) from None
     if args.json:
         print(json.dumps({"version": version, "entries": [e.as_json() for e in entries]}, indent=2))
         return 0
@@ -84,9 +87,7 @@ async def contacts_history(args: argparse.Namespace, settings: Settings, pool: a
                 v.source_encoding,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    print_table(rows)
     return 0
 
 
@@ -98,16 +99,13 @@ async def contacts_rollback(
         repository = ContactsRepository(connection)
         if await repository.customer(customer_id) is None:
             raise UsageError(f"no customer {customer_id}")
-        try:
+        with usage_errors(errors.NotFound, errors.Conflict):
             previous, current = await repository.rollback(customer_id, _version(args.to))
-        except (errors.NotFound, errors.Conflict) as error:
-            raise UsageError(str(error)) from None
-        await audit.record(
+        await record_audit(
             connection,
-            actor=audit.cli_actor(),
-            action="contacts.rollback",
-            object_type="contacts",
-            object_id=customer_id,
+            "contacts.rollback",
+            "contacts",
+            customer_id,
             before={"version": previous},
             after={"version": current},
         )
@@ -118,12 +116,10 @@ async def contacts_rollback(
 
 async def contacts_ldif(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     async with pool.acquire() as connection:
-        try:
+        with usage_errors(errors.NotFound):
             customer, version, entries = await load_version(
                 ContactsRepository(connection), _customer(args.customer), _version(args.version)
             )
-        except errors.NotFound as error:
-            raise UsageError(str(error)) from None
     text = render_ldif(customer.id, customer.name, entries)
     if args.output:
         await asyncio.to_thread(Path(args.output).write_text, text, encoding="utf-8")
@@ -136,33 +132,30 @@ async def contacts_ldif(args: argparse.Namespace, settings: Settings, pool: asyn
 
 
 def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
-    contacts = commands.add_parser("contacts", help="customers' uploaded directories")
-    actions = contacts.add_subparsers(dest="action", required=True)
-
-    show = actions.add_parser(
-        "show", parents=[common], help="a version as the seed's CSV (E.164 numbers)"
+    contacts = Commands(commands, common, bind).group("contacts", "customers' uploaded directories")
+    customer = argument("customer", metavar="CUSTOMER-ID")
+    version = argument("--version", metavar="N", help="default: the current one")
+    contacts.add(
+        "show",
+        contacts_show,
+        "a version as the seed's CSV (E.164 numbers)",
+        customer,
+        version,
+        argument("--json", action="store_true", help="entries with the original numbers"),
     )
-    show.add_argument("customer", metavar="CUSTOMER-ID")
-    show.add_argument("--version", metavar="N", help="default: the current one")
-    show.add_argument("--json", action="store_true", help="entries with the original numbers")
-    show.set_defaults(handler=bind(contacts_show))
-
-    history = actions.add_parser("history", parents=[common], help="kept versions, newest first")
-    history.add_argument("customer", metavar="CUSTOMER-ID")
-    history.add_argument("--json", action="store_true")
-    history.set_defaults(handler=bind(contacts_history))
-
-    rollback = actions.add_parser(
-        "rollback", parents=[common], help="make the previous version current again"
+    contacts.add("history", contacts_history, "kept versions, newest first", customer, JSON)
+    contacts.add(
+        "rollback",
+        contacts_rollback,
+        "make the previous version current again",
+        customer,
+        argument("--to", metavar="N", help="this version instead of the previous one"),
     )
-    rollback.add_argument("customer", metavar="CUSTOMER-ID")
-    rollback.add_argument("--to", metavar="N", help="this version instead of the previous one")
-    rollback.set_defaults(handler=bind(contacts_rollback))
-
-    ldif = actions.add_parser(
-        "ldif", parents=[common], help="LDIF under dc=<customer-id> for ldapadd"
+    contacts.add(
+        "ldif",
+        contacts_ldif,
+        "LDIF under dc=<customer-id> for ldapadd",
+        customer,
+        version,
+        argument("-o", "--output", metavar="FILE", help="default: standard output"),
     )
-    ldif.add_argument("customer", metavar="CUSTOMER-ID")
-    ldif.add_argument("--version", metavar="N", help="default: the current one")
-    ldif.add_argument("-o", "--output", metavar="FILE", help="default: standard output")
-    ldif.set_defaults(handler=bind(contacts_ldif))

@@ -11,12 +11,21 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from services.core.commands import Bind
+from services.core.commands import (
+    JSON,
+    Bind,
+    Commands,
+    Handler,
+    argument,
+    record_audit,
+    usage_errors,
+)
 from services.core.config import Settings
 from services.core.errors import UsageError
 
@@ -41,6 +50,14 @@ def read_secret(prompt: str, *, file: str | None, env: str) -> str:
     return first
 
 
+def _on_database(
+    args: argparse.Namespace, bind: Bind, work: Callable[[Settings, asyncpg.Pool], Awaitable[int]]
+) -> int:
+    """``work`` on the database as ``bind`` opens it: after what the handler read first (a
+    password), so no prompt waits while the database is open."""
+    return bind(lambda _args, settings, pool: work(settings, pool))(args)
+
+
 async def _audit_account(
     connection: asyncpg.Connection,
     action: str,
@@ -49,14 +66,11 @@ async def _audit_account(
     before: list[str] | None = None,
     after: list[str] | None = None,
 ) -> None:
-    from services.core import audit
-
-    await audit.record(
+    await record_audit(
         connection,
-        actor=audit.cli_actor(),
-        action=action,
-        object_type="account",
-        object_id=name,
+        action,
+        "account",
+        name,
         before=None if before is None else {"roles": before},
         after={"roles": after, "password": "(set)"} if after is not None else None,
     )
@@ -65,25 +79,21 @@ async def _audit_account(
 def _add_account(args: argparse.Namespace, bind: Bind) -> int:
     from services.core.auth import AccountError, AccountRepository, parse_roles
 
-    try:
+    with usage_errors(AccountError):
         roles = parse_roles(args.role)
-    except AccountError as error:
-        raise UsageError(str(error)) from None
     password = read_secret(
         f"password for {args.name}: ", file=args.password_file, env="PBXFRONT_ACCOUNT_PASSWORD"
     )
 
     async def work(_settings: Settings, pool: asyncpg.Pool) -> int:
-        try:
+        with usage_errors(AccountError):
             async with pool.acquire() as connection, connection.transaction():
                 await AccountRepository(connection).add(args.name, roles, password)
                 await _audit_account(connection, "account.add", args.name, after=sorted(roles))
-        except AccountError as error:
-            raise UsageError(str(error)) from None
         print(f"account {args.name} added with roles {', '.join(sorted(roles))}")
         return 0
 
-    return bind(lambda _args, settings, pool: work(settings, pool))(args)
+    return _on_database(args, bind, work)
 
 
 def _set_password(args: argparse.Namespace, bind: Bind) -> int:
@@ -94,19 +104,17 @@ def _set_password(args: argparse.Namespace, bind: Bind) -> int:
     )
 
     async def work(_settings: Settings, pool: asyncpg.Pool) -> int:
-        try:
+        with usage_errors(AccountError):
             async with pool.acquire() as connection, connection.transaction():
                 changed = await AccountRepository(connection).set_password(args.name, password)
                 if changed:
                     await _audit_account(connection, "account.password", args.name)
-        except AccountError as error:
-            raise UsageError(str(error)) from None
         if not changed:
             raise UsageError(f"no account {args.name}")
         print(f"password of {args.name} changed; its API tokens were revoked")
         return 0
 
-    return bind(lambda _args, settings, pool: work(settings, pool))(args)
+    return _on_database(args, bind, work)
 
 
 def _remove_account(args: argparse.Namespace, bind: Bind) -> int:
@@ -125,7 +133,7 @@ def _remove_account(args: argparse.Namespace, bind: Bind) -> int:
         print(f"account {args.name} removed")
         return 0
 
-    return bind(lambda _args, settings, pool: work(settings, pool))(args)
+    return _on_database(args, bind, work)
 
 
 def _bind_customers(args: argparse.Namespace, bind: Bind) -> int:
@@ -137,15 +145,13 @@ def _bind_customers(args: argparse.Namespace, bind: Bind) -> int:
 
     async def work(_settings: Settings, pool: asyncpg.Pool) -> int:
         scopes = SenderScopeRepository(pool)
-        try:
+        with usage_errors(errors.NotFound):
             await scopes.bind(args.name, None if args.all else list(args.customer))
-        except errors.NotFound as error:
-            raise UsageError(str(error)) from None
         scope = await scopes.scope(args.name)
         print(f"account {args.name} may write events and backups for: {scope.describe()}")
         return 0
 
-    return bind(lambda _args, settings, pool: work(settings, pool))(args)
+    return _on_database(args, bind, work)
 
 
 def _unbind_customers(args: argparse.Namespace, bind: Bind) -> int:
@@ -158,7 +164,7 @@ def _unbind_customers(args: argparse.Namespace, bind: Bind) -> int:
         print(f"removed {removed} binding(s); account {args.name}: {scope.describe()}")
         return 0
 
-    return bind(lambda _args, settings, pool: work(settings, pool))(args)
+    return _on_database(args, bind, work)
 
 
 def _list_accounts(args: argparse.Namespace, bind: Bind) -> int:
@@ -175,55 +181,62 @@ def _list_accounts(args: argparse.Namespace, bind: Bind) -> int:
                 print(f"{account.name}\t{','.join(sorted(account.roles))}")
         return 0
 
-    return bind(lambda _args, settings, pool: work(settings, pool))(args)
+    return _on_database(args, bind, work)
 
 
 def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
-    accounts = commands.add_parser(
-        "accounts", help="operator, reader, sender and provider accounts"
+    accounts = Commands(commands, common, bind).group(
+        "accounts", "operator, reader, sender and provider accounts"
     )
-    account_actions = accounts.add_subparsers(dest="action", required=True)
-    add = account_actions.add_parser("add", parents=[common], help="create an account")
-    add.add_argument("name")
-    add.add_argument(
-        "--role",
-        action="append",
-        required=True,
-        help="admin, operator, directory-reader, event-sender, provider (repeatable)",
+    name = argument("name")
+    sender = argument("name", help="the event-sender account")
+
+    def handler(read: Callable[..., int]) -> Handler:
+        return functools.partial(read, bind=bind)
+
+    accounts.add_handler(
+        "add",
+        handler(_add_account),
+        "create an account",
+        name,
+        argument(
+            "--role",
+            action="append",
+            required=True,
+            help="admin, operator, directory-reader, event-sender, provider (repeatable)",
+        ),
+        argument(
+            "--password-file", metavar="FILE", help="else $PBXFRONT_ACCOUNT_PASSWORD or a prompt"
+        ),
     )
-    add.add_argument(
-        "--password-file", metavar="FILE", help="else $PBXFRONT_ACCOUNT_PASSWORD or a prompt"
+    accounts.add_handler(
+        "passwd",
+        handler(_set_password),
+        "set a new password",
+        name,
+        argument("--password-file", metavar="FILE"),
     )
-    add.set_defaults(handler=functools.partial(_add_account, bind=bind))
-    passwd = account_actions.add_parser("passwd", parents=[common], help="set a new password")
-    passwd.add_argument("name")
-    passwd.add_argument("--password-file", metavar="FILE")
-    passwd.set_defaults(handler=functools.partial(_set_password, bind=bind))
-    remove = account_actions.add_parser("remove", parents=[common], help="delete an account")
-    remove.add_argument("name")
-    remove.set_defaults(handler=functools.partial(_remove_account, bind=bind))
-    binding = account_actions.add_parser(
+    accounts.add_handler("remove", handler(_remove_account), "delete an account", name)
+    accounts.add_handler(
         "bind",
-        parents=[common],
-        help="let an event-sender account write events and backups for these customers' devices",
+        handler(_bind_customers),
+        "let an event-sender account write events and backups for these customers' devices",
+        sender,
+        argument(
+            "--customer",
+            action="append",
+            metavar="ID",
+            help="a customer id from the inventory (repeatable; added to the present bindings)",
+        ),
+        argument("--all", action="store_true", help="every customer, present and future"),
     )
-    binding.add_argument("name", help="the event-sender account")
-    binding.add_argument(
-        "--customer",
-        action="append",
-        metavar="ID",
-        help="a customer id from the inventory (repeatable; added to the present bindings)",
+    accounts.add_handler(
+        "unbind",
+        handler(_unbind_customers),
+        "remove an event-sender account's customer bindings",
+        sender,
+        argument(
+            "--customer", action="append", metavar="ID", help="only this customer (repeatable)"
+        ),
     )
-    binding.add_argument("--all", action="store_true", help="every customer, present and future")
-    binding.set_defaults(handler=functools.partial(_bind_customers, bind=bind))
-    unbind = account_actions.add_parser(
-        "unbind", parents=[common], help="remove an event-sender account's customer bindings"
-    )
-    unbind.add_argument("name", help="the event-sender account")
-    unbind.add_argument(
-        "--customer", action="append", metavar="ID", help="only this customer (repeatable)"
-    )
-    unbind.set_defaults(handler=functools.partial(_unbind_customers, bind=bind))
-    listing = account_actions.add_parser("list", parents=[common], help="list accounts and roles")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=functools.partial(_list_accounts, bind=bind))
+    accounts.add_handler("list", handler(_list_accounts), "list accounts and roles", JSON)

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from services.core.commands import Bind
+from services.core.commands import Bind, Commands, argument
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.directory.filters import FilterSyntaxError, parse_filter
@@ -44,17 +44,15 @@ async def directory_search(args: argparse.Namespace, settings: Settings, pool: a
 
 
 def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
-    directory = commands.add_parser("directory", help="the LDAP directory of customers' contacts")
-    actions = directory.add_subparsers(dest="action", required=True)
-    search = actions.add_parser(
+    directory = Commands(commands, common, bind).group(
+        "directory", "the LDAP directory of customers' contacts"
+    )
+    directory.add(
         "search",
-        parents=[common],
-        help="what a phone bound as the customer finds for an LDAP filter",
+        directory_search,
+        "what a phone bound as the customer finds for an LDAP filter",
+        argument("--customer", required=True, metavar="ID"),
+        argument("--attributes", default="*", metavar="LIST", help="comma-separated, default all"),
+        argument("--limit", type=int, default=50, metavar="N"),
+        argument("filter", metavar="FILTER", help="e.g. '(telephoneNumber=07031730090)'"),
     )
-    search.add_argument("--customer", required=True, metavar="ID")
-    search.add_argument(
-        "--attributes", default="*", metavar="LIST", help="comma-separated, default all"
-    )
-    search.add_argument("--limit", type=int, default=50, metavar="N")
-    search.add_argument("filter", metavar="FILTER", help="e.g. '(telephoneNumber=07031730090)'")
-    search.set_defaults(handler=bind(directory_search))

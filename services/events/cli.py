@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from services.core import errors
-from services.core.commands import Bind
+from services.core.commands import JSON, Bind, Commands, argument
 from services.core.config import Settings
 from services.core.identity import printable
 from services.events.delivery import DeliveryRepository
@@ -60,6 +60,22 @@ def _line(row: asyncpg.Record) -> str:
     )
 
 
+async def _query(
+    repository: EventRepository, filters: Filters, *, limit: int, after: int | None = None
+) -> list[asyncpg.Record]:
+    """The events ``filters`` select: the newest ``limit``, or with ``after`` the oldest
+    ``limit`` from there."""
+    return await repository.query(
+        device=filters.device,
+        customer=filters.customer,
+        max_severity=filters.max_severity,
+        since=filters.since,
+        active=filters.active,
+        after=after,
+        limit=limit,
+    )
+
+
 def _print(rows: list[asyncpg.Record], as_json: bool) -> None:
     for row in rows:
         if as_json:
@@ -71,14 +87,7 @@ def _print(rows: list[asyncpg.Record], as_json: bool) -> None:
 async def events_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     filters = _filters(args)
     async with pool.acquire() as connection:
-        rows = await EventRepository(connection).query(
-            device=filters.device,
-            customer=filters.customer,
-            max_severity=filters.max_severity,
-            since=filters.since,
-            active=filters.active,
-            limit=args.limit,
-        )
+        rows = await _query(EventRepository(connection), filters, limit=args.limit)
     rows.reverse()  # oldest first on a terminal, like a log
     if not rows and not args.json:
         print("no events", file=sys.stderr)
@@ -107,27 +116,12 @@ async def _follow(
     args: argparse.Namespace, filters: Filters, repository: EventRepository, wake: asyncio.Event
 ) -> None:
     last = await repository.newest_id()
-    rows = await repository.query(
-        device=filters.device,
-        customer=filters.customer,
-        max_severity=filters.max_severity,
-        since=filters.since,
-        active=filters.active,
-        limit=args.lines,
-    )
+    rows = await _query(repository, filters, limit=args.lines)
     rows.reverse()
     _print(rows, args.json)
     while args.follow:
         wake.clear()
-        rows = await repository.query(
-            device=filters.device,
-            customer=filters.customer,
-            max_severity=filters.max_severity,
-            since=filters.since,
-            active=filters.active,
-            after=last,
-            limit=1000,
-        )
+        rows = await _query(repository, filters, after=last, limit=1000)
         _print(rows, args.json)
         last = max([last, *(row["id"] for row in rows)])
         if not rows:
@@ -209,31 +203,30 @@ def _filter_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
-    events = commands.add_parser("events", help="device alarms, events and logs")
-    actions = events.add_subparsers(dest="action", required=True)
-
-    listing = actions.add_parser("list", parents=[common], help="stored events, oldest first")
-    _filter_arguments(listing)
-    listing.add_argument("--limit", type=int, default=100, metavar="N", help="the newest N")
-    listing.set_defaults(handler=bind(events_list))
-
-    tail = actions.add_parser("tail", parents=[common], help="the newest events; -f follows")
-    _filter_arguments(tail)
-    tail.add_argument("-f", "--follow", action="store_true", help="print new events as they come")
-    tail.add_argument("-n", "--lines", type=int, default=10, metavar="N")
-    tail.set_defaults(handler=bind(events_tail))
-
-    show = actions.add_parser("show", parents=[common], help="one event, all fields")
-    show.add_argument("id", type=int, metavar="ID")
-    show.add_argument("--raw", action="store_true", help="the body exactly as the device sent it")
-    show.set_defaults(handler=bind(events_show))
-
-    destinations = actions.add_parser(
-        "destinations", parents=[common], help="syslog delivery cursors and backlog"
+    events = Commands(commands, common, bind).group("events", "device alarms, events and logs")
+    events.add(
+        "list",
+        events_list,
+        "stored events, oldest first",
+        _filter_arguments,
+        argument("--limit", type=int, default=100, metavar="N", help="the newest N"),
     )
-    destinations.add_argument("--json", action="store_true")
-    destinations.set_defaults(handler=bind(events_destinations))
-
-    prune = actions.add_parser("prune", parents=[common], help="apply retention now")
-    prune.add_argument("--dry-run", action="store_true")
-    prune.set_defaults(handler=bind(events_prune))
+    events.add(
+        "tail",
+        events_tail,
+        "the newest events; -f follows",
+        _filter_arguments,
+        argument("-f", "--follow", action="store_true", help="print new events as they come"),
+        argument("-n", "--lines", type=int, default=10, metavar="N"),
+    )
+    events.add(
+        "show",
+        events_show,
+        "one event, all fields",
+        argument("id", type=int, metavar="ID"),
+        argument("--raw", action="store_true", help="the body exactly as the device sent it"),
+    )
+    events.add("destinations", events_destinations, "syslog delivery cursors and backlog", JSON)
+    events.add(
+        "prune", events_prune, "apply retention now", argument("--dry-run", action="store_true")
+    )

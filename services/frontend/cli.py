@@ -10,10 +10,9 @@ from typing import Any
 
 import asyncpg
 
-from services.core.commands import Bind
+from services.core.commands import JSON, Bind, Commands, argument, device_mac
 from services.core.config import Settings
 from services.core.errors import UsageError
-from services.core.identity import IdentityError, normalize_mac
 from services.core.inventory import Inventory
 from services.frontend.backups import Finding, backup_targets, check_backups
 from services.frontend.plan import (
@@ -144,12 +143,7 @@ async def frontend_findings(
 ) -> int:
     if not 1 <= args.limit <= 10000:
         raise UsageError("--limit: must be 1..10000")
-    mac = None
-    if args.device:
-        try:
-            mac = normalize_mac(args.device)
-        except IdentityError as error:
-            raise UsageError(str(error)) from None
+    mac = device_mac(args.device) if args.device else None
     async with pool.acquire() as connection:
         findings = await FrontendRepository(connection).findings(args.frontend, mac, args.limit)
     if args.json:
@@ -166,44 +160,44 @@ async def frontend_findings(
 
 
 def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
-    frontend = commands.add_parser(
-        "frontend", help="the Frontend plan: NAT maps, SessionBorder objects, budgets"
+    frontend = Commands(commands, common, bind).group(
+        "frontend", "the Frontend plan: NAT maps, SessionBorder objects, budgets"
     )
-    actions = frontend.add_subparsers(dest="action", required=True)
-    plan = actions.add_parser(
-        "plan", parents=[common], help="the Frontend's NAT maps, SessionBorder objects, budget"
+    frontend.add(
+        "plan",
+        frontend_plan,
+        "the Frontend's NAT maps, SessionBorder objects, budget",
+        argument("--frontend", metavar="ID", help="default: the setting frontend"),
+        argument("--format", choices=("text", "json", "csv"), default="text", help="output format"),
+        argument(
+            "--show-secrets",
+            action="store_true",
+            help="show the SessionBorder passwords (customer registration passwords)",
+        ),
     )
-    plan.add_argument("--frontend", metavar="ID", help="default: the setting frontend")
-    plan.add_argument(
-        "--format", choices=("text", "json", "csv"), default="text", help="output format"
+    frontend.add(
+        "check",
+        frontend_check,
+        "name every violation of the plan (exit 1 if any)",
+        argument("--frontend", metavar="ID", help="default: every Frontend"),
+        argument(
+            "--backups",
+            action="store_true",
+            help="also check the latest stored backups of the Frontend gateway and customer PBXs",
+        ),
+        argument(
+            "--record",
+            action="store_true",
+            help="with --backups: record each finding once per backup version as a drift alert "
+            "(an event and a syslog message); for a timer",
+        ),
     )
-    plan.add_argument(
-        "--show-secrets",
-        action="store_true",
-        help="show the SessionBorder passwords (customer registration passwords)",
+    frontend.add(
+        "findings",
+        frontend_findings,
+        "backup findings recorded by check --backups --record",
+        argument("--frontend", metavar="ID"),
+        argument("--device", metavar="MAC", help="only this device's findings"),
+        argument("--limit", type=int, default=100),
+        JSON,
     )
-    plan.set_defaults(handler=bind(frontend_plan))
-    check = actions.add_parser(
-        "check", parents=[common], help="name every violation of the plan (exit 1 if any)"
-    )
-    check.add_argument("--frontend", metavar="ID", help="default: every Frontend")
-    check.add_argument(
-        "--backups",
-        action="store_true",
-        help="also check the latest stored backups of the Frontend gateway and customer PBXs",
-    )
-    check.add_argument(
-        "--record",
-        action="store_true",
-        help="with --backups: record each finding once per backup version as a drift alert "
-        "(an event and a syslog message); for a timer",
-    )
-    check.set_defaults(handler=bind(frontend_check))
-    findings = actions.add_parser(
-        "findings", parents=[common], help="backup findings recorded by check --backups --record"
-    )
-    findings.add_argument("--frontend", metavar="ID")
-    findings.add_argument("--device", metavar="MAC", help="only this device's findings")
-    findings.add_argument("--limit", type=int, default=100)
-    findings.add_argument("--json", action="store_true")
-    findings.set_defaults(handler=bind(frontend_findings))

@@ -13,14 +13,23 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from services.core import audit
-from services.core.commands import Bind
+from services.core.commands import (
+    JSON,
+    MAC,
+    Bind,
+    Commands,
+    Option,
+    age,
+    argument,
+    print_table,
+    record_audit,
+)
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.core.unknown import REDIRECT, UnknownDeviceRepository
@@ -55,16 +64,6 @@ def _target(record: MappingRecord, settings: Settings) -> str:
     return target or f"(nowhere: no Frontend {record.frontend} in the inventory)"
 
 
-def _age(moment: datetime | None) -> str:
-    if moment is None:
-        return "never"
-    seconds = int((datetime.now(UTC) - moment).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
-
-
 def _read_token(file: str) -> str:
     try:
         text = sys.stdin.readline() if file == "-" else Path(file).read_text("utf-8")
@@ -76,26 +75,13 @@ def _read_token(file: str) -> str:
     return token
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-
-
 # --- mappings ------------------------------------------------------------------------------------
 
 
 async def _audit(
     connection: asyncpg.Connection, action: str, mac: str, after: dict[str, Any] | None
 ) -> None:
-    await audit.record(
-        connection,
-        actor=audit.cli_actor(),
-        action=action,
-        object_type="redirect-mapping",
-        object_id=mac,
-        after=after,
-    )
+    await record_audit(connection, action, "redirect-mapping", mac, after=after)
 
 
 async def register_device(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
@@ -195,7 +181,7 @@ async def list_devices(args: argparse.Namespace, settings: Settings, pool: async
         return 0
     rows: list[tuple[str, ...]] = [("MAC", "PROVIDER", "FRONTEND", "TARGET")]
     rows += [(r.mac, r.provider, r.frontend or "-", _target(r, settings)) for r in records]
-    _table(rows)
+    print_table(rows)
     return 0
 
 
@@ -268,15 +254,15 @@ async def list_unknown(args: argparse.Namespace, settings: Settings, pool: async
             u.mac or "-",
             u.hardware_id or "-",
             u.device_type or "-",
-            _age(u.first_seen),
-            _age(u.last_seen),
+            age(u.first_seen),
+            age(u.last_seen),
             str(u.polls),
             u.source_address or "-",
             u.proof,
         )
         for u in unknown
     ]
-    _table(rows)
+    print_table(rows)
     return 0
 
 
@@ -289,12 +275,11 @@ async def providers_add(args: argparse.Namespace, settings: Settings, pool: asyn
     facts = parse_fact_assignments(args.fact)
     async with pool.acquire() as connection, connection.transaction():
         created = await ProviderRepository(connection).upsert_provider(provider, name, facts)
-        await audit.record(
+        await record_audit(
             connection,
-            actor=audit.cli_actor(),
-            action="redirect.provider-add" if created else "redirect.provider-update",
-            object_type="redirect-provider",
-            object_id=provider,
+            "redirect.provider-add" if created else "redirect.provider-update",
+            "redirect-provider",
+            provider,
             after={"name": name, "facts": dict(facts)},
         )
     print(f"provider {provider} {'added' if created else 'updated'}")
@@ -310,7 +295,7 @@ async def providers_list(args: argparse.Namespace, settings: Settings, pool: asy
     rows += [
         (p.id, p.name, " ".join(f"{k}={v}" for k, v in p.facts.items()) or "-") for p in providers
     ]
-    _table(rows)
+    print_table(rows)
     return 0
 
 
@@ -320,12 +305,11 @@ async def keys_add(args: argparse.Namespace, settings: Settings, pool: asyncpg.P
     description = clean_text(args.description) if args.description else None
     async with pool.acquire() as connection, connection.transaction():
         key_id, secret = await ApiKeyRepository(connection).add_key(provider, scopes, description)
-        await audit.record(
+        await record_audit(
             connection,
-            actor=audit.cli_actor(),
-            action="redirect.key-add",
-            object_type="redirect-key",
-            object_id=key_id,
+            "redirect.key-add",
+            "redirect-key",
+            key_id,
             after={"provider": provider, "scopes": list(scopes), "secret": secret},
         )
     print(f"key id: {key_id}")
@@ -348,12 +332,12 @@ async def keys_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.
             k.id,
             k.provider,
             ",".join(k.scopes),
-            _age(k.last_used_at),
+            age(k.last_used_at),
             "revoked" if k.revoked_at else "active",
         )
         for k in keys
     ]
-    _table(rows)
+    print_table(rows)
     return 0
 
 
@@ -361,13 +345,7 @@ async def keys_revoke(args: argparse.Namespace, settings: Settings, pool: asyncp
     async with pool.acquire() as connection, connection.transaction():
         revoked = await ApiKeyRepository(connection).revoke_key(args.key_id)
         if revoked:
-            await audit.record(
-                connection,
-                actor=audit.cli_actor(),
-                action="redirect.key-revoke",
-                object_type="redirect-key",
-                object_id=args.key_id,
-            )
+            await record_audit(connection, "redirect.key-revoke", "redirect-key", args.key_id)
     if not revoked:
         raise UsageError(f"no active key {args.key_id}")
     print(f"key {args.key_id} revoked")
@@ -384,105 +362,85 @@ def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None
         target.add_argument("--frontend", metavar="ID", help="an inventory Frontend, e.g. sb1")
         target.add_argument("--url", help="an explicit staging URL instead of a Frontend's")
 
-    redirect = commands.add_parser(
-        "redirect", help="zero-touch hand-over of factory-new devices (MAC -> Frontend)"
-    )
-    actions = redirect.add_subparsers(dest="action", required=True)
+    def facts(help: str) -> Option:
+        return argument("--fact", action="append", default=[], metavar="NAME=VALUE", help=help)
 
-    add = actions.add_parser("register", parents=[common], help="send a device to a Frontend")
-    add.add_argument("mac", metavar="MAC", help="MAC or serial, e.g. 00-90-33-01-02-03")
-    target_options(add)
-    add.add_argument("--provider", default="local", help="the owner (default: local)")
-    add.add_argument(
-        "--fact",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="pushed as `mod cmd UP1 setvar r-NAME VALUE` (repeatable)",
+    redirect = Commands(commands, common, bind).group(
+        "redirect", "zero-touch hand-over of factory-new devices (MAC -> Frontend)"
     )
-    add.add_argument(
-        "--transfer-token-file",
-        metavar="FILE",
-        help="take over another provider's device with its owner's token (- = stdin)",
+    redirect.add(
+        "register",
+        register_device,
+        "send a device to a Frontend",
+        argument("mac", metavar="MAC", help="MAC or serial, e.g. 00-90-33-01-02-03"),
+        target_options,
+        argument("--provider", default="local", help="the owner (default: local)"),
+        facts("pushed as `mod cmd UP1 setvar r-NAME VALUE` (repeatable)"),
+        argument(
+            "--transfer-token-file",
+            metavar="FILE",
+            help="take over another provider's device with its owner's token (- = stdin)",
+        ),
     )
-    add.set_defaults(handler=bind(register_device))
-
-    move = actions.add_parser("move", parents=[common], help="point a device elsewhere")
-    move.add_argument("mac", metavar="MAC")
-    target_options(move)
-    move.set_defaults(handler=bind(move_device))
-
-    remove = actions.add_parser("deregister", parents=[common], help="forget a device")
-    remove.add_argument("mac", metavar="MAC")
-    remove.set_defaults(handler=bind(deregister_device))
-
-    show = actions.add_parser("show", parents=[common], help="a mapping, its history, hand-overs")
-    show.add_argument("mac", metavar="MAC")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(handler=bind(show_device))
-
-    listing = actions.add_parser("list", parents=[common], help="registered devices")
-    listing.add_argument("--provider")
-    listing.add_argument("--frontend")
-    listing.add_argument("--limit", type=int, default=10000)
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=bind(list_devices))
-
-    bulk = actions.add_parser(
-        "import", parents=[common], help="register many devices from CSV or JSON (exit 1 on errors)"
+    redirect.add("move", move_device, "point a device elsewhere", MAC, target_options)
+    redirect.add("deregister", deregister_device, "forget a device", MAC)
+    redirect.add("show", show_device, "a mapping, its history, hand-overs", MAC, JSON)
+    redirect.add(
+        "list",
+        list_devices,
+        "registered devices",
+        argument("--provider"),
+        argument("--frontend"),
+        argument("--limit", type=int, default=10000),
+        JSON,
     )
-    bulk.add_argument("file", metavar="FILE", help=".csv or .json (- = stdin)")
-    bulk.add_argument("--provider", default="local")
-    bulk.add_argument("--json", action="store_true", help="one result per row as JSON")
-    bulk.set_defaults(handler=bind(import_devices))
+    redirect.add(
+        "import",
+        import_devices,
+        "register many devices from CSV or JSON (exit 1 on errors)",
+        argument("file", metavar="FILE", help=".csv or .json (- = stdin)"),
+        argument("--provider", default="local"),
+        argument("--json", action="store_true", help="one result per row as JSON"),
+    )
+    redirect.add(
+        "transfer-token",
+        transfer_token,
+        "let another provider take a device over",
+        MAC,
+        argument("--to", metavar="PROVIDER", help="only this provider may use it"),
+    )
+    redirect.add(
+        "unknown",
+        list_unknown,
+        "devices that asked but are not registered",
+        argument("--limit", type=int, default=1000),
+        JSON,
+    )
 
-    token = actions.add_parser(
-        "transfer-token", parents=[common], help="let another provider take a device over"
+    providers = redirect.group("providers", "providers owning mappings", dest="provider_action")
+    providers.add(
+        "add",
+        providers_add,
+        "add a provider (or change its name and facts)",
+        argument("id", metavar="ID"),
+        argument("--name"),
+        facts("for all its devices"),
     )
-    token.add_argument("mac", metavar="MAC")
-    token.add_argument("--to", metavar="PROVIDER", help="only this provider may use it")
-    token.set_defaults(handler=bind(transfer_token))
+    providers.add("list", providers_list, "all providers", JSON)
 
-    unknown = actions.add_parser(
-        "unknown", parents=[common], help="devices that asked but are not registered"
+    keys = redirect.group("keys", "providers' API keys (HMAC)", dest="key_action")
+    keys.add(
+        "add",
+        keys_add,
+        "a new key; prints its secret once",
+        argument("provider", metavar="PROVIDER"),
+        argument(
+            "--scope",
+            action="append",
+            required=True,
+            help="redirect:read, redirect:write, redirect:transfer (repeatable)",
+        ),
+        argument("--description"),
     )
-    unknown.add_argument("--limit", type=int, default=1000)
-    unknown.add_argument("--json", action="store_true")
-    unknown.set_defaults(handler=bind(list_unknown))
-
-    providers = actions.add_parser("providers", help="providers owning mappings")
-    provider_actions = providers.add_subparsers(dest="provider_action", required=True)
-    provider_add = provider_actions.add_parser(
-        "add", parents=[common], help="add a provider (or change its name and facts)"
-    )
-    provider_add.add_argument("id", metavar="ID")
-    provider_add.add_argument("--name")
-    provider_add.add_argument(
-        "--fact", action="append", default=[], metavar="NAME=VALUE", help="for all its devices"
-    )
-    provider_add.set_defaults(handler=bind(providers_add))
-    provider_list = provider_actions.add_parser("list", parents=[common], help="all providers")
-    provider_list.add_argument("--json", action="store_true")
-    provider_list.set_defaults(handler=bind(providers_list))
-
-    keys = actions.add_parser("keys", help="providers' API keys (HMAC)")
-    key_actions = keys.add_subparsers(dest="key_action", required=True)
-    key_add = key_actions.add_parser(
-        "add", parents=[common], help="a new key; prints its secret once"
-    )
-    key_add.add_argument("provider", metavar="PROVIDER")
-    key_add.add_argument(
-        "--scope",
-        action="append",
-        required=True,
-        help="redirect:read, redirect:write, redirect:transfer (repeatable)",
-    )
-    key_add.add_argument("--description")
-    key_add.set_defaults(handler=bind(keys_add))
-    key_list = key_actions.add_parser("list", parents=[common], help="keys (never secrets)")
-    key_list.add_argument("--provider")
-    key_list.add_argument("--json", action="store_true")
-    key_list.set_defaults(handler=bind(keys_list))
-    key_revoke = key_actions.add_parser("revoke", parents=[common], help="revoke a key")
-    key_revoke.add_argument("key_id", metavar="KEY_ID")
-    key_revoke.set_defaults(handler=bind(keys_revoke))
+    keys.add("list", keys_list, "keys (never secrets)", argument("--provider"), JSON)
+    keys.add("revoke", keys_revoke, "revoke a key", argument("key_id", metavar="KEY_ID"))

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from services.core import audit
-from services.core.commands import Bind
+from services.core.commands import JSON, Bind, Commands, argument
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.core.inventory import (
@@ -224,63 +224,65 @@ async def audit_list(args: argparse.Namespace, _settings: Settings, pool: asyncp
 
 
 def register(commands: Any, common: argparse.ArgumentParser, bind: Bind) -> None:
-    inventory = commands.add_parser("inventory", help="frontends, customers, devices, variables")
-    actions = inventory.add_subparsers(dest="action", required=True)
-    apply = actions.add_parser(
+    top = Commands(commands, common, bind)
+    inventory = top.group("inventory", "frontends, customers, devices, variables")
+    customer = argument("customer", metavar="CUSTOMER")
+    inventory.add(
         "apply",
-        parents=[common],
-        help="add and update what FILE (or every *.toml of DIR) says; remove only with --prune",
+        inventory_apply,
+        "add and update what FILE (or every *.toml of DIR) says; remove only with --prune",
+        argument(
+            "path",
+            metavar="FILE|DIR",
+            help="an inventory file, or a folder of them (one per customer)",
+        ),
+        argument("--dry-run", action="store_true", help="only print what apply would do"),
+        argument(
+            "--prune",
+            action="store_true",
+            help="also remove what the files' scope holds but the files lack",
+        ),
+        argument(
+            "--purge",
+            action="store_true",
+            help="with --prune: delete removed customers' contacts and backups instead of "
+            "archiving",
+        ),
+        argument("--yes", action="store_true", help="confirm removals without asking"),
+        argument(
+            "--force", action="store_true", help="allow a prune over inventory.max_prune_share"
+        ),
+        argument(
+            "--claim",
+            action="store_true",
+            help="take over customers the files name that another source (api, a file) owns",
+        ),
     )
-    apply.add_argument(
-        "path", metavar="FILE|DIR", help="an inventory file, or a folder of them (one per customer)"
+    inventory.add(
+        "export",
+        inventory_export,
+        "write the inventory as TOML",
+        argument("--output", "-o", metavar="FILE", help="default: standard output"),
     )
-    apply.add_argument("--dry-run", action="store_true", help="only print what apply would do")
-    apply.add_argument(
-        "--prune",
-        action="store_true",
-        help="also remove what the files' scope holds but the files lack",
+    inventory.add(
+        "restore", inventory_restore, "bring back an archived (removed) customer", customer
     )
-    apply.add_argument(
-        "--purge",
-        action="store_true",
-        help="with --prune: delete removed customers' contacts and backups instead of archiving",
+    inventory.add("archived", inventory_archived, "list archived customers", JSON)
+    inventory.add(
+        "purge",
+        inventory_purge,
+        "delete an archived customer's contacts and backups",
+        customer,
+        argument("--yes", action="store_true", help="required: this cannot be undone"),
     )
-    apply.add_argument("--yes", action="store_true", help="confirm removals without asking")
-    apply.add_argument(
-        "--force", action="store_true", help="allow a prune over inventory.max_prune_share"
-    )
-    apply.add_argument(
-        "--claim",
-        action="store_true",
-        help="take over customers the files name that another source (api, a file) owns",
-    )
-    apply.set_defaults(handler=bind(inventory_apply))
-    export = actions.add_parser("export", parents=[common], help="write the inventory as TOML")
-    export.add_argument("--output", "-o", metavar="FILE", help="default: standard output")
-    export.set_defaults(handler=bind(inventory_export))
-    restore = actions.add_parser(
-        "restore", parents=[common], help="bring back an archived (removed) customer"
-    )
-    restore.add_argument("customer", metavar="CUSTOMER")
-    restore.set_defaults(handler=bind(inventory_restore))
-    archived = actions.add_parser("archived", parents=[common], help="list archived customers")
-    archived.add_argument("--json", action="store_true")
-    archived.set_defaults(handler=bind(inventory_archived))
-    purge = actions.add_parser(
-        "purge", parents=[common], help="delete an archived customer's contacts and backups"
-    )
-    purge.add_argument("customer", metavar="CUSTOMER")
-    purge.add_argument("--yes", action="store_true", help="required: this cannot be undone")
-    purge.set_defaults(handler=bind(inventory_purge))
 
-    audit_parser = commands.add_parser(
-        "audit", parents=[common], help="who changed what, when, from where"
+    top.add(
+        "audit",
+        audit_list,
+        "who changed what, when, from where",
+        argument("--since", metavar="WHEN", help="ISO date/time or 90m, 12h, 7d"),
+        argument("--actor", metavar="NAME", help="account, token owner or OS user"),
+        argument("--object", metavar="TYPE[/ID]", help="e.g. customer/Kuenkel00001 or device"),
+        argument("--limit", type=int, default=1000, help="at most this many rows"),
+        JSON,
     )
-    audit_parser.add_argument("--since", metavar="WHEN", help="ISO date/time or 90m, 12h, 7d")
-    audit_parser.add_argument("--actor", metavar="NAME", help="account, token owner or OS user")
-    audit_parser.add_argument(
-        "--object", metavar="TYPE[/ID]", help="e.g. customer/Kuenkel00001 or device"
-    )
-    audit_parser.add_argument("--limit", type=int, default=1000, help="at most this many rows")
-    audit_parser.add_argument("--json", action="store_true")
-    audit_parser.set_defaults(handler=bind(audit_list))

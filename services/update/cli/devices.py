@@ -9,13 +9,23 @@ from typing import Any
 import asyncpg
 
 from services.core import audit
-from services.core.commands import Bind
+from services.core.commands import (
+    CUSTOMER,
+    JSON,
+    MAC,
+    Bind,
+    Commands,
+    age,
+    argument,
+    device_mac,
+    print_table,
+    record_audit,
+)
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.core.inventory import Device, InventoryError, InventoryRepository
 from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
-from services.update.cli.common import _age, _mac, _table
 from services.update.repository import RolloutRepository, UpdateRepository
 from services.update.rollout import RolloutState
 
@@ -61,7 +71,7 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
                 s.hardware_id,
                 s.customer,
                 s.device_type,
-                _age(s.last_seen),
+                age(s.last_seen),
                 s.proof or "-",
                 s.phase or "-",
                 sync,
@@ -71,37 +81,31 @@ async def devices_list(args: argparse.Namespace, settings: Settings, pool: async
                 s.source_address or "-",
             )
         )
-    _table(rows)
+    print_table(rows)
     if args.unknown:
         unknown = await UnknownDeviceRepository(pool).sightings(UPDATE_SERVICE)
         print(f"\nunknown devices that polled ({len(unknown)}):")
         for item in unknown:
             print(
                 f"  {item.mac or '-'}  {item.hardware_id or '-'}  {item.device_type or '-'}  "
-                f"{_age(item.last_seen)}  {item.polls} polls  {item.source_address or '-'}"
+                f"{age(item.last_seen)}  {item.polls} polls  {item.source_address or '-'}"
             )
     return 0
 
 
 async def devices_restage(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    mac = _mac(args.mac)
+    mac = device_mac(args.mac)
     async with pool.acquire() as connection, connection.transaction():
         if not await UpdateRepository(connection).request_restage(mac):
             raise UsageError(f"no device {mac} in the inventory")
-        await audit.record(
-            connection,
-            actor=audit.cli_actor(),
-            action="device.restage",
-            object_type="device",
-            object_id=mac,
-        )
+        await record_audit(connection, "device.restage", "device", mac)
     print(f"{mac}: will be sent through staging.txt at its next poll")
     return 0
 
 
 async def devices_adopt(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     """Take a device that polled but is not in the inventory into it (the seed's ZCD)."""
-    mac = _mac(args.mac)
+    mac = device_mac(args.mac)
     unknown = UnknownDeviceRepository(pool)
     sighting = await unknown.find(UPDATE_SERVICE, mac)
     device_type = args.type or (sighting.device_type if sighting else None)
@@ -153,11 +157,11 @@ async def devices_certificates(
                 r.state if r else "-",
                 (r.device_issuer or "-") if r else "-",
                 f"{r.device_not_after:%Y-%m-%d}" if r and r.device_not_after else "-",
-                _age(r.updated_at) if r else "-",
+                age(r.updated_at) if r else "-",
                 _certificate_note(r),
             )
         )
-    _table(rows)
+    print_table(rows)
     return 0
 
 
@@ -173,7 +177,7 @@ def _certificate_note(rollout: RolloutState | None) -> str:
 async def devices_certificate_reset(
     args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool
 ) -> int:
-    mac = _mac(args.mac)
+    mac = device_mac(args.mac)
     repository = RolloutRepository(pool)
     if not await repository.statuses(mac=mac):
         raise UsageError(f"no device {mac} in the inventory")
@@ -190,46 +194,46 @@ def register(
     bind: Bind,
 ) -> None:
     """The ``pbxfront devices …`` sub-commands."""
-    devices = commands.add_parser("devices", help="device status as seen by the update service")
-    device_actions = devices.add_subparsers(dest="action", required=True)
-    listing = device_actions.add_parser("list", parents=[common], help="status table")
-    listing.add_argument(
-        "--stale", action="store_true", help="only devices not seen for 3 poll intervals (or never)"
+    devices = Commands(commands, common, bind).group(
+        "devices", "device status as seen by the update service"
     )
-    listing.add_argument("--customer", metavar="ID")
-    listing.add_argument("--unknown", action="store_true", help="also devices not in the inventory")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=bind(devices_list))
-    restage = device_actions.add_parser(
-        "restage", parents=[common], help="send a device through staging again"
+    devices.add(
+        "list",
+        devices_list,
+        "status table",
+        argument(
+            "--stale",
+            action="store_true",
+            help="only devices not seen for 3 poll intervals (or never)",
+        ),
+        CUSTOMER,
+        argument("--unknown", action="store_true", help="also devices not in the inventory"),
+        JSON,
     )
-    restage.add_argument("mac", metavar="MAC")
-    restage.set_defaults(handler=bind(devices_restage))
-    adopt = device_actions.add_parser(
-        "adopt", parents=[common], help="add a device that polled but is not in the inventory"
+    devices.add("restage", devices_restage, "send a device through staging again", MAC)
+    devices.add(
+        "adopt",
+        devices_adopt,
+        "add a device that polled but is not in the inventory",
+        MAC,
+        argument("--customer", required=True),
+        argument(
+            "--class", dest="device_class", choices=("phone", "gateway", "pbx"), default="phone"
+        ),
+        argument("--type", help="default: the type it polled with"),
+        argument("--cpe-id"),
+        argument("--name"),
     )
-    adopt.add_argument("mac", metavar="MAC")
-    adopt.add_argument("--customer", required=True)
-    adopt.add_argument(
-        "--class", dest="device_class", choices=("phone", "gateway", "pbx"), default="phone"
-    )
-    adopt.add_argument("--type", help="default: the type it polled with")
-    adopt.add_argument("--cpe-id")
-    adopt.add_argument("--name")
-    adopt.set_defaults(handler=bind(devices_adopt))
-
-    certificates = device_actions.add_parser(
+    devices.add(
         "certificates",
-        parents=[common],
-        help="certificate roll-out per device: state, issuer, expiry (see [ca] rollout)",
+        devices_certificates,
+        "certificate roll-out per device: state, issuer, expiry (see [ca] rollout)",
+        CUSTOMER,
+        JSON,
     )
-    certificates.add_argument("--customer", metavar="ID")
-    certificates.add_argument("--json", action="store_true")
-    certificates.set_defaults(handler=bind(devices_certificates))
-    certificate_reset = device_actions.add_parser(
+    devices.add(
         "certificate-reset",
-        parents=[common],
-        help="forget a device's roll-out (after an error or a refused request)",
+        devices_certificate_reset,
+        "forget a device's roll-out (after an error or a refused request)",
+        MAC,
     )
-    certificate_reset.add_argument("mac", metavar="MAC")
-    certificate_reset.set_defaults(handler=bind(devices_certificate_reset))

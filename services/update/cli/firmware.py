@@ -10,8 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from services.core import audit
-from services.core.commands import Bind
+from services.core.commands import Bind, Commands, argument, record_audit, usage_errors
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.update.cli.common import _operator
@@ -37,12 +36,11 @@ async def _audit_firmware_added(
 ) -> None:
     """The audit row of a stored firmware file (``replaced``: the SHA-256 it took over from)."""
     async with pool.acquire() as connection, connection.transaction():
-        await audit.record(
+        await record_audit(
             connection,
-            actor=audit.cli_actor(),
-            action="firmware.add",
-            object_type="firmware",
-            object_id=object_id,
+            "firmware.add",
+            "firmware",
+            object_id,
             before={"sha256": replaced} if replaced else None,
             after=after,
         )
@@ -62,7 +60,7 @@ async def firmware_add(args: argparse.Namespace, settings: Settings, pool: async
     )
     name = args.name or firmware_file_name(args.kind, args.type, overrides)
     shared = settings.update.firmware_source == "database"
-    try:
+    with usage_errors(FirmwareError):
         if shared:
             stored, replaced = await add_file(
                 pool,
@@ -77,8 +75,6 @@ async def firmware_add(args: argparse.Namespace, settings: Settings, pool: async
             store = FirmwareStore(settings.update.firmware_dir)
             added = await asyncio.to_thread(store.add, Path(args.file), args.build, name)
             where, sha256, size, replaced = str(added.path), added.sha256, added.size, None
-    except FirmwareError as error:
-        raise UsageError(str(error)) from None
     await _audit_firmware_added(
         pool,
         f"{args.build}/{name}",
@@ -149,12 +145,10 @@ async def firmware_import(args: argparse.Namespace, settings: Settings, pool: as
             )
             failed += 1
             continue
-        try:
+        with usage_errors(FirmwareError):
             stored, replaced = await SharedFirmwareRepository(pool).store(
                 item.path, sha256, size, item.build, item.name, by=_operator(), device_type=None
             )
-        except FirmwareError as error:
-            raise UsageError(str(error)) from None
         await _audit_firmware_added(
             pool,
             f"{item.build}/{item.name}",
@@ -168,11 +162,9 @@ async def firmware_import(args: argparse.Namespace, settings: Settings, pool: as
 
 
 async def firmware_remove(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    try:
+    with usage_errors(FirmwareError):
         check_build(args.build)
         check_file_name(args.name)
-    except FirmwareError as error:
-        raise UsageError(str(error)) from None
     sha256: str | None
     if settings.update.firmware_source == "database":
         removed = await SharedFirmwareRepository(pool).remove(args.build, args.name)
@@ -187,12 +179,11 @@ async def firmware_remove(args: argparse.Namespace, settings: Settings, pool: as
         print(f"firm/{args.build}/{args.name}: not in the firmware store")
         return 1
     async with pool.acquire() as connection, connection.transaction():
-        await audit.record(
+        await record_audit(
             connection,
-            actor=audit.cli_actor(),
-            action="firmware.remove",
-            object_type="firmware",
-            object_id=f"{args.build}/{args.name}",
+            "firmware.remove",
+            "firmware",
+            f"{args.build}/{args.name}",
             before={"sha256": sha256},
         )
     print(f"firm/{args.build}/{args.name}: removed (sha256 {sha256})")
@@ -209,38 +200,39 @@ def register(
     bind: Bind,
 ) -> None:
     """The ``pbxfront firmware …`` sub-commands."""
-    firmware = commands.add_parser("firmware", help="the firmware store (firmware/firm/<build>/)")
-    firmware_actions = firmware.add_subparsers(dest="action", required=True)
-    add = firmware_actions.add_parser("add", parents=[common], help="add a firmware file")
-    add.add_argument("file", metavar="FILE")
-    add.add_argument("--build", required=True, help="the build as devices report it in PROT/BOOT")
-    add.add_argument("--type", required=True, help="device type, e.g. IP232")
-    add.add_argument(
-        "--kind",
-        choices=("prot", "boot"),
-        default="prot",
-        help="firmware (prot, default) or boot code (boot)",
+    firmware = Commands(commands, common, bind).group(
+        "firmware", "the firmware store (firmware/firm/<build>/)"
     )
-    add.add_argument(
-        "--name", help="file name in the store (default ip<model>.bin/boot<model>.bin)"
+    firmware.add(
+        "add",
+        firmware_add,
+        "add a firmware file",
+        argument("file", metavar="FILE"),
+        argument("--build", required=True, help="the build as devices report it in PROT/BOOT"),
+        argument("--type", required=True, help="device type, e.g. IP232"),
+        argument(
+            "--kind",
+            choices=("prot", "boot"),
+            default="prot",
+            help="firmware (prot, default) or boot code (boot)",
+        ),
+        argument("--name", help="file name in the store (default ip<model>.bin/boot<model>.bin)"),
     )
-    add.set_defaults(handler=bind(firmware_add))
-    listing = firmware_actions.add_parser(
+    firmware.add(
         "list",
-        parents=[common],
-        help="files in the store (firmware_source = database: and which nodes have them cached)",
+        firmware_list,
+        "files in the store (firmware_source = database: and which nodes have them cached)",
+        argument("--json", action="store_true", help="print JSON instead of lines"),
     )
-    listing.add_argument("--json", action="store_true", help="print JSON instead of lines")
-    listing.set_defaults(handler=bind(firmware_list))
-    importing = firmware_actions.add_parser(
+    firmware.add(
         "import",
-        parents=[common],
-        help="store every file of this node's firmware_dir in the database (shared firmware)",
+        firmware_import,
+        "store every file of this node's firmware_dir in the database (shared firmware)",
     )
-    importing.set_defaults(handler=bind(firmware_import))
-    remove = firmware_actions.add_parser(
-        "remove", parents=[common], help="take a file out of the store (devices get 404)"
+    firmware.add(
+        "remove",
+        firmware_remove,
+        "take a file out of the store (devices get 404)",
+        argument("build", metavar="BUILD", help="the build folder, e.g. 13r2sr7"),
+        argument("name", metavar="FILE", help="the file name, e.g. ip232.bin"),
     )
-    remove.add_argument("build", metavar="BUILD", help="the build folder, e.g. 13r2sr7")
-    remove.add_argument("name", metavar="FILE", help="the file name, e.g. ip232.bin")
-    remove.set_defaults(handler=bind(firmware_remove))

@@ -9,8 +9,8 @@ from typing import Any
 
 import asyncpg
 
-from services.core import audit, errors
-from services.core.commands import Bind
+from services.core import errors
+from services.core.commands import Bind, Commands, argument, record_audit, usage_errors
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.update.canary import CanaryRepository, Rollout, advance, parse_waves
@@ -24,7 +24,7 @@ async def rollouts_start(args: argparse.Namespace, settings: Settings, pool: asy
         raise UsageError("give a script VERSION, or --firmware TYPE --build BUILD")
     if args.firmware is not None and not args.build:
         raise UsageError("--firmware needs --build (as devices report it in PROT/BOOT)")
-    try:
+    with usage_errors(errors.Invalid, errors.NotFound, errors.Conflict):
         waves = parse_waves(args.wave or ["10%", "50%", "100%"])
         async with pool.acquire() as connection, connection.transaction():
             repository = CanaryRepository(connection)
@@ -52,16 +52,9 @@ async def rollouts_start(args: argparse.Namespace, settings: Settings, pool: asy
                     wave_timeout_seconds=args.wave_timeout,
                     by=_operator(),
                 )
-            await audit.record(
-                connection,
-                actor=audit.cli_actor(),
-                action="rollout.start",
-                object_type="rollout",
-                object_id=str(rollout.id),
-                after=rollout.as_json(),
+            await record_audit(
+                connection, "rollout.start", "rollout", str(rollout.id), after=rollout.as_json()
             )
-    except (errors.Invalid, errors.NotFound, errors.Conflict) as error:
-        raise UsageError(str(error)) from None
     print(
         f"roll-out {rollout.id}: {rollout.change}, "
         f"waves {', '.join(w.label for w in rollout.waves)}; wave {rollout.waves[0].label} "
@@ -160,12 +153,11 @@ async def rollouts_advance(args: argparse.Namespace, settings: Settings, pool: a
 async def _audit_rollout(
     connection: asyncpg.Connection, action: str, rollout: Rollout, state: str
 ) -> None:
-    await audit.record(
+    await record_audit(
         connection,
-        actor=audit.cli_actor(),
-        action=action,
-        object_type="rollout",
-        object_id=str(rollout.id),
+        action,
+        "rollout",
+        str(rollout.id),
         before={"state": rollout.state},
         after={"state": state},
     )
@@ -177,57 +169,56 @@ def register(
     bind: Bind,
 ) -> None:
     """The ``pbxfront rollouts …`` sub-commands."""
-    rollouts = commands.add_parser(
-        "rollouts", help="canary roll-outs of a published script version, wave by wave"
+    rollouts = Commands(commands, common, bind).group(
+        "rollouts", "canary roll-outs of a published script version, wave by wave"
     )
-    rollout_actions = rollouts.add_subparsers(dest="action", required=True)
-    start = rollout_actions.add_parser(
-        "start", parents=[common], help="roll a published version out, wave by wave"
+    rollouts.add(
+        "start",
+        rollouts_start,
+        "roll a published version out, wave by wave",
+        argument("version", type=int, nargs="?", metavar="VERSION", help="a staged script version"),
+        argument(
+            "--firmware",
+            metavar="TYPE",
+            help="roll a firmware build out to this device type instead",
+        ),
+        argument("--build", help="with --firmware: the build as devices report it"),
+        argument(
+            "--kind", choices=("prot", "boot"), default="prot", help="firmware (prot) or boot code"
+        ),
+        argument(
+            "--wave",
+            action="append",
+            metavar="WAVE",
+            help="mac:MAC[,MAC], customer:ID[,ID] or N%% (repeat, in order; the last is 100%%); "
+            "default 10%%, 50%%, 100%%",
+        ),
+        argument(
+            "--soak", type=int, default=600, metavar="SECONDS", help="in sync for this long first"
+        ),
+        argument(
+            "--wave-timeout",
+            type=int,
+            default=3600,
+            metavar="SECONDS",
+            help="halt when a wave is not back in sync within this",
+        ),
     )
-    start.add_argument(
-        "version", type=int, nargs="?", metavar="VERSION", help="a staged script version"
+    rollouts.add(
+        "status",
+        rollouts_status,
+        "roll-outs, newest first",
+        argument("--limit", type=int, default=10, help="how many"),
+        argument("--json", action="store_true", help="as JSON"),
     )
-    start.add_argument(
-        "--firmware", metavar="TYPE", help="roll a firmware build out to this device type instead"
+    rollouts.add(
+        "halt",
+        rollouts_halt,
+        "stop advancing",
+        argument("--reason", help="shown by rollouts status"),
     )
-    start.add_argument("--build", help="with --firmware: the build as devices report it")
-    start.add_argument(
-        "--kind", choices=("prot", "boot"), default="prot", help="firmware (prot) or boot code"
+    rollouts.add("resume", rollouts_resume, "watch the halted wave again")
+    rollouts.add("abort", rollouts_abort, "end it: every device gets the version before again")
+    rollouts.add(
+        "advance", rollouts_advance, "check the open roll-out now (the service does it too)"
     )
-    start.add_argument(
-        "--wave",
-        action="append",
-        metavar="WAVE",
-        help="mac:MAC[,MAC], customer:ID[,ID] or N%% (repeat, in order; the last is 100%%); "
-        "default 10%%, 50%%, 100%%",
-    )
-    start.add_argument(
-        "--soak", type=int, default=600, metavar="SECONDS", help="in sync for this long first"
-    )
-    start.add_argument(
-        "--wave-timeout",
-        type=int,
-        default=3600,
-        metavar="SECONDS",
-        help="halt when a wave is not back in sync within this",
-    )
-    start.set_defaults(handler=bind(rollouts_start))
-    status = rollout_actions.add_parser("status", parents=[common], help="roll-outs, newest first")
-    status.add_argument("--limit", type=int, default=10, help="how many")
-    status.add_argument("--json", action="store_true", help="as JSON")
-    status.set_defaults(handler=bind(rollouts_status))
-    halt = rollout_actions.add_parser("halt", parents=[common], help="stop advancing")
-    halt.add_argument("--reason", help="shown by rollouts status")
-    halt.set_defaults(handler=bind(rollouts_halt))
-    resume = rollout_actions.add_parser(
-        "resume", parents=[common], help="watch the halted wave again"
-    )
-    resume.set_defaults(handler=bind(rollouts_resume))
-    abort = rollout_actions.add_parser(
-        "abort", parents=[common], help="end it: every device gets the version before again"
-    )
-    abort.set_defaults(handler=bind(rollouts_abort))
-    step = rollout_actions.add_parser(
-        "advance", parents=[common], help="check the open roll-out now (the service does it too)"
-    )
-    step.set_defaults(handler=bind(rollouts_advance))

@@ -13,12 +13,20 @@ from typing import Any
 
 import asyncpg
 
-from services.core import audit, errors
-from services.core.commands import Bind
+from services.core import errors
+from services.core.commands import (
+    JSON,
+    Bind,
+    Commands,
+    argument,
+    device_mac,
+    record_audit,
+    usage_errors,
+)
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.core.identity import DeviceIdentity, Proof
-from services.update.cli.common import _base_url, _mac, _operator, _snapshot, _stores
+from services.update.cli.common import _base_url, _operator, _snapshot, _stores
 from services.update.plan import ScriptPlan
 from services.update.problems import Problems
 from services.update.provisioning import (
@@ -208,12 +216,11 @@ async def scripts_publish(
             files, by=_operator(), comment=args.comment or "", activate=not args.staged
         )
         if created:
-            await audit.record(
+            await record_audit(
                 connection,
-                actor=audit.cli_actor(),
-                action="scripts.publish-staged" if args.staged else "scripts.publish",
-                object_type="script_version",
-                object_id=str(version.id),
+                "scripts.publish-staged" if args.staged else "scripts.publish",
+                "script_version",
+                str(version.id),
                 after={
                     "files": version.files,
                     "sha256": version.tree_sha256,
@@ -255,16 +262,13 @@ async def scripts_rollback(args: argparse.Namespace, settings: Settings, pool: a
     async with pool.acquire() as connection, connection.transaction():
         repository = ScriptVersionRepository(connection)
         before = await repository.current_id()
-        try:
+        with usage_errors(errors.NotFound):
             version = await repository.activate(args.version, by=_operator())
-        except errors.NotFound as error:
-            raise UsageError(str(error)) from None
-        await audit.record(
+        await record_audit(
             connection,
-            actor=audit.cli_actor(),
-            action="scripts.rollback",
-            object_type="script_version",
-            object_id=str(version.id),
+            "scripts.rollback",
+            "script_version",
+            str(version.id),
             before={"current": before},
             after={"current": version.id},
         )
@@ -273,7 +277,7 @@ async def scripts_rollback(args: argparse.Namespace, settings: Settings, pool: a
 
 
 async def scripts_render(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
-    mac = _mac(args.device)
+    mac = device_mac(args.device)
     store, firmware = await _stores(settings, pool)
     snapshot = await _snapshot(pool)
     device = snapshot.by_mac.get(mac)
@@ -288,7 +292,7 @@ async def scripts_render(args: argparse.Namespace, settings: Settings, pool: asy
     proof = Proof.CLAIMED if args.claimed else Proof.PROVEN
     identity = DeviceIdentity(proof, device.mac, device.hardware_id, device.device_type)
     arguments = PollArguments(check=args.check, prot=args.prot, boot=args.boot)
-    try:
+    with usage_errors(ScriptError, PolicyError, SecretRequired):
         context = look_up(
             snapshot,
             device,
@@ -299,8 +303,6 @@ async def scripts_render(args: argparse.Namespace, settings: Settings, pool: asy
             Lifecycle.from_settings(settings.update),
         )
         reply = reply_for(store, context, firmware.listed)
-    except (ScriptError, PolicyError, SecretRequired) as error:
-        raise UsageError(str(error)) from None
     sys.stdout.write(reply.text.replace("\r\n", "\n"))
     return 0
 
@@ -312,65 +314,67 @@ def register(
     extra_checks: Sequence[ExtraCheck] = (),
 ) -> None:
     """The ``pbxfront scripts …`` sub-commands."""
-    scripts = commands.add_parser("scripts", help="the update scripts (staging_scripts/)")
-    script_actions = scripts.add_subparsers(dest="action", required=True)
-    check = script_actions.add_parser(
+    scripts = Commands(commands, common, bind).group(
+        "scripts", "the update scripts (staging_scripts/)"
+    )
+    base_url = argument("--base-url", metavar="URL", help="default: update.public_url")
+    scripts.add(
         "check",
-        parents=[common],
-        help="render every script for every device; each problem once with the devices it affects",
+        functools.partial(scripts_check, extra_checks=extra_checks),
+        "render every script for every device; each problem once with the devices it affects",
+        argument("--json", action="store_true", help="every affected device, as JSON"),
     )
-    check.add_argument("--json", action="store_true", help="every affected device, as JSON")
-    check.set_defaults(handler=bind(functools.partial(scripts_check, extra_checks=extra_checks)))
-    plan = script_actions.add_parser(
+    scripts.add(
         "plan",
-        parents=[common],
-        help="which devices' scripts a pending tree changes (hash per device, diff)",
+        scripts_plan,
+        "which devices' scripts a pending tree changes (hash per device, diff)",
+        argument("--scripts", metavar="DIR", help="the pending tree (default: plan the live tree)"),
+        argument("--customer", metavar="ID", help="only this customer's devices"),
+        argument("--diff", action="store_true", help="show each device's script diff"),
+        base_url,
+        JSON,
     )
-    plan.add_argument(
-        "--scripts", metavar="DIR", help="the pending tree (default: plan the live tree)"
-    )
-    plan.add_argument("--customer", metavar="ID", help="only this customer's devices")
-    plan.add_argument("--diff", action="store_true", help="show each device's script diff")
-    plan.add_argument("--base-url", metavar="URL", help="default: update.public_url")
-    plan.add_argument("--json", action="store_true")
-    plan.set_defaults(handler=bind(scripts_plan))
-    publish = script_actions.add_parser(
+    scripts.add(
         "publish",
-        parents=[common],
-        help="check the scripts folder and make it the version every node serves",
+        functools.partial(scripts_publish, extra_checks=extra_checks),
+        "check the scripts folder and make it the version every node serves",
+        argument("--comment", help="why (shown by scripts versions)"),
+        argument(
+            "--staged",
+            action="store_true",
+            help="store the version without making it current (for pbxfront rollouts start)",
+        ),
     )
-    publish.add_argument("--comment", help="why (shown by scripts versions)")
-    publish.add_argument(
-        "--staged",
-        action="store_true",
-        help="store the version without making it current (for pbxfront rollouts start)",
+    scripts.add(
+        "versions",
+        scripts_versions,
+        "published versions; * marks the current one",
+        argument("--limit", type=int, default=50, help="how many, newest first"),
+        argument("--json", action="store_true", help="as JSON"),
     )
-    publish.set_defaults(
-        handler=bind(functools.partial(scripts_publish, extra_checks=extra_checks))
+    scripts.add(
+        "rollback",
+        scripts_rollback,
+        "make a published version current again",
+        argument("version", type=int, metavar="VERSION", help="from scripts versions"),
     )
-    versions = script_actions.add_parser(
-        "versions", parents=[common], help="published versions; * marks the current one"
+    scripts.add(
+        "render",
+        scripts_render,
+        "what one device gets",
+        argument("--device", required=True, metavar="MAC"),
+        argument("--phase", choices=(STAGING, UPDATE), default=UPDATE),
+        argument("--explain", action="store_true", help="show each variable's layer"),
+        argument(
+            "--claimed",
+            action="store_true",
+            help="as a device without certificate (secrets withheld)",
+        ),
+        argument("--check", metavar="HASH", help="the device's CHECK value"),
+        argument("--prot", metavar="BUILD", help="the device's PROT value"),
+        argument("--boot", metavar="BUILD", help="the device's BOOT value"),
+        base_url,
     )
-    versions.add_argument("--limit", type=int, default=50, help="how many, newest first")
-    versions.add_argument("--json", action="store_true", help="as JSON")
-    versions.set_defaults(handler=bind(scripts_versions))
-    rollback = script_actions.add_parser(
-        "rollback", parents=[common], help="make a published version current again"
-    )
-    rollback.add_argument("version", type=int, metavar="VERSION", help="from scripts versions")
-    rollback.set_defaults(handler=bind(scripts_rollback))
-    render = script_actions.add_parser("render", parents=[common], help="what one device gets")
-    render.add_argument("--device", required=True, metavar="MAC")
-    render.add_argument("--phase", choices=(STAGING, UPDATE), default=UPDATE)
-    render.add_argument("--explain", action="store_true", help="show each variable's layer")
-    render.add_argument(
-        "--claimed", action="store_true", help="as a device without certificate (secrets withheld)"
-    )
-    render.add_argument("--check", metavar="HASH", help="the device's CHECK value")
-    render.add_argument("--prot", metavar="BUILD", help="the device's PROT value")
-    render.add_argument("--boot", metavar="BUILD", help="the device's BOOT value")
-    render.add_argument("--base-url", metavar="URL", help="default: update.public_url")
-    render.set_defaults(handler=bind(scripts_render))
     from services.update import phpus
 
-    phpus.register(script_actions, common)
+    phpus.register(scripts.subparsers, common)
