@@ -108,12 +108,7 @@ def _frontend_view(plan: FrontendPlan, secret: SecretWrapper) -> dict[str, Any]:
         ],
         "devices": [
             {
-                "customer": b.customer,
-                "mac": b.mac,
-                "long_name": b.long_name,
-                "internal_name": b.internal_name,
-                "external_name": b.external_name,
-                "internal_pbx": b.internal_pbx,
+                **b.names(),
                 "password": (
                     secret(f"sessionborder.{b.long_name}.password", b.password)
                     if b.password

@@ -25,13 +25,12 @@ import asyncpg
 from aiohttp import web
 
 from services.core import audit, errors
-from services.core.api import int_query, json_response, pool_of
+from services.core.api import int_query, json_body, json_response, pool_of
 from services.core.batch import BackgroundBatches
 from services.core.config import Settings
 from services.core.db import acquire
 from services.core.http import query_arguments, security_event
 from services.core.identity import identify, printable
-from services.core.inputs import loads_json
 from services.core.ratelimit import AddressLimiter
 from services.core.unknown import REDIRECT, UnknownDeviceRepository
 from services.redirect.handover import (
@@ -267,24 +266,6 @@ async def _audit(
 # --- provider API: handlers ---------------------------------------------------------------------
 
 
-async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    """The body as a JSON object. Read from aiohttp's cache: the signature check has read it."""
-    raw = await request.read()
-    if not raw.strip() and optional:
-        return {}
-    if not raw.strip():
-        raise errors.Invalid("a JSON object body is required")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise errors.Invalid("body is not UTF-8") from None
-    # Depth, huge integers, NUL and lone surrogates: a precise 4xx (core.inputs).
-    value = loads_json(text)
-    if not isinstance(value, dict):
-        raise errors.Invalid("body must be a JSON object")
-    return value
-
-
 def _device(request: web.Request) -> str:
     """The path's MAC or serial (innovaphone serial numbers are MACs)."""
     return check_mac(request.match_info["device"])
@@ -354,7 +335,7 @@ _PUT_FIELDS = {"mac", "frontend", "url", "facts", "transfer_token"}
 async def put_device(request: web.Request) -> web.Response:
     caller = caller_of(request)
     mac = _device(request)
-    body = await _json_object(request)
+    body = await json_body(request)
     unknown = sorted(set(body) - _PUT_FIELDS)
     if unknown:
         known = ", ".join(sorted(_PUT_FIELDS))
@@ -379,7 +360,7 @@ async def put_device(request: web.Request) -> web.Response:
 async def move_device(request: web.Request) -> web.Response:
     caller = caller_of(request)
     mac = _device(request)
-    body = await _json_object(request)
+    body = await json_body(request)
     unknown = sorted(set(body) - {"frontend", "url"})
     if unknown:
         raise errors.Invalid(f"{printable(unknown[0], 40)}: unknown field (known: frontend, url)")
@@ -423,7 +404,7 @@ async def device_history(request: web.Request) -> web.Response:
 async def transfer_token(request: web.Request) -> web.Response:
     caller = caller_of(request)
     mac = _device(request)
-    body = await _json_object(request, optional=True)
+    body = await json_body(request, optional=True)
     unknown = sorted(set(body) - {"to"})
     if unknown:
         raise errors.Invalid(f"{printable(unknown[0], 40)}: unknown field (known: to)")

@@ -67,6 +67,18 @@ class SessionBorder:
     password: str | None = field(repr=False)  # the customer registration password
     pbx_password: bool = True
 
+    def names(self) -> dict[str, str | None]:
+        """Where it belongs and what it is called (everything but the passwords), for the plan's
+        JSON and the staging scripts' context alike."""
+        return {
+            "customer": self.customer,
+            "mac": self.mac,
+            "long_name": self.long_name,
+            "internal_name": self.internal_name,
+            "external_name": self.external_name,
+            "internal_pbx": self.internal_pbx,
+        }
+
 
 @dataclass(frozen=True)
 class Violation:

@@ -52,12 +52,7 @@ def plan_json(plan: FrontendPlan, *, show_secrets: bool = False) -> dict[str, ob
         ],
         "session_borders": [
             {
-                "customer": b.customer,
-                "mac": b.mac,
-                "long_name": b.long_name,
-                "internal_name": b.internal_name,
-                "external_name": b.external_name,
-                "internal_pbx": b.internal_pbx,
+                **b.names(),
                 "password": _password(b, show_secrets),
                 "password_set": b.password is not None,
                 "pbx_password": b.pbx_password,
