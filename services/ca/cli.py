@@ -86,14 +86,6 @@ def fingerprint(ca: pki.IssuedCertificate) -> str:
     return pki.certificate_fingerprint(ca.certificate)
 
 
-def _subject_value(certificate: x509.Certificate, oid: x509.ObjectIdentifier) -> str | None:
-    attributes = certificate.subject.get_attributes_for_oid(oid)
-    if not attributes:
-        return None
-    value = attributes[0].value
-    return value if isinstance(value, str) else value.decode("utf-8", "replace")
-
-
 # --- init --------------------------------------------------------------------------------------
 
 
@@ -269,8 +261,8 @@ async def ca_issue(args: argparse.Namespace, settings: Settings, pool: asyncpg.P
         pki.issue_certificate,
         ca,
         common_name=names.common_name,
-        organization=_subject_value(ca.certificate, x509.NameOID.ORGANIZATION_NAME),
-        country=_subject_value(ca.certificate, x509.NameOID.COUNTRY_NAME),
+        organization=pki.subject_value(ca.certificate, x509.NameOID.ORGANIZATION_NAME),
+        country=pki.subject_value(ca.certificate, x509.NameOID.COUNTRY_NAME),
         dns_names=names.dns_names,
         ip_addresses=names.ip_addresses,
         key_type=args.key_type,

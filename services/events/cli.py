@@ -21,7 +21,7 @@ from services.core.commands import JSON, Bind, Commands, argument
 from services.core.config import Settings
 from services.core.identity import printable
 from services.events.delivery import DeliveryRepository
-from services.events.handlers import Filters, event_json
+from services.events.handlers import Filters, event_json, query_events
 from services.events.repository import NOTIFY_CHANNEL, EventRepository
 from services.events.retention import run_retention
 
@@ -60,22 +60,6 @@ def _line(row: asyncpg.Record) -> str:
     )
 
 
-async def _query(
-    repository: EventRepository, filters: Filters, *, limit: int, after: int | None = None
-) -> list[asyncpg.Record]:
-    """The events ``filters`` select: the newest ``limit``, or with ``after`` the oldest
-    ``limit`` from there."""
-    return await repository.query(
-        device=filters.device,
-        customer=filters.customer,
-        max_severity=filters.max_severity,
-        since=filters.since,
-        active=filters.active,
-        after=after,
-        limit=limit,
-    )
-
-
 def _print(rows: list[asyncpg.Record], as_json: bool) -> None:
     for row in rows:
         if as_json:
@@ -87,7 +71,7 @@ def _print(rows: list[asyncpg.Record], as_json: bool) -> None:
 async def events_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     filters = _filters(args)
     async with pool.acquire() as connection:
-        rows = await _query(EventRepository(connection), filters, limit=args.limit)
+        rows = await query_events(EventRepository(connection), filters, limit=args.limit)
     rows.reverse()  # oldest first on a terminal, like a log
     if not rows and not args.json:
         print("no events", file=sys.stderr)
@@ -116,12 +100,12 @@ async def _follow(
     args: argparse.Namespace, filters: Filters, repository: EventRepository, wake: asyncio.Event
 ) -> None:
     last = await repository.newest_id()
-    rows = await _query(repository, filters, limit=args.lines)
+    rows = await query_events(repository, filters, limit=args.lines)
     rows.reverse()
     _print(rows, args.json)
     while args.follow:
         wake.clear()
-        rows = await _query(repository, filters, after=last, limit=1000)
+        rows = await query_events(repository, filters, after=last, limit=1000)
         _print(rows, args.json)
         last = max([last, *(row["id"] for row in rows)])
         if not rows:

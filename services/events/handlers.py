@@ -355,6 +355,30 @@ class Filters:
         )
 
 
+async def query_events(
+    repository: EventRepository,
+    filters: Filters,
+    *,
+    limit: int,
+    after: int | None = None,
+    before: int | None = None,
+    include_repeats: bool = False,
+) -> list[asyncpg.Record]:
+    """The events ``filters`` select: the newest ``limit`` (below ``before``), or with ``after``
+    the oldest ``limit`` from there."""
+    return await repository.query(
+        device=filters.device,
+        customer=filters.customer,
+        max_severity=filters.max_severity,
+        since=filters.since,
+        active=filters.active,
+        after=after,
+        before=before,
+        limit=limit,
+        include_repeats=include_repeats,
+    )
+
+
 def event_json(row: asyncpg.Record) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in dict(row).items():
@@ -397,15 +421,12 @@ async def list_events(request: web.Request) -> web.Response:
     pool = pool_of(request)
     while True:
         async with acquire(pool) as connection:
-            rows = await EventRepository(connection).query(
-                device=filters.device,
-                customer=filters.customer,
-                max_severity=filters.max_severity,
-                since=filters.since,
-                active=filters.active,
+            rows = await query_events(
+                EventRepository(connection),
+                filters,
+                limit=limit,
                 after=after,
                 before=before,
-                limit=limit,
                 include_repeats=_flag(request, "repeats"),
             )
         # Long poll (tail -f over HTTP): with after= and wait=, wait for the next events.

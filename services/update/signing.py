@@ -42,6 +42,7 @@ from services.core.pki import (
     certificate_to_hex_der,
     load_signing_request,
     sign_public_key,
+    subject_value,
 )
 from services.update import rollout
 from services.update.repository import RolloutRepository
@@ -53,14 +54,6 @@ CHANNEL = "pbxfront_ca_requests"
 
 def node_name() -> str:
     return socket.gethostname()
-
-
-def subject_value(certificate: x509.Certificate, oid: x509.ObjectIdentifier) -> str | None:
-    attributes = certificate.subject.get_attributes_for_oid(oid)
-    if not attributes:
-        return None
-    value = attributes[0].value
-    return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
 def sign_device_request(

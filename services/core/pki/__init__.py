@@ -61,6 +61,7 @@ from services.core.pki.names import (
     CertificateNames,
     certificate_names,
     device_certificate_names,
+    subject_value,
 )
 from services.core.pki.requests import (
     MAX_REQUEST_BYTES,
@@ -100,5 +101,6 @@ __all__ = [
     "pkcs12_bundle",
     "read_passphrase",
     "sign_public_key",
+    "subject_value",
     "write_pem_files",
 ]

@@ -196,3 +196,13 @@ def _common_name(certificate: x509.Certificate | x509.CertificateSigningRequest)
         return None
     value = attributes[0].value
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def subject_value(certificate: x509.Certificate, oid: x509.ObjectIdentifier) -> str | None:
+    """The first value of attribute ``oid`` in the certificate's subject (None without one), so
+    a certificate issued by a CA can carry the CA's own organisation and country."""
+    attributes = certificate.subject.get_attributes_for_oid(oid)
+    if not attributes:
+        return None
+    value = attributes[0].value
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
