@@ -113,6 +113,15 @@ async def until(
         await asyncio.sleep(interval)
 
 
+def until_blocking(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """:func:`until` for tests driving processes from blocking code; ``what`` names the effect."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.1)
+
+
 async def curl_with_headers(*args: str) -> tuple[int, bytes, str]:
     """Run the real curl: (status, body, response headers)."""
     handle, headers_path = tempfile.mkstemp(prefix="pbxfront-curl-")

@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,7 +26,7 @@ import pytest
 from services.core.config import TlsSettings
 from services.core.ticketkeys import KEY_LENGTH
 from services.core.ticketstore import StoredKey, TicketKeyRepository, refusal
-from tests.conftest import TEMPLATE_DATABASE, dsn_for_database
+from tests.conftest import TEMPLATE_DATABASE, dsn_for_database, until_blocking
 from tests.test_cli import Served, start, stop
 from tests.test_tls_resumption import POLL, device_context, poll
 
@@ -53,13 +53,6 @@ def stored(dsn: str, listener: str = "devices") -> StoredKey:
     if row["key"] is not None:
         SEEN_KEYS.append(row["key"])
     return StoredKey(row["listener"], row["key"], row["created_at"])
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting: {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -213,11 +206,13 @@ def test_rotation_gives_old_tickets_a_full_handshake_and_breaks_nothing(
             "UPDATE tls_ticket_keys SET created_at = now() - interval '25 hours' "
             "WHERE listener = 'devices'",
         )
-        wait_for(lambda: stored(database).created_at > before.created_at, "the rotation")
+        until_blocking(lambda: stored(database).created_at > before.created_at, "the rotation")
         after = stored(database)
         assert after.key != before.key
-        wait_for(lambda: applied(node_a, after) == 2, "both workers of node A take the new key")
-        wait_for(lambda: applied(node_b, after) == 1, "node B takes the new key")
+        until_blocking(
+            lambda: applied(node_a, after) == 2, "both workers of node A take the new key"
+        )
+        until_blocking(lambda: applied(node_b, after) == 1, "node B takes the new key")
         open_connection.sendall(keep)
         assert read_response(open_connection).startswith(b"HTTP/1.1 200")
     # One rotation line in the cluster (the UPDATE is conditioned on the age: one node wins).
@@ -264,8 +259,8 @@ def test_a_damaged_key_row_is_refused_and_the_nodes_keep_their_key(
     )
     damaged = stored(database)
     line = f"{refused} (created {damaged.created_at.isoformat()}) refused: {problem}"
-    wait_for(lambda: log_count(node_a, line) == 2, "node A's workers refuse the row")
-    wait_for(lambda: log_count(node_b, line) == 1, "node B refuses the row")
+    until_blocking(lambda: log_count(node_a, line) == 2, "node A's workers refuse the row")
+    until_blocking(lambda: log_count(node_b, line) == 1, "node B refuses the row")
     # Once per process, not once per check.
     time.sleep(4 * float(CHECK_SECONDS))
     assert (log_count(node_a, refused), log_count(node_b, refused)) == (
@@ -277,14 +272,14 @@ def test_a_damaged_key_row_is_refused_and_the_nodes_keep_their_key(
     assert resumed_on(node_b, client, session) == 10
     # The remedy the log line names: delete the row; a node makes a new key, all take it.
     sql(database, "DELETE FROM tls_ticket_keys WHERE listener = 'devices'")
-    wait_for(
+    until_blocking(
         lambda: bool(sql(database, "SELECT 1 FROM tls_ticket_keys WHERE listener = 'devices'")),
         "a new row",
     )
     fresh = stored(database)
     assert fresh.key != good.key
-    wait_for(lambda: applied(node_a, fresh) == 2, "node A takes the new key")
-    wait_for(lambda: applied(node_b, fresh) == 1, "node B takes the new key")
+    until_blocking(lambda: applied(node_a, fresh) == 2, "node A takes the new key")
+    until_blocking(lambda: applied(node_b, fresh) == 1, "node B takes the new key")
     assert resumed_on(node_b, client, first_session(node_a, client)) == 10
 
 
@@ -307,13 +302,13 @@ def test_a_node_starting_on_a_damaged_row_serves_with_its_own_key(
         from_a = first_session(node_a, client)
         assert resumed_on(node_c, client, from_a, 3) == 0
         sql(database, "DELETE FROM tls_ticket_keys WHERE listener = 'devices'")
-        wait_for(
+        until_blocking(
             lambda: bool(sql(database, "SELECT 1 FROM tls_ticket_keys WHERE listener = 'devices'")),
             "a new row",
         )
         fresh = stored(database)
         for node, processes in ((node_a, 2), (node_b, 1), (node_c, 1)):
-            wait_for(functools.partial(took, node, fresh, processes), f"{node.urls} takes it")
+            until_blocking(functools.partial(took, node, fresh, processes), f"{node.urls} takes it")
         assert resumed_on(node_c, client, first_session(node_a, client), 3) == 3
     finally:
         output = stop(node_c)
@@ -335,7 +330,7 @@ def test_a_node_of_stream_listeners_only_follows_the_shared_key(
             "UPDATE tls_ticket_keys SET created_at = now() - interval '25 hours' "
             "WHERE listener = 'directory_tls'",
         )
-        wait_for(
+        until_blocking(
             lambda: stored(database, "directory_tls").created_at > before.created_at,
             "the rotation",
         )
@@ -344,7 +339,7 @@ def test_a_node_of_stream_listeners_only_follows_the_shared_key(
             "TLS ticket key of listener directory_tls now the shared one created "
             f"{after.created_at.isoformat()}"
         )
-        wait_for(lambda: log_count(node, line) == 1, "the directory node takes the new key")
+        until_blocking(lambda: log_count(node, line) == 1, "the directory node takes the new key")
     finally:
         output = stop(node)
     assert_no_key_in(output, [key for key in SEEN_KEYS if refusal(key) is None])

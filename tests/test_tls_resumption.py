@@ -30,6 +30,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from services.core import pki
 from services.core.ticketkeys import TicketKeyError, TicketKeys, connect_in_memory
 from services.core.tls import TlsFiles, build_server_context
+from tests.conftest import until_blocking
 from tests.test_cli import ROOT, Served, curl, start, stop
 
 DEVICE = "IP232-01-02-03"
@@ -273,14 +274,11 @@ def test_a_worker_started_after_a_reload_has_the_new_certificate_and_the_key(
     master = psutil.Process(node.process.pid)
     workers = {child.pid for child in master.children()}
     master.children()[0].kill()
-    deadline = time.monotonic() + 30
-    while True:
-        started = {child.pid for child in master.children()} - workers
-        if started and len(master.children()) == 2:
-            break
-        assert time.monotonic() < deadline, "the master did not start a new worker"
-        time.sleep(0.1)
-    (replacement,) = started
+    until_blocking(
+        lambda: len(master.children()) == 2 and bool({c.pid for c in master.children()} - workers),
+        "the master starts a new worker",
+    )
+    (replacement,) = {child.pid for child in master.children()} - workers
     before = per_worker_handshakes(node)
     count = 100
     resumed, session = polls_resumed(node, context, session, count)

@@ -62,19 +62,7 @@ async def list_archived(request: web.Request) -> web.Response:
     async with acquire(pool_of(request)) as connection:
         archived = await archived_customers(connection)
     return json_response(
-        {
-            "customers": [
-                {
-                    "id": item.customer.id,
-                    "archived_at": item.archived_at.isoformat(),
-                    "archived_by": item.archived_by,
-                    "owner": item.owner,
-                    "devices": [device.mac for device in item.devices],
-                    "contacts_version": item.contacts_version,
-                }
-                for item in archived
-            ]
-        }
+        {"customers": [{"id": item.customer.id, **item.summary()} for item in archived]}
     )
 
 

@@ -39,6 +39,17 @@ class ArchivedCustomer:
     variables: tuple[Variable, ...]
     contacts_version: int | None
 
+    def summary(self) -> dict[str, Any]:
+        """When, by whom and with what it was archived, as JSON (the API and the CLI name the
+        customer each their own way)."""
+        return {
+            "archived_at": self.archived_at.isoformat(),
+            "archived_by": self.archived_by,
+            "owner": self.owner,
+            "devices": [device.mac for device in self.devices],
+            "contacts_version": self.contacts_version,
+        }
+
 
 def _archive_record(
     customer: Customer,

@@ -149,17 +149,7 @@ async def inventory_archived(
     async with pool.acquire() as connection:
         archived = await archived_customers(connection)
     if args.json:
-        rows = [
-            {
-                "customer": item.customer.id,
-                "archived_at": item.archived_at.isoformat(),
-                "archived_by": item.archived_by,
-                "owner": item.owner,
-                "devices": [device.mac for device in item.devices],
-                "contacts_version": item.contacts_version,
-            }
-            for item in archived
-        ]
+        rows = [{"customer": item.customer.id, **item.summary()} for item in archived]
         print(json.dumps(rows, indent=2))
         return 0
     for item in archived:
