@@ -247,6 +247,17 @@ async def test_a_large_prune_needs_force_and_a_removed_customer_is_restorable(
     code, out, _ = await pbxfront(database_url, "inventory", "archived")
     assert out.startswith(f"{KUENKEL}\t")
     assert "4 device(s)" in out
+    code, out, _ = await pbxfront(database_url, "inventory", "archived", "--json")
+    (archived,) = json.loads(out)
+    assert list(archived) == [
+        "customer",
+        "archived_at",
+        "archived_by",
+        "owner",
+        "devices",
+        "contacts_version",
+    ]
+    assert (archived["customer"], len(archived["devices"])) == (KUENKEL, 4)
     # The archived id cannot come back through a file by accident.
     code, _, err = await pbxfront(database_url, "inventory", "apply", str(EXAMPLE))
     assert code == 2
