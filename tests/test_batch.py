@@ -201,3 +201,16 @@ async def test_a_cancelled_waiter_leaves_the_others_their_answers(pool: asyncpg.
     assert list(await asyncio.gather(same_key, other_key)) == [10, 20]
     assert gone.cancelled()
     assert tens.queries == [[1, 2]]
+
+
+async def test_a_round_cancelled_before_its_query_cancels_its_waiters(pool: asyncpg.Pool) -> None:
+    tens = Tens("SELECT k, k * 10 AS v FROM unnest($1::int[]) AS k")
+    batcher = TurnBatcher[int, int](tens)
+    waiter = asyncio.ensure_future(batcher.get(1, pool))
+    (round_task,) = batcher._rounds  # the loop stops it (shutdown) before it ran
+    round_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert tens.queries == []
+    # Nothing is left waiting for the dead round: the next lookup has a round of its own.
+    assert await asyncio.wait_for(batcher.get(1, pool), 5) == 10

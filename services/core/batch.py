@@ -160,17 +160,19 @@ class TurnBatcher(Generic[K, R]):
 
     Each waiter gets ``found.get(key)``: None for a key the query left out. An ``Exception`` from
     the query (``DatabaseUnavailable``, a PostgreSQL error) is raised in every waiter of the
-    round. If the round's task itself ends by a ``BaseException`` (cancelled with the loop), every
-    waiter of the round is cancelled and the task re-raises. A waiter that is cancelled (its
-    request went away) leaves the round and the other waiters alone: each awaits its answer
-    through ``asyncio.shield``. Round tasks are kept referenced until done (the loop holds only
-    weak references).
+    round. If the round's task itself ends by a ``BaseException`` (cancelled with the loop),
+    before or during its query, every waiter of the round is cancelled and the task re-raises.
+    A waiter that is cancelled (its request went away) leaves the round and the other waiters
+    alone: each awaits its answer through ``asyncio.shield``. Round tasks are kept referenced
+    until done (the loop holds only weak references).
     """
 
     def __init__(self, query: Query[K, R]) -> None:
         self._query = query
         self._waiting: dict[K, asyncio.Future[R | None]] = {}
         self._rounds: set[asyncio.Task[None]] = set()
+        # The round that has yet to take the waiting keys.
+        self._collecting: asyncio.Task[None] | None = None
 
     def get(self, key: K, pool: asyncpg.Pool) -> Awaitable[R | None]:
         """The answer for ``key`` from this turn's round (to await)."""
@@ -180,14 +182,26 @@ class TurnBatcher(Generic[K, R]):
             if not self._waiting:
                 task = loop.create_task(self._round(pool))
                 self._rounds.add(task)
-                task.add_done_callback(self._rounds.discard)
+                self._collecting = task
+                task.add_done_callback(self._round_done)
             future = loop.create_future()
             self._waiting[key] = future
         return asyncio.shield(future)
 
+    def _round_done(self, task: asyncio.Task[None]) -> None:
+        self._rounds.discard(task)
+        if task is self._collecting:
+            # Cancelled before it took its keys (even before it first ran): they must not wait
+            # for it, and the next get must start a round of its own.
+            self._collecting = None
+            waiting, self._waiting = self._waiting, {}
+            for future in waiting.values():
+                future.cancel()
+
     async def _round(self, pool: asyncpg.Pool) -> None:
         await asyncio.sleep(0)  # let the requests of this turn add their keys
         waiting, self._waiting = self._waiting, {}
+        self._collecting = None
         try:
             found = await self._query(pool, list(waiting))
         except Exception as error:
