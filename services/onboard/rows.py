@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,79 +50,103 @@ def _text(raw: Mapping[str, Any], key: str) -> str | None:
 
 def check_rows(raws: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Row]:
     """Rows normalised; OnboardError with every ``where: field: why`` otherwise (no database)."""
+    if len(raws) > MAX_ROWS:
+        raise OnboardError([f"rows: at most {MAX_ROWS} per call, not {len(raws)}"])
     problems: list[str] = []
     rows: list[Row] = []
     seen_mac: dict[str, str] = {}
     seen_cpe: dict[str, str] = {}
-    if len(raws) > MAX_ROWS:
-        raise OnboardError([f"rows: at most {MAX_ROWS} per call, not {len(raws)}"])
     for where, raw in raws:
-        values: dict[str, str | None] = {}
-        bad = False
-        for key in (*REQUIRED, *OPTIONAL):
-            try:
-                values[key] = _text(raw, key)
-            except ValueError as error:
-                problems.append(f"{where}: {key}: {error}")
-                bad = True
-        for key in raw:
-            if key not in REQUIRED and key not in OPTIONAL:
-                problems.append(f"{where}: {printable(str(key))}: unknown field")
-                bad = True
-        for key in ("mac", "type", "customer"):
-            if key in values and values[key] is None:
-                problems.append(f"{where}: {key}: required")
-                bad = True
-        mac = device_type = ""
-        if values.get("mac"):
-            try:
-                mac = normalize_mac(values["mac"] or "")
-            except IdentityError as error:
-                problems.append(f"{where}: mac: {error}")
-                bad = True
-        if values.get("type"):
-            try:
-                device_type = normalize_device_type(values["type"] or "")
-            except IdentityError as error:
-                problems.append(f"{where}: type: {error}")
-                bad = True
-        device_class = values.get("class") or "phone"
-        if device_class not in DEVICE_CLASSES:
-            problems.append(
-                f"{where}: class: must be one of {', '.join(DEVICE_CLASSES)}, "
-                f"not {printable(repr(device_class))}"
-            )
-            bad = True
-        if mac:
-            if mac in seen_mac:
-                problems.append(f"{where}: mac: {mac} is already in {seen_mac[mac]}")
-                bad = True
-            seen_mac.setdefault(mac, where)
-        cpe_id = values.get("cpe_id")
-        if cpe_id:
-            if cpe_id in seen_cpe:
-                problems.append(
-                    f"{where}: cpe_id: {printable(cpe_id)} is already in {seen_cpe[cpe_id]}"
-                )
-                bad = True
-            seen_cpe.setdefault(cpe_id, where)
-        if not bad:
-            rows.append(
-                Row(
-                    where,
-                    mac,
-                    device_type,
-                    values["customer"] or "",
-                    cpe_id,
-                    device_class,
-                    values.get("name"),
-                    values.get("frontend"),
-                    values.get("url"),
-                )
-            )
+        row, row_problems = _check_row(where, raw, seen_mac, seen_cpe)
+        problems.extend(row_problems)
+        if not row_problems:
+            rows.append(row)
     if problems:
         raise OnboardError(problems)
     return rows
+
+
+def _check_row(
+    where: str, raw: Mapping[str, Any], seen_mac: dict[str, str], seen_cpe: dict[str, str]
+) -> tuple[Row, list[str]]:
+    """One row normalised and its problems (the row is only usable without any). Records its
+    MAC and CPE id in ``seen_mac``/``seen_cpe`` (where each first appeared), problems or not."""
+    values, problems = _row_values(where, raw)
+    mac = _normalized(where, "mac", values.get("mac"), normalize_mac, problems)
+    device_type = _normalized(where, "type", values.get("type"), normalize_device_type, problems)
+    device_class = values.get("class") or "phone"
+    if device_class not in DEVICE_CLASSES:
+        problems.append(
+            f"{where}: class: must be one of {', '.join(DEVICE_CLASSES)}, "
+            f"not {printable(repr(device_class))}"
+        )
+    if mac:
+        _note_first_use(where, "mac", mac, mac, seen_mac, problems)
+    cpe_id = values.get("cpe_id")
+    if cpe_id:
+        _note_first_use(where, "cpe_id", cpe_id, printable(cpe_id), seen_cpe, problems)
+    row = Row(
+        where,
+        mac,
+        device_type,
+        values.get("customer") or "",
+        cpe_id,
+        device_class,
+        values.get("name"),
+        values.get("frontend"),
+        values.get("url"),
+    )
+    return row, problems
+
+
+def _row_values(where: str, raw: Mapping[str, Any]) -> tuple[dict[str, str | None], list[str]]:
+    """The known fields as stripped text (None when empty or absent) and the problems: values
+    that are not text, unknown fields, required fields missing. A field whose value is not text
+    is left out of the values, so it is not also reported as missing."""
+    values: dict[str, str | None] = {}
+    problems: list[str] = []
+    for key in (*REQUIRED, *OPTIONAL):
+        try:
+            values[key] = _text(raw, key)
+        except ValueError as error:
+            problems.append(f"{where}: {key}: {error}")
+    problems.extend(
+        f"{where}: {printable(str(key))}: unknown field"
+        for key in raw
+        if key not in REQUIRED and key not in OPTIONAL
+    )
+    problems.extend(
+        f"{where}: {key}: required"
+        for key in ("mac", "type", "customer")
+        if key in values and values[key] is None
+    )
+    return values, problems
+
+
+def _normalized(
+    where: str,
+    key: str,
+    value: str | None,
+    normalize: Callable[[str], str],
+    problems: list[str],
+) -> str:
+    """``normalize(value)``; "" when the value is empty or not valid (a problem then)."""
+    if not value:
+        return ""
+    try:
+        return normalize(value)
+    except IdentityError as error:
+        problems.append(f"{where}: {key}: {error}")
+        return ""
+
+
+def _note_first_use(
+    where: str, key: str, value: str, shown: str, seen: dict[str, str], problems: list[str]
+) -> None:
+    """Remember where ``value`` first appeared; a problem when an earlier row has it."""
+    if value in seen:
+        problems.append(f"{where}: {key}: {shown} is already in {seen[value]}")
+    seen.setdefault(value, where)
 
 
 def parse_csv(text: str, source: str) -> list[Row]:

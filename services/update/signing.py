@@ -245,80 +245,114 @@ async def enqueue_request(
     return replace(state, state="queued", attempts=0, error=None, updated_at=now)
 
 
+@dataclass(frozen=True)
+class _Sweep:
+    """What one sweep signs with: the CA, its fingerprint and serial (hex), the settings and
+    the signing node's name."""
+
+    issued: IssuedCertificate
+    fingerprint: str
+    ca_serial: str
+    settings: CaSettings
+    node: str
+
+
 async def sign_queued(
     pool: asyncpg.Pool, issued: IssuedCertificate, settings: CaSettings, node: str
 ) -> int:
     """One sweep of a signing node: sign every waiting request for its CA; the number signed."""
     fingerprint = certificate_fingerprint(issued.certificate)
     ca_serial = format(issued.certificate.serial_number, "x")
+    sweep = _Sweep(issued, fingerprint, ca_serial, settings, node)
     signed = 0
     async with acquire(pool) as connection:
         queue = SigningQueueRepository(connection)
         await queue.seen(node, fingerprint)
-        while True:
-            async with transaction(connection):
-                request = await queue.next_waiting(fingerprint)
-                if request is None:
-                    break
-                rollouts = RolloutRepository(connection)
-                state = await rollouts.lock(request.mac)
-                if state is None or state.state != "queued" or state.plan != request.plan:
-                    await queue.finish(
-                        request.id, "dropped", by=node, error="the roll-out moved on"
-                    )
-                    continue
-                now = datetime.now(UTC)
-                try:
-                    if await rollouts.ca_retired(ca_serial):
-                        raise PkiError("the RootCA was retired (its serial is revoked)")
-                    signing_request = load_signing_request(request.request)
-                    if not certificate_names(signing_request).same_as(request.plan):
-                        raise PkiError("the queued request does not name what was checked")
-                    certificate = await asyncio.to_thread(
-                        sign_device_request, issued, signing_request, request.plan, settings
-                    )
-                except PkiError as error:
-                    message = rollout.bounded_error(f"cannot sign: {error}")
-                    log.error(
-                        "signing queue: request %d of %s: %s", request.id, request.mac, message
-                    )
-                    await queue.finish(request.id, "failed", by=node, error=message)
-                    await rollouts.save(
-                        replace(state, state="error", error=message, updated_at=now)
-                    )
-                    continue
-                await rollouts.record_issued(
-                    certificate, ca_fingerprint=fingerprint, mac=request.mac
-                )
-                serial = format(certificate.serial_number, "x")
-                chain = (
-                    certificate_to_hex_der(certificate),
-                    certificate_to_hex_der(issued.certificate),
-                )
-                await rollouts.save(
-                    replace(
-                        state,
-                        state="signed",
-                        chain_hex=chain,
-                        serial=serial,
-                        attempts=0,
-                        error=None,
-                        updated_at=now,
-                    )
-                )
-                await queue.finish(request.id, "signed", by=node, serial=serial)
-                waited = (now - request.requested_at).total_seconds()
-                log.info(
-                    "signing queue: signed %s for %s (queued by %s %.1f s ago), serial %s",
-                    request.common_name,
-                    request.mac,
-                    request.requested_by,
-                    waited,
-                    serial,
-                )
+        while (outcome := await _settle_next(connection, queue, sweep)) is not None:
+            if outcome:
                 signed += 1
         await publish_crl(connection, issued, settings)
     return signed
+
+
+async def _settle_next(
+    connection: asyncpg.Connection, queue: SigningQueueRepository, sweep: _Sweep
+) -> bool | None:
+    """Take the oldest waiting request for the CA and settle it in one transaction: dropped
+    when its roll-out moved on, failed when it cannot be signed, else signed. None when no
+    request waits; otherwise whether it was signed."""
+    async with transaction(connection):
+        request = await queue.next_waiting(sweep.fingerprint)
+        if request is None:
+            return None
+        rollouts = RolloutRepository(connection)
+        state = await rollouts.lock(request.mac)
+        if state is None or state.state != "queued" or state.plan != request.plan:
+            await queue.finish(request.id, "dropped", by=sweep.node, error="the roll-out moved on")
+            return False
+        now = datetime.now(UTC)
+        try:
+            certificate = await _sign_request(rollouts, sweep, request)
+        except PkiError as error:
+            message = rollout.bounded_error(f"cannot sign: {error}")
+            log.error("signing queue: request %d of %s: %s", request.id, request.mac, message)
+            await queue.finish(request.id, "failed", by=sweep.node, error=message)
+            await rollouts.save(replace(state, state="error", error=message, updated_at=now))
+            return False
+        await _record_signed(queue, rollouts, sweep, request, state, certificate, now)
+        return True
+
+
+async def _sign_request(
+    rollouts: RolloutRepository, sweep: _Sweep, request: QueuedRequest
+) -> x509.Certificate:
+    """The device certificate for a queued request (signed in a thread). PkiError when the
+    RootCA was retired, the request no longer names what was checked, or the CA cannot sign."""
+    if await rollouts.ca_retired(sweep.ca_serial):
+        raise PkiError("the RootCA was retired (its serial is revoked)")
+    signing_request = load_signing_request(request.request)
+    if not certificate_names(signing_request).same_as(request.plan):
+        raise PkiError("the queued request does not name what was checked")
+    return await asyncio.to_thread(
+        sign_device_request, sweep.issued, signing_request, request.plan, sweep.settings
+    )
+
+
+async def _record_signed(
+    queue: SigningQueueRepository,
+    rollouts: RolloutRepository,
+    sweep: _Sweep,
+    request: QueuedRequest,
+    state: rollout.RolloutState,
+    certificate: x509.Certificate,
+    now: datetime,
+) -> None:
+    """Record the certificate, move the roll-out to ``signed`` with the chain and finish the
+    request (inside the transaction that took it)."""
+    await rollouts.record_issued(certificate, ca_fingerprint=sweep.fingerprint, mac=request.mac)
+    serial = format(certificate.serial_number, "x")
+    chain = (certificate_to_hex_der(certificate), certificate_to_hex_der(sweep.issued.certificate))
+    await rollouts.save(
+        replace(
+            state,
+            state="signed",
+            chain_hex=chain,
+            serial=serial,
+            attempts=0,
+            error=None,
+            updated_at=now,
+        )
+    )
+    await queue.finish(request.id, "signed", by=sweep.node, serial=serial)
+    waited = (now - request.requested_at).total_seconds()
+    log.info(
+        "signing queue: signed %s for %s (queued by %s %.1f s ago), serial %s",
+        request.common_name,
+        request.mac,
+        request.requested_by,
+        waited,
+        serial,
+    )
 
 
 async def publish_crl(

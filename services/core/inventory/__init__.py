@@ -24,8 +24,9 @@ variables flagged secret) never appear in a ``repr``, a :class:`Change` or an er
 The package, bottom up (each module imports only those above it): ``model`` (the objects),
 ``fields`` (one rule per field), ``checks`` (a whole inventory), ``fileformat`` (TOML in and
 out), ``diff``, ``variables`` (the one place layered variables are resolved), ``rows`` (tables
-and loading), ``archive`` (archived customers), ``store`` (applying an inventory), ``apply``
-(operators' files and folders: scopes, ownership, prunes), ``repository`` (row at a time), ``cli``.
+and loading), ``archive`` (archived customers), ``store`` (applying an inventory), ``planning``
+(what an apply of operators' files and folders does: scopes, ownership, prunes; pure), ``apply``
+(reading those files, writing the plan), ``repository`` (row at a time), ``cli``.
 The names below are the package's public face.
 """
 

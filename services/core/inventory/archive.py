@@ -187,69 +187,20 @@ async def restore_customer(
     try:
         async with connection.transaction():
             await _lock(connection)
-            row = await connection.fetchrow(
-                "SELECT customer, archived_at, archived_by, owner, record::text AS record "
-                "FROM customer_archive WHERE customer = $1 FOR UPDATE",
-                customer_id,
-            )
-            if row is None:
-                raise InventoryError([f"{label}: not archived (pbxfront inventory archived)"])
-            archived = _archived_row(row)
-            customer = archived.customer
-            problems: list[str] = []
-            if await connection.fetchval(
-                "SELECT true FROM customers WHERE lower(id) = lower($1)", customer.id
-            ):
-                problems.append(f"{label}: id: a customer with this id exists again")
-            if not await connection.fetchval(
-                "SELECT true FROM frontends WHERE id = $1", customer.frontend
-            ):
-                problems.append(f"{label}: frontend: no frontend {customer.frontend!r} any more")
-            for device in archived.devices:
-                holder = await connection.fetchval(
-                    "SELECT mac FROM devices WHERE mac = $1 OR hardware_id = $2 "
-                    "OR (cpe_id IS NOT NULL AND cpe_id = $3)",
-                    device.mac,
-                    device.hardware_id,
-                    device.cpe_id,
-                )
-                if holder is not None:
-                    problems.append(
-                        f"{label}: device {device.mac}: its MAC, hardware id or CPE id belongs "
-                        f"to device {holder} now"
-                    )
-            _raise_if(problems)
-            await connection.execute(_UPSERT_CUSTOMER, *_customer_args(customer))
+            archived = await _locked_archive_entry(connection, customer_id, label)
+            _raise_if(await _restore_problems(connection, archived, label))
+            await _write_restored(connection, archived)
             await connection.execute(
-                "UPDATE customers SET owner = $2 WHERE id = $1", customer.id, archived.owner
-            )
-            if archived.devices:
-                await connection.executemany(
-                    _UPSERT_DEVICE, [_device_args(d) for d in archived.devices]
-                )
-            if archived.variables:
-                await connection.executemany(
-                    _UPSERT_VARIABLE, [_variable_args(v) for v in archived.variables]
-                )
-            if archived.contacts_version is not None:
-                await connection.execute(
-                    """INSERT INTO contact_current (customer, version)
-                       SELECT customer, version FROM contact_versions
-                       WHERE customer = $1 AND version = $2""",
-                    customer.id,
-                    archived.contacts_version,
-                )
-            await connection.execute(
-                "DELETE FROM customer_archive WHERE customer = $1", customer.id
+                "DELETE FROM customer_archive WHERE customer = $1", archived.customer.id
             )
             await audit.record(
                 connection,
                 actor=actor,
                 action="inventory.restore",
                 object_type="customer",
-                object_id=customer.id,
+                object_id=archived.customer.id,
                 after={
-                    **(_customer_audit(customer, archived.owner) or {}),
+                    **(_customer_audit(archived.customer, archived.owner) or {}),
                     "devices": sorted(d.mac for d in archived.devices),
                     "contacts_version": archived.contacts_version,
                 },
@@ -257,6 +208,73 @@ async def restore_customer(
     except asyncpg.IntegrityConstraintViolationError as error:
         raise InventoryError([_integrity_problem(error)]) from None
     return archived
+
+
+async def _locked_archive_entry(
+    connection: asyncpg.Connection, customer_id: str, label: str
+) -> ArchivedCustomer:
+    """The customer's archive entry, locked until the commit; InventoryError if there is none."""
+    row = await connection.fetchrow(
+        "SELECT customer, archived_at, archived_by, owner, record::text AS record "
+        "FROM customer_archive WHERE customer = $1 FOR UPDATE",
+        customer_id,
+    )
+    if row is None:
+        raise InventoryError([f"{label}: not archived (pbxfront inventory archived)"])
+    return _archived_row(row)
+
+
+async def _restore_problems(
+    connection: asyncpg.Connection, archived: ArchivedCustomer, label: str
+) -> list[str]:
+    """Why the archived customer cannot come back: its id in use again, its Frontend gone, a
+    device's MAC, hardware id or CPE id held by another device (in that order)."""
+    customer = archived.customer
+    problems: list[str] = []
+    if await connection.fetchval(
+        "SELECT true FROM customers WHERE lower(id) = lower($1)", customer.id
+    ):
+        problems.append(f"{label}: id: a customer with this id exists again")
+    if not await connection.fetchval("SELECT true FROM frontends WHERE id = $1", customer.frontend):
+        problems.append(f"{label}: frontend: no frontend {customer.frontend!r} any more")
+    for device in archived.devices:
+        holder = await connection.fetchval(
+            "SELECT mac FROM devices WHERE mac = $1 OR hardware_id = $2 "
+            "OR (cpe_id IS NOT NULL AND cpe_id = $3)",
+            device.mac,
+            device.hardware_id,
+            device.cpe_id,
+        )
+        if holder is not None:
+            problems.append(
+                f"{label}: device {device.mac}: its MAC, hardware id or CPE id belongs "
+                f"to device {holder} now"
+            )
+    return problems
+
+
+async def _write_restored(connection: asyncpg.Connection, archived: ArchivedCustomer) -> None:
+    """Write the customer's row with its owner, its devices and variables, and make the
+    contacts version it served current again (when contact_versions still holds it)."""
+    customer = archived.customer
+    await connection.execute(_UPSERT_CUSTOMER, *_customer_args(customer))
+    await connection.execute(
+        "UPDATE customers SET owner = $2 WHERE id = $1", customer.id, archived.owner
+    )
+    if archived.devices:
+        await connection.executemany(_UPSERT_DEVICE, [_device_args(d) for d in archived.devices])
+    if archived.variables:
+        await connection.executemany(
+            _UPSERT_VARIABLE, [_variable_args(v) for v in archived.variables]
+        )
+    if archived.contacts_version is not None:
+        await connection.execute(
+            """INSERT INTO contact_current (customer, version)
+               SELECT customer, version FROM contact_versions
+               WHERE customer = $1 AND version = $2""",
+            customer.id,
+            archived.contacts_version,
+        )
 
 
 async def purge_archived_customer(

@@ -190,50 +190,22 @@ def sign_public_key(
     current = _aware(now)
     _check_usable_ca(ca, current)
     _check_public_key(public_key)
-    _validate_text("common_name", common_name, _MAX_COMMON_NAME)
-    attributes: list[x509.NameAttribute[str]] = []
-    if country is not None:
-        attributes.append(x509.NameAttribute(NameOID.COUNTRY_NAME, _validate_country(country)))
-    if organization is not None:
-        _validate_text("organization", organization, _MAX_ORGANIZATION)
-        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
-    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    subject = _leaf_subject(common_name, organization, country)
     alternative_names = _subject_alternative_names(dns_names, ip_addresses)
     _validate_valid_days(valid_days)
-    usages: list[x509.ObjectIdentifier] = []
-    if server:
-        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-    if client:
-        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-    if not usages:
-        raise PkiError("server/client: at least one of them must be True")
-
-    not_before = max(current - _BACKDATE, ca.certificate.not_valid_before_utc)
-    not_after = min(current + timedelta(days=valid_days), ca.certificate.not_valid_after_utc)
+    usages = _extended_key_usages(server=server, client=client)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name(attributes))
+        .subject_name(subject)
         .issuer_name(ca.certificate.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                # Only RSA keys can encrypt a TLS key exchange (RSA key transport).
-                key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+        .not_valid_before(max(current - _BACKDATE, ca.certificate.not_valid_before_utc))
+        .not_valid_after(
+            min(current + timedelta(days=valid_days), ca.certificate.not_valid_after_utc)
         )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_leaf_key_usage(public_key), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(_authority_key_identifier(ca.certificate), critical=False)
@@ -243,6 +215,47 @@ def sign_public_key(
             x509.SubjectAlternativeName(alternative_names), critical=False
         )
     return builder.sign(private_key=ca.key, algorithm=hashes.SHA256())
+
+
+def _leaf_subject(common_name: str, organization: str | None, country: str | None) -> x509.Name:
+    """``[C=<country>,] [O=<organization>,] CN=<common_name>``; PkiError for an invalid part
+    (checked in the order common name, country, organization)."""
+    _validate_text("common_name", common_name, _MAX_COMMON_NAME)
+    attributes: list[x509.NameAttribute[str]] = []
+    if country is not None:
+        attributes.append(x509.NameAttribute(NameOID.COUNTRY_NAME, _validate_country(country)))
+    if organization is not None:
+        _validate_text("organization", organization, _MAX_ORGANIZATION)
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attributes)
+
+
+def _extended_key_usages(*, server: bool, client: bool) -> list[x509.ObjectIdentifier]:
+    """serverAuth and/or clientAuth; PkiError when neither is asked for."""
+    usages: list[x509.ObjectIdentifier] = []
+    if server:
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    if client:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    if not usages:
+        raise PkiError("server/client: at least one of them must be True")
+    return usages
+
+
+def _leaf_key_usage(public_key: PublicKey) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        # Only RSA keys can encrypt a TLS key exchange (RSA key transport).
+        key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def check_ca_usable(ca: IssuedCertificate, now: datetime | None = None) -> None:

@@ -56,9 +56,11 @@ def _customer_plan(
     settings: FrontendPlanSettings,
     violations: list[Violation],
 ) -> CustomerPlan:
+    """One customer's NAT maps. A customer without a PBX address, or with one the port scheme
+    cannot encode, gets none; its violations are appended (password, address, then ports)."""
     subject = f"customer {customer.id}"
-    address = variables.get(PBX_ADDRESS_VARIABLE)
-    if not customer.registration_password:
+    has_password = bool(customer.registration_password)
+    if not has_password:
         violations.append(
             Violation(
                 "no-registration-password",
@@ -67,6 +69,7 @@ def _customer_plan(
                 "Frontend never allows registrations without password (seed: Security)",
             )
         )
+    address = variables.get(PBX_ADDRESS_VARIABLE)
     if not address:
         violations.append(
             Violation(
@@ -76,10 +79,8 @@ def _customer_plan(
                 "not set: no NAT maps",
             )
         )
-        return CustomerPlan(customer.id, None, bool(customer.registration_password), ())
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
+        return CustomerPlan(customer.id, None, has_password, ())
+    if not _is_ip_address(address):
         violations.append(
             Violation(
                 "unencodable-address",
@@ -88,36 +89,71 @@ def _customer_plan(
                 "encodes the last octet of an IPv4 address",
             )
         )
-        return CustomerPlan(customer.id, address, bool(customer.registration_password), ())
+        return CustomerPlan(customer.id, address, has_password, ())
+    maps = _customer_maps(customer.id, address, variables, settings, violations)
+    return CustomerPlan(customer.id, address, has_password, maps)
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _customer_maps(
+    customer_id: str,
+    address: str,
+    variables: Mapping[str, str],
+    settings: FrontendPlanSettings,
+    violations: list[Violation],
+) -> tuple[NatMap, ...]:
+    """The customer's https and ldaps maps to ``address``; a service whose external port is
+    unusable is left out (its violation appended)."""
+    subject = f"customer {customer_id}"
     maps: list[NatMap] = []
     for service, digit, internal_port, variable in (
         ("https", settings.https_digit, settings.https_port, HTTPS_PORT_VARIABLE),
         ("ldaps", settings.ldaps_digit, settings.ldaps_port, LDAPS_PORT_VARIABLE),
     ):
-        override = variables.get(variable)
-        if override is not None:
-            external = _port(override)
-            if external is None:
-                violations.append(
-                    Violation(
-                        "invalid-port",
-                        subject,
-                        f"update variable {variable} = {override!r} is not a port (1..65535)",
-                    )
+        external = _external_port(subject, address, digit, variable, variables, violations)
+        if external is not None:
+            port, source = external
+            maps.append(NatMap("tcp", port, address, internal_port, service, customer_id, source))
+    return tuple(maps)
+
+
+def _external_port(
+    subject: str,
+    address: str,
+    digit: int,
+    variable: str,
+    variables: Mapping[str, str],
+    violations: list[Violation],
+) -> tuple[int, str] | None:
+    """The external port and where it came from: the update variable ``variable`` when set,
+    otherwise the port scheme. None (a violation appended) when neither gives a port."""
+    override = variables.get(variable)
+    if override is not None:
+        external = _port(override)
+        if external is None:
+            violations.append(
+                Violation(
+                    "invalid-port",
+                    subject,
+                    f"update variable {variable} = {override!r} is not a port (1..65535)",
                 )
-                continue
-            source = f"variable {variable}"
-        else:
-            try:
-                external = scheme_port(digit, address)
-            except ValueError as error:
-                violations.append(
-                    Violation("unencodable-address", subject, f"{PBX_ADDRESS_VARIABLE}: {error}")
-                )
-                continue
-            source = "scheme"
-        maps.append(NatMap("tcp", external, address, internal_port, service, customer.id, source))
-    return CustomerPlan(customer.id, address, bool(customer.registration_password), tuple(maps))
+            )
+            return None
+        return external, f"variable {variable}"
+    try:
+        return scheme_port(digit, address), "scheme"
+    except ValueError as error:
+        violations.append(
+            Violation("unencodable-address", subject, f"{PBX_ADDRESS_VARIABLE}: {error}")
+        )
+        return None
 
 
 def _shared_maps(
@@ -270,18 +306,7 @@ def build_plan(
     ]
     frontend_variables = variables.values(frontend_scopes(frontend.id))
     shared = _shared_maps(settings, frontend_variables, violations)
-    frontend_mac = None
-    if raw_mac := frontend_variables.get(FRONTEND_MAC_VARIABLE):
-        try:
-            frontend_mac = normalize_mac(raw_mac)
-        except IdentityError as error:
-            violations.append(
-                Violation(
-                    "frontend-mac",
-                    f"frontend {frontend.id}",
-                    f"update variable {FRONTEND_MAC_VARIABLE}: {error}",
-                )
-            )
+    frontend_mac = _frontend_mac(frontend, frontend_variables, violations)
     # The Frontend gateway itself may be in the inventory (for its backups); it is no CPE.
     cpe = [d for d in inventory.devices if d.mac != frontend_mac]
     borders = _session_borders(customers, cpe, {p.id: p.pbx_address for p in plans}, violations)
@@ -289,25 +314,66 @@ def build_plan(
     all_maps = [m for p in plans for m in p.maps] + shared
     _clashes(all_maps, violations)
     _same_addresses(plans, violations)
-
     subject = f"frontend {frontend.id}"
+    budget = _budget(subject, len(customers), len(shared), settings, violations)
+    udp_first, udp_last = _udp_nat_range(subject, len(customers), settings, violations)
+    _udp_maps_in_ranges(all_maps, udp_first, udp_last, settings, violations)
+    directory = _directory_map(subject, shared, settings, violations)
+    return FrontendPlan(
+        frontend=frontend,
+        customers=tuple(plans),
+        shared_maps=tuple(shared),
+        session_borders=tuple(borders),
+        udp_nat_first=udp_first,
+        udp_nat_last=udp_last,
+        rtp_first=settings.rtp_first,
+        rtp_last=settings.rtp_last,
+        ras_port_alt=ras_port_alt,
+        budget=budget,
+        violations=tuple(violations),
+        frontend_mac=frontend_mac,
+        directory_map=directory,
+    )
+
+
+def _frontend_mac(
+    frontend: Frontend, variables: Mapping[str, str], violations: list[Violation]
+) -> str | None:
+    """The Frontend gateway's own MAC (update variable FRONTEND_MAC_VARIABLE), normalised; None
+    when it is not set or not a MAC (a violation then)."""
+    raw_mac = variables.get(FRONTEND_MAC_VARIABLE)
+    if not raw_mac:
+        return None
+    try:
+        return normalize_mac(raw_mac)
+    except IdentityError as error:
+        violations.append(
+            Violation(
+                "frontend-mac",
+                f"frontend {frontend.id}",
+                f"update variable {FRONTEND_MAC_VARIABLE}: {error}",
+            )
+        )
+        return None
+
+
+def _budget(
+    subject: str,
+    customers: int,
+    shared: int,
+    settings: FrontendPlanSettings,
+    violations: list[Violation],
+) -> Budget:
+    """The Frontend's customers and NAT maps against its limits, each limit passed a violation."""
     # Two maps per customer whether or not they could be planned: the budget is what the
     # customers need.
-    maps_used = 2 * len(customers) + len(shared)
-    budget = Budget(
-        maps_used,
-        settings.max_maps,
-        len(shared),
-        settings.shared_reserve,
-        len(customers),
-        settings.max_customers,
-    )
-    if len(customers) > settings.max_customers:
+    maps_used = 2 * customers + shared
+    if customers > settings.max_customers:
         violations.append(
             Violation(
                 "too-many-customers",
                 subject,
-                f"{len(customers)} customers, the limit is {settings.max_customers} "
+                f"{customers} customers, the limit is {settings.max_customers} "
                 "(frontend_plan.max_customers; seed: about 135 per Frontend)",
             )
         )
@@ -320,25 +386,40 @@ def build_plan(
                 "(frontend_plan.max_maps; seed: about 290 per Frontend)",
             )
         )
-    if len(shared) > settings.shared_reserve:
+    if shared > settings.shared_reserve:
         violations.append(
             Violation(
                 "too-many-shared-maps",
                 subject,
-                f"{len(shared)} shared maps, {settings.shared_reserve} are reserved "
+                f"{shared} shared maps, {settings.shared_reserve} are reserved "
                 "(frontend_plan.shared_reserve)",
             )
         )
+    return Budget(
+        maps_used,
+        settings.max_maps,
+        shared,
+        settings.shared_reserve,
+        customers,
+        settings.max_customers,
+    )
 
+
+def _udp_nat_range(
+    subject: str, customers: int, settings: FrontendPlanSettings, violations: list[Violation]
+) -> tuple[int, int]:
+    """The UDP NAT range (first, last): one port per customer PBX unless
+    ``frontend_plan.udp_nat_size`` says otherwise; too small, past 65535 or overlapping the RTP
+    range are violations."""
     udp_size = settings.udp_nat_size or settings.max_customers
     udp_first = settings.udp_nat_first
     udp_last = udp_first + udp_size - 1
-    if udp_size < len(customers):
+    if udp_size < customers:
         violations.append(
             Violation(
                 "udp-nat-too-small",
                 subject,
-                f"the UDP NAT range has {udp_size} ports for {len(customers)} customer PBXs "
+                f"the UDP NAT range has {udp_size} ports for {customers} customer PBXs "
                 "(one per SIP trunk; frontend_plan.udp_nat_size)",
             )
         )
@@ -359,7 +440,17 @@ def build_plan(
                 f"{settings.rtp_first}-{settings.rtp_last}",
             )
         )
-    for nat in all_maps:
+    return udp_first, udp_last
+
+
+def _udp_maps_in_ranges(
+    maps: Sequence[NatMap],
+    udp_first: int,
+    udp_last: int,
+    settings: FrontendPlanSettings,
+    violations: list[Violation],
+) -> None:
+    for nat in maps:
         if nat.protocol == "udp" and (
             udp_first <= nat.external_port <= udp_last
             or settings.rtp_first <= nat.external_port <= settings.rtp_last
@@ -371,30 +462,26 @@ def build_plan(
                     f"the {nat.service} map lies in the UDP NAT or RTP port range",
                 )
             )
-    directory = None
-    if settings.directory_map:
-        directory = next((m for m in shared if m.service == settings.directory_map), None)
-        if directory is None:
-            violations.append(
-                Violation(
-                    "directory-map",
-                    subject,
-                    f"frontend_plan.directory_map names {settings.directory_map!r}, which is not "
-                    "a shared map",
-                )
+
+
+def _directory_map(
+    subject: str,
+    shared: Sequence[NatMap],
+    settings: FrontendPlanSettings,
+    violations: list[Violation],
+) -> NatMap | None:
+    """The shared map ``frontend_plan.directory_map`` names (None when it names none; a
+    violation when it names one that does not exist)."""
+    if not settings.directory_map:
+        return None
+    directory = next((m for m in shared if m.service == settings.directory_map), None)
+    if directory is None:
+        violations.append(
+            Violation(
+                "directory-map",
+                subject,
+                f"frontend_plan.directory_map names {settings.directory_map!r}, which is not "
+                "a shared map",
             )
-    return FrontendPlan(
-        frontend=frontend,
-        customers=tuple(plans),
-        shared_maps=tuple(shared),
-        session_borders=tuple(borders),
-        udp_nat_first=udp_first,
-        udp_nat_last=udp_last,
-        rtp_first=settings.rtp_first,
-        rtp_last=settings.rtp_last,
-        ras_port_alt=ras_port_alt,
-        budget=budget,
-        violations=tuple(violations),
-        frontend_mac=frontend_mac,
-        directory_map=directory,
-    )
+        )
+    return directory
