@@ -12,7 +12,7 @@ Two applications:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -106,7 +106,6 @@ async def run_maintenance(
     """Retention for every device (or one customer's), stale-backup alerts, expired Digest
     nonces. Runs on one node at a time: when another holds the lock, nothing is done
     (``ran`` False). A dry run changes nothing and needs no lock. ``now`` is the clock."""
-    defaults = Policy.defaults(settings.backup)
     report = MaintenanceReport(ran=True, dry_run=dry_run)
     async with acquire(pool) as connection:
         repository = MaintenanceRepository(connection)
@@ -114,51 +113,83 @@ async def run_maintenance(
             log.info("backup maintenance: another node is running it")
             return MaintenanceReport(ran=False, dry_run=dry_run)
         try:
-            variables, frontends = await repository.policy_variables()
-            layered = LayeredVariables(variables)
-
-            def policy(customer_id: str) -> Policy:
-                scopes = customer_scopes(customer_id, frontends.get(customer_id, ""))
-                return policy_for(defaults, layered.values(scopes))
-
-            for mac, owner in await repository.devices_with_versions(1, customer):
-                owner_policy = policy(owner)
-                deleted = await repository.prune_device(
-                    mac, partial(versions_to_delete, policy=owner_policy, now=now), dry_run=dry_run
-                )
-                if deleted:
-                    report.pruned.append(PrunedDevice(mac, owner, deleted))
-                    if not dry_run:
-                        log.info(
-                            "backup retention: deleted %d version(s) of %s (customer %s): %s",
-                            len(deleted),
-                            mac,
-                            owner,
-                            ", ".join(str(v.id) for v in deleted),
-                        )
+            policy = await _policies(repository, settings)
+            await _prune(repository, policy, now, report, customer)
             if not dry_run:
                 report.contents_removed = await repository.collect_garbage()
-            for owner in await repository.backup_customers():
-                if customer is not None and owner != customer:
-                    continue
-                hours = policy(owner).stale_after_hours
-                for device in await repository.stale_devices(owner, now - timedelta(hours=hours)):
-                    report.stale_alerts.append(device.mac)
-                    if dry_run:
-                        continue
-                    last = device.last_put_at.astimezone(UTC).isoformat(timespec="seconds")
-                    message = (
-                        f"backup of {device.hardware_id} ({owner}) is stale: no PUT since "
-                        f"{last} (policy: {hours:g} h)"
-                    )
-                    if await repository.raise_stale(device, now, message) is not None:
-                        log.warning("%s", message)
+            await _alert_stale(repository, policy, now, report, customer)
             if not dry_run:
                 await PostgresNonceCounter(pool).forget_expired(now)
         finally:
             if not dry_run:
                 await repository.release_maintenance_lock()
     return report
+
+
+async def _policies(
+    repository: MaintenanceRepository, settings: Settings
+) -> Callable[[str], Policy]:
+    """Each customer's retention policy: backup settings under its layered update variables."""
+    defaults = Policy.defaults(settings.backup)
+    variables, frontends = await repository.policy_variables()
+    layered = LayeredVariables(variables)
+
+    def policy(customer_id: str) -> Policy:
+        scopes = customer_scopes(customer_id, frontends.get(customer_id, ""))
+        return policy_for(defaults, layered.values(scopes))
+
+    return policy
+
+
+async def _prune(
+    repository: MaintenanceRepository,
+    policy: Callable[[str], Policy],
+    now: datetime,
+    report: MaintenanceReport,
+    customer: str | None,
+) -> None:
+    """Versions past their owner's policy deleted (a dry run: only listed in ``report``)."""
+    for mac, owner in await repository.devices_with_versions(1, customer):
+        owner_policy = policy(owner)
+        deleted = await repository.prune_device(
+            mac, partial(versions_to_delete, policy=owner_policy, now=now), dry_run=report.dry_run
+        )
+        if deleted:
+            report.pruned.append(PrunedDevice(mac, owner, deleted))
+            if not report.dry_run:
+                log.info(
+                    "backup retention: deleted %d version(s) of %s (customer %s): %s",
+                    len(deleted),
+                    mac,
+                    owner,
+                    ", ".join(str(v.id) for v in deleted),
+                )
+
+
+async def _alert_stale(
+    repository: MaintenanceRepository,
+    policy: Callable[[str], Policy],
+    now: datetime,
+    report: MaintenanceReport,
+    customer: str | None,
+) -> None:
+    """An alert (and a warning line) for each device without a PUT for its policy's
+    stale_after_hours, unless a PUT or another run came first (a dry run: only listed)."""
+    for owner in await repository.backup_customers():
+        if customer is not None and owner != customer:
+            continue
+        hours = policy(owner).stale_after_hours
+        for device in await repository.stale_devices(owner, now - timedelta(hours=hours)):
+            report.stale_alerts.append(device.mac)
+            if report.dry_run:
+                continue
+            last = device.last_put_at.astimezone(UTC).isoformat(timespec="seconds")
+            message = (
+                f"backup of {device.hardware_id} ({owner}) is stale: no PUT since "
+                f"{last} (policy: {hours:g} h)"
+            )
+            if await repository.raise_stale(device, now, message) is not None:
+                log.warning("%s", message)
 
 
 async def run_maintenance_json(
