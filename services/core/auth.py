@@ -119,20 +119,19 @@ class HashGate:
     thread, each taking argon2's memory cost, 64 MiB by default), at most ``queue`` more wait;
     beyond that the check is refused at once (Busy, 503), so a flood of logins can neither take
     unbounded memory nor occupy every thread of the default executor (firmware and file reads
-    share it). The semaphore is made on first use, in the running event loop."""
+    share it)."""
 
     def __init__(self, concurrency: int, queue: int) -> None:
         self.concurrency = concurrency
         self.queue = queue
-        self._semaphore: asyncio.Semaphore | None = None
+        # asyncio's primitives take the running loop only once they must wait (Python 3.10+).
+        self._semaphore = asyncio.Semaphore(concurrency)
         self.waiting = 0
         self.running = 0
         self.peak = 0
         self.refused = 0
 
     async def run(self, work: Callable[[str, str], bool], stored: str, password: str) -> bool:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.concurrency)
         if self.waiting >= self.queue and self._semaphore.locked():
             self.refused += 1
             raise errors.Busy("too many password checks at once, retry in a moment")
