@@ -5,8 +5,10 @@ handshake. The explicit ticket key (core/ticketkeys.py) is proven under every in
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -16,7 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -323,6 +325,15 @@ keys.apply(second)
 session, _ = connect_in_memory(client, first)
 _, resumed = connect_in_memory(client, second, session)
 assert resumed
+# The previous key is accepted on this Python (the ticket-key callback is proven).
+assert keys.accepts_previous, keys.previous_refusal
+old, new = bytes(range(1, 81)), bytes(range(2, 82))
+issuer, rotated = make(), make()
+keys.of(old).apply(issuer)
+keys.of(new, previous=old).apply(rotated)
+session, _ = connect_in_memory(client, issuer)
+_, resumed = connect_in_memory(client, rotated, session)
+assert resumed, "a ticket under the previous key did not resume"
 print("proven", sys.version_info[:2], ssl.OPENSSL_VERSION)
 """
 
@@ -390,3 +401,100 @@ def test_key_never_shows_in_repr(tmp_path: Path) -> None:
     keys = TicketKeys.load(lambda: build_server_context(TlsFiles(certificate, key)), secret)
     assert secret.hex() not in repr(keys)
     assert repr(secret) not in repr(keys)
+
+
+@pytest.fixture
+def make_context(tmp_path: Path) -> Callable[[], ssl.SSLContext]:
+    certificate, key = tmp_path / "server.pem", tmp_path / "server.key"
+    issued = pki.issue_certificate(
+        pki.create_root_ca(country="DE", organization="Test"), common_name="localhost"
+    )
+    pki.write_pem_files(issued, certificate, key)
+    return lambda: build_server_context(TlsFiles(certificate, key))
+
+
+def in_memory_client(version: ssl.TLSVersion) -> ssl.SSLContext:
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    client.minimum_version = client.maximum_version = version
+    return client
+
+
+def keyed(keys: TicketKeys, make: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    context = make()
+    keys.apply(context)
+    return context
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_a_ticket_survives_one_rotation_renewed_not_two(
+    make_context: Callable[[], ssl.SSLContext], version: ssl.TLSVersion
+) -> None:
+    first, second, third = (bytes([n]) * 40 + bytes(range(40)) for n in (1, 2, 3))
+    keys = TicketKeys.load(make_context, first)
+    assert keys.accepts_previous, keys.previous_refusal
+    client = in_memory_client(version)
+    session, _ = connect_in_memory(client, keyed(keys, make_context))
+    # Rotated: the old ticket resumes, and comes back renewed under the new key.
+    renewed, resumed = connect_in_memory(
+        client, keyed(keys.of(second, previous=first), make_context), session
+    )
+    assert resumed
+    assert renewed is not None
+    assert connect_in_memory(client, keyed(keys.of(second), make_context), renewed)[1]
+    # Rotated again: the first key is gone, its ticket is a full handshake (never an error);
+    # the renewed one still resumes.
+    twice = keyed(keys.of(third, previous=second), make_context)
+    assert not connect_in_memory(client, twice, session)[1]
+    assert connect_in_memory(client, twice, renewed)[1]
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_a_failing_ticket_callback_means_full_handshakes_and_one_log_line(
+    make_context: Callable[[], ssl.SSLContext],
+    version: ssl.TLSVersion,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """OpenSSL's cipher set-up failing (or raising) inside the callback: no ticket issued, or
+    the presented one treated as unknown, and the connection goes on."""
+    keys = TicketKeys.load(make_context)
+    binding = keys._binding
+    assert binding.crypto is not None
+
+    def raising(*_arguments: object) -> int:
+        raise OSError("cipher set-up failed")
+
+    broken = TicketKeys(
+        dataclasses.replace(binding, crypto=dataclasses.replace(binding.crypto, hmac_init=raising)),
+        keys._key,
+    )
+    client = in_memory_client(version)
+    session, _ = connect_in_memory(client, keyed(keys, make_context))
+    failing = keyed(broken, make_context)
+    with caplog.at_level(logging.ERROR, "services.core.ticketkeys"):
+        for _ in range(3):
+            _, resumed = connect_in_memory(client, failing, session)
+            assert not resumed
+    failures = [r for r in caplog.records if "ticket-key callback failed (OSError)" in r.message]
+    assert len(failures) == 1
+    # No IV for a new ticket (a 0 from OpenSSL's call): no ticket this time, the connection
+    # goes on, and the session it leaves resumes nowhere.
+    refusing = TicketKeys(
+        dataclasses.replace(
+            binding, crypto=dataclasses.replace(binding.crypto, rand_bytes=lambda *_a: 0)
+        ),
+        keys._key,
+    )
+    untracked, _ = connect_in_memory(client, keyed(refusing, make_context))
+    _, resumed = connect_in_memory(client, keyed(keys, make_context), untracked)
+    assert not resumed
+
+
+def test_damaged_previous_key_is_refused_before_openssl_sees_it(
+    make_context: Callable[[], ssl.SSLContext],
+) -> None:
+    keys = TicketKeys.load(make_context)
+    with pytest.raises(TicketKeyError, match="80 bytes, not 3"):
+        keys.of(bytes(range(80)), previous=b"abc")
+    assert not keys.matches(keys._key, previous=bytes(range(80)))

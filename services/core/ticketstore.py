@@ -2,9 +2,10 @@
 ``ssl_session_ticket_key`` file: a device's ticket resumes after a restart of the node and on
 every other Frontend on the same database (issue 18).
 
-Table ``tls_ticket_keys`` (migration 025) holds one current key per listener name, with its
-creation time. Listeners keep a key each (never one for all, runner.build_holders says why): a
-listener name must mean the same trust (client CA, certificate request) on every Frontend.
+Table ``tls_ticket_keys`` (migrations 025, 029) holds one current key per listener name, with its
+creation time, and the key it replaced (``previous_key``). Listeners keep a key each (never one
+for all, runner.build_holders says why): a listener name must mean the same trust (client CA,
+certificate request) on every Frontend.
 
 - The first node to start creates a listener's key: ``INSERT … ON CONFLICT DO NOTHING`` with a
   new random key, then ``SELECT``: every node gets the row that won.
@@ -13,25 +14,28 @@ listener name must mean the same trust (client CA, certificate request) on every
   ``tls.ticket_key_check_seconds`` (a PeriodicJob, first run at start, so a worker the master
   restarts later takes the current key at once).
 - Rotation: a node that finds a key older than ``tls.ticket_key_rotation_hours`` replaces it, with
-  an UPDATE that holds only while the row is still that old, so one node wins; the others take
-  the new key at their next check (up to ``ticket_key_check_seconds`` later; until then the nodes
-  disagree and a ticket from one may get a full handshake on another).
+  an UPDATE that holds only while the row is still that old, so one node wins, and moves the old
+  key to ``previous_key``; the others take the new keys at their next check (up to
+  ``ticket_key_check_seconds`` later). Every node keeps accepting tickets under the previous key
+  (renewing them under the current one), so a rotation costs the devices nothing: their tickets
+  resume on every node before and after it. A ticket survives one rotation, not two: a device
+  that has not connected for two rotation periods gets a full handshake.
 - On a new key, a worker builds each listener's server context again with it
   (``ContextHolder.rekey``, like a SIGHUP reload): new connections use it, open ones keep theirs.
 
-**Limit:** OpenSSL takes one key through the ctrl that ``core/ticketkeys.py`` can reach safely
-(accepting a previous key too needs OpenSSL's ticket-key callback, out of ctypes' safe reach). So
-after a rotation, every ticket issued under the old key gets a full handshake, once per device
-(its next poll; then it holds a ticket under the new key): 100 % of the devices' first
-reconnects after a rotation are full handshakes (tests/test_ticket_store.py measures it). With the
-default 24 h that is one full handshake per device per day, the same as a restart used to cost.
+Where OpenSSL's ticket-key callback cannot be proven on this Python (``core/ticketkeys.py``
+falls back to its one-key ctrl, and says so at start), the previous key is not accepted: after a
+rotation every ticket under the old key gets a full handshake, once per device (its next poll;
+then it holds a ticket under the new key).
 
-A damaged row (NULL, not KEY_LENGTH bytes, one repeated byte such as a zeroed key) is refused
+A damaged key (NULL, not KEY_LENGTH bytes, one repeated byte such as a zeroed key) is refused
 with an error line naming the listener (never the key; not repeated at every check) and ignored:
-the node keeps the key it has; the next rotation, or deleting the row, replaces it. The key is
-never logged: log lines name the listener and the key's creation time only. Whoever reads the
-table (or a database backup) can decrypt the tickets under the current key: it is as secret as
-nginx's key file.
+the node keeps the key it has; the next rotation, or deleting the row, replaces it. A damaged
+previous key is refused the same way and not accepted (the current one still is). Deleting the
+row is also how to retire a key that must no longer be accepted: the new row has no previous key.
+The keys are never logged: log lines name the listener and the key's creation time only. Whoever
+reads the table (or a database backup) can decrypt the tickets under the current and the previous
+key: the table is as secret as nginx's key file.
 
 Where ticket keys cannot be set at all (TicketKeyError at start), none of this runs: the node
 keeps today's behaviour (OpenSSL's own key per node, shared by its workers until a reload).
@@ -64,6 +68,7 @@ class StoredKey:
     listener: str
     key: bytes | None
     created_at: datetime.datetime
+    previous: bytes | None = None
 
     def __repr__(self) -> str:
         return f"StoredKey({self.listener!r}, <secret>, {self.created_at.isoformat()})"
@@ -103,7 +108,7 @@ class TicketKeyRepository:
             )
             # The age is PostgreSQL's clock for every node, so nodes' clocks do not matter.
             rotated = await self._connection.fetchval(
-                "UPDATE tls_ticket_keys SET key = $2, created_at = now() "
+                "UPDATE tls_ticket_keys SET previous_key = key, key = $2, created_at = now() "
                 "WHERE listener = $1 AND created_at <= now() - $3::float8 * interval '1 hour' "
                 "RETURNING created_at",
                 listener,
@@ -113,11 +118,14 @@ class TicketKeyRepository:
             if rotated is not None:
                 log.info("TLS ticket key of listener %s rotated (new key of %s)", listener, rotated)
         rows = await self._connection.fetch(
-            "SELECT listener, key, created_at FROM tls_ticket_keys WHERE listener = ANY($1)",
+            "SELECT listener, key, created_at, previous_key FROM tls_ticket_keys "
+            "WHERE listener = ANY($1)",
             listeners,
         )
         return {
-            row["listener"]: StoredKey(row["listener"], row["key"], row["created_at"])
+            row["listener"]: StoredKey(
+                row["listener"], row["key"], row["created_at"], row["previous_key"]
+            )
             for row in rows
         }
 
@@ -131,6 +139,7 @@ class TicketKeyWatcher:
         self._settings = settings
         # The last refusal logged per listener, so a damaged row is one line, not one a minute.
         self._refused: dict[str, tuple[datetime.datetime, str]] = {}
+        self._refused_previous: dict[str, tuple[datetime.datetime, str]] = {}
 
     @property
     def active(self) -> bool:
@@ -176,10 +185,11 @@ class TicketKeyWatcher:
             self._refused.pop(name, None)
             assert row.key is not None
             assert holder.keys is not None
-            if holder.keys.matches(row.key):
+            previous = self._previous_of(row)
+            if holder.keys.matches(row.key, previous):
                 continue
             try:
-                await holder.rekey(holder.keys.of(row.key))
+                await holder.rekey(holder.keys.of(row.key, previous))
             except (TicketKeyError, TlsConfigError) as error:
                 log.error(
                     "TLS ticket key of listener %s (created %s) not applied, keeping the "
@@ -196,6 +206,24 @@ class TicketKeyWatcher:
             )
             changed.append(name)
         return changed
+
+    def _previous_of(self, row: StoredKey) -> bytes | None:
+        """The row's previous key, or None when it has none or it is damaged (logged once)."""
+        if row.previous is None:
+            return None
+        problem = refusal(row.previous)
+        if problem is None:
+            return row.previous
+        if self._refused_previous.get(row.listener) != (row.created_at, problem):
+            self._refused_previous[row.listener] = (row.created_at, problem)
+            log.error(
+                "previous TLS ticket key of listener %s in PostgreSQL (replaced %s) refused: %s; "
+                "tickets under it get a full handshake",
+                row.listener,
+                row.created_at.isoformat(),
+                problem,
+            )
+        return None
 
 
 async def adopt_shared_keys(

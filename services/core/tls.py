@@ -91,7 +91,7 @@ def node_ticket_keys(files: TlsFiles | None) -> TicketKeys | None:
     if files is None:
         return None
     try:
-        return TicketKeys.load(lambda: build_server_context(files))
+        keys = TicketKeys.load(lambda: build_server_context(files))
     except TicketKeyError as error:
         log.warning(
             "TLS session tickets: no shared ticket key on this Python/OpenSSL (%s); the "
@@ -99,6 +99,13 @@ def node_ticket_keys(files: TlsFiles | None) -> TicketKeys | None:
             error,
         )
         return None
+    if not keys.accepts_previous:
+        log.warning(
+            "TLS session tickets: OpenSSL's ticket-key callback is not usable here (%s); after "
+            "a key rotation, tickets under the previous key get a full handshake",
+            keys.previous_refusal,
+        )
+    return keys
 
 
 class ContextHolder:

@@ -37,9 +37,8 @@ STREAM_SCHEMES = {"directory": ("ldap", "ldaps")}
 class TlsSettings:
     """TLS session-ticket keys shared by every node through PostgreSQL (core/ticketstore.py)."""
 
-    # Hours a listener's shared ticket key is used before a node replaces it. Tickets under the
-    # old key then get a full handshake (once per device): OpenSSL takes one key (README,
-    # Production).
+    # Hours a listener's shared ticket key is used before a node replaces it; the old key stays
+    # accepted as the previous one until the next rotation (README, Production).
     ticket_key_rotation_hours: float = dataclasses.field(
         default=24.0, metadata=_check(_range(0.01, 8760))
     )
