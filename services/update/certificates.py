@@ -52,7 +52,6 @@ from services.core.pki import (
     build_crl,
     certificate_fingerprint,
     certificate_names,
-    certificate_to_hex_der,
     hex_to_bytes,
     load_certificate,
     load_certificate_authority,
@@ -496,18 +495,8 @@ async def _sign_here(
     await repository.record_issued(
         certificate, ca_fingerprint=authority.fingerprint, mac=device.mac
     )
-    chain = (certificate_to_hex_der(certificate), certificate_to_hex_der(authority.certificate))
-    serial = format(certificate.serial_number, "x")
-    updated = replace(
-        state,
-        state="signed",
-        chain_hex=chain,
-        serial=serial,
-        attempts=0,
-        error=None,
-        updated_at=now,
-    )
-    return updated, _Outcome(200, f"signed: serial {serial}, installed at the next poll")
+    updated = rollout.after_signing(state, certificate, authority.certificate, now)
+    return updated, _Outcome(200, f"signed: serial {updated.serial}, installed at the next poll")
 
 
 def _taking_part(

@@ -39,7 +39,6 @@ from services.core.pki import (
     build_crl,
     certificate_fingerprint,
     certificate_names,
-    certificate_to_hex_der,
     load_signing_request,
     sign_public_key,
     subject_value,
@@ -330,20 +329,9 @@ async def _record_signed(
     """Record the certificate, move the roll-out to ``signed`` with the chain and finish the
     request (inside the transaction that took it)."""
     await rollouts.record_issued(certificate, ca_fingerprint=sweep.fingerprint, mac=request.mac)
-    serial = format(certificate.serial_number, "x")
-    chain = (certificate_to_hex_der(certificate), certificate_to_hex_der(sweep.issued.certificate))
-    await rollouts.save(
-        replace(
-            state,
-            state="signed",
-            chain_hex=chain,
-            serial=serial,
-            attempts=0,
-            error=None,
-            updated_at=now,
-        )
-    )
-    await queue.finish(request.id, "signed", by=sweep.node, serial=serial)
+    signed = rollout.after_signing(state, certificate, sweep.issued.certificate, now)
+    await rollouts.save(signed)
+    await queue.finish(request.id, "signed", by=sweep.node, serial=signed.serial)
     waited = (now - request.requested_at).total_seconds()
     log.info(
         "signing queue: signed %s for %s (queued by %s %.1f s ago), serial %s",
@@ -351,7 +339,7 @@ async def _record_signed(
         request.mac,
         request.requested_by,
         waited,
-        serial,
+        signed.serial,
     )
 
 
