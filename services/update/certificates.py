@@ -49,7 +49,6 @@ from services.core.pki import (
     CertificateNames,
     IssuedCertificate,
     PkiError,
-    build_crl,
     certificate_fingerprint,
     certificate_names,
     hex_to_bytes,
@@ -550,15 +549,9 @@ async def crl(request: web.Request) -> web.Response:
             revoked = await RolloutRepository(connection).revoked(authority.fingerprint)
         issued = authority.issued
         assert issued is not None
-        # Seconds since 1970 as the CRL number: increases with every new CRL on any node.
-        number = int(datetime.now(UTC).timestamp())
         try:
-            authority.crl = await asyncio.to_thread(
-                build_crl,
-                issued,
-                revoked,
-                number=number,
-                valid_days=request.app[SETTINGS_KEY].ca.crl_valid_days,
+            authority.crl = await signing.sign_crl(
+                issued, revoked, request.app[SETTINGS_KEY].ca.crl_valid_days
             )
         except PkiError as error:
             log.error("CRL cannot be signed: %s", error)

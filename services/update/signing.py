@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -36,6 +37,7 @@ from services.core.pki import (
     CertificateNames,
     IssuedCertificate,
     PkiError,
+    RevokedEntry,
     build_crl,
     certificate_fingerprint,
     certificate_names,
@@ -343,6 +345,15 @@ async def _record_signed(
     )
 
 
+async def sign_crl(
+    issued: IssuedCertificate, revoked: Sequence[RevokedEntry], valid_days: int
+) -> bytes:
+    """The RootCA's CRL of ``revoked`` (DER), signed in a thread. Its number is the seconds since
+    1970, so it increases with every new CRL on any node. PkiError when the CA cannot sign."""
+    number = int(datetime.now(UTC).timestamp())
+    return await asyncio.to_thread(build_crl, issued, revoked, number=number, valid_days=valid_days)
+
+
 async def publish_crl(
     connection: asyncpg.Connection, issued: IssuedCertificate, settings: CaSettings
 ) -> None:
@@ -352,11 +363,8 @@ async def publish_crl(
     if not await queue.crl_stale(fingerprint, timedelta(days=settings.crl_valid_days / 2)):
         return
     revoked = await RolloutRepository(connection).revoked(fingerprint)
-    number = int(datetime.now(UTC).timestamp())
     try:
-        crl = await asyncio.to_thread(
-            build_crl, issued, revoked, number=number, valid_days=settings.crl_valid_days
-        )
+        crl = await sign_crl(issued, revoked, settings.crl_valid_days)
     except PkiError as error:
         log.error("signing queue: the CRL cannot be signed: %s", error)
         return
