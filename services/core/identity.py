@@ -107,13 +107,15 @@ def normalize_device_type(value: str) -> str:
     return candidate.upper()
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Characters that end or split a line somewhere a line is a unit: a log line, a device script
+# (protocol.md §2: every line is a command) or a script variable's value.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def printable(value: Any, limit: int = 200) -> str:
     """Client text made safe for a log line: control characters escaped, length capped."""
     text = value if isinstance(value, str) else repr(value)
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    text = CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
     if len(text) > limit:
         text = text[:limit] + "…"
     return text

@@ -49,10 +49,8 @@ from services.core.pki import (
     CertificateNames,
     IssuedCertificate,
     PkiError,
-    build_crl,
     certificate_fingerprint,
     certificate_names,
-    certificate_to_hex_der,
     hex_to_bytes,
     load_certificate,
     load_certificate_authority,
@@ -496,18 +494,8 @@ async def _sign_here(
     await repository.record_issued(
         certificate, ca_fingerprint=authority.fingerprint, mac=device.mac
     )
-    chain = (certificate_to_hex_der(certificate), certificate_to_hex_der(authority.certificate))
-    serial = format(certificate.serial_number, "x")
-    updated = replace(
-        state,
-        state="signed",
-        chain_hex=chain,
-        serial=serial,
-        attempts=0,
-        error=None,
-        updated_at=now,
-    )
-    return updated, _Outcome(200, f"signed: serial {serial}, installed at the next poll")
+    updated = rollout.after_signing(state, certificate, authority.certificate, now)
+    return updated, _Outcome(200, f"signed: serial {updated.serial}, installed at the next poll")
 
 
 def _taking_part(
@@ -561,15 +549,9 @@ async def crl(request: web.Request) -> web.Response:
             revoked = await RolloutRepository(connection).revoked(authority.fingerprint)
         issued = authority.issued
         assert issued is not None
-        # Seconds since 1970 as the CRL number: increases with every new CRL on any node.
-        number = int(datetime.now(UTC).timestamp())
         try:
-            authority.crl = await asyncio.to_thread(
-                build_crl,
-                issued,
-                revoked,
-                number=number,
-                valid_days=request.app[SETTINGS_KEY].ca.crl_valid_days,
+            authority.crl = await signing.sign_crl(
+                issued, revoked, request.app[SETTINGS_KEY].ca.crl_valid_days
             )
         except PkiError as error:
             log.error("CRL cannot be signed: %s", error)

@@ -33,13 +33,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography import x509
 from defusedxml import ElementTree as SafeElementTree  # type: ignore[import-untyped,unused-ignore]
 from defusedxml.common import DefusedXmlException  # type: ignore[import-untyped,unused-ignore]
 
 from services.core.config import CaSettings
 from services.core.identity import printable
 from services.core.inventory import Device, Frontend, ResolvedVariable
-from services.core.pki import CertificateNames, device_certificate_names
+from services.core.pki import CertificateNames, certificate_to_hex_der, device_certificate_names
 from services.core.scriptlines import comment, rawurlencode
 
 QUERY_ID = "certs"
@@ -399,6 +400,25 @@ def after_query(
         # Mid-flow: the old certificate is expected until the new one is installed.
         return state
     return dataclasses.replace(state, state="requesting", attempts=0, error=reason)
+
+
+def after_signing(
+    state: RolloutState,
+    certificate: x509.Certificate,
+    ca_certificate: x509.Certificate,
+    now: datetime,
+) -> RolloutState:
+    """The state once the device's request is signed (on this node or the signing node): the
+    chain the next poll pushes (the device certificate, then the RootCA) and its serial (hex)."""
+    return dataclasses.replace(
+        state,
+        state="signed",
+        chain_hex=(certificate_to_hex_der(certificate), certificate_to_hex_der(ca_certificate)),
+        serial=format(certificate.serial_number, "x"),
+        attempts=0,
+        error=None,
+        updated_at=now,
+    )
 
 
 # --- parsing device uploads -------------------------------------------------------------------

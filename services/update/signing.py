@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -36,10 +37,10 @@ from services.core.pki import (
     CertificateNames,
     IssuedCertificate,
     PkiError,
+    RevokedEntry,
     build_crl,
     certificate_fingerprint,
     certificate_names,
-    certificate_to_hex_der,
     load_signing_request,
     sign_public_key,
     subject_value,
@@ -330,20 +331,9 @@ async def _record_signed(
     """Record the certificate, move the roll-out to ``signed`` with the chain and finish the
     request (inside the transaction that took it)."""
     await rollouts.record_issued(certificate, ca_fingerprint=sweep.fingerprint, mac=request.mac)
-    serial = format(certificate.serial_number, "x")
-    chain = (certificate_to_hex_der(certificate), certificate_to_hex_der(sweep.issued.certificate))
-    await rollouts.save(
-        replace(
-            state,
-            state="signed",
-            chain_hex=chain,
-            serial=serial,
-            attempts=0,
-            error=None,
-            updated_at=now,
-        )
-    )
-    await queue.finish(request.id, "signed", by=sweep.node, serial=serial)
+    signed = rollout.after_signing(state, certificate, sweep.issued.certificate, now)
+    await rollouts.save(signed)
+    await queue.finish(request.id, "signed", by=sweep.node, serial=signed.serial)
     waited = (now - request.requested_at).total_seconds()
     log.info(
         "signing queue: signed %s for %s (queued by %s %.1f s ago), serial %s",
@@ -351,8 +341,17 @@ async def _record_signed(
         request.mac,
         request.requested_by,
         waited,
-        serial,
+        signed.serial,
     )
+
+
+async def sign_crl(
+    issued: IssuedCertificate, revoked: Sequence[RevokedEntry], valid_days: int
+) -> bytes:
+    """The RootCA's CRL of ``revoked`` (DER), signed in a thread. Its number is the seconds since
+    1970, so it increases with every new CRL on any node. PkiError when the CA cannot sign."""
+    number = int(datetime.now(UTC).timestamp())
+    return await asyncio.to_thread(build_crl, issued, revoked, number=number, valid_days=valid_days)
 
 
 async def publish_crl(
@@ -364,11 +363,8 @@ async def publish_crl(
     if not await queue.crl_stale(fingerprint, timedelta(days=settings.crl_valid_days / 2)):
         return
     revoked = await RolloutRepository(connection).revoked(fingerprint)
-    number = int(datetime.now(UTC).timestamp())
     try:
-        crl = await asyncio.to_thread(
-            build_crl, issued, revoked, number=number, valid_days=settings.crl_valid_days
-        )
+        crl = await sign_crl(issued, revoked, settings.crl_valid_days)
     except PkiError as error:
         log.error("signing queue: the CRL cannot be signed: %s", error)
         return

@@ -10,83 +10,22 @@ The package, bottom up (each module imports only those above it): ``base`` (:cla
 and the field checks), the sections in ``node`` (listeners, TLS, database, limits, logging, demo,
 admin, inventory), ``devices`` (update, redirect, backup, events) and ``provider`` (contacts,
 directory, Frontend plan, CA), then ``load`` (:class:`Settings`, reading the layers, validation).
-The names below are the package's public face.
+The package's public face is :class:`ConfigError` and what each module lists in its
+``__all__``.
 """
 
 from __future__ import annotations
 
+from services.core.config import devices, load, node, provider
 from services.core.config.base import ConfigError
-from services.core.config.devices import (
-    BackupSettings,
-    EventsSettings,
-    RedirectSettings,
-    UpdateSettings,
-)
-from services.core.config.load import (
-    ENV_PREFIX,
-    ENV_RESERVED,
-    ENV_SEPARATOR,
-    Settings,
-    cli_overrides,
-    config_files_from_env,
-    documented_keys,
-    env_overrides,
-    load_settings,
-    read_toml,
-    validate,
-)
-from services.core.config.node import (
-    SERVICE_NAMES,
-    STREAM_SCHEMES,
-    AdminSettings,
-    DatabaseSettings,
-    DemoSettings,
-    InventorySettings,
-    LimitSettings,
-    ListenerSettings,
-    LoggingSettings,
-    TlsSettings,
-)
-from services.core.config.provider import (
-    DEFAULT_SHARED_MAPS,
-    CaSettings,
-    ContactsSettings,
-    DirectorySettings,
-    FrontendPlanSettings,
-    parse_shared_map,
-)
+from services.core.config.devices import *  # noqa: F403
+from services.core.config.load import *  # noqa: F403
+from services.core.config.node import *  # noqa: F403
+from services.core.config.provider import *  # noqa: F403
 
-__all__ = [
-    "DEFAULT_SHARED_MAPS",
-    "ENV_PREFIX",
-    "ENV_RESERVED",
-    "ENV_SEPARATOR",
-    "SERVICE_NAMES",
-    "STREAM_SCHEMES",
-    "AdminSettings",
-    "BackupSettings",
-    "CaSettings",
-    "ConfigError",
-    "ContactsSettings",
-    "DatabaseSettings",
-    "DemoSettings",
-    "DirectorySettings",
-    "EventsSettings",
-    "FrontendPlanSettings",
-    "InventorySettings",
-    "LimitSettings",
-    "ListenerSettings",
-    "LoggingSettings",
-    "RedirectSettings",
-    "Settings",
-    "TlsSettings",
-    "UpdateSettings",
-    "cli_overrides",
-    "config_files_from_env",
-    "documented_keys",
-    "env_overrides",
-    "load_settings",
-    "parse_shared_map",
-    "read_toml",
-    "validate",
-]
+# The package offers what each module's __all__ lists (asyncio's pattern).
+__all__ = ["ConfigError"]
+__all__ += devices.__all__
+__all__ += load.__all__
+__all__ += node.__all__
+__all__ += provider.__all__

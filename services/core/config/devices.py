@@ -16,6 +16,13 @@ from typing import Any
 
 from services.core.config.base import _check, _choice, _range
 
+__all__ = [
+    "BackupSettings",
+    "EventsSettings",
+    "RedirectSettings",
+    "UpdateSettings",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class UpdateSettings:

@@ -46,6 +46,20 @@ from services.core.config.provider import (
     FrontendPlanSettings,
 )
 
+__all__ = [
+    "ENV_PREFIX",
+    "ENV_RESERVED",
+    "ENV_SEPARATOR",
+    "Settings",
+    "cli_overrides",
+    "config_files_from_env",
+    "documented_keys",
+    "env_overrides",
+    "load_settings",
+    "read_toml",
+    "validate",
+]
+
 ENV_PREFIX = "PBXFRONT_"
 # `PBXFRONT_DATABASE__URL` -> database.url; a double underscore separates levels because keys
 # themselves contain single underscores.

@@ -15,6 +15,19 @@ from pathlib import Path
 
 from services.core.config.base import _check, _choice, _range
 
+__all__ = [
+    "SERVICE_NAMES",
+    "STREAM_SCHEMES",
+    "AdminSettings",
+    "DatabaseSettings",
+    "DemoSettings",
+    "InventorySettings",
+    "LimitSettings",
+    "ListenerSettings",
+    "LoggingSettings",
+    "TlsSettings",
+]
+
 # "noop" is the benchmark baseline (services/bench/noop.py), mounted by `pbxfront bench`;
 # "metrics" serves /metrics without login on a private scrape listener.
 SERVICE_NAMES = (

@@ -14,6 +14,15 @@ from pathlib import Path
 
 from services.core.config.base import _check, _choice, _range
 
+__all__ = [
+    "DEFAULT_SHARED_MAPS",
+    "CaSettings",
+    "ContactsSettings",
+    "DirectorySettings",
+    "FrontendPlanSettings",
+    "parse_shared_map",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class ContactsSettings:

@@ -8,9 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from services.core.identity import (
-    printable,
-)
+from services.core.identity import CONTROL_CHARACTERS, printable
 
 NOTIFY_CHANNEL = "pbxfront_inventory"
 # Taken (transaction-level) by every inventory writer so appliers and API writes serialise.
@@ -28,7 +26,7 @@ _DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"(?=.{{1,253}}\Z){_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 _COUNTRY_CODE = re.compile(r"[1-9][0-9]{0,2}")
 # protocol.md §2: scripts are line based; a control character in a value would inject a command.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = CONTROL_CHARACTERS
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _MAX_TEXT = 200
 _MAX_VALUE = 4096

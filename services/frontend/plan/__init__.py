@@ -26,58 +26,19 @@ So the customer PBXs of one Frontend need distinct last octets, in practice one 
 Everything here is a plain function of an :class:`Inventory` and the settings; no I/O.
 """
 
-from services.frontend.plan.build import (
-    build_plan,
-    scheme_port,
-)
-from services.frontend.plan.model import (
-    CPE_CLASSES,
-    DEFAULT_RAS_PORT,
-    FRONTEND_MAC_VARIABLE,
-    HTTPS_PORT_VARIABLE,
-    LDAPS_PORT_VARIABLE,
-    MASK,
-    PBX_ADDRESS_VARIABLE,
-    RAS_PORT_VARIABLE,
-    VARIABLE_REFERENCE,
-    Budget,
-    CustomerPlan,
-    FrontendPlan,
-    NatMap,
-    SessionBorder,
-    UnknownFrontend,
-    Violation,
-)
-from services.frontend.plan.render import (
-    CSV_COLUMNS,
-    plan_csv,
-    plan_json,
-    plan_rows,
-    plan_text,
-)
+from services.frontend.plan.build import build_plan, scheme_port
+from services.frontend.plan.model import FrontendPlan, NatMap, UnknownFrontend
+from services.frontend.plan.render import plan_csv, plan_json, plan_text
 
+# What the plan's callers use. Its parts (customer plans, SessionBorder objects, the budget,
+# violations) and the update variables it reads are in .model, the CSV columns in .render.
 __all__ = [
-    "CPE_CLASSES",
-    "CSV_COLUMNS",
-    "DEFAULT_RAS_PORT",
-    "FRONTEND_MAC_VARIABLE",
-    "HTTPS_PORT_VARIABLE",
-    "LDAPS_PORT_VARIABLE",
-    "MASK",
-    "PBX_ADDRESS_VARIABLE",
-    "RAS_PORT_VARIABLE",
-    "VARIABLE_REFERENCE",
-    "Budget",
-    "CustomerPlan",
     "FrontendPlan",
     "NatMap",
-    "SessionBorder",
     "UnknownFrontend",
-    "Violation",
     "build_plan",
     "plan_csv",
     "plan_json",
-    "plan_rows",
     "plan_text",
     "scheme_port",
 ]

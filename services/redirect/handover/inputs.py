@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from services.core import errors
+from services.core.identity import CONTROL_CHARACTERS as CONTROL_CHARACTERS  # re-exported
 from services.core.identity import (
     IdentityError,
     normalize_mac,
@@ -39,9 +40,6 @@ _FACT_NAME = re.compile(r"r-[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 
 # protocol.md §2: `mod cmd UP1 setvar r-<name> <value>` is one line of space-separated words.
 _FACT_VALUE = re.compile(r"[!-~\u00a0-\uffff]{1,200}")
-
-
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 MAX_FACTS = 20
