@@ -14,12 +14,13 @@ from aiohttp import web
 
 from services.core import audit, errors
 from services.core.api import (
+    OBJECT,
     Endpoint,
     current_account,
     int_query,
     json_body,
     json_response,
-    openapi_handler,
+    openapi_endpoint,
     pool_of,
     request_actor,
 )
@@ -355,13 +356,8 @@ def _endpoints(request: web.Request) -> list[Endpoint]:
     return request.app[ENDPOINTS_KEY]
 
 
-openapi = openapi_handler("pbxfront admin API", _endpoints)
-
-
-OBJECT = {"type": "object"}
-
 ENDPOINTS: list[Endpoint] = [
-    Endpoint("GET", "/api/v1/openapi.json", openapi, ANYONE, "This document", public=True),
+    openapi_endpoint("pbxfront admin API", "/api/v1/openapi.json", ANYONE, _endpoints),
     Endpoint(
         "POST",
         "/api/v1/tokens",

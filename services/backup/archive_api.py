@@ -20,11 +20,12 @@ from services.backup.repository import ArchiveRepository, BackupDevice
 from services.backup.versions import load_version, render_diff, versions_to_compare
 from services.core import audit, errors
 from services.core.api import (
+    OBJECT,
     Endpoint,
     current_account,
     int_query,
     json_response,
-    openapi_handler,
+    openapi_endpoint,
     pool_of,
     request_actor,
 )
@@ -189,20 +190,14 @@ async def prune(request: web.Request) -> web.Response:
     return json_response(report)
 
 
-openapi = openapi_handler("pbxfront backup archive API", lambda _request: ENDPOINTS)
-
-
-OBJECT = {"type": "object"}
 TEXT_NOTE = " (text/plain)"
 
 ENDPOINTS: list[Endpoint] = [
-    Endpoint(
-        "GET",
+    openapi_endpoint(
+        "pbxfront backup archive API",
         "/api/v1/backups/openapi.json",
-        openapi,
         READERS,
-        "This document",
-        public=True,
+        lambda _request: ENDPOINTS,
     ),
     Endpoint(
         "GET",

@@ -39,10 +39,11 @@ from services.contacts.numbers import SHORT_DIGITS_VARIABLE
 from services.contacts.repository import ContactsRepository, Customer, NewVersion
 from services.core import audit, errors
 from services.core.api import (
+    OBJECT,
     Endpoint,
     current_account,
     json_response,
-    openapi_handler,
+    openapi_endpoint,
     pool_of,
     request_actor,
 )
@@ -490,14 +491,12 @@ async def api_rollback(request: web.Request) -> web.Response:
     return json_response({"customer": customer_id, "previous": previous, "current": current})
 
 
-openapi = openapi_handler("pbxfront contacts API", lambda _request: ENDPOINTS)
-
-
-OBJECT = {"type": "object"}
 API = "/api/v1/contacts"
 
 ENDPOINTS: list[Endpoint] = [
-    Endpoint("GET", f"{API}/openapi.json", openapi, READERS, "This document", public=True),
+    openapi_endpoint(
+        "pbxfront contacts API", f"{API}/openapi.json", READERS, lambda _request: ENDPOINTS
+    ),
     Endpoint(
         "GET",
         API + "/{customer}/versions",

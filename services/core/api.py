@@ -38,6 +38,9 @@ CHALLENGES = ('Basic realm="pbxfront", charset="UTF-8"', 'Bearer realm="pbxfront
 
 ApiHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# The OpenAPI schema of an endpoint's JSON object (its answer or request body).
+OBJECT: Mapping[str, Any] = {"type": "object"}
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -244,6 +247,18 @@ def openapi_handler(
         return json_response(openapi_document(title, "1", endpoints(request)))
 
     return openapi
+
+
+def openapi_endpoint(
+    title: str,
+    path: str,
+    roles: frozenset[Role],
+    endpoints: Callable[[web.Request], Sequence[Endpoint]],
+) -> Endpoint:
+    """The row of an API's own ``openapi.json`` at ``path``: public, the document of
+    ``endpoints(request)`` (see :func:`openapi_handler`)."""
+    handler = openapi_handler(title, endpoints)
+    return Endpoint("GET", path, handler, roles, "This document", public=True)
 
 
 def pool_of(request: web.Request) -> asyncpg.Pool:

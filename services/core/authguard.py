@@ -23,14 +23,26 @@ from services.core.http import security_event
 from services.core.ratelimit import AuthLimiter
 
 
+def failure_limiter(
+    limits: LimitSettings, *, address_burst: int, address_per_second: float
+) -> AuthLimiter:
+    """A failure limiter with the node's rule for accounts (``limits.auth_account_*``,
+    ``limits.auth_trusted_seconds``) and the given budget per address."""
+    return AuthLimiter(
+        address_burst=address_burst,
+        address_per_second=address_per_second,
+        account_burst=limits.auth_account_failure_burst,
+        account_per_second=limits.auth_account_failure_per_second,
+        trusted_seconds=limits.auth_trusted_seconds,
+    )
+
+
 class AuthGuard:
     def __init__(self, limits: LimitSettings, registry: CollectorRegistry | None = None) -> None:
-        self.limiter = AuthLimiter(
+        self.limiter = failure_limiter(
+            limits,
             address_burst=limits.auth_failure_burst,
             address_per_second=limits.auth_failure_per_second,
-            account_burst=limits.auth_account_failure_burst,
-            account_per_second=limits.auth_account_failure_per_second,
-            trusted_seconds=limits.auth_trusted_seconds,
         )
         self.hashing = HashGate(limits.hash_concurrency, limits.hash_queue)
         registry = registry if registry is not None else CollectorRegistry()

@@ -25,13 +25,12 @@ import asyncpg
 
 from services.core import errors
 from services.core.auth import HashGate, VerifiedCache
-from services.core.authguard import AuthGuard
+from services.core.authguard import AuthGuard, failure_limiter
 from services.core.config import DirectorySettings, LimitSettings, ListenerSettings
 from services.core.db import DatabaseUnavailable
 from services.core.guard import AcceptLoop, ConnectionGuard, Ticket, peer_address, peer_text
 from services.core.identity import printable
 from services.core.metrics import Metrics
-from services.core.ratelimit import AuthLimiter
 from services.core.tls import ContextHolder, start_connection
 from services.directory import protocol as ldap
 from services.directory.backend import (
@@ -89,12 +88,10 @@ class DirectoryServer:
         # Failed binds per address (directory.bind_failure_*) and per bind name, with the
         # node's rule for accounts (limits.auth_account_*: an account under attack stays
         # usable from the addresses it binds from).
-        self.limiter = AuthLimiter(
+        self.limiter = failure_limiter(
+            limits,
             address_burst=settings.bind_failure_burst,
             address_per_second=settings.bind_failure_per_second,
-            account_burst=limits.auth_account_failure_burst,
-            account_per_second=limits.auth_account_failure_per_second,
-            trusted_seconds=limits.auth_trusted_seconds,
         )
         # argon2 checks of directory-reader binds wait their turn with every other check of
         # the node (limits.hash_concurrency, limits.hash_queue).

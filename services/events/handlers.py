@@ -27,7 +27,14 @@ import asyncpg
 from aiohttp import web
 
 from services.core import errors
-from services.core.api import Endpoint, int_query, json_response, openapi_handler, pool_of
+from services.core.api import (
+    OBJECT,
+    Endpoint,
+    int_query,
+    json_response,
+    openapi_endpoint,
+    pool_of,
+)
 from services.core.auth import Role
 from services.core.batch import TurnBatcher
 from services.core.config import Settings
@@ -483,12 +490,10 @@ async def prune(request: web.Request) -> web.Response:
     return json_response({"ran": deleted is not None, "deleted": deleted or 0})
 
 
-openapi = openapi_handler("pbxfront events API", lambda _request: ENDPOINTS)
-
-
-OBJECT = {"type": "object"}
 ENDPOINTS: list[Endpoint] = [
-    Endpoint("GET", "/api/v1/events/openapi.json", openapi, READERS, "This document", public=True),
+    openapi_endpoint(
+        "pbxfront events API", "/api/v1/events/openapi.json", READERS, lambda _request: ENDPOINTS
+    ),
     Endpoint(
         "GET",
         "/api/v1/events",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.core import audit, errors
-from services.core.api import Endpoint, int_query, json_response, pool_of, request_actor
+from services.core.api import OBJECT, Endpoint, int_query, json_response, pool_of, request_actor
 from services.core.auth import Role
 from services.core.db import acquire
 from services.core.identity import IdentityError, normalize_mac
@@ -19,7 +19,6 @@ from services.update.repository import RolloutRepository, UpdateRepository
 
 READERS = frozenset({Role.ADMIN, Role.OPERATOR})
 WRITERS = frozenset({Role.ADMIN, Role.OPERATOR})
-OBJECT = {"type": "object"}
 
 
 def _mac(request: web.Request) -> str:
