@@ -66,13 +66,24 @@ class Commands:
     ) -> argparse.ArgumentParser:
         """A sub-command whose handler is not a bound ``work`` (one that asks before the
         database is opened, say)."""
-        parser: argparse.ArgumentParser = self.subparsers.add_parser(
-            name, parents=[self.common], help=help
-        )
-        for option in options:
-            option(parser)
-        parser.set_defaults(handler=handler)
-        return parser
+        return add_command(self.subparsers, self.common, name, handler, help, *options)
+
+
+def add_command(
+    subparsers: Any,
+    common: argparse.ArgumentParser,
+    name: str,
+    handler: Handler,
+    help: str,
+    *options: Option,
+) -> argparse.ArgumentParser:
+    """The sub-command ``name`` of ``subparsers``: the common options, then ``options``, run by
+    ``handler`` (for a command that needs no database, so nothing to bind)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, parents=[common], help=help)
+    for option in options:
+        option(parser)
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def age(moment: datetime | None, now: datetime | None = None) -> str:
