@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 import asyncpg
 
@@ -13,7 +12,6 @@ from services.core.commands import (
     CUSTOMER,
     JSON,
     MAC,
-    Bind,
     Commands,
     age,
     argument,
@@ -188,15 +186,9 @@ async def devices_certificate_reset(
     return 0
 
 
-def register(
-    commands: Any,
-    common: argparse.ArgumentParser,
-    bind: Bind,
-) -> None:
+def register(update: Commands) -> None:
     """The ``pbxfront devices …`` sub-commands."""
-    devices = Commands(commands, common, bind).group(
-        "devices", "device status as seen by the update service"
-    )
+    devices = update.group("devices", "device status as seen by the update service")
     devices.add(
         "list",
         devices_list,

@@ -9,14 +9,12 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
 from services.core import errors
 from services.core.commands import (
     JSON,
-    Bind,
     Commands,
     argument,
     device_mac,
@@ -307,16 +305,9 @@ async def scripts_render(args: argparse.Namespace, settings: Settings, pool: asy
     return 0
 
 
-def register(
-    commands: Any,
-    common: argparse.ArgumentParser,
-    bind: Bind,
-    extra_checks: Sequence[ExtraCheck] = (),
-) -> None:
+def register(update: Commands, extra_checks: Sequence[ExtraCheck] = ()) -> None:
     """The ``pbxfront scripts …`` sub-commands."""
-    scripts = Commands(commands, common, bind).group(
-        "scripts", "the update scripts (staging_scripts/)"
-    )
+    scripts = update.group("scripts", "the update scripts (staging_scripts/)")
     base_url = argument("--base-url", metavar="URL", help="default: update.public_url")
     scripts.add(
         "check",
@@ -377,4 +368,4 @@ def register(
     )
     from services.update import phpus
 
-    phpus.register(scripts.subparsers, common)
+    phpus.register(scripts.subparsers, scripts.common)
