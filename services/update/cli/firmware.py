@@ -9,7 +9,7 @@ from pathlib import Path
 
 import asyncpg
 
-from services.core.commands import Commands, argument, record_audit, usage_errors
+from services.core.commands import Commands, argument, print_json, record_audit, usage_errors
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.update.cli.common import _operator
@@ -94,7 +94,7 @@ async def firmware_list(args: argparse.Namespace, settings: Settings, pool: asyn
     if settings.update.firmware_source == "database":
         files = await SharedFirmwareRepository(pool).files(with_caches=True)
         if args.json:
-            print(json.dumps([f.as_json() for f in files], indent=2))
+            print_json(files)
             return 0
         for shared in files:
             cached = ", ".join(shared.cached_on) or "no node yet"

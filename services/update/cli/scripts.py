@@ -18,6 +18,7 @@ from services.core.commands import (
     Commands,
     argument,
     device_mac,
+    print_json,
     record_audit,
     usage_errors,
 )
@@ -242,7 +243,7 @@ async def scripts_publish(
 async def scripts_versions(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     versions = await ScriptVersionRepository(pool).versions(args.limit)
     if args.json:
-        print(json.dumps([v.as_json() for v in versions], indent=2))
+        print_json(versions)
         return 0
     for v in versions:
         mark = "*" if v.current else " "
