@@ -39,6 +39,7 @@ from services.core.commands import (
     Commands,
     argument,
     device_mac,
+    print_json,
     print_table,
     record_audit,
 )
@@ -307,7 +308,7 @@ async def ca_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Po
         ca_fingerprint=current, include_revoked=not args.valid
     )
     if args.json:
-        print(json.dumps([record.as_json() for record in records], indent=2))
+        print_json(records)
         return 0
     now = datetime.now(UTC)
     rows: list[tuple[str, ...]] = [("SERIAL", "KIND", "NAME", "VALID UNTIL", "STATE", "SANS")]

@@ -24,6 +24,7 @@ from services.core.commands import (
     Commands,
     argument,
     optional_number,
+    print_json,
     print_table,
     record_audit,
     usage_errors,
@@ -67,7 +68,7 @@ async def contacts_history(args: argparse.Namespace, settings: Settings, pool: a
             raise UsageError(f"no customer {customer_id}")
         versions = await repository.versions(customer_id)
     if args.json:
-        print(json.dumps([v.as_json() for v in versions], indent=2))
+        print_json(versions)
         return 0
     if not versions:
         print(f"{customer_id} has no contacts yet")

@@ -4,16 +4,17 @@ A service registers its sub-commands with ``register(commands, common, bind)``; 
 async ``work(args, settings, pool)`` into an argparse handler that loads the settings, opens the
 same database as ``serve`` (the embedded PostgreSQL included) and maps domain errors to one line.
 :class:`Commands` declares such sub-commands; the rest are the small pieces every CLI module
-prints or checks the same way (ages, tables, MACs, audit rows of the CLI user).
+prints or checks the same way (ages, tables, JSON listings, MACs, audit rows of the CLI user).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import json
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
@@ -66,13 +67,24 @@ class Commands:
     ) -> argparse.ArgumentParser:
         """A sub-command whose handler is not a bound ``work`` (one that asks before the
         database is opened, say)."""
-        parser: argparse.ArgumentParser = self.subparsers.add_parser(
-            name, parents=[self.common], help=help
-        )
-        for option in options:
-            option(parser)
-        parser.set_defaults(handler=handler)
-        return parser
+        return add_command(self.subparsers, self.common, name, handler, help, *options)
+
+
+def add_command(
+    subparsers: Any,
+    common: argparse.ArgumentParser,
+    name: str,
+    handler: Handler,
+    help: str,
+    *options: Option,
+) -> argparse.ArgumentParser:
+    """The sub-command ``name`` of ``subparsers``: the common options, then ``options``, run by
+    ``handler`` (for a command that needs no database, so nothing to bind)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, parents=[common], help=help)
+    for option in options:
+        option(parser)
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def age(moment: datetime | None, now: datetime | None = None) -> str:
@@ -91,6 +103,34 @@ def print_table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+class Listed(Protocol):
+    """What a listing command prints: a record that has a JSON form."""
+
+    def as_json(self) -> Mapping[str, object]: ...
+
+
+ListedT = TypeVar("ListedT", bound=Listed)
+
+
+def print_json(items: Iterable[Listed]) -> None:
+    """A listing's ``--json``: one indented array of the items' ``as_json()``."""
+    print(json.dumps([item.as_json() for item in items], indent=2))
+
+
+def print_listing(
+    items: Sequence[ListedT],
+    as_json: bool,
+    header: Sequence[str],
+    row: Callable[[ListedT], Sequence[str]],
+) -> None:
+    """``items`` as JSON (:func:`print_json`) or as a table: ``header``, then ``row`` of each
+    (the header alone when there are none)."""
+    if as_json:
+        print_json(items)
+    else:
+        print_table([header, *map(row, items)])
 
 
 def optional_number(value: str | None, default: str, what: str) -> int | None:

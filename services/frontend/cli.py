@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from services.core.commands import JSON, Bind, Commands, argument, device_mac
+from services.core.commands import JSON, Bind, Commands, argument, device_mac, print_json
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.core.inventory import Inventory
@@ -147,7 +147,7 @@ async def frontend_findings(
     async with pool.acquire() as connection:
         findings = await FrontendRepository(connection).findings(args.frontend, mac, args.limit)
     if args.json:
-        print(json.dumps([f.as_json() for f in findings], indent=2))
+        print_json(findings)
         return 0
     for finding in findings:
         stamp = finding.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")

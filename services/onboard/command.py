@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
 from services.core import audit
-from services.core.commands import Handler, Work
+from services.core.commands import Bind, Commands, argument
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.onboard.onboarding import DEFAULT_PROVIDER, onboard
@@ -65,32 +64,25 @@ async def cmd_replace(args: argparse.Namespace, _settings: Settings, pool: async
 def register(
     devices: argparse._SubParsersAction[argparse.ArgumentParser],
     common: argparse.ArgumentParser,
-    bind: Any,
+    bind: Bind,
 ) -> None:
     """Add ``onboard`` and ``replace`` to the ``devices`` command group."""
-    binder: Any = bind
-
-    def bound(work: Work) -> Handler:
-        handler: Handler = binder(work)
-        return handler
-
-    onboard_parser = devices.add_parser(
+    commands = Commands(devices, common, bind)
+    commands.add(
         "onboard",
-        parents=[common],
-        help="add devices and their redirect mappings from a CSV file, all or nothing",
+        cmd_onboard,
+        "add devices and their redirect mappings from a CSV file, all or nothing",
+        argument(
+            "file", help="CSV with a header: mac,type,customer,cpe_id[,class,name,frontend,url]"
+        ),
+        argument("--dry-run", action="store_true"),
+        argument("--provider", default=DEFAULT_PROVIDER),
     )
-    onboard_parser.add_argument(
-        "file", help="CSV with a header: mac,type,customer,cpe_id[,class,name,frontend,url]"
-    )
-    onboard_parser.add_argument("--dry-run", action="store_true")
-    onboard_parser.add_argument("--provider", default=DEFAULT_PROVIDER)
-    onboard_parser.set_defaults(handler=bound(cmd_onboard))
-    replace_parser = devices.add_parser(
+    commands.add(
         "replace",
-        parents=[common],
-        help="RMA: a new device takes over an old one's customer, CPE id and variables",
+        cmd_replace,
+        "RMA: a new device takes over an old one's customer, CPE id and variables",
+        argument("old_mac", metavar="OLD_MAC", help="the device being replaced"),
+        argument("new_mac", metavar="NEW_MAC", help="the replacement device"),
+        argument("--type", help="the new device's type (default: the old one's)"),
     )
-    replace_parser.add_argument("old_mac", metavar="OLD_MAC", help="the device being replaced")
-    replace_parser.add_argument("new_mac", metavar="NEW_MAC", help="the replacement device")
-    replace_parser.add_argument("--type", help="the new device's type (default: the old one's)")
-    replace_parser.set_defaults(handler=bound(cmd_replace))

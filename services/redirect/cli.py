@@ -27,12 +27,14 @@ from services.core.commands import (
     Option,
     age,
     argument,
+    print_json,
+    print_listing,
     print_table,
     record_audit,
 )
 from services.core.config import Settings
 from services.core.errors import UsageError
-from services.core.unknown import REDIRECT, UnknownDeviceRepository
+from services.core.unknown import REDIRECT, UnknownDevice, UnknownDeviceRepository
 from services.redirect.handover import (
     check_frontend_id,
     check_mac,
@@ -45,10 +47,12 @@ from services.redirect.handover import (
     target_url,
 )
 from services.redirect.repository import (
+    ApiKey,
     ApiKeyRepository,
     HandoverRepository,
     MappingRecord,
     MappingRepository,
+    Provider,
     ProviderRepository,
     audit_import,
 )
@@ -202,7 +206,7 @@ async def import_devices(args: argparse.Namespace, settings: Settings, pool: asy
         results = await MappingRepository(connection).import_mappings(provider, rows, ACTOR)
         await audit_import(connection, audit.cli_actor(), provider, results)
     if args.json:
-        print(json.dumps([r.as_json() for r in results], indent=2))
+        print_json(results)
     failed = [r for r in results if r.error is not None]
     if not args.json:
         for result in failed:
@@ -241,28 +245,23 @@ async def transfer_token(args: argparse.Namespace, settings: Settings, pool: asy
     return 0
 
 
+def _unknown_row(unknown: UnknownDevice) -> tuple[str, ...]:
+    return (
+        unknown.mac or "-",
+        unknown.hardware_id or "-",
+        unknown.device_type or "-",
+        age(unknown.first_seen),
+        age(unknown.last_seen),
+        str(unknown.polls),
+        unknown.source_address or "-",
+        unknown.proof,
+    )
+
+
 async def list_unknown(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     unknown = await UnknownDeviceRepository(pool).sightings(REDIRECT, args.limit)
-    if args.json:
-        print(json.dumps([u.as_json() for u in unknown], indent=2))
-        return 0
-    rows: list[tuple[str, ...]] = [
-        ("MAC", "HARDWARE ID", "TYPE", "FIRST SEEN", "LAST SEEN", "POLLS", "ADDRESS", "PROOF")
-    ]
-    rows += [
-        (
-            u.mac or "-",
-            u.hardware_id or "-",
-            u.device_type or "-",
-            age(u.first_seen),
-            age(u.last_seen),
-            str(u.polls),
-            u.source_address or "-",
-            u.proof,
-        )
-        for u in unknown
-    ]
-    print_table(rows)
+    header = ("MAC", "HARDWARE ID", "TYPE", "FIRST SEEN", "LAST SEEN", "POLLS", "ADDRESS", "PROOF")
+    print_listing(unknown, args.json, header, _unknown_row)
     return 0
 
 
@@ -286,16 +285,14 @@ async def providers_add(args: argparse.Namespace, settings: Settings, pool: asyn
     return 0
 
 
+def _provider_row(provider: Provider) -> tuple[str, ...]:
+    facts = " ".join(f"{k}={v}" for k, v in provider.facts.items())
+    return (provider.id, provider.name, facts or "-")
+
+
 async def providers_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     providers = await ProviderRepository(pool).list_providers()
-    if args.json:
-        print(json.dumps([p.as_json() for p in providers], indent=2))
-        return 0
-    rows: list[tuple[str, ...]] = [("ID", "NAME", "FACTS")]
-    rows += [
-        (p.id, p.name, " ".join(f"{k}={v}" for k, v in p.facts.items()) or "-") for p in providers
-    ]
-    print_table(rows)
+    print_listing(providers, args.json, ("ID", "NAME", "FACTS"), _provider_row)
     return 0
 
 
@@ -321,23 +318,14 @@ async def keys_add(args: argparse.Namespace, settings: Settings, pool: asyncpg.P
     return 0
 
 
+def _key_row(key: ApiKey) -> tuple[str, ...]:
+    state = "revoked" if key.revoked_at else "active"
+    return (key.id, key.provider, ",".join(key.scopes), age(key.last_used_at), state)
+
+
 async def keys_list(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     keys = await ApiKeyRepository(pool).list_keys(args.provider)
-    if args.json:
-        print(json.dumps([k.as_json() for k in keys], indent=2))
-        return 0
-    rows: list[tuple[str, ...]] = [("KEY ID", "PROVIDER", "SCOPES", "LAST USED", "STATE")]
-    rows += [
-        (
-            k.id,
-            k.provider,
-            ",".join(k.scopes),
-            age(k.last_used_at),
-            "revoked" if k.revoked_at else "active",
-        )
-        for k in keys
-    ]
-    print_table(rows)
+    print_listing(keys, args.json, ("KEY ID", "PROVIDER", "SCOPES", "LAST USED", "STATE"), _key_row)
     return 0
 
 

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from services.core.commands import Bind
+from services.core.commands import Bind, Commands
 from services.update.cli import devices, firmware, rollouts, scripts
 from services.update.cli.scripts import ExtraCheck, compute_plan
 
@@ -20,7 +20,9 @@ def register(
     bind: Bind,
     extra_checks: Sequence[ExtraCheck] = (),
 ) -> None:
-    scripts.register(commands, common, bind, extra_checks)
-    rollouts.register(commands, common, bind)
-    devices.register(commands, common, bind)
-    firmware.register(commands, common, bind)
+    """Each module adds its command group to the update service's :class:`Commands`."""
+    update = Commands(commands, common, bind)
+    scripts.register(update, extra_checks)
+    rollouts.register(update)
+    devices.register(update)
+    firmware.register(update)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 import asyncpg
 
@@ -13,11 +12,11 @@ from services.core.commands import (
     CUSTOMER,
     JSON,
     MAC,
-    Bind,
     Commands,
     age,
     argument,
     device_mac,
+    print_listing,
     print_table,
     record_audit,
 )
@@ -26,7 +25,7 @@ from services.core.errors import UsageError
 from services.core.inventory import Device, InventoryError, InventoryRepository
 from services.core.unknown import UPDATE as UPDATE_SERVICE
 from services.core.unknown import UnknownDeviceRepository
-from services.update.repository import RolloutRepository, UpdateRepository
+from services.update.repository import RolloutRepository, RolloutStatus, UpdateRepository
 from services.update.rollout import RolloutState
 
 
@@ -142,27 +141,23 @@ async def devices_certificates(
 ) -> int:
     """The certificate roll-out per device (protocol.md §9): state, issuer, expiry, error."""
     statuses = await RolloutRepository(pool).statuses(customer=args.customer)
-    if args.json:
-        print(json.dumps([s.as_json() for s in statuses], indent=2))
-        return 0
     header = ("MAC", "HARDWARE ID", "CUSTOMER", "ROLL-OUT", "ISSUER", "EXPIRES", "UPDATED", "NOTE")
-    rows: list[tuple[str, ...]] = [header]
-    for s in statuses:
-        r = s.rollout
-        rows.append(
-            (
-                s.mac,
-                s.hardware_id,
-                s.customer,
-                r.state if r else "-",
-                (r.device_issuer or "-") if r else "-",
-                f"{r.device_not_after:%Y-%m-%d}" if r and r.device_not_after else "-",
-                age(r.updated_at) if r else "-",
-                _certificate_note(r),
-            )
-        )
-    print_table(rows)
+    print_listing(statuses, args.json, header, _certificate_row)
     return 0
+
+
+def _certificate_row(status: RolloutStatus) -> tuple[str, ...]:
+    r = status.rollout
+    return (
+        status.mac,
+        status.hardware_id,
+        status.customer,
+        r.state if r else "-",
+        (r.device_issuer or "-") if r else "-",
+        f"{r.device_not_after:%Y-%m-%d}" if r and r.device_not_after else "-",
+        age(r.updated_at) if r else "-",
+        _certificate_note(r),
+    )
 
 
 def _certificate_note(rollout: RolloutState | None) -> str:
@@ -188,15 +183,9 @@ async def devices_certificate_reset(
     return 0
 
 
-def register(
-    commands: Any,
-    common: argparse.ArgumentParser,
-    bind: Bind,
-) -> None:
+def register(update: Commands) -> None:
     """The ``pbxfront devices …`` sub-commands."""
-    devices = Commands(commands, common, bind).group(
-        "devices", "device status as seen by the update service"
-    )
+    devices = update.group("devices", "device status as seen by the update service")
     devices.add(
         "list",
         devices_list,

@@ -6,11 +6,10 @@ import argparse
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
-from services.core.commands import Bind, Commands, argument, record_audit, usage_errors
+from services.core.commands import Commands, argument, print_json, record_audit, usage_errors
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.update.cli.common import _operator
@@ -95,7 +94,7 @@ async def firmware_list(args: argparse.Namespace, settings: Settings, pool: asyn
     if settings.update.firmware_source == "database":
         files = await SharedFirmwareRepository(pool).files(with_caches=True)
         if args.json:
-            print(json.dumps([f.as_json() for f in files], indent=2))
+            print_json(files)
             return 0
         for shared in files:
             cached = ", ".join(shared.cached_on) or "no node yet"
@@ -194,15 +193,9 @@ async def firmware_remove(args: argparse.Namespace, settings: Settings, pool: as
     return 0
 
 
-def register(
-    commands: Any,
-    common: argparse.ArgumentParser,
-    bind: Bind,
-) -> None:
+def register(update: Commands) -> None:
     """The ``pbxfront firmware …`` sub-commands."""
-    firmware = Commands(commands, common, bind).group(
-        "firmware", "the firmware store (firmware/firm/<build>/)"
-    )
+    firmware = update.group("firmware", "the firmware store (firmware/firm/<build>/)")
     firmware.add(
         "add",
         firmware_add,

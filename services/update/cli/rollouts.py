@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 
 from services.core import errors
-from services.core.commands import Bind, Commands, argument, record_audit, usage_errors
+from services.core.commands import Commands, argument, record_audit, usage_errors
 from services.core.config import Settings
 from services.core.errors import UsageError
 from services.update.canary import CanaryRepository, Rollout, advance, parse_waves
@@ -163,13 +162,9 @@ async def _audit_rollout(
     )
 
 
-def register(
-    commands: Any,
-    common: argparse.ArgumentParser,
-    bind: Bind,
-) -> None:
+def register(update: Commands) -> None:
     """The ``pbxfront rollouts …`` sub-commands."""
-    rollouts = Commands(commands, common, bind).group(
+    rollouts = update.group(
         "rollouts", "canary roll-outs of a published script version, wave by wave"
     )
     rollouts.add(

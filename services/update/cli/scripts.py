@@ -9,17 +9,16 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
 from services.core import errors
 from services.core.commands import (
     JSON,
-    Bind,
     Commands,
     argument,
     device_mac,
+    print_json,
     record_audit,
     usage_errors,
 )
@@ -244,7 +243,7 @@ async def scripts_publish(
 async def scripts_versions(args: argparse.Namespace, settings: Settings, pool: asyncpg.Pool) -> int:
     versions = await ScriptVersionRepository(pool).versions(args.limit)
     if args.json:
-        print(json.dumps([v.as_json() for v in versions], indent=2))
+        print_json(versions)
         return 0
     for v in versions:
         mark = "*" if v.current else " "
@@ -307,16 +306,9 @@ async def scripts_render(args: argparse.Namespace, settings: Settings, pool: asy
     return 0
 
 
-def register(
-    commands: Any,
-    common: argparse.ArgumentParser,
-    bind: Bind,
-    extra_checks: Sequence[ExtraCheck] = (),
-) -> None:
+def register(update: Commands, extra_checks: Sequence[ExtraCheck] = ()) -> None:
     """The ``pbxfront scripts …`` sub-commands."""
-    scripts = Commands(commands, common, bind).group(
-        "scripts", "the update scripts (staging_scripts/)"
-    )
+    scripts = update.group("scripts", "the update scripts (staging_scripts/)")
     base_url = argument("--base-url", metavar="URL", help="default: update.public_url")
     scripts.add(
         "check",
@@ -377,4 +369,4 @@ def register(
     )
     from services.update import phpus
 
-    phpus.register(scripts.subparsers, common)
+    phpus.register(scripts.subparsers, scripts.common)

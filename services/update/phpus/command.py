@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.core.commands import add_command, argument
 from services.core.config import Settings, cli_overrides, config_files_from_env, load_settings
 from services.update.phpus.base import (
     IMPORT_FOLDER,
@@ -73,20 +74,21 @@ def import_command(args: argparse.Namespace) -> int:
 
 def register(script_actions: Any, common: argparse.ArgumentParser) -> None:
     """Adds ``import-phpus`` to ``pbxfront scripts``."""
-    command = script_actions.add_parser(
+    add_command(
+        script_actions,
+        common,
         "import-phpus",
-        parents=[common],
-        help="convert a PHPUS tree (config.xml, scripts/) into pbxfront scripts, hashes kept",
+        import_command,
+        "convert a PHPUS tree (config.xml, scripts/) into pbxfront scripts, hashes kept",
+        argument("phpus_dir", metavar="DIR", help="the PHPUS folder (with config.xml)"),
+        argument("--into", metavar="DIR", help="default: update.scripts_dir"),
+        argument("--dry-run", action="store_true", help="print what would be written"),
+        argument(
+            "--force", action="store_true", help="replace files that exist with other content"
+        ),
+        argument(
+            "--encoding",
+            default="iso-8859-1",
+            help="how to read scripts that are not UTF-8 (default iso-8859-1)",
+        ),
     )
-    command.add_argument("phpus_dir", metavar="DIR", help="the PHPUS folder (with config.xml)")
-    command.add_argument("--into", metavar="DIR", help="default: update.scripts_dir")
-    command.add_argument("--dry-run", action="store_true", help="print what would be written")
-    command.add_argument(
-        "--force", action="store_true", help="replace files that exist with other content"
-    )
-    command.add_argument(
-        "--encoding",
-        default="iso-8859-1",
-        help="how to read scripts that are not UTF-8 (default iso-8859-1)",
-    )
-    command.set_defaults(handler=import_command)
