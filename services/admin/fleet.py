@@ -13,6 +13,7 @@ from aiohttp import web
 
 from services.core import audit, errors
 from services.core.api import (
+    OBJECT,
     Endpoint,
     int_query,
     json_response,
@@ -26,7 +27,6 @@ from services.core.inventory import InventoryError, archived_customers, restore_
 ADMINS = frozenset({Role.ADMIN})
 READERS = frozenset({Role.ADMIN, Role.OPERATOR})
 WRITERS = frozenset({Role.ADMIN, Role.OPERATOR})
-OBJECT = {"type": "object"}
 
 
 def _since(request: web.Request) -> datetime | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.core import errors
-from services.core.api import Endpoint, int_query, json_response, pool_of
+from services.core.api import OBJECT, Endpoint, int_query, json_response, pool_of
 from services.core.auth import Role
 from services.core.config import Settings
 from services.core.db import acquire
@@ -22,7 +22,6 @@ from services.frontend.repository import FrontendRepository
 
 SETTINGS_KEY = web.AppKey("frontend_plan_settings", Settings)
 READERS = frozenset({Role.ADMIN, Role.OPERATOR})
-OBJECT = {"type": "object"}
 FORMATS = ("json", "csv")
 
 
